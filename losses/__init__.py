@@ -1,0 +1,32 @@
+"""Preference-optimization losses as pure functions of per-sequence log-probs.
+
+Depends on torch only, so it plugs into any trainer (plain PyTorch, HF
+``Trainer``, TRL, Lightning). Each loss returns the unreduced per-example loss
+``(B,)`` and a dict of detached metrics; see ``LossOutput``.
+"""
+
+from .logps import sequence_logps
+from .mcpo import MCPO_KERNELS, SELECTION_KERNELS, kernel_probs, mcpo_loss, mcpo_select
+from .mpo import mpo_loss
+from .nll import add_chosen_nll, chosen_nll
+from .output import LossOutput
+from .pairwise import dpo_loss, ipo_loss, simpo_loss
+from .registry import LOSSES, get_loss
+
+__all__ = [
+    "LOSSES",
+    "MCPO_KERNELS",
+    "SELECTION_KERNELS",
+    "LossOutput",
+    "add_chosen_nll",
+    "chosen_nll",
+    "dpo_loss",
+    "get_loss",
+    "ipo_loss",
+    "kernel_probs",
+    "mcpo_loss",
+    "mcpo_select",
+    "mpo_loss",
+    "sequence_logps",
+    "simpo_loss",
+]

@@ -1,0 +1,180 @@
+"""Pairwise preference losses: DPO, IPO and SimPO.
+
+Each takes per-sequence log-probs summed over completion tokens, shape ``(B,)``,
+and returns the unreduced per-example loss with detached metrics. Rewards in
+the metrics are the implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))``
+(for SimPO, ``beta * log pi(y|x) / |y|``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import (
+    check_batch,
+    check_counts,
+    check_logps,
+    check_nonnegative,
+    check_positive,
+    upcast,
+)
+from .output import LossOutput
+
+
+def _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None,
+                ref_rejected_logps=None) -> int:
+    batch = check_batch("policy_chosen_logps", policy_chosen_logps)
+    check_logps("policy_rejected_logps", policy_rejected_logps, (batch,))
+    if ref_chosen_logps is not None:
+        check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))
+    if ref_rejected_logps is not None:
+        check_logps("ref_rejected_logps", ref_rejected_logps, (batch,))
+    return batch
+
+
+def _check_label_smoothing(label_smoothing: float) -> None:
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 0.5):
+        raise ValueError(f"label_smoothing: must be in [0, 0.5), got {label_smoothing!r}")
+
+
+def smoothed_logistic_loss(margin: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """``-(1 - eps) log σ(m) - eps log σ(-m)``: the Bradley-Terry log-loss with
+    the label flipped with probability ``eps`` (conservative DPO, Mitchell 2023)."""
+    loss = -F.logsigmoid(margin)
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-margin)
+    return loss
+
+
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The standard pairwise metrics, each ``(B,)`` and detached."""
+    chosen_rewards = chosen_rewards.detach()
+    rejected_rewards = rejected_rewards.detach()
+    margins = chosen_rewards - rejected_rewards
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": margins,
+        "rewards/accuracies": (margins > 0).float(),
+    }
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> LossOutput:
+    """Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290, eq. 7).
+
+    With ``r_w = beta * (log pi(y_w|x) - log pi_ref(y_w|x))`` and ``r_l`` likewise::
+
+        loss = -log σ(r_w - r_l)
+
+    and with ``label_smoothing = eps > 0`` the conservative variant (cDPO,
+    Mitchell 2023, "A note on DPO with noisy preferences")::
+
+        loss = -(1 - eps) log σ(r_w - r_l) - eps log σ(r_l - r_w)
+
+    Args:
+        policy_chosen_logps: ``(B,)`` log pi(y_w|x), summed over completion tokens.
+        policy_rejected_logps: ``(B,)`` log pi(y_l|x).
+        ref_chosen_logps: ``(B,)`` log pi_ref(y_w|x) (cached; no gradient needed).
+        ref_rejected_logps: ``(B,)`` log pi_ref(y_l|x).
+        beta: the KL strength, > 0.
+        label_smoothing: the assumed label-flip probability, in [0, 0.5).
+
+    Returns:
+        ``LossOutput`` with loss ``(B,)`` and metrics ``rewards/chosen``,
+        ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies`` (each ``(B,)``).
+    """
+    _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    check_positive("beta", beta)
+    _check_label_smoothing(label_smoothing)
+    chosen_rewards = beta * (upcast(policy_chosen_logps) - upcast(ref_chosen_logps))  # (B,)
+    rejected_rewards = beta * (upcast(policy_rejected_logps) - upcast(ref_rejected_logps))  # (B,)
+    loss = smoothed_logistic_loss(chosen_rewards - rejected_rewards, label_smoothing)
+    return LossOutput(loss, reward_metrics(chosen_rewards, rejected_rewards))
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> LossOutput:
+    """Identity Preference Optimization (Azar et al. 2023, arXiv 2310.12036, eq. 17).
+
+    With ``h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``
+    and ``beta`` playing the paper's regularization strength tau::
+
+        loss = (h - 1 / (2 beta))^2
+
+    The paper's h uses sequence log-probs, which is what this function takes.
+    TRL's ``loss_type="ipo"`` averages log-probs over tokens first; pass
+    per-token means (``logps / counts``) to reproduce it.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+        ref_rejected_logps: ``(B,)`` each, as in :func:`dpo_loss`.
+        beta: > 0; the target log-ratio margin is ``1 / (2 beta)``.
+
+    Returns:
+        ``LossOutput``; rewards in the metrics are ``beta * log-ratio`` as in DPO.
+    """
+    _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    check_positive("beta", beta)
+    chosen_ratio = upcast(policy_chosen_logps) - upcast(ref_chosen_logps)  # (B,)
+    rejected_ratio = upcast(policy_rejected_logps) - upcast(ref_rejected_logps)  # (B,)
+    loss = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2
+    return LossOutput(loss, reward_metrics(beta * chosen_ratio, beta * rejected_ratio))
+
+
+def simpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+    *,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> LossOutput:
+    """Simple Preference Optimization (Meng, Xia, Chen 2024, arXiv 2405.14734, eq. 6).
+
+    Reference-free and length-normalized::
+
+        r_w = beta / |y_w| * log pi(y_w|x),   r_l = beta / |y_l| * log pi(y_l|x)
+        loss = -log σ(r_w - r_l - gamma)
+
+    (with ``label_smoothing`` applied as in :func:`dpo_loss`). The paper reports
+    ``gamma / beta`` in [0.3, 1.6]; TRL's ``simpo_gamma`` is this ``gamma``.
+
+    Args:
+        policy_chosen_logps: ``(B,)`` summed log pi(y_w|x).
+        policy_rejected_logps: ``(B,)`` summed log pi(y_l|x).
+        chosen_tokens: ``(B,)`` completion token counts |y_w| (> 0).
+        rejected_tokens: ``(B,)`` completion token counts |y_l| (> 0).
+        beta: reward scale, > 0.
+        gamma: target reward margin, >= 0.
+        label_smoothing: in [0, 0.5).
+
+    Returns:
+        ``LossOutput``; rewards are the length-normalized ``r_w``, ``r_l``.
+    """
+    batch = _check_pair(policy_chosen_logps, policy_rejected_logps)
+    check_counts("chosen_tokens", chosen_tokens, batch)
+    check_counts("rejected_tokens", rejected_tokens, batch)
+    check_positive("beta", beta)
+    check_nonnegative("gamma", gamma)
+    _check_label_smoothing(label_smoothing)
+    chosen_rewards = beta * upcast(policy_chosen_logps) / chosen_tokens  # (B,)
+    rejected_rewards = beta * upcast(policy_rejected_logps) / rejected_tokens  # (B,)
+    loss = smoothed_logistic_loss(chosen_rewards - rejected_rewards - gamma, label_smoothing)
+    return LossOutput(loss, reward_metrics(chosen_rewards, rejected_rewards))

@@ -1,0 +1,81 @@
+"""Combine the outputs of ``--shard i/N`` runs into one folder.
+
+Order guarantee: the merged table is sorted by ``prompt_id`` (a stable sort
+over the shard runs taken in shard order, so rows sharing a ``prompt_id``, which
+all come from one shard run, keep their order) and cut into units of the runs'
+``rows_per_unit``. That is the canonical order every stage writes, so the
+merged folder has the same rows, in the same order and the same files, as one
+unsharded run; its identity is the unsharded one too, so rerunning the stage
+without ``--shard`` on it finds it complete.
+
+Sidecar JSON files (e.g. ``report.json``) are combined field by field: numbers
+are summed, lists concatenated, dicts merged recursively, other values kept when
+all runs agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefpool.pipeline.errors import PipelineInputError
+from prefpool.pipeline.ids import ShardSpec
+from prefpool.pipeline.manifest import Manifest
+from prefpool.pipeline.stage import StageRun, plan_units
+from prefpool.pipeline.tableio import checked_shards, read_table
+
+
+def combine_json(values: Sequence[object]) -> object:
+    first = values[0]
+    if all(isinstance(v, bool) for v in values) or not all(type(v) is type(first) for v in values):
+        return first if all(v == first for v in values) else list(values)
+    if isinstance(first, (int, float)):
+        return sum(values)
+    if isinstance(first, list):
+        return [item for v in values for item in v]
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for v in values for k in v))
+        return {k: combine_json([v[k] for v in values if k in v]) for k in keys}
+    return first if all(v == first for v in values) else list(values)
+
+
+def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Manifest:
+    """Merge complete ``--shard i/N`` outputs covering every ``i`` of one ``N`` into ``out``."""
+    runs = []
+    for folder in dirs:
+        manifest, _ = checked_shards(folder)
+        runs.append((ShardSpec.parse(manifest.identity.shard), Path(folder), manifest))
+    runs.sort(key=lambda run: run[0].index)
+    first = runs[0][2].identity
+    for _, folder, manifest in runs:
+        same = replace(manifest.identity, shard=first.shard)
+        if same != first:
+            diff = ", ".join(first.differences(same))
+            raise PipelineInputError(f"is not a shard of the same run as {runs[0][1]} ({diff} differ)", file=folder)
+    count = ShardSpec.parse(first.shard).count
+    indices = [spec.index for spec, _, _ in runs]
+    if indices != list(range(count)) or any(spec.count != count for spec, _, _ in runs):
+        raise PipelineInputError(
+            f"merge needs each shard 0..{count - 1} of {count} exactly once, got "
+            + ", ".join(str(spec) for spec, _, _ in runs)
+        )
+    table = pa.concat_tables([read_table(folder) for _, folder, _ in runs])
+    table = table.take(pa.compute.sort_indices(table, [("prompt_id", "ascending")]))  # stable
+    run = StageRun(
+        out, stage=first.stage, schema=first.schema, config=first.config, inputs=first.inputs,
+        shard=None, rows_per_unit=first.rows_per_unit, overwrite=overwrite,
+    )
+    ids = table.column("prompt_id").to_pylist()
+    units = plan_units(list(range(table.num_rows)), key_of=lambda i: ids[i], rows_per_unit=first.rows_per_unit)
+    for unit in run.pending(units):
+        run.write(unit, table.take(list(unit.items)))
+    sidecars = {}
+    for name in runs[0][2].sidecars:
+        parts = [json.loads((folder / name).read_text()) for _, folder, _ in runs if (folder / name).exists()]
+        sidecars[name] = combine_json(parts)
+    summary = combine_json([manifest.summary for _, _, manifest in runs])
+    return run.finish(sidecars=sidecars, summary={**summary, "merged_from": [str(f) for _, f, _ in runs]})

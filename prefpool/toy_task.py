@@ -1,0 +1,159 @@
+"""A toy preference task for the examples and the quickstart, and the code that scores it.
+
+Task: the user asks the model to repeat a word. The preferred answer repeats
+it exactly; every answer in the candidate pool breaks the rule (another word,
+the word in capitals, the word reversed, the word twice). A tiny randomly
+initialised model learns to rank the preferred answer first in a few dozen steps.
+
+Data flow (the same in both examples):
+
+1. ``make_examples`` -> ``encode_example``: prompt tokens and completion tokens,
+   split with the chat template's prefix property.
+2. ``cache_reference_logps``: score the chosen answer and the pool ONCE with the
+   initial model under ``torch.no_grad`` and keep the numbers in the features.
+   No reference model is held after that; the trained model is the only one.
+3. ``collate``: pad the chosen rows and the candidate rows into one batch that
+   carries the cached reference log-probs.
+4. ``mcpo_batch_loss``: one forward pass, ``sequence_logps``, ``mcpo_loss``.
+
+The reference values and the policy values come out of the same function
+(``completion_logps``), so at step 0 policy == reference and the loss is ln 2.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from prefpool.losses import LossOutput, mcpo_loss, sequence_logps
+
+WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music",
+         "tiger", "paper", "water", "dream", "north", "smile", "train", "bread")
+
+
+@dataclass(frozen=True)
+class ToyExample:
+    prompt: list[dict[str, str]]  # chat messages, ending with the user's turn
+    chosen: str
+    candidates: tuple[str, ...]  # M rule-breaking answers
+
+
+def make_examples(num_candidates: int = 4, seed: int = 0) -> list[ToyExample]:
+    """One example per word in ``WORDS``; the pool order is shuffled with ``seed``."""
+    rng = random.Random(seed)
+    examples = []
+    for word in WORDS:
+        other = rng.choice([w for w in WORDS if w != word])
+        pool = [other, word.upper(), word[::-1], f"{word} {word}"]
+        rng.shuffle(pool)
+        examples.append(ToyExample(
+            prompt=[{"role": "user", "content": f"Repeat the word {word}."}],
+            chosen=word,
+            candidates=tuple(pool[:num_candidates]),
+        ))
+    return examples
+
+
+def _chat_ids(tokenizer, messages, **kwargs) -> list[int]:
+    # return_dict=False: transformers 5 returns a BatchEncoding by default, 4.x a list.
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs))
+
+
+def encode_example(tokenizer, example: ToyExample) -> dict:
+    """Prompt and completion token ids for the chosen answer and each candidate.
+
+    prompt = template(prompt, add_generation_prompt=True); completion = the rest
+    of template(prompt + [answer]), so it ends with the end-of-turn token.
+    """
+    prompt_ids = _chat_ids(tokenizer, example.prompt, add_generation_prompt=True)
+
+    def completion(answer: str) -> list[int]:
+        full = _chat_ids(tokenizer, example.prompt + [{"role": "assistant", "content": answer}])
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("tokenizer: the chat template does not render the prompt as a "
+                             "token prefix of prompt + answer; cannot split the completion")
+        return full[len(prompt_ids):]
+
+    return {
+        "prompt_ids": prompt_ids,
+        "chosen_ids": completion(example.chosen),
+        "candidate_ids": [completion(c) for c in example.candidates],
+    }
+
+
+def collate(features: list[dict], pad_token_id: int) -> dict:
+    """Pad B chosen rows then B*M candidate rows (right padding) into one batch.
+
+    Returns ``input_ids`` / ``attention_mask`` / ``completion_mask`` ``(B*(1+M), T)``,
+    ``num_candidates`` M, and, when the features carry them, the cached
+    ``ref_chosen_logps`` ``(B,)`` and ``ref_candidate_logps`` ``(B, M)``.
+    """
+    pool = {len(f["candidate_ids"]) for f in features}
+    if len(pool) != 1:
+        raise ValueError(f"features: pools of different sizes {sorted(pool)}; "
+                         "pad them and pass candidate_mask to mcpo_loss instead")
+    rows = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
+    rows += [(f["prompt_ids"], c) for f in features for c in f["candidate_ids"]]
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    completion_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (prompt, completion) in enumerate(rows):
+        n = len(prompt) + len(completion)
+        input_ids[i, :n] = torch.tensor(prompt + completion)
+        attention_mask[i, :n] = True
+        completion_mask[i, len(prompt):n] = True
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "num_candidates": pool.pop(),
+    }
+    if "ref_chosen_logps" in features[0]:
+        batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features])
+        batch["ref_candidate_logps"] = torch.tensor([f["ref_candidate_logps"] for f in features])
+    return batch
+
+
+def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs: chosen ``(B,)`` and candidates ``(B, M)``."""
+    input_ids = batch["input_ids"]
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"],
+                   use_cache=False).logits  # (B*(1+M), T, V)
+    # sequence_logps is aligned, not shifted: logits[:, t] predicts input_ids[:, t + 1].
+    logps, _ = sequence_logps(logits[:, :-1], input_ids[:, 1:], batch["completion_mask"][:, 1:])
+    m = batch["num_candidates"]
+    b = logps.shape[0] // (1 + m)
+    return logps[:b], logps[b:].view(b, m)
+
+
+@torch.no_grad()
+def cache_reference_logps(model, features: list[dict], pad_token_id: int,
+                          batch_size: int = 8) -> list[dict]:
+    """Score every feature once with ``model`` (the reference) and store the results.
+
+    Returns new feature dicts with ``ref_chosen_logps`` (float) and
+    ``ref_candidate_logps`` (list of M floats). After this the reference model
+    is no longer needed: training reads these numbers instead.
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        chosen, candidates = completion_logps(model, collate(chunk, pad_token_id))
+        for f, c, k in zip(chunk, chosen.tolist(), candidates.tolist(), strict=True):
+            out.append({**f, "ref_chosen_logps": c, "ref_candidate_logps": k})
+    model.train(was_training)
+    return out
+
+
+def mcpo_batch_loss(model, batch: dict, *, beta: float, generator: torch.Generator | None,
+                    kernel: str = "sample") -> LossOutput:
+    """Per-example MC-PO loss ``(B,)`` of a collated batch against its cached reference."""
+    chosen, candidates = completion_logps(model, batch)
+    return mcpo_loss(chosen, candidates, batch["ref_chosen_logps"], batch["ref_candidate_logps"],
+                     beta=beta, kernel=kernel, generator=generator)
+

@@ -1,0 +1,54 @@
+"""`prefpool ingest` / `prefpool merge`: thin wrappers; user errors exit 2 with a message."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from prefpool.cli import app
+from prefpool.pipeline.tableio import read_table
+
+runner = CliRunner()
+
+
+def test_ingest_prints_a_summary(tmp_path, fixtures):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ingest", str(fixtures / "hh_rlhf.jsonl"), "--format", "hh-rlhf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ingest: 3 rows in ") and "dropped=2" in result.output
+    assert read_table(out).num_rows == 3
+
+
+def test_bad_input_exits_2_with_file_and_column(tmp_path, fixtures):
+    result = runner.invoke(
+        app, ["ingest", str(fixtures / "missing_column.jsonl"), "--format", "pairwise", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "error:" in result.output and "missing_column.jsonl" in result.output and "'rejected'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_line_bad_shard_and_conflict_exit_2(tmp_path, fixtures):
+    out = str(tmp_path / "o")
+    bad = runner.invoke(app, ["ingest", str(fixtures / "bad_json.jsonl"), "-f", "pairwise", "-o", out])
+    assert bad.exit_code == 2 and "row 2 (0-based), line 4" in bad.output
+    shard = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out, "--shard", "2/2"])
+    assert shard.exit_code == 2 and "shard must be i/N" in shard.output
+    fmt = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "nope", "-o", out])
+    assert fmt.exit_code == 2 and "unknown format" in fmt.output
+    assert runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out]).exit_code == 0
+    clash = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out])
+    assert clash.exit_code == 2 and "--overwrite" in clash.output
+    forced = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out, "--overwrite"])
+    assert forced.exit_code == 0
+
+
+def test_merge_command(tmp_path, fixtures):
+    parts = []
+    for i in range(2):
+        parts.append(str(tmp_path / f"s{i}"))
+        args = ["ingest", str(fixtures / "nectar.jsonl"), "-f", "ranked", "-o", parts[-1], "--shard", f"{i}/2"]
+        assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["merge", *parts, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0 and "merge: 2 rows from 2 shard runs" in result.output
+    missing = runner.invoke(app, ["merge", parts[0], "--out", str(tmp_path / "m2")])
+    assert missing.exit_code == 2 and "exactly once" in missing.output
