@@ -19,21 +19,10 @@ Variants:
 - ``chunked``: ``sequence_logps`` with the default ``chunk_elements=2**26``.
 - ``chunked-4M``: ``sequence_logps`` with ``chunk_elements=2**22``.
 
-How memory is measured (CPU): each variant runs in a fresh subprocess, so no
-allocator cache or high-water mark is shared. The child builds the inputs,
-runs a tiny warm-up of the same code path (to load kernels and thread pools),
-then resets the kernel's peak-RSS counter by writing ``5`` to
-``/proc/self/clear_refs`` (Linux >= 4.0) so that ``VmHWM`` equals the current
-RSS, records ``VmRSS``, runs forward + backward once, and reads ``VmHWM``
-again. "peak extra" is ``VmHWM_after - VmRSS_before``: the largest amount of
-resident memory the call added on top of the inputs, measured by the kernel,
-so it sees torch's allocations (``tracemalloc`` would not). It includes the
-``(B, T, V)`` bf16 ``logits.grad`` that both variants must produce. Torch's
-CPU allocator returns large blocks to the OS on free, so freed temporaries do
-not hide in the figure. If ``clear_refs`` is not writable, the child falls back
-to ``getrusage(RUSAGE_SELF).ru_maxrss`` minus the RSS before the call, which
-is exact as long as the call sets a new process high-water mark (it does here:
-inputs are created directly in bf16, with no larger temporary), and says so.
+How memory is measured (CPU): each variant runs in a fresh subprocess and
+``peak_memory.PeakMemory`` (see there) reports the peak RSS the call added
+on top of the inputs. It includes the ``(B, T, V)`` bf16 ``logits.grad`` that
+both variants must produce.
 
 Seconds are the wall time of that single forward + backward, on whatever
 threads torch uses by default. The sanity check is the max abs difference of
@@ -46,31 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
+from peak_memory import PeakMemory
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 VARIANTS = {"naive": None, "chunked": 2**26, "chunked-4M": 2**22}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _make_inputs(torch, batch, seq, vocab, dtype, seed=0):
@@ -108,19 +81,14 @@ def child(args) -> None:
     del small
     logits, input_ids, mask = _make_inputs(torch, args.batch, args.seq, args.vocab, dtype)
 
-    method = "VmHWM after clear_refs" if _reset_peak() else "ru_maxrss (clear_refs unavailable)"
-    rss_before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    logps = _run(torch, logits, input_ids, mask, chunk)
-    seconds = time.perf_counter() - start
-    if method.startswith("VmHWM"):
-        peak = _status_kib("VmHWM")
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        logps = _run(torch, logits, input_ids, mask, chunk)
+        seconds = time.perf_counter() - start
 
     torch.save({"logps": logps, "grad": logits.grad[:, ::37].clone()}, args.out)
-    print(json.dumps({"variant": args.variant, "peak_extra_mib": (peak - rss_before) / 1024,
-                      "seconds": seconds, "method": method,
+    print(json.dumps({"variant": args.variant, "peak_extra_mib": memory.extra_mib,
+                      "seconds": seconds, "method": memory.method,
                       "tokens": int(mask[:, 1:].sum())}))
 
 

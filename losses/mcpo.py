@@ -96,6 +96,18 @@ def kernel_probs(candidate_rewards: torch.Tensor, mask: torch.Tensor, kernel: st
     return F.one_hot(index, rewards.shape[-1]).to(rewards.dtype)
 
 
+def _check_selected(selected: torch.Tensor, mask: torch.Tensor) -> None:
+    batch, pool = mask.shape
+    if not isinstance(selected, torch.Tensor) or selected.dtype != torch.long:
+        raise ValueError("selected: expected a long tensor of pool indices")
+    if tuple(selected.shape) != (batch,):
+        raise ValueError(f"selected: expected shape ({batch},), got {tuple(selected.shape)}")
+    if bool(((selected < 0) | (selected >= pool)).any()):
+        raise ValueError(f"selected: indices must lie in [0, {pool})")
+    if not bool(mask.gather(1, selected[:, None]).all()):
+        raise ValueError("selected: points at a padded (masked-out) candidate")
+
+
 def _draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None) -> torch.Tensor:
     if kernel in ("max", "min"):
         return probs.argmax(dim=-1)
@@ -162,6 +174,7 @@ def mcpo_loss(
     beta: float = 0.1,
     kernel: str = "sample",
     generator: torch.Generator | None = None,
+    selected: torch.Tensor | None = None,
 ) -> LossOutput:
     """MC-PO loss (Chen et al. 2025, arXiv 2502.04567, Sec. 3).
 
@@ -191,6 +204,11 @@ def mcpo_loss(
         beta: > 0.
         kernel: one of ``MCPO_KERNELS``.
         generator: ``torch.Generator`` for ``sample``/``uniform`` draws.
+        selected: ``(B,)`` long, pool indices already picked by
+            :func:`mcpo_select` with the same ``kernel`` (two-pass training:
+            score the pool without gradient, pick, then forward/backward the
+            picked answers only, passing their log-probs at ``selected`` and the
+            no-gradient scores elsewhere). No draw is made; ``generator`` is unused.
 
     Returns:
         ``LossOutput`` with loss ``(B,)`` and metrics (each ``(B,)``):
@@ -204,6 +222,8 @@ def mcpo_loss(
         (softmax weight of y_0).
     """
     _check_kernel(kernel, MCPO_KERNELS)
+    if selected is not None and kernel == "expectation":
+        raise ValueError("selected: the expectation kernel averages over the pool; it takes no selection")
     check_positive("beta", beta)
     batch = check_batch("policy_chosen_logps", policy_chosen_logps)
     check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))
@@ -226,7 +246,10 @@ def mcpo_loss(
         metrics["mcpo/chosen_weight"] = weights[:, 0]
     else:
         weights = kernel_probs(pool_rewards, mask, kernel)  # (B, M)
-        selected = _draw(weights, kernel, generator)  # (B,)
+        if selected is None:
+            selected = _draw(weights, kernel, generator)  # (B,)
+        else:
+            _check_selected(selected, mask)
         rejected = pool_rewards.gather(1, selected[:, None]).squeeze(1)  # (B,), with gradient
         loss = -F.logsigmoid(chosen_rewards - rejected)
 

@@ -41,6 +41,11 @@ def prompt_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:PROMPT_ID_CHARS]
 
 
+def completion_id(text: str) -> str:
+    """sha256 of a completion's exact text (no normalization: every byte is scored), 32 hex chars."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:PROMPT_ID_CHARS]
+
+
 def stable_bucket(key: str, count: int) -> int:
     """Bucket in ``[0, count)``; unlike ``hash()`` it is the same in every process."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()

@@ -95,6 +95,120 @@ def quickstart(
     run_quickstart(QuickstartConfig(out_dir=str(out), steps=steps, seed=seed))
 
 
+@app.command()
+def build(
+    kind: Annotated[str, typer.Option("--kind", help="pairwise | mcpo | mpo")],
+    examples: Annotated[Path, typer.Option(help="`examples` folder (from ingest).")],
+    logprobs: Annotated[list[Path], typer.Option(help="`logprobs` folder; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest.json, report.json).")],
+    candidates: Annotated[Path | None, typer.Option(help="`candidates` folder: mcpo pool / mpo reference samples.")] = None,
+    rank_by: Annotated[str, typer.Option(help="rank (lower is better) | score (higher is better).")] = "rank",
+    pair_mode: Annotated[str, typer.Option(help="Pairs derived from ranks: best-vs-rest | all (ties skipped).")] = "best-vs-rest",
+    best_ties: Annotated[str, typer.Option(help="Tie for best: first (lowest answer index) | drop (the row).")] = "first",
+    missing: Annotated[str, typer.Option(help="A text with no reference log-prob: error | drop.")] = "error",
+    max_pool: Annotated[int | None, typer.Option(help="Keep the first N pool members / reference samples.")] = None,
+    empty_pool: Annotated[str, typer.Option(help="A row with an empty pool: drop | error.")] = "drop",
+    label: Annotated[float, typer.Option(help="mpo: preference label of every pair.")] = 1.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with different settings.")] = False,
+) -> None:
+    """Join examples (+ candidates) with reference log-probs into a training table."""
+    from prefpool.pipeline.build import build as run_build
+    from prefpool.pipeline.errors import PipelineError
+
+    try:
+        summary = run_build(
+            kind, examples=examples, logprobs=logprobs, out=out, candidates=candidates, rank_by=rank_by,
+            pair_mode=pair_mode, best_ties=best_ties, missing=missing, max_pool=max_pool,
+            empty_pool=empty_pool, label=label, overwrite=overwrite,
+        )
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(summary.line())
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="A `build` output folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, e.g. me/my-pairs.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only write the Hub folder (needs --out).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the Hub folder.")] = None,
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+    license: Annotated[str, typer.Option(help="License id for the card.")] = "other",
+    split: Annotated[str, typer.Option(help="Split name of the data files.")] = "train",
+) -> None:
+    """Write data/<split>-*.parquet + README.md (dataset card) and upload them to the Hub."""
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.push import push as run_push
+
+    try:
+        summary = run_push(folder, repo_id=repo_id, dry_run=dry_run, out=out, private=private, license=license, split=split)
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {summary.folder}"
+    typer.echo(f"push: {summary.rows} rows in {len(summary.files)} files, {where}")
+
+
+@app.command()
+def logprobs(
+    input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) or `candidates` (generate) output folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Reference model: a local save_pretrained folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (logprobs shards, manifest.json, report.json).")],
+    engine: Annotated[str, typer.Option(help="Scoring engine: hf.")] = "hf",
+    max_length: Annotated[int, typer.Option(help="Max prompt + completion tokens; longer completions are cut at the tail.")] = 2048,
+    batch_tokens: Annotated[int, typer.Option(help="Token budget of one padded batch (rows x longest row).")] = 16384,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
+    per_token: Annotated[bool, typer.Option(help="Also store per-token log-probs.")] = False,
+    long_prompts: Annotated[str, typer.Option(help="A prompt that fills max_length: drop (counted) | error.")] = "drop",
+    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="A previous logprobs output whose rows (same cache key) are reused.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
+) -> None:
+    """Reference log-probs of every (prompt, completion) pair: the `logprobs` table."""
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.logprobs import logprobs as run_logprobs
+
+    try:
+        summary = run_logprobs(
+            input_dir, model=model, out=out, engine=engine, max_length=max_length, batch_tokens=batch_tokens,
+            dtype=dtype, per_token=per_token, long_prompts=long_prompts, shard=shard, overwrite=overwrite,
+            cache=cache,
+        )
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(summary.line())
+
+
+@app.command()
+def generate(
+    input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) output folder; only its prompts are used.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="A local save_pretrained folder with a chat template.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Samples per prompt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (candidates shards, manifest.json, report.json).")],
+    engine: Annotated[str, typer.Option(help="Generation engine: hf.")] = "hf",
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy. Default: generation_config, else 1.0.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass in (0, 1]. Default: generation_config, else 1.0.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default: generation_config, else 256.")] = None,
+    seed: Annotated[int, typer.Option(help="Global seed; each sample's seed is a hash of (seed, prompt_id, index).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences (prompt x sample) decoded together; does not change samples.")] = 16,
+    device: Annotated[str, typer.Option(help="torch device for the hf engine.")] = "cpu",
+    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
+) -> None:
+    """N sampled completions per prompt with the model's chat template: the `candidates` table."""
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.generate import generate as run_generate
+
+    try:
+        summary = run_generate(
+            input_dir, model=model, out=out, n=n, engine=engine, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, device=device, shard=shard,
+            overwrite=overwrite,
+        )
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(summary.line())
+
+
 def main() -> None:
     app()
 

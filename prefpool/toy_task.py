@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from prefpool.losses import LossOutput, mcpo_loss, sequence_logps
+from prefpool.pipeline.tokenize import encode_pair
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music",
          "tiger", "paper", "water", "dream", "north", "smile", "train", "bread")
@@ -56,30 +57,19 @@ def make_examples(num_candidates: int = 4, seed: int = 0) -> list[ToyExample]:
     return examples
 
 
-def _chat_ids(tokenizer, messages, **kwargs) -> list[int]:
-    # return_dict=False: transformers 5 returns a BatchEncoding by default, 4.x a list.
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs))
-
-
 def encode_example(tokenizer, example: ToyExample) -> dict:
     """Prompt and completion token ids for the chosen answer and each candidate.
 
-    prompt = template(prompt, add_generation_prompt=True); completion = the rest
-    of template(prompt + [answer]), so it ends with the end-of-turn token.
+    Uses ``prefpool.pipeline.tokenize.encode_pair``, the split the ``logprobs``
+    stage uses too: prompt = template(prompt, add_generation_prompt=True);
+    completion = the rest of template(prompt + [answer]), ending with end-of-turn.
     """
-    prompt_ids = _chat_ids(tokenizer, example.prompt, add_generation_prompt=True)
-
-    def completion(answer: str) -> list[int]:
-        full = _chat_ids(tokenizer, example.prompt + [{"role": "assistant", "content": answer}])
-        if full[: len(prompt_ids)] != prompt_ids:
-            raise ValueError("tokenizer: the chat template does not render the prompt as a "
-                             "token prefix of prompt + answer; cannot split the completion")
-        return full[len(prompt_ids):]
-
+    pairs = [encode_pair(tokenizer, example.prompt, answer, max_length=None)
+             for answer in (example.chosen, *example.candidates)]
     return {
-        "prompt_ids": prompt_ids,
-        "chosen_ids": completion(example.chosen),
-        "candidate_ids": [completion(c) for c in example.candidates],
+        "prompt_ids": pairs[0].prompt_ids,
+        "chosen_ids": pairs[0].completion_ids,
+        "candidate_ids": [pair.completion_ids for pair in pairs[1:]],
     }
 
 

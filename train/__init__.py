@@ -1,4 +1,6 @@
-"""prefpool.train: the trainer that reads the pipeline's tables and holds no reference model.
+"""prefpool.train: training from the pipeline's tables without a reference model.
 
-Not yet implemented; the losses it will call are in ``prefpool.losses``.
+So far: ``scoring`` (policy log-probs of tokenized pairs, batched by length)
+and ``mcpo_step`` (MC-PO's two-pass step). The trainer that reads the tables
+and runs these is not written yet.
 """

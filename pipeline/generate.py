@@ -1,0 +1,275 @@
+"""The ``generate`` stage: N sampled completions per prompt -> the ``candidates`` table.
+
+Makes candidate pools for MC-PO and the reference samples of MPO. Reads the
+prompts of an ``examples`` table (answers are ignored), renders each with the
+model's chat template, and draws ``n`` completions per prompt.
+
+Determinism: sample ``i`` of a prompt is drawn from its own RNG stream seeded
+with ``sample_seed(seed, prompt_id, i)``, so a resumed, re-sharded or
+re-batched run draws the same samples (the ``batch_size`` and the device are not
+part of the run's identity; a different dtype or model is).
+
+Sampling parameters: ``temperature``, ``top_p`` and ``max_new_tokens`` left as
+None take the model's ``generation_config.json`` value, else 1.0 / 1.0 / 256.
+``temperature=0`` means greedy decoding (all ``n`` samples are then equal).
+Generation stops at any eos id of the tokenizer or of ``generation_config``
+(their union). Other ``generation_config`` sampling fields (``top_k``,
+``repetition_penalty``, ...) are not applied; the manifest lists them as ignored.
+
+Per sample: ``text`` is the decoded completion without the eos that stopped it
+(special tokens skipped); ``num_tokens`` counts the completion tokens without
+that eos; ``finish_reason`` is "stop" (an eos was drawn) or "length"
+(``max_new_tokens`` tokens drawn, no eos).
+
+Bad input: an input with no prompts, or a prompt the chat template rejects, is
+an error (``PipelineInputError`` naming the file, row and column). A prompt
+whose tokens leave fewer than ``max_new_tokens`` positions of the model's
+context (``max_position_embeddings``) is dropped and counted in
+``report.json`` (reason ``prompt_too_long``, with the first few prompt ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.generate_engine import Engine, Request, load_engine
+from prefpool.pipeline.generate_model import (
+    APPLIED_KEYS,
+    NOT_SAMPLING_KEYS,
+    ModelInfo,
+    load_model_info,
+)
+from prefpool.pipeline.ids import ShardSpec
+from prefpool.pipeline.progress import progress, summary_line
+from prefpool.pipeline.sampling import SamplingParams, sample_seed
+from prefpool.pipeline.schemas import CANDIDATES
+from prefpool.pipeline.shards import read_shard
+from prefpool.pipeline.stage import StageRun, Unit, plan_units
+from prefpool.pipeline.tableio import checked_shards
+
+STAGE = "generate"
+ROWS_PER_UNIT = 64  # prompts per shard file: the unit of resuming
+DEFAULT_MAX_NEW_TOKENS = 256
+EXAMPLES_PER_REASON = 5
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt_id: str
+    prompt: list[dict[str, str]]
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GenerateSummary:
+    out: Path
+    rows_written: int
+    rows_dropped: int
+    samples: int
+    tokens_generated: int  # this invocation only (0 when everything was already done)
+    units_written: int
+    units_skipped: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
+        return summary_line(
+            STAGE, rows=self.rows_written, seconds=self.seconds, out=self.out,
+            samples=self.samples, dropped=self.rows_dropped, new_tokens=self.tokens_generated,
+            tokens_per_s=f"{rate:.0f}", units_written=self.units_written, units_skipped=self.units_skipped,
+        )
+
+
+def generate(
+    input_dir: str | Path,
+    *,
+    model: str | Path,
+    out: str | Path,
+    n: int,
+    engine: str = "hf",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    shard: str | ShardSpec | None = None,
+    overwrite: bool = False,
+    rows_per_unit: int = ROWS_PER_UNIT,
+    device: str = "cpu",
+    show_progress: bool | None = None,
+) -> GenerateSummary:
+    """Write ``n`` samples per prompt of the ``examples`` table in ``input_dir`` to ``out``.
+
+    ``batch_size`` counts sequences (prompt x sample) decoded together.
+    """
+    start = time.perf_counter()
+    if n < 1:
+        raise PipelineConfigError(f"n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
+    spec = ShardSpec.parse(shard)
+    info = load_model_info(model)
+    params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    prompts, inputs = read_prompts(input_dir)
+    config = {
+        "engine": engine, "n": n, "seed": seed,
+        "temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
+        "eos_token_ids": list(params.eos_token_ids), "dtype": info.dtype, "model": info.fingerprint,
+        "too_long_prompts": "drop",
+    }
+    run = StageRun(
+        out, stage=STAGE, schema="candidates", config=config, inputs=inputs, shard=spec,
+        rows_per_unit=rows_per_unit, overwrite=overwrite, seed=seed,
+        model={**info.describe(), "engine": engine, "device": device, "sampling": sampling},
+    )
+
+    owned = sorted((p for p in prompts if spec.owns(p[0])), key=lambda p: p[0])
+    rows, dropped = _render(owned, info, params.max_new_tokens)
+    units = plan_units(rows, key_of=lambda r: r.prompt_id, rows_per_unit=rows_per_unit)
+    todo = run.pending(units)
+    tokens = 0
+    if todo:
+        backend = load_engine(engine, info, batch_size=batch_size, device=device)
+        total = sum(len(u.items) for u in todo) * n
+        with progress("generate", total, enabled=show_progress, unit="samples") as advance:
+            for unit in todo:
+                table, unit_tokens = _generate_unit(unit, backend, info, params, n=n, seed=seed, advance=advance)
+                run.write(unit, table)
+                tokens += unit_tokens
+    finish = _finish_counts(run, units)
+    report = {
+        "rows_read": len(owned),
+        "rows_written": len(rows),
+        "rows_dropped": sum(len(v) for v in dropped.values()),
+        "dropped_rows": {reason: len(ids) for reason, ids in sorted(dropped.items())},
+        "examples": [
+            {"reason": reason, "prompt_id": pid} for reason, ids in sorted(dropped.items())
+            for pid in ids[:EXAMPLES_PER_REASON]
+        ],
+        "samples": len(rows) * n,
+        "finish_reasons": finish,
+    }
+    counts = {k: report[k] for k in ("rows_read", "rows_dropped", "samples", "finish_reasons")}
+    run.finish(sidecars={"report.json": report}, summary=counts)
+    return GenerateSummary(
+        run.out, len(rows), report["rows_dropped"], len(rows) * n, tokens,
+        run.units_written, run.units_skipped, time.perf_counter() - start,
+    )
+
+
+def resolve_params(
+    info: ModelInfo, *, temperature: float | None, top_p: float | None, max_new_tokens: int | None
+) -> tuple[SamplingParams, dict]:
+    """The parameters actually used, and a record of where each came from (for the manifest)."""
+    gen = info.generation_config
+    defaults = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+    given = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    used, source = {}, {}
+    for key, value in given.items():
+        if value is not None:
+            used[key], source[key] = value, "argument"
+        elif gen.get(key) is not None:
+            used[key], source[key] = gen[key], "generation_config"
+        else:
+            used[key], source[key] = defaults[key], "default"
+    params = SamplingParams(
+        temperature=float(used["temperature"]), top_p=float(used["top_p"]),
+        max_new_tokens=int(used["max_new_tokens"]), eos_token_ids=info.eos_token_ids,
+    )
+    record = {
+        **used,
+        "source": source,
+        "eos_token_ids": list(info.eos_token_ids),
+        "pad_token_id": info.pad_token_id,
+        "max_position_embeddings": info.max_position_embeddings,
+        "generation_config": gen,
+        "ignored_generation_config": {
+            k: v for k, v in gen.items() if k not in APPLIED_KEYS and k not in NOT_SAMPLING_KEYS
+        },
+    }
+    return params, record
+
+
+def read_prompts(input_dir: str | Path) -> tuple[list[tuple[str, list, str, int]], dict]:
+    """(prompt_id, messages, file, row) of every input row, and the input's fingerprint.
+
+    The fingerprint hashes the prompt ids (content hashes of the prompts), so it
+    does not change when the same examples are re-ingested or merged.
+    """
+    _, paths = checked_shards(input_dir, schema="examples")
+    prompts = []
+    seen: dict[str, tuple[str, int]] = {}
+    for path in paths:
+        table = read_shard(path, "examples").select(["prompt_id", "prompt"])
+        for row, (pid, messages) in enumerate(
+            zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist(), strict=True)
+        ):
+            if pid in seen:
+                raise PipelineInputError(
+                    f"duplicate prompt_id {pid} (first at {seen[pid][0]} row {seen[pid][1]})",
+                    file=path, row=row, column="prompt_id",
+                )
+            seen[pid] = (str(path), row)
+            prompts.append((pid, messages, str(path), row))
+    if not prompts:
+        raise PipelineInputError("the examples table has no rows: no prompts to generate from", file=input_dir)
+    digest = hashlib.sha256("\n".join(sorted(seen)).encode("utf-8")).hexdigest()
+    return prompts, {"schema": "examples", "rows": len(prompts), "prompt_ids_sha256": digest}
+
+
+def _render(
+    prompts: list[tuple[str, list, str, int]], info: ModelInfo, max_new_tokens: int
+) -> tuple[list[PromptRow], dict[str, list[str]]]:
+    limit = info.max_position_embeddings - max_new_tokens
+    rows, dropped = [], {}
+    for pid, messages, file, row in prompts:
+        try:
+            tokens = info.render(messages)
+        except Exception as exc:  # the template raises whatever its author chose
+            raise PipelineInputError(f"the chat template rejects this prompt: {exc}", file=file, row=row,
+                                     column="prompt") from None
+        if len(tokens) > limit:
+            dropped.setdefault("prompt_too_long", []).append(pid)
+            continue
+        rows.append(PromptRow(pid, messages, tuple(tokens)))
+    return rows, dropped
+
+
+def _generate_unit(
+    unit: Unit[PromptRow], engine: Engine, info: ModelInfo, params: SamplingParams, *,
+    n: int, seed: int, advance,
+) -> tuple[pa.Table, int]:
+    requests = [
+        Request(row.tokens, sample_seed(seed, row.prompt_id, i)) for row in unit.items for i in range(n)
+    ]
+    completions = engine.generate(requests, params, on_done=lambda _tokens: advance(1))
+    out, tokens = [], 0
+    for r, row in enumerate(unit.items):
+        samples = []
+        for i in range(n):
+            request, completion = requests[r * n + i], completions[r * n + i]
+            tokens += len(completion.token_ids)
+            samples.append({
+                "text": info.decode(list(completion.token_ids)),
+                "seed": request.seed,
+                "finish_reason": completion.finish_reason,
+                "num_tokens": len(completion.token_ids),
+            })
+        out.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "samples": samples})
+    return pa.Table.from_pylist(out, schema=CANDIDATES), tokens
+
+
+def _finish_counts(run: StageRun, units: list[Unit]) -> dict[str, int]:
+    """Finish reasons over the whole output, resumed units included."""
+    counts: Counter[str] = Counter()
+    for unit in units:
+        samples = read_shard(run.shard_path(unit), "candidates").column("samples").to_pylist()
+        counts.update(s["finish_reason"] for row in samples for s in row)
+    return dict(sorted(counts.items()))

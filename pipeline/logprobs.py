@@ -1,0 +1,328 @@
+"""The ``logprobs`` stage: the reference model's log-prob of every (prompt, completion) in a table.
+
+Input: an ``examples`` folder (completions = ``answers[*].text``) or a
+``candidates`` folder (``samples[*].text``). Output: the ``logprobs`` table, one
+row per distinct ``(prompt_id, completion_id)``, sorted by both, cut into units
+that are written (and resumed) one by one through ``StageRun``.
+
+Tokens come from ``tokenize.encode_pair`` and values from
+``losses.sequence_logps``, the trainer's own functions, so a cached reference
+value equals the policy's value at step 0. Pairs whose prompt alone fills
+``max_length`` are dropped and counted (``long_prompts="drop"``, the default)
+or stop the run (``"error"``); a completion too long is cut at its tail and
+flagged ``truncated``.
+
+Cache: every row carries a ``cache_key``, the hash of what its value depends on
+(weights, config.json, tokenizer + chat template, max length, truncation
+policy, dtype). Rows found under the same key in ``cache=DIR`` or in the output
+folder itself are copied, not recomputed, so rerunning on a grown input into
+the same folder scores only the new pairs. An output made under another key is
+refused (naming what differs) unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.ids import ShardSpec, completion_id
+from prefpool.pipeline.logprobs_engine import DTYPES, ENGINES
+from prefpool.pipeline.manifest import load_manifest
+from prefpool.pipeline.progress import progress, summary_line
+from prefpool.pipeline.schemas import LOGPROBS
+from prefpool.pipeline.shards import ShardName, read_shard
+from prefpool.pipeline.stage import RUN_MARKER, StageRun, plan_units
+from prefpool.pipeline.tableio import checked_shards, read_table
+from prefpool.pipeline.tokenize import PromptTooLongError, encode_pair, template_hash
+
+STAGE = "logprobs"
+ROWS_PER_UNIT = 1024
+TEXTS = {"examples": "answers", "candidates": "samples"}  # input schema -> list column holding `text`
+LONG_PROMPTS = ("drop", "error")
+
+
+@dataclass(frozen=True)
+class LogprobsSummary:
+    out: Path
+    pairs: int  # distinct (prompt, completion) pairs this shard owns
+    rows: int  # rows in the output
+    dropped_long_prompt: int
+    truncated: int
+    tokens: int  # completion tokens in the output
+    computed: int  # rows scored by the model in this call
+    cache_hits: int  # rows copied from a cache in this call
+    units_written: int
+    units_skipped: int
+    seconds: float
+    tokens_per_s: float  # completion tokens scored per second in this call
+
+    def line(self) -> str:
+        return summary_line(
+            STAGE, rows=self.rows, seconds=self.seconds, out=self.out, pairs=self.pairs,
+            computed=self.computed, cached=self.cache_hits, dropped=self.dropped_long_prompt,
+            truncated=self.truncated, tokens_per_s=f"{self.tokens_per_s:.0f}",
+            units_written=self.units_written, units_skipped=self.units_skipped,
+        )
+
+
+def weights_hash(model: str | Path) -> str:
+    """sha256 over the model folder's config.json and ``*.safetensors`` weight files."""
+    folder = Path(model)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or not (folder / "config.json").exists():
+        raise PipelineConfigError(f"model {model}: needs config.json and *.safetensors weights (save_pretrained)")
+    digest = hashlib.sha256()
+    for path in [folder / "config.json", *files]:
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_components(weights_sha256: str, tokenizer, *, max_length: int, truncation: str, dtype: str) -> dict:
+    return {
+        "weights_sha256": weights_sha256,
+        "tokenizer_sha256": template_hash(tokenizer),
+        "max_length": max_length,
+        "truncation": truncation,
+        "dtype": dtype,
+    }
+
+
+def cache_key_of(components: dict) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def logprobs(
+    input_dir: str | Path,
+    *,
+    model: str | Path,
+    out: str | Path,
+    engine: str = "hf",
+    max_length: int = 2048,
+    batch_tokens: int = 16384,
+    dtype: str = "float32",
+    per_token: bool = False,
+    long_prompts: str = "drop",
+    shard: str | ShardSpec | None = None,
+    overwrite: bool = False,
+    cache: str | Path | None = None,
+    rows_per_unit: int = ROWS_PER_UNIT,
+    show_progress: bool | None = None,
+) -> LogprobsSummary:
+    """Score every distinct (prompt, completion) of ``input_dir`` with ``model`` into ``out``.
+
+    ``model`` is a local folder (``save_pretrained`` layout). ``batch_tokens``
+    bounds a padded batch (rows x longest row); it does not change the values.
+    """
+    start = time.perf_counter()
+    _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)
+    spec = ShardSpec.parse(shard)
+    in_schema, table, inputs = _read_input(input_dir)
+
+    weights = weights_hash(model)  # before loading anything: a folder without weights fails fast
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
+    key = cache_key_of(components)
+    config = {"engine": engine, "cache_key": key, "cache": components, "per_token": per_token,
+              "long_prompts": long_prompts}
+    out = Path(out)
+    replace = _check_existing(out, components, overwrite)
+
+    pairs = _pairs(table, TEXTS[in_schema], spec)
+    units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
+    provenance = {"path": str(Path(model).resolve()), "engine": engine, "cache_key": key, **components}
+    run = StageRun(
+        out, stage=STAGE, schema="logprobs", config=config, inputs=inputs, shard=spec,
+        rows_per_unit=rows_per_unit, overwrite=overwrite or replace, model=provenance,
+    )
+    if run.complete:
+        summary = run.finish().summary
+        return LogprobsSummary(
+            run.out, summary["pairs"], summary["rows"], summary["dropped_long_prompt"], summary["truncated"],
+            summary["tokens"], 0, 0, 0, len(units), time.perf_counter() - start, 0.0,
+        )
+
+    todo = run.pending(units)
+    cached = _load_cache(out, cache, key, per_token) if todo else {}
+    scorer = _LazyEngine(engine, model, dtype, batch_tokens, tokenizer)
+    counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
+    with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
+        for unit in todo:
+            rows = _unit_rows(unit.items, tokenizer, scorer, cached, counts, key=key, max_length=max_length,
+                              per_token=per_token, long_prompts=long_prompts, input_dir=input_dir, model=model)
+            run.write(unit, pa.Table.from_pylist(rows, schema=LOGPROBS))
+            advance(len(unit.items))
+
+    totals = _totals(run, units)
+    summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
+    run.finish(sidecars={"report.json": summary}, summary=summary)
+    rate = counts["tokens_scored"] / scorer.seconds if scorer.seconds > 0 else 0.0
+    return LogprobsSummary(
+        run.out, len(pairs), totals["rows"], summary["dropped_long_prompt"], totals["truncated"], totals["tokens"],
+        counts["computed"], counts["cache_hits"], run.units_written, run.units_skipped,
+        time.perf_counter() - start, rate,
+    )
+
+
+def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) -> None:
+    if engine not in ENGINES:
+        raise PipelineConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+    if dtype not in DTYPES:
+        raise PipelineConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if long_prompts not in LONG_PROMPTS:
+        raise PipelineConfigError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
+    if max_length < 2 or batch_tokens < 1:
+        raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
+    if not Path(model).is_dir():
+        raise PipelineConfigError(f"model {model}: not a local model folder (save_pretrained layout)")
+
+
+def _read_input(input_dir) -> tuple[str, pa.Table, dict]:
+    manifest, _ = checked_shards(input_dir)
+    name = manifest.identity.schema
+    if name not in TEXTS:
+        raise PipelineInputError(f"holds a {name!r} table; logprobs reads 'examples' or 'candidates'", file=input_dir)
+    table = read_table(input_dir).select(["prompt_id", "prompt", TEXTS[name]])
+    inputs = {"schema": name, "identity": manifest.identity.to_json(),
+              "shards": [entry.sha256 for entry in manifest.shards]}
+    return name, table, inputs
+
+
+def _pairs(table: pa.Table, column: str, spec: ShardSpec) -> list[tuple[str, str, list, str]]:
+    """Distinct ``(prompt_id, completion_id, prompt, text)`` of this shard, in canonical order."""
+    found: dict[tuple[str, str], tuple[list, str]] = {}
+    for row in table.to_pylist():
+        if not spec.owns(row["prompt_id"]):
+            continue
+        for item in row[column]:
+            found.setdefault((row["prompt_id"], completion_id(item["text"])), (row["prompt"], item["text"]))
+    return [(pid, cid, *found[(pid, cid)]) for pid, cid in sorted(found)]
+
+
+def _existing_config(out: Path) -> dict | None:
+    manifest = load_manifest(out) if out.is_dir() else None
+    if manifest is not None:
+        return manifest.identity.to_json()
+    marker = out / RUN_MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _check_existing(out: Path, components: dict, overwrite: bool) -> bool:
+    """Refuse an output made under another cache key; True when an existing output may be updated in place."""
+    identity = _existing_config(out)
+    if identity is None or identity.get("stage") != STAGE:
+        return False  # empty, or not ours: StageRun decides
+    theirs = identity["config"].get("cache", {})
+    differ = [k for k in components if theirs.get(k) != components[k]]
+    if not differ:
+        return True  # same values: rows are reused, only new pairs are scored
+    if overwrite:
+        return False
+    raise OutputConflictError(
+        f"{out} holds log-probs made with a different {', '.join(differ)} (another model, tokenizer or "
+        "settings); pass overwrite=True (--overwrite) to replace them, or choose another --out folder"
+    )
+
+
+def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) -> dict[tuple[str, str], dict]:
+    """Rows under ``key`` in ``cache`` (a complete logprobs output) and in ``out``'s finished shards."""
+    paths = []
+    if cache is not None:
+        paths += checked_shards(cache, schema="logprobs")[1]
+    if out.is_dir():
+        paths += [p for p in sorted(out.iterdir()) if ShardName.parse(p.name)]
+    rows: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        try:
+            table = read_shard(path, "logprobs")
+        except PipelineInputError:
+            continue  # a damaged or foreign shard in `out`: its rows are recomputed
+        for row in table.select(LOGPROBS.names).to_pylist():
+            if row["cache_key"] == key and (not per_token or row["token_logps"] is not None):
+                rows[(row["prompt_id"], row["completion_id"])] = row
+    return rows
+
+
+class _LazyEngine:
+    """Loads the model on first use: a run served entirely from the cache never loads it."""
+
+    def __init__(self, engine, model, dtype, batch_tokens, tokenizer) -> None:
+        self.args = (engine, model, dtype, batch_tokens, tokenizer)
+        self.engine = None
+        self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
+
+    def score(self, sequences, starts, *, per_token):
+        if self.engine is None:
+            name, model, dtype, batch_tokens, tokenizer = self.args
+            # padded positions are masked out of attention and scoring: any id will do
+            pad = tokenizer.pad_token_id or 0
+            self.engine = ENGINES[name](str(model), dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad)
+        start = time.perf_counter()
+        scores = self.engine.score(sequences, starts, per_token=per_token)
+        self.seconds += time.perf_counter() - start
+        return scores
+
+
+def _unit_rows(items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts,
+               input_dir, model) -> list[dict]:
+    rows: dict[int, dict] = {}
+    todo = []  # (index in unit, pid, cid, encoded pair)
+    for index, (pid, cid, prompt, text) in enumerate(items):
+        hit = cached.get((pid, cid))
+        if hit is not None:
+            rows[index] = {**hit, "token_logps": hit["token_logps"] if per_token else None}
+            counts["cache_hits"] += 1
+            continue
+        try:
+            pair = encode_pair(tokenizer, prompt, text, max_length=max_length)
+        except PromptTooLongError as exc:
+            if long_prompts == "error":
+                raise PipelineInputError(
+                    f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
+                    file=input_dir,
+                ) from None
+            continue
+        todo.append((index, pid, cid, pair))
+    if todo:
+        scores = scorer.score(
+            [p.prompt_ids + p.completion_ids for *_, p in todo], [len(p.prompt_ids) for *_, p in todo],
+            per_token=per_token,
+        )
+        for j, (index, pid, cid, pair) in enumerate(todo):
+            logp = scores.logps[j]
+            per = scores.token_logps[j] if scores.token_logps is not None else None
+            if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
+                raise PipelineInputError(
+                    f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {model} "
+                    "(NaN/inf: try dtype='float32', or check the weights)",
+                    file=input_dir,
+                )
+            rows[index] = {
+                "prompt_id": pid, "completion_id": cid, "logp": logp, "num_tokens": scores.counts[j],
+                "truncated": pair.truncated, "token_logps": per, "cache_key": key,
+            }
+            counts["computed"] += 1
+            counts["tokens_scored"] += scores.counts[j]
+    return [rows[i] for i in sorted(rows)]
+
+
+def _totals(run: StageRun, units) -> dict:
+    rows = truncated = tokens = 0
+    for unit in units:
+        table = pq.read_table(run.shard_path(unit), columns=["num_tokens", "truncated"])
+        rows += table.num_rows
+        truncated += sum(table.column("truncated").to_pylist())
+        tokens += sum(table.column("num_tokens").to_pylist())
+    return {"rows": rows, "truncated": truncated, "tokens": tokens}

@@ -1,0 +1,184 @@
+"""build: hand-made examples/candidates/logprobs tables (made-up log-probs) -> training tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_build_helpers import (
+    candidates_row,
+    example,
+    fake_logp,
+    logprob_rows,
+    rows_of,
+    shuffled,
+    write_rows,
+)
+from typer.testing import CliRunner
+
+from prefpool.cli import app
+from prefpool.pipeline.build import build
+from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.schemas import MCPO, PAIRWISE
+from prefpool.pipeline.tableio import read_table
+
+RANKED = example("ranked", [("best one", 0.9, 1), ("mid", 0.5, 2), ("worst answer", 0.1, 3)])
+PAIRED = example("paired", [("x", None, None), ("y longer", None, None)], pairs=[(1, 0)])
+TIED = example("tied", [("t1", 0.9, 1), ("t2", 0.9, 1), ("t3", 0.0, 2)])
+EXAMPLES = [RANKED, PAIRED, TIED]
+CANDIDATES = [candidates_row(RANKED, ["s1", "s2 two", "best one", "s3"]), candidates_row(TIED, ["u1"])]
+
+
+def _inputs(tmp_path, examples=EXAMPLES, candidates=CANDIDATES, *, skip=frozenset(), seed=None, lp_rows=None):
+    order = (lambda rows: rows) if seed is None else (lambda rows: shuffled(rows, seed))
+    tag = "" if seed is None else f"-{seed}"
+    ex = write_rows(tmp_path / f"ex{tag}", "examples", order(examples), stage="ingest")
+    ca = write_rows(tmp_path / f"ca{tag}", "candidates", order(candidates), stage="generate")
+    lp_rows = logprob_rows(examples, candidates, skip=skip) if lp_rows is None else lp_rows
+    lp = write_rows(tmp_path / f"lp{tag}", "logprobs", order(lp_rows), stage="logprobs", rows_per_unit=3)
+    return ex, ca, lp
+
+
+def _texts(row):
+    return row["chosen"][0]["content"], row["rejected"][0]["content"]
+
+
+def test_pairwise_has_trl_columns_and_the_expected_pairs(tmp_path):
+    ex, _, lp = _inputs(tmp_path)
+    summary = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "out")
+    table = read_table(summary.out, schema="pairwise")
+    # TRL 1.16 DPOTrainer reads prompt/chosen/rejected (conversational) and ref_*_logps (float64)
+    for name in ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps"):
+        assert table.schema.field(name).type.equals(PAIRWISE.field(name).type)
+    rows = rows_of(summary.out)
+    by_prompt = {}
+    for row in rows:
+        assert row["chosen"][0]["role"] == "assistant" and len(row["chosen"]) == 1
+        assert row["ref_chosen_logps"] == fake_logp(row["chosen"][0]["content"])
+        assert row["ref_rejected_logps"] == fake_logp(row["rejected"][0]["content"])
+        by_prompt.setdefault(row["prompt"][0]["content"], []).append(_texts(row))
+    # explicit pair kept as given; ranked: best vs each worse; tie for best: lowest index, t1 vs t2 skipped
+    assert by_prompt == {
+        "paired": [("y longer", "x")],
+        "ranked": [("best one", "mid"), ("best one", "worst answer")],
+        "tied": [("t1", "t3")],
+    }
+    report = json.loads((summary.out / "report.json").read_text())
+    assert report["pairs_explicit"] == 1 and report["pairs_derived"] == 3 and report["rows_written"] == 4
+
+
+def test_output_does_not_depend_on_input_row_order(tmp_path):
+    outs = []
+    for seed in (None, 1, 2):
+        ex, ca, lp = _inputs(tmp_path, seed=seed)
+        for kind in ("pairwise", "mcpo", "mpo"):
+            cand = ca if kind != "pairwise" else None
+            outs.append((kind, seed, rows_of(build(kind, examples=ex, logprobs=lp, candidates=cand,
+                                                    out=tmp_path / f"{kind}-{seed}").out)))
+    for kind in ("pairwise", "mcpo", "mpo"):
+        results = [rows for k, _, rows in outs if k == kind]
+        assert results[0] and all(r == results[0] for r in results)
+
+
+def test_tie_policies(tmp_path):
+    ex, _, lp = _inputs(tmp_path)
+    dropped = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "drop", best_ties="drop")
+    assert {r["prompt"][0]["content"] for r in rows_of(dropped.out)} == {"ranked", "paired"}
+    assert dropped.report["dropped_tie_for_best"] == 1
+    every = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "all", pair_mode="all")
+    pairs = {_texts(r) for r in rows_of(every.out) if r["prompt"][0]["content"] == "tied"}
+    assert pairs == {("t1", "t3"), ("t2", "t3")}  # never t1 vs t2: equal ranks are skipped
+    mcpo = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "mcpo-drop", best_ties="drop")
+    assert {r["preferred"] for r in rows_of(mcpo.out)} == {"best one"}
+    assert mcpo.report["dropped_tie_for_best"] == 1 and mcpo.report["dropped_no_ranked_answer"] == 1
+
+
+def test_rank_by_score(tmp_path):
+    ex, _, lp = _inputs(tmp_path, examples=[example("s", [("lo", 0.1, None), ("hi", 0.8, None)])], candidates=[])
+    rows = rows_of(build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "o", rank_by="score").out)
+    assert [_texts(r) for r in rows] == [("hi", "lo")]
+
+
+def test_missing_logprob_errors_naming_the_prompt_or_is_dropped_and_counted(tmp_path):
+    ex, ca, lp = _inputs(tmp_path, skip={"mid", "s2 two"})
+    with pytest.raises(PipelineInputError, match=rf"rejected text of prompt_id {RANKED['prompt_id']}.*'mid'"):
+        build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "err")
+    dropped = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "drop", missing="drop")
+    assert ("best one", "mid") not in {_texts(r) for r in rows_of(dropped.out)}
+    assert dropped.report["dropped_missing_logp_rejected"] == 1 and dropped.report["rows_written"] == 3
+    with pytest.raises(PipelineInputError, match=r"pool text of prompt_id .*'s2 two'"):
+        build("mcpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / "err2")
+    pool = build("mcpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / "drop2", missing="drop")
+    ranked = next(r for r in rows_of(pool.out) if r["prompt_id"] == RANKED["prompt_id"])
+    assert ranked["pool"] == ["s1", "s3"] and pool.report["dropped_missing_logp_pool"] == 1
+
+
+def test_nan_logprob_is_an_error(tmp_path):
+    rows = logprob_rows(EXAMPLES, CANDIDATES)
+    rows[2]["logp"] = math.nan
+    ex, _, lp = _inputs(tmp_path, lp_rows=rows)
+    with pytest.raises(PipelineInputError, match=f"nan for prompt_id {rows[2]['prompt_id']}"):
+        build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "o")
+
+
+def test_logprobs_from_different_cache_keys_are_refused(tmp_path):
+    rows = logprob_rows(EXAMPLES, CANDIDATES)
+    rows[0]["cache_key"] = "another-model"
+    ex, _, lp = _inputs(tmp_path, lp_rows=rows)
+    with pytest.raises(PipelineInputError, match="2 different cache keys"):
+        build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "o")
+
+
+def test_mcpo_from_ranked_answers_and_from_candidates(tmp_path):
+    ex, ca, lp = _inputs(tmp_path)
+    answers = {r["preferred"]: r for r in rows_of(build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "a").out)}
+    assert set(answers) == {"best one", "t1"}  # "paired" has no ranks: dropped and counted
+    assert answers["best one"]["pool"] == ["mid", "worst answer"]
+    assert answers["best one"]["ref_pool_logps"] == [fake_logp("mid"), fake_logp("worst answer")]
+    assert answers["best one"]["ref_preferred_logp"] == fake_logp("best one")
+    assert answers["t1"]["pool"] == ["t3"]  # t2 tied with the preferred: not a negative
+    gen = build("mcpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / "c", max_pool=2)
+    rows = {r["preferred"]: r for r in rows_of(gen.out)}
+    # the sample equal to the preferred text leaves the pool; then the first 2 samples are kept
+    assert rows["best one"]["pool"] == ["s1", "s2 two"] and rows["best one"]["pool_num_tokens"] == [1, 2]
+    assert rows["t1"]["pool"] == ["u1"]
+    assert gen.report["pool_samples_equal_to_preferred"] == 1 and gen.report["pool_members_over_max_pool"] == 1
+    assert read_table(gen.out).schema.equals(MCPO)
+
+
+def test_empty_pool_policy(tmp_path):
+    lonely = example("lonely", [("only", 1.0, 1)])
+    ex, _, lp = _inputs(tmp_path, examples=[RANKED, lonely], candidates=[])
+    out = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "drop")
+    assert [r["preferred"] for r in rows_of(out.out)] == ["best one"]
+    assert out.report["dropped_empty_pool"] == 1
+    with pytest.raises(PipelineInputError, match=f"prompt_id {lonely['prompt_id']} has an empty pool"):
+        build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "err", empty_pool="error")
+
+
+def test_mpo_rows_carry_label_and_reference_samples(tmp_path):
+    ex, ca, lp = _inputs(tmp_path)
+    out = build("mpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / "o", label=0.75, max_pool=3)
+    rows = rows_of(out.out)
+    assert {r["prompt"][0]["content"] for r in rows} == {"ranked", "tied"}
+    assert out.report["dropped_empty_samples"] == 1  # "paired" has no reference samples
+    ranked = next(r for r in rows if r["prompt_id"] == RANKED["prompt_id"])
+    assert ranked["label"] == 0.75 and ranked["ref_samples"] == ["s1", "s2 two", "best one"]
+    assert ranked["ref_sample_logps"] == [fake_logp(t) for t in ranked["ref_samples"]]
+    with pytest.raises(PipelineConfigError, match="needs --candidates"):
+        build("mpo", examples=ex, logprobs=lp, out=tmp_path / "x")
+
+
+def test_rerun_is_a_no_op_and_cli_builds(tmp_path):
+    ex, ca, lp = _inputs(tmp_path)
+    first = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
+    again = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
+    assert again.rows_written == first.rows_written == 2
+    result = CliRunner().invoke(app, ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp),
+                                      "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert len(rows_of(tmp_path / "cli")) == 4
+    bad = CliRunner().invoke(app, ["build", "--kind", "dpo", "--examples", str(ex), "--logprobs", str(lp),
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "kind must be one of" in bad.output

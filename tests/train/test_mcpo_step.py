@@ -1,0 +1,120 @@
+"""MC-PO's two-pass step equals the one-pass computation through the whole pool.
+
+The two-pass step scores the pool without gradient, picks with ``mcpo_select``
+and back-propagates through the preferred and the picked answers only. The
+one-pass reference here forwards all ``1 + M`` answers with gradient and calls
+``mcpo_loss`` with a generator in the same state: same picks, same loss, same
+parameter gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prefpool.losses import mcpo_loss
+from prefpool.tiny_model import build_tiny_llama
+from prefpool.train.mcpo_step import PoolBatch, mcpo_step_loss
+from prefpool.train.scoring import completion_logps, pad_pairs, score_pairs
+
+torch.set_num_threads(1)
+
+PAD = 0
+BETA = 0.5
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=3)
+    return AutoModelForCausalLM.from_pretrained(path).float()
+
+
+def _tokens(gen: torch.Generator, n: int) -> list[int]:
+    return torch.randint(10, 500, (n,), generator=gen).tolist()
+
+
+def _batch(pool_sizes: list[int], seed: int = 0) -> PoolBatch:
+    """Random prompts and answers of different lengths; ragged pools; made-up reference values."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [_tokens(gen, 3 + b) for b in range(len(pool_sizes))]
+    chosen = [(p, _tokens(gen, 4 + b)) for b, p in enumerate(prompts)]
+    pools = [[(p, _tokens(gen, 2 + (3 * i + b) % 6)) for i in range(m)]
+             for b, (p, m) in enumerate(zip(prompts, pool_sizes, strict=True))]
+    width = max(pool_sizes)
+    mask = torch.tensor([[i < m for i in range(width)] for m in pool_sizes])
+    ref_pool = torch.randn(len(pool_sizes), width, generator=gen) * 3 - 40
+    return PoolBatch(chosen, pools, torch.randn(len(pool_sizes), generator=gen) * 3 - 40,
+                     ref_pool.masked_fill(~mask, float("nan")), mask)
+
+
+def _one_pass(model, batch: PoolBatch, kernel: str, seed: int):
+    """All 1 + M answers forwarded with gradient, then ``mcpo_loss`` draws the negatives itself."""
+    width = batch.pool_mask.shape[1]
+    flat = [*batch.chosen, *(pool[i] for pool in batch.pools for i in range(len(pool)))]
+    logps, _ = completion_logps(model, flat, PAD)
+    size = len(batch.chosen)
+    policy_pool = torch.zeros(size, width)
+    rows, cols = batch.pool_mask.nonzero(as_tuple=True)
+    policy_pool = policy_pool.index_put((rows, cols), logps[size:])
+    return mcpo_loss(logps[:size], policy_pool, batch.ref_chosen_logps, batch.ref_pool_logps,
+                     candidate_mask=batch.pool_mask, beta=BETA, kernel=kernel,
+                     generator=torch.Generator().manual_seed(seed))
+
+
+def _grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.mean().backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("kernel", ["sample", "max", "min", "uniform", "expectation"])
+def test_two_pass_equals_one_pass(model, kernel):
+    batch = _batch([3, 1, 4, 2])
+    seed = 11
+    one = _one_pass(model, batch, kernel, seed)
+    one_grads = _grads(model, one.loss)
+    two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel=kernel,
+                         generator=torch.Generator().manual_seed(seed), score_max_tokens=24)
+    two_grads = _grads(model, two.loss)
+
+    assert torch.equal(one.metrics["mcpo/selected"], two.metrics["mcpo/selected"])
+    torch.testing.assert_close(two.loss, one.loss, rtol=1e-5, atol=1e-6)
+    for name in ("rewards/chosen", "rewards/rejected", "mcpo/entropy", "mcpo/pool_accuracy"):
+        torch.testing.assert_close(two.metrics[name], one.metrics[name], rtol=1e-5, atol=1e-6)
+    assert len(one_grads) == len(two_grads) > 0
+    for g1, g2 in zip(one_grads, two_grads, strict=True):
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
+
+
+def test_two_pass_gradient_reaches_only_the_picked_answers(model):
+    """With the ``max`` kernel the gradient equals that of DPO on (chosen, picked) alone."""
+    batch = _batch([4, 4], seed=5)
+    two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel="max")
+    grads = _grads(model, two.loss)
+    picked = two.metrics["mcpo/selected"].tolist()
+    pairs = [*batch.chosen, *(batch.pools[b][i] for b, i in enumerate(picked))]
+    logps, _ = completion_logps(model, pairs, PAD)
+    ref_picked = batch.ref_pool_logps[torch.arange(2), two.metrics["mcpo/selected"]]
+    r0 = BETA * (logps[:2] - batch.ref_chosen_logps)
+    r1 = BETA * (logps[2:] - ref_picked)
+    dpo = -torch.nn.functional.logsigmoid(r0 - r1)
+    for g_ref, g in zip(_grads(model, dpo), grads, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_scores_do_not_depend_on_batching(model):
+    """Sorting by length and packing into token-bounded batches changes no value."""
+    batch = _batch([4, 3, 4, 2], seed=2)
+    pairs = [pair for pool in batch.pools for pair in pool]
+    one_by_one = torch.stack([completion_logps(model, [pair], PAD)[0][0] for pair in pairs])
+    for max_tokens in (1, 30, 10_000):
+        torch.testing.assert_close(score_pairs(model, pairs, PAD, max_tokens=max_tokens),
+                                   one_by_one.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_pad_pairs_marks_completion_tokens_only():
+    batch = pad_pairs([([5, 6], [7]), ([5], [8, 9, 10])], pad_token_id=PAD)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [5, 8, 9, 10]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["completion_mask"].tolist() == [[False, False, True, False], [False, True, True, True]]
