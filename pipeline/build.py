@@ -34,6 +34,19 @@ Policies (all stored in the manifest's config and counted in ``report.json``):
   preferred, pool, sample) and the text. ``"drop"``: the row is dropped (a
   pool member or sample: only that member) and counted per role.
 - A NaN or infinite log-prob is always an error (``build_inputs``).
+- ``scores`` (the output of ``prefpool score``, one folder or several): the
+  answers are ranked by those scores instead of the examples' own ranks or
+  scores (``rank_by`` becomes ``"score"``, higher is better, ties per
+  ``best_ties``; derived pairs skip equal scores), and explicit ``pairs`` are
+  ignored: every row's pairs are derived. Scores made over the ``examples``
+  rank its answers (joined by prompt_id and completion_id). Scores made over
+  a ``candidates`` table rank its samples, which then stand in for the
+  answers: ``mcpo``'s preferred answer is the highest-scored sample (its pool
+  the other samples, as above) and ``pairwise`` pairs the best sample with
+  each lower-scored one; it needs ``candidates`` (the texts) and is refused
+  for ``mpo``. Duplicate sample texts count once (the first). An answer
+  with no score is unranked (counted: ``answers_without_score``); a NaN or
+  infinite score is an error.
 
 Memory: the joins run as one lazy polars plan over the Parquet shards; the
 plan is collected once (streaming engine), at the end, because ``StageRun``
@@ -51,7 +64,7 @@ from pathlib import Path
 import polars as pl
 
 from prefpool.pipeline import build_select as sel
-from prefpool.pipeline.build_inputs import fingerprint, logprobs_lookup, with_completion_id
+from prefpool.pipeline.build_inputs import fingerprint, logprobs_lookup, scores_lookup, with_completion_id
 from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.progress import summary_line
 from prefpool.pipeline.schemas import get_schema
@@ -76,6 +89,7 @@ class BuildConfig:
     empty_pool: str = field(default="drop", metadata={"help": "row with an empty pool: drop | error"})
     label: float = field(default=1.0, metadata={"help": "mpo: preference label of every pair"})
     with_candidates: bool = field(default=False, metadata={"help": "a candidates table was given"})
+    scores: str | None = field(default=None, metadata={"help": "ranked by a scores table made over: examples | candidates"})
 
     def check(self) -> None:
         sel.check_choice("kind", self.kind, KINDS)
@@ -88,6 +102,11 @@ class BuildConfig:
             raise PipelineConfigError(f"max_pool must be >= 1, got {self.max_pool}")
         if self.kind == "mpo" and not self.with_candidates:
             raise PipelineConfigError("build --kind mpo needs --candidates (samples from the reference model)")
+        if self.scores == "candidates" and (self.kind == "mpo" or not self.with_candidates):
+            raise PipelineConfigError(
+                "scores made over a candidates table rank its samples: they need --candidates (the texts) "
+                "and --kind pairwise or mcpo"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,13 +123,34 @@ class BuildSummary:
 class _Context:
     """The inputs and counters one build shares between its steps."""
 
-    def __init__(self, config: BuildConfig, examples: pl.LazyFrame, lp: pl.LazyFrame, lp_label: str) -> None:
+    def __init__(self, config: BuildConfig, examples: pl.LazyFrame, lp: pl.LazyFrame, lp_label: str,
+                 scores: pl.LazyFrame | None = None, candidates: pl.LazyFrame | None = None) -> None:
         self.config = config
         self.examples = examples
         self.lp = lp
         self.lp_label = lp_label
         self.answers = sel.answers_long(examples, config.rank_by)
         self.counts: dict[str, int] = {}
+        if scores is not None:
+            self._rank_by_scores(scores, candidates)
+
+    def _rank_by_scores(self, scores: pl.LazyFrame, candidates: pl.LazyFrame | None) -> None:
+        """Replace the answers' keys by ``-score`` (see the module docstring); pairs are all derived."""
+        answers = self.answers
+        if self.config.scores == "candidates":
+            assert candidates is not None
+            answers = (
+                _candidates_long(candidates).join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
+                .group_by("prompt_id", "cid").agg(pl.col("pos").min(), pl.col("text").first())
+                .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid")
+            )
+            self.examples = self.examples.join(candidates.select("prompt_id"), on="prompt_id", how="semi")
+        ranked = answers.select("prompt_id", "idx", "text", "cid").join(
+            scores.rename({"completion_id": "cid"}), on=["prompt_id", "cid"], how="left"
+        )
+        self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"))
+        self.add("answers_without_score", self.answers.filter(pl.col("key").is_null()).select(pl.len()).collect().item())
+        self.examples = self.examples.with_columns(pl.col("pairs").list.slice(0, 0))
 
     def add(self, name: str, value: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + int(value)
@@ -267,6 +307,7 @@ def build(
     logprobs: str | Path | list[str | Path],
     out: str | Path,
     candidates: str | Path | None = None,
+    scores: str | Path | list[str | Path] | None = None,
     rank_by: str = "rank",
     pair_mode: str = "best-vs-rest",
     best_ties: str = "first",
@@ -284,7 +325,10 @@ def build(
     does not depend on the row order of any input.
     """
     start = time.perf_counter()
-    config = BuildConfig(kind, rank_by, pair_mode, best_ties, missing, max_pool, empty_pool, float(label), candidates is not None)
+    score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
+    scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
+    config = BuildConfig(kind, "score" if scored else rank_by, pair_mode, best_ties, missing, max_pool, empty_pool,
+                         float(label), candidates is not None, scored)
     config.check()
     lp_dirs = [logprobs] if isinstance(logprobs, (str, Path)) else list(logprobs)
     inputs: dict[str, object] = {
@@ -293,13 +337,16 @@ def build(
     }
     if candidates is not None:
         inputs["candidates"] = fingerprint(candidates, "candidates")
+    if score_dirs:
+        inputs["scores"] = [fingerprint(d, "scores") for d in score_dirs]
     run = StageRun(out, stage=STAGE, schema=kind, config=asdict(config), inputs=inputs, rows_per_unit=rows_per_unit, overwrite=overwrite)
     if run.complete:
         manifest = run.finish()
         return BuildSummary(run.out, manifest.total_rows, manifest.summary, time.perf_counter() - start)
 
-    ctx = _Context(config, scan(examples, schema="examples"), logprobs_lookup(lp_dirs), ", ".join(map(str, lp_dirs)))
     cand = None if candidates is None else scan(candidates, schema="candidates")
+    ctx = _Context(config, scan(examples, schema="examples"), logprobs_lookup(lp_dirs), ", ".join(map(str, lp_dirs)),
+                   scores_frame, cand)
     if kind == "pairwise":
         frame = _pairs(ctx)
     elif kind == "mcpo":
@@ -323,7 +370,8 @@ def build(
         **dict(sorted(ctx.counts.items())),
         "config": asdict(config),
         "inputs": {"examples": str(examples), "logprobs": [str(d) for d in lp_dirs],
-                   "candidates": None if candidates is None else str(candidates)},
+                   "candidates": None if candidates is None else str(candidates),
+                   "scores": [str(d) for d in score_dirs]},
     }
     summary = {k: v for k, v in report.items() if isinstance(v, int)}
     run.finish(sidecars={"report.json": report}, summary=summary)

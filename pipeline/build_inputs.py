@@ -9,6 +9,7 @@ that chain into the data card).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,3 +76,35 @@ def logprobs_lookup(folders: Sequence[str | Path]) -> pl.LazyFrame:
         table.unique(subset=["prompt_id", "completion_id"], keep="any")
         .select("prompt_id", pl.col("completion_id").alias("cid"), "logp", "num_tokens")
     )
+
+
+def scores_lookup(folders: Sequence[str | Path]) -> tuple[pl.LazyFrame, str]:
+    """``[prompt_id, completion_id, score]`` from ``score`` outputs, and the table they scored.
+
+    The folders (e.g. one per ``--shard``) must come from one scorer over one
+    kind of table (``examples`` or ``candidates``). Raises on a NaN or infinite
+    score, naming the folder and the row's ids.
+    """
+    frames, made_over, scorers = [], set(), set()
+    for folder in folders:
+        manifest, _ = checked_shards(folder, schema="scores")
+        made_over.add(str(manifest.identity.inputs.get("schema")))  # type: ignore[union-attr]
+        scorers.add(json.dumps(manifest.identity.config.get("scorer"), sort_keys=True))
+        frame = scan(folder, schema="scores").select("prompt_id", "completion_id", "score")
+        bad = frame.filter(~pl.col("score").is_finite()).head(1).collect()
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise PipelineInputError(
+                f"score is {row['score']} for prompt_id {row['prompt_id']}, completion_id {row['completion_id']} "
+                "(NaN/inf cannot be ranked)", file=folder, column="score",
+            )
+        frames.append(frame)
+    label = ", ".join(str(f) for f in folders)
+    if len(made_over) > 1 or len(scorers) > 1:
+        raise PipelineInputError("the scores tables come from different scorers or input tables; "
+                                 "rank one build by one scorer's scores of one table", file=label)
+    (source,) = made_over
+    if source not in ("examples", "candidates"):
+        raise PipelineInputError(f"the scores were made over a {source!r} table, not examples or candidates", file=label)
+    table = pl.concat(frames).unique(subset=["prompt_id", "completion_id"], keep="first")
+    return table, source

@@ -46,7 +46,14 @@ def _hf(info: ModelInfo, *, batch_size: int, device: str) -> Engine:
     return HFEngine(info, batch_size=batch_size, device=device)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf}
+def _vllm(info: ModelInfo, *, batch_size: int, device: str) -> Engine:
+    # vLLM batches and places the model itself: batch_size and device are hf-engine settings
+    from prefpool.pipeline.generate_vllm import VLLMEngine
+
+    return VLLMEngine(info)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf, "vllm": _vllm}
 
 
 def load_engine(name: str, info: ModelInfo, *, batch_size: int, device: str) -> Engine:

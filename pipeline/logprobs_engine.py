@@ -7,8 +7,8 @@ and, when asked, the per-token values. Tokenization, caching, sharding and
 writing stay in the stage, so an engine is only "a model that scores tokens".
 
 ``hf`` loads ``AutoModelForCausalLM`` and calls ``prefpool.losses.sequence_logps``
-exactly as the trainer does. A vLLM engine would implement the same ``score``
-with ``SamplingParams(prompt_logprobs=0)`` on the full sequences.
+exactly as the trainer does. ``vllm`` (``logprobs_vllm``) implements the same
+``score`` with ``SamplingParams(prompt_logprobs=0)`` on the full sequences.
 """
 
 from __future__ import annotations
@@ -113,4 +113,10 @@ def _token_logps(logits, ids, completion, starts, lengths) -> list[list[float]]:
     return [flat[row, start - 1 : length - 1].tolist() for row, (start, length) in enumerate(zip(starts, lengths, strict=True))]
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine}
+def _vllm(model: str, **kwargs) -> Engine:
+    from prefpool.pipeline.logprobs_vllm import VLLMEngine  # imports vllm only when chosen
+
+    return VLLMEngine(model, **kwargs)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine, "vllm": _vllm}

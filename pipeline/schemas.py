@@ -81,6 +81,16 @@ LOGPROBS = pa.schema(
     ]
 )
 
+# `score` output: one row per distinct (prompt, completion) pair; the scorer (reward
+# function or reward model) is named in the manifest's config. Higher is better.
+SCORES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("completion_id", pa.string(), nullable=False),  # ids.completion_id(text)
+        pa.field("score", pa.float64(), nullable=False),
+    ]
+)
+
 # Training tables written by `build` (see pipeline/build.py). Log-probs are the
 # reference model's summed completion log-probs, joined from the `logprobs` table.
 ASSISTANT_TURN = pa.list_(MESSAGE)  # TRL's conversational completion: one assistant message
@@ -134,6 +144,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "candidates": CANDIDATES,
     "logprobs": LOGPROBS,
+    "scores": SCORES,
     "pairwise": PAIRWISE,
     "mcpo": MCPO,
     "mpo": MPO,

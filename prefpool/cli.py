@@ -153,7 +153,7 @@ def logprobs(
     input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) or `candidates` (generate) output folder.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Reference model: a local save_pretrained folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (logprobs shards, manifest.json, report.json).")],
-    engine: Annotated[str, typer.Option(help="Scoring engine: hf.")] = "hf",
+    engine: Annotated[str, typer.Option(help="Scoring engine: hf | vllm.")] = "hf",
     max_length: Annotated[int, typer.Option(help="Max prompt + completion tokens; longer completions are cut at the tail.")] = 2048,
     batch_tokens: Annotated[int, typer.Option(help="Token budget of one padded batch (rows x longest row).")] = 16384,
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
@@ -184,7 +184,7 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="A local save_pretrained folder with a chat template.")],
     n: Annotated[int, typer.Option("--n", "-n", help="Samples per prompt.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (candidates shards, manifest.json, report.json).")],
-    engine: Annotated[str, typer.Option(help="Generation engine: hf.")] = "hf",
+    engine: Annotated[str, typer.Option(help="Generation engine: hf | vllm.")] = "hf",
     temperature: Annotated[float | None, typer.Option(help="0 = greedy. Default: generation_config, else 1.0.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus mass in (0, 1]. Default: generation_config, else 1.0.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Default: generation_config, else 256.")] = None,
@@ -207,6 +207,76 @@ def generate(
     except PipelineError as exc:
         raise _fail(exc) from None
     typer.echo(summary.line())
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML: workdir, model, and one section per stage.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value, e.g. generate.n=8.")] = None,
+) -> None:
+    """Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md)."""
+    from prefpool.config import ConfigError
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.run import run_pipeline
+
+    try:
+        run_pipeline(config, overrides or [], log=typer.echo)
+    except (PipelineError, ConfigError) as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training YAML (keys: see prefpool.train.config.TrainConfig).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value, e.g. lr=1e-6 max_steps=100.")] = None,
+) -> None:
+    """Preference-train a policy on a `build` table with cached reference log-probs (no reference model)."""
+    from prefpool.config import load_config
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.train.config import TrainConfig
+    from prefpool.train.trainer import Step0MismatchError
+    from prefpool.train.trainer import train as run_train
+
+    try:
+        summary = run_train(load_config(TrainConfig, config, overrides or []))
+    # ValueError covers ConfigError, CacheMismatchError and settings that do not fit the table.
+    except (PipelineError, Step0MismatchError, ValueError) as exc:
+        raise _fail(exc) from None
+    typer.echo(f"train: {summary['steps']} steps, final loss {summary['final_loss']}, "
+               f"step-0 diff {summary['step0_max_abs_diff']} -> {summary['output_dir']}")
+
+
+@app.command(name="eval")
+def eval_(
+    model: Annotated[str, typer.Option("--model", "-m", help="Policy: a local save_pretrained folder.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="A held-out `build` output folder (pairwise, mcpo or mpo).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON summary here.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Default: the reference cache's, read from the manifests.")] = None,
+    beta: Annotated[float, typer.Option(help="Scales the reported margins only; ranks do not depend on it.")] = 0.1,
+    tie_atol: Annotated[float, typer.Option(help="Log-ratios within this many nats tie (a tie is not a win).")] = 1e-4,
+    reward_fn: Annotated[str | None, typer.Option(help="module:function(prompt messages, completion) -> float.")] = None,
+    ref_model: Annotated[str | None, typer.Option(help="With --reward-fn: win-rate against this model's samples.")] = None,
+    num_samples: Annotated[int, typer.Option(help="With --reward-fn: samples per prompt.")] = 1,
+    max_new_tokens: Annotated[int | None, typer.Option(help="With --reward-fn. Default: generation_config, else 256.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="With --reward-fn. Default: generation_config, else 1.0.")] = None,
+    seed: Annotated[int, typer.Option(help="With --reward-fn: sample seeds, shared by both models.")] = 0,
+    max_prompts: Annotated[int | None, typer.Option(help="With --reward-fn: sample for the first N prompts only.")] = None,
+) -> None:
+    """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate)."""
+    import json
+
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.train.evaluate import evaluate
+
+    try:
+        summary = evaluate(
+            model, data, out=out, max_length=max_length, beta=beta, tie_atol=tie_atol, reward_fn=reward_fn,
+            ref_model=ref_model, num_samples=num_samples, max_new_tokens=max_new_tokens,
+            temperature=temperature, seed=seed, max_prompts=max_prompts,
+        )
+    except (PipelineError, ValueError) as exc:
+        raise _fail(exc) from None
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """prefpool.train: training from the pipeline's tables without a reference model.
 
-So far: ``scoring`` (policy log-probs of tokenized pairs, batched by length)
-and ``mcpo_step`` (MC-PO's two-pass step). The trainer that reads the tables
-and runs these is not written yet.
+``scoring`` (policy log-probs of tokenized pairs, batched by length),
+``mcpo_step`` (MC-PO's two-pass step), and the trainer behind ``prefpool
+train``: ``config`` (TrainConfig), ``data`` (tokenized table, batches),
+``cache_check``, ``objective`` (per-kind loss, step-0 values), ``metrics``,
+``card`` and ``trainer`` (``train(config)``).
 """

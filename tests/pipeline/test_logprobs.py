@@ -263,7 +263,7 @@ def test_cli(tiny, examples, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"engine": "vllm"}, "engine must be one of"), ({"dtype": "fp8"}, "dtype must be one of"),
+    [({"engine": "no-such-engine"}, "engine must be one of"), ({"dtype": "fp8"}, "dtype must be one of"),
      ({"long_prompts": "keep"}, "long_prompts must be one of"), ({"max_length": 1}, "max_length >= 2")],
 )
 def test_bad_arguments_fail_before_any_work(tiny, examples, tmp_path, kwargs, match):

@@ -1,0 +1,253 @@
+"""``prefpool run``: the stages of one YAML file, chained through a work folder.
+
+The file has one section per stage (``ingest``, ``generate``, ``logprobs``,
+``build``, ``push``; any subset, always run in that order) whose keys are that
+stage function's keyword arguments, plus two top-level keys::
+
+    workdir: runs/tiny          # required: each stage writes to workdir/<stage>
+    model: runs/tiny-llama      # optional: `model` of generate and logprobs
+    ingest:   {source: data.jsonl, format: ranked}
+    generate: {n: 4, max_new_tokens: 64}
+    logprobs: {}
+    build:    {kind: [mcpo, pairwise]}
+    push:     {repo_id: me/pairs, dry_run: true, source: "{workdir}/build/mcpo"}
+
+Defaults, each replaced by a key given in the section:
+
+- ``out`` is ``workdir/<stage>``.
+- A stage's inputs are the outputs of the stages before it *in the file*:
+  generate reads ingest's examples; logprobs scores every table made before
+  it (examples and candidates); build joins ingest's examples with every
+  logprobs output, and for ``mcpo`` (the pool) and ``mpo`` (reference samples)
+  generate's candidates (``candidates: null`` makes an mcpo pool from the
+  ranked answers instead); push publishes the build output.
+- ``model`` is the top-level ``model``.
+
+Two keys fan out: a list in ``logprobs.input_dir`` or ``build.kind`` runs the
+stage once per item, into ``out/<item folder name>`` and ``out/<kind>``. The
+default logprobs input is such a list, so its outputs are
+``workdir/logprobs/ingest`` and ``workdir/logprobs/generate``. When build
+makes several tables, push needs its ``source`` set; ``{workdir}`` in any
+string value is replaced by the work folder, so ``workdir=...`` overrides
+still move everything.
+
+Overrides are ``section.key=value`` (``generate.n=8``, ``workdir=/tmp/x``),
+applied before any check. Unknown keys, missing required keys and wrongly
+typed values are ``ConfigError``s naming the file and the section.
+
+Every stage resumes or returns at once when its output is complete, so
+rerunning the same command after a crash continues where it stopped. ``push``
+writes a fresh folder each time, so the run keeps a record next to its output
+(``<out>.push.json``: the push arguments and the source manifest's hash) and
+skips a push whose record matches.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefpool.config import ConfigError, _coerce, apply_overrides, check_kwargs, read_yaml
+
+STAGES = ("ingest", "generate", "logprobs", "build", "push")
+TOP_KEYS = ("workdir", "model")
+# Stages whose `model` defaults to the top-level one.
+MODEL_STAGES = ("generate", "logprobs")
+# Build kinds that read a candidates table by default.
+CANDIDATE_KINDS = ("mcpo", "mpo")
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """One call of a stage function: ``label`` is e.g. ``build[mcpo]`` for a fanned-out run."""
+
+    stage: str
+    label: str
+    kwargs: dict[str, Any]
+
+
+def stage_function(stage: str) -> Callable[..., Any]:
+    """The plain function behind ``stage`` (imported lazily: generate pulls in transformers)."""
+    if stage == "ingest":
+        from prefpool.pipeline.ingest import ingest as fn
+    elif stage == "generate":
+        from prefpool.pipeline.generate import generate as fn
+    elif stage == "logprobs":
+        from prefpool.pipeline.logprobs import logprobs as fn
+    elif stage == "build":
+        from prefpool.pipeline.build import build as fn
+    elif stage == "push":
+        from prefpool.pipeline.push import push as fn
+    else:
+        raise KeyError(stage)
+    return fn
+
+
+def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
+    """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments."""
+    unknown = sorted(set(data) - set(TOP_KEYS) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; "
+                          f"known keys: {', '.join(TOP_KEYS + STAGES)}")
+    workdir = data.get("workdir")
+    if not isinstance(workdir, str) or not workdir:
+        raise ConfigError(f"{source}: top-level key 'workdir' (a folder for the stage outputs) is required")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"{source}: model: expected a path string, got {model!r}")
+    present = [s for s in STAGES if s in data]
+    if not present:
+        raise ConfigError(f"{source}: no stage section; give at least one of {', '.join(STAGES)}")
+
+    root = Path(workdir)
+    outputs: dict[str, list[Path]] = {}  # stage -> its output folders, in call order
+    calls: list[StageCall] = []
+    for stage in present:
+        where = f"{source}, section {stage!r}"
+        section = data[stage] if data[stage] is not None else {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {stage} arguments, got {section!r}")
+        fn = stage_function(stage)
+        check_kwargs(fn, section, source=where)
+        kw = {k: _expand(v, workdir) for k, v in section.items()}
+        kw.setdefault("out", str(root / stage))
+        if stage in MODEL_STAGES and model is not None:
+            kw.setdefault("model", model)
+        stage_calls = _defaults(stage, kw, outputs, where)
+        for call in stage_calls:
+            _check_call(fn, call, where)
+        outputs[stage] = [Path(c.kwargs["out"]) for c in stage_calls]
+        calls.extend(stage_calls)
+    return calls
+
+
+def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], where: str) -> list[StageCall]:
+    """Fill a section's inputs from earlier outputs and fan it out into calls."""
+    if stage == "generate" and "ingest" in outputs:
+        kw.setdefault("input_dir", str(outputs["ingest"][0]))
+    if stage == "logprobs":
+        earlier = [str(p) for s in ("ingest", "generate") for p in outputs.get(s, [])]
+        if earlier:
+            kw.setdefault("input_dir", earlier)
+        if isinstance(kw.get("input_dir"), list):
+            return _fan_out(stage, kw, "input_dir", [Path(p).name for p in kw["input_dir"]], where)
+    if stage == "build":
+        if "ingest" in outputs:
+            kw.setdefault("examples", str(outputs["ingest"][0]))
+        if "logprobs" in outputs:
+            kw.setdefault("logprobs", [str(p) for p in outputs["logprobs"]])
+        kinds = kw.get("kind")
+        calls = (_fan_out(stage, kw, "kind", [str(k) for k in kinds], where) if isinstance(kinds, list)
+                 else [StageCall(stage, stage, kw)])
+        if "generate" in outputs and "candidates" not in kw:
+            for call in calls:
+                if call.kwargs.get("kind") in CANDIDATE_KINDS:
+                    call.kwargs["candidates"] = str(outputs["generate"][0])
+        return calls
+    if stage == "push" and "build" in outputs and "source" not in kw:
+        built = outputs["build"]
+        if len(built) > 1:
+            raise ConfigError(f"{where}: build makes {len(built)} tables ({', '.join(map(str, built))}); "
+                              "set push's 'source' to one of them (e.g. \"{workdir}/build/mcpo\")")
+        kw["source"] = str(built[0])
+    return [StageCall(stage, stage, kw)]
+
+
+def _fan_out(stage: str, kw: dict[str, Any], key: str, names: list[str], where: str) -> list[StageCall]:
+    """One call per item of the list ``kw[key]``, writing to ``out/<name>``."""
+    if not names:
+        raise ConfigError(f"{where}: {key}: the list is empty")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"{where}: {key}: two items would write to the same folder {dup!r}")
+    return [
+        StageCall(stage, f"{stage}[{name}]", {**kw, key: item, "out": str(Path(kw["out"]) / name)})
+        for name, item in zip(names, kw[key], strict=True)
+    ]
+
+
+def _check_call(fn: Callable[..., Any], call: StageCall, where: str) -> None:
+    """Refuse missing required arguments and values of the wrong type, naming the section."""
+    import inspect
+
+    hints = typing.get_type_hints(fn)
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in call.kwargs:
+            if param.default is inspect.Parameter.empty:
+                raise ConfigError(f"{where}: missing required key {name!r} (no earlier stage in the file provides it)")
+            continue
+        call.kwargs[name] = _coerce(hints[name], call.kwargs[name], source=where, key=name)
+
+
+def _expand(value: Any, workdir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{workdir}", workdir)
+    if isinstance(value, list):
+        return [_expand(v, workdir) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _expand(v, workdir) for k, v in value.items()}
+    return value
+
+
+def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> list[StageCall]:
+    """Read ``path``, apply ``section.key=value`` overrides, and plan the stage calls."""
+    return plan_pipeline(apply_overrides(read_yaml(path), overrides), source=str(path))
+
+
+def run_pipeline(
+    path: str | Path, overrides: Sequence[str] = (), *, log: Callable[[str], None] | None = print
+) -> list[tuple[StageCall, Any]]:
+    """Run the stages of ``path`` in order; ``log`` gets each stage's one-line summary.
+
+    Every call is planned and checked before the first stage runs, so a typo in
+    the last section fails at once. Returns ``(call, summary)`` per stage call.
+    """
+    calls = load_pipeline(path, overrides)
+    results = []
+    for call in calls:
+        if call.stage == "push":
+            summary, line = _push(call.kwargs)
+        else:
+            summary = stage_function(call.stage)(**call.kwargs)
+            line = summary.line()
+        if log is not None:
+            log(line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1))
+        results.append((call, summary))
+    return results
+
+
+def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """Run push unless its record says this exact push is done; replace only a folder it made."""
+    from prefpool.pipeline.atomic import write_json
+    from prefpool.pipeline.manifest import MANIFEST_NAME, file_sha256
+    from prefpool.pipeline.push import PushSummary, push
+
+    out = Path(kwargs["out"])
+    record_path = out.with_name(out.name + ".push.json")
+    manifest = Path(kwargs["source"]) / MANIFEST_NAME
+    wanted = {"arguments": {k: str(v) for k, v in sorted(kwargs.items())},
+              "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None}
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():
+        s = record["summary"]
+        summary = PushSummary(out, s["files"], s["rows"], s["uploaded"], s["repo_id"])
+        return summary, f"push: up to date, {summary.rows} rows in {len(summary.files)} files -> {out}"
+    if record is None and out.exists() and any(out.iterdir()):
+        push(**kwargs)  # refuses the non-empty folder it did not make, with push's own message
+    # From here the folder is ours: mark it before touching it, so a crash leaves it replaceable.
+    write_json(record_path, {"complete": False, "push": wanted})
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = push(**{**kwargs, "out": staging})
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    summary = PushSummary(out, summary.files, summary.rows, summary.uploaded, summary.repo_id)
+    write_json(record_path, {"complete": True, "push": wanted, "summary": {
+        "files": summary.files, "rows": summary.rows, "uploaded": summary.uploaded, "repo_id": summary.repo_id}})
+    where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {out}"
+    return summary, f"push: {summary.rows} rows in {len(summary.files)} files, {where}"

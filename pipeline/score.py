@@ -1,0 +1,144 @@
+"""The ``score`` stage: a reward for every (prompt, completion) of a table -> the ``scores`` table.
+
+Input: an ``examples`` folder (completions = ``answers[*].text``, the dataset's
+answers) or a ``candidates`` folder (``samples[*].text``, generated samples).
+Output: one row per distinct ``(prompt_id, completion_id)``, sorted by both,
+cut into units written (and resumed) one by one through ``StageRun``;
+``--shard i/N`` runs combine with ``prefpool merge``.
+
+Scorer (exactly one; see ``score_scorers``): ``reward_fn="module:function"``,
+called as ``function(prompt_messages, completion_text) -> float``, or
+``reward_model=FOLDER``, a one-label ``AutoModelForSequenceClassification``
+scoring the chat-templated conversation. The scorer's identity (function name
+and source hash, or weights/tokenizer hashes) is the run's config, so it is in
+the manifest and another scorer over the same output is refused.
+
+A score that is not a finite real number is an error naming the prompt_id,
+completion_id and input folder. ``build --scores`` ranks by this table.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.ids import ShardSpec, completion_id
+from prefpool.pipeline.progress import progress, summary_line
+from prefpool.pipeline.schemas import SCORES
+from prefpool.pipeline.score_scorers import FunctionScorer, RewardModelScorer
+from prefpool.pipeline.stage import StageRun, plan_units
+from prefpool.pipeline.tableio import checked_shards, read_table
+
+STAGE = "score"
+ROWS_PER_UNIT = 1024
+TEXTS = {"examples": "answers", "candidates": "samples"}  # input schema -> list column holding `text`
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    out: Path
+    rows: int
+    computed: int  # rows scored in this call
+    units_written: int
+    units_skipped: int
+    seconds: float
+
+    def line(self) -> str:
+        return summary_line(STAGE, rows=self.rows, seconds=self.seconds, out=self.out, computed=self.computed,
+                            units_written=self.units_written, units_skipped=self.units_skipped)
+
+
+def score(
+    input_dir: str | Path,
+    *,
+    out: str | Path,
+    reward_fn: str | None = None,
+    reward_model: str | Path | None = None,
+    batch_size: int = 16,
+    shard: str | ShardSpec | None = None,
+    overwrite: bool = False,
+    rows_per_unit: int = ROWS_PER_UNIT,
+    show_progress: bool | None = None,
+) -> ScoreSummary:
+    """Score every distinct (prompt, completion) of ``input_dir`` into ``out``.
+
+    ``batch_size`` (reward model only) counts sequences per forward pass; it
+    does not change the values and is not part of the run's identity.
+    """
+    start = time.perf_counter()
+    if (reward_fn is None) == (reward_model is None):
+        raise PipelineConfigError("score needs exactly one of reward_fn (--reward-fn) and reward_model (--reward-model)")
+    if batch_size < 1:
+        raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
+    spec = ShardSpec.parse(shard)
+    scorer = _scorer(reward_fn, reward_model, batch_size)
+    in_schema, table, inputs = _read_input(input_dir)
+    pairs = _pairs(table, TEXTS[in_schema], spec)
+    units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
+    run = StageRun(out, stage=STAGE, schema="scores", config={"scorer": scorer.identity}, inputs=inputs,
+                   shard=spec, rows_per_unit=rows_per_unit, overwrite=overwrite, model=scorer.identity)
+    todo = run.pending(units)
+    computed = 0
+    with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress) as advance:
+        for unit in todo:
+            values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items])
+            rows = []
+            for (pid, cid, _, _), value in zip(unit.items, values, strict=True):
+                rows.append({"prompt_id": pid, "completion_id": cid, "score": _checked(value, pid, cid, input_dir)})
+            run.write(unit, pa.Table.from_pylist(rows, schema=SCORES))
+            computed += len(rows)
+            advance(len(rows))
+    summary = {"rows": len(pairs), "input_schema": in_schema}
+    run.finish(sidecars={"report.json": {**summary, "scorer": scorer.identity}}, summary={"rows": len(pairs)})
+    return ScoreSummary(run.out, len(pairs), computed, run.units_written, run.units_skipped,
+                        time.perf_counter() - start)
+
+
+def _scorer(reward_fn, reward_model, batch_size):
+    if reward_fn is not None:
+        return FunctionScorer(reward_fn)
+    from transformers import AutoTokenizer
+
+    from prefpool.pipeline.logprobs import weights_hash
+
+    if not Path(reward_model).is_dir():
+        raise PipelineConfigError(f"reward model {reward_model}: not a local model folder (save_pretrained layout)")
+    weights = weights_hash(reward_model)
+    tokenizer = AutoTokenizer.from_pretrained(str(reward_model))
+    return RewardModelScorer(reward_model, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer)
+
+
+def _checked(value: object, pid: str, cid: str, input_dir) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise PipelineInputError(
+            f"score is {value!r} for prompt_id {pid}, completion_id {cid} (a score must be a finite real number)",
+            file=input_dir,
+        )
+    return float(value)
+
+
+def _read_input(input_dir) -> tuple[str, pa.Table, dict]:
+    manifest, _ = checked_shards(input_dir)
+    name = manifest.identity.schema
+    if name not in TEXTS:
+        raise PipelineInputError(f"holds a {name!r} table; score reads 'examples' or 'candidates'", file=input_dir)
+    table = read_table(input_dir).select(["prompt_id", "prompt", TEXTS[name]])
+    inputs = {"schema": name, "identity": manifest.identity.to_json(),
+              "shards": [entry.sha256 for entry in manifest.shards]}
+    return name, table, inputs
+
+
+def _pairs(table: pa.Table, column: str, spec: ShardSpec) -> list[tuple[str, str, list, str]]:
+    """Distinct ``(prompt_id, completion_id, prompt, text)`` of this shard, in canonical order."""
+    found: dict[tuple[str, str], tuple[list, str]] = {}
+    for row in table.to_pylist():
+        if spec.owns(row["prompt_id"]):
+            for item in row[column]:
+                found.setdefault((row["prompt_id"], completion_id(item["text"])), (row["prompt"], item["text"]))
+    return [(pid, cid, *found[(pid, cid)]) for pid, cid in sorted(found)]

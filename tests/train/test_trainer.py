@@ -1,0 +1,196 @@
+"""`prefpool train` on real tables (ingest -> logprobs -> build with a tiny model): learning, the
+cache checks, gradient-accumulation and resume invariants, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from trainer_tables import MAX_LENGTH, make_tables
+from typer.testing import CliRunner
+
+from prefpool.cli import app
+from prefpool.pipeline.build import build
+from prefpool.pipeline.logprobs import logprobs
+from prefpool.tiny_model import build_tiny_llama
+from prefpool.train.cache_check import CacheMismatchError
+from prefpool.train.config import TrainConfig
+from prefpool.train.data import collate
+from prefpool.train.metrics import read_metrics
+from prefpool.train.objective import batch_loss
+from prefpool.train.trainer import Step0MismatchError, Trainer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    # accelerate keeps process-wide singletons; each run here is its own "process".
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    model = build_tiny_llama(root / "model", seed=0)
+    return {"root": root, "model": model, **make_tables(root / "data", model)}
+
+
+def _cfg(world, kind: str, loss: str, out, **kw) -> TrainConfig:
+    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
+                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, batch_size=4, max_steps=12, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@torch.no_grad()
+def _table_loss(trainer: Trainer) -> float:
+    """Mean loss over the whole table (fixed kernel draws), the same function training minimizes."""
+    batch = collate(trainer.kind, trainer.table.examples)
+    gen = torch.Generator().manual_seed(123)
+    return batch_loss(trainer.model, batch, trainer.cfg, pad_token_id=trainer.pad, generator=gen).loss.mean().item()
+
+
+@pytest.mark.parametrize("kind,loss,extra", [
+    ("pairwise", "dpo", {}),
+    ("pairwise", "ipo", {}),
+    ("pairwise", "simpo", {"beta": 2.0, "gamma": 0.5}),
+    ("pairwise", "dpo", {"nll_alpha": 0.5}),
+    ("mcpo", "mcpo", {"batch_size": 2, "kernel": "sample"}),
+    ("mpo", "mpo", {"tau": 0.1}),
+])
+def test_loss_decreases_on_learnable_table(world, tmp_path, kind, loss, extra):
+    trainer = Trainer(_cfg(world, kind, loss, tmp_path / "run", **extra))
+    before = _table_loss(trainer)
+    summary = trainer.run()
+    after = _table_loss(trainer)
+    assert summary["step0_max_abs_diff"] < 1e-4  # the cache is the initial policy's, same tokens
+    assert after < before - 0.05, (before, after)
+    if loss == "dpo" and not extra:
+        assert math.isclose(before, math.log(2), abs_tol=1e-6)  # policy == reference: ln 2
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert records[0]["step0_max_abs_diff"] == summary["step0_max_abs_diff"]
+    assert {"lr", "tokens_per_s", "peak_memory_mb", "rewards/accuracies"} <= set(records[0])
+    if loss == "mcpo":
+        assert sum(records[0]["mcpo/selected_hist"]) == 2 and "mcpo/entropy" in records[0]
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert str(world[kind]) in card and f"- {loss}" in card and "toy.jsonl" in card
+
+
+@pytest.fixture(scope="module")
+def other_cache(world):
+    """A pairwise table whose reference log-probs come from another seed's model."""
+    root = world["root"] / "other"
+    model_b = build_tiny_llama(root / "model", seed=1)
+    lp = logprobs(world["root"] / "data" / "examples", model=model_b, out=root / "lp", max_length=MAX_LENGTH,
+                  show_progress=False).out
+    return build("pairwise", examples=world["root"] / "data" / "examples", logprobs=lp, out=root / "pairwise").out
+
+
+def test_weights_of_another_reference_are_refused_unless_declared(world, other_cache, tmp_path):
+    with pytest.raises(CacheMismatchError, match="reference_is_policy_init: false"):
+        Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "a", data=str(other_cache)))
+    with pytest.warns(UserWarning, match="skipping the step-0 check"):
+        trainer = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", data=str(other_cache),
+                               reference_is_policy_init=False, max_steps=1))
+    assert trainer.run()["step0_max_abs_diff"] is None
+
+
+def test_step0_check_catches_a_wrong_cache(world, other_cache, tmp_path):
+    """The other model's values, with the manifest edited to claim our weights: only step 0 can tell."""
+    data = tmp_path / "relabelled"
+    shutil.copytree(other_cache, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    ours = json.loads((world["pairwise"] / "manifest.json").read_text())
+    cache = ours["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"]
+    manifest["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"] = cache
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Step0MismatchError, match="another model, tokenizer, chat template or max_length"):
+        Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "run", data=str(data))).run()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_refuses_other_max_length_or_template(world, tmp_path):
+    with pytest.raises(CacheMismatchError, match="max_length"):
+        Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "a", max_length=32))
+    model = tmp_path / "model"
+    shutil.copytree(world["model"], model)
+    template = model / "chat_template.jinja"
+    template.write_text(template.read_text().replace("{{ bos_token }}", "{{ bos_token }}{{ bos_token }}"))
+    with pytest.raises(CacheMismatchError, match="tokenizer_sha256"):
+        Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", model=str(model)))
+
+
+def test_refuses_a_loss_that_does_not_fit_the_table(world, tmp_path):
+    with pytest.raises(ValueError, match="'mcpo' does not fit the 'pairwise' table"):
+        Trainer(_cfg(world, "pairwise", "mcpo", tmp_path))
+    with pytest.raises(ValueError, match="build --kind pairwise"):
+        Trainer(_cfg(world, "mcpo", "dpo", tmp_path))
+
+
+def test_batch_8_equals_batch_1_times_8_accumulation(world, tmp_path):
+    params = []
+    for i, (batch, accum) in enumerate([(8, 1), (1, 8)]):
+        trainer = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / str(i), optimizer="sgd", lr=0.5,
+                               batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
+                               max_grad_norm=None))
+        trainer.run()
+        params.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+        AcceleratorState._reset_state(reset_partial_state=True)
+    initial = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "x"))
+    start = torch.cat([p.detach().flatten() for p in initial.model.parameters()])
+    assert (params[0] - start).abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=0)
+
+
+def test_resumed_run_gives_the_same_losses(world, tmp_path):
+    """MC-PO with the sample kernel (draws from the checkpointed generator), AdamW with warmup,
+    6 steps over an 8-row table with batch 2: the run crosses an epoch boundary after step 4."""
+    kw = dict(batch_size=2, max_steps=6, save_steps=3, warmup_steps=2, kernel="sample")
+    straight = Trainer(_cfg(world, "mcpo", "mcpo", tmp_path / "straight", **kw)).run()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    first = Trainer(_cfg(world, "mcpo", "mcpo", tmp_path / "killed", **kw)).run(stop_after=3)
+    assert first["steps"] == 3 and not (tmp_path / "killed" / "model.safetensors").exists()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.manual_seed(999)  # a new process: the global RNG must come from the checkpoint
+    resumed = Trainer(_cfg(world, "mcpo", "mcpo", tmp_path / "killed", resume=True, **kw))
+    assert resumed.state.step == 3
+    second = resumed.run()
+    assert second["resumed_from"].endswith("step-3") and len(second["losses"]) == 3
+    a = [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")]
+    b = [r["loss"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")]
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-6
+    assert a == pytest.approx(straight["losses"], abs=0)
+
+
+def test_gradient_checkpointing_and_bf16(world, tmp_path):
+    plain = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "a", max_steps=2)).run()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    ckpt = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", max_steps=2, gradient_checkpointing=True)).run()
+    assert ckpt["losses"] == pytest.approx(plain["losses"], abs=1e-6)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    bf16 = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "c", max_steps=2, mixed_precision="bf16",
+                        step0_tolerance=1.0)).run()
+    assert 0 < bf16["step0_max_abs_diff"] <= 1.0 and all(math.isfinite(x) for x in bf16["losses"])
+
+
+def test_cli_train(world, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: {world['model']}\ndata: {world['pairwise']}\noutput_dir: {tmp_path / 'out'}\n"
+                      f"loss: dpo\nmax_length: {MAX_LENGTH}\nlr: 1.0e-3\nbatch_size: 4\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(config), "max_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert len(read_metrics(tmp_path / "out" / "metrics.jsonl")) == 2
+    AcceleratorState._reset_state(reset_partial_state=True)
+    bad = runner.invoke(app, ["train", str(config), "learning_rate=1"])
+    assert bad.exit_code == 2
+    assert "unknown key 'learning_rate'" in bad.output

@@ -1,0 +1,121 @@
+"""Two CPU processes (DDP over gloo) train exactly like one process with the same global batch.
+
+Launch: ``ACCELERATE_USE_CPU=true python -m torch.distributed.run --standalone --nproc_per_node 2
+-m prefpool.cli train run.yaml``. (``accelerate launch --cpu --num_processes 2`` starts ONE
+process unless an MPI hostfile is given; ``accelerate launch --multi_gpu`` starts two processes
+that each believe they are alone, because accelerate picks the gloo/MULTI_CPU backend only when
+told to use the CPU.)
+
+Process ``p`` of 2 with batch ``B`` takes rows ``p*B .. (p+1)*B`` of each global micro-batch, so
+2 x batch 2 and 1 x batch 4 step on the same rows; DDP averages gradients of ``sum / B``, which
+equals one process's ``sum / 2B``. Per-step losses and final weights agree to float32 rounding of
+the gradient all-reduce.
+
+MC-PO is compared with the ``max`` kernel: the ``sample`` kernel's draws come from a generator
+reseeded per (micro-batch, process), so one process drawing for 4 rows and two drawing for 2
+rows each use different random numbers (and must: two processes with one seed would draw the
+same numbers for different rows). ``test_kernel_seeds_differ_per_process`` covers that part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+from trainer_tables import MAX_LENGTH, make_tables
+
+from prefpool.tiny_model import build_tiny_llama
+from prefpool.train.config import TrainConfig
+from prefpool.train.metrics import read_metrics
+from prefpool.train.trainer import Trainer, kernel_seed
+
+torch.set_num_threads(1)
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="needs torch.distributed with gloo"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    model = build_tiny_llama(root / "model", seed=0)
+    return {"root": root, "model": model, **make_tables(root / "data", model)}
+
+
+def _settings(world, kind: str, loss: str, out, **kw) -> dict:
+    # AdamW with clipping and warmup: the clip (global norm after all-reduce) and the schedule
+    # must agree too. 8 rows, global batch 4: 4 steps cross an epoch boundary.
+    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
+                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=4, warmup_steps=1, max_grad_norm=0.5,
+                progress=False)
+    return {**base, **kw}
+
+
+def _launch_two_processes(settings: dict, folder) -> None:
+    config = folder / "run.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))  # JSON is YAML
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "prefpool.cli", "train", str(config)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _compare(one_dir, two_dir) -> None:
+    one = read_metrics(one_dir / "metrics.jsonl")
+    two = read_metrics(two_dir / "metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["rewards/accuracies"] == pytest.approx(a["rewards/accuracies"], abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["lr"] == a["lr"]
+    w1, w2 = load_file(one_dir / "model.safetensors"), load_file(two_dir / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst < 1e-5, worst
+
+
+def _one_process(settings: dict) -> None:
+    summary = Trainer(TrainConfig(**settings)).run()
+    assert summary["steps"] == 4
+
+
+def test_dpo_two_processes_with_accumulation_equal_one_process(world, tmp_path):
+    """2 processes x batch 1 x 2 accumulation steps == 1 process x batch 4 (slicing, no_sync, gather)."""
+    _one_process(_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))
+    _launch_two_processes(_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1,
+                                    gradient_accumulation_steps=2), tmp_path / "cfg")
+    _compare(tmp_path / "one", tmp_path / "two")
+
+
+def test_mcpo_max_kernel_two_processes_equal_one_process(world, tmp_path):
+    _one_process(_settings(world, "mcpo", "mcpo", tmp_path / "one", batch_size=4, kernel="max"))
+    _launch_two_processes(_settings(world, "mcpo", "mcpo", tmp_path / "two", batch_size=2, kernel="max"),
+                          tmp_path / "cfg")
+    _compare(tmp_path / "one", tmp_path / "two")
+    hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")]
+    assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered
+
+
+def test_kernel_seeds_differ_per_process():
+    seeds = {kernel_seed(0, epoch, micro, process) for epoch in range(2) for micro in range(3) for process in range(4)}
+    assert len(seeds) == 24
+    assert kernel_seed(0, 1, 2, 3) == kernel_seed(0, 1, 2, 3)

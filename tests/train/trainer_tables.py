@@ -1,0 +1,72 @@
+"""Training tables for the trainer tests, made by the real stages: ingest -> logprobs -> build.
+
+Task (learnable by a tiny model): "Repeat the word X." The best answer is X;
+worse answers are X in capitals, X reversed, another word (ranks 2..4). The
+MPO reference samples are written as a `candidates` table (hand-made texts, so
+no generation run is needed) and scored by the real `logprobs` stage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefpool.pipeline.build import build
+from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.logprobs import logprobs
+from prefpool.pipeline.schemas import CANDIDATES
+from prefpool.pipeline.stage import StageRun, plan_units
+from prefpool.pipeline.tableio import read_table
+
+WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music")
+MAX_LENGTH = 64
+
+
+def write_examples(root: Path) -> Path:
+    rng = random.Random(0)
+    lines = []
+    for word in WORDS:
+        other = rng.choice([w for w in WORDS if w != word])
+        answers = [(word, 1), (word.upper(), 2), (word[::-1], 3), (other, 4)]
+        lines.append({"prompt": f"Repeat the word {word}.",
+                      "answers": [{"text": t, "rank": r} for t, r in answers]})
+    src = root / "toy.jsonl"
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = root / "examples"
+    ingest(src, format="ranked", out=out)
+    return out
+
+
+def write_candidates(root: Path, examples: Path) -> Path:
+    rows = []
+    for row in read_table(examples).to_pylist():
+        word = row["answers"][0]["text"]
+        texts = [f"{word} {word}", word.capitalize()]
+        rows.append({"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                     "samples": [{"text": t, "seed": i, "finish_reason": "stop", "num_tokens": 2}
+                                 for i, t in enumerate(texts)]})
+    out = root / "candidates"
+    run = StageRun(out, stage="generate", schema="candidates", config={"test": True},
+                   inputs={"hand_made": True}, rows_per_unit=64)
+    for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=64)):
+        run.write(unit, pa.Table.from_pylist(list(unit.items), schema=CANDIDATES))
+    run.finish()
+    return out
+
+
+def make_tables(root: Path, model: Path) -> dict[str, Path]:
+    """``{"pairwise", "mcpo", "mpo"}`` build outputs whose reference log-probs come from ``model``."""
+    root.mkdir(parents=True, exist_ok=True)
+    examples = write_examples(root)
+    candidates = write_candidates(root, examples)
+    lp = [root / "lp-examples", root / "lp-candidates"]
+    logprobs(examples, model=model, out=lp[0], max_length=MAX_LENGTH, show_progress=False)
+    logprobs(candidates, model=model, out=lp[1], max_length=MAX_LENGTH, show_progress=False)
+    return {
+        "pairwise": build("pairwise", examples=examples, logprobs=lp[0], out=root / "pairwise").out,
+        "mcpo": build("mcpo", examples=examples, logprobs=lp[0], out=root / "mcpo").out,
+        "mpo": build("mpo", examples=examples, logprobs=lp, candidates=candidates, out=root / "mpo").out,
+    }

@@ -1,0 +1,65 @@
+"""Refuse a training table whose cached reference log-probs were made under other settings.
+
+The ``build`` manifest carries the fingerprints of its ``logprobs`` inputs,
+whose identity holds the cache-key parts (``logprobs.cache_components``):
+weights hash, tokenizer/template hash, max_length, truncation, dtype. The
+trainer's tokenizer, ``max_length``, ``truncation`` and ``dtype`` must equal
+them. The weights must too, unless ``reference_is_policy_init`` is false (a
+policy initialised from other weights than the reference, e.g. a DPO run on
+top of an SFT model whose parent made the cache); then the step-0 check,
+which assumes policy == reference, is skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from prefpool.pipeline.logprobs import weights_hash
+from prefpool.pipeline.manifest import Manifest
+from prefpool.pipeline.tokenize import template_hash
+
+
+class CacheMismatchError(ValueError):
+    """The cached reference values do not belong to this policy/tokenizer/settings."""
+
+
+def cache_parts(manifest: Manifest, data: str | Path) -> dict:
+    """The cache-key parts of the table's reference log-probs (one set; build refuses mixed keys)."""
+    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
+    parts = []
+    for fp in inputs.get("logprobs", []):
+        cache = fp.get("identity", {}).get("config", {}).get("cache")
+        if cache is not None and cache not in parts:
+            parts.append(cache)
+    if not parts:
+        raise CacheMismatchError(f"{data}: the manifest records no logprobs cache key; "
+                                 "train reads tables made by `prefpool build` from `prefpool logprobs` output")
+    if len(parts) > 1:
+        raise CacheMismatchError(f"{data}: reference log-probs from {len(parts)} different cache keys")
+    return parts[0]
+
+
+def check_cache(parts: dict, *, model: str | Path, tokenizer, max_length: int, truncation: str, dtype: str,
+                reference_is_policy_init: bool) -> bool:
+    """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check."""
+    mine = {"tokenizer_sha256": template_hash(tokenizer), "max_length": max_length,
+            "truncation": truncation, "dtype": dtype}
+    differ = [f"{k} (cache {parts.get(k)!r}, train {v!r})" for k, v in mine.items() if parts.get(k) != v]
+    if differ:
+        raise CacheMismatchError(
+            "the reference log-probs were cached with a different " + "; ".join(differ)
+            + ". Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
+            "or train with the cache's max_length/truncation/dtype")
+    if weights_hash(model) == parts.get("weights_sha256"):
+        if not reference_is_policy_init:
+            warnings.warn("reference_is_policy_init is false: skipping the step-0 check", stacklevel=2)
+        return reference_is_policy_init
+    if reference_is_policy_init:
+        raise CacheMismatchError(
+            f"the policy's initial weights ({model}) are not the reference weights the log-probs were cached "
+            "with (weights_sha256 differs). If that is intended (a reference other than the initial policy), "
+            "set reference_is_policy_init: false; otherwise rerun `prefpool logprobs` with this model")
+    warnings.warn("the policy's initial weights differ from the reference's (reference_is_policy_init: false): "
+                  "skipping the step-0 check", stacklevel=2)
+    return False

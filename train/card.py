@@ -1,0 +1,57 @@
+"""The README.md model card written next to the trained model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from prefpool.pipeline.manifest import Manifest
+
+from .config import TrainConfig
+
+
+def _examples_source(manifest: Manifest) -> str:
+    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
+    config = inputs.get("examples", {}).get("identity", {}).get("config", {})
+    return str(config.get("source") or config.get("path") or "unknown")
+
+
+def model_card(cfg: TrainConfig, manifest: Manifest, summary: dict, cache: dict) -> str:
+    """YAML front matter, then what was trained on what, with which loss and settings."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")}
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"base_model: {json.dumps(cfg.model)}",
+        "tags:",
+        "- prefpool",
+        f"- {cfg.loss}",
+        "---",
+        "",
+        f"# {cfg.loss.upper()} policy trained with prefpool",
+        "",
+        f"Initial policy: `{cfg.model}`. Trained with `prefpool train` on the `{manifest.identity.schema}` "
+        f"table `{cfg.data}` ({manifest.total_rows} rows) against cached reference log-probs; no reference "
+        "model was held during training.",
+        "",
+        "## Data",
+        "",
+        f"- examples source: `{_examples_source(manifest)}`",
+        f"- build config: `{json.dumps(manifest.identity.config, sort_keys=True)}`",
+        f"- reference cache: weights sha256 `{cache.get('weights_sha256')}`, tokenizer/template sha256 "
+        f"`{cache.get('tokenizer_sha256')}`, max_length {cache.get('max_length')}, "
+        f"truncation `{cache.get('truncation')}`, dtype `{cache.get('dtype')}`",
+        f"- build provenance: `{json.dumps(manifest.provenance, sort_keys=True)}`",
+        "",
+        "## Training",
+        "",
+        f"- loss: `{cfg.loss}`; steps: {summary['steps']}; final loss {summary['final_loss']}",
+        f"- step-0 max |policy - reference| log-prob: {summary['step0_max_abs_diff']}",
+        "- settings:",
+        "",
+        "```json",
+        json.dumps(settings, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""``evaluate``: implicit-reward ranking metrics of a model on a held-out build table.
+
+The reference log-probs come from the table (cached by the ``logprobs`` stage);
+the model's are computed here without gradient by ``scoring.score_pairs`` on
+the tokens of ``encode_pair`` with the same ``max_length`` as the cache (read
+from the table's manifest chain), so both sides score exactly the same tokens.
+Each pair's token count is checked against the cached one: a mismatch means a
+different tokenizer, chat template or max length, and the metrics would be wrong.
+
+Metrics and the tie rule are in ``eval_ranking``; beta scales the margins only.
+Optionally (``reward_fn``) also the mean reward of fresh samples and their
+win-rate against a reference model's samples (``eval_samples``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from prefpool.pipeline.atomic import write_json
+from prefpool.pipeline.errors import PipelineInputError
+from prefpool.pipeline.manifest import load_manifest
+from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.tokenize import encode_pair
+
+from .eval_ranking import pairwise_metrics, pool_metrics
+from .scoring import score_pairs
+
+KINDS = ("pairwise", "mcpo", "mpo")
+
+
+def cache_max_length(data: str | Path) -> int:
+    """The ``max_length`` the table's reference log-probs were computed with.
+
+    Read from the build manifest's inputs: every ``logprobs`` input records its
+    cache components; they must agree (build already refuses mixed cache keys).
+    """
+    manifest = load_manifest(data)
+    if manifest is None:
+        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
+    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
+    found = set()
+    for lp in inputs.get("logprobs") or []:
+        try:
+            found.add(int(lp["identity"]["config"]["cache"]["max_length"]))
+        except (KeyError, TypeError):
+            continue
+    if len(found) != 1:
+        what = "no logprobs input with a cache max_length" if not found else f"several: {sorted(found)}"
+        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length",
+                                 file=data)
+    return found.pop()
+
+
+def _load(model, tokenizer):
+    if isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("tokenizer: required when model is a module, not a folder")
+        return model, tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
+    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32), tok
+
+
+def _completions(rows: list[dict], kind: str) -> list[tuple[str, list[dict], list[tuple[str, str, float, int]]]]:
+    """Per row: (prompt_id, prompt, [(role, text, ref_logp, cached num_tokens)]), chosen/preferred first."""
+    out = []
+    for row in rows:
+        if kind == "mcpo":
+            items = [("preferred", row["preferred"], row["ref_preferred_logp"], row["preferred_num_tokens"])]
+            items += [("pool", t, lp, nt) for t, lp, nt in
+                      zip(row["pool"], row["ref_pool_logps"], row["pool_num_tokens"], strict=True)]
+        else:
+            items = [(side, row[side][0]["content"], row[f"ref_{side}_logps"], row[f"{side}_num_tokens"])
+                     for side in ("chosen", "rejected")]
+        out.append((row["prompt_id"], row["prompt"], items))
+    return out
+
+
+def table_logratios(model: torch.nn.Module, tokenizer, rows: list[dict], kind: str, *,
+                    max_length: int | None, max_tokens: int = 16384) -> list[torch.Tensor]:
+    """Per row, ``log pi - log pi_ref`` of its completions, float64 ``(1 + M,)``, chosen/preferred first."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    flat, refs, sizes = [], [], []
+    for pid, prompt, items in _completions(rows, kind):
+        for role, text, ref, cached_tokens in items:
+            enc = encode_pair(tokenizer, prompt, text, max_length=max_length)
+            if len(enc.completion_ids) != cached_tokens:
+                raise PipelineInputError(
+                    f"prompt_id {pid}, {role}: {len(enc.completion_ids)} completion tokens here, "
+                    f"{cached_tokens} when the reference was scored (another tokenizer, chat template "
+                    "or max_length?)")
+            flat.append((enc.prompt_ids, enc.completion_ids))
+            refs.append(ref)
+        sizes.append(len(items))
+    was_training = model.training
+    model.eval()
+    try:
+        logps = score_pairs(model, flat, pad, max_tokens=max_tokens).double()
+    finally:
+        model.train(was_training)
+    ratios = logps - torch.tensor(refs, dtype=torch.float64)
+    return list(ratios.split(sizes))
+
+
+def ranking_metrics(model: torch.nn.Module, tokenizer, data: str | Path, *, max_length: int | None = None,
+                    beta: float = 0.1, tie_atol: float = 1e-4, max_tokens: int = 16384) -> dict:
+    """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring)."""
+    manifest = load_manifest(data)
+    if manifest is None:
+        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
+    kind = manifest.identity.schema
+    if kind not in KINDS:
+        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(KINDS)}", file=data)
+    if max_length is None:
+        max_length = cache_max_length(data)
+    rows = read_table(data, schema=kind).to_pylist()
+    ratios = table_logratios(model, tokenizer, rows, kind, max_length=max_length, max_tokens=max_tokens)
+    if kind == "mcpo":
+        metrics = pool_metrics(torch.stack([r[0] for r in ratios]), [r[1:] for r in ratios],
+                               beta=beta, tie_atol=tie_atol)
+    else:
+        metrics = pairwise_metrics(torch.stack([r[0] for r in ratios]), torch.stack([r[1] for r in ratios]),
+                                   beta=beta, tie_atol=tie_atol)
+    return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
+
+
+def evaluate(
+    model: str | Path | torch.nn.Module,
+    data: str | Path,
+    *,
+    tokenizer=None,
+    max_length: int | None = None,
+    beta: float = 0.1,
+    tie_atol: float = 1e-4,
+    max_tokens: int = 16384,
+    out: str | Path | None = None,
+    reward_fn: Callable[[list[dict], str], float] | str | None = None,
+    ref_model: str | Path | None = None,
+    num_samples: int = 1,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    max_prompts: int | None = None,
+) -> dict:
+    """Evaluate ``model`` (a local folder, or a module with ``tokenizer``) on a held-out build table.
+
+    Returns (and writes to ``out`` as JSON, atomically) ``{"ranking": {...}}``
+    plus ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
+    (needs ``model`` and ``ref_model`` as folders; ``reward_fn`` may be a
+    ``"module:function"`` string).
+    """
+    start = time.perf_counter()
+    module, tok = _load(model, tokenizer)
+    summary: dict = {
+        "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
+        "data": str(data),
+        "ranking": ranking_metrics(module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol,
+                                   max_tokens=max_tokens),
+    }
+    if reward_fn is not None:
+        from .eval_samples import sample_metrics
+
+        if isinstance(model, torch.nn.Module):
+            raise ValueError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
+        summary["samples"] = sample_metrics(
+            model, data, reward_fn=reward_fn, ref_model=ref_model, num_samples=num_samples,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            max_prompts=max_prompts,
+        )
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    if out is not None:
+        write_json(Path(out), json.loads(json.dumps(summary)))
+    return summary
+
+
+def prompts_of(data: str | Path, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
+    """Distinct ``(prompt_id, prompt)`` of a build table, in table (prompt_id) order."""
+    seen, out = set(), []
+    for row in read_table(data).select(["prompt_id", "prompt"]).to_pylist():
+        if row["prompt_id"] not in seen:
+            seen.add(row["prompt_id"])
+            out.append((row["prompt_id"], row["prompt"]))
+    return out if max_prompts is None else out[:max_prompts]

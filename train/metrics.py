@@ -1,0 +1,52 @@
+"""Per-step training metrics: reduce a step's per-example metrics, measure memory, append JSONL lines."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory on CUDA; the process's RSS high-water mark on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def reduce_step(losses: torch.Tensor, metrics: dict[str, torch.Tensor], pool_width: int | None) -> dict:
+    """Means of the per-example ``losses`` ``(N,)`` and ``metrics`` (each ``(N,)``) over one optimizer step.
+
+    ``mcpo/selected`` becomes a histogram of picked pool indices (``pool_width`` bins).
+    """
+    record: dict[str, object] = {"loss": losses.double().mean().item()}
+    for name, values in metrics.items():
+        if name == "mcpo/selected":
+            record["mcpo/selected_hist"] = torch.bincount(values.long().cpu(), minlength=pool_width or 0).tolist()
+            continue
+        record[name] = values.double().mean().item()
+    return record
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step; a resumed run drops lines after its start step."""
+
+    def __init__(self, path: Path, *, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]

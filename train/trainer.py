@@ -1,0 +1,312 @@
+"""``train(config)``: preference optimization from a ``build`` table with cached reference log-probs.
+
+No reference model is loaded: the reference enters only as the cached numbers.
+Before training: the loss must fit the table kind, the cache key parts must
+match (``cache_check``), and on the first micro-batch the policy's log-probs
+(``scoring.completion_logps``, the training code path) must equal the cached
+values within ``step0_tolerance``.
+
+Loss normalization: per-example losses are summed and divided by the number
+of examples in the optimizer step over all processes (``batch_size x
+gradient_accumulation_steps x processes``), so batch 8 x 1 step equals batch
+1 x 8 accumulation steps. Each micro-batch backpropagates ``sum / batch_size``;
+``Accelerator.backward`` divides by the accumulation steps and DDP averages
+over processes.
+
+Checkpoints (``output_dir/checkpoints/step-N``) hold model, optimizer,
+scheduler, every RNG (``accelerator.save_state``) and the ``TrainerState``
+(step, data position), plus ``trainer_state.json`` for people. A resumed run
+continues the same stream of batches and draws.
+
+Several processes (DDP; on CPU ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N``):
+process ``p`` takes rows ``p*B .. (p+1)*B`` of each global micro-batch, so ``N``
+processes x batch ``B`` see the rows one process with batch ``N*B`` sees, and the
+per-step losses and weights agree. The MC-PO kernel's generator is reseeded for
+every micro-batch from ``(seed, epoch, micro-batch, process)``: the processes draw
+independently of each other, a resumed run needs no saved generator state, and
+draws do not depend on where a run was interrupted. They do depend on the number
+of processes (a process draws for its ``B`` rows only), so only the deterministic
+kernels (``max``, ``min``, ``expectation``) give identical runs for any ``N``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from prefpool.pipeline.logprobs_engine import DTYPES
+from prefpool.pipeline.progress import progress
+from prefpool.pipeline.tableio import checked_shards
+
+from .cache_check import cache_parts, check_cache
+from .card import model_card
+from .config import TrainConfig
+from .data import TrainingTable, collate
+from .mcpo_step import PoolBatch
+from .metrics import MetricsLog, peak_memory_mb, reduce_step
+from .objective import batch_loss, step0_difference
+
+CHECKPOINTS = "checkpoints"
+
+
+class Step0MismatchError(RuntimeError):
+    """The policy's step-0 log-probs differ from the cached reference values."""
+
+
+class TrainerState:
+    """What a resumed run needs besides model/optimizer/scheduler/RNGs (saved by accelerate)."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps done
+        self.epoch = 0
+        self.micro = 0  # micro-batches consumed in this epoch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "micro": self.micro}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Older checkpoints also hold a "generator" entry; the draws are now reseeded per micro-batch.
+        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+
+
+def kernel_seed(seed: int, epoch: int, micro: int, process: int) -> int:
+    """Seed of the MC-PO kernel's draws for one process's part of one micro-batch (64 bits)."""
+    digest = hashlib.sha256(f"prefpool-kernel:{seed}:{epoch}:{micro}:{process}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    # Dropout would make the policy's values differ from the cached reference's at step 0.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def _linear_warmup_decay(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def _tokens(batch) -> int:
+    pairs = [*batch.chosen, *(p for pool in batch.pools for p in pool)] if isinstance(batch, PoolBatch) \
+        else [*batch.chosen, *batch.rejected, *(s for row in batch.samples for s in row)]
+    return sum(len(p) + len(c) for p, c in pairs)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    folder = Path(output_dir) / CHECKPOINTS
+    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()] if folder.is_dir() else []
+    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+
+
+class Trainer:
+    """Sets up model, data, optimizer and checks from a ``TrainConfig``; ``run()`` trains."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg.check()
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.manifest, _ = checked_shards(cfg.data)
+        self.kind = self.manifest.identity.schema
+        cfg.check_table(self.kind)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.cache = cache_parts(self.manifest, cfg.data)
+        self.check_step0 = check_cache(
+            self.cache, model=cfg.model, tokenizer=self.tokenizer, max_length=cfg.max_length,
+            truncation=cfg.truncation, dtype=cfg.dtype, reference_is_policy_init=cfg.reference_is_policy_init)
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        self.accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                       mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+        set_seed(cfg.seed)
+        self.table = TrainingTable(cfg.data, self.kind, self.tokenizer, max_length=cfg.max_length,
+                                   truncation=cfg.truncation, with_samples=self.kind == "mpo" and cfg.tau > 0)
+        procs = self.accelerator.num_processes
+        self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{cfg.data}: {len(self.table)} rows are fewer than one optimizer step's "
+                             f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples")
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+        _disable_dropout(model)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        model.train()
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.warmup_steps,
+                                                                                      self.total_steps))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.generator = torch.Generator(device=self.accelerator.device)  # reseeded per micro-batch
+        self.state = TrainerState()
+        self.accelerator.register_for_checkpointing(self.state)
+
+        resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.out) if cfg.resume else None
+        if cfg.resume_from and not (resume_dir / "trainer_state.json").exists():
+            raise ValueError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
+        if resume_dir is not None:
+            self.accelerator.load_state(str(resume_dir))
+        elif cfg.resume:
+            self.accelerator.print(f"train: resume: no checkpoint in {self.out / CHECKPOINTS}; starting at step 0")
+        self.resumed_from = resume_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Only the main process writes metrics.jsonl; another one truncating it would race with the writes.
+        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=self.state.step if resume_dir else None) \
+            if self.accelerator.is_main_process else None
+        self.step0_diff: float | None = None
+
+    # -- one optimizer step -------------------------------------------------------------------------
+
+    def _next_batch(self):
+        cfg = self.cfg
+        if self.state.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
+            self.state.epoch, self.state.micro = self.state.epoch + 1, 0
+        process = self.accelerator.process_index
+        examples = self.table.micro_batch(cfg.seed, self.state.epoch, self.state.micro, batch_size=cfg.batch_size,
+                                          process=process, num_processes=self.accelerator.num_processes)
+        self.generator.manual_seed(kernel_seed(cfg.seed, self.state.epoch, self.state.micro, process))
+        self.state.micro += 1
+        return collate(self.kind, examples)
+
+    def _step0(self, batch) -> None:
+        diff = step0_difference(self.model, batch, pad_token_id=self.pad)
+        self.step0_diff = diff
+        self.accelerator.print(f"train: step-0 max |policy - cached reference| log-prob = {diff:.3g} nats")
+        if not diff <= self.cfg.step0_tolerance:
+            raise Step0MismatchError(
+                f"step-0 check: the policy's log-probs differ from the cached reference values by up to "
+                f"{diff:.4g} nats (tolerance {self.cfg.step0_tolerance}). The cache in {self.cfg.data} was "
+                "probably made with another model, tokenizer, chat template or max_length than "
+                f"{self.cfg.model}; rerun `prefpool logprobs` + `prefpool build` with it. (Under bf16/fp16 "
+                "raise step0_tolerance; for a reference other than the initial policy set "
+                "reference_is_policy_init: false.)")
+
+    def _optimizer_step(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        start, tokens = time.perf_counter(), 0
+        losses, metrics = [], {}
+        pool_width = None
+        for k in range(cfg.gradient_accumulation_steps):
+            batch = self._next_batch()
+            if self.check_step0 and self.state.step == 0 and k == 0 and self.step0_diff is None:
+                self._step0(batch)
+            if isinstance(batch, PoolBatch):
+                pool_width = max(pool_width or 0, batch.pool_mask.shape[1])
+            last = k == cfg.gradient_accumulation_steps - 1
+            with nullcontext() if last else acc.no_sync(self.model):
+                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.generator)
+                # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
+                acc.backward(out.loss.sum() / cfg.batch_size)
+            tokens += _tokens(batch)
+            losses.append(out.loss.detach())
+            for name, value in out.metrics.items():
+                metrics.setdefault(name, []).append(value.detach())
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        seconds = time.perf_counter() - start
+        gathered = {k: acc.gather(torch.cat(v)) for k, v in metrics.items()}
+        record = {"step": self.state.step, "epoch": self.state.epoch, "lr": lr,
+                  **reduce_step(acc.gather(torch.cat(losses)), gathered, pool_width),
+                  "grad_norm": grad_norm, "tokens_per_s": tokens * acc.num_processes / seconds,
+                  "peak_memory_mb": peak_memory_mb(acc.device)}
+        if self.state.step == 1 and self.step0_diff is not None:
+            record["step0_max_abs_diff"] = self.step0_diff
+        return record
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        folder = self.out / CHECKPOINTS / f"step-{self.state.step}"
+        self.accelerator.save_state(str(folder))
+        if self.accelerator.is_main_process:
+            info = {"step": self.state.step, "epoch": self.state.epoch, "micro_batch": self.state.micro,
+                    "total_steps": self.total_steps, "config": asdict(self.cfg)}
+            (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n")
+            self._prune_checkpoints()
+        return folder
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.cfg.save_total_limit
+        if not limit:
+            return
+        found = sorted((self.out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in found[:-limit]:
+            shutil.rmtree(old)
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def run(self, *, stop_after: int | None = None) -> dict:
+        """Train to ``total_steps`` (or stop after optimizer step ``stop_after``: an interruption, for
+        tests); write the final model, tokenizer and model card when training is complete."""
+        cfg, acc = self.cfg, self.accelerator
+        start, records = time.perf_counter(), []
+        until = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
+        with progress("train", until, enabled=cfg.progress and acc.is_main_process, unit="steps") as advance:
+            advance(self.state.step)
+            while self.state.step < until:
+                record = self._optimizer_step()
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"step {self.state.step}: loss is {record['loss']}")
+                records.append(record)
+                if acc.is_main_process and (self.state.step % cfg.logging_steps == 0 or self.state.step == until):
+                    self.log.write(record)
+                if cfg.save_steps and self.state.step % cfg.save_steps == 0:
+                    self.save_checkpoint()
+                advance(1)
+        summary = {
+            "output_dir": str(self.out), "table_kind": self.kind, "loss_name": cfg.loss, "rows": len(self.table),
+            "steps": self.state.step, "total_steps": self.total_steps,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "step0_max_abs_diff": self.step0_diff,
+            "losses": [r["loss"] for r in records],
+            "first_loss": records[0]["loss"] if records else None,
+            "final_loss": records[-1]["loss"] if records else None,
+            "seconds": time.perf_counter() - start,
+        }
+        if self.state.step >= self.total_steps:
+            self._save_final(summary)
+        return summary
+
+    def _save_final(self, summary: dict) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.cfg.save_steps and self.state.step % self.cfg.save_steps:
+            self.save_checkpoint()  # every process: each saves its own RNG state
+        if not acc.is_main_process:
+            return
+        acc.unwrap_model(self.model).save_pretrained(self.out)
+        self.tokenizer.save_pretrained(self.out)
+        (self.out / "README.md").write_text(model_card(self.cfg, self.manifest, summary, self.cache))
+        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train a policy as ``cfg`` says; return the run's summary (also in ``output_dir/train_summary.json``)."""
+    return Trainer(cfg).run()
