@@ -64,7 +64,12 @@ from pathlib import Path
 import polars as pl
 
 from prefpool.pipeline import build_select as sel
-from prefpool.pipeline.build_inputs import fingerprint, logprobs_lookup, scores_lookup, with_completion_id
+from prefpool.pipeline.build_inputs import (
+    fingerprint,
+    logprobs_lookup,
+    scores_lookup,
+    with_completion_id,
+)
 from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.progress import summary_line
 from prefpool.pipeline.schemas import get_schema
@@ -269,7 +274,10 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
     ctx.add("dropped_no_ranked_answer", unranked.select(pl.len()).collect().item())
     rows = ctx.with_logp(ctx.answer(best.rename({"idx": "best_idx"}), "best_idx", "pref_"), "pref_cid", "pref_")
     rows = ctx.resolve_missing(rows, {"preferred": ("pref_text", "pref_logp")})
-    if candidates is None:
+    # Ranked answers (the dataset's, or samples ranked by a scores table): the pool is what ranks
+    # strictly below the best, so answers tied for best are never negatives. Unranked samples
+    # (a pool from `generate`, the preferred answer from the dataset): the pool is every sample.
+    if candidates is None or ctx.config.scores == "candidates":
         long = ctx.answers.join(best.select("prompt_id", pl.col("key").alias("best_key")), on="prompt_id")
         long = long.filter(pl.col("key") > pl.col("best_key")).select("prompt_id", pl.col("idx").alias("pos"), "text", "cid")
     else:

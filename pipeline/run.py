@@ -1,7 +1,7 @@
 """``prefpool run``: the stages of one YAML file, chained through a work folder.
 
-The file has one section per stage (``ingest``, ``generate``, ``logprobs``,
-``build``, ``push``; any subset, always run in that order) whose keys are that
+The file has one section per stage (``ingest``, ``generate``, ``score``,
+``logprobs``, ``build``, ``push``; any subset, always run in that order) whose keys are that
 stage function's keyword arguments, plus two top-level keys::
 
     workdir: runs/tiny          # required: each stage writes to workdir/<stage>
@@ -16,11 +16,14 @@ Defaults, each replaced by a key given in the section:
 
 - ``out`` is ``workdir/<stage>``.
 - A stage's inputs are the outputs of the stages before it *in the file*:
-  generate reads ingest's examples; logprobs scores every table made before
+  generate reads ingest's examples; score reads generate's candidates, else
+  ingest's examples; logprobs scores every table made before
   it (examples and candidates); build joins ingest's examples with every
   logprobs output, and for ``mcpo`` (the pool) and ``mpo`` (reference samples)
   generate's candidates (``candidates: null`` makes an mcpo pool from the
-  ranked answers instead); push publishes the build output.
+  ranked answers instead), and for ``pairwise`` and ``mcpo`` score's output
+  (``scores``, plus ``candidates`` when score read generate's samples); push
+  publishes the build output.
 - ``model`` is the top-level ``model``.
 
 Two keys fan out: a list in ``logprobs.input_dir`` or ``build.kind`` runs the
@@ -54,12 +57,14 @@ from typing import Any
 
 from prefpool.config import ConfigError, _coerce, apply_overrides, check_kwargs, read_yaml
 
-STAGES = ("ingest", "generate", "logprobs", "build", "push")
+STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
 TOP_KEYS = ("workdir", "model")
 # Stages whose `model` defaults to the top-level one.
 MODEL_STAGES = ("generate", "logprobs")
 # Build kinds that read a candidates table by default.
 CANDIDATE_KINDS = ("mcpo", "mpo")
+# Build kinds that rank by the score stage's output by default.
+SCORED_KINDS = ("pairwise", "mcpo")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ def stage_function(stage: str) -> Callable[..., Any]:
         from prefpool.pipeline.ingest import ingest as fn
     elif stage == "generate":
         from prefpool.pipeline.generate import generate as fn
+    elif stage == "score":
+        from prefpool.pipeline.score import score as fn
     elif stage == "logprobs":
         from prefpool.pipeline.logprobs import logprobs as fn
     elif stage == "build":
@@ -122,6 +129,8 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
         for call in stage_calls:
             _check_call(fn, call, where)
         outputs[stage] = [Path(c.kwargs["out"]) for c in stage_calls]
+        if stage == "score":  # which table was scored decides what build needs with it
+            outputs["score_input"] = [Path(stage_calls[0].kwargs["input_dir"])]
         calls.extend(stage_calls)
     return calls
 
@@ -130,6 +139,10 @@ def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], wh
     """Fill a section's inputs from earlier outputs and fan it out into calls."""
     if stage == "generate" and "ingest" in outputs:
         kw.setdefault("input_dir", str(outputs["ingest"][0]))
+    if stage == "score":
+        earlier = outputs.get("generate") or outputs.get("ingest")
+        if earlier:
+            kw.setdefault("input_dir", str(earlier[0]))
     if stage == "logprobs":
         earlier = [str(p) for s in ("ingest", "generate") for p in outputs.get(s, [])]
         if earlier:
@@ -148,6 +161,13 @@ def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], wh
             for call in calls:
                 if call.kwargs.get("kind") in CANDIDATE_KINDS:
                     call.kwargs["candidates"] = str(outputs["generate"][0])
+        if "score" in outputs and "scores" not in kw:
+            scored = outputs["score"][0]
+            for call in calls:
+                if call.kwargs.get("kind") in SCORED_KINDS:
+                    call.kwargs["scores"] = str(scored)
+                    if "generate" in outputs and outputs["score_input"] == outputs["generate"][:1]:
+                        call.kwargs.setdefault("candidates", str(outputs["generate"][0]))
         return calls
     if stage == "push" and "build" in outputs and "source" not in kw:
         built = outputs["build"]

@@ -102,6 +102,7 @@ def build(
     logprobs: Annotated[list[Path], typer.Option(help="`logprobs` folder; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest.json, report.json).")],
     candidates: Annotated[Path | None, typer.Option(help="`candidates` folder: mcpo pool / mpo reference samples.")] = None,
+    scores: Annotated[list[Path] | None, typer.Option(help="`scores` folder (from `prefpool score`): rank by these scores; repeat for several.")] = None,
     rank_by: Annotated[str, typer.Option(help="rank (lower is better) | score (higher is better).")] = "rank",
     pair_mode: Annotated[str, typer.Option(help="Pairs derived from ranks: best-vs-rest | all (ties skipped).")] = "best-vs-rest",
     best_ties: Annotated[str, typer.Option(help="Tie for best: first (lowest answer index) | drop (the row).")] = "first",
@@ -117,7 +118,8 @@ def build(
 
     try:
         summary = run_build(
-            kind, examples=examples, logprobs=logprobs, out=out, candidates=candidates, rank_by=rank_by,
+            kind, examples=examples, logprobs=logprobs, out=out, candidates=candidates,
+            scores=scores or None, rank_by=rank_by,
             pair_mode=pair_mode, best_ties=best_ties, missing=missing, max_pool=max_pool,
             empty_pool=empty_pool, label=label, overwrite=overwrite,
         )
@@ -277,6 +279,43 @@ def eval_(
     except (PipelineError, ValueError) as exc:
         raise _fail(exc) from None
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def score(
+    input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) or `candidates` (generate) output folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (scores shards, manifest.json, report.json).")],
+    reward_fn: Annotated[str | None, typer.Option(help="module:function or path/file.py:function; called as f(prompt messages, completion) -> float.")] = None,
+    reward_model: Annotated[str | None, typer.Option(help="A one-label sequence-classification model folder (save_pretrained).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Reward model: sequences per forward pass; does not change values.")] = 16,
+    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another scorer.")] = False,
+) -> None:
+    """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`)."""
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.score import score as run_score
+
+    try:
+        summary = run_score(input_dir, out=out, reward_fn=reward_fn, reward_model=reward_model,
+                            batch_size=batch_size, shard=shard, overwrite=overwrite)
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    typer.echo(summary.line())
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="`prefpool train` output folders; several share one figure.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: FIRST_RUN_DIR/curves.png).")] = None,
+) -> None:
+    """Draw training curves (loss, reward margin/accuracy, MC-PO kernel entropy) from metrics.jsonl to a PNG."""
+    from prefpool.train.plot import plot_run
+
+    try:
+        written = plot_run(run_dirs, out or run_dirs[0] / "curves.png")
+    except (OSError, ValueError) as exc:
+        raise _fail(exc) from None
+    typer.echo(f"plot: {written}")
 
 
 def main() -> None:

@@ -60,6 +60,13 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
     score_max_tokens: int = field(default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch."))
 
+    lora_r: int = field(default=0, metadata=_help("LoRA rank (peft, `pip install prefpool[lora]`); 0 = train all weights."))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scale numerator: the update is (alpha / r) B A."))
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input, [0, 1)."))
+    lora_target_modules: tuple[str, ...] | None = field(
+        default=None, metadata=_help("Module names LoRA wraps, e.g. [q_proj, v_proj]; null = peft's default for "
+                                     "the architecture; [all-linear] = every linear layer but the output head."))
+
     reference_is_policy_init: bool = field(
         default=True,
         metadata=_help("The cache was made with the initial policy's weights (checked by hash). "
@@ -92,6 +99,9 @@ class TrainConfig:
         for name in ("lr", "warmup_steps", "save_steps", "nll_alpha", "tau", "step0_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
+                             f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}")
         if self.resume and self.resume_from:
             raise ValueError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
 

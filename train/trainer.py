@@ -15,23 +15,23 @@ over processes.
 
 Checkpoints (``output_dir/checkpoints/step-N``) hold model, optimizer,
 scheduler, every RNG (``accelerator.save_state``) and the ``TrainerState``
-(step, data position), plus ``trainer_state.json`` for people. A resumed run
-continues the same stream of batches and draws.
+(step, data position, the MC-PO kernel's generator), plus ``trainer_state.json``
+for people. A resumed run continues the same stream of batches and draws.
 
 Several processes (DDP; on CPU ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N``):
 process ``p`` takes rows ``p*B .. (p+1)*B`` of each global micro-batch, so ``N``
 processes x batch ``B`` see the rows one process with batch ``N*B`` sees, and the
-per-step losses and weights agree. The MC-PO kernel's generator is reseeded for
-every micro-batch from ``(seed, epoch, micro-batch, process)``: the processes draw
-independently of each other, a resumed run needs no saved generator state, and
-draws do not depend on where a run was interrupted. They do depend on the number
-of processes (a process draws for its ``B`` rows only), so only the deterministic
-kernels (``max``, ``min``, ``expectation``) give identical runs for any ``N``.
+per-step losses and weights agree. Each process has its own MC-PO kernel generator,
+seeded from ``(seed, process)`` (process 0: ``seed + 1``, as a single process), so
+processes draw independently; process ``p > 0`` saves its generator in the checkpoint
+as ``kernel_generator_{p}.pt`` (accelerate saves registered objects from the main
+process only). The draws depend on the number of processes (a process draws for its
+``B`` rows only), so only the deterministic kernels (``max``, ``min``,
+``expectation``) give identical runs for any ``N``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -64,23 +64,29 @@ class Step0MismatchError(RuntimeError):
 class TrainerState:
     """What a resumed run needs besides model/optimizer/scheduler/RNGs (saved by accelerate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, generator: torch.Generator) -> None:
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro = 0  # micro-batches consumed in this epoch
+        self.generator = generator  # the MC-PO kernel's draws (the main process's)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "micro": self.micro}
+        return {"step": self.step, "epoch": self.epoch, "micro": self.micro,
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        # Older checkpoints also hold a "generator" entry; the draws are now reseeded per micro-batch.
         self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+        self.generator.set_state(state["generator"])
 
 
-def kernel_seed(seed: int, epoch: int, micro: int, process: int) -> int:
-    """Seed of the MC-PO kernel's draws for one process's part of one micro-batch (64 bits)."""
-    digest = hashlib.sha256(f"prefpool-kernel:{seed}:{epoch}:{micro}:{process}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+def kernel_seed(seed: int, process: int) -> int:
+    """Seed of process ``process``'s MC-PO kernel generator; process 0 keeps the single-process seed.
+    Equal seeds in all processes would give every process the same draws for different rows."""
+    return seed + 1 + (process << 32)
+
+
+def _generator_file(folder: Path, process: int) -> Path:
+    return folder / f"kernel_generator_{process}.pt"
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -90,6 +96,22 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
+
+
+def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Wrap ``model`` in peft LoRA adapters; only they train. peft initialises ``B`` to zero, so the
+    wrapped policy equals the base at step 0 and the step-0 check against the cache still holds."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ImportError("lora_r > 0 needs peft: pip install 'prefpool[lora]'") from exc
+    targets = cfg.lora_target_modules
+    if targets == ("all-linear",):
+        targets = "all-linear"  # peft's own shorthand is a string, not a list
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(targets) if isinstance(targets, tuple) else targets,
+                      bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
 
 
 def _linear_warmup_decay(warmup: int, total: int):
@@ -146,20 +168,24 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
-        _disable_dropout(model)
+        _disable_dropout(model)  # before LoRA: lora_dropout is the user's choice
+        if cfg.lora_r:
+            model = _with_lora(model, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+            optimizer = torch.optim.SGD(trainable, lr=cfg.lr)
         else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.warmup_steps,
                                                                                       self.total_steps))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.generator = torch.Generator(device=self.accelerator.device)  # reseeded per micro-batch
-        self.state = TrainerState()
+        process = self.accelerator.process_index
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(kernel_seed(cfg.seed, process))
+        self.state = TrainerState(generator)
         self.accelerator.register_for_checkpointing(self.state)
 
         resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.out) if cfg.resume else None
@@ -167,6 +193,8 @@ class Trainer:
             raise ValueError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
         if resume_dir is not None:
             self.accelerator.load_state(str(resume_dir))
+            if process > 0:  # the registered TrainerState holds the main process's generator
+                generator.set_state(torch.load(_generator_file(resume_dir, process)))
         elif cfg.resume:
             self.accelerator.print(f"train: resume: no checkpoint in {self.out / CHECKPOINTS}; starting at step 0")
         self.resumed_from = resume_dir
@@ -182,10 +210,9 @@ class Trainer:
         cfg = self.cfg
         if self.state.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
             self.state.epoch, self.state.micro = self.state.epoch + 1, 0
-        process = self.accelerator.process_index
         examples = self.table.micro_batch(cfg.seed, self.state.epoch, self.state.micro, batch_size=cfg.batch_size,
-                                          process=process, num_processes=self.accelerator.num_processes)
-        self.generator.manual_seed(kernel_seed(cfg.seed, self.state.epoch, self.state.micro, process))
+                                          process=self.accelerator.process_index,
+                                          num_processes=self.accelerator.num_processes)
         self.state.micro += 1
         return collate(self.kind, examples)
 
@@ -215,7 +242,7 @@ class Trainer:
                 pool_width = max(pool_width or 0, batch.pool_mask.shape[1])
             last = k == cfg.gradient_accumulation_steps - 1
             with nullcontext() if last else acc.no_sync(self.model):
-                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.generator)
+                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.state.generator)
                 # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
                 acc.backward(out.loss.sum() / cfg.batch_size)
             tokens += _tokens(batch)
@@ -245,6 +272,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         folder = self.out / CHECKPOINTS / f"step-{self.state.step}"
         self.accelerator.save_state(str(folder))
+        if not self.accelerator.is_main_process:
+            torch.save(self.state.generator.get_state(), _generator_file(folder, self.accelerator.process_index))
         if self.accelerator.is_main_process:
             info = {"step": self.state.step, "epoch": self.state.epoch, "micro_batch": self.state.micro,
                     "total_steps": self.total_steps, "config": asdict(self.cfg)}

@@ -106,9 +106,9 @@ def test_bad_files_are_refused(tmp_path, change, message):
 
 
 def test_example_configs_plan(monkeypatch):
-    """Every configs/*.yaml checks, and the local files it reads exist in a fresh clone."""
+    """Every configs/pipeline-*.yaml checks, and the local files it reads exist in a fresh clone."""
     monkeypatch.chdir(REPO)
-    configs = sorted((REPO / "configs").glob("*.yaml"))
+    configs = sorted((REPO / "configs").glob("pipeline-*.yaml"))
     assert configs
     for path in configs:
         text = path.read_text()

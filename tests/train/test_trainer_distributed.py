@@ -11,10 +11,10 @@ Process ``p`` of 2 with batch ``B`` takes rows ``p*B .. (p+1)*B`` of each global
 equals one process's ``sum / 2B``. Per-step losses and final weights agree to float32 rounding of
 the gradient all-reduce.
 
-MC-PO is compared with the ``max`` kernel: the ``sample`` kernel's draws come from a generator
-reseeded per (micro-batch, process), so one process drawing for 4 rows and two drawing for 2
-rows each use different random numbers (and must: two processes with one seed would draw the
-same numbers for different rows). ``test_kernel_seeds_differ_per_process`` covers that part.
+MC-PO is compared with the ``max`` kernel: the ``sample`` kernel's draws come from one generator
+per process, seeded per process, so one process drawing for 4 rows and two drawing for 2 rows
+each use different random numbers (and must: two processes with one seed would draw the same
+numbers for different rows). ``test_kernel_seeds_differ_per_process`` covers that part.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def world(tmp_path_factory):
 
 def _settings(world, kind: str, loss: str, out, **kw) -> dict:
     # AdamW with clipping and warmup: the clip (global norm after all-reduce) and the schedule
-    # must agree too. 8 rows, global batch 4: 4 steps cross an epoch boundary.
+    # must agree too. 8 rows, global batch 4: step 3 starts the second epoch.
     base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
-                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=4, warmup_steps=1, max_grad_norm=0.5,
+                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=3, warmup_steps=1, max_grad_norm=0.5,
                 progress=False)
     return {**base, **kw}
 
@@ -81,7 +81,7 @@ def _launch_two_processes(settings: dict, folder) -> None:
 def _compare(one_dir, two_dir) -> None:
     one = read_metrics(one_dir / "metrics.jsonl")
     two = read_metrics(two_dir / "metrics.jsonl")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["rewards/accuracies"] == pytest.approx(a["rewards/accuracies"], abs=1e-6)
@@ -95,7 +95,7 @@ def _compare(one_dir, two_dir) -> None:
 
 def _one_process(settings: dict) -> None:
     summary = Trainer(TrainConfig(**settings)).run()
-    assert summary["steps"] == 4
+    assert summary["steps"] == 3
 
 
 def test_dpo_two_processes_with_accumulation_equal_one_process(world, tmp_path):
@@ -116,6 +116,6 @@ def test_mcpo_max_kernel_two_processes_equal_one_process(world, tmp_path):
 
 
 def test_kernel_seeds_differ_per_process():
-    seeds = {kernel_seed(0, epoch, micro, process) for epoch in range(2) for micro in range(3) for process in range(4)}
-    assert len(seeds) == 24
-    assert kernel_seed(0, 1, 2, 3) == kernel_seed(0, 1, 2, 3)
+    assert kernel_seed(0, 0) == 1  # process 0 draws as a single process does (seed + 1)
+    seeds = {kernel_seed(seed, process) for seed in range(3) for process in range(4)}
+    assert len(seeds) == 12  # no two (seed, process) share a stream
