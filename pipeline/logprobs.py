@@ -32,20 +32,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefpool.pipeline.completions import distinct_completions, read_completion_table
 from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import ShardSpec, completion_id
+from prefpool.pipeline.ids import ShardSpec
 from prefpool.pipeline.logprobs_engine import DTYPES, ENGINES
 from prefpool.pipeline.manifest import load_manifest
 from prefpool.pipeline.progress import progress, summary_line
 from prefpool.pipeline.schemas import LOGPROBS
 from prefpool.pipeline.shards import ShardName, read_shard
 from prefpool.pipeline.stage import RUN_MARKER, StageRun, plan_units
-from prefpool.pipeline.tableio import checked_shards, read_table
+from prefpool.pipeline.tableio import checked_shards
 from prefpool.pipeline.tokenize import PromptTooLongError, encode_pair, template_hash
 
 STAGE = "logprobs"
 ROWS_PER_UNIT = 1024
-TEXTS = {"examples": "answers", "candidates": "samples"}  # input schema -> list column holding `text`
 LONG_PROMPTS = ("drop", "error")
 
 
@@ -127,7 +127,7 @@ def logprobs(
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)
     spec = ShardSpec.parse(shard)
-    in_schema, table, inputs = _read_input(input_dir)
+    in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
     weights = weights_hash(model)  # before loading anything: a folder without weights fails fast
     from transformers import AutoTokenizer
@@ -140,7 +140,7 @@ def logprobs(
     out = Path(out)
     replace = _check_existing(out, components, overwrite)
 
-    pairs = _pairs(table, TEXTS[in_schema], spec)
+    pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     provenance = {"path": str(Path(model).resolve()), "engine": engine, "cache_key": key, **components}
     run = StageRun(
@@ -187,28 +187,6 @@ def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) ->
         raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
     if not Path(model).is_dir():
         raise PipelineConfigError(f"model {model}: not a local model folder (save_pretrained layout)")
-
-
-def _read_input(input_dir) -> tuple[str, pa.Table, dict]:
-    manifest, _ = checked_shards(input_dir)
-    name = manifest.identity.schema
-    if name not in TEXTS:
-        raise PipelineInputError(f"holds a {name!r} table; logprobs reads 'examples' or 'candidates'", file=input_dir)
-    table = read_table(input_dir).select(["prompt_id", "prompt", TEXTS[name]])
-    inputs = {"schema": name, "identity": manifest.identity.to_json(),
-              "shards": [entry.sha256 for entry in manifest.shards]}
-    return name, table, inputs
-
-
-def _pairs(table: pa.Table, column: str, spec: ShardSpec) -> list[tuple[str, str, list, str]]:
-    """Distinct ``(prompt_id, completion_id, prompt, text)`` of this shard, in canonical order."""
-    found: dict[tuple[str, str], tuple[list, str]] = {}
-    for row in table.to_pylist():
-        if not spec.owns(row["prompt_id"]):
-            continue
-        for item in row[column]:
-            found.setdefault((row["prompt_id"], completion_id(item["text"])), (row["prompt"], item["text"]))
-    return [(pid, cid, *found[(pid, cid)]) for pid, cid in sorted(found)]
 
 
 def _existing_config(out: Path) -> dict | None:

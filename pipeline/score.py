@@ -27,17 +27,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prefpool.pipeline.completions import distinct_completions, read_completion_table
 from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import ShardSpec, completion_id
+from prefpool.pipeline.ids import ShardSpec
 from prefpool.pipeline.progress import progress, summary_line
 from prefpool.pipeline.schemas import SCORES
 from prefpool.pipeline.score_scorers import FunctionScorer, RewardModelScorer
 from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import checked_shards, read_table
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
-TEXTS = {"examples": "answers", "candidates": "samples"}  # input schema -> list column holding `text`
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ def score(
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
     scorer = _scorer(reward_fn, reward_model, batch_size)
-    in_schema, table, inputs = _read_input(input_dir)
-    pairs = _pairs(table, TEXTS[in_schema], spec)
+    in_schema, table, inputs = read_completion_table(input_dir, stage="score")
+    pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     run = StageRun(out, stage=STAGE, schema="scores", config={"scorer": scorer.identity}, inputs=inputs,
                    shard=spec, rows_per_unit=rows_per_unit, overwrite=overwrite, model=scorer.identity)
@@ -123,22 +122,3 @@ def _checked(value: object, pid: str, cid: str, input_dir) -> float:
     return float(value)
 
 
-def _read_input(input_dir) -> tuple[str, pa.Table, dict]:
-    manifest, _ = checked_shards(input_dir)
-    name = manifest.identity.schema
-    if name not in TEXTS:
-        raise PipelineInputError(f"holds a {name!r} table; score reads 'examples' or 'candidates'", file=input_dir)
-    table = read_table(input_dir).select(["prompt_id", "prompt", TEXTS[name]])
-    inputs = {"schema": name, "identity": manifest.identity.to_json(),
-              "shards": [entry.sha256 for entry in manifest.shards]}
-    return name, table, inputs
-
-
-def _pairs(table: pa.Table, column: str, spec: ShardSpec) -> list[tuple[str, str, list, str]]:
-    """Distinct ``(prompt_id, completion_id, prompt, text)`` of this shard, in canonical order."""
-    found: dict[tuple[str, str], tuple[list, str]] = {}
-    for row in table.to_pylist():
-        if spec.owns(row["prompt_id"]):
-            for item in row[column]:
-                found.setdefault((row["prompt_id"], completion_id(item["text"])), (row["prompt"], item["text"]))
-    return [(pid, cid, *found[(pid, cid)]) for pid, cid in sorted(found)]

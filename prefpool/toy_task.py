@@ -29,6 +29,7 @@ import torch
 
 from prefpool.losses import LossOutput, mcpo_loss, sequence_logps
 from prefpool.pipeline.tokenize import encode_pair
+from prefpool.train.scoring import pad_pairs
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music",
          "tiger", "paper", "water", "dream", "north", "smile", "train", "bread")
@@ -86,21 +87,7 @@ def collate(features: list[dict], pad_token_id: int) -> dict:
                          "pad them and pass candidate_mask to mcpo_loss instead")
     rows = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
     rows += [(f["prompt_ids"], c) for f in features for c in f["candidate_ids"]]
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    completion_mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (prompt, completion) in enumerate(rows):
-        n = len(prompt) + len(completion)
-        input_ids[i, :n] = torch.tensor(prompt + completion)
-        attention_mask[i, :n] = True
-        completion_mask[i, len(prompt):n] = True
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "completion_mask": completion_mask,
-        "num_candidates": pool.pop(),
-    }
+    batch = {**pad_pairs(rows, pad_token_id), "num_candidates": pool.pop()}
     if "ref_chosen_logps" in features[0]:
         batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features])
         batch["ref_candidate_logps"] = torch.tensor([f["ref_candidate_logps"] for f in features])
