@@ -18,6 +18,9 @@ Variants:
 - ``naive``: ``log_softmax(logits.float(), -1).gather(...)``, masked sum.
 - ``chunked``: ``sequence_logps`` with the default ``chunk_elements=2**26``.
 - ``chunked-4M``: ``sequence_logps`` with ``chunk_elements=2**22``.
+- ``chunked-4M-rolled``: ``chunk_elements=2**22``, called the way ``prefpool.train.scoring``
+  calls it: the full logits with labels rolled left (no strided view, so
+  autograd does not hold a second full-size gradient for the view).
 
 How memory is measured (CPU): each variant runs in a fresh subprocess and
 ``peak_memory.PeakMemory`` (see there) reports the peak RSS the call added
@@ -43,7 +46,13 @@ import time
 from peak_memory import PeakMemory
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-VARIANTS = {"naive": None, "chunked": 2**26, "chunked-4M": 2**22}
+# name -> (chunk_elements or None for naive, how labels are aligned)
+VARIANTS = {
+    "naive": (None, "view"),
+    "chunked": (2**26, "view"),
+    "chunked-4M": (2**22, "view"),
+    "chunked-4M-rolled": (2**22, "rolled"),
+}
 
 
 def _make_inputs(torch, batch, seq, vocab, dtype, seed=0):
@@ -57,9 +66,19 @@ def _make_inputs(torch, batch, seq, vocab, dtype, seed=0):
     return logits, input_ids, mask
 
 
-def _run(torch, logits, input_ids, mask, chunk_elements):
+def _run(torch, logits, input_ids, mask, variant):
     from prefpool.losses.logps import sequence_logps
 
+    chunk_elements, align = variant
+    if align == "rolled":
+        # How prefpool.train.scoring calls it: full logits, labels rolled left, the last
+        # position masked. Same values; no strided view, so autograd keeps one gradient.
+        used = mask.roll(-1, dims=1)
+        used[:, -1] = False
+        logps, _ = sequence_logps(logits, input_ids.roll(-1, dims=1), used,
+                                  chunk_elements=chunk_elements)
+        logps.sum().backward()
+        return logps.detach()
     view, labels, used = logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
     if chunk_elements is None:
         safe = labels.masked_fill(~used, 0)
@@ -120,14 +139,14 @@ def parent(args) -> None:
           f"MiB in {args.dtype}")
     print(f"memory method: {first['method']} (peak RSS minus RSS before the call, fresh process each)")
     print()
-    print(f"{'variant':<12} {'peak extra MiB':>15} {'seconds':>8} {'naive/this':>11} "
+    print(f"{'variant':<18} {'peak extra MiB':>15} {'seconds':>8} {'naive/this':>11} "
           f"{'max|dlogps|':>12} {'max|dgrad|':>11}")
     ref = results["naive"]
     for variant, row in rows.items():
         ratio = first["peak_extra_mib"] / row["peak_extra_mib"]
         dl = (results[variant]["logps"] - ref["logps"]).abs().max().item()
         dg = (results[variant]["grad"].float() - ref["grad"].float()).abs().max().item()
-        print(f"{variant:<12} {row['peak_extra_mib']:>15.1f} {row['seconds']:>8.2f} "
+        print(f"{variant:<18} {row['peak_extra_mib']:>15.1f} {row['seconds']:>8.2f} "
               f"{ratio:>11.2f} {dl:>12.3g} {dg:>11.3g}")
 
 

@@ -48,11 +48,22 @@ Policies (all stored in the manifest's config and counted in ``report.json``):
   with no score is unranked (counted: ``answers_without_score``); a NaN or
   infinite score is an error.
 
-Memory: the joins run as one lazy polars plan over the Parquet shards; the
-plan is collected once (streaming engine), at the end, because ``StageRun``
-writes sorted units with a hash of their rows. Policy checks (missing values,
-counts) are extra lazy passes that collect only counts or one offending row.
-The output therefore has to fit in memory; the inputs need not.
+Sharding: ``shard="i/N"`` (``--shard i/N``) builds only the rows whose
+``stable_bucket(prompt_id, N) == i``, like every other stage; ``merge`` of the
+N shard runs equals one unsharded run (rows, order, units, ``report.json``).
+Every input (examples, candidates, logprobs, scores) is filtered by that bucket
+right after its scan, before any join. Polars has no native sha256, so the
+bucket is a Python map over the *distinct* prompt ids of each batch
+(``_shard_filter``), not a call per row.
+
+Memory bound: one shard's output. The joins run as one lazy polars plan over
+the Parquet shards; the plan is collected once (streaming engine), at the end,
+because ``StageRun`` writes sorted units with a hash of their rows. Policy
+checks (missing values, counts) are extra lazy passes that collect only counts
+or one offending row. The output of one run (of one shard with ``--shard``)
+therefore has to fit in memory; the inputs need not. Use ``--shard i/N`` (N
+processes, one after another or in parallel) and ``prefpool merge`` to split a
+build whose output does not fit.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ from prefpool.pipeline.build_inputs import (
     with_completion_id,
 )
 from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.ids import ShardSpec, stable_bucket
 from prefpool.pipeline.progress import summary_line
 from prefpool.pipeline.schemas import get_schema
 from prefpool.pipeline.stage import StageRun, plan_units
@@ -229,6 +241,22 @@ class _Context:
         return frame.join(self.examples.select("prompt_id", "prompt"), on="prompt_id", how="inner")
 
 
+def _shard_filter(spec: ShardSpec) -> pl.Expr | None:
+    """``stable_bucket(prompt_id, N) == i`` as a polars predicate (None: the whole input).
+
+    sha256 is not a polars expression, so each batch's distinct ids are hashed in
+    Python and the batch is tested by membership; elementwise, so it streams.
+    """
+    if spec.count == 1:
+        return None
+
+    def owned(ids: pl.Series) -> pl.Series:
+        keep = [pid for pid in ids.unique().drop_nulls().to_list() if stable_bucket(pid, spec.count) == spec.index]
+        return ids.is_in(pl.Series(keep, dtype=pl.String).implode())
+
+    return pl.col("prompt_id").map_batches(owned, return_dtype=pl.Boolean, is_elementwise=True)
+
+
 def _candidates_long(candidates: pl.LazyFrame) -> pl.LazyFrame:
     long = (
         candidates.select("prompt_id", "samples", pl.int_ranges(pl.col("samples").list.len()).alias("pos"))
@@ -325,14 +353,17 @@ def build(
     label: float = 1.0,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
+    shard: str | ShardSpec | None = None,
 ) -> BuildSummary:
     """Build a ``kind`` training table into ``out`` (shards + ``manifest.json`` + ``report.json``).
 
     The policies are described in the module docstring. Output rows are sorted by
     ``prompt_id`` (pairs then by chosen and rejected answer index), so the output
-    does not depend on the row order of any input.
+    does not depend on the row order of any input. ``shard="i/N"``: only the
+    rows of prompts in bucket ``i`` of ``N`` (combine the N outputs with ``merge``).
     """
     start = time.perf_counter()
+    spec = ShardSpec.parse(shard)
     score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
     scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
     config = BuildConfig(kind, "score" if scored else rank_by, pair_mode, best_ties, missing, max_pool, empty_pool,
@@ -347,14 +378,21 @@ def build(
         inputs["candidates"] = fingerprint(candidates, "candidates")
     if score_dirs:
         inputs["scores"] = [fingerprint(d, "scores") for d in score_dirs]
-    run = StageRun(out, stage=STAGE, schema=kind, config=asdict(config), inputs=inputs, rows_per_unit=rows_per_unit, overwrite=overwrite)
+    run = StageRun(out, stage=STAGE, schema=kind, config=asdict(config), inputs=inputs, shard=spec,
+                   rows_per_unit=rows_per_unit, overwrite=overwrite)
     if run.complete:
         manifest = run.finish()
         return BuildSummary(run.out, manifest.total_rows, manifest.summary, time.perf_counter() - start)
 
-    cand = None if candidates is None else scan(candidates, schema="candidates")
-    ctx = _Context(config, scan(examples, schema="examples"), logprobs_lookup(lp_dirs), ", ".join(map(str, lp_dirs)),
-                   scores_frame, cand)
+    keep = _shard_filter(spec)
+
+    def owned(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame if keep is None else frame.filter(keep)
+
+    cand = None if candidates is None else owned(scan(candidates, schema="candidates"))
+    scores_frame = None if scores_frame is None else owned(scores_frame)
+    ex = owned(scan(examples, schema="examples"))
+    ctx = _Context(config, ex, logprobs_lookup(lp_dirs, keep=keep), ", ".join(map(str, lp_dirs)), scores_frame, cand)
     if kind == "pairwise":
         frame = _pairs(ctx)
     elif kind == "mcpo":
@@ -367,14 +405,16 @@ def build(
     table = frame.sort("prompt_id", "_k1", "_k2").select(schema.names).collect(engine="streaming").to_arrow()
     table = table.cast(schema)
 
-    keys = [f"{p}:{i}" for i, p in enumerate(table.column("prompt_id").to_pylist())]
-    units = plan_units(keys, key_of=lambda k: k, rows_per_unit=rows_per_unit)
+    # keyed by prompt_id as `merge` keys its units, so merged shard runs have the unsharded run's units
+    units = plan_units(table.column("prompt_id").to_pylist(), key_of=lambda k: k, rows_per_unit=rows_per_unit)
     for unit in run.pending(units):
         run.write(unit, table.slice(unit.seq * rows_per_unit, len(unit.items)))
     report = {
         "kind": kind,
         "rows_written": table.num_rows,
-        "examples_rows": inputs["examples"]["total_rows"],  # type: ignore[index]
+        # this shard's examples rows, so that `merge` sums them to the input's
+        "examples_rows": inputs["examples"]["total_rows"] if keep is None  # type: ignore[index]
+        else ex.select(pl.len()).collect().item(),
         **dict(sorted(ctx.counts.items())),
         "config": asdict(config),
         "inputs": {"examples": str(examples), "logprobs": [str(d) for d in lp_dirs],

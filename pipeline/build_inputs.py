@@ -42,8 +42,11 @@ def with_completion_id(frame: pl.LazyFrame, text: str = "text", out: str = "cid"
     )
 
 
-def logprobs_lookup(folders: Sequence[str | Path]) -> pl.LazyFrame:
+def logprobs_lookup(folders: Sequence[str | Path], *, keep: pl.Expr | None = None) -> pl.LazyFrame:
     """``[prompt_id, cid, logp, num_tokens]``, one row per (prompt_id, completion_id).
+
+    ``keep``: a row filter (``build``'s shard) applied right after the scans; the
+    checks below still cover every row, so a shard run fails where the whole run would.
 
     Raises when a value is NaN or infinite (naming the folder and ids), or when
     the tables were made under different ``cache_key``s (another reference
@@ -71,6 +74,8 @@ def logprobs_lookup(folders: Sequence[str | Path]) -> pl.LazyFrame:
             "all reference log-probs of one training table must come from the same reference setup",
             file=", ".join(str(f) for f in folders), column="cache_key",
         )
+    if keep is not None:
+        table = table.filter(keep)
     # The same (prompt, completion) scored twice under one cache key has one value.
     return (
         table.unique(subset=["prompt_id", "completion_id"], keep="any")

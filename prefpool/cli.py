@@ -110,6 +110,7 @@ def build(
     max_pool: Annotated[int | None, typer.Option(help="Keep the first N pool members / reference samples.")] = None,
     empty_pool: Annotated[str, typer.Option(help="A row with an empty pool: drop | error.")] = "drop",
     label: Annotated[float, typer.Option(help="mpo: preference label of every pair.")] = 1.0,
+    shard: Annotated[str | None, typer.Option(help="Build only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with different settings.")] = False,
 ) -> None:
     """Join examples (+ candidates) with reference log-probs into a training table."""
@@ -121,7 +122,7 @@ def build(
             kind, examples=examples, logprobs=logprobs, out=out, candidates=candidates,
             scores=scores or None, rank_by=rank_by,
             pair_mode=pair_mode, best_ties=best_ties, missing=missing, max_pool=max_pool,
-            empty_pool=empty_pool, label=label, overwrite=overwrite,
+            empty_pool=empty_pool, label=label, overwrite=overwrite, shard=shard,
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -156,7 +157,7 @@ def logprobs(
     model: Annotated[str, typer.Option("--model", "-m", help="Reference model: a local save_pretrained folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (logprobs shards, manifest.json, report.json).")],
     engine: Annotated[str, typer.Option(help="Scoring engine: hf | vllm.")] = "hf",
-    max_length: Annotated[int, typer.Option(help="Max prompt + completion tokens; longer completions are cut at the tail.")] = 2048,
+    max_length: Annotated[int | None, typer.Option(help="Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context (max_position_embeddings).")] = None,
     batch_tokens: Annotated[int, typer.Option(help="Token budget of one padded batch (rows x longest row).")] = 16384,
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
     per_token: Annotated[bool, typer.Option(help="Also store per-token log-probs.")] = False,
@@ -164,8 +165,10 @@ def logprobs(
     shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
     cache: Annotated[Path | None, typer.Option(help="A previous logprobs output whose rows (same cache key) are reused.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
+    engine_args: Annotated[str | None, typer.Option(help='vllm only: vllm.LLM options, a JSON object, e.g. \'{"tensor_parallel_size": 2}\'; merged over $PREFPOOL_VLLM_ARGS.')] = None,
 ) -> None:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table."""
+    from prefpool.pipeline.engine_args import parse_engine_args
     from prefpool.pipeline.errors import PipelineError
     from prefpool.pipeline.logprobs import logprobs as run_logprobs
 
@@ -173,7 +176,7 @@ def logprobs(
         summary = run_logprobs(
             input_dir, model=model, out=out, engine=engine, max_length=max_length, batch_tokens=batch_tokens,
             dtype=dtype, per_token=per_token, long_prompts=long_prompts, shard=shard, overwrite=overwrite,
-            cache=cache,
+            cache=cache, engine_args=parse_engine_args(engine_args),
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -195,8 +198,10 @@ def generate(
     device: Annotated[str, typer.Option(help="torch device for the hf engine.")] = "cpu",
     shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
+    engine_args: Annotated[str | None, typer.Option(help='vllm only: vllm.LLM options, a JSON object, e.g. \'{"tensor_parallel_size": 2}\'; merged over $PREFPOOL_VLLM_ARGS.')] = None,
 ) -> None:
     """N sampled completions per prompt with the model's chat template: the `candidates` table."""
+    from prefpool.pipeline.engine_args import parse_engine_args
     from prefpool.pipeline.errors import PipelineError
     from prefpool.pipeline.generate import generate as run_generate
 
@@ -204,7 +209,7 @@ def generate(
         summary = run_generate(
             input_dir, model=model, out=out, n=n, engine=engine, temperature=temperature, top_p=top_p,
             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, device=device, shard=shard,
-            overwrite=overwrite,
+            overwrite=overwrite, engine_args=parse_engine_args(engine_args),
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -316,6 +321,25 @@ def plot(
     except (OSError, ValueError) as exc:
         raise _fail(exc) from None
     typer.echo(f"plot: {written}")
+
+
+@app.command()
+def online(
+    config: Annotated[Path, typer.Argument(help="Online YAML (keys: see prefpool.train.online_config.OnlineConfig).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value, e.g. rounds=3 train.lr=1e-6.")] = None,
+) -> None:
+    """OnMC-PO: rounds of generate (current policy) -> score -> reference log-probs -> build mcpo -> train; rerun to resume."""
+    from prefpool.config import load_config
+    from prefpool.pipeline.errors import PipelineError
+    from prefpool.train.online import online as run_online
+    from prefpool.train.online_config import OnlineConfig
+    from prefpool.train.trainer import Step0MismatchError
+
+    try:
+        run_online(load_config(OnlineConfig, config, overrides or []), log=typer.echo)
+    # ValueError covers ConfigError, CacheMismatchError and settings that do not fit.
+    except (PipelineError, Step0MismatchError, ValueError) as exc:
+        raise _fail(exc) from None
 
 
 def main() -> None:

@@ -11,6 +11,9 @@ from typing import Literal
 
 from prefpool.losses import LOSSES, MCPO_KERNELS
 
+# Trackers `report_to` accepts: accelerate's names for those prefpool sets up (log dir, offline mode).
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+
 # Which losses fit which training table (the table kind is read from the data's manifest).
 LOSSES_FOR_TABLE: dict[str, tuple[str, ...]] = {
     "pairwise": ("dpo", "ipo", "simpo"),
@@ -50,7 +53,8 @@ class TrainConfig:
     epochs: int = field(default=1, metadata=_help("Passes over the table when max_steps is null."))
     seed: int = field(default=0, metadata=_help("Seeds torch/python RNGs, the data order and the MC-PO kernel's draws."))
 
-    max_length: int = field(default=2048, metadata=_help("Max prompt + completion tokens; must equal the cache's."))
+    max_length: int | None = field(default=None, metadata=_help(
+        "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it."))
     truncation: str = field(default="completion", metadata=_help("Truncation policy; must equal the cache's."))
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata=_help("Dtype the policy's weights are loaded in; must equal the cache's."))
@@ -79,6 +83,12 @@ class TrainConfig:
     )
 
     logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl line every N optimizer steps."))
+    report_to: tuple[str, ...] = field(
+        default=(), metadata=_help("Also log metrics.jsonl's numeric scalars to these accelerate trackers: "
+                                   "tensorboard (output_dir/runs/, `pip install prefpool[tensorboard]`) and/or "
+                                   "wandb (offline unless WANDB_MODE says otherwise); [] = metrics.jsonl only."))
+    tracker_project: str = field(default="prefpool", metadata=_help(
+        "Tracker project name: the wandb project; the tensorboard run folder under output_dir/runs/."))
     save_steps: int = field(default=0, metadata=_help("Checkpoint every N optimizer steps; 0 = only at the end."))
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the newest N checkpoints."))
     resume: bool = field(default=False, metadata=_help("Continue from the newest checkpoint in output_dir."))
@@ -92,7 +102,7 @@ class TrainConfig:
         if self.kernel not in MCPO_KERNELS:
             raise ValueError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
         for name in ("batch_size", "gradient_accumulation_steps", "epochs", "logging_steps", "max_length"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps: must be >= 1 or null, got {self.max_steps}")
@@ -102,6 +112,13 @@ class TrainConfig:
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
                              f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker {unknown[0]!r}; expected any of {', '.join(TRACKERS)}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"report_to: a tracker is named twice: {list(self.report_to)}")
+        if not self.tracker_project or "/" in self.tracker_project:
+            raise ValueError(f"tracker_project: need a non-empty name without '/', got {self.tracker_project!r}")
         if self.resume and self.resume_from:
             raise ValueError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
 

@@ -32,6 +32,16 @@ def reduce_step(losses: torch.Tensor, metrics: dict[str, torch.Tensor], pool_wid
     return record
 
 
+def tracker_scalars(record: dict) -> dict[str, float]:
+    """The numeric values of a ``metrics.jsonl`` record, for the trackers (which take scalars only).
+
+    ``step`` is the x axis, not a scalar; lists (``mcpo/selected_hist``), ``None`` (``grad_norm``
+    without clipping) and booleans are left out. Values are the same floats metrics.jsonl holds.
+    """
+    return {name: value for name, value in record.items()
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step; a resumed run drops lines after its start step."""
 

@@ -13,6 +13,9 @@ gradient_accumulation_steps x processes``), so batch 8 x 1 step equals batch
 ``Accelerator.backward`` divides by the accumulation steps and DDP averages
 over processes.
 
+Metrics: one ``metrics.jsonl`` line per logged step (main process); with ``report_to`` the same
+numeric values also go to accelerate's trackers (tensorboard under ``output_dir/runs/``, wandb).
+
 Checkpoints (``output_dir/checkpoints/step-N``) hold model, optimizer,
 scheduler, every RNG (``accelerator.save_state``) and the ``TrainerState``
 (step, data position, the MC-PO kernel's generator), plus ``trainer_state.json``
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -51,7 +55,7 @@ from .card import model_card
 from .config import TrainConfig
 from .data import TrainingTable, collate
 from .mcpo_step import PoolBatch
-from .metrics import MetricsLog, peak_memory_mb, reduce_step
+from .metrics import MetricsLog, peak_memory_mb, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
 
 CHECKPOINTS = "checkpoints"
@@ -128,6 +132,37 @@ def _tokens(batch) -> int:
     return sum(len(p) + len(c) for p, c in pairs)
 
 
+TRACKER_DIR = "runs"  # output_dir/runs/<tracker_project>/: tensorboard's event files
+
+
+def _tracker_options(cfg: TrainConfig, out: Path) -> dict:
+    """``Accelerator`` keyword arguments for ``cfg.report_to``; a requested tracker that is not
+    installed is an error here (accelerate would drop it with only a debug message)."""
+    if not cfg.report_to:
+        return {}
+    from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_wandb_available
+
+    installed = {"tensorboard": (is_tensorboard_available, "pip install 'prefpool[tensorboard]'"),
+                 "wandb": (is_wandb_available, "pip install wandb")}
+    for name in cfg.report_to:
+        available, hint = installed[name]
+        if not available():
+            raise ImportError(f"report_to: {name} is not installed ({hint})")
+    return {"log_with": list(cfg.report_to),
+            "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKER_DIR))}
+
+
+def _hparams(cfg: TrainConfig) -> dict:
+    # Trackers' hyperparameter tables take scalars and strings only (tensorboard's add_hparams).
+    flat = {}
+    for name, value in asdict(cfg).items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        if value is not None:
+            flat[name] = value
+    return flat
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     folder = Path(output_dir) / CHECKPOINTS
     found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()] if folder.is_dir() else []
@@ -150,15 +185,18 @@ class Trainer:
         cfg.check_table(self.kind)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         self.cache = cache_parts(self.manifest, cfg.data)
+        # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
+        self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
         self.check_step0 = check_cache(
-            self.cache, model=cfg.model, tokenizer=self.tokenizer, max_length=cfg.max_length,
+            self.cache, model=cfg.model, tokenizer=self.tokenizer, max_length=self.max_length,
             truncation=cfg.truncation, dtype=cfg.dtype, reference_is_policy_init=cfg.reference_is_policy_init)
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         self.accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                       mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+                                       mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False,
+                                       **_tracker_options(cfg, self.out))
         set_seed(cfg.seed)
-        self.table = TrainingTable(cfg.data, self.kind, self.tokenizer, max_length=cfg.max_length,
+        self.table = TrainingTable(cfg.data, self.kind, self.tokenizer, max_length=self.max_length,
                                    truncation=cfg.truncation, with_samples=self.kind == "mpo" and cfg.tau > 0)
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
@@ -203,6 +241,12 @@ class Trainer:
         self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=self.state.step if resume_dir else None) \
             if self.accelerator.is_main_process else None
         self.step0_diff: float | None = None
+        if cfg.report_to:
+            # A resumed run hides the events past its checkpoint, as MetricsLog drops those lines.
+            tensorboard = {"purge_step": self.state.step + 1} if resume_dir else {}
+            wandb = {"dir": str(self.out), "mode": os.environ.get("WANDB_MODE", "offline")}
+            self.accelerator.init_trackers(cfg.tracker_project, config=_hparams(cfg),
+                                           init_kwargs={"tensorboard": tensorboard, "wandb": wandb})
 
     # -- one optimizer step -------------------------------------------------------------------------
 
@@ -306,9 +350,13 @@ class Trainer:
                 records.append(record)
                 if acc.is_main_process and (self.state.step % cfg.logging_steps == 0 or self.state.step == until):
                     self.log.write(record)
+                    if cfg.report_to:
+                        acc.log(tracker_scalars(record), step=self.state.step)
                 if cfg.save_steps and self.state.step % cfg.save_steps == 0:
                     self.save_checkpoint()
                 advance(1)
+        if cfg.report_to:
+            acc.end_training()  # flushes and closes the event files / wandb run
         summary = {
             "output_dir": str(self.out), "table_kind": self.kind, "loss_name": cfg.loss, "rows": len(self.table),
             "steps": self.state.step, "total_steps": self.total_steps,

@@ -128,6 +128,12 @@ def test_refuses_other_max_length_or_template(world, tmp_path):
         Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", model=str(model)))
 
 
+def test_max_length_defaults_to_the_caches(world, tmp_path):
+    """No max_length in the config: the trainer tokenizes with the cache's, so it does not mismatch."""
+    trainer = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "a", max_length=None))
+    assert trainer.max_length == MAX_LENGTH == trainer.cache["max_length"]
+
+
 def test_refuses_a_loss_that_does_not_fit_the_table(world, tmp_path):
     with pytest.raises(ValueError, match="'mcpo' does not fit the 'pairwise' table"):
         Trainer(_cfg(world, "pairwise", "mcpo", tmp_path))
