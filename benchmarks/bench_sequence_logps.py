@@ -16,8 +16,8 @@ of positions used). Each variant computes the summed log-probs and calls
 Variants:
 
 - ``naive``: ``log_softmax(logits.float(), -1).gather(...)``, masked sum.
-- ``chunked``: ``sequence_logps`` with the default ``chunk_elements=2**26``.
-- ``chunked-4M``: ``sequence_logps`` with ``chunk_elements=2**22``.
+- ``chunked-64M``: ``sequence_logps`` with ``chunk_elements=2**26``.
+- ``chunked-4M``: ``sequence_logps`` with the default ``chunk_elements=2**22``.
 - ``chunked-4M-rolled``: ``chunk_elements=2**22``, called the way ``prefpool.train.scoring``
   calls it: the full logits with labels rolled left (no strided view, so
   autograd does not hold a second full-size gradient for the view).
@@ -49,7 +49,7 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # name -> (chunk_elements or None for naive, how labels are aligned)
 VARIANTS = {
     "naive": (None, "view"),
-    "chunked": (2**26, "view"),
+    "chunked-64M": (2**26, "view"),
     "chunked-4M": (2**22, "view"),
     "chunked-4M-rolled": (2**22, "rolled"),
 }

@@ -123,7 +123,7 @@ def _validate(logits, labels, mask, chunk_elements) -> torch.Tensor:
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                   chunk_elements: int = 2**26) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Summed log-probability of the label tokens of each sequence, and their count.
 
     .. math::
@@ -149,7 +149,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
             may be anything (``-100`` included); used ones must lie in ``[0, V)``.
         mask: ``(B, T)`` bool, or integer holding only 0/1: the positions to score.
         chunk_elements: rough number of logits upcast to float32 at once; a chunk
-            holds ``max(1, chunk_elements // V)`` positions.
+            holds ``max(1, chunk_elements // V)`` positions. The default, 2**22
+            (16 MiB in float32), was no slower than 2**26 and used less memory
+            in ``benchmarks/bench_sequence_logps.py`` (see BENCHMARKS.md).
 
     Returns:
         ``(logps, counts)``: ``logps`` ``(B,)`` float32 (float64 for float64
