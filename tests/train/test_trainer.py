@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
-from trainer_tables import MAX_LENGTH, make_tables
+from accelerate.state import AcceleratorState
+from trainer_tables import MAX_LENGTH
 from typer.testing import CliRunner
 
 from prefpool.cli import app
@@ -26,20 +26,11 @@ from prefpool.train.trainer import Step0MismatchError, Trainer
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps process-wide singletons; each run here is its own "process".
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer")
-    model = build_tiny_llama(root / "model", seed=0)
-    return {"root": root, "model": model, **make_tables(root / "data", model)}
+
+
 
 
 def _cfg(world, kind: str, loss: str, out, **kw) -> TrainConfig:

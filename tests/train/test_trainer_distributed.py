@@ -26,11 +26,9 @@ import sys
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
-from trainer_tables import MAX_LENGTH, make_tables
+from trainer_tables import MAX_LENGTH
 
-from prefpool.tiny_model import build_tiny_llama
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics
 from prefpool.train.trainer import Trainer, kernel_seed
@@ -38,24 +36,15 @@ from prefpool.train.trainer import Trainer, kernel_seed
 torch.set_num_threads(1)
 
 pytestmark = [
+    pytest.mark.usefixtures("fresh_accelerate_state"),
     pytest.mark.distributed,
     pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                        reason="needs torch.distributed with gloo"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    model = build_tiny_llama(root / "model", seed=0)
-    return {"root": root, "model": model, **make_tables(root / "data", model)}
 
 
 def _settings(world, kind: str, loss: str, out, **kw) -> dict:

@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
-from trainer_tables import MAX_LENGTH, make_tables
+from trainer_tables import MAX_LENGTH
 
 from prefpool.config import load_config
-from prefpool.tiny_model import build_tiny_llama
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics, tracker_scalars
 from prefpool.train.trainer import TRACKER_DIR, Trainer
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trackers")
-    model = build_tiny_llama(root / "model", seed=0)
-    return {"model": model, **make_tables(root / "data", model)}
+
+
 
 
 def _cfg(world, out, **kw) -> TrainConfig:

@@ -1,0 +1,28 @@
+"""Fixtures shared by the trainer tests."""
+
+from __future__ import annotations
+
+import pytest
+from accelerate.state import AcceleratorState, GradientState
+from trainer_tables import make_tables
+
+from prefpool.tiny_model import build_tiny_llama
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons; each training run in a test is its own "process"."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A tiny model and its pairwise/mcpo/mpo tables made by the real ingest -> logprobs -> build.
+
+    Built once per test process; tests read it and write their own outputs elsewhere.
+    """
+    root = tmp_path_factory.mktemp("trainer-world")
+    model = build_tiny_llama(root / "model", seed=0)
+    return {"root": root, "model": model, **make_tables(root / "data", model)}
