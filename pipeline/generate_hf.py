@@ -21,7 +21,9 @@ from prefpool.pipeline.sampling import SamplingParams, next_token_probs
 class HFEngine:
     name = "hf"
 
-    def __init__(self, info: ModelInfo, *, batch_size: int, device: str) -> None:
+    def __init__(self, info: ModelInfo, *, batch_size: int, device: str, model: torch.nn.Module | None = None) -> None:
+        """``model``: an already loaded model to sample from (e.g. a policy during training, probed
+        without saving it); it must be in eval mode or have no dropout. Default: load ``info.path``."""
         from transformers import AutoModelForCausalLM
 
         if batch_size < 1:
@@ -29,7 +31,9 @@ class HFEngine:
         self.info = info
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(info.path, dtype="auto").to(self.device).eval()
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(info.path, dtype="auto").to(self.device).eval()
+        self.model = model
 
     def generate(
         self, requests: Sequence[Request], params: SamplingParams, *, on_done: Callable[[int], None]

@@ -85,14 +85,20 @@ def merge(
 
 @app.command()
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the tiny model, metrics and summary go.")] = Path("runs/quickstart"),
-    steps: Annotated[int, typer.Option(help="Training steps per kernel.")] = 40,
-    seed: Annotated[int, typer.Option(help="Seed for the model, the data order and the kernel's draws.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: REPORT.md, curves.png, data, runs.")] = Path("runs/quickstart"),
+    seed: Annotated[int, typer.Option(help="Seeds the reference model, the samples, the data order and the kernel.")] = 0,
+    engine: Annotated[str, typer.Option(help="Generation engine: auto (vllm when installed) | hf | vllm.")] = "auto",
+    steps: Annotated[int, typer.Option(help="Training steps per method.")] = 80,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier quickstart folder at --out.")] = False,
 ) -> None:
-    """MC-PO (sample kernel) against DPO with a random negative on a tiny local model, on the CPU."""
+    """The main job on a controlled task with a known reward: pools, cached reference log-probs,
+    DPO and MC-PO trained without a reference model, evaluated; a report with plots (CPU, minutes)."""
     from prefpool.quickstart import QuickstartConfig, run_quickstart
 
-    run_quickstart(QuickstartConfig(out_dir=str(out), steps=steps, seed=seed))
+    try:
+        run_quickstart(QuickstartConfig(out_dir=str(out), seed=seed, engine=engine, steps=steps, overwrite=overwrite))
+    except FileExistsError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()

@@ -1,113 +1,186 @@
-"""`prefpool quickstart`: MC-PO against a random-negative baseline on a tiny local model.
+"""`prefpool quickstart`: the whole system on a controlled task with a known reward, on the CPU.
 
-Everything is made here, offline, on the CPU: a tiny Llama with a locally
-trained tokenizer, the toy task of ``prefpool.toy_task`` (repeat a word; four
-rule-breaking answers per prompt), reference log-probs cached once from the
-initial weights. Then, from the same initial weights, one run per kernel:
-``sample`` (MC-PO's hard negatives) and ``uniform`` (DPO with a random rejected
-answer). No reference model is held during training.
+In the spirit of the DPO paper's controlled sentiment experiment, everything is
+made here, offline (``prefpool.controlled``):
 
-Writes ``OUT/metrics-<kernel>.jsonl`` (one line per step) and ``OUT/summary.json``.
+1. a tiny reference model fit to a synthetic language of short descriptions;
+2. the real pipeline, ``prefpool run pipeline.yaml``: ingest the prompts,
+   generate 8 samples per prompt from the reference (vllm when installed, else
+   the hf engine), label them with a noisy annotator (the hidden true reward
+   plus Gumbel noise = Bradley-Terry labels), cache the reference log-probs,
+   build the MC-PO table; once for the training topics and once for held-out topics;
+3. ``prefpool train`` (the ``Trainer``; no reference model held) from the
+   reference, with DPO (a uniformly random rejected answer from the pool) and
+   with MC-PO (the negative drawn ∝ exp(implicit reward)); every few steps
+   the policy is probed on fresh samples for held-out prompts: true reward and
+   KL(policy ‖ reference);
+4. ``prefpool eval`` of each final model on the held-out table (implicit-reward
+   ranking of the annotator's pick; reward and win-rate of fresh samples
+   against the reference's);
+5. a report folder: ``REPORT.md``, ``curves.png``, ``summary.json``, the
+   probe records (``runs/<method>/probe.jsonl``) and the trainer's
+   ``metrics.jsonl``.
+
+Deterministic for a seed on a given machine and engine.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import yaml
 
-from prefpool.tiny_model import build_tiny_llama
-from prefpool.toy_task import (
-    cache_reference_logps,
-    collate,
-    encode_example,
-    make_examples,
-    mcpo_batch_loss,
-)
+from prefpool.controlled.data import available_engine, prepare_data
+from prefpool.controlled.probe import Probe
+from prefpool.controlled.report import markdown_table, plot_probe_curves
+from prefpool.controlled.task import held_out_topics, task_prompts
+from prefpool.controlled.training import train_with_probe
+from prefpool.train.config import TrainConfig
+
+MARKER = ".prefpool-quickstart"
+# folder name -> (label, TrainConfig overrides)
+METHODS = {
+    "dpo-random": ("DPO (random rejected)", {"kernel": "uniform"}),
+    "mcpo": ("MC-PO (sample kernel)", {"kernel": "sample"}),
+}
 
 
 @dataclass(frozen=True)
 class QuickstartConfig:
     out_dir: str = "runs/quickstart"
-    steps: int = 40
     seed: int = 0
-    batch_size: int = 4
-    lr: float = 1e-3
-    beta: float = 0.3
-    kernels: tuple[str, ...] = ("sample", "uniform")
+    engine: str = "auto"  # auto | hf | vllm
+    n: int = 8  # samples per prompt: the preferred answer and a pool of up to n - 1
+    steps: int = 80
+    batch_size: int = 8
+    lr: float = 3e-4
+    beta: float = 0.1
+    probe_every: int = 10
+    probe_samples: int = 8  # fresh samples per held-out prompt at each probe
+    reference_steps: int = 300  # maximum-likelihood steps fitting the reference to the language
+    methods: tuple[str, ...] = field(default=tuple(METHODS))
+    overwrite: bool = False
 
 
-@torch.no_grad()
-def pool_accuracy(model, features: list[dict], pad: int, beta: float) -> float:
-    """Fraction of prompts whose preferred answer out-scores every pool answer (implicit reward)."""
-    model.eval()
-    batch = collate(features, pad)
-    out = mcpo_batch_loss(model, batch, beta=beta, generator=None, kernel="max")
-    model.train()
-    return out.metrics["mcpo/pool_accuracy"].mean().item()
+def _fresh_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite (replaces an earlier quickstart "
+                                  "folder) or choose another --out")
+        if not (out / MARKER).exists():
+            raise FileExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `prefpool quickstart`; --overwrite may remove this folder\n")
 
 
-def _train_one(model_dir: Path, features: list[dict], pad: int, kernel: str,
-               cfg: QuickstartConfig, log_path: Path) -> dict:
-    torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)  # the same initial weights every run
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    order_rng = torch.Generator().manual_seed(cfg.seed)
-    kernel_rng = torch.Generator().manual_seed(cfg.seed + 1)
-    order: list[int] = []
+def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dict:
+    args = ["eval", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--reward-fn", "prefpool.controlled.task:reward", "--ref-model", str(reference),
+            "--num-samples", "4", "--seed", str(seed)]
+    done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`prefpool {' '.join(args)}` failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> dict:
+    """Run the quickstart; return the summary that is also written to ``summary.json``."""
+    import transformers
+
+    say = log or (lambda _line: None)
     start = time.perf_counter()
-    with open(log_path, "w") as log:
-        for step in range(cfg.steps):
-            if len(order) < cfg.batch_size:
-                order = torch.randperm(len(features), generator=order_rng).tolist()
-            picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
-            out = mcpo_batch_loss(model, collate([features[i] for i in picked], pad),
-                                  beta=cfg.beta, generator=kernel_rng, kernel=kernel)
-            loss = out.loss.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            record = {"step": step, "loss": loss.item(),
-                      **{k: v.float().mean().item() for k, v in out.metrics.items()}}
-            log.write(json.dumps(record) + "\n")
-    return {
-        "kernel": kernel,
-        "final_loss": record["loss"],
-        "pool_accuracy": pool_accuracy(model, features, pad, cfg.beta),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-
-
-def run_quickstart(cfg: QuickstartConfig = QuickstartConfig()) -> dict:
-    """Run the demo; return the summary that is also written to ``summary.json``."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     transformers.utils.logging.disable_progress_bar()
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir = build_tiny_llama(out / "tiny-llama", seed=cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad = tokenizer.pad_token_id
-    features = [encode_example(tokenizer, ex) for ex in make_examples(seed=cfg.seed)]
+    _fresh_folder(out, cfg.overwrite)
+    engine = available_engine(cfg.engine)
+    data = prepare_data(out, seed=cfg.seed, engine=engine, n=cfg.n, reference_steps=cfg.reference_steps, log=log)
+    data_seconds = time.perf_counter() - start
 
-    reference = AutoModelForCausalLM.from_pretrained(model_dir)
-    features = cache_reference_logps(reference, features, pad)  # the reference is numbers from here on
-    before = pool_accuracy(reference, features, pad, cfg.beta)
-    del reference
+    probe = Probe(data.reference, task_prompts(held_out_topics()), samples_per_prompt=cfg.probe_samples,
+                  seed=cfg.seed + 1000)
+    runs, results = {}, []
+    for name in cfg.methods:
+        label, overrides = METHODS[name]
+        tcfg = TrainConfig(model=str(data.reference), data=str(data.train_table), output_dir=str(out / "runs" / name),
+                           loss="mcpo", beta=cfg.beta, lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.steps,
+                           seed=cfg.seed, progress=False, **overrides)
+        Path(tcfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (out / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(asdict(tcfg), sort_keys=False))
+        say(f"$ prefpool train {out / 'runs' / f'{name}.yaml'}   # {label}, probed every {cfg.probe_every} steps")
+        runs[label] = train_with_probe(tcfg, probe, every=cfg.probe_every, log=log, label=name)
+        say(f"$ prefpool eval --model {tcfg.output_dir} --data {data.heldout_table} ...")
+        evaluation = _eval(Path(tcfg.output_dir), data.heldout_table, data.reference,
+                           out / "runs" / f"{name}-eval.json", cfg.seed)
+        results.append({"method": name, "label": label, "final": runs[label][-1], "eval": evaluation})
 
-    runs = []
-    for kernel in cfg.kernels:
-        runs.append(_train_one(model_dir, features, pad, kernel, cfg,
-                               out / f"metrics-{kernel}.jsonl"))
-        print(f"  kernel={kernel:<8} final loss {runs[-1]['final_loss']:.4f}  "
-              f"pool accuracy {runs[-1]['pool_accuracy']:.2f}  ({runs[-1]['seconds']} s)", flush=True)
-    summary = {"config": asdict(cfg), "pool_accuracy_before": before, "runs": runs}
+    plot = plot_probe_curves(runs, out / "curves.png",
+                             title=f"controlled task, {len(probe.requests)} fresh samples per point, seed {cfg.seed}")
+    summary = {"config": asdict(cfg), "engine": engine, "commands": list(data.commands),
+               "reference": runs[next(iter(runs))][0], "runs": results,
+               "data_seconds": round(data_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"pool accuracy (all {len(features)} toy prompts) before training: {before:.2f}; "
-          f"metrics and summary in {out}/")
+    (out / "REPORT.md").write_text(_report(summary, plot.name))
+    say(f"quickstart done in {summary['seconds']:.0f} s: report {out / 'REPORT.md'}, plot {plot}")
     return summary
+
+
+def _report(summary: dict, plot: str) -> str:
+    cfg = summary["config"]
+    ref = summary["reference"]
+    rows = [["reference (step 0)", f"{ref['reward']:+.2f} ± {ref['reward_se']:.2f}", "0", "-", "-", "-"]]
+    for run in summary["runs"]:
+        final, ev = run["final"], run["eval"]
+        ranking, samples = ev["ranking"], ev["samples"]
+        rows.append([run["label"], f"{final['reward']:+.2f} ± {final['reward_se']:.2f}",
+                     f"{final['kl']:.2f} ± {final['kl_se']:.2f}",
+                     f"{ranking['top1_accuracy']:.2f}" if "top1_accuracy" in ranking else "-",
+                     f"{samples['win_rate']:.2f}", f"{final['train_seconds']:.1f}"])
+    table = markdown_table(["policy", "true reward", "KL to reference (nats)", "held-out top-1 ranking",
+                            "win-rate vs reference", "training s"], rows)
+    return f"""# prefpool quickstart report
+
+Controlled task (`prefpool.controlled`): a tiny reference model of a synthetic
+language; the hidden true reward counts positive minus negative adjectives;
+preferences come from a noisy annotator (true reward + Gumbel noise, i.e.
+Bradley-Terry labels) over {cfg['n']} samples per prompt from the reference.
+Trained from the reference for {cfg['steps']} steps (batch {cfg['batch_size']},
+lr {cfg['lr']}, β {cfg['beta']}, seed {cfg['seed']}) with no reference model in
+memory: the reference enters only through the cached log-probs.
+
+Generation engine: {summary['engine']}. Made in {summary['seconds']:.0f} s
+(data and reference model {summary['data_seconds']:.0f} s).
+
+![curves]({plot})
+
+Final policies, on fresh samples for the held-out topics (mean ± standard error):
+
+{table}
+- *true reward*, *KL*: {ref['samples']} fresh samples (temperature 1) per point;
+  KL is the mean of log π(y|x) − log π_ref(y|x) over them.
+- *held-out top-1 ranking*: how often the annotator's pick has the highest
+  implicit reward in its held-out pool (`prefpool eval`).
+- *win-rate*: fresh samples against the reference's samples for the same
+  seeds, by the true reward (ties count 1/2).
+
+Commands that made the data:
+
+```
+{chr(10).join(summary['commands'])}
+```
+
+Per-method training configs: `runs/<method>.yaml` (`prefpool train` runs them);
+per-step trainer metrics: `runs/<method>/metrics.jsonl`; probes:
+`runs/<method>/probe.jsonl`.
+"""

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from prefpool.pipeline.atomic import write_json
 from prefpool.pipeline.logprobs_engine import DTYPES
 from prefpool.pipeline.progress import progress
 from prefpool.pipeline.tableio import checked_shards
@@ -381,7 +382,7 @@ class Trainer:
         acc.unwrap_model(self.model).save_pretrained(self.out)
         self.tokenizer.save_pretrained(self.out)
         (self.out / "README.md").write_text(model_card(self.cfg, self.manifest, summary, self.cache))
-        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(self.out / "train_summary.json", summary)  # atomic: online treats its presence as "trained"
 
 
 def train(cfg: TrainConfig) -> dict:

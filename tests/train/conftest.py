@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from trainer_tables import make_tables
 
 from prefpool.tiny_model import build_tiny_llama
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each training run in a test is its own "process"."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="session")

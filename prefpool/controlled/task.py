@@ -15,6 +15,8 @@ the true reward of fresh samples, and how far it moved from the reference
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from pathlib import Path
@@ -24,18 +26,36 @@ import torch
 POSITIVE = ("good", "great", "happy", "bright", "kind", "calm", "warm", "lovely", "gentle", "sweet")
 NEGATIVE = ("bad", "sad", "dark", "cold", "cruel", "dull", "ugly", "angry", "grim", "harsh")
 TOPICS = ("cat", "dog", "house", "tree", "river", "day", "night", "city", "road", "garden",
-          "sea", "hill", "song", "room", "storm", "winter")
+          "sea", "hill", "song", "room", "storm", "winter", "bird", "lake", "town", "forest",
+          "field", "boat", "star", "morning", "horse", "bridge", "flower", "school", "market", "cloud",
+          "island", "village")
+# The last HELD_OUT topics never appear in the preference data: a policy is measured on them.
+HELD_OUT = 8
+TEMPLATES = ("Describe the {}.", "Tell me about the {}.", "Write about the {}.")
 INTENSIFIERS = ("very", "quite", "so")
 VERBS = ("was", "is", "seemed", "felt")
 _SENTIMENT = {w: 1 for w in POSITIVE} | {w: -1 for w in NEGATIVE}
 
 
-def prompt_for(topic: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Describe the {topic}."}]
+def prompt_for(topic: str, template: int = 0) -> list[dict[str, str]]:
+    return [{"role": "user", "content": TEMPLATES[template].format(topic)}]
+
+
+def train_topics() -> tuple[str, ...]:
+    return TOPICS[:-HELD_OUT]
+
+
+def held_out_topics() -> tuple[str, ...]:
+    return TOPICS[-HELD_OUT:]
+
+
+def task_prompts(topics: tuple[str, ...]) -> list[list[dict[str, str]]]:
+    """Every template for every topic, in a fixed order."""
+    return [prompt_for(topic, t) for topic in topics for t in range(len(TEMPLATES))]
 
 
 def make_prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """``n`` prompts, cycling through the topics in a seeded order."""
+    """``n`` prompts (first template), cycling through the topics in a seeded order."""
     rng = random.Random(seed)
     topics = list(TOPICS)
     out = []
@@ -59,9 +79,47 @@ def sample_description(topic: str, rng: random.Random) -> str:
     return " ".join(clauses) + " ."
 
 
+# Every word a description can use.
+VOCABULARY = frozenset({"the", "and", ".", *TOPICS, *VERBS, *INTENSIFIERS, *POSITIVE, *NEGATIVE})
+
+
+def in_language(text: str) -> bool:
+    """A non-empty text made only of the language's words (grammar not checked)."""
+    words = text.split()
+    return bool(words) and set(words) <= VOCABULARY
+
+
 def true_reward(text: str) -> float:
     """The hidden reward: positive adjectives minus negative ones."""
     return float(sum(_SENTIMENT.get(word, 0) for word in text.lower().split()))
+
+
+def reward(prompt: list[dict[str, str]], completion: str) -> float:
+    """``true_reward`` as a ``score`` stage / ``eval`` reward function: ``f(prompt, completion)``."""
+    return true_reward(completion)
+
+
+def _gumbel(prompt: list[dict[str, str]], completion: str) -> float:
+    """A standard Gumbel draw fixed by the (prompt, completion) text: the same answer, the same noise."""
+    key = json.dumps([prompt, completion], ensure_ascii=False).encode("utf-8")
+    u = (int.from_bytes(hashlib.sha256(key).digest()[:8], "big") + 0.5) / 2**64  # in (0, 1)
+    return -math.log(-math.log(u))
+
+
+def annotator(prompt: list[dict[str, str]], completion: str) -> float:
+    """A noisy human stand-in, as a ``score`` reward function: true reward plus standard Gumbel noise.
+
+    Picking the highest of these scores among a prompt's answers picks answer
+    ``i`` with probability ``softmax(true rewards)_i`` (the Gumbel-max trick):
+    for two answers that is exactly a Bradley-Terry label,
+    ``P(a over b) = σ(r_a - r_b)``, and sorting them gives a Plackett-Luce ranking.
+    """
+    return true_reward(completion) + _gumbel(prompt, completion)
+
+
+def sharp_annotator(prompt: list[dict[str, str]], completion: str) -> float:
+    """Near-deterministic labels: Bradley-Terry at temperature 0.1 (``σ(10 (r_a - r_b))``)."""
+    return true_reward(completion) + 0.1 * _gumbel(prompt, completion)
 
 
 def bradley_terry_prefers_first(reward_a: float, reward_b: float, rng: random.Random,
@@ -77,7 +135,7 @@ def corpus(n: int, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
     pairs = []
     for _ in range(n):
         topic = rng.choice(TOPICS)
-        pairs.append((prompt_for(topic), sample_description(topic, rng)))
+        pairs.append((prompt_for(topic, rng.randrange(len(TEMPLATES))), sample_description(topic, rng)))
     return pairs
 
 
@@ -97,7 +155,7 @@ def train_reference_model(out_dir: str | Path, *, steps: int = 300, batch_size: 
 
     data = corpus(4000, seed=seed)
     texts = [f"{p[0]['content']} {d}" for p, d in data]
-    out = build_tiny_llama(out_dir, texts=texts, vocab_size=320, seed=seed)
+    out = build_tiny_llama(out_dir, texts=texts, vocab_size=512, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     pairs = []

@@ -8,17 +8,25 @@ import random
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefpool.controlled_task import (
+from prefpool.controlled.task import (
+    HELD_OUT,
     INTENSIFIERS,
     NEGATIVE,
     POSITIVE,
+    TEMPLATES,
     TOPICS,
     VERBS,
+    annotator,
     bradley_terry_prefers_first,
     corpus,
+    held_out_topics,
+    in_language,
     make_prompts,
     sample_description,
+    sharp_annotator,
+    task_prompts,
     train_reference_model,
+    train_topics,
     true_reward,
 )
 
@@ -82,3 +90,37 @@ def test_reference_model_speaks_the_language_with_spread_rewards(tmp_path):
     assert len(in_language) >= 0.9 * len(texts), texts
     rewards = [true_reward(t) for t in texts]
     assert min(rewards) < 0 < max(rewards)
+
+
+def test_annotator_picks_answers_with_softmax_probabilities():
+    """Gumbel-max: the highest annotator score among answers with true rewards 0, 1, 2 is answer i
+    with probability softmax(0, 1, 2)_i. 6000 prompts (the noise is fixed per prompt and text);
+    each frequency within 5 standard errors."""
+    texts = ["the cat was .", "the cat was good .", "the cat was good and warm ."]
+    assert [true_reward(t) for t in texts] == [0.0, 1.0, 2.0]
+    n = 6000
+    counts = [0, 0, 0]
+    for k in range(n):
+        prompt = [{"role": "user", "content": f"Describe the cat. #{k}"}]
+        scores = [annotator(prompt, t) for t in texts]
+        counts[scores.index(max(scores))] += 1
+    z = sum(math.exp(r) for r in (0, 1, 2))
+    for count, r in zip(counts, (0, 1, 2), strict=True):
+        p = math.exp(r) / z
+        assert abs(count / n - p) < 5 * math.sqrt(p * (1 - p) / n), (counts, p)
+    # The same (prompt, text) always gets the same score; the sharp annotator follows the true reward.
+    prompt = [{"role": "user", "content": "Describe the cat."}]
+    assert annotator(prompt, texts[1]) == annotator(prompt, texts[1])
+    sharp_wins = 0
+    for k in range(2000):
+        prompt = [{"role": "user", "content": f"#{k}"}]
+        sharp_wins += sharp_annotator(prompt, texts[1]) > sharp_annotator(prompt, texts[0])
+    assert sharp_wins >= 1995  # P(flip) = σ(-10) ≈ 4.5e-5 per pair
+
+
+def test_held_out_topics_never_reach_the_training_prompts():
+    train = {p[0]["content"] for p in task_prompts(train_topics())}
+    held = task_prompts(held_out_topics())
+    assert len(held) == HELD_OUT * len(TEMPLATES) and len(train) == (len(TOPICS) - HELD_OUT) * len(TEMPLATES)
+    assert not any(topic in text.split(" ")[-1] for topic in held_out_topics() for text in train)
+    assert in_language("the cat was very good .") and not in_language("") and not in_language("hello .")
