@@ -1,5 +1,5 @@
 # The two quick-start commands (see README):
-#   make quickstart   set up .venv, then run the main job on the embedded default
+#   make quickstart   set up .venv, then run the main job (the controlled task, report in runs/quickstart)
 #   make test         set up .venv, then run the test suite
 #
 # Set-up installs torch first, on its own: a resolver that meets "torch" as a
@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 quickstart: $(STAMP)
-	$(VENV)/bin/prefpool quickstart
+	$(VENV)/bin/prefpool quickstart --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,7 @@ Deterministic for a seed on a given machine and engine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,7 @@ class QuickstartConfig:
     n: int = 8  # samples per prompt: the preferred answer and a pool of up to n - 1
     steps: int = 80
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float = 5e-4
     beta: float = 0.1
     probe_every: int = 10
     probe_samples: int = 8  # fresh samples per held-out prompt at each probe
@@ -85,7 +86,8 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
     args = ["eval", "--model", str(model), "--data", str(data), "--out", str(out),
             "--reward-fn", "prefpool.controlled.task:reward", "--ref-model", str(reference),
             "--num-samples", "4", "--seed", str(seed)]
-    done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"`prefpool {' '.join(args)}` failed:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -97,7 +99,9 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
 
     say = log or (lambda _line: None)
     start = time.perf_counter()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: tiny models gain little from more, OpenMP threads collapse when another process
+    # holds a core, and results then do not depend on the machine's core count.
+    torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:

@@ -24,12 +24,13 @@ Experiments (name: runs):
 - ``garbage``: one garbage answer added to every pool: DPO using it as the
   rejected answer, DPO random (uniform kernel), MC-PO (sample kernel).
 - ``mpo``: near-deterministic labels (``sharp``), pairs = preferred vs one fixed
-  random pool member: MPO (the pool as reference samples, tau), DPO, IPO;
-  trained ``--long-steps`` steps to see whether the KL stays bounded.
+  random pool member: MPO (the pool as reference samples, tau), MPO without the
+  tau term, DPO, IPO, all at MPO's learning rate; trained ``--long-steps``
+  steps to see whether the KL stays bounded.
 - ``online``: OnMC-PO (``prefpool.train.online``), 2 rounds of half the steps,
   the second round's pool sampled from the first round's policy; against
   offline MC-PO (``kernels/sample``) at equal total steps.
-- ``frontier``: beta in --betas for DPO (uniform kernel), MC-PO (sample), MPO.
+- ``frontier``: beta in --betas for DPO (uniform kernel), MC-PO (sample), MPO (at its learning rate).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Settings:
     long_steps: int = 240
     probe_every: int = 20
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float = 5e-4
+    mpo_lr: float = 2e-3  # MPO's gradient is bounded (it rewards p, not log p): it needs a larger step
     beta: float = 0.1
     tau: float = 0.1
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
@@ -87,13 +89,15 @@ def planned_runs(s: Settings) -> list[Run]:
     runs += [Run("garbage", "dpo-garbage", "garbage_only", {"kernel": "uniform"}),
              Run("garbage", "dpo-random", "garbage", {"kernel": "uniform"}),
              Run("garbage", "mcpo", "garbage", {"kernel": "sample"})]
-    runs += [Run("mpo", "mpo", "sharp_mpo", {"loss": "mpo", "tau": s.tau}, long=True),
-             Run("mpo", "dpo", "sharp_pairwise", {"loss": "dpo"}, long=True),
-             Run("mpo", "ipo", "sharp_pairwise", {"loss": "ipo"}, long=True)]
+    # One learning rate (MPO's) for all four: the question is whether the KL stays bounded.
+    runs += [Run("mpo", "mpo", "sharp_mpo", {"loss": "mpo", "tau": s.tau, "lr": s.mpo_lr}, long=True),
+             Run("mpo", "mpo-tau0", "sharp_mpo", {"loss": "mpo", "tau": 0.0, "lr": s.mpo_lr}, long=True),
+             Run("mpo", "dpo", "sharp_pairwise", {"loss": "dpo", "lr": s.mpo_lr}, long=True),
+             Run("mpo", "ipo", "sharp_pairwise", {"loss": "ipo", "lr": s.mpo_lr}, long=True)]
     for b in s.betas:
         runs += [Run("frontier", f"dpo-random beta={b}", "mcpo", {"kernel": "uniform", "beta": b}),
                  Run("frontier", f"mcpo beta={b}", "mcpo", {"kernel": "sample", "beta": b}),
-                 Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau})]
+                 Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau, "lr": s.mpo_lr})]
     return runs
 
 
@@ -156,9 +160,9 @@ class Seed:
         if done is not None:
             return done
         overrides = {"loss": "mcpo", "beta": s.beta, **run.overrides}
+        overrides.setdefault("lr", s.lr)
         cfg = TrainConfig(model=str(self.std.reference), data=str(self.table(run.table)), output_dir=str(folder),
-                          lr=s.lr, batch_size=s.batch_size, max_steps=steps, seed=self.seed, progress=False,
-                          **overrides)
+                          batch_size=s.batch_size, max_steps=steps, seed=self.seed, progress=False, **overrides)
         every = s.probe_every * (3 if run.long else 1)
         return train_with_probe(cfg, self.probe, every=every, log=self.log, label=f"{run.experiment}/{run.name}")
 

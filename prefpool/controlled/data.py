@@ -30,6 +30,7 @@ import yaml
 from .task import held_out_topics, task_prompts, train_reference_model, train_topics
 
 ANNOTATOR = "prefpool.controlled.task:annotator"
+STAGE_NAMES = ("ingest", "generate", "score", "logprobs", "build")
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,18 @@ def _write_prompts(path: Path, prompts: list[list[dict[str, str]]]) -> None:
 
 def _run(args: list[str], log) -> None:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # see quickstart: one thread
     if log:
         log("$ prefpool " + " ".join(args))
     done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"`prefpool {' '.join(args)}` failed (exit {done.returncode}):\n"
                            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    if log:
+    if log:  # the stages' one-line summaries; engine chatter (vLLM's log) stays out of the report
         for line in done.stdout.splitlines():
-            log("    " + line)
+            if line.startswith(STAGE_NAMES):
+                log("    " + line)
 
 
 def prepare_data(out: str | Path, *, seed: int = 0, engine: str = "auto", n: int = 8, max_new_tokens: int = 32,

@@ -6,11 +6,14 @@ descriptions ("the river was warm and very dark ."), a hidden reward that
 counts positive minus negative adjectives, and a tiny reference model trained
 briefly on the language, whose samples carry every reward from clearly
 negative to clearly positive. Preference labels come from the reward through a
-Bradley-Terry draw, so they are noisy, as human labels are.
+Bradley-Terry draw, so they are noisy, as human labels are: ``annotator`` is
+that draw as a ``score``-stage reward function (true reward + Gumbel noise).
 
+Prompts are "Describe the <topic>." in three phrasings; the last ``HELD_OUT``
+topics never appear in the preference data, and a policy is measured on them.
 Because the reward is known, a trained policy can be judged by what matters:
 the true reward of fresh samples, and how far it moved from the reference
-(KL on fresh samples).
+(KL on fresh samples; ``probe.Probe``).
 """
 
 from __future__ import annotations
