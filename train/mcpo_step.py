@@ -49,12 +49,13 @@ def _pool_slots(batch: PoolBatch) -> list[tuple[int, int]]:
 
 def mcpo_step_loss(model: torch.nn.Module, batch: PoolBatch, *, pad_token_id: int, beta: float,
                    kernel: str = "sample", generator: torch.Generator | None = None,
-                   score_max_tokens: int = 16384) -> LossOutput:
+                   score_max_tokens: int = 16384, lockstep: bool = False) -> LossOutput:
     """Per-example MC-PO loss ``(B,)`` for one batch, ready for ``.backward()``.
 
     With a selection kernel (``sample``, ``max``, ``min``, ``uniform``) this
     runs the two passes above; with ``expectation``, one pass through the
     whole pool. Metrics are those of ``mcpo_loss`` over the whole pool.
+    ``lockstep``: see ``score_pairs`` (all processes run pass 1 in as many forwards; for sharded models).
     """
     device = next(model.parameters()).device
     ref_chosen = batch.ref_chosen_logps.to(device)
@@ -75,7 +76,7 @@ def mcpo_step_loss(model: torch.nn.Module, batch: PoolBatch, *, pad_token_id: in
 
     # Pass 1: score the pool without gradient, pick the negatives.
     scores = score_pairs(model, [batch.pools[b][i] for b, i in slots], pad_token_id,
-                         max_tokens=score_max_tokens).to(device)
+                         max_tokens=score_max_tokens, lockstep=lockstep).to(device)
     pool_scores = torch.zeros(mask.shape, dtype=torch.float32, device=device)
     pool_scores[rows, cols] = scores
     selected = mcpo_select(pool_scores, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel,

@@ -51,11 +51,14 @@ def _pair_loss(model, batch: PairBatch, cfg: TrainConfig, pad: int) -> tuple[Los
 
 
 def batch_loss(model, batch: PairBatch | PoolBatch, cfg: TrainConfig, *, pad_token_id: int,
-               generator: torch.Generator | None) -> LossOutput:
-    """Per-example loss ``(B,)`` with gradient, and the loss's detached metrics."""
+               generator: torch.Generator | None, lockstep: bool = False) -> LossOutput:
+    """Per-example loss ``(B,)`` with gradient, and the loss's detached metrics.
+
+    ``lockstep``: MC-PO's pass 1 runs the same number of forwards in every process (``score_pairs``);
+    needed when the model is sharded over the processes (FSDP, DeepSpeed ZeRO-3)."""
     if isinstance(batch, PoolBatch):
         out = mcpo_step_loss(model, batch, pad_token_id=pad_token_id, beta=cfg.beta, kernel=cfg.kernel,
-                             generator=generator, score_max_tokens=cfg.score_max_tokens)
+                             generator=generator, score_max_tokens=cfg.score_max_tokens, lockstep=lockstep)
         if cfg.nll_alpha > 0:
             # The preferred answer's log-prob is not returned by the step; one more forward, with gradient.
             chosen, counts = completion_logps(model, list(batch.chosen), pad_token_id)

@@ -54,25 +54,37 @@ def completion_logps(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_tok
 
 @torch.no_grad()
 def score_pairs(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_token_id: int, *,
-                max_tokens: int = 16384) -> torch.Tensor:
+                max_tokens: int = 16384, lockstep: bool = False) -> torch.Tensor:
     """Log-probs of many sequences without gradient, ``(N,)`` float32, in input order.
 
     Sequences are sorted by length and packed into batches of at most
     ``max_tokens`` padded tokens, so little compute goes to padding.
+
+    ``lockstep``: every process of the ``torch.distributed`` group runs as many forward passes as
+    the process with the most batches (the extra ones on a two-token dummy, result dropped), and
+    all processes must call this together. A sharded model (FSDP, DeepSpeed ZeRO-3) gathers its
+    parameters collectively in each forward, so a process that ran fewer would wait forever.
     """
-    if not pairs:
-        return torch.zeros(0)
     lengths = [len(p) + len(c) for p, c in pairs]
     order = sorted(range(len(pairs)), key=lengths.__getitem__)
-    out = torch.empty(len(pairs), dtype=torch.float32)
+    batches = []
     start = 0
     while start < len(order):
         stop = start + 1
         # Sorted ascending, so the last row sets the padded width.
         while stop < len(order) and lengths[order[stop]] * (stop + 1 - start) <= max_tokens:
             stop += 1
-        rows = order[start:stop]
+        batches.append(order[start:stop])
+        start = stop
+    extra = 0
+    if lockstep:
+        most = torch.tensor(len(batches), device=next(model.parameters()).device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        extra = int(most) - len(batches)
+    out = torch.empty(len(pairs), dtype=torch.float32)
+    for rows in batches:
         logps, _ = completion_logps(model, [pairs[i] for i in rows], pad_token_id)
         out[rows] = logps.float().cpu()
-        start = stop
+    for _ in range(extra):
+        completion_logps(model, [((pad_token_id,), (pad_token_id,))], pad_token_id)
     return out

@@ -175,7 +175,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg.check()
@@ -221,7 +221,16 @@ class Trainer:
             optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.warmup_steps,
                                                                                       self.total_steps))
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").
+            # Not exercised here: accelerate runs DeepSpeed on GPUs only.
+            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                ds_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # A sharded model gathers its parameters in every forward, collectively: MC-PO's pass 1 must then
+        # run as many forwards in every process (``score_pairs(lockstep=True)``), or they wait forever.
+        self.lockstep = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         process = self.accelerator.process_index
         generator = torch.Generator(device=self.accelerator.device).manual_seed(kernel_seed(cfg.seed, process))
         self.state = TrainerState(generator)
@@ -287,7 +296,8 @@ class Trainer:
                 pool_width = max(pool_width or 0, batch.pool_mask.shape[1])
             last = k == cfg.gradient_accumulation_steps - 1
             with nullcontext() if last else acc.no_sync(self.model):
-                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.state.generator)
+                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.state.generator,
+                                 lockstep=self.lockstep)
                 # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
                 acc.backward(out.loss.sum() / cfg.batch_size)
             tokens += _tokens(batch)
@@ -377,9 +387,13 @@ class Trainer:
         acc.wait_for_everyone()
         if self.cfg.save_steps and self.state.step % self.cfg.save_steps:
             self.save_checkpoint()  # every process: each saves its own RNG state
+        # Every process: under FSDP (or DeepSpeed ZeRO-3) each holds a shard and the full weights are
+        # gathered collectively onto the main process; with one process or DDP this is the unwrapped
+        # model's own state_dict.
+        weights = acc.get_state_dict(self.model)
         if not acc.is_main_process:
             return
-        acc.unwrap_model(self.model).save_pretrained(self.out)
+        acc.unwrap_model(self.model).save_pretrained(self.out, state_dict=weights)
         self.tokenizer.save_pretrained(self.out)
         (self.out / "README.md").write_text(model_card(self.cfg, self.manifest, summary, self.cache))
         write_json(self.out / "train_summary.json", summary)  # atomic: online treats its presence as "trained"
