@@ -274,6 +274,7 @@ def eval_(
     temperature: Annotated[float | None, typer.Option(help="With --reward-fn. Default: generation_config, else 1.0.")] = None,
     seed: Annotated[int, typer.Option(help="With --reward-fn: sample seeds, shared by both models.")] = 0,
     max_prompts: Annotated[int | None, typer.Option(help="With --reward-fn: sample for the first N prompts only.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... Default: cuda when available.")] = None,
 ) -> None:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate)."""
     import json
@@ -285,7 +286,7 @@ def eval_(
         summary = evaluate(
             model, data, out=out, max_length=max_length, beta=beta, tie_atol=tie_atol, reward_fn=reward_fn,
             ref_model=ref_model, num_samples=num_samples, max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, max_prompts=max_prompts,
+            temperature=temperature, seed=seed, max_prompts=max_prompts, device=device,
         )
     except (PipelineError, ValueError) as exc:
         raise _fail(exc) from None

@@ -53,7 +53,8 @@ def sample_texts(model: str | Path, prompts: list[tuple[str, list[dict]]], *, nu
 def sample_metrics(model: str | Path, data: str | Path, *, reward_fn: str | RewardFn,
                    ref_model: str | Path | None = None, num_samples: int = 1,
                    max_new_tokens: int | None = None, temperature: float | None = None,
-                   top_p: float | None = None, seed: int = 0, max_prompts: int | None = None) -> dict:
+                   top_p: float | None = None, seed: int = 0, max_prompts: int | None = None,
+                   device: str = "cpu") -> dict:
     """Mean reward of ``model``'s samples on the table's prompts; with ``ref_model`` also the win-rate."""
     from .evaluate import prompts_of
 
@@ -62,7 +63,7 @@ def sample_metrics(model: str | Path, data: str | Path, *, reward_fn: str | Rewa
     fn = load_reward_fn(reward_fn)
     prompts = list(prompts_of(data, max_prompts))
     kwargs = {"num_samples": num_samples, "seed": seed, "max_new_tokens": max_new_tokens,
-              "temperature": temperature, "top_p": top_p}
+              "temperature": temperature, "top_p": top_p, "device": device}
 
     def rewards(texts: list[list[str]]) -> list[list[float]]:
         return [[float(fn(messages, t)) for t in row] for (_, messages), row in zip(prompts, texts, strict=True)]

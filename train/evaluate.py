@@ -56,7 +56,11 @@ def cache_max_length(data: str | Path) -> int:
     return found.pop()
 
 
-def _load(model, tokenizer):
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(model, tokenizer, device: str):
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise ValueError("tokenizer: required when model is a module, not a folder")
@@ -64,7 +68,7 @@ def _load(model, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
-    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32), tok
+    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).to(device), tok
 
 
 def _completions(rows: list[dict], kind: str) -> list[tuple[str, list[dict], list[tuple[str, str, float, int]]]]:
@@ -148,6 +152,7 @@ def evaluate(
     top_p: float | None = None,
     seed: int = 0,
     max_prompts: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Evaluate ``model`` (a local folder, or a module with ``tokenizer``) on a held-out build table.
 
@@ -157,7 +162,8 @@ def evaluate(
     ``"module:function"`` string).
     """
     start = time.perf_counter()
-    module, tok = _load(model, tokenizer)
+    device = device or default_device()  # a module given as ``model`` stays where it is
+    module, tok = _load(model, tokenizer, device)
     summary: dict = {
         "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
         "data": str(data),
@@ -172,10 +178,11 @@ def evaluate(
         summary["samples"] = sample_metrics(
             model, data, reward_fn=reward_fn, ref_model=ref_model, num_samples=num_samples,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            max_prompts=max_prompts,
+            max_prompts=max_prompts, device=device,
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(out), json.loads(json.dumps(summary)))
     return summary
 

