@@ -156,9 +156,14 @@ def run_trl(args, memory_window, precompute: bool) -> dict:
 
 
 def child(args) -> None:
+    # Every library either side needs is imported before the window opens, so the window measures
+    # training, not imports: the trainer imports transformers and accelerate lazily (in Trainer.__init__),
+    # which alone adds ~200 MiB, while `from trl import DPOTrainer` has already paid for them.
+    import accelerate  # noqa: F401
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    import prefpool.train.trainer  # noqa: F401  (imports before the window)
+    import prefpool.train.trainer  # noqa: F401
     if args.variant != "prefpool":
         import trl  # noqa: F401
         from trl import DPOTrainer  # noqa: F401
