@@ -264,11 +264,12 @@ def truncation_stats(tables: dict[str, Path], model: Path, max_length: int) -> d
 # -- train and eval ---------------------------------------------------------------------------------
 
 
-def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: str, seed: int,
-                 max_steps: int | None) -> Path:
+def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: str | None, seed: int,
+                 max_steps: int | None, loss: str = "mcpo") -> Path:
+    """Write RUN_DIR.yaml, a ``TrainConfig`` for ``prefpool train``. ``kernel=None`` leaves it out (non-mcpo losses)."""
     import yaml
 
-    cfg = {"model": str(model), "data": str(data), "output_dir": str(run_dir), "loss": "mcpo",
+    cfg = {"model": str(model), "data": str(data), "output_dir": str(run_dir), "loss": loss,
            "kernel": kernel, "seed": seed, "resume": True, "progress": False, **setting["train"]}
     if max_steps is not None:
         cfg["max_steps"] = max_steps
@@ -279,10 +280,11 @@ def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: 
     return path
 
 
-def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str) -> dict:
+def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, extra: tuple = ()) -> dict:
+    """``prefpool eval`` into DEST (skipped when DEST exists); ``extra``: more eval options, e.g. ``("--device", "cpu")``."""
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
-        prefpool("eval", "--model", model, "--data", heldout, "--out", dest, timer=timer, name=name)
+        prefpool("eval", "--model", model, "--data", heldout, "--out", dest, *extra, timer=timer, name=name)
     return json.loads(dest.read_text())
 
 
