@@ -327,28 +327,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=sorted(SETTINGS), default="reduced")
+def common_arguments(ap: argparse.ArgumentParser, settings: dict, out_default: str, unit: str) -> None:
+    """The options both real-data scripts take (``unit``: prompts or pairs)."""
+    ap.add_argument("--setting", choices=sorted(settings), default="reduced")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=None, help="default: experiments/real_data/runs/SETTING")
+    ap.add_argument("--out", type=Path, default=None, help=f"default: experiments/real_data/runs/{out_default}")
     ap.add_argument("--model-cache", type=Path, default=HERE / "runs" / "models",
                     help="where the GGUF and the converted float32 folder are kept")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP/MKL threads for every stage (torch's default when left out)")
-    ap.add_argument("--n-train", type=int, default=None, help="override the setting's train prompts")
-    ap.add_argument("--n-heldout", type=int, default=None, help="override the setting's held-out prompts")
+    ap.add_argument("--n-train", type=int, default=None, help=f"override the setting's train {unit}")
+    ap.add_argument("--n-heldout", type=int, default=None, help=f"override the setting's held-out {unit}")
     ap.add_argument("--max-steps", type=int, default=None, help="override the number of optimizer steps")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(ap, SETTINGS, "SETTING", "prompts")
     args = ap.parse_args()
 
     setting = json.loads(json.dumps(SETTINGS[args.setting]))
     for key in ("n_train", "n_heldout"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
-    if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_threads(args.threads)
     out = (args.out or HERE / "runs" / args.setting).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer(out / "timings.json")

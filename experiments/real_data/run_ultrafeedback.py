@@ -27,14 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_alpaca import Timer, log, mean_std, prefpool, prepare_model, run_eval, train_config  # noqa: E402
+from run_alpaca import (  # noqa: E402
+    Timer,
+    common_arguments,
+    log,
+    mean_std,
+    prefpool,
+    prepare_model,
+    run_eval,
+    set_threads,
+    train_config,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -205,16 +214,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=sorted(SETTINGS), default="reduced")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=None, help="default: experiments/real_data/runs/ultrafeedback-SETTING")
-    ap.add_argument("--model-cache", type=Path, default=HERE / "runs" / "models",
-                    help="where the GGUF and the converted float32 folder are kept")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP/MKL threads for every stage (torch's default when left out)")
-    ap.add_argument("--n-train", type=int, default=None, help="override the setting's train pairs")
-    ap.add_argument("--n-heldout", type=int, default=None, help="override the setting's held-out pairs")
-    ap.add_argument("--max-steps", type=int, default=None, help="override the number of optimizer steps")
+    common_arguments(ap, SETTINGS, "ultrafeedback-SETTING", "pairs")
     ap.add_argument("--eval-device", default=None, help="override the setting's prefpool eval --device")
     args = ap.parse_args()
 
@@ -222,10 +222,7 @@ def main() -> None:
     for key in ("n_train", "n_heldout", "eval_device"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
-    if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_threads(args.threads)
     out = (args.out or HERE / "runs" / f"ultrafeedback-{args.setting}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer(out / "timings.json")

@@ -83,7 +83,7 @@ if __name__ == "__main__":  # launched by torch.distributed.run: one training pr
 
 
 from safetensors.torch import load_file  # noqa: E402
-from trainer_tables import MAX_LENGTH  # noqa: E402
+from trainer_tables import MAX_LENGTH, distributed_settings  # noqa: E402
 
 from prefpool.train.config import TrainConfig  # noqa: E402
 from prefpool.train.data import TrainingTable, collate  # noqa: E402
@@ -100,14 +100,6 @@ pytestmark = [
 ]
 
 
-def _settings(world, kind: str, loss: str, out, **kw) -> dict:
-    # As the DDP test: AdamW with clipping and warmup, 8 rows, global batch 4, step 3 starts epoch 2.
-    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
-                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=3, warmup_steps=1, max_grad_norm=0.5,
-                progress=False)
-    return {**base, **kw}
-
-
 def _launch(settings: dict, folder, *, fsdp: bool) -> str:
     config = folder / "run.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +114,8 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *program, str(config)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=60)
+    try:  # a run takes ~10 s alone; the margin is for a loaded CI machine, a hang never ends
+        stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:  # a hung collective: SIGTERM makes torch.distributed.run stop its
         proc.terminate()  # workers (they run in their own sessions; killing the launcher orphans them)
         stdout, stderr = proc.communicate(timeout=60)
@@ -177,9 +169,9 @@ def _scoring_forwards(world, tokenizer, batch_size: int, process: int) -> int:
 def test_dpo_fsdp_with_accumulation_equals_one_process(world, tmp_path):
     """FSDP 2 processes x batch 1 x 2 accumulation steps == 1 process x batch 4; the gathered final
     model loads as a plain Llama and scores like the one-process model."""
-    summary = Trainer(TrainConfig(**_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))).run()
+    summary = Trainer(TrainConfig(**distributed_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))).run()
     assert summary["steps"] == 3
-    _launch(_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
+    _launch(distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
             tmp_path / "cfg", fsdp=True)
     _compare(tmp_path / "one", tmp_path / "two")
 
@@ -201,8 +193,8 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
     # The case lockstep exists for: the two processes score their pools in different numbers of forwards.
     assert _scoring_forwards(world, tokenizer, 2, 0) != _scoring_forwards(world, tokenizer, 2, 1)
     common = dict(batch_size=2, kernel="sample", score_max_tokens=SCORE_MAX_TOKENS)
-    _launch(_settings(world, "mcpo", "mcpo", tmp_path / "ddp", **common), tmp_path / "cfg-ddp", fsdp=False)
-    _launch(_settings(world, "mcpo", "mcpo", tmp_path / "fsdp", save_steps=2, **common), tmp_path / "cfg-fsdp",
+    _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "ddp", **common), tmp_path / "cfg-ddp", fsdp=False)
+    _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "fsdp", save_steps=2, **common), tmp_path / "cfg-fsdp",
             fsdp=True)
     _compare(tmp_path / "ddp", tmp_path / "fsdp")
     hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "fsdp" / "metrics.jsonl")]
@@ -210,6 +202,6 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
 
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert (step2 / "pytorch_model_fsdp_0" / ".metadata").exists()  # sharded (DCP), not a full file
-    _launch(_settings(world, "mcpo", "mcpo", tmp_path / "resumed", resume_from=str(step2), **common),
+    _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "resumed", resume_from=str(step2), **common),
             tmp_path / "cfg-resumed", fsdp=True)
     _compare(tmp_path / "fsdp", tmp_path / "resumed", steps=(3,))  # same draw, same step, same weights

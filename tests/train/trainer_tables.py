@@ -70,3 +70,13 @@ def make_tables(root: Path, model: Path) -> dict[str, Path]:
         "mcpo": build("mcpo", examples=examples, logprobs=lp[0], out=root / "mcpo").out,
         "mpo": build("mpo", examples=examples, logprobs=lp, candidates=candidates, out=root / "mpo").out,
     }
+
+
+def distributed_settings(world: dict, kind: str, loss: str, out, **kw) -> dict:
+    """TrainConfig fields of the multi-process tests (DDP, FSDP): AdamW with clipping and warmup, so
+    the clip (global norm after all-reduce) and the schedule must agree too; 8 rows at global batch 4,
+    so step 3 starts the second epoch."""
+    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
+                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=3, warmup_steps=1, max_grad_norm=0.5,
+                progress=False)
+    return {**base, **kw}
