@@ -27,10 +27,7 @@ Deterministic for a seed on a given machine and engine.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +35,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from prefpool.controlled.data import available_engine, prepare_data
+from prefpool.controlled.data import available_engine, prepare_data, run_prefpool
 from prefpool.controlled.probe import Probe
 from prefpool.controlled.report import markdown_table, plot_probe_curves
 from prefpool.controlled.task import held_out_topics, task_prompts
@@ -86,10 +83,7 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
     args = ["eval", "--model", str(model), "--data", str(data), "--out", str(out),
             "--reward-fn", "prefpool.controlled.task:reward", "--ref-model", str(reference),
             "--num-samples", "4", "--seed", str(seed)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"`prefpool {' '.join(args)}` failed:\n{done.stderr[-3000:]}")
+    run_prefpool(args)
     return json.loads(out.read_text())
 
 

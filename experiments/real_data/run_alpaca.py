@@ -201,22 +201,28 @@ def split(setting: dict, out: Path) -> dict:
 # -- pipeline ---------------------------------------------------------------------------------------
 
 
-def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
-    """ingest -> logprobs -> build mcpo, separately for the train and held-out prompts."""
+def build_tables(model: Path, out: Path, timer: Timer, *, fmt: str, kind: str, max_length: int,
+                 build_options: tuple = ()) -> dict[str, Path]:
+    """ingest (``fmt``) -> logprobs -> build ``kind``, separately for the train and held-out files of
+    ``out/split``; returns the two tables. Shared by both real-data scripts."""
     tables = {}
     for side in ("train", "heldout"):
         work = out / "pipeline" / side
-        prefpool("ingest", out / "split" / f"{side}.jsonl", "--format", "ranked", "--out", work / "ingest",
+        prefpool("ingest", out / "split" / f"{side}.jsonl", "--format", fmt, "--out", work / "ingest",
                  timer=timer, name=f"ingest_{side}")
         prefpool("logprobs", work / "ingest", "--model", model, "--out", work / "logprobs",
-                 "--max-length", setting["max_length"], timer=timer, name=f"logprobs_{side}")
-        build = ["build", "--kind", "mcpo", "--examples", work / "ingest", "--logprobs", work / "logprobs",
-                 "--out", work / "mcpo", "--missing", "drop"]
-        if setting["max_pool"] is not None:
-            build += ["--max-pool", setting["max_pool"]]
-        prefpool(*build, timer=timer, name=f"build_{side}")
-        tables[side] = work / "mcpo"
+                 "--max-length", max_length, timer=timer, name=f"logprobs_{side}")
+        prefpool("build", "--kind", kind, "--examples", work / "ingest", "--logprobs", work / "logprobs",
+                 "--out", work / kind, "--missing", "drop", *build_options, timer=timer, name=f"build_{side}")
+        tables[side] = work / kind
     return tables
+
+
+def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
+    """ingest -> logprobs -> build mcpo, separately for the train and held-out prompts."""
+    max_pool = () if setting["max_pool"] is None else ("--max-pool", setting["max_pool"])
+    return build_tables(model, out, timer, fmt="ranked", kind="mcpo", max_length=setting["max_length"],
+                        build_options=max_pool)
 
 
 def check_split(tables: dict[str, Path], info: dict) -> dict:

@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_alpaca import (  # noqa: E402
     Timer,
+    build_tables,
     common_arguments,
     log,
     mean_std,
@@ -132,17 +133,7 @@ def select(setting: dict, model: Path, out: Path) -> dict:
 
 def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
     """ingest -> logprobs -> build pairwise, separately for the train and held-out pairs."""
-    tables = {}
-    for side in ("train", "heldout"):
-        work = out / "pipeline" / side
-        prefpool("ingest", out / "split" / f"{side}.jsonl", "--format", "pairwise", "--out", work / "ingest",
-                 timer=timer, name=f"ingest_{side}")
-        prefpool("logprobs", work / "ingest", "--model", model, "--out", work / "logprobs",
-                 "--max-length", setting["max_length"], timer=timer, name=f"logprobs_{side}")
-        prefpool("build", "--kind", "pairwise", "--examples", work / "ingest", "--logprobs", work / "logprobs",
-                 "--out", work / "pairwise", "--missing", "drop", timer=timer, name=f"build_{side}")
-        tables[side] = work / "pairwise"
-    return tables
+    return build_tables(model, out, timer, fmt="pairwise", kind="pairwise", max_length=setting["max_length"])
 
 
 def data_stats(tables: dict[str, Path], info: dict, model: Path, max_length: int) -> dict:

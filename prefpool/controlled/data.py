@@ -69,7 +69,9 @@ def _write_prompts(path: Path, prompts: list[list[dict[str, str]]]) -> None:
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
 
 
-def _run(args: list[str], log) -> None:
+def run_prefpool(args: list[str], log=None) -> None:
+    """Run ``prefpool ARGS`` in a subprocess, as a user would type it; raise with its output tail if it
+    fails. ``log`` gets the command and the stages' one-line summaries."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # see quickstart: one thread
@@ -105,7 +107,7 @@ def prepare_data(out: str | Path, *, seed: int = 0, engine: str = "auto", n: int
     heldout = [f"workdir={out / 'data' / 'heldout'}", f"ingest.source={out / 'prompts-heldout.jsonl'}"]
     commands = (["run", str(pipeline)], ["run", str(pipeline), *heldout])
     for args in commands:
-        _run(args, log)
+        run_prefpool(args, log)
     kind = kinds[0]
     return TaskData(reference, out / "data" / "train" / "build" / kind, out / "data" / "heldout" / "build" / kind,
                     pipeline, tuple("prefpool " + " ".join(a) for a in commands))

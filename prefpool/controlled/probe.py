@@ -20,6 +20,7 @@ The reference model is held here, for measurement only; training never sees it.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +32,17 @@ from prefpool.pipeline.sampling import SamplingParams, sample_seed
 from prefpool.train.scoring import completion_logps
 
 from .task import in_language, true_reward
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode inside, back in the mode it came in after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -66,14 +78,10 @@ class Probe:
         """``(prompt ids, completion ids with the eos that ended it, text)`` of every probe sample."""
         from prefpool.pipeline.generate_engine import Request
 
-        was_training = policy.training
-        policy.eval()
-        try:
+        with _eval_mode(policy):
             engine = HFEngine(self.info, batch_size=self.batch_size, device="cpu", model=policy)
             completions = engine.generate([Request(p, s) for p, s in self.requests], self.params,
                                           on_done=lambda _tokens: None)
-        finally:
-            policy.train(was_training)
         eos = self.info.eos_token_ids[0]
         return [(list(prompt), [*c.token_ids, *([eos] if c.finish_reason == "stop" else [])],
                  self.info.decode(list(c.token_ids)))
@@ -83,12 +91,8 @@ class Probe:
         """Sample from ``policy`` (left in the mode it came in) and measure; see the module docstring."""
         drawn = self.samples(policy)
         seqs = [(prompt, completion) for prompt, completion, _ in drawn]
-        was_training = policy.training
-        policy.eval()
-        try:
+        with _eval_mode(policy):
             policy_logps = self._logps(policy, seqs)
-        finally:
-            policy.train(was_training)
         reference_logps = self._logps(self.reference, seqs)
         texts = [text for _, _, text in drawn]
         reward, reward_se = _mean_se([true_reward(t) for t in texts])

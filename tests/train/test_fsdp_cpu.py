@@ -82,8 +82,7 @@ if __name__ == "__main__":  # launched by torch.distributed.run: one training pr
     sys.exit(main())
 
 
-from safetensors.torch import load_file  # noqa: E402
-from trainer_tables import MAX_LENGTH, distributed_settings  # noqa: E402
+from trainer_tables import MAX_LENGTH, assert_same_training, distributed_settings  # noqa: E402
 
 from prefpool.train.config import TrainConfig  # noqa: E402
 from prefpool.train.data import TrainingTable, collate  # noqa: E402
@@ -128,21 +127,6 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
     return stdout
 
 
-def _compare(one_dir, two_dir, steps=(1, 2, 3)) -> None:
-    one = [r for r in read_metrics(one_dir / "metrics.jsonl") if r["step"] in steps]
-    two = read_metrics(two_dir / "metrics.jsonl")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == list(steps)
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
-        assert b["rewards/accuracies"] == pytest.approx(a["rewards/accuracies"], abs=1e-6)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-        assert b["lr"] == a["lr"]
-    w1, w2 = load_file(one_dir / "model.safetensors"), load_file(two_dir / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst < 1e-5, worst
-
-
 def _saved_logps(folder, pairs) -> torch.Tensor:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -173,7 +157,7 @@ def test_dpo_fsdp_with_accumulation_equals_one_process(world, tmp_path):
     assert summary["steps"] == 3
     _launch(distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
             tmp_path / "cfg", fsdp=True)
-    _compare(tmp_path / "one", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
 
     from transformers import AutoTokenizer
 
@@ -196,7 +180,7 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
     _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "ddp", **common), tmp_path / "cfg-ddp", fsdp=False)
     _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "fsdp", save_steps=2, **common), tmp_path / "cfg-fsdp",
             fsdp=True)
-    _compare(tmp_path / "ddp", tmp_path / "fsdp")
+    assert_same_training(tmp_path / "ddp", tmp_path / "fsdp")
     hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "fsdp" / "metrics.jsonl")]
     assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered
 
@@ -204,4 +188,4 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
     assert (step2 / "pytorch_model_fsdp_0" / ".metadata").exists()  # sharded (DCP), not a full file
     _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "resumed", resume_from=str(step2), **common),
             tmp_path / "cfg-resumed", fsdp=True)
-    _compare(tmp_path / "fsdp", tmp_path / "resumed", steps=(3,))  # same draw, same step, same weights
+    assert_same_training(tmp_path / "fsdp", tmp_path / "resumed", steps=(3,))  # same draw, same step, same weights

@@ -26,8 +26,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from trainer_tables import distributed_settings
+from trainer_tables import assert_same_training, distributed_settings
 
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics
@@ -54,21 +53,6 @@ def _launch_two_processes(settings: dict, folder) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def _compare(one_dir, two_dir) -> None:
-    one = read_metrics(one_dir / "metrics.jsonl")
-    two = read_metrics(two_dir / "metrics.jsonl")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
-        assert b["rewards/accuracies"] == pytest.approx(a["rewards/accuracies"], abs=1e-6)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-        assert b["lr"] == a["lr"]
-    w1, w2 = load_file(one_dir / "model.safetensors"), load_file(two_dir / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst < 1e-5, worst
-
-
 def _one_process(settings: dict) -> None:
     summary = Trainer(TrainConfig(**settings)).run()
     assert summary["steps"] == 3
@@ -79,14 +63,14 @@ def test_dpo_two_processes_with_accumulation_equal_one_process(world, tmp_path):
     _one_process(distributed_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))
     _launch_two_processes(distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1,
                                     gradient_accumulation_steps=2), tmp_path / "cfg")
-    _compare(tmp_path / "one", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
 
 
 def test_mcpo_max_kernel_two_processes_equal_one_process(world, tmp_path):
     _one_process(distributed_settings(world, "mcpo", "mcpo", tmp_path / "one", batch_size=4, kernel="max"))
     _launch_two_processes(distributed_settings(world, "mcpo", "mcpo", tmp_path / "two", batch_size=2, kernel="max"),
                           tmp_path / "cfg")
-    _compare(tmp_path / "one", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
     hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")]
     assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered
 

@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
+from safetensors.torch import load_file
 
 from prefpool.pipeline.build import build
 from prefpool.pipeline.ingest import ingest
@@ -20,6 +22,7 @@ from prefpool.pipeline.logprobs import logprobs
 from prefpool.pipeline.schemas import CANDIDATES
 from prefpool.pipeline.stage import StageRun, plan_units
 from prefpool.pipeline.tableio import read_table
+from prefpool.train.metrics import read_metrics
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music")
 MAX_LENGTH = 64
@@ -80,3 +83,20 @@ def distributed_settings(world: dict, kind: str, loss: str, out, **kw) -> dict:
                 max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=3, warmup_steps=1, max_grad_norm=0.5,
                 progress=False)
     return {**base, **kw}
+
+
+def assert_same_training(one_dir: Path, two_dir: Path, steps: tuple[int, ...] = (1, 2, 3)) -> None:
+    """The runs in ``one_dir`` and ``two_dir`` logged the same ``steps`` (``two_dir`` exactly those)
+    with equal metrics up to float32 all-reduce rounding, and saved the same final weights."""
+    one = [r for r in read_metrics(one_dir / "metrics.jsonl") if r["step"] in steps]
+    two = read_metrics(two_dir / "metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(steps)
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["rewards/accuracies"] == pytest.approx(a["rewards/accuracies"], abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["lr"] == a["lr"]
+    w1, w2 = load_file(one_dir / "model.safetensors"), load_file(two_dir / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst < 1e-5, worst
