@@ -149,6 +149,23 @@ def frontier_plot(runs: dict[str, dict[int, list[dict]]], out: Path) -> Path:
     return out
 
 
+def kernel_entropy_table(out: Path, last: int = 10) -> str:
+    """The MC-PO kernel's entropy (``mcpo/entropy`` in the trainer's metrics.jsonl), mean over the
+    last ``last`` steps, per seed, for every run that logged it; and log(pool width), a uniform pick's."""
+    found: dict[str, dict[int, tuple[float, float]]] = {}
+    for path in sorted(out.glob("seed-*/runs/*/*/metrics.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        tail = [r for r in records[-last:] if r.get("mcpo/entropy") is not None]
+        if not tail:
+            continue
+        seed, run = int(path.parts[-5].split("-")[1]), f"{path.parts[-3]}/{path.parts[-2]}"
+        entropy = sum(r["mcpo/entropy"] for r in tail) / len(tail)
+        found.setdefault(run, {})[seed] = (entropy, math.log(max(r["mcpo/num_candidates"] for r in tail)))
+    rows = [[run, ", ".join(f"{by_seed[s][0]:.3f}" for s in sorted(by_seed)),
+             f"{max(v[1] for v in by_seed.values()):.3f}"] for run, by_seed in sorted(found.items())]
+    return markdown_table(["run", f"kernel entropy, last {last} steps, per seed (nats)", "log(pool width)"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
@@ -172,6 +189,7 @@ def main() -> None:
                       for n, by_seed in runs[experiment].items()}
             plot_probe_curves(curves, figures / f"{experiment}.png",
                               title=f"{experiment}: seed means, band = ± std error over seeds")
+    parts.append("### MC-PO kernel entropy\n\n" + kernel_entropy_table(args.out))
     text = "\n".join(parts)
     print(text)
     if args.write:

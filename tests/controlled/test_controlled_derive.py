@@ -65,3 +65,13 @@ def test_garbage_log_probs_match_the_policy_and_a_wrong_one_is_caught(task_data,
     wrong = derive.derive_table(only, tmp_path / "bad", kind="mcpo", name="bad", transform=off_by_one)
     with pytest.raises(Step0MismatchError):
         _train_one_step(task_data, wrong, tmp_path / "t2", loss="mcpo", kernel="uniform")
+
+
+def test_a_source_that_is_not_an_mcpo_table_is_refused_before_anything_is_written(task_data, tmp_path):
+    pairs = derive.derive_table(task_data.train_table, tmp_path / "pw", kind="pairwise", name="pairs",
+                                transform=lambda r: derive.as_pair(r, 0))
+    for source in (pairs, tmp_path / "missing"):
+        with pytest.raises(ValueError, match="not an mcpo build output") as err:
+            derive.derive_table(source, tmp_path / "out", kind="mcpo", name="x", transform=derive.max_margin)
+        assert str(source) in str(err.value)
+    assert not (tmp_path / "out").exists()
