@@ -47,8 +47,16 @@ def _time_engine(name, make, requests, params) -> dict:
     seconds = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for c in completions)
     stops = sum(c.finish_reason == "stop" for c in completions)
-    return {"engine": name, "load_s": load, "seconds": seconds, "samples": len(completions), "tokens": tokens,
-            "stops": stops, "samples_per_s": len(completions) / seconds, "tokens_per_s": tokens / seconds}
+    return {
+        "engine": name,
+        "load_s": load,
+        "seconds": seconds,
+        "samples": len(completions),
+        "tokens": tokens,
+        "stops": stops,
+        "samples_per_s": len(completions) / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
 
 
 def main() -> None:
@@ -73,29 +81,54 @@ def main() -> None:
     from prefpool.tiny_model import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_llama(Path(tmp) / "model", vocab_size=args.vocab, hidden_size=args.hidden,
-                                  num_layers=args.layers, num_heads=args.hidden // 64,
-                                  intermediate_size=4 * args.hidden, max_position_embeddings=512)
+        folder = build_tiny_llama(
+            Path(tmp) / "model",
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.hidden // 64,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=512,
+        )
         info = load_model_info(folder)
-        requests = [Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, i))
-                    for p in _prompts(args.prompts) for i in range(args.n)]
-        params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens,
-                                eos_token_ids=info.eos_token_ids)
-        print(f"model: hidden {args.hidden}, layers {args.layers}, vocab {args.vocab}, float32; "
-              f"{args.prompts} prompts x n={args.n} = {len(requests)} samples, max_new_tokens {args.max_new_tokens}, "
-              f"temperature 1, top_p 0.95; torch threads {torch.get_num_threads()}")
+        requests = [
+            Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, i))
+            for p in _prompts(args.prompts)
+            for i in range(args.n)
+        ]
+        params = SamplingParams(
+            temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, eos_token_ids=info.eos_token_ids
+        )
+        print(
+            f"model: hidden {args.hidden}, layers {args.layers}, vocab {args.vocab}, float32; "
+            f"{args.prompts} prompts x n={args.n} = {len(requests)} samples, max_new_tokens {args.max_new_tokens}, "
+            f"temperature 1, top_p 0.95; torch threads {torch.get_num_threads()}"
+        )
         results = [
-            _time_engine("hf", lambda: HFEngine(info, batch_size=args.batch_size, device=args.device), requests, params),
-            _time_engine("vllm", lambda: VLLMEngine(info, options={"max_model_len": 512, "enforce_eager": True}),
-                         requests, params),
+            _time_engine(
+                "hf", lambda: HFEngine(info, batch_size=args.batch_size, device=args.device), requests, params
+            ),
+            _time_engine(
+                "vllm",
+                lambda: VLLMEngine(info, options={"max_model_len": 512, "enforce_eager": True}),
+                requests,
+                params,
+            ),
         ]
     hf, vllm = results
-    print(f"{'engine':<8}{'load s':>9}{'gen s':>9}{'samples':>9}{'tokens':>9}{'stops':>7}{'samples/s':>11}{'tokens/s':>10}")
+    print(
+        f"{'engine':<8}{'load s':>9}{'gen s':>9}{'samples':>9}{'tokens':>9}{'stops':>7}"
+        f"{'samples/s':>11}{'tokens/s':>10}"
+    )
     for r in results:
-        print(f"{r['engine']:<8}{r['load_s']:>9.1f}{r['seconds']:>9.2f}{r['samples']:>9}{r['tokens']:>9}{r['stops']:>7}"
-              f"{r['samples_per_s']:>11.1f}{r['tokens_per_s']:>10.0f}")
-    print(f"vllm/hf: samples/s x{vllm['samples_per_s'] / hf['samples_per_s']:.2f}, "
-          f"tokens/s x{vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}")
+        print(
+            f"{r['engine']:<8}{r['load_s']:>9.1f}{r['seconds']:>9.2f}{r['samples']:>9}{r['tokens']:>9}{r['stops']:>7}"
+            f"{r['samples_per_s']:>11.1f}{r['tokens_per_s']:>10.0f}"
+        )
+    print(
+        f"vllm/hf: samples/s x{vllm['samples_per_s'] / hf['samples_per_s']:.2f}, "
+        f"tokens/s x{vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}"
+    )
 
 
 if __name__ == "__main__":

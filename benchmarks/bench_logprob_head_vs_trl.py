@@ -61,8 +61,8 @@ def make(T=188, B2=8, H=256, V=8192, prompt=34, seed=0):
     mask = torch.zeros(B2, T, dtype=torch.bool)  # completion_mask
     attn = torch.zeros(B2, T, dtype=torch.bool)
     for b in range(B2):
-        mask[b, prompt:prompt + lengths[b]] = True
-        attn[b, :prompt + lengths[b]] = True
+        mask[b, prompt : prompt + lengths[b]] = True
+        attn[b, : prompt + lengths[b]] = True
     h = torch.randn(B2, T, H, generator=g) * 0.5
     W = torch.randn(V, H, generator=g) * 0.02
     return h, W, ids, mask, attn
@@ -86,8 +86,9 @@ def run_trl(h, W, ids, mask, outputs, compact=False):
         out = ChunkedLogProbFunction.apply(hs[valid], W, None, lab[valid], 1.0, 32768, None, 1.0, outputs)
         per = [None if x is None else x.new_zeros(valid.shape).masked_scatter(valid, x) for x in out]
     else:
-        out = ChunkedLogProbFunction.apply(hs.reshape(-1, hs.size(-1)), W, None, lab.clamp(min=0).reshape(-1),
-                                           1.0, 32768, None, 1.0, outputs)
+        out = ChunkedLogProbFunction.apply(
+            hs.reshape(-1, hs.size(-1)), W, None, lab.clamp(min=0).reshape(-1), 1.0, 32768, None, 1.0, outputs
+        )
         per = [None if x is None else x.view(valid.shape).masked_fill(~valid, 0) for x in out]
     return per[0].sum(dim=1)
 
@@ -141,9 +142,11 @@ def main():
     T = int(sys.argv[1]) if len(sys.argv) > 1 else 188
     h, W, ids, mask = make(T=T)[:4]
     n_all, n_used = 8 * (T - 1), int(mask[:, 1:].sum())
-    print(f"2B=8, T={T}, H=256, V=8192: all positions {n_all}, completion positions {n_used} "
-          f"({n_used / n_all:.0%}); one float32 (positions x V) = {n_all * 8192 * 4 / MIB:.1f} MiB; "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"2B=8, T={T}, H=256, V=8192: all positions {n_all}, completion positions {n_used} "
+        f"({n_used / n_all:.0%}); one float32 (positions x V) = {n_all * 8192 * 4 / MIB:.1f} MiB; "
+        f"threads {torch.get_num_threads()}"
+    )
     # check that all agree
     ref = run_naive(h, W, ids, mask)
     for name, fn in VARIANTS.items():

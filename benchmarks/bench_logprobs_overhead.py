@@ -119,8 +119,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-logprobs-") as tmp:
         root = Path(tmp)
         model_dir = build_tiny_llama(
-            root / "model", hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
-            intermediate_size=int(args.hidden * 2.6875), max_position_embeddings=MAX_LENGTH,
+            root / "model",
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.hidden // 64,
+            intermediate_size=int(args.hidden * 2.6875),
+            max_position_embeddings=MAX_LENGTH,
         )
         examples = write_examples(root, args.prompts)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -133,8 +137,14 @@ def main() -> None:
         for r in range(args.repeats):
             out = root / f"lp{r}"
             t0 = time.perf_counter()
-            summary = logprobs(examples, model=model_dir, out=out, max_length=MAX_LENGTH,
-                               batch_tokens=args.batch_tokens, show_progress=False)
+            summary = logprobs(
+                examples,
+                model=model_dir,
+                out=out,
+                max_length=MAX_LENGTH,
+                batch_tokens=args.batch_tokens,
+                show_progress=False,
+            )
             stage_times.append(time.perf_counter() - t0)
             assert summary.computed == len(seqs), (summary.computed, len(seqs))
         stored = {(r["prompt_id"], r["completion_id"]): r["logp"] for r in read_table(out).to_pylist()}
@@ -150,12 +160,18 @@ def main() -> None:
 
     stage_s, bare_s = min(stage_times), min(bare_times)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: hidden {args.hidden}, {args.layers} layers, {params / 1e6:.1f}M params, float32, "
-          f"{args.threads} torch thread(s)")
-    print(f"data: {len(seqs)} sequences, {n_tokens} tokens ({n_completion} completion), "
-          f"{len(batches)} batches of <= {args.batch_tokens} padded tokens")
-    print(f"stage (logprobs(), end to end): {stage_s:6.2f} s  {n_tokens / stage_s:8.0f} tokens/s"
-          f"   (scorer-only rate reported by the stage: {summary.tokens_per_s:.0f} completion tokens/s)")
+    print(
+        f"model: hidden {args.hidden}, {args.layers} layers, {params / 1e6:.1f}M params, float32, "
+        f"{args.threads} torch thread(s)"
+    )
+    print(
+        f"data: {len(seqs)} sequences, {n_tokens} tokens ({n_completion} completion), "
+        f"{len(batches)} batches of <= {args.batch_tokens} padded tokens"
+    )
+    print(
+        f"stage (logprobs(), end to end): {stage_s:6.2f} s  {n_tokens / stage_s:8.0f} tokens/s"
+        f"   (scorer-only rate reported by the stage: {summary.tokens_per_s:.0f} completion tokens/s)"
+    )
     print(f"bare forward + gather:          {bare_s:6.2f} s  {n_tokens / bare_s:8.0f} tokens/s")
     print(f"ratio bare/stage throughput: {stage_s / bare_s:.2f}x  (stage overhead {stage_s - bare_s:.2f} s)")
     print(f"sanity: max |stage logp - bare logp| = {diff:.2e}")

@@ -65,9 +65,16 @@ def _one_pass_loss(torch, model, batch, beta, generator):
     size, pool = batch.pool_mask.shape
     flat = [*batch.chosen, *(pair for answers in batch.pools for pair in answers)]
     logps, _ = completion_logps(model, flat, 0)
-    return mcpo_loss(logps[:size], logps[size:].view(size, pool), batch.ref_chosen_logps,
-                     batch.ref_pool_logps, candidate_mask=batch.pool_mask, beta=beta,
-                     kernel="sample", generator=generator)
+    return mcpo_loss(
+        logps[:size],
+        logps[size:].view(size, pool),
+        batch.ref_chosen_logps,
+        batch.ref_pool_logps,
+        candidate_mask=batch.pool_mask,
+        beta=beta,
+        kernel="sample",
+        generator=generator,
+    )
 
 
 def child(args) -> None:
@@ -83,8 +90,7 @@ def child(args) -> None:
     def step(seed):
         batch = _batch(torch, args.batch, args.pool, args.vocab, seed)
         if args.variant == "two-pass":
-            out = mcpo_step_loss(model, batch, pad_token_id=0, beta=0.1, kernel="sample",
-                                 generator=generator)
+            out = mcpo_step_loss(model, batch, pad_token_id=0, beta=0.1, kernel="sample", generator=generator)
         else:
             out = _one_pass_loss(torch, model, batch, 0.1, generator)
         optimizer.zero_grad(set_to_none=False)
@@ -97,8 +103,16 @@ def child(args) -> None:
         for i in range(args.steps):
             step(i + 1)
         seconds = time.perf_counter() - start
-    print(json.dumps({"steps_per_s": args.steps / seconds, "peak_extra_mib": memory.extra_mib,
-                      "method": memory.method, "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "steps_per_s": args.steps / seconds,
+                "peak_extra_mib": memory.extra_mib,
+                "method": memory.method,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def parent(args) -> None:
@@ -107,16 +121,35 @@ def parent(args) -> None:
     pools = [int(m) for m in args.pools.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_llama(Path(tmp) / "model", vocab_size=args.vocab,
-                                     hidden_size=args.hidden, num_layers=args.layers,
-                                     num_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-                                     max_position_embeddings=512)
+        model_dir = build_tiny_llama(
+            Path(tmp) / "model",
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.hidden // 64,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=512,
+        )
         for pool in pools:
             result = {}
             for variant in ("two-pass", "one-pass"):
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--variant", variant,
-                       "--model-dir", str(model_dir), "--pool", str(pool), "--batch", str(args.batch),
-                       "--steps", str(args.steps), "--vocab", str(args.vocab)]
+                cmd = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    "--variant",
+                    variant,
+                    "--model-dir",
+                    str(model_dir),
+                    "--pool",
+                    str(pool),
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--vocab",
+                    str(args.vocab),
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     sys.stderr.write(proc.stderr)
@@ -125,17 +158,23 @@ def parent(args) -> None:
             rows.append((pool, result))
 
     first = rows[0][1]["two-pass"]
-    print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, float32, CPU, "
-          f"{first['threads']} threads; batch {args.batch} prompts, prompt 64 tokens, answers 64-128; "
-          f"{args.steps} timed steps; memory: {first['method']}")
+    print(
+        f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, float32, CPU, "
+        f"{first['threads']} threads; batch {args.batch} prompts, prompt 64 tokens, answers 64-128; "
+        f"{args.steps} timed steps; memory: {first['method']}"
+    )
     print()
-    print(f"{'M':>3} {'two-pass steps/s':>17} {'one-pass steps/s':>17} {'speed x':>8} "
-          f"{'two-pass MiB':>13} {'one-pass MiB':>13} {'memory x':>9}")
+    print(
+        f"{'M':>3} {'two-pass steps/s':>17} {'one-pass steps/s':>17} {'speed x':>8} "
+        f"{'two-pass MiB':>13} {'one-pass MiB':>13} {'memory x':>9}"
+    )
     for pool, r in rows:
         two, one = r["two-pass"], r["one-pass"]
-        print(f"{pool:>3} {two['steps_per_s']:>17.3f} {one['steps_per_s']:>17.3f} "
-              f"{two['steps_per_s'] / one['steps_per_s']:>8.2f} {two['peak_extra_mib']:>13.0f} "
-              f"{one['peak_extra_mib']:>13.0f} {one['peak_extra_mib'] / two['peak_extra_mib']:>9.2f}")
+        print(
+            f"{pool:>3} {two['steps_per_s']:>17.3f} {one['steps_per_s']:>17.3f} "
+            f"{two['steps_per_s'] / one['steps_per_s']:>8.2f} {two['peak_extra_mib']:>13.0f} "
+            f"{one['peak_extra_mib']:>13.0f} {one['peak_extra_mib'] / two['peak_extra_mib']:>9.2f}"
+        )
 
 
 def main() -> None:

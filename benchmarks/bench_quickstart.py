@@ -29,12 +29,32 @@ BUDGET_S = 300
 
 def run(engine: str, out: Path, seed: int) -> dict:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "prefpool.cli", "quickstart", "--out", str(out), "--engine", engine,
-                    "--seed", str(seed)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefpool.cli",
+            "quickstart",
+            "--out",
+            str(out),
+            "--engine",
+            engine,
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
-    return {"engine": engine, "wall_s": wall, "data_s": summary["data_seconds"], "inner_s": summary["seconds"],
-            "finals": {r["method"]: (r["final"]["reward"], r["final"]["kl"]) for r in summary["runs"]}}
+    return {
+        "engine": engine,
+        "wall_s": wall,
+        "data_s": summary["data_seconds"],
+        "inner_s": summary["seconds"],
+        "finals": {r["method"]: (r["final"]["reward"], r["final"]["kl"]) for r in summary["runs"]},
+    }
 
 
 def fingerprint(out: Path) -> list:
@@ -44,7 +64,9 @@ def fingerprint(out: Path) -> list:
         probes = [json.loads(line) for line in (out / "runs" / method / "probe.jsonl").read_text().splitlines()]
         for record in probes:
             record.pop("train_seconds")
-        losses = [json.loads(line)["loss"] for line in (out / "runs" / method / "metrics.jsonl").read_text().splitlines()]
+        losses = [
+            json.loads(line)["loss"] for line in (out / "runs" / method / "metrics.jsonl").read_text().splitlines()
+        ]
         found.append((method, probes, losses))
     return found
 
@@ -60,9 +82,11 @@ def main() -> None:
         results = [run(engine, Path(tmp) / engine, args.seed) for engine in args.engines]
         for r in results:
             verdict = "within" if r["wall_s"] < BUDGET_S else "OVER"
-            print(f"{r['engine']:>5}: {r['wall_s']:6.1f} s wall ({verdict} the {BUDGET_S} s budget); "
-                  f"reference + pipelines {r['data_s']:.1f} s, training + probes + eval + report "
-                  f"{r['inner_s'] - r['data_s']:.1f} s")
+            print(
+                f"{r['engine']:>5}: {r['wall_s']:6.1f} s wall ({verdict} the {BUDGET_S} s budget); "
+                f"reference + pipelines {r['data_s']:.1f} s, training + probes + eval + report "
+                f"{r['inner_s'] - r['data_s']:.1f} s"
+            )
             for method, (reward, kl) in r["finals"].items():
                 print(f"       {method:<11} final true reward {reward:+.3f}, KL {kl:.3f}")
         if len(results) == 2:
@@ -71,8 +95,10 @@ def main() -> None:
         if args.repeat:
             again = run(args.engines[0], Path(tmp) / "again", args.seed)
             same = fingerprint(Path(tmp) / args.engines[0]) == fingerprint(Path(tmp) / "again")
-            print(f"repeat ({args.engines[0]}): {again['wall_s']:.1f} s wall; probe records and losses "
-                  f"{'identical' if same else 'DIFFER'}")
+            print(
+                f"repeat ({args.engines[0]}): {again['wall_s']:.1f} s wall; probe records and losses "
+                f"{'identical' if same else 'DIFFER'}"
+            )
 
 
 if __name__ == "__main__":

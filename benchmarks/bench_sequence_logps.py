@@ -75,8 +75,7 @@ def _run(torch, logits, input_ids, mask, variant):
         # position masked. Same values; no strided view, so autograd keeps one gradient.
         used = mask.roll(-1, dims=1)
         used[:, -1] = False
-        logps, _ = sequence_logps(logits, input_ids.roll(-1, dims=1), used,
-                                  chunk_elements=chunk_elements)
+        logps, _ = sequence_logps(logits, input_ids.roll(-1, dims=1), used, chunk_elements=chunk_elements)
         logps.sum().backward()
         return logps.detach()
     view, labels, used = logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
@@ -106,9 +105,17 @@ def child(args) -> None:
         seconds = time.perf_counter() - start
 
     torch.save({"logps": logps, "grad": logits.grad[:, ::37].clone()}, args.out)
-    print(json.dumps({"variant": args.variant, "peak_extra_mib": memory.extra_mib,
-                      "seconds": seconds, "method": memory.method,
-                      "tokens": int(mask[:, 1:].sum())}))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "peak_extra_mib": memory.extra_mib,
+                "seconds": seconds,
+                "method": memory.method,
+                "tokens": int(mask[:, 1:].sum()),
+            }
+        )
+    )
 
 
 def parent(args) -> None:
@@ -119,9 +126,23 @@ def parent(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             out = os.path.join(tmp, f"{variant}.pt")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
-                   "--out", out, "--batch", str(args.batch), "--seq", str(args.seq),
-                   "--vocab", str(args.vocab), "--dtype", args.dtype]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                "--variant",
+                variant,
+                "--out",
+                out,
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.seq),
+                "--vocab",
+                str(args.vocab),
+                "--dtype",
+                args.dtype,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr)
@@ -131,23 +152,31 @@ def parent(args) -> None:
 
     b, t, v = args.batch, args.seq, args.vocab
     first = rows["naive"]
-    print(f"logits ({b}, {t}, {v}) {args.dtype}, shifted view ({b}, {t - 1}, {v}), "
-          f"{first['tokens']} used positions; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"one (B, T, V) tensor: {b * t * v * 4 / 2**20:.0f} MiB in fp32, "
-          f"{b * t * v * torch.empty(0, dtype=getattr(torch, DTYPES[args.dtype])).element_size() / 2**20:.0f} "
-          f"MiB in {args.dtype}")
+    print(
+        f"logits ({b}, {t}, {v}) {args.dtype}, shifted view ({b}, {t - 1}, {v}), "
+        f"{first['tokens']} used positions; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"one (B, T, V) tensor: {b * t * v * 4 / 2**20:.0f} MiB in fp32, "
+        f"{b * t * v * torch.empty(0, dtype=getattr(torch, DTYPES[args.dtype])).element_size() / 2**20:.0f} "
+        f"MiB in {args.dtype}"
+    )
     print(f"memory method: {first['method']} (peak RSS minus RSS before the call, fresh process each)")
     print()
-    print(f"{'variant':<18} {'peak extra MiB':>15} {'seconds':>8} {'naive/this':>11} "
-          f"{'max|dlogps|':>12} {'max|dgrad|':>11}")
+    print(
+        f"{'variant':<18} {'peak extra MiB':>15} {'seconds':>8} {'naive/this':>11} "
+        f"{'max|dlogps|':>12} {'max|dgrad|':>11}"
+    )
     ref = results["naive"]
     for variant, row in rows.items():
         ratio = first["peak_extra_mib"] / row["peak_extra_mib"]
         dl = (results[variant]["logps"] - ref["logps"]).abs().max().item()
         dg = (results[variant]["grad"].float() - ref["grad"].float()).abs().max().item()
-        print(f"{variant:<18} {row['peak_extra_mib']:>15.1f} {row['seconds']:>8.2f} "
-              f"{ratio:>11.2f} {dl:>12.3g} {dg:>11.3g}")
+        print(
+            f"{variant:<18} {row['peak_extra_mib']:>15.1f} {row['seconds']:>8.2f} "
+            f"{ratio:>11.2f} {dl:>12.3g} {dg:>11.3g}"
+        )
 
 
 def main() -> None:

@@ -87,16 +87,31 @@ def make_table(root: Path, model: Path, rows: int, words: tuple[int, int]) -> Pa
 
 # -- children ---------------------------------------------------------------------------------------
 
+
 def run_prefpool(args, memory_window) -> dict:
     from prefpool.train.config import TrainConfig
     from prefpool.train.trainer import Trainer
 
     ends = []
     with memory_window:
-        trainer = Trainer(TrainConfig(
-            model=args.model_dir, data=args.data, output_dir=str(Path(args.work) / "prefpool"), loss="dpo",
-            beta=BETA, lr=LR, batch_size=args.batch, max_steps=args.steps + 1, max_length=MAX_LENGTH,
-            optimizer="adamw", weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0, progress=False))
+        trainer = Trainer(
+            TrainConfig(
+                model=args.model_dir,
+                data=args.data,
+                output_dir=str(Path(args.work) / "prefpool"),
+                loss="dpo",
+                beta=BETA,
+                lr=LR,
+                batch_size=args.batch,
+                max_steps=args.steps + 1,
+                max_length=MAX_LENGTH,
+                optimizer="adamw",
+                weight_decay=0.0,
+                warmup_steps=0,
+                max_grad_norm=1.0,
+                progress=False,
+            )
+        )
         step = trainer._optimizer_step
 
         def timed_step():  # records when each optimizer step ends; nothing else changes
@@ -136,23 +151,48 @@ def run_trl(args, memory_window, precompute: bool) -> dict:
 
     DPOTrainer._precompute_ref_logps = timed_precompute  # timing only
     config = DPOConfig(
-        output_dir=str(Path(args.work) / "trl"), use_cpu=True, bf16=False, seed=0,
-        per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, max_steps=args.steps + 1,
-        learning_rate=LR, optim="adamw_torch", weight_decay=0.0, lr_scheduler_type="linear",
-        warmup_steps=0, max_grad_norm=1.0, beta=BETA, loss_type=["sigmoid"], max_length=MAX_LENGTH,
-        gradient_checkpointing=False, disable_dropout=True, precompute_ref_log_probs=precompute,
-        model_init_kwargs={"dtype": torch.float32}, report_to=[], logging_steps=1, save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=str(Path(args.work) / "trl"),
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps + 1,
+        learning_rate=LR,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        max_length=MAX_LENGTH,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        precompute_ref_log_probs=precompute,
+        model_init_kwargs={"dtype": torch.float32},
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     with memory_window:
-        trainer = DPOTrainer(model=args.model_dir, args=config, train_dataset=Dataset.from_list(rows),
-                             callbacks=[StepEnds()])
+        trainer = DPOTrainer(
+            model=args.model_dir, args=config, train_dataset=Dataset.from_list(rows), callbacks=[StepEnds()]
+        )
         trainer.train()
     data = trainer.train_dataset
     seen = range(min(len(data), (args.steps + 1) * args.batch))
-    tokens = sum(2 * len(data[i]["prompt_ids"]) + len(data[i]["chosen_ids"]) + len(data[i]["rejected_ids"])
-                 for i in seen) / len(seen)
-    return {"ends": ends, "tokens_per_pair": tokens, "precompute_s": sum(precompute_s) if precompute else None,
-            "ref_model": trainer.ref_model is not None}
+    tokens = sum(
+        2 * len(data[i]["prompt_ids"]) + len(data[i]["chosen_ids"]) + len(data[i]["rejected_ids"]) for i in seen
+    ) / len(seen)
+    return {
+        "ends": ends,
+        "tokens_per_pair": tokens,
+        "precompute_s": sum(precompute_s) if precompute else None,
+        "ref_model": trainer.ref_model is not None,
+    }
 
 
 def child(args) -> None:
@@ -164,6 +204,7 @@ def child(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     import prefpool.train.trainer  # noqa: F401
+
     if args.variant != "prefpool":
         import trl  # noqa: F401
         from trl import DPOTrainer  # noqa: F401
@@ -176,12 +217,17 @@ def child(args) -> None:
     ends = result.pop("ends")
     if len(ends) != args.steps + 1:
         raise SystemExit(f"{args.variant}: expected {args.steps + 1} optimizer steps, saw {len(ends)}")
-    result.update(steps_per_s=args.steps / (ends[-1] - ends[0]), peak_extra_mib=memory.extra_mib,
-                  method=memory.method, threads=torch.get_num_threads())
+    result.update(
+        steps_per_s=args.steps / (ends[-1] - ends[0]),
+        peak_extra_mib=memory.extra_mib,
+        method=memory.method,
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(result))
 
 
 # -- parent -----------------------------------------------------------------------------------------
+
 
 def parent(args) -> None:
     from prefpool.tiny_model import build_tiny_llama
@@ -191,18 +237,42 @@ def parent(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        model_dir = build_tiny_llama(root / "model", vocab_size=args.vocab, hidden_size=args.hidden,
-                                     num_layers=args.layers, num_heads=args.hidden // 64,
-                                     intermediate_size=4 * args.hidden, max_position_embeddings=MAX_LENGTH)
+        model_dir = build_tiny_llama(
+            root / "model",
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.hidden // 64,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=MAX_LENGTH,
+        )
         data = make_table(root / "data", model_dir, (args.steps + 1) * args.batch, words)
         setup_s = time.perf_counter() - start
         # TRL's precompute pass caches under HF_DATASETS_CACHE: a fresh folder, so it never hits a cache.
-        env = {**os.environ, "HF_DATASETS_CACHE": str(root / "hf-datasets"), "TQDM_DISABLE": "1",
-               "TRANSFORMERS_VERBOSITY": "error"}
+        env = {
+            **os.environ,
+            "HF_DATASETS_CACHE": str(root / "hf-datasets"),
+            "TQDM_DISABLE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
         for variant in VARIANTS:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--variant", variant,
-                   "--model-dir", str(model_dir), "--data", str(data), "--work", str(root / variant),
-                   "--steps", str(args.steps), "--batch", str(args.batch)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                "--variant",
+                variant,
+                "--model-dir",
+                str(model_dir),
+                "--data",
+                str(data),
+                "--work",
+                str(root / variant),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -210,22 +280,31 @@ def parent(args) -> None:
             results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
 
     base = results["prefpool"]
-    print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, float32, CPU, "
-          f"{base['threads']} threads; DPO (sigmoid, beta {BETA}), AdamW, batch {args.batch} pairs, "
-          f"answers {words[0]}-{words[1]} words; {args.steps} timed steps after 1 warm-up step; "
-          f"memory: {base['method']}, window = model load + setup + training (after imports); "
-          f"table + model built in {setup_s:.0f} s")
+    print(
+        f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, float32, CPU, "
+        f"{base['threads']} threads; DPO (sigmoid, beta {BETA}), AdamW, batch {args.batch} pairs, "
+        f"answers {words[0]}-{words[1]} words; {args.steps} timed steps after 1 warm-up step; "
+        f"memory: {base['method']}, window = model load + setup + training (after imports); "
+        f"table + model built in {setup_s:.0f} s"
+    )
     print()
-    print(f"{'variant':<15} {'ref model':>9} {'tokens/pair':>11} {'precompute s':>12} {'peak extra MiB':>14} "
-          f"{'steps/s':>8} {'memory x':>9} {'speed x':>8}")
+    print(
+        f"{'variant':<15} {'ref model':>9} {'tokens/pair':>11} {'precompute s':>12} {'peak extra MiB':>14} "
+        f"{'steps/s':>8} {'memory x':>9} {'speed x':>8}"
+    )
     for variant in VARIANTS:
         r = results[variant]
-        ref = {"prefpool": "no", "trl-ref-model": "yes" if r.get("ref_model") else "NO?",
-               "trl-precompute": "yes?" if r.get("ref_model") else "no"}[variant]
+        ref = {
+            "prefpool": "no",
+            "trl-ref-model": "yes" if r.get("ref_model") else "NO?",
+            "trl-precompute": "yes?" if r.get("ref_model") else "no",
+        }[variant]
         pre = "-" if r["precompute_s"] is None else f"{r['precompute_s']:.2f}"
-        print(f"{variant:<15} {ref:>9} {r['tokens_per_pair']:>11.1f} {pre:>12} {r['peak_extra_mib']:>14.0f} "
-              f"{r['steps_per_s']:>8.3f} {r['peak_extra_mib'] / base['peak_extra_mib']:>9.2f} "
-              f"{r['steps_per_s'] / base['steps_per_s']:>8.2f}")
+        print(
+            f"{variant:<15} {ref:>9} {r['tokens_per_pair']:>11.1f} {pre:>12} {r['peak_extra_mib']:>14.0f} "
+            f"{r['steps_per_s']:>8.3f} {r['peak_extra_mib'] / base['peak_extra_mib']:>9.2f} "
+            f"{r['steps_per_s'] / base['steps_per_s']:>8.2f}"
+        )
     print()
     print("memory x = peak extra MiB / prefpool's; speed x = steps/s / prefpool's (below 1: slower).")
 

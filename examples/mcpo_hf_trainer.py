@@ -57,8 +57,9 @@ class MCPOTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def train(model_dir: Path, output_dir: Path, *, steps: int, seed: int, batch_size: int,
-          lr: float, beta: float) -> list[float]:
+def train(
+    model_dir: Path, output_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float, beta: float
+) -> list[float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id
@@ -95,20 +96,28 @@ def train(model_dir: Path, output_dir: Path, *, steps: int, seed: int, batch_siz
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def main(steps: int = 60, out_dir: str | Path | None = None, seed: int = 0, *,
-         batch_size: int = 4, lr: float = 1e-3, beta: float = 0.3) -> list[float]:
+def main(
+    steps: int = 60,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    beta: float = 0.3,
+) -> list[float]:
     """Build the tiny model under ``out_dir`` (a temp dir if None), train, return the logged losses."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_dir or tmp)
         model_dir = build_tiny_llama(root / "tiny-llama", seed=seed)
-        return train(model_dir, root / "trainer", steps=steps, seed=seed,
-                     batch_size=batch_size, lr=lr, beta=beta)
+        return train(model_dir, root / "trainer", steps=steps, seed=seed, batch_size=batch_size, lr=lr, beta=beta)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--out-dir", default=None, help="where to write the model and trainer output (default: a temp dir)")
+    parser.add_argument(
+        "--out-dir", default=None, help="where to write the model and trainer output (default: a temp dir)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -27,8 +27,7 @@ from prefpool.toy_task import (
 )
 
 
-def train(model_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float,
-          beta: float) -> list[float]:
+def train(model_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float, beta: float) -> list[float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id
@@ -60,15 +59,21 @@ def train(model_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float,
         losses.append(loss.item())
         acc = out.metrics["rewards/accuracies"].mean().item()
         pool_acc = out.metrics["mcpo/pool_accuracy"].mean().item()
-        print(f"step {step:3d}  loss {losses[-1]:.4f}  reward_acc {acc:.2f}  "
-              f"pool_acc {pool_acc:.2f}", flush=True)
+        print(f"step {step:3d}  loss {losses[-1]:.4f}  reward_acc {acc:.2f}  pool_acc {pool_acc:.2f}", flush=True)
     return losses
 
 
 # beta 0.3 rather than the usual 0.1: a random tiny model must move its log-probs
 # by fewer nats to separate the answers, so the loss visibly falls within 60 steps.
-def main(steps: int = 60, out_dir: str | Path | None = None, seed: int = 0, *,
-         batch_size: int = 4, lr: float = 1e-3, beta: float = 0.3) -> list[float]:
+def main(
+    steps: int = 60,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    beta: float = 0.3,
+) -> list[float]:
     """Build the tiny model under ``out_dir`` (a temp dir if None), train, return per-step losses."""
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_llama(Path(out_dir or tmp) / "tiny-llama", seed=seed)

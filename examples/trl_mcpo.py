@@ -26,9 +26,11 @@ from prefpool.tiny_model import build_tiny_llama
 from prefpool.train.scoring import score_pairs
 from prefpool.train.trl_plugin import MCPOConfig, MCPODPOTrainer, mcpo_dataset
 
-DEMO = [("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
-        ("tell me about a dog", "a dog hears our team", ["the robot", "my friend reads"]),
-        ("say something", "the child counts", ["our team moves", "the teacher finds"])]
+DEMO = [
+    ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
+    ("tell me about a dog", "a dog hears our team", ["the robot", "my friend reads"]),
+    ("say something", "the child counts", ["our team moves", "the teacher finds"]),
+]
 
 
 def demo_table(model_dir: Path, out: Path, max_length: int) -> Path:
@@ -40,14 +42,30 @@ def demo_table(model_dir: Path, out: Path, max_length: int) -> Path:
         prompt = normalize_messages(text)
         encs = [encode_pair(tok, prompt, t, max_length=max_length) for t in [preferred, *pool]]
         logps = score_pairs(model, [(e.prompt_ids, e.completion_ids) for e in encs], tok.pad_token_id).tolist()
-        rows.append({"prompt_id": prompt_id(prompt), "prompt": prompt, "preferred": preferred,
-                     "preferred_id": completion_id(preferred), "ref_preferred_logp": logps[0],
-                     "preferred_num_tokens": len(encs[0].completion_ids), "pool": pool,
-                     "pool_ids": [completion_id(t) for t in pool], "ref_pool_logps": logps[1:],
-                     "pool_num_tokens": [len(e.completion_ids) for e in encs[1:]]})
+        rows.append(
+            {
+                "prompt_id": prompt_id(prompt),
+                "prompt": prompt,
+                "preferred": preferred,
+                "preferred_id": completion_id(preferred),
+                "ref_preferred_logp": logps[0],
+                "preferred_num_tokens": len(encs[0].completion_ids),
+                "pool": pool,
+                "pool_ids": [completion_id(t) for t in pool],
+                "ref_pool_logps": logps[1:],
+                "pool_num_tokens": [len(e.completion_ids) for e in encs[1:]],
+            }
+        )
     inputs = {"logprobs": [{"identity": {"config": {"cache": {"max_length": max_length}}}}]}
-    run = StageRun(out, stage="build", schema="mcpo", config={"kind": "mcpo", "demo": True}, inputs=inputs,
-                   rows_per_unit=len(rows), overwrite=True)
+    run = StageRun(
+        out,
+        stage="build",
+        schema="mcpo",
+        config={"kind": "mcpo", "demo": True},
+        inputs=inputs,
+        rows_per_unit=len(rows),
+        overwrite=True,
+    )
     for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=len(rows))):
         run.write(unit, pa.Table.from_pylist(list(unit.items), schema=get_schema("mcpo")))
     run.finish()
@@ -72,18 +90,32 @@ def main(argv: list[str] | None = None) -> dict:
     data = Path(args.data) if args.data else demo_table(model_dir, work / "build_mcpo", args.max_length)
 
     config = MCPOConfig(
-        output_dir=str(work / "out"), mcpo_kernel=args.kernel, beta=args.beta, max_length=args.max_length,
-        per_device_train_batch_size=args.batch_size, max_steps=args.max_steps, learning_rate=args.lr,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+        output_dir=str(work / "out"),
+        mcpo_kernel=args.kernel,
+        beta=args.beta,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        learning_rate=args.lr,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = MCPODPOTrainer(
-        AutoModelForCausalLM.from_pretrained(model_dir), args=config, train_dataset=mcpo_dataset(data),
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        args=config,
+        train_dataset=mcpo_dataset(data),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"global_step": result.global_step, "loss": result.training_loss,
-               "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan}
+    summary = {
+        "global_step": result.global_step,
+        "loss": result.training_loss,
+        "first_loss": losses[0] if losses else math.nan,
+        "last_loss": losses[-1] if losses else math.nan,
+    }
     print(summary)
     return summary
 

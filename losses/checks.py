@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def check_logps(name: str, x: torch.Tensor, shape: tuple[int, ...] | None = None,
-                mask: torch.Tensor | None = None) -> None:
+def check_logps(
+    name: str, x: torch.Tensor, shape: tuple[int, ...] | None = None, mask: torch.Tensor | None = None
+) -> None:
     """Check a log-prob tensor: floating point, the expected shape, finite.
 
     ``mask`` (same shape, bool) limits the finiteness check to the entries that

@@ -25,8 +25,7 @@ def _chunk_rows(chunk_elements: int, vocab: int) -> int:
     return max(1, chunk_elements // max(1, vocab))
 
 
-def _rows(logits: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
-          start: int, stop: int) -> torch.Tensor:
+def _rows(logits: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Gather positions ``start:stop`` as a fresh ``(n, V)`` tensor in the compute dtype.
 
     Advanced indexing copies only these rows and works on strided views, so a
@@ -37,8 +36,9 @@ def _rows(logits: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
 
 
 @torch.no_grad()
-def _token_logps_and_lse(logits: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
-                         lab: torch.Tensor, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps_and_lse(
+    logits: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor, lab: torch.Tensor, chunk_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N,)`` label log-probs and ``(N,)`` logsumexp at the gathered positions."""
     n_tok = b_idx.numel()
     dtype = _compute_dtype(logits.dtype)
@@ -122,8 +122,9 @@ def _validate(logits, labels, mask, chunk_elements) -> torch.Tensor:
     return mask
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                   chunk_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, chunk_elements: int = 2**22
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Summed log-probability of the label tokens of each sequence, and their count.
 
     .. math::
@@ -182,8 +183,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     if bool(out_of_range.any()):
         bad = int(out_of_range.nonzero()[0, 0])
         pos = (int(b_idx[bad]), int(t_idx[bad]))
-        raise ValueError(f"labels: value {int(lab[bad])} at masked-in position {pos} "
-                         f"is outside [0, {vocab})")
+        raise ValueError(f"labels: value {int(lab[bad])} at masked-in position {pos} is outside [0, {vocab})")
     chunk_rows = _chunk_rows(chunk_elements, vocab)
     if torch.is_grad_enabled() and logits.requires_grad:
         token_logps = _MaskedTokenLogps.apply(logits, b_idx, t_idx, lab, chunk_rows)

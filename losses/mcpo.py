@@ -33,8 +33,9 @@ SELECTION_KERNELS = ("sample", "max", "min", "uniform")
 MCPO_KERNELS = SELECTION_KERNELS + ("expectation",)
 
 
-def _check_pool(name: str, logps: torch.Tensor, expected: tuple[int | None, int | None],
-                candidate_mask: torch.Tensor | None) -> tuple[int, int, torch.Tensor]:
+def _check_pool(
+    name: str, logps: torch.Tensor, expected: tuple[int | None, int | None], candidate_mask: torch.Tensor | None
+) -> tuple[int, int, torch.Tensor]:
     """Check a ``(B, M)`` pool tensor and its mask; return B, M and a full mask.
 
     ``expected`` is ``(B, M)`` as known from the other arguments, None where unknown.
@@ -64,8 +65,9 @@ def _check_kernel(kernel: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"kernel: unknown kernel {kernel!r}; expected one of {', '.join(allowed)}")
 
 
-def _pool_rewards(policy_candidate_logps: torch.Tensor, ref_candidate_logps: torch.Tensor,
-                  mask: torch.Tensor, beta: float) -> torch.Tensor:
+def _pool_rewards(
+    policy_candidate_logps: torch.Tensor, ref_candidate_logps: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
     """``beta * (policy - ref)`` on valid slots, 0 on padding, ``(B, M)``.
 
     Padding may hold NaN or inf; ``where`` keeps it out of values and gradients.
@@ -112,8 +114,10 @@ def _draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None) -
     if kernel in ("max", "min"):
         return probs.argmax(dim=-1)
     if generator is not None and generator.device.type != probs.device.type:
-        raise ValueError(f"generator: on {generator.device}, the log-probs on {probs.device}; "
-                         "create it with torch.Generator(device=...) on the tensors' device")
+        raise ValueError(
+            f"generator: on {generator.device}, the log-probs on {probs.device}; "
+            "create it with torch.Generator(device=...) on the tensors' device"
+        )
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -156,8 +160,7 @@ def mcpo_select(
     """
     _check_kernel(kernel, SELECTION_KERNELS)
     check_positive("beta", beta)
-    batch, pool, mask = _check_pool("policy_candidate_logps", policy_candidate_logps, (None, None),
-                                    candidate_mask)
+    batch, pool, mask = _check_pool("policy_candidate_logps", policy_candidate_logps, (None, None), candidate_mask)
     _check_pool("ref_candidate_logps", ref_candidate_logps, (batch, pool), mask)
     with torch.no_grad():
         rewards = _pool_rewards(policy_candidate_logps, ref_candidate_logps, mask, beta)
@@ -227,8 +230,7 @@ def mcpo_loss(
     check_positive("beta", beta)
     batch = check_batch("policy_chosen_logps", policy_chosen_logps)
     check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))
-    _, pool, mask = _check_pool("policy_candidate_logps", policy_candidate_logps, (batch, None),
-                                candidate_mask)
+    _, pool, mask = _check_pool("policy_candidate_logps", policy_candidate_logps, (batch, None), candidate_mask)
     _check_pool("ref_candidate_logps", ref_candidate_logps, (batch, pool), mask)
 
     chosen_rewards = beta * (upcast(policy_chosen_logps) - upcast(ref_chosen_logps))  # (B,)
@@ -255,14 +257,16 @@ def mcpo_loss(
 
     rejected_rewards = pool_rewards.detach().gather(1, selected[:, None]).squeeze(1)
     margins = chosen_rewards.detach() - rejected_rewards
-    metrics.update({
-        "rewards/chosen": chosen_rewards.detach(),
-        "rewards/rejected": rejected_rewards,
-        "rewards/margins": margins,
-        "rewards/accuracies": (margins > 0).float(),
-        "mcpo/selected": selected,
-        "mcpo/entropy": _entropy(weights),
-        "mcpo/pool_accuracy": (chosen_rewards.detach() > best_candidate).float(),
-        "mcpo/num_candidates": mask.sum(dim=-1),
-    })
+    metrics.update(
+        {
+            "rewards/chosen": chosen_rewards.detach(),
+            "rewards/rejected": rejected_rewards,
+            "rewards/margins": margins,
+            "rewards/accuracies": (margins > 0).float(),
+            "mcpo/selected": selected,
+            "mcpo/entropy": _entropy(weights),
+            "mcpo/pool_accuracy": (chosen_rewards.detach() > best_candidate).float(),
+            "mcpo/num_candidates": mask.sum(dim=-1),
+        }
+    )
     return LossOutput(loss, metrics)

@@ -21,9 +21,12 @@ from .checks import (
 from .output import LossOutput
 
 
-def _preference_logit(chosen: torch.Tensor, rejected: torch.Tensor,
-                      chosen_tokens: torch.Tensor | None, rejected_tokens: torch.Tensor | None
-                      ) -> torch.Tensor:
+def _preference_logit(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    chosen_tokens: torch.Tensor | None,
+    rejected_tokens: torch.Tensor | None,
+) -> torch.Tensor:
     if chosen_tokens is not None:
         return upcast(chosen) / chosen_tokens - upcast(rejected) / rejected_tokens
     return upcast(chosen) - upcast(rejected)
@@ -130,8 +133,11 @@ def mpo_loss(
             raise ValueError(f"ref_sample_logps: expected shape ({batch}, K), got {tuple(ref_sample_logps.shape)}")
         check_mask("ref_sample_mask", ref_sample_mask, tuple(ref_sample_logps.shape))
         check_logps("ref_sample_logps", ref_sample_logps, None, ref_sample_mask)
-        counts = (ref_sample_mask.sum(dim=-1) if ref_sample_mask is not None
-                  else torch.full((batch,), ref_sample_logps.shape[1]))
+        counts = (
+            ref_sample_mask.sum(dim=-1)
+            if ref_sample_mask is not None
+            else torch.full((batch,), ref_sample_logps.shape[1])
+        )
         if tau > 0 and bool((counts == 0).any()):
             raise ValueError(f"ref_sample_logps: row {int((counts == 0).nonzero()[0])} has no reference sample")
     elif tau > 0:

@@ -22,8 +22,7 @@ from .checks import (
 from .output import LossOutput
 
 
-def _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None,
-                ref_rejected_logps=None) -> int:
+def _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None) -> int:
     batch = check_batch("policy_chosen_logps", policy_chosen_logps)
     check_logps("policy_rejected_logps", policy_rejected_logps, (batch,))
     if ref_chosen_logps is not None:

@@ -106,7 +106,9 @@ class BuildConfig:
     empty_pool: str = field(default="drop", metadata={"help": "row with an empty pool: drop | error"})
     label: float = field(default=1.0, metadata={"help": "mpo: preference label of every pair"})
     with_candidates: bool = field(default=False, metadata={"help": "a candidates table was given"})
-    scores: str | None = field(default=None, metadata={"help": "ranked by a scores table made over: examples | candidates"})
+    scores: str | None = field(
+        default=None, metadata={"help": "ranked by a scores table made over: examples | candidates"}
+    )
 
     def check(self) -> None:
         sel.check_choice("kind", self.kind, KINDS)
@@ -140,8 +142,15 @@ class BuildSummary:
 class _Context:
     """The inputs and counters one build shares between its steps."""
 
-    def __init__(self, config: BuildConfig, examples: pl.LazyFrame, lp: pl.LazyFrame, lp_label: str,
-                 scores: pl.LazyFrame | None = None, candidates: pl.LazyFrame | None = None) -> None:
+    def __init__(
+        self,
+        config: BuildConfig,
+        examples: pl.LazyFrame,
+        lp: pl.LazyFrame,
+        lp_label: str,
+        scores: pl.LazyFrame | None = None,
+        candidates: pl.LazyFrame | None = None,
+    ) -> None:
         self.config = config
         self.examples = examples
         self.lp = lp
@@ -157,8 +166,10 @@ class _Context:
         if self.config.scores == "candidates":
             assert candidates is not None
             answers = (
-                _candidates_long(candidates).join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
-                .group_by("prompt_id", "cid").agg(pl.col("pos").min(), pl.col("text").first())
+                _candidates_long(candidates)
+                .join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
+                .group_by("prompt_id", "cid")
+                .agg(pl.col("pos").min(), pl.col("text").first())
                 .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid")
             )
             self.examples = self.examples.join(candidates.select("prompt_id"), on="prompt_id", how="semi")
@@ -166,7 +177,9 @@ class _Context:
             scores.rename({"completion_id": "cid"}), on=["prompt_id", "cid"], how="left"
         )
         self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"))
-        self.add("answers_without_score", self.answers.filter(pl.col("key").is_null()).select(pl.len()).collect().item())
+        self.add(
+            "answers_without_score", self.answers.filter(pl.col("key").is_null()).select(pl.len()).collect().item()
+        )
         self.examples = self.examples.with_columns(pl.col("pairs").list.slice(0, 0))
 
     def add(self, name: str, value: int) -> None:
@@ -202,7 +215,10 @@ class _Context:
         long = self.resolve_missing(self.with_logp(long, "cid", ""), {role: ("text", "logp")})
         if self.config.max_pool is not None:
             rank = pl.col("pos").rank("ordinal").over("prompt_id")
-            self.add(f"{role}_members_over_max_pool", long.filter(rank > self.config.max_pool).select(pl.len()).collect().item())
+            self.add(
+                f"{role}_members_over_max_pool",
+                long.filter(rank > self.config.max_pool).select(pl.len()).collect().item(),
+            )
             long = long.filter(rank <= self.config.max_pool)
         return long.group_by("prompt_id").agg(
             pl.col("text").sort_by("pos").alias("texts"),
@@ -228,7 +244,10 @@ class _Context:
     def answer(self, frame: pl.LazyFrame, idx: str, prefix: str) -> pl.LazyFrame:
         """Join text and completion id of the answer at index ``idx`` of each row."""
         ans = self.answers.select(
-            "prompt_id", pl.col("idx").alias(idx), pl.col("text").alias(f"{prefix}text"), pl.col("cid").alias(f"{prefix}cid")
+            "prompt_id",
+            pl.col("idx").alias(idx),
+            pl.col("text").alias(f"{prefix}text"),
+            pl.col("cid").alias(f"{prefix}cid"),
         )
         return frame.join(ans, on=["prompt_id", idx], how="inner")
 
@@ -286,19 +305,27 @@ def _pairs(ctx: _Context) -> pl.LazyFrame:
         return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(text)))
 
     return ctx.prompts(pairs).select(
-        "prompt_id", "prompt",
-        turn("chosen_text").alias("chosen"), turn("rejected_text").alias("rejected"),
-        pl.col("chosen_logp").alias("ref_chosen_logps"), pl.col("rejected_logp").alias("ref_rejected_logps"),
-        pl.col("chosen_cid").alias("chosen_id"), pl.col("rejected_cid").alias("rejected_id"),
-        "chosen_num_tokens", "rejected_num_tokens",
+        "prompt_id",
+        "prompt",
+        turn("chosen_text").alias("chosen"),
+        turn("rejected_text").alias("rejected"),
+        pl.col("chosen_logp").alias("ref_chosen_logps"),
+        pl.col("rejected_logp").alias("ref_rejected_logps"),
+        pl.col("chosen_cid").alias("chosen_id"),
+        pl.col("rejected_cid").alias("rejected_id"),
+        "chosen_num_tokens",
+        "rejected_num_tokens",
         # sort keys, dropped before writing
-        pl.col("chosen_idx").alias("_k1"), pl.col("rejected_idx").alias("_k2"),
+        pl.col("chosen_idx").alias("_k1"),
+        pl.col("rejected_idx").alias("_k2"),
     )
 
 
 def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
     best = ctx.best()
-    unranked = ctx.examples.select("prompt_id").join(ctx.answers.filter(pl.col("key").is_not_null()), on="prompt_id", how="anti")
+    unranked = ctx.examples.select("prompt_id").join(
+        ctx.answers.filter(pl.col("key").is_not_null()), on="prompt_id", how="anti"
+    )
     ctx.add("dropped_no_ranked_answer", unranked.select(pl.len()).collect().item())
     rows = ctx.with_logp(ctx.answer(best.rename({"idx": "best_idx"}), "best_idx", "pref_"), "pref_cid", "pref_")
     rows = ctx.resolve_missing(rows, {"preferred": ("pref_text", "pref_logp")})
@@ -307,21 +334,40 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
     # (a pool from `generate`, the preferred answer from the dataset): the pool is every sample.
     if candidates is None or ctx.config.scores == "candidates":
         long = ctx.answers.join(best.select("prompt_id", pl.col("key").alias("best_key")), on="prompt_id")
-        long = long.filter(pl.col("key") > pl.col("best_key")).select("prompt_id", pl.col("idx").alias("pos"), "text", "cid")
+        long = long.filter(pl.col("key") > pl.col("best_key")).select(
+            "prompt_id", pl.col("idx").alias("pos"), "text", "cid"
+        )
     else:
         long = _candidates_long(candidates)
-        ctx.add("candidate_prompts_without_example", long.select("prompt_id").unique().join(ctx.examples, on="prompt_id", how="anti").select(pl.len()).collect().item())
+        ctx.add(
+            "candidate_prompts_without_example",
+            long.select("prompt_id")
+            .unique()
+            .join(ctx.examples, on="prompt_id", how="anti")
+            .select(pl.len())
+            .collect()
+            .item(),
+        )
         long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
-        ctx.add("pool_samples_equal_to_preferred", long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item())
+        ctx.add(
+            "pool_samples_equal_to_preferred",
+            long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item(),
+        )
         long = long.filter(pl.col("cid") != pl.col("pref_cid")).drop("pref_cid")
     rows = ctx.attach_pool(rows, ctx.pool(long, "pool"), "pool")
     return ctx.prompts(rows).select(
-        "prompt_id", "prompt",
-        pl.col("pref_text").alias("preferred"), pl.col("pref_cid").alias("preferred_id"),
-        pl.col("pref_logp").alias("ref_preferred_logp"), pl.col("pref_num_tokens").alias("preferred_num_tokens"),
-        pl.col("texts").alias("pool"), pl.col("ids").alias("pool_ids"),
-        pl.col("logps").alias("ref_pool_logps"), pl.col("ntoks").alias("pool_num_tokens"),
-        pl.lit(0).alias("_k1"), pl.lit(0).alias("_k2"),
+        "prompt_id",
+        "prompt",
+        pl.col("pref_text").alias("preferred"),
+        pl.col("pref_cid").alias("preferred_id"),
+        pl.col("pref_logp").alias("ref_preferred_logp"),
+        pl.col("pref_num_tokens").alias("preferred_num_tokens"),
+        pl.col("texts").alias("pool"),
+        pl.col("ids").alias("pool_ids"),
+        pl.col("logps").alias("ref_pool_logps"),
+        pl.col("ntoks").alias("pool_num_tokens"),
+        pl.lit(0).alias("_k1"),
+        pl.lit(0).alias("_k2"),
     )
 
 
@@ -331,7 +377,8 @@ def _mpo(ctx: _Context, candidates: pl.LazyFrame) -> pl.LazyFrame:
     rows = ctx.attach_pool(pairs, samples, "samples")
     return rows.with_columns(
         pl.lit(ctx.config.label, dtype=pl.Float64).alias("label"),
-        pl.col("texts").alias("ref_samples"), pl.col("ids").alias("ref_sample_ids"),
+        pl.col("texts").alias("ref_samples"),
+        pl.col("ids").alias("ref_sample_ids"),
         pl.col("logps").alias("ref_sample_logps"),
     )
 
@@ -366,8 +413,18 @@ def build(
     spec = ShardSpec.parse(shard)
     score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
     scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
-    config = BuildConfig(kind, "score" if scored else rank_by, pair_mode, best_ties, missing, max_pool, empty_pool,
-                         float(label), candidates is not None, scored)
+    config = BuildConfig(
+        kind,
+        "score" if scored else rank_by,
+        pair_mode,
+        best_ties,
+        missing,
+        max_pool,
+        empty_pool,
+        float(label),
+        candidates is not None,
+        scored,
+    )
     config.check()
     lp_dirs = [logprobs] if isinstance(logprobs, (str, Path)) else list(logprobs)
     inputs: dict[str, object] = {
@@ -378,8 +435,16 @@ def build(
         inputs["candidates"] = fingerprint(candidates, "candidates")
     if score_dirs:
         inputs["scores"] = [fingerprint(d, "scores") for d in score_dirs]
-    run = StageRun(out, stage=STAGE, schema=kind, config=asdict(config), inputs=inputs, shard=spec,
-                   rows_per_unit=rows_per_unit, overwrite=overwrite)
+    run = StageRun(
+        out,
+        stage=STAGE,
+        schema=kind,
+        config=asdict(config),
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite,
+    )
     if run.complete:
         manifest = run.finish()
         return BuildSummary(run.out, manifest.total_rows, manifest.summary, time.perf_counter() - start)
@@ -413,13 +478,17 @@ def build(
         "kind": kind,
         "rows_written": table.num_rows,
         # this shard's examples rows, so that `merge` sums them to the input's
-        "examples_rows": inputs["examples"]["total_rows"] if keep is None  # type: ignore[index]
+        "examples_rows": inputs["examples"]["total_rows"]
+        if keep is None  # type: ignore[index]
         else ex.select(pl.len()).collect().item(),
         **dict(sorted(ctx.counts.items())),
         "config": asdict(config),
-        "inputs": {"examples": str(examples), "logprobs": [str(d) for d in lp_dirs],
-                   "candidates": None if candidates is None else str(candidates),
-                   "scores": [str(d) for d in score_dirs]},
+        "inputs": {
+            "examples": str(examples),
+            "logprobs": [str(d) for d in lp_dirs],
+            "candidates": None if candidates is None else str(candidates),
+            "scores": [str(d) for d in score_dirs],
+        },
     }
     summary = {k: v for k, v in report.items() if isinstance(v, int)}
     run.finish(sidecars={"report.json": report}, summary=summary)

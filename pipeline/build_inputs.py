@@ -63,7 +63,8 @@ def logprobs_lookup(folders: Sequence[str | Path], *, keep: pl.Expr | None = Non
             raise PipelineInputError(
                 f"reference log-prob is {row['logp']} for prompt_id {row['prompt_id']}, "
                 f"completion_id {row['completion_id']} (NaN/inf is never a valid value)",
-                file=folder, column="logp",
+                file=folder,
+                column="logp",
             )
         scans.append(frame)
     table = pl.concat(scans)
@@ -72,14 +73,14 @@ def logprobs_lookup(folders: Sequence[str | Path], *, keep: pl.Expr | None = Non
         raise PipelineInputError(
             f"the logprobs tables were computed under {len(keys)} different cache keys {sorted(keys)}: "
             "all reference log-probs of one training table must come from the same reference setup",
-            file=", ".join(str(f) for f in folders), column="cache_key",
+            file=", ".join(str(f) for f in folders),
+            column="cache_key",
         )
     if keep is not None:
         table = table.filter(keep)
     # The same (prompt, completion) scored twice under one cache key has one value.
-    return (
-        table.unique(subset=["prompt_id", "completion_id"], keep="any")
-        .select("prompt_id", pl.col("completion_id").alias("cid"), "logp", "num_tokens")
+    return table.unique(subset=["prompt_id", "completion_id"], keep="any").select(
+        "prompt_id", pl.col("completion_id").alias("cid"), "logp", "num_tokens"
     )
 
 
@@ -101,15 +102,22 @@ def scores_lookup(folders: Sequence[str | Path]) -> tuple[pl.LazyFrame, str]:
             row = bad.row(0, named=True)
             raise PipelineInputError(
                 f"score is {row['score']} for prompt_id {row['prompt_id']}, completion_id {row['completion_id']} "
-                "(NaN/inf cannot be ranked)", file=folder, column="score",
+                "(NaN/inf cannot be ranked)",
+                file=folder,
+                column="score",
             )
         frames.append(frame)
     label = ", ".join(str(f) for f in folders)
     if len(made_over) > 1 or len(scorers) > 1:
-        raise PipelineInputError("the scores tables come from different scorers or input tables; "
-                                 "rank one build by one scorer's scores of one table", file=label)
+        raise PipelineInputError(
+            "the scores tables come from different scorers or input tables; "
+            "rank one build by one scorer's scores of one table",
+            file=label,
+        )
     (source,) = made_over
     if source not in ("examples", "candidates"):
-        raise PipelineInputError(f"the scores were made over a {source!r} table, not examples or candidates", file=label)
+        raise PipelineInputError(
+            f"the scores were made over a {source!r} table, not examples or candidates", file=label
+        )
     table = pl.concat(frames).unique(subset=["prompt_id", "completion_id"], keep="first")
     return table, source

@@ -83,9 +83,7 @@ def explicit_pairs(examples: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def derived_pairs(
-    examples: pl.LazyFrame, answers: pl.LazyFrame, mode: PairMode, best_ties: BestTies
-) -> pl.LazyFrame:
+def derived_pairs(examples: pl.LazyFrame, answers: pl.LazyFrame, mode: PairMode, best_ties: BestTies) -> pl.LazyFrame:
     """Pairs from ranks/scores for the rows that have no explicit ``pairs`` (ties skipped).
 
     ``best-vs-rest``: the best answer against each strictly worse one.

@@ -111,13 +111,29 @@ def _provenance_md(chain: list[dict]) -> str:
 
 
 def render_card(
-    manifest: Manifest, schema: pa.Schema, *, repo_id: str, split: str, license: str, pretty_name: str,
-    tags: list[str], num_bytes: int, files: int, report: dict | None,
+    manifest: Manifest,
+    schema: pa.Schema,
+    *,
+    repo_id: str,
+    split: str,
+    license: str,
+    pretty_name: str,
+    tags: list[str],
+    num_bytes: int,
+    files: int,
+    report: dict | None,
 ) -> str:
     columns = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in schema)
     return Template(TEMPLATE.read_text()).substitute(
-        front_matter=front_matter(schema, split=split, pretty_name=pretty_name, license=license, tags=tags,
-                                  num_rows=manifest.total_rows, num_bytes=num_bytes),
+        front_matter=front_matter(
+            schema,
+            split=split,
+            pretty_name=pretty_name,
+            license=license,
+            tags=tags,
+            num_rows=manifest.total_rows,
+            num_bytes=num_bytes,
+        ),
         pretty_name=pretty_name,
         kind=manifest.identity.schema,
         prefpool_version=manifest.provenance.get("prefpool"),

@@ -25,11 +25,13 @@ def read_completion_table(input_dir: str | Path, *, stage: str) -> tuple[str, pa
     manifest, _ = checked_shards(input_dir)
     name = manifest.identity.schema
     if name not in TEXT_COLUMNS:
-        raise PipelineInputError(f"holds a {name!r} table; {stage} reads 'examples' or 'candidates'",
-                                 file=input_dir)
+        raise PipelineInputError(f"holds a {name!r} table; {stage} reads 'examples' or 'candidates'", file=input_dir)
     table = read_table(input_dir).select(["prompt_id", "prompt", TEXT_COLUMNS[name]])
-    inputs = {"schema": name, "identity": manifest.identity.to_json(),
-              "shards": [entry.sha256 for entry in manifest.shards]}
+    inputs = {
+        "schema": name,
+        "identity": manifest.identity.to_json(),
+        "shards": [entry.sha256 for entry in manifest.shards],
+    }
     return name, table, inputs
 
 

@@ -79,7 +79,8 @@ def resolve_engine_args(engine: str, engine_args: Mapping | None, *, reserved: M
     bad = [key for key in merged if key in reserved]
     if bad:
         raise PipelineConfigError(
-            "engine options " + ", ".join(f"{k!r} (set by {reserved[k]})" for k in bad)
+            "engine options "
+            + ", ".join(f"{k!r} (set by {reserved[k]})" for k in bad)
             + " would change the output without changing the run's identity; remove them from "
             f"--engine-args / ${OPTIONS_ENV}"
         )

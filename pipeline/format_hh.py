@@ -39,7 +39,7 @@ def split_transcript(text: object, column: str) -> tuple[str, str]:
     cut = text.rfind(ASSISTANT)
     if cut < 0:
         raise BadRow("hh_no_final_assistant", column)
-    return text[:cut], text[cut + len(ASSISTANT):].strip()
+    return text[:cut], text[cut + len(ASSISTANT) :].strip()
 
 
 def resolve(first: dict, cols: Columns) -> Columns:
@@ -54,8 +54,9 @@ def parse(record: dict, cols: Columns) -> ParsedRow:
         raise BadRow("hh_prefix_mismatch", cols.rejected, "chosen and rejected differ before the last turn")
     prompt = parse_turns(chosen_prefix, cols.chosen)
     if not prompt or prompt[-1]["role"] != "user" or not any(m["content"] for m in prompt):
-        raise BadRow("empty_prompt" if not prompt else "hh_malformed", cols.chosen,
-                     "the prompt must end with a Human turn")
+        raise BadRow(
+            "empty_prompt" if not prompt else "hh_malformed", cols.chosen, "the prompt must end with a Human turn"
+        )
     check_text(chosen, cols.chosen)
     check_text(rejected, cols.rejected)
     if chosen == rejected:

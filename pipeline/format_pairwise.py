@@ -74,8 +74,13 @@ def _same_prompt(given: list[dict[str, str]], from_lists: list[dict[str, str]]) 
     if given == from_lists:
         return True
     user_turns = [m for m in from_lists if m["role"] == "user"]
-    return len(given) == 1 and given[0]["role"] == "user" and bool(user_turns) and user_turns[-1] == given[0] \
+    return (
+        len(given) == 1
+        and given[0]["role"] == "user"
+        and bool(user_turns)
+        and user_turns[-1] == given[0]
         and from_lists[-1] == user_turns[-1]
+    )
 
 
 def parse(record: dict, cols: Columns) -> ParsedRow:

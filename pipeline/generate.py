@@ -88,9 +88,16 @@ class GenerateSummary:
     def line(self) -> str:
         rate = self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
         return summary_line(
-            STAGE, rows=self.rows_written, seconds=self.seconds, out=self.out,
-            samples=self.samples, dropped=self.rows_dropped, new_tokens=self.tokens_generated,
-            tokens_per_s=f"{rate:.0f}", units_written=self.units_written, units_skipped=self.units_skipped,
+            STAGE,
+            rows=self.rows_written,
+            seconds=self.seconds,
+            out=self.out,
+            samples=self.samples,
+            dropped=self.rows_dropped,
+            new_tokens=self.tokens_generated,
+            tokens_per_s=f"{rate:.0f}",
+            units_written=self.units_written,
+            units_skipped=self.units_skipped,
         )
 
 
@@ -139,14 +146,27 @@ def generate(
         )
     prompts, inputs = read_prompts(input_dir)
     config = {
-        "engine": engine, "n": n, "seed": seed,
-        "temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
-        "eos_token_ids": list(params.eos_token_ids), "dtype": info.dtype, "model": info.fingerprint,
+        "engine": engine,
+        "n": n,
+        "seed": seed,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_new_tokens": params.max_new_tokens,
+        "eos_token_ids": list(params.eos_token_ids),
+        "dtype": info.dtype,
+        "model": info.fingerprint,
         "too_long_prompts": "drop",
     }
     run = StageRun(
-        out, stage=STAGE, schema="candidates", config=config, inputs=inputs, shard=spec,
-        rows_per_unit=rows_per_unit, overwrite=overwrite, seed=seed,
+        out,
+        stage=STAGE,
+        schema="candidates",
+        config=config,
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite,
+        seed=seed,
         model={**info.describe(), "engine": engine, "device": device, "sampling": sampling, "engine_args": options},
     )
 
@@ -170,7 +190,8 @@ def generate(
         "rows_dropped": sum(len(v) for v in dropped.values()),
         "dropped_rows": {reason: len(ids) for reason, ids in sorted(dropped.items())},
         "examples": [
-            {"reason": reason, "prompt_id": pid} for reason, ids in sorted(dropped.items())
+            {"reason": reason, "prompt_id": pid}
+            for reason, ids in sorted(dropped.items())
             for pid in ids[:EXAMPLES_PER_REASON]
         ],
         "samples": len(rows) * n,
@@ -179,8 +200,14 @@ def generate(
     counts = {k: report[k] for k in ("rows_read", "rows_dropped", "samples", "finish_reasons")}
     run.finish(sidecars={"report.json": report}, summary=counts)
     return GenerateSummary(
-        run.out, len(rows), report["rows_dropped"], len(rows) * n, tokens,
-        run.units_written, run.units_skipped, time.perf_counter() - start,
+        run.out,
+        len(rows),
+        report["rows_dropped"],
+        len(rows) * n,
+        tokens,
+        run.units_written,
+        run.units_skipped,
+        time.perf_counter() - start,
     )
 
 
@@ -200,8 +227,10 @@ def resolve_params(
         else:
             used[key], source[key] = defaults[key], "default"
     params = SamplingParams(
-        temperature=float(used["temperature"]), top_p=float(used["top_p"]),
-        max_new_tokens=int(used["max_new_tokens"]), eos_token_ids=info.eos_token_ids,
+        temperature=float(used["temperature"]),
+        top_p=float(used["top_p"]),
+        max_new_tokens=int(used["max_new_tokens"]),
+        eos_token_ids=info.eos_token_ids,
     )
     record = {
         **used,
@@ -234,7 +263,9 @@ def read_prompts(input_dir: str | Path) -> tuple[list[tuple[str, list, str, int]
             if pid in seen:
                 raise PipelineInputError(
                     f"duplicate prompt_id {pid} (first at {seen[pid][0]} row {seen[pid][1]})",
-                    file=path, row=row, column="prompt_id",
+                    file=path,
+                    row=row,
+                    column="prompt_id",
                 )
             seen[pid] = (str(path), row)
             prompts.append((pid, messages, str(path), row))
@@ -253,8 +284,9 @@ def _render(
         try:
             tokens = info.render(messages)
         except Exception as exc:  # the template raises whatever its author chose
-            raise PipelineInputError(f"the chat template rejects this prompt: {exc}", file=file, row=row,
-                                     column="prompt") from None
+            raise PipelineInputError(
+                f"the chat template rejects this prompt: {exc}", file=file, row=row, column="prompt"
+            ) from None
         if len(tokens) > limit:
             dropped.setdefault("prompt_too_long", []).append(pid)
             continue
@@ -263,12 +295,16 @@ def _render(
 
 
 def _generate_unit(
-    unit: Unit[PromptRow], engine: Engine, info: ModelInfo, params: SamplingParams, *,
-    n: int, seed: int, advance,
+    unit: Unit[PromptRow],
+    engine: Engine,
+    info: ModelInfo,
+    params: SamplingParams,
+    *,
+    n: int,
+    seed: int,
+    advance,
 ) -> tuple[pa.Table, int]:
-    requests = [
-        Request(row.tokens, sample_seed(seed, row.prompt_id, i)) for row in unit.items for i in range(n)
-    ]
+    requests = [Request(row.tokens, sample_seed(seed, row.prompt_id, i)) for row in unit.items for i in range(n)]
     completions = engine.generate(requests, params, on_done=lambda _tokens: advance(1))
     out, tokens = [], 0
     for r, row in enumerate(unit.items):
@@ -276,12 +312,14 @@ def _generate_unit(
         for i in range(n):
             request, completion = requests[r * n + i], completions[r * n + i]
             tokens += len(completion.token_ids)
-            samples.append({
-                "text": info.decode(list(completion.token_ids)),
-                "seed": request.seed,
-                "finish_reason": completion.finish_reason,
-                "num_tokens": len(completion.token_ids),
-            })
+            samples.append(
+                {
+                    "text": info.decode(list(completion.token_ids)),
+                    "seed": request.seed,
+                    "finish_reason": completion.finish_reason,
+                    "num_tokens": len(completion.token_ids),
+                }
+            )
         out.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "samples": samples})
     return pa.Table.from_pylist(out, schema=CANDIDATES), tokens
 

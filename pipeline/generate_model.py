@@ -15,8 +15,12 @@ from prefpool.pipeline.errors import PipelineConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 # generation_config.json keys the sampler honours (the rest are recorded as ignored)
 APPLIED_KEYS = ("temperature", "top_p", "max_new_tokens", "eos_token_id")

@@ -76,9 +76,17 @@ class VLLMEngine:
         eos = set(params.eos_token_ids)
         per_request = [
             VLLMSamplingParams(
-                n=1, seed=r.seed, temperature=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
-                repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-                max_tokens=params.max_new_tokens, stop_token_ids=list(params.eos_token_ids),
+                n=1,
+                seed=r.seed,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                min_p=0.0,
+                repetition_penalty=1.0,
+                presence_penalty=0.0,
+                frequency_penalty=0.0,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=list(params.eos_token_ids),
                 detokenize=False,  # the stage decodes, so both engines' texts come from the same call
             )
             for r in requests

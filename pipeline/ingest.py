@@ -68,9 +68,15 @@ class IngestSummary:
 
     def line(self) -> str:
         return summary_line(
-            STAGE, rows=self.rows_written, seconds=self.seconds, out=self.out,
-            read=self.rows_read, dropped=self.rows_dropped, merged=self.duplicate_rows_merged,
-            units_written=self.units_written, units_skipped=self.units_skipped,
+            STAGE,
+            rows=self.rows_written,
+            seconds=self.seconds,
+            out=self.out,
+            read=self.rows_read,
+            dropped=self.rows_dropped,
+            merged=self.duplicate_rows_merged,
+            units_written=self.units_written,
+            units_skipped=self.units_skipped,
         )
 
 
@@ -104,21 +110,39 @@ def ingest(
     fmt = get_format(format)
     spec = ShardSpec.parse(shard)
     columns = Columns(
-        prompt=prompt_column, chosen=chosen_column, rejected=rejected_column, answers=answers_column,
-        text_key=text_key, rank_key=rank_key, score_key=score_key, model_key=model_key,
+        prompt=prompt_column,
+        chosen=chosen_column,
+        rejected=rejected_column,
+        answers=answers_column,
+        text_key=text_key,
+        rank_key=rank_key,
+        score_key=score_key,
+        model_key=model_key,
     )
     config = IngestConfig(str(source), format, split, config_name, columns, strict)
     records, inputs = _open_source(config)
     run = StageRun(
-        out, stage=STAGE, schema="examples", config=asdict(config), inputs=inputs,
-        shard=spec, rows_per_unit=rows_per_unit, overwrite=overwrite,
+        out,
+        stage=STAGE,
+        schema="examples",
+        config=asdict(config),
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite,
     )
     if run.complete:
         manifest = run.finish()
         report = manifest.summary
         return IngestSummary(
-            run.out, manifest.total_rows, report.get("rows_read", 0), report.get("rows_dropped", 0),
-            report.get("duplicate_rows_merged", 0), 0, len(manifest.shards), time.perf_counter() - start,
+            run.out,
+            manifest.total_rows,
+            report.get("rows_read", 0),
+            report.get("rows_dropped", 0),
+            report.get("duplicate_rows_merged", 0),
+            0,
+            len(manifest.shards),
+            time.perf_counter() - start,
         )
 
     report = IngestReport()
@@ -141,8 +165,14 @@ def ingest(
     counts = {k: report_json[k] for k in ("rows_read", "rows_dropped", "duplicate_rows_merged")}
     run.finish(sidecars={"report.json": report_json}, summary=counts)
     return IngestSummary(
-        run.out, len(rows), report.rows_read, report_json["rows_dropped"], merger.rows_merged,
-        run.units_written, run.units_skipped, time.perf_counter() - start,
+        run.out,
+        len(rows),
+        report.rows_read,
+        report_json["rows_dropped"],
+        merger.rows_merged,
+        run.units_written,
+        run.units_skipped,
+        time.perf_counter() - start,
     )
 
 
@@ -174,8 +204,13 @@ def _with_columns(records: Iterator[Record], fmt: Format, columns: Columns, repo
 
 
 def _ingest_record(
-    record: Record, fmt: Format, columns: Columns, spec: ShardSpec, strict: bool,
-    report: IngestReport, merger: ExampleMerger,
+    record: Record,
+    fmt: Format,
+    columns: Columns,
+    spec: ShardSpec,
+    strict: bool,
+    report: IngestReport,
+    merger: ExampleMerger,
 ) -> None:
     try:
         parsed = fmt.parse(record.data, columns)
@@ -200,4 +235,6 @@ def _ingest_record(
 
 def _raise(bad: BadRow, record: Record) -> NoReturn:
     detail = f": {bad.detail}" if bad.detail else ""
-    raise PipelineInputError(f"{bad.reason}{detail}", file=record.file, row=record.row, column=bad.column, line=record.line)
+    raise PipelineInputError(
+        f"{bad.reason}{detail}", file=record.file, row=record.row, column=bad.column, line=record.line
+    )

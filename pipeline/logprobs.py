@@ -84,10 +84,18 @@ class LogprobsSummary:
 
     def line(self) -> str:
         return summary_line(
-            STAGE, rows=self.rows, seconds=self.seconds, out=self.out, pairs=self.pairs,
-            computed=self.computed, cached=self.cache_hits, dropped=self.dropped_long_prompt,
-            truncated=self.truncated, tokens_per_s=f"{self.tokens_per_s:.0f}",
-            units_written=self.units_written, units_skipped=self.units_skipped,
+            STAGE,
+            rows=self.rows,
+            seconds=self.seconds,
+            out=self.out,
+            pairs=self.pairs,
+            computed=self.computed,
+            cached=self.cache_hits,
+            dropped=self.dropped_long_prompt,
+            truncated=self.truncated,
+            tokens_per_s=f"{self.tokens_per_s:.0f}",
+            units_written=self.units_written,
+            units_skipped=self.units_skipped,
         )
 
 
@@ -157,24 +165,51 @@ def logprobs(
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
     key = cache_key_of(components)
-    config = {"engine": engine, "cache_key": key, "cache": components, "per_token": per_token,
-              "long_prompts": long_prompts}
+    config = {
+        "engine": engine,
+        "cache_key": key,
+        "cache": components,
+        "per_token": per_token,
+        "long_prompts": long_prompts,
+    }
     out = Path(out)
     replace = _check_existing(out, components, overwrite)
 
     pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
-    provenance = {"path": str(Path(model).resolve()), "engine": engine, "cache_key": key, **components,
-                  "engine_args": options}
+    provenance = {
+        "path": str(Path(model).resolve()),
+        "engine": engine,
+        "cache_key": key,
+        **components,
+        "engine_args": options,
+    }
     run = StageRun(
-        out, stage=STAGE, schema="logprobs", config=config, inputs=inputs, shard=spec,
-        rows_per_unit=rows_per_unit, overwrite=overwrite or replace, model=provenance,
+        out,
+        stage=STAGE,
+        schema="logprobs",
+        config=config,
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite or replace,
+        model=provenance,
     )
     if run.complete:
         summary = run.finish().summary
         return LogprobsSummary(
-            run.out, summary["pairs"], summary["rows"], summary["dropped_long_prompt"], summary["truncated"],
-            summary["tokens"], 0, 0, 0, len(units), time.perf_counter() - start, 0.0,
+            run.out,
+            summary["pairs"],
+            summary["rows"],
+            summary["dropped_long_prompt"],
+            summary["truncated"],
+            summary["tokens"],
+            0,
+            0,
+            0,
+            len(units),
+            time.perf_counter() - start,
+            0.0,
         )
 
     todo = run.pending(units)
@@ -183,8 +218,19 @@ def logprobs(
     counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
     with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
         for unit in todo:
-            rows = _unit_rows(unit.items, tokenizer, scorer, cached, counts, key=key, max_length=max_length,
-                              per_token=per_token, long_prompts=long_prompts, input_dir=input_dir, model=model)
+            rows = _unit_rows(
+                unit.items,
+                tokenizer,
+                scorer,
+                cached,
+                counts,
+                key=key,
+                max_length=max_length,
+                per_token=per_token,
+                long_prompts=long_prompts,
+                input_dir=input_dir,
+                model=model,
+            )
             run.write(unit, pa.Table.from_pylist(rows, schema=LOGPROBS))
             advance(len(unit.items))
 
@@ -193,9 +239,18 @@ def logprobs(
     run.finish(sidecars={"report.json": summary}, summary=summary)
     rate = counts["tokens_scored"] / scorer.seconds if scorer.seconds > 0 else 0.0
     return LogprobsSummary(
-        run.out, len(pairs), totals["rows"], summary["dropped_long_prompt"], totals["truncated"], totals["tokens"],
-        counts["computed"], counts["cache_hits"], run.units_written, run.units_skipped,
-        time.perf_counter() - start, rate,
+        run.out,
+        len(pairs),
+        totals["rows"],
+        summary["dropped_long_prompt"],
+        totals["truncated"],
+        totals["tokens"],
+        counts["computed"],
+        counts["cache_hits"],
+        run.units_written,
+        run.units_skipped,
+        time.perf_counter() - start,
+        rate,
     )
 
 
@@ -305,8 +360,9 @@ class _LazyEngine:
         return scores
 
 
-def _unit_rows(items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts,
-               input_dir, model) -> list[dict]:
+def _unit_rows(
+    items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts, input_dir, model
+) -> list[dict]:
     rows: dict[int, dict] = {}
     todo = []  # (index in unit, pid, cid, encoded pair)
     for index, (pid, cid, prompt, text) in enumerate(items):
@@ -327,7 +383,8 @@ def _unit_rows(items, tokenizer, scorer, cached, counts, *, key, max_length, per
         todo.append((index, pid, cid, pair))
     if todo:
         scores = scorer.score(
-            [p.prompt_ids + p.completion_ids for *_, p in todo], [len(p.prompt_ids) for *_, p in todo],
+            [p.prompt_ids + p.completion_ids for *_, p in todo],
+            [len(p.prompt_ids) for *_, p in todo],
             per_token=per_token,
         )
         for j, (index, pid, cid, pair) in enumerate(todo):
@@ -340,8 +397,13 @@ def _unit_rows(items, tokenizer, scorer, cached, counts, *, key, max_length, per
                     file=input_dir,
                 )
             rows[index] = {
-                "prompt_id": pid, "completion_id": cid, "logp": logp, "num_tokens": scores.counts[j],
-                "truncated": pair.truncated, "token_logps": per, "cache_key": key,
+                "prompt_id": pid,
+                "completion_id": cid,
+                "logp": logp,
+                "num_tokens": scores.counts[j],
+                "truncated": pair.truncated,
+                "token_logps": per,
+                "cache_key": key,
             }
             counts["computed"] += 1
             counts["tokens_scored"] += scores.counts[j]

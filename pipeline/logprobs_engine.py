@@ -110,7 +110,10 @@ def _token_logps(logits, ids, completion, starts, lengths) -> list[list[float]]:
     flat, _ = sequence_logps(logits.reshape(b * t, 1, v), labels.reshape(b * t, 1), mask.reshape(b * t, 1))
     flat = flat.view(b, t).float().cpu()
     # logits[:, p] scores token p + 1: completion tokens start..len-1 are positions start-1..len-2
-    return [flat[row, start - 1 : length - 1].tolist() for row, (start, length) in enumerate(zip(starts, lengths, strict=True))]
+    return [
+        flat[row, start - 1 : length - 1].tolist()
+        for row, (start, length) in enumerate(zip(starts, lengths, strict=True))
+    ]
 
 
 def _vllm(model: str, **kwargs) -> Engine:

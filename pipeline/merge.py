@@ -83,8 +83,14 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
     table = pa.concat_tables([read_table(folder) for _, folder, _ in runs])
     table = table.take(pa.compute.sort_indices(table, [("prompt_id", "ascending")]))  # stable
     run = StageRun(
-        out, stage=first.stage, schema=first.schema, config=first.config, inputs=first.inputs,
-        shard=None, rows_per_unit=first.rows_per_unit, overwrite=overwrite,
+        out,
+        stage=first.stage,
+        schema=first.schema,
+        config=first.config,
+        inputs=first.inputs,
+        shard=None,
+        rows_per_unit=first.rows_per_unit,
+        overwrite=overwrite,
     )
     ids = table.column("prompt_id").to_pylist()
     units = plan_units(list(range(table.num_rows)), key_of=lambda i: ids[i], rows_per_unit=first.rows_per_unit)

@@ -38,8 +38,14 @@ class PushSummary:
 
 
 def write_hub_folder(
-    source: str | Path, out: str | Path, *, repo_id: str, split: str = "train", license: str = "other",
-    pretty_name: str | None = None, tags: list[str] | None = None,
+    source: str | Path,
+    out: str | Path,
+    *,
+    repo_id: str,
+    split: str = "train",
+    license: str = "other",
+    pretty_name: str | None = None,
+    tags: list[str] | None = None,
 ) -> PushSummary:
     """Write ``out`` (must be new or empty) from the checked table folder ``source``."""
     manifest, shards = checked_shards(source, check_hashes=True)
@@ -64,9 +70,16 @@ def write_hub_folder(
     if report is not None:  # counts only: the report's local input paths stay local
         report = {k: v for k, v in report.items() if isinstance(v, int)}
     card = render_card(
-        manifest, schema, repo_id=repo_id, split=split, license=license,
-        pretty_name=pretty_name or f"prefpool {name} table", tags=tags or ["prefpool", "preference-optimization", name],
-        num_bytes=num_bytes, files=len(files), report=report,
+        manifest,
+        schema,
+        repo_id=repo_id,
+        split=split,
+        license=license,
+        pretty_name=pretty_name or f"prefpool {name} table",
+        tags=tags or ["prefpool", "preference-optimization", name],
+        num_bytes=num_bytes,
+        files=len(files),
+        report=report,
     )
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(card)
@@ -74,16 +87,25 @@ def write_hub_folder(
 
 
 def push(
-    source: str | Path, *, repo_id: str, dry_run: bool = False, out: str | Path | None = None, private: bool = False,
-    license: str = "other", split: str = "train", pretty_name: str | None = None, tags: list[str] | None = None,
+    source: str | Path,
+    *,
+    repo_id: str,
+    dry_run: bool = False,
+    out: str | Path | None = None,
+    private: bool = False,
+    license: str = "other",
+    split: str = "train",
+    pretty_name: str | None = None,
+    tags: list[str] | None = None,
 ) -> PushSummary:
     """Write the Hub folder (to ``out``, or a temporary folder) and, unless ``dry_run``, upload it."""
     if dry_run and out is None:
         raise PipelineConfigError("push --dry-run needs --out FOLDER to write the Hub folder to")
     tmp = None if out is not None else Path(tempfile.mkdtemp(prefix="prefpool-push-"))
     try:
-        summary = write_hub_folder(source, out or tmp, repo_id=repo_id, split=split, license=license,
-                                   pretty_name=pretty_name, tags=tags)
+        summary = write_hub_folder(
+            source, out or tmp, repo_id=repo_id, split=split, license=license, pretty_name=pretty_name, tags=tags
+        )
         if dry_run:
             return summary
         from huggingface_hub import HfApi
@@ -91,11 +113,18 @@ def push(
         api = HfApi()  # token: huggingface_hub's own resolution
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(
-            repo_id=repo_id, repo_type="dataset", folder_path=str(summary.folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(summary.folder),
             commit_message=f"prefpool push: {summary.rows} rows",
         )
-        return PushSummary(summary.folder if tmp is None else Path(f"hf://datasets/{repo_id}"), summary.files,
-                           summary.rows, True, repo_id)
+        return PushSummary(
+            summary.folder if tmp is None else Path(f"hf://datasets/{repo_id}"),
+            summary.files,
+            summary.rows,
+            True,
+            repo_id,
+        )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -45,9 +45,7 @@ def local_files(source: Path) -> list[Path]:
 
 
 def fingerprint(files: list[Path], base: Path) -> list[dict]:
-    return [
-        {"file": _short(f, base), "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files
-    ]
+    return [{"file": _short(f, base), "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files]
 
 
 def _short(path: Path, base: Path) -> str:
@@ -115,9 +113,7 @@ def _parquet(path: Path) -> Iterator[tuple[int, int | None, dict]]:
         try:
             batch = parquet.read_row_group(group)
         except (pa.ArrowException, OSError) as exc:
-            raise PipelineInputError(
-                f"cannot read row group {group} (corrupt?): {exc}", file=path, row=row
-            ) from exc
+            raise PipelineInputError(f"cannot read row group {group} (corrupt?): {exc}", file=path, row=row) from exc
         for data in batch.to_pylist():
             yield row, None, data
             row += 1

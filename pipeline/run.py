@@ -99,8 +99,7 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
     """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments."""
     unknown = sorted(set(data) - set(TOP_KEYS) - set(STAGES))
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; "
-                          f"known keys: {', '.join(TOP_KEYS + STAGES)}")
+        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; known keys: {', '.join(TOP_KEYS + STAGES)}")
     workdir = data.get("workdir")
     if not isinstance(workdir, str) or not workdir:
         raise ConfigError(f"{source}: top-level key 'workdir' (a folder for the stage outputs) is required")
@@ -155,8 +154,11 @@ def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], wh
         if "logprobs" in outputs:
             kw.setdefault("logprobs", [str(p) for p in outputs["logprobs"]])
         kinds = kw.get("kind")
-        calls = (_fan_out(stage, kw, "kind", [str(k) for k in kinds], where) if isinstance(kinds, list)
-                 else [StageCall(stage, stage, kw)])
+        calls = (
+            _fan_out(stage, kw, "kind", [str(k) for k in kinds], where)
+            if isinstance(kinds, list)
+            else [StageCall(stage, stage, kw)]
+        )
         if "generate" in outputs and "candidates" not in kw:
             for call in calls:
                 if call.kwargs.get("kind") in CANDIDATE_KINDS:
@@ -172,8 +174,10 @@ def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], wh
     if stage == "push" and "build" in outputs and "source" not in kw:
         built = outputs["build"]
         if len(built) > 1:
-            raise ConfigError(f"{where}: build makes {len(built)} tables ({', '.join(map(str, built))}); "
-                              "set push's 'source' to one of them (e.g. \"{workdir}/build/mcpo\")")
+            raise ConfigError(
+                f"{where}: build makes {len(built)} tables ({', '.join(map(str, built))}); "
+                "set push's 'source' to one of them (e.g. \"{workdir}/build/mcpo\")"
+            )
         kw["source"] = str(built[0])
     return [StageCall(stage, stage, kw)]
 
@@ -250,8 +254,10 @@ def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     out = Path(kwargs["out"])
     record_path = out.with_name(out.name + ".push.json")
     manifest = Path(kwargs["source"]) / MANIFEST_NAME
-    wanted = {"arguments": {k: str(v) for k, v in sorted(kwargs.items())},
-              "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None}
+    wanted = {
+        "arguments": {k: str(v) for k, v in sorted(kwargs.items())},
+        "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None,
+    }
     record = json.loads(record_path.read_text()) if record_path.exists() else None
     if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():
         s = record["summary"]
@@ -267,7 +273,18 @@ def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     summary = PushSummary(out, summary.files, summary.rows, summary.uploaded, summary.repo_id)
-    write_json(record_path, {"complete": True, "push": wanted, "summary": {
-        "files": summary.files, "rows": summary.rows, "uploaded": summary.uploaded, "repo_id": summary.repo_id}})
+    write_json(
+        record_path,
+        {
+            "complete": True,
+            "push": wanted,
+            "summary": {
+                "files": summary.files,
+                "rows": summary.rows,
+                "uploaded": summary.uploaded,
+                "repo_id": summary.repo_id,
+            },
+        },
+    )
     where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {out}"
     return summary, f"push: {summary.rows} rows in {len(summary.files)} files, {where}"

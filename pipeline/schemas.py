@@ -26,9 +26,7 @@ ANSWER = pa.struct(
 )
 
 # Indices into the row's `answers` list.
-PAIR = pa.struct(
-    [pa.field("chosen", pa.int32(), nullable=False), pa.field("rejected", pa.int32(), nullable=False)]
-)
+PAIR = pa.struct([pa.field("chosen", pa.int32(), nullable=False), pa.field("rejected", pa.int32(), nullable=False)])
 
 EXAMPLES = pa.schema(
     [
@@ -169,6 +167,4 @@ def check_schema(actual: pa.Schema, expected: pa.Schema, *, file: str | Path) ->
             raise PipelineInputError("missing column", file=file, column=field.name)
         found = actual.field(index).type
         if not found.equals(field.type):
-            raise PipelineInputError(
-                f"column has type {found}, expected {field.type}", file=file, column=field.name
-            )
+            raise PipelineInputError(f"column has type {found}, expected {field.type}", file=file, column=field.name)

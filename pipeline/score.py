@@ -49,8 +49,15 @@ class ScoreSummary:
     seconds: float
 
     def line(self) -> str:
-        return summary_line(STAGE, rows=self.rows, seconds=self.seconds, out=self.out, computed=self.computed,
-                            units_written=self.units_written, units_skipped=self.units_skipped)
+        return summary_line(
+            STAGE,
+            rows=self.rows,
+            seconds=self.seconds,
+            out=self.out,
+            computed=self.computed,
+            units_written=self.units_written,
+            units_skipped=self.units_skipped,
+        )
 
 
 def score(
@@ -72,7 +79,9 @@ def score(
     """
     start = time.perf_counter()
     if (reward_fn is None) == (reward_model is None):
-        raise PipelineConfigError("score needs exactly one of reward_fn (--reward-fn) and reward_model (--reward-model)")
+        raise PipelineConfigError(
+            "score needs exactly one of reward_fn (--reward-fn) and reward_model (--reward-model)"
+        )
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
@@ -80,8 +89,17 @@ def score(
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
-    run = StageRun(out, stage=STAGE, schema="scores", config={"scorer": scorer.identity}, inputs=inputs,
-                   shard=spec, rows_per_unit=rows_per_unit, overwrite=overwrite, model=scorer.identity)
+    run = StageRun(
+        out,
+        stage=STAGE,
+        schema="scores",
+        config={"scorer": scorer.identity},
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite,
+        model=scorer.identity,
+    )
     todo = run.pending(units)
     computed = 0
     with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress) as advance:
@@ -95,8 +113,9 @@ def score(
             advance(len(rows))
     summary = {"rows": len(pairs), "input_schema": in_schema}
     run.finish(sidecars={"report.json": {**summary, "scorer": scorer.identity}}, summary={"rows": len(pairs)})
-    return ScoreSummary(run.out, len(pairs), computed, run.units_written, run.units_skipped,
-                        time.perf_counter() - start)
+    return ScoreSummary(
+        run.out, len(pairs), computed, run.units_written, run.units_skipped, time.perf_counter() - start
+    )
 
 
 def _scorer(reward_fn, reward_model, batch_size):
@@ -120,5 +139,3 @@ def _checked(value: object, pid: str, cid: str, input_dir) -> float:
             file=input_dir,
         )
     return float(value)
-
-

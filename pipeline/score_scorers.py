@@ -90,8 +90,13 @@ class RewardModelScorer:
         self.tokenizer = tokenizer
         if tokenizer.chat_template is None:
             raise PipelineConfigError(f"reward model {model}: its tokenizer has no chat template")
-        self.identity = {"kind": "model", "path": str(Path(model).resolve()), "weights_sha256": weights_sha256,
-                         "tokenizer_sha256": template_hash(tokenizer), "dtype": "float32"}
+        self.identity = {
+            "kind": "model",
+            "path": str(Path(model).resolve()),
+            "weights_sha256": weights_sha256,
+            "tokenizer_sha256": template_hash(tokenizer),
+            "dtype": "float32",
+        }
         self._model = None
         self._check_config()  # fail before any work
 
@@ -108,7 +113,9 @@ class RewardModelScorer:
 
         config = AutoConfig.from_pretrained(self.path)
         if config.num_labels != 1:
-            raise PipelineConfigError(f"reward model {self.path}: has {config.num_labels} labels, need 1 (a scalar reward)")
+            raise PipelineConfigError(
+                f"reward model {self.path}: has {config.num_labels} labels, need 1 (a scalar reward)"
+            )
         if config.pad_token_id is None:
             raise PipelineConfigError(f"reward model {self.path}: config.pad_token_id is not set (needed to batch)")
 

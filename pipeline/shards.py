@@ -78,9 +78,7 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise PipelineInputError(
-            f"not a readable Parquet file (truncated or corrupt?): {exc}", file=path
-        ) from exc
+        raise PipelineInputError(f"not a readable Parquet file (truncated or corrupt?): {exc}", file=path) from exc
 
 
 def shard_metadata(parquet: pq.ParquetFile) -> dict[str, object]:
@@ -91,7 +89,7 @@ def shard_metadata(parquet: pq.ParquetFile) -> dict[str, object]:
         name = key.decode()
         if not name.startswith(META_PREFIX):
             continue
-        name = name[len(META_PREFIX):]
+        name = name[len(META_PREFIX) :]
         text = value.decode()
         out[name] = text if name == "schema" else json.loads(text)
     return out

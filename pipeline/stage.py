@@ -99,8 +99,12 @@ class StageRun:
         self.out = Path(out)
         self.shard = ShardSpec.parse(shard)
         self.identity = RunIdentity(
-            stage=stage, schema=schema, config=config, inputs=inputs,
-            shard=str(self.shard), rows_per_unit=rows_per_unit,
+            stage=stage,
+            schema=schema,
+            config=config,
+            inputs=inputs,
+            shard=str(self.shard),
+            rows_per_unit=rows_per_unit,
         )
         self.provenance = prov.collect(seed=seed, model=model)
         self.units_written = 0

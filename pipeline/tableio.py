@@ -51,9 +51,7 @@ def checked_shards(
             raise PipelineInputError("sha256 differs from the manifest (corrupt?)", file=path)
         parquet = open_shard(path)
         if parquet.metadata.num_rows != entry.rows:
-            raise PipelineInputError(
-                f"{parquet.metadata.num_rows} rows, manifest says {entry.rows}", file=path
-            )
+            raise PipelineInputError(f"{parquet.metadata.num_rows} rows, manifest says {entry.rows}", file=path)
         check_schema(parquet.schema_arrow, expected, file=path)
         paths.append(path)
     return manifest, paths

@@ -73,7 +73,7 @@ def encode_pair(
             "(with add_generation_prompt=True) as a token prefix of prompt + answer; the completion "
             "tokens cannot be split off"
         )
-    completion_ids = full[len(prompt_ids):]
+    completion_ids = full[len(prompt_ids) :]
     if max_length is None or len(full) <= max_length:
         return EncodedPair(prompt_ids, completion_ids, False)
     room = max_length - len(prompt_ids)

@@ -33,7 +33,9 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="A .jsonl/.json/.parquet/.csv file, a folder of them, or a Hub dataset id.")],
+    source: Annotated[
+        str, typer.Argument(help="A .jsonl/.json/.parquet/.csv file, a folder of them, or a Hub dataset id.")
+    ],
     format: Annotated[str, typer.Option("--format", "-f", help="pairwise | hh-rlhf | ranked | prompts")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest.json, report.json).")],
     split: Annotated[str, typer.Option(help="Hub dataset split.")] = "train",
@@ -45,8 +47,12 @@ def ingest(
     text_key: Annotated[str | None, typer.Option(help="ranked: text key in each answer (default: detected).")] = None,
     rank_key: Annotated[str, typer.Option(help="ranked: rank key in each answer.")] = "rank",
     score_key: Annotated[str, typer.Option(help="ranked: score key in each answer.")] = "score",
-    model_key: Annotated[str | None, typer.Option(help="ranked: generator key in each answer (default: detected).")] = None,
-    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    model_key: Annotated[
+        str | None, typer.Option(help="ranked: generator key in each answer (default: detected).")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad row instead of dropping it.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with different settings.")] = False,
 ) -> None:
@@ -56,10 +62,22 @@ def ingest(
 
     try:
         summary = run_ingest(
-            source, format=format, out=out, split=split, config_name=config_name,
-            prompt_column=prompt_column, chosen_column=chosen_column, rejected_column=rejected_column,
-            answers_column=answers_column, text_key=text_key, rank_key=rank_key, score_key=score_key,
-            model_key=model_key, strict=strict, overwrite=overwrite, shard=shard,
+            source,
+            format=format,
+            out=out,
+            split=split,
+            config_name=config_name,
+            prompt_column=prompt_column,
+            chosen_column=chosen_column,
+            rejected_column=rejected_column,
+            answers_column=answers_column,
+            text_key=text_key,
+            rank_key=rank_key,
+            score_key=score_key,
+            model_key=model_key,
+            strict=strict,
+            overwrite=overwrite,
+            shard=shard,
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -85,8 +103,12 @@ def merge(
 
 @app.command()
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: REPORT.md, curves.png, data, runs.")] = Path("runs/quickstart"),
-    seed: Annotated[int, typer.Option(help="Seeds the reference model, the samples, the data order and the kernel.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: REPORT.md, curves.png, data, runs.")] = Path(
+        "runs/quickstart"
+    ),
+    seed: Annotated[
+        int, typer.Option(help="Seeds the reference model, the samples, the data order and the kernel.")
+    ] = 0,
     engine: Annotated[str, typer.Option(help="Generation engine: auto (vllm when installed) | hf | vllm.")] = "auto",
     steps: Annotated[int, typer.Option(help="Training steps per method.")] = 80,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier quickstart folder at --out.")] = False,
@@ -107,16 +129,27 @@ def build(
     examples: Annotated[Path, typer.Option(help="`examples` folder (from ingest).")],
     logprobs: Annotated[list[Path], typer.Option(help="`logprobs` folder; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (shards, manifest.json, report.json).")],
-    candidates: Annotated[Path | None, typer.Option(help="`candidates` folder: mcpo pool / mpo reference samples.")] = None,
-    scores: Annotated[list[Path] | None, typer.Option(help="`scores` folder (from `prefpool score`): rank by these scores; repeat for several.")] = None,
+    candidates: Annotated[
+        Path | None, typer.Option(help="`candidates` folder: mcpo pool / mpo reference samples.")
+    ] = None,
+    scores: Annotated[
+        list[Path] | None,
+        typer.Option(help="`scores` folder (from `prefpool score`): rank by these scores; repeat for several."),
+    ] = None,
     rank_by: Annotated[str, typer.Option(help="rank (lower is better) | score (higher is better).")] = "rank",
-    pair_mode: Annotated[str, typer.Option(help="Pairs derived from ranks: best-vs-rest | all (ties skipped).")] = "best-vs-rest",
-    best_ties: Annotated[str, typer.Option(help="Tie for best: first (lowest answer index) | drop (the row).")] = "first",
+    pair_mode: Annotated[
+        str, typer.Option(help="Pairs derived from ranks: best-vs-rest | all (ties skipped).")
+    ] = "best-vs-rest",
+    best_ties: Annotated[
+        str, typer.Option(help="Tie for best: first (lowest answer index) | drop (the row).")
+    ] = "first",
     missing: Annotated[str, typer.Option(help="A text with no reference log-prob: error | drop.")] = "error",
     max_pool: Annotated[int | None, typer.Option(help="Keep the first N pool members / reference samples.")] = None,
     empty_pool: Annotated[str, typer.Option(help="A row with an empty pool: drop | error.")] = "drop",
     label: Annotated[float, typer.Option(help="mpo: preference label of every pair.")] = 1.0,
-    shard: Annotated[str | None, typer.Option(help="Build only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Build only shard i/N (by prompt_id hash); combine with `prefpool merge`.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with different settings.")] = False,
 ) -> None:
     """Join examples (+ candidates) with reference log-probs into a training table."""
@@ -125,10 +158,21 @@ def build(
 
     try:
         summary = run_build(
-            kind, examples=examples, logprobs=logprobs, out=out, candidates=candidates,
-            scores=scores or None, rank_by=rank_by,
-            pair_mode=pair_mode, best_ties=best_ties, missing=missing, max_pool=max_pool,
-            empty_pool=empty_pool, label=label, overwrite=overwrite, shard=shard,
+            kind,
+            examples=examples,
+            logprobs=logprobs,
+            out=out,
+            candidates=candidates,
+            scores=scores or None,
+            rank_by=rank_by,
+            pair_mode=pair_mode,
+            best_ties=best_ties,
+            missing=missing,
+            max_pool=max_pool,
+            empty_pool=empty_pool,
+            label=label,
+            overwrite=overwrite,
+            shard=shard,
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -150,7 +194,9 @@ def push(
     from prefpool.pipeline.push import push as run_push
 
     try:
-        summary = run_push(folder, repo_id=repo_id, dry_run=dry_run, out=out, private=private, license=license, split=split)
+        summary = run_push(
+            folder, repo_id=repo_id, dry_run=dry_run, out=out, private=private, license=license, split=split
+        )
     except PipelineError as exc:
         raise _fail(exc) from None
     where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {summary.folder}"
@@ -161,17 +207,37 @@ def push(
 def logprobs(
     input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) or `candidates` (generate) output folder.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Reference model: a local save_pretrained folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (logprobs shards, manifest.json, report.json).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (logprobs shards, manifest.json, report.json).")
+    ],
     engine: Annotated[str, typer.Option(help="Scoring engine: hf | vllm.")] = "hf",
-    max_length: Annotated[int | None, typer.Option(help="Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context (max_position_embeddings).")] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Max prompt + completion tokens; longer completions are cut at the tail. "
+            "Default: the model's context (max_position_embeddings)."
+        ),
+    ] = None,
     batch_tokens: Annotated[int, typer.Option(help="Token budget of one padded batch (rows x longest row).")] = 16384,
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
     per_token: Annotated[bool, typer.Option(help="Also store per-token log-probs.")] = False,
     long_prompts: Annotated[str, typer.Option(help="A prompt that fills max_length: drop (counted) | error.")] = "drop",
-    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
-    cache: Annotated[Path | None, typer.Option(help="A previous logprobs output whose rows (same cache key) are reused.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
-    engine_args: Annotated[str | None, typer.Option(help='vllm only: vllm.LLM options, a JSON object, e.g. \'{"tensor_parallel_size": 2}\'; merged over $PREFPOOL_VLLM_ARGS.')] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="A previous logprobs output whose rows (same cache key) are reused.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output made with another model or settings.")
+    ] = False,
+    engine_args: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm only: vllm.LLM options, a JSON object, e.g. '{\"tensor_parallel_size\": 2}'; "
+            "merged over $PREFPOOL_VLLM_ARGS."
+        ),
+    ] = None,
 ) -> None:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table."""
     from prefpool.pipeline.engine_args import parse_engine_args
@@ -180,9 +246,19 @@ def logprobs(
 
     try:
         summary = run_logprobs(
-            input_dir, model=model, out=out, engine=engine, max_length=max_length, batch_tokens=batch_tokens,
-            dtype=dtype, per_token=per_token, long_prompts=long_prompts, shard=shard, overwrite=overwrite,
-            cache=cache, engine_args=parse_engine_args(engine_args),
+            input_dir,
+            model=model,
+            out=out,
+            engine=engine,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            dtype=dtype,
+            per_token=per_token,
+            long_prompts=long_prompts,
+            shard=shard,
+            overwrite=overwrite,
+            cache=cache,
+            engine_args=parse_engine_args(engine_args),
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -194,17 +270,35 @@ def generate(
     input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) output folder; only its prompts are used.")],
     model: Annotated[str, typer.Option("--model", "-m", help="A local save_pretrained folder with a chat template.")],
     n: Annotated[int, typer.Option("--n", "-n", help="Samples per prompt.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (candidates shards, manifest.json, report.json).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (candidates shards, manifest.json, report.json).")
+    ],
     engine: Annotated[str, typer.Option(help="Generation engine: hf | vllm.")] = "hf",
     temperature: Annotated[float | None, typer.Option(help="0 = greedy. Default: generation_config, else 1.0.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus mass in (0, 1]. Default: generation_config, else 1.0.")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus mass in (0, 1]. Default: generation_config, else 1.0.")
+    ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Default: generation_config, else 256.")] = None,
-    seed: Annotated[int, typer.Option(help="Global seed; each sample's seed is a hash of (seed, prompt_id, index).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Sequences (prompt x sample) decoded together; does not change samples.")] = 16,
+    seed: Annotated[
+        int, typer.Option(help="Global seed; each sample's seed is a hash of (seed, prompt_id, index).")
+    ] = 0,
+    batch_size: Annotated[
+        int, typer.Option(help="Sequences (prompt x sample) decoded together; does not change samples.")
+    ] = 16,
     device: Annotated[str, typer.Option(help="torch device for the hf engine.")] = "cpu",
-    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another model or settings.")] = False,
-    engine_args: Annotated[str | None, typer.Option(help='vllm only: vllm.LLM options, a JSON object, e.g. \'{"tensor_parallel_size": 2}\'; merged over $PREFPOOL_VLLM_ARGS.')] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output made with another model or settings.")
+    ] = False,
+    engine_args: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm only: vllm.LLM options, a JSON object, e.g. '{\"tensor_parallel_size\": 2}'; "
+            "merged over $PREFPOOL_VLLM_ARGS."
+        ),
+    ] = None,
 ) -> None:
     """N sampled completions per prompt with the model's chat template: the `candidates` table."""
     from prefpool.pipeline.engine_args import parse_engine_args
@@ -213,9 +307,20 @@ def generate(
 
     try:
         summary = run_generate(
-            input_dir, model=model, out=out, n=n, engine=engine, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, device=device, shard=shard,
-            overwrite=overwrite, engine_args=parse_engine_args(engine_args),
+            input_dir,
+            model=model,
+            out=out,
+            n=n,
+            engine=engine,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            shard=shard,
+            overwrite=overwrite,
+            engine_args=parse_engine_args(engine_args),
         )
     except PipelineError as exc:
         raise _fail(exc) from None
@@ -255,25 +360,41 @@ def train(
     # ValueError covers ConfigError, CacheMismatchError and settings that do not fit the table.
     except (PipelineError, Step0MismatchError, ValueError) as exc:
         raise _fail(exc) from None
-    typer.echo(f"train: {summary['steps']} steps, final loss {summary['final_loss']}, "
-               f"step-0 diff {summary['step0_max_abs_diff']} -> {summary['output_dir']}")
+    typer.echo(
+        f"train: {summary['steps']} steps, final loss {summary['final_loss']}, "
+        f"step-0 diff {summary['step0_max_abs_diff']} -> {summary['output_dir']}"
+    )
 
 
 @app.command(name="eval")
 def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help="Policy: a local save_pretrained folder.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="A held-out `build` output folder (pairwise, mcpo or mpo).")],
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="A held-out `build` output folder (pairwise, mcpo or mpo).")
+    ],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON summary here.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Default: the reference cache's, read from the manifests.")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Default: the reference cache's, read from the manifests.")
+    ] = None,
     beta: Annotated[float, typer.Option(help="Scales the reported margins only; ranks do not depend on it.")] = 0.1,
     tie_atol: Annotated[float, typer.Option(help="Log-ratios within this many nats tie (a tie is not a win).")] = 1e-4,
-    reward_fn: Annotated[str | None, typer.Option(help="module:function(prompt messages, completion) -> float.")] = None,
-    ref_model: Annotated[str | None, typer.Option(help="With --reward-fn: win-rate against this model's samples.")] = None,
+    reward_fn: Annotated[
+        str | None, typer.Option(help="module:function(prompt messages, completion) -> float.")
+    ] = None,
+    ref_model: Annotated[
+        str | None, typer.Option(help="With --reward-fn: win-rate against this model's samples.")
+    ] = None,
     num_samples: Annotated[int, typer.Option(help="With --reward-fn: samples per prompt.")] = 1,
-    max_new_tokens: Annotated[int | None, typer.Option(help="With --reward-fn. Default: generation_config, else 256.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="With --reward-fn. Default: generation_config, else 1.0.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="With --reward-fn. Default: generation_config, else 256.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="With --reward-fn. Default: generation_config, else 1.0.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="With --reward-fn: sample seeds, shared by both models.")] = 0,
-    max_prompts: Annotated[int | None, typer.Option(help="With --reward-fn: sample for the first N prompts only.")] = None,
+    max_prompts: Annotated[
+        int | None, typer.Option(help="With --reward-fn: sample for the first N prompts only.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... Default: cuda when available.")] = None,
 ) -> None:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate)."""
@@ -284,9 +405,20 @@ def eval_(
 
     try:
         summary = evaluate(
-            model, data, out=out, max_length=max_length, beta=beta, tie_atol=tie_atol, reward_fn=reward_fn,
-            ref_model=ref_model, num_samples=num_samples, max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, max_prompts=max_prompts, device=device,
+            model,
+            data,
+            out=out,
+            max_length=max_length,
+            beta=beta,
+            tie_atol=tie_atol,
+            reward_fn=reward_fn,
+            ref_model=ref_model,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_prompts=max_prompts,
+            device=device,
         )
     except (PipelineError, ValueError) as exc:
         raise _fail(exc) from None
@@ -296,11 +428,24 @@ def eval_(
 @app.command()
 def score(
     input_dir: Annotated[Path, typer.Argument(help="An `examples` (ingest) or `candidates` (generate) output folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (scores shards, manifest.json, report.json).")],
-    reward_fn: Annotated[str | None, typer.Option(help="module:function or path/file.py:function; called as f(prompt messages, completion) -> float.")] = None,
-    reward_model: Annotated[str | None, typer.Option(help="A one-label sequence-classification model folder (save_pretrained).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Reward model: sequences per forward pass; does not change values.")] = 16,
-    shard: Annotated[str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (scores shards, manifest.json, report.json).")
+    ],
+    reward_fn: Annotated[
+        str | None,
+        typer.Option(
+            help="module:function or path/file.py:function; called as f(prompt messages, completion) -> float."
+        ),
+    ] = None,
+    reward_model: Annotated[
+        str | None, typer.Option(help="A one-label sequence-classification model folder (save_pretrained).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Reward model: sequences per forward pass; does not change values.")
+    ] = 16,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard i/N (by prompt_id hash); combine with `prefpool merge`.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another scorer.")] = False,
 ) -> None:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`)."""
@@ -308,8 +453,15 @@ def score(
     from prefpool.pipeline.score import score as run_score
 
     try:
-        summary = run_score(input_dir, out=out, reward_fn=reward_fn, reward_model=reward_model,
-                            batch_size=batch_size, shard=shard, overwrite=overwrite)
+        summary = run_score(
+            input_dir,
+            out=out,
+            reward_fn=reward_fn,
+            reward_model=reward_model,
+            batch_size=batch_size,
+            shard=shard,
+            overwrite=overwrite,
+        )
     except PipelineError as exc:
         raise _fail(exc) from None
     typer.echo(summary.line())
@@ -318,7 +470,9 @@ def score(
 @app.command()
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="`prefpool train` output folders; several share one figure.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: FIRST_RUN_DIR/curves.png).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write (default: FIRST_RUN_DIR/curves.png).")
+    ] = None,
 ) -> None:
     """Draw training curves (loss, reward margin/accuracy, MC-PO kernel entropy) from metrics.jsonl to a PNG."""
     from prefpool.train.plot import plot_run
@@ -335,7 +489,9 @@ def online(
     config: Annotated[Path, typer.Argument(help="Online YAML (keys: see prefpool.train.online_config.OnlineConfig).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value, e.g. rounds=3 train.lr=1e-6.")] = None,
 ) -> None:
-    """OnMC-PO: rounds of generate (current policy) -> score -> reference log-probs -> build mcpo -> train; rerun to resume."""
+    """OnMC-PO: rounds of generate (current policy) -> score -> reference log-probs -> build mcpo -> train.
+
+    Rerun to resume."""
     from prefpool.config import load_config
     from prefpool.pipeline.errors import PipelineError
     from prefpool.train.online import online as run_online

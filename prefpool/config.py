@@ -75,8 +75,7 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], *, source: str, prefi
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r}; "
-                          f"known keys: {', '.join(sorted(fields))}")
+        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r}; known keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, f in fields.items():
@@ -144,8 +143,9 @@ def check_kwargs(function: Callable[..., Any], data: Mapping[str, Any], *, sourc
     known = {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r} for {function.__name__}; "
-                          f"known keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} for {function.__name__}; known keys: {', '.join(sorted(known))}"
+        )
 
 
 def config_help(cls: type) -> list[tuple[str, str, str]]:

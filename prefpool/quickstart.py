@@ -70,8 +70,9 @@ class QuickstartConfig:
 def _fresh_folder(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite (replaces an earlier quickstart "
-                                  "folder) or choose another --out")
+            raise FileExistsError(
+                f"{out} is not empty; pass --overwrite (replaces an earlier quickstart folder) or choose another --out"
+            )
         if not (out / MARKER).exists():
             raise FileExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
         shutil.rmtree(out)
@@ -80,9 +81,23 @@ def _fresh_folder(out: Path, overwrite: bool) -> None:
 
 
 def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dict:
-    args = ["eval", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--reward-fn", "prefpool.controlled.task:reward", "--ref-model", str(reference),
-            "--num-samples", "4", "--seed", str(seed)]
+    args = [
+        "eval",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--reward-fn",
+        "prefpool.controlled.task:reward",
+        "--ref-model",
+        str(reference),
+        "--num-samples",
+        "4",
+        "--seed",
+        str(seed),
+    ]
     run_prefpool(args)
     return json.loads(out.read_text())
 
@@ -106,28 +121,49 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
     data = prepare_data(out, seed=cfg.seed, engine=engine, n=cfg.n, reference_steps=cfg.reference_steps, log=log)
     data_seconds = time.perf_counter() - start
 
-    probe = Probe(data.reference, task_prompts(held_out_topics()), samples_per_prompt=cfg.probe_samples,
-                  seed=cfg.seed + 1000)
+    probe = Probe(
+        data.reference, task_prompts(held_out_topics()), samples_per_prompt=cfg.probe_samples, seed=cfg.seed + 1000
+    )
     runs, results = {}, []
     for name in cfg.methods:
         label, overrides = METHODS[name]
-        tcfg = TrainConfig(model=str(data.reference), data=str(data.train_table), output_dir=str(out / "runs" / name),
-                           loss="mcpo", beta=cfg.beta, lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.steps,
-                           seed=cfg.seed, progress=False, **overrides)
+        tcfg = TrainConfig(
+            model=str(data.reference),
+            data=str(data.train_table),
+            output_dir=str(out / "runs" / name),
+            loss="mcpo",
+            beta=cfg.beta,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_steps=cfg.steps,
+            seed=cfg.seed,
+            progress=False,
+            **overrides,
+        )
         Path(tcfg.output_dir).mkdir(parents=True, exist_ok=True)
         (out / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(asdict(tcfg), sort_keys=False))
         say(f"$ prefpool train {out / 'runs' / f'{name}.yaml'}   # {label}, probed every {cfg.probe_every} steps")
         runs[label] = train_with_probe(tcfg, probe, every=cfg.probe_every, log=log, label=name)
         say(f"$ prefpool eval --model {tcfg.output_dir} --data {data.heldout_table} ...")
-        evaluation = _eval(Path(tcfg.output_dir), data.heldout_table, data.reference,
-                           out / "runs" / f"{name}-eval.json", cfg.seed)
+        evaluation = _eval(
+            Path(tcfg.output_dir), data.heldout_table, data.reference, out / "runs" / f"{name}-eval.json", cfg.seed
+        )
         results.append({"method": name, "label": label, "final": runs[label][-1], "eval": evaluation})
 
-    plot = plot_probe_curves(runs, out / "curves.png",
-                             title=f"controlled task, {len(probe.requests)} fresh samples per point, seed {cfg.seed}")
-    summary = {"config": asdict(cfg), "engine": engine, "commands": list(data.commands),
-               "reference": runs[next(iter(runs))][0], "runs": results,
-               "data_seconds": round(data_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
+    plot = plot_probe_curves(
+        runs,
+        out / "curves.png",
+        title=f"controlled task, {len(probe.requests)} fresh samples per point, seed {cfg.seed}",
+    )
+    summary = {
+        "config": asdict(cfg),
+        "engine": engine,
+        "commands": list(data.commands),
+        "reference": runs[next(iter(runs))][0],
+        "runs": results,
+        "data_seconds": round(data_seconds, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "REPORT.md").write_text(_report(summary, plot.name))
     say(f"quickstart done in {summary['seconds']:.0f} s: report {out / 'REPORT.md'}, plot {plot}")
@@ -141,31 +177,46 @@ def _report(summary: dict, plot: str) -> str:
     for run in summary["runs"]:
         final, ev = run["final"], run["eval"]
         ranking, samples = ev["ranking"], ev["samples"]
-        rows.append([run["label"], f"{final['reward']:+.2f} ± {final['reward_se']:.2f}",
-                     f"{final['kl']:.2f} ± {final['kl_se']:.2f}",
-                     f"{ranking['top1_accuracy']:.2f}" if "top1_accuracy" in ranking else "-",
-                     f"{samples['win_rate']:.2f}", f"{final['train_seconds']:.1f}"])
-    table = markdown_table(["policy", "true reward", "KL to reference (nats)", "held-out top-1 ranking",
-                            "win-rate vs reference", "training s"], rows)
+        rows.append(
+            [
+                run["label"],
+                f"{final['reward']:+.2f} ± {final['reward_se']:.2f}",
+                f"{final['kl']:.2f} ± {final['kl_se']:.2f}",
+                f"{ranking['top1_accuracy']:.2f}" if "top1_accuracy" in ranking else "-",
+                f"{samples['win_rate']:.2f}",
+                f"{final['train_seconds']:.1f}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "policy",
+            "true reward",
+            "KL to reference (nats)",
+            "held-out top-1 ranking",
+            "win-rate vs reference",
+            "training s",
+        ],
+        rows,
+    )
     return f"""# prefpool quickstart report
 
 Controlled task (`prefpool.controlled`): a tiny reference model of a synthetic
 language; the hidden true reward counts positive minus negative adjectives;
 preferences come from a noisy annotator (true reward + Gumbel noise, i.e.
-Bradley-Terry labels) over {cfg['n']} samples per prompt from the reference.
-Trained from the reference for {cfg['steps']} steps (batch {cfg['batch_size']},
-lr {cfg['lr']}, β {cfg['beta']}, seed {cfg['seed']}) with no reference model in
+Bradley-Terry labels) over {cfg["n"]} samples per prompt from the reference.
+Trained from the reference for {cfg["steps"]} steps (batch {cfg["batch_size"]},
+lr {cfg["lr"]}, β {cfg["beta"]}, seed {cfg["seed"]}) with no reference model in
 memory: the reference enters only through the cached log-probs.
 
-Generation engine: {summary['engine']}. Made in {summary['seconds']:.0f} s
-(data and reference model {summary['data_seconds']:.0f} s).
+Generation engine: {summary["engine"]}. Made in {summary["seconds"]:.0f} s
+(data and reference model {summary["data_seconds"]:.0f} s).
 
 ![curves]({plot})
 
 Final policies, on fresh samples for the held-out topics (mean ± standard error):
 
 {table}
-- *true reward*, *KL*: {ref['samples']} fresh samples (temperature 1) per point;
+- *true reward*, *KL*: {ref["samples"]} fresh samples (temperature 1) per point;
   KL is the mean of log π(y|x) − log π_ref(y|x) over them.
 - *held-out top-1 ranking*: how often the annotator's pick has the highest
   implicit reward in its held-out pool (`prefpool eval`).
@@ -175,7 +226,7 @@ Final policies, on fresh samples for the held-out topics (mean ± standard error
 Commands that made the data:
 
 ```
-{chr(10).join(summary['commands'])}
+{chr(10).join(summary["commands"])}
 ```
 
 Per-method training configs: `runs/<method>.yaml` (`prefpool train` runs them);

@@ -54,18 +54,57 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
-_SUBJECTS = ["the cat", "a dog", "the model", "my friend", "the teacher", "a bird",
-             "the robot", "our team", "the river", "a child"]
-_VERBS = ["likes", "sees", "writes", "reads", "finds", "makes", "moves", "hears",
-          "answers", "counts"]
-_OBJECTS = ["a red apple", "the blue sky", "two green books", "a short poem",
-            "the big house", "three small stones", "a long answer", "the old map",
-            "a bright star", "the next word"]
-_QUESTIONS = ["What is {a} plus {b}?", "Name a word that starts with {c}.",
-              "Repeat the word {w}.", "Say {w} in capital letters.",
-              "How many letters are in {w}?", "Give a word that rhymes with {w}."]
-_WORDS = ["apple", "river", "stone", "cloud", "green", "house", "light", "music",
-          "tiger", "paper", "water", "dream", "north", "smile", "train", "bread"]
+_SUBJECTS = [
+    "the cat",
+    "a dog",
+    "the model",
+    "my friend",
+    "the teacher",
+    "a bird",
+    "the robot",
+    "our team",
+    "the river",
+    "a child",
+]
+_VERBS = ["likes", "sees", "writes", "reads", "finds", "makes", "moves", "hears", "answers", "counts"]
+_OBJECTS = [
+    "a red apple",
+    "the blue sky",
+    "two green books",
+    "a short poem",
+    "the big house",
+    "three small stones",
+    "a long answer",
+    "the old map",
+    "a bright star",
+    "the next word",
+]
+_QUESTIONS = [
+    "What is {a} plus {b}?",
+    "Name a word that starts with {c}.",
+    "Repeat the word {w}.",
+    "Say {w} in capital letters.",
+    "How many letters are in {w}?",
+    "Give a word that rhymes with {w}.",
+]
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "house",
+    "light",
+    "music",
+    "tiger",
+    "paper",
+    "water",
+    "dream",
+    "north",
+    "smile",
+    "train",
+    "bread",
+]
 
 
 def default_corpus(n: int = 400, seed: int = 0) -> list[str]:
@@ -79,15 +118,13 @@ def default_corpus(n: int = 400, seed: int = 0) -> list[str]:
     for _ in range(n):
         kind = rng.randrange(3)
         if kind == 0:
-            texts.append(f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} "
-                         f"{rng.choice(_OBJECTS)}.")
+            texts.append(f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}.")
         elif kind == 1:
             a, b = rng.randrange(100), rng.randrange(100)
             texts.append(f"{a} plus {b} is {a + b}. {a} times 2 is {2 * a}.")
         else:
             w = rng.choice(_WORDS)
-            q = rng.choice(_QUESTIONS).format(a=rng.randrange(10), b=rng.randrange(10),
-                                              c=w[0], w=w)
+            q = rng.choice(_QUESTIONS).format(a=rng.randrange(10), b=rng.randrange(10), c=w[0], w=w)
             texts.append(f"{q} The answer is {w.upper()}, {w}, {len(w)}.")
     return texts
 
@@ -173,8 +210,9 @@ def build_tiny_llama(
         raise ValueError(f"hidden_size: {hidden_size} is not divisible by num_heads={num_heads}")
     head_dim = hidden_size // num_heads
     if head_dim < 64:
-        raise ValueError(f"num_heads: head_dim = {hidden_size}//{num_heads} = {head_dim} < 64, "
-                         "which vLLM's CPU backend rejects")
+        raise ValueError(
+            f"num_heads: head_dim = {hidden_size}//{num_heads} = {head_dim} < 64, which vLLM's CPU backend rejects"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

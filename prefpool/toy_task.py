@@ -31,8 +31,24 @@ from prefpool.losses import LossOutput, mcpo_loss, sequence_logps
 from prefpool.pipeline.tokenize import encode_pair
 from prefpool.train.scoring import pad_pairs
 
-WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music",
-         "tiger", "paper", "water", "dream", "north", "smile", "train", "bread")
+WORDS = (
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "house",
+    "light",
+    "music",
+    "tiger",
+    "paper",
+    "water",
+    "dream",
+    "north",
+    "smile",
+    "train",
+    "bread",
+)
 
 
 @dataclass(frozen=True)
@@ -50,11 +66,13 @@ def make_examples(num_candidates: int = 4, seed: int = 0) -> list[ToyExample]:
         other = rng.choice([w for w in WORDS if w != word])
         pool = [other, word.upper(), word[::-1], f"{word} {word}"]
         rng.shuffle(pool)
-        examples.append(ToyExample(
-            prompt=[{"role": "user", "content": f"Repeat the word {word}."}],
-            chosen=word,
-            candidates=tuple(pool[:num_candidates]),
-        ))
+        examples.append(
+            ToyExample(
+                prompt=[{"role": "user", "content": f"Repeat the word {word}."}],
+                chosen=word,
+                candidates=tuple(pool[:num_candidates]),
+            )
+        )
     return examples
 
 
@@ -65,8 +83,10 @@ def encode_example(tokenizer, example: ToyExample) -> dict:
     stage uses too: prompt = template(prompt, add_generation_prompt=True);
     completion = the rest of template(prompt + [answer]), ending with end-of-turn.
     """
-    pairs = [encode_pair(tokenizer, example.prompt, answer, max_length=None)
-             for answer in (example.chosen, *example.candidates)]
+    pairs = [
+        encode_pair(tokenizer, example.prompt, answer, max_length=None)
+        for answer in (example.chosen, *example.candidates)
+    ]
     return {
         "prompt_ids": pairs[0].prompt_ids,
         "chosen_ids": pairs[0].completion_ids,
@@ -83,8 +103,9 @@ def collate(features: list[dict], pad_token_id: int) -> dict:
     """
     pool = {len(f["candidate_ids"]) for f in features}
     if len(pool) != 1:
-        raise ValueError(f"features: pools of different sizes {sorted(pool)}; "
-                         "pad them and pass candidate_mask to mcpo_loss instead")
+        raise ValueError(
+            f"features: pools of different sizes {sorted(pool)}; pad them and pass candidate_mask to mcpo_loss instead"
+        )
     rows = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
     rows += [(f["prompt_ids"], c) for f in features for c in f["candidate_ids"]]
     batch = {**pad_pairs(rows, pad_token_id), "num_candidates": pool.pop()}
@@ -97,8 +118,9 @@ def collate(features: list[dict], pad_token_id: int) -> dict:
 def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs: chosen ``(B,)`` and candidates ``(B, M)``."""
     input_ids = batch["input_ids"]
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"],
-                   use_cache=False).logits  # (B*(1+M), T, V)
+    logits = model(
+        input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False
+    ).logits  # (B*(1+M), T, V)
     # sequence_logps is aligned, not shifted: logits[:, t] predicts input_ids[:, t + 1].
     logps, _ = sequence_logps(logits[:, :-1], input_ids[:, 1:], batch["completion_mask"][:, 1:])
     m = batch["num_candidates"]
@@ -107,8 +129,7 @@ def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def cache_reference_logps(model, features: list[dict], pad_token_id: int,
-                          batch_size: int = 8) -> list[dict]:
+def cache_reference_logps(model, features: list[dict], pad_token_id: int, batch_size: int = 8) -> list[dict]:
     """Score every feature once with ``model`` (the reference) and store the results.
 
     Returns new feature dicts with ``ref_chosen_logps`` (float) and
@@ -119,7 +140,7 @@ def cache_reference_logps(model, features: list[dict], pad_token_id: int,
     model.eval()
     out = []
     for start in range(0, len(features), batch_size):
-        chunk = features[start:start + batch_size]
+        chunk = features[start : start + batch_size]
         chosen, candidates = completion_logps(model, collate(chunk, pad_token_id))
         for f, c, k in zip(chunk, chosen.tolist(), candidates.tolist(), strict=True):
             out.append({**f, "ref_chosen_logps": c, "ref_candidate_logps": k})
@@ -127,10 +148,17 @@ def cache_reference_logps(model, features: list[dict], pad_token_id: int,
     return out
 
 
-def mcpo_batch_loss(model, batch: dict, *, beta: float, generator: torch.Generator | None,
-                    kernel: str = "sample") -> LossOutput:
+def mcpo_batch_loss(
+    model, batch: dict, *, beta: float, generator: torch.Generator | None, kernel: str = "sample"
+) -> LossOutput:
     """Per-example MC-PO loss ``(B,)`` of a collated batch against its cached reference."""
     chosen, candidates = completion_logps(model, batch)
-    return mcpo_loss(chosen, candidates, batch["ref_chosen_logps"], batch["ref_candidate_logps"],
-                     beta=beta, kernel=kernel, generator=generator)
-
+    return mcpo_loss(
+        chosen,
+        candidates,
+        batch["ref_chosen_logps"],
+        batch["ref_candidate_logps"],
+        beta=beta,
+        kernel=kernel,
+        generator=generator,
+    )

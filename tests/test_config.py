@@ -44,19 +44,22 @@ def test_yaml_and_overrides_build_the_dataclass(tmp_path):
     assert isinstance(cfg.optim.lr, float)
 
 
-@pytest.mark.parametrize(("text", "overrides", "message"), [
-    ("model: m\nstep: 5\n", [], r"run.yaml: unknown key 'step'"),
-    ("model: m\noptim:\n  lrr: 1\n", [], r"unknown key 'optim.lrr'"),
-    ("model: m\n", ["optim.momentum=0.9"], r"unknown key 'optim.momentum'"),
-    ("steps: 5\n", [], r"missing required key 'model'"),
-    ("model: m\nsteps: five\n", [], r"steps: expected int"),
-    ("model: m\nsteps: true\n", [], r"steps: expected int"),
-    ("model: m\nloss: ipo\n", [], r"loss: 'ipo' is not one of"),
-    ("model: m\noptim: 3\n", [], r"optim must be a mapping"),
-    ("- a\n- b\n", [], r"top level must be a mapping"),
-    ("model: [unclosed\n", [], r"not valid YAML"),
-    ("model: m\n", ["steps"], r"expected key=value"),
-])
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("model: m\nstep: 5\n", [], r"run.yaml: unknown key 'step'"),
+        ("model: m\noptim:\n  lrr: 1\n", [], r"unknown key 'optim.lrr'"),
+        ("model: m\n", ["optim.momentum=0.9"], r"unknown key 'optim.momentum'"),
+        ("steps: 5\n", [], r"missing required key 'model'"),
+        ("model: m\nsteps: five\n", [], r"steps: expected int"),
+        ("model: m\nsteps: true\n", [], r"steps: expected int"),
+        ("model: m\nloss: ipo\n", [], r"loss: 'ipo' is not one of"),
+        ("model: m\noptim: 3\n", [], r"optim must be a mapping"),
+        ("- a\n- b\n", [], r"top level must be a mapping"),
+        ("model: [unclosed\n", [], r"not valid YAML"),
+        ("model: m\n", ["steps"], r"expected key=value"),
+    ],
+)
 def test_bad_configs_name_the_key_and_the_file(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Run, _write(tmp_path, text), overrides)

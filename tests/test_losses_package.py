@@ -71,11 +71,11 @@ def test_get_loss_unknown_lists_names(name):
 
 # The paper each public loss must cite: the arXiv id in its docstring.
 PAPERS = {
-    dpo_loss: "2305.18290",    # Rafailov et al. 2023, DPO
-    ipo_loss: "2310.12036",    # Azar et al. 2023, IPO
+    dpo_loss: "2305.18290",  # Rafailov et al. 2023, DPO
+    ipo_loss: "2310.12036",  # Azar et al. 2023, IPO
     simpo_loss: "2405.14734",  # Meng, Xia, Chen 2024, SimPO
-    mcpo_loss: "2502.04567",   # Chen et al. 2025, MC-PO
-    mpo_loss: "2312.16430",    # Jiang, Huang, Wei 2023, MPO
+    mcpo_loss: "2502.04567",  # Chen et al. 2025, MC-PO
+    mpo_loss: "2312.16430",  # Jiang, Huang, Wei 2023, MPO
     chosen_nll: "2404.19733",  # Pang et al. 2024, iterative RPO
 }
 

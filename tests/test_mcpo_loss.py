@@ -176,8 +176,13 @@ def run_mcpo(case, *, kernel, beta, seed=0, upstream=None, mask=True):
     policy_chosen = case["policy_chosen"].clone().requires_grad_(True)
     policy_cands = case["policy_cands"].clone().requires_grad_(True)
     out = mcpo_loss(
-        policy_chosen, policy_cands, case["ref_chosen"], case["ref_cands"],
-        candidate_mask=case["mask"] if mask else None, beta=beta, kernel=kernel,
+        policy_chosen,
+        policy_cands,
+        case["ref_chosen"],
+        case["ref_cands"],
+        candidate_mask=case["mask"] if mask else None,
+        beta=beta,
+        kernel=kernel,
         generator=torch.Generator().manual_seed(seed),
     )
     if upstream is None:
@@ -257,8 +262,11 @@ def test_matches_reference(kernel, batch, pool, dtype):
             probs = ref_kernel_probs(pool_r, kernel)
             if kernel in ("max", "min"):
                 # The picked reward is the extreme one (up to float32-vs-float64 near-ties).
-                best = max(r for r in pool_r if r is not None) if kernel == "max" else \
-                    min(r for r in pool_r if r is not None)
+                best = (
+                    max(r for r in pool_r if r is not None)
+                    if kernel == "max"
+                    else min(r for r in pool_r if r is not None)
+                )
                 assert abs(pool_r[j] - best) < 1e-5, (b, j, pool_r)
             loss, gc, gp = ref_selection_loss(r0, pool_r, j, beta)
             entropy_ref.append(ref_entropy(probs))
@@ -272,8 +280,7 @@ def test_matches_reference(kernel, batch, pool, dtype):
     assert_close_ref(grad_cands, gp_ref, *tol["grad"], "grad policy_candidate_logps")
     assert bool((grad_cands[~case["mask"]] == 0).all()), "padded slots got gradient"
     assert_close_ref(out.metrics["mcpo/entropy"], entropy_ref, 1e-5, 1e-5, "mcpo/entropy")
-    assert_close_ref(out.metrics["rewards/chosen"], [r0 for r0, _ in rows], 1e-5, 1e-5,
-                     "rewards/chosen")
+    assert_close_ref(out.metrics["rewards/chosen"], [r0 for r0, _ in rows], 1e-5, 1e-5, "rewards/chosen")
 
 
 @pytest.mark.parametrize("kernel", SELECTION_KERNELS)
@@ -281,8 +288,7 @@ def test_kernel_probs_match_reference(kernel):
     """`kernel_probs` on given rewards equals the reference distribution (float64 in, out)."""
     case = make_case(5, 7, seed=3)
     rows = ref_case_rows(case, 0.3)
-    rewards = torch.tensor([[0.0 if r is None else r for r in pool] for _, pool in rows],
-                           dtype=torch.float64)
+    rewards = torch.tensor([[0.0 if r is None else r for r in pool] for _, pool in rows], dtype=torch.float64)
     probs = kernel_probs(rewards, case["mask"], kernel)
     expected = [ref_kernel_probs(pool, kernel) for _, pool in rows]
     assert_close_ref(probs, expected, 1e-12, 1e-12, f"kernel_probs[{kernel}]")
@@ -293,14 +299,13 @@ def _gradcheck_inputs():
     batch, pool = 3, 4
     ref_chosen = -torch.empty(batch, dtype=torch.float64).uniform_(5, 30, generator=gen)
     ref_cands = -torch.empty(batch, pool, dtype=torch.float64).uniform_(5, 30, generator=gen)
-    mask = torch.tensor([[True, False, True, True], [False, True, False, False],
-                         [True, True, True, True]])
+    mask = torch.tensor([[True, False, True, True], [False, True, False, False], [True, True, True, True]])
     # Finite padding: gradcheck perturbs padded slots too, and NaN - NaN would not read as 0.
-    policy_cands = torch.where(mask, ref_cands + 2 * torch.randn(batch, pool, generator=gen,
-                                                                   dtype=torch.float64), 500.0)
+    policy_cands = torch.where(
+        mask, ref_cands + 2 * torch.randn(batch, pool, generator=gen, dtype=torch.float64), 500.0
+    )
     policy_chosen = ref_chosen + 2 * torch.randn(batch, generator=gen, dtype=torch.float64)
-    leaves = [t.clone().requires_grad_(True)
-              for t in (policy_chosen, policy_cands, ref_chosen, ref_cands)]
+    leaves = [t.clone().requires_grad_(True) for t in (policy_chosen, policy_cands, ref_chosen, ref_cands)]
     return leaves, mask
 
 
@@ -315,8 +320,7 @@ def test_gradcheck_float64(kernel):
 
     def fn(pc, pcand, rc, rcand):
         gen = torch.Generator().manual_seed(1234)
-        return mcpo_loss(pc, pcand, rc, rcand, candidate_mask=mask, beta=0.7, kernel=kernel,
-                         generator=gen).loss
+        return mcpo_loss(pc, pcand, rc, rcand, candidate_mask=mask, beta=0.7, kernel=kernel, generator=gen).loss
 
     assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -336,27 +340,36 @@ def test_policy_equals_reference(kernel):
     Sample entropy is that of the uniform distribution over the n valid: ln 1, ln 2, ln 4.
     """
     logps = torch.tensor([-12.0, -7.5, -40.0])
-    cands = torch.tensor([[-3.0, -9.0, -1.0, -2.0], [-3.0, -9.0, -1.0, -2.0],
-                          [-3.0, -9.0, -1.0, -2.0]])
-    mask = torch.tensor([[False, True, False, False], [True, False, False, True],
-                         [True, True, True, True]])
-    out = mcpo_loss(logps, cands, logps.clone(), cands.clone(), candidate_mask=mask, beta=0.1,
-                    kernel=kernel, generator=torch.Generator().manual_seed(0))
+    cands = torch.tensor([[-3.0, -9.0, -1.0, -2.0], [-3.0, -9.0, -1.0, -2.0], [-3.0, -9.0, -1.0, -2.0]])
+    mask = torch.tensor([[False, True, False, False], [True, False, False, True], [True, True, True, True]])
+    out = mcpo_loss(
+        logps,
+        cands,
+        logps.clone(),
+        cands.clone(),
+        candidate_mask=mask,
+        beta=0.1,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(0),
+    )
     if kernel == "expectation":
         expected = torch.tensor([0.6931471805599453, 1.0986122886681098, 1.6094379124341003])
     else:
         expected = torch.full((3,), 0.6931471805599453)
     torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
     if kernel == "sample":
-        torch.testing.assert_close(out.metrics["mcpo/entropy"],
-                                   torch.tensor([0.0, math.log(2), math.log(4)]))
+        torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.tensor([0.0, math.log(2), math.log(4)]))
 
 
 def two_candidate_case():
     """beta = 0.5; r0 = 0.5 * (-10 - -12) = 1.0;
     r1 = 0.5 * (-11 - -12) = 0.5;  r2 = 0.5 * (-14 - -13) = -0.5."""
-    return (torch.tensor([-10.0]), torch.tensor([[-11.0, -14.0]]),
-            torch.tensor([-12.0]), torch.tensor([[-12.0, -13.0]]))
+    return (
+        torch.tensor([-10.0]),
+        torch.tensor([[-11.0, -14.0]]),
+        torch.tensor([-12.0]),
+        torch.tensor([[-12.0, -13.0]]),
+    )
 
 
 @pytest.mark.parametrize(
@@ -394,8 +407,15 @@ def test_two_candidates_sample_kernel_by_hand():
     Per draw the loss is 0.474077 (y1) or 0.201413 (y2), never anything else."""
     pc, pcand, rc, rcand = two_candidate_case()
     n = 4000
-    out = mcpo_loss(pc.expand(n), pcand.expand(n, 2), rc.expand(n), rcand.expand(n, 2),
-                    beta=0.5, kernel="sample", generator=torch.Generator().manual_seed(5))
+    out = mcpo_loss(
+        pc.expand(n),
+        pcand.expand(n, 2),
+        rc.expand(n),
+        rcand.expand(n, 2),
+        beta=0.5,
+        kernel="sample",
+        generator=torch.Generator().manual_seed(5),
+    )
     sel = out.metrics["mcpo/selected"]
     expected = torch.where(sel == 0, 0.4740769841801067, 0.2014132779827524)
     torch.testing.assert_close(out.loss, expected.float(), atol=1e-6, rtol=0)
@@ -453,17 +473,16 @@ def test_max_min_pick_by_implicit_reward_not_policy_logp(kernel):
     row 1: [-6, 3, (pad +2e6), 3, (pad -2e6)]: a max tie at 1 and 3 (first wins). max -> 1, min -> 0.
     row 2: [1, -2, -2, (pad -2e6), 5]: a min tie at 1 and 2 (first wins). max -> 4, min -> 1."""
     big = 1e6
-    policy = torch.tensor([[-5.0, -20.0, -12.0, -9.0, -9.0],
-                           [-8.0, -3.0, big, -3.0, -big],
-                           [-9.0, -4.0, -4.0, -big, -5.0]])
-    ref = torch.tensor([[-1.0, -30.0, -12.0, -9.0, -9.0],
-                        [-2.0, -6.0, -big, -6.0, big],
-                        [-10.0, -2.0, -2.0, big, -10.0]])
-    mask = torch.tensor([[True, True, True, False, False],
-                         [True, True, False, True, False],
-                         [True, True, True, False, True]])
-    out = mcpo_loss(torch.zeros(3), policy, torch.zeros(3), ref, candidate_mask=mask,
-                    beta=0.1, kernel=kernel)
+    policy = torch.tensor(
+        [[-5.0, -20.0, -12.0, -9.0, -9.0], [-8.0, -3.0, big, -3.0, -big], [-9.0, -4.0, -4.0, -big, -5.0]]
+    )
+    ref = torch.tensor(
+        [[-1.0, -30.0, -12.0, -9.0, -9.0], [-2.0, -6.0, -big, -6.0, big], [-10.0, -2.0, -2.0, big, -10.0]]
+    )
+    mask = torch.tensor(
+        [[True, True, True, False, False], [True, True, False, True, False], [True, True, True, False, True]]
+    )
+    out = mcpo_loss(torch.zeros(3), policy, torch.zeros(3), ref, candidate_mask=mask, beta=0.1, kernel=kernel)
     expected = [1, 1, 4] if kernel == "max" else [0, 0, 1]
     assert out.metrics["mcpo/selected"].tolist() == expected
     sel = mcpo_select(policy, ref, candidate_mask=mask, beta=0.1, kernel=kernel)
@@ -507,8 +526,9 @@ def test_seeding(kernel):
     args = (case["policy_chosen"], case["policy_cands"], case["ref_chosen"], case["ref_cands"])
 
     def picks(seed):
-        return mcpo_loss(*args, beta=0.05, kernel=kernel,
-                         generator=torch.Generator().manual_seed(seed)).metrics["mcpo/selected"]
+        return mcpo_loss(*args, beta=0.05, kernel=kernel, generator=torch.Generator().manual_seed(seed)).metrics[
+            "mcpo/selected"
+        ]
 
     assert torch.equal(picks(123), picks(123))
     assert not torch.equal(picks(123), picks(124))
@@ -517,11 +537,24 @@ def test_seeding(kernel):
 @pytest.mark.parametrize("kernel", SELECTION_KERNELS)
 def test_select_agrees_with_loss(kernel):
     case = make_case(9, 7, seed=51)
-    out = mcpo_loss(case["policy_chosen"], case["policy_cands"], case["ref_chosen"],
-                    case["ref_cands"], candidate_mask=case["mask"], beta=0.3, kernel=kernel,
-                    generator=torch.Generator().manual_seed(77))
-    sel = mcpo_select(case["policy_cands"], case["ref_cands"], candidate_mask=case["mask"],
-                      beta=0.3, kernel=kernel, generator=torch.Generator().manual_seed(77))
+    out = mcpo_loss(
+        case["policy_chosen"],
+        case["policy_cands"],
+        case["ref_chosen"],
+        case["ref_cands"],
+        candidate_mask=case["mask"],
+        beta=0.3,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(77),
+    )
+    sel = mcpo_select(
+        case["policy_cands"],
+        case["ref_cands"],
+        candidate_mask=case["mask"],
+        beta=0.3,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(77),
+    )
     assert sel.dtype == torch.long and sel.shape == (9,)
     assert torch.equal(sel, out.metrics["mcpo/selected"])
 
@@ -529,8 +562,7 @@ def test_select_agrees_with_loss(kernel):
 def test_select_rejects_expectation():
     case = make_case(2, 3)
     with pytest.raises(ValueError, match=r"^kernel"):
-        mcpo_select(case["policy_cands"], case["ref_cands"], candidate_mask=case["mask"],
-                    kernel="expectation")
+        mcpo_select(case["policy_cands"], case["ref_cands"], candidate_mask=case["mask"], kernel="expectation")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,8 +577,9 @@ CHI2_CRIT_DF3_P001 = 16.266
 
 def test_chi2_critical_value():
     """The hard-coded critical value: P(chi2_3 > 16.266) = Q(3/2, 16.266/2) ≈ 0.001."""
-    sf = torch.special.gammaincc(torch.tensor(1.5, dtype=torch.float64),
-                                 torch.tensor(CHI2_CRIT_DF3_P001 / 2, dtype=torch.float64))
+    sf = torch.special.gammaincc(
+        torch.tensor(1.5, dtype=torch.float64), torch.tensor(CHI2_CRIT_DF3_P001 / 2, dtype=torch.float64)
+    )
     assert abs(sf.item() - 0.001) < 1e-6
 
 
@@ -557,8 +590,14 @@ def chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 def draw_counts(kernel, seed):
     case = repeat_case(one_row_pool(), N_DRAWS)
-    sel = mcpo_select(case["policy_cands"], case["ref_cands"], candidate_mask=case["mask"],
-                      beta=0.5, kernel=kernel, generator=torch.Generator().manual_seed(seed))
+    sel = mcpo_select(
+        case["policy_cands"],
+        case["ref_cands"],
+        candidate_mask=case["mask"],
+        beta=0.5,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return torch.bincount(sel, minlength=5).double()
 
 
@@ -593,7 +632,7 @@ def per_row_grads(case, kernel, seed):
 def mixture_of_dpo_grads(weights: list[float]) -> torch.Tensor:
     """Σ_j weights_j ∇[-log σ(r0 - r_j)] (weights fixed numbers), from the reference."""
     case = one_row_pool()
-    (r0, pool), = ref_case_rows(case, 0.5)
+    ((r0, pool),) = ref_case_rows(case, 0.5)
     total = torch.zeros(1 + len(pool), dtype=torch.float64)
     for j, w in enumerate(weights):
         if w:
@@ -610,7 +649,7 @@ def test_sample_kernel_mean_gradient():
     mean, std = grads.mean(0), grads.std(0)
     tol = 5 * std / math.sqrt(N_DRAWS) + 1e-7
     case = one_row_pool()
-    (_, pool), = ref_case_rows(case, 0.5)
+    ((_, pool),) = ref_case_rows(case, 0.5)
     softmax_w = ref_kernel_probs(pool, "sample")
     expected = mixture_of_dpo_grads(softmax_w)
     assert bool(((mean - expected).abs() <= tol).all()), (mean, expected, tol)
@@ -646,8 +685,14 @@ def test_expectation_gradient_is_mean_cd_gradient():
     aug_policy = torch.cat([case["policy_chosen"][:, None], case["policy_cands"]], 1)
     aug_ref = torch.cat([case["ref_chosen"][:, None], case["ref_cands"]], 1)
     aug_mask = torch.cat([torch.ones(N_DRAWS, 1, dtype=torch.bool), case["mask"]], 1)
-    j = mcpo_select(aug_policy, aug_ref, candidate_mask=aug_mask, beta=0.5, kernel="sample",
-                    generator=torch.Generator().manual_seed(4242))
+    j = mcpo_select(
+        aug_policy,
+        aug_ref,
+        candidate_mask=aug_mask,
+        beta=0.5,
+        kernel="sample",
+        generator=torch.Generator().manual_seed(4242),
+    )
     assert bool((j == 0).any()), "y0 should be drawn sometimes (weight ≈ 0.27)"
     leaf = aug_policy.double().clone().requires_grad_(True)
     rewards = 0.5 * (leaf - aug_ref.double())
@@ -659,8 +704,9 @@ def test_expectation_gradient_is_mean_cd_gradient():
     assert bool(((mean - exact).abs() <= tol).all()), (mean, exact, tol)
     # Power: leaving y0 out of the softmax (weights over the valid pool only) is detectably wrong.
     w_pool = torch.softmax(torch.tensor([1.0, -0.5, 0.0, -1.5], dtype=torch.float64), 0)
-    wrong = torch.tensor([-0.5, 0.5 * w_pool[0], 0.5 * w_pool[1], 0.0, 0.5 * w_pool[2],
-                          0.5 * w_pool[3]], dtype=torch.float64)
+    wrong = torch.tensor(
+        [-0.5, 0.5 * w_pool[0], 0.5 * w_pool[1], 0.0, 0.5 * w_pool[2], 0.5 * w_pool[3]], dtype=torch.float64
+    )
     assert bool(((mean - wrong).abs() > tol).any())
 
 
@@ -668,8 +714,16 @@ def test_expectation_gradient_is_mean_cd_gradient():
 # 5. Metrics
 # ---------------------------------------------------------------------------------------------
 
-METRIC_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-               "mcpo/selected", "mcpo/entropy", "mcpo/pool_accuracy", "mcpo/num_candidates"}
+METRIC_KEYS = {
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "mcpo/selected",
+    "mcpo/entropy",
+    "mcpo/pool_accuracy",
+    "mcpo/num_candidates",
+}
 
 
 @pytest.mark.parametrize("kernel", MCPO_KERNELS)
@@ -716,9 +770,16 @@ def test_pool_accuracy_by_hand(kernel):
     r0 = torch.tensor([1.0, 0.0, 0.2, 0.5])
     r = torch.tensor([[0.5, -0.5], [0.5, 90.0], [0.1, 90.0], [0.5, -3.0]])
     mask = torch.tensor([[True, True], [True, False], [True, False], [True, True]])
-    out = mcpo_loss(r0 - 10, r - 10, torch.full((4,), -10.0), torch.full((4, 2), -10.0),
-                    candidate_mask=mask, beta=1.0, kernel=kernel,
-                    generator=torch.Generator().manual_seed(0))
+    out = mcpo_loss(
+        r0 - 10,
+        r - 10,
+        torch.full((4,), -10.0),
+        torch.full((4, 2), -10.0),
+        candidate_mask=mask,
+        beta=1.0,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.metrics["mcpo/pool_accuracy"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert out.metrics["mcpo/num_candidates"].tolist() == [2, 1, 1, 2]
 
@@ -742,39 +803,42 @@ def _nan_at(name, index, value=float("nan")):
     def edit(args):
         args[name] = args[name].clone()
         args[name][index] = value
+
     return edit
 
 
 def _set(name, value):
     def edit(args):
         args[name] = value() if callable(value) else value
+
     return edit
 
 
 BAD_INPUTS = [
-    ("pool_batch_mismatch", _set("policy_candidate_logps", torch.zeros(3, 3)),
-     {}, "policy_candidate_logps"),
-    ("ref_pool_batch_mismatch", _set("ref_candidate_logps", torch.zeros(3, 3)),
-     {}, "ref_candidate_logps"),
-    ("ref_chosen_batch_mismatch", _set("ref_chosen_logps", torch.zeros(3)),
-     {}, "ref_chosen_logps"),
+    ("pool_batch_mismatch", _set("policy_candidate_logps", torch.zeros(3, 3)), {}, "policy_candidate_logps"),
+    ("ref_pool_batch_mismatch", _set("ref_candidate_logps", torch.zeros(3, 3)), {}, "ref_candidate_logps"),
+    ("ref_chosen_batch_mismatch", _set("ref_chosen_logps", torch.zeros(3)), {}, "ref_chosen_logps"),
     # policy pool (2, 3), mask (2, 3), ref pool (2, 4): the ref pool is the odd one out.
-    ("ref_pool_size_mismatch", _set("ref_candidate_logps", torch.zeros(2, 4)),
-     {}, "ref_candidate_logps"),
-    ("mask_shape", _set("candidate_mask", torch.ones(2, 4, dtype=torch.bool)),
-     {}, "candidate_mask"),
-    ("nan_valid_policy_candidate", _nan_at("policy_candidate_logps", (1, 2)),
-     {}, "policy_candidate_logps"),
-    ("inf_valid_ref_candidate", _nan_at("ref_candidate_logps", (0, 1), float("inf")),
-     {}, "ref_candidate_logps"),
+    ("ref_pool_size_mismatch", _set("ref_candidate_logps", torch.zeros(2, 4)), {}, "ref_candidate_logps"),
+    ("mask_shape", _set("candidate_mask", torch.ones(2, 4, dtype=torch.bool)), {}, "candidate_mask"),
+    ("nan_valid_policy_candidate", _nan_at("policy_candidate_logps", (1, 2)), {}, "policy_candidate_logps"),
+    ("inf_valid_ref_candidate", _nan_at("ref_candidate_logps", (0, 1), float("inf")), {}, "ref_candidate_logps"),
     ("nan_policy_chosen", _nan_at("policy_chosen_logps", 1), {}, "policy_chosen_logps"),
     ("neg_inf_ref_chosen", _nan_at("ref_chosen_logps", 0, float("-inf")), {}, "ref_chosen_logps"),
-    ("row_without_candidates",
-     _set("candidate_mask", torch.tensor([[True, False, False], [False, False, False]])),
-     {}, "candidate_mask"),
-    ("empty_pool", lambda a: a.update(policy_candidate_logps=torch.zeros(2, 0),
-                                      ref_candidate_logps=torch.zeros(2, 0),
-                                      candidate_mask=None), {}, "policy_candidate_logps"),
+    (
+        "row_without_candidates",
+        _set("candidate_mask", torch.tensor([[True, False, False], [False, False, False]])),
+        {},
+        "candidate_mask",
+    ),
+    (
+        "empty_pool",
+        lambda a: a.update(
+            policy_candidate_logps=torch.zeros(2, 0), ref_candidate_logps=torch.zeros(2, 0), candidate_mask=None
+        ),
+        {},
+        "policy_candidate_logps",
+    ),
     ("beta_zero", None, {"beta": 0.0}, "beta"),
     ("beta_negative", None, {"beta": -0.1}, "beta"),
     ("beta_nan", None, {"beta": float("nan")}, "beta"),
@@ -786,16 +850,21 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("kernel", ["sample", "expectation"])
-@pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in BAD_INPUTS],
-                         ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_loss(edit, kwargs, name, kernel):
     args = good_args()
     if edit is not None:
         edit(args)
     kwargs = {"kernel": kernel, **kwargs}
     with pytest.raises(ValueError, match=rf"^{name}\b"):
-        mcpo_loss(args.pop("policy_chosen_logps"), args.pop("policy_candidate_logps"),
-                  args.pop("ref_chosen_logps"), args.pop("ref_candidate_logps"), **args, **kwargs)
+        mcpo_loss(
+            args.pop("policy_chosen_logps"),
+            args.pop("policy_candidate_logps"),
+            args.pop("ref_chosen_logps"),
+            args.pop("ref_candidate_logps"),
+            **args,
+            **kwargs,
+        )
 
 
 # mcpo_select has no chosen tensors, and a policy pool with a different B from the mask is
@@ -803,15 +872,15 @@ def test_bad_input_loss(edit, kwargs, name, kernel):
 SELECT_BAD = [b for b in BAD_INPUTS if "chosen" not in b[0] and b[0] != "pool_batch_mismatch"]
 
 
-@pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in SELECT_BAD],
-                         ids=[b[0] for b in SELECT_BAD])
+@pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in SELECT_BAD], ids=[b[0] for b in SELECT_BAD])
 def test_bad_input_select(edit, kwargs, name):
     args = good_args()
     if edit is not None:
         edit(args)
     with pytest.raises(ValueError, match=rf"^{name}\b"):
-        mcpo_select(args["policy_candidate_logps"], args["ref_candidate_logps"],
-                    candidate_mask=args["candidate_mask"], **kwargs)
+        mcpo_select(
+            args["policy_candidate_logps"], args["ref_candidate_logps"], candidate_mask=args["candidate_mask"], **kwargs
+        )
 
 
 def test_nan_in_padding_is_not_an_error():
@@ -819,6 +888,11 @@ def test_nan_in_padding_is_not_an_error():
     args = good_args()
     args["policy_candidate_logps"][0, 2] = float("nan")
     args["ref_candidate_logps"][1, 1] = float("inf")
-    out = mcpo_loss(args.pop("policy_chosen_logps"), args.pop("policy_candidate_logps"),
-                    args.pop("ref_chosen_logps"), args.pop("ref_candidate_logps"), **args)
+    out = mcpo_loss(
+        args.pop("policy_chosen_logps"),
+        args.pop("policy_candidate_logps"),
+        args.pop("ref_chosen_logps"),
+        args.pop("ref_candidate_logps"),
+        **args,
+    )
     assert bool(torch.isfinite(out.loss).all())

@@ -30,8 +30,7 @@ def t(*values, dtype=torch.float64, grad=False):
 # --------------------------------------------------------------------------- reference
 
 
-def naive_mpo(pw, pl, rw, rl, *, preference=None, samples=None, mask=None, beta=0.1, tau=0.0,
-              nw=None, nl=None):
+def naive_mpo(pw, pl, rw, rl, *, preference=None, samples=None, mask=None, beta=0.1, tau=0.0, nw=None, nl=None):
     """Eq. 33 written out directly, one row at a time, in float64 torch scalars (autograd-able).
 
     KL(Bern(p) ‖ Bern(q)) = p log(p/q) + (1 − p) log((1 − p)/(1 − q)), with plain log and
@@ -67,9 +66,13 @@ def random_case(batch, k, seed, dtype=torch.float64):
     mask[:, 0] |= ~mask.any(dim=1)
     samples = logps(batch, k).masked_fill(~mask, NAN)
     return {
-        "pw": logps(batch), "pl": logps(batch), "rw": logps(batch), "rl": logps(batch),
+        "pw": logps(batch),
+        "pl": logps(batch),
+        "rw": logps(batch),
+        "rl": logps(batch),
         "preference": torch.rand(batch, generator=gen, dtype=torch.float64).to(dtype),
-        "samples": samples, "mask": mask,
+        "samples": samples,
+        "mask": mask,
         "nw": torch.randint(1, 9, (batch,), generator=gen),
         "nl": torch.randint(1, 9, (batch,), generator=gen),
     }
@@ -77,17 +80,35 @@ def random_case(batch, k, seed, dtype=torch.float64):
 
 def impl(case, **kwargs):
     norm = kwargs.pop("length_normalize", False)
-    return mpo_loss(case["pw"], case["pl"], case["rw"], case["rl"], preference=case["preference"],
-                    ref_sample_logps=case["samples"], ref_sample_mask=case["mask"],
-                    chosen_tokens=case["nw"], rejected_tokens=case["nl"], length_normalize=norm,
-                    **kwargs)
+    return mpo_loss(
+        case["pw"],
+        case["pl"],
+        case["rw"],
+        case["rl"],
+        preference=case["preference"],
+        ref_sample_logps=case["samples"],
+        ref_sample_mask=case["mask"],
+        chosen_tokens=case["nw"],
+        rejected_tokens=case["nl"],
+        length_normalize=norm,
+        **kwargs,
+    )
 
 
 def reference(case, **kwargs):
     norm = kwargs.pop("length_normalize", False)
-    return naive_mpo(case["pw"], case["pl"], case["rw"], case["rl"], preference=case["preference"],
-                     samples=case["samples"], mask=case["mask"],
-                     nw=case["nw"] if norm else None, nl=case["nl"] if norm else None, **kwargs)
+    return naive_mpo(
+        case["pw"],
+        case["pl"],
+        case["rw"],
+        case["rl"],
+        preference=case["preference"],
+        samples=case["samples"],
+        mask=case["mask"],
+        nw=case["nw"] if norm else None,
+        nl=case["nl"] if norm else None,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- hand values
@@ -111,8 +132,16 @@ def test_hand_value_h0_with_kl():
 def test_hand_value_with_tau_and_ragged_samples():
     """Same pair, plus reference samples with policy log-probs (-3, -5, pad=NaN), τ = 0.2:
     mean NLL = (3 + 5)/2 = 4 ⇒ τ term 0.8 ⇒ loss = −0.4399427 + 0.8 = 0.3600573."""
-    out = mpo_loss(t(-5.0), t(-5.0), t(-4.0), t(-5.0), beta=0.5, tau=0.2,
-                   ref_sample_logps=t([-3.0, -5.0, NAN]), ref_sample_mask=torch.tensor([[True, True, False]]))
+    out = mpo_loss(
+        t(-5.0),
+        t(-5.0),
+        t(-4.0),
+        t(-5.0),
+        beta=0.5,
+        tau=0.2,
+        ref_sample_logps=t([-3.0, -5.0, NAN]),
+        ref_sample_mask=torch.tensor([[True, True, False]]),
+    )
     torch.testing.assert_close(out.loss, t(0.3600573), rtol=0, atol=1e-7)
     torch.testing.assert_close(out.metrics["mpo/ref_sample_nll"], t(4.0))
 
@@ -146,12 +175,15 @@ def test_hand_value_length_normalize():
 
 
 @pytest.mark.parametrize("batch,k", [(1, 1), (3, 4), (7, 5)])
-@pytest.mark.parametrize("kwargs", [
-    dict(beta=0.0, tau=0.0),
-    dict(beta=0.1, tau=0.0),
-    dict(beta=0.7, tau=0.3),
-    dict(beta=2.0, tau=1.0, length_normalize=True),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(beta=0.0, tau=0.0),
+        dict(beta=0.1, tau=0.0),
+        dict(beta=0.7, tau=0.3),
+        dict(beta=2.0, tau=1.0, length_normalize=True),
+    ],
+)
 def test_matches_naive_formula_values_and_gradients(batch, k, kwargs):
     """float64: implementation vs. the naive formula, loss and the gradients w.r.t.
     all four log-probs, the soft labels and the sample log-probs (tol 1e-10)."""
@@ -180,8 +212,7 @@ def test_float32_and_bf16_inputs_match_float64_reference(batch):
     same (rounded) inputs. Loss: rtol 1e-5, atol 1e-6 (float32 sigmoid/log of differences
     of numbers up to |6|). Gradients: float32 rtol 1e-4 / atol 1e-6; bf16 grads are rounded
     to 8 bits, rtol 8e-3 / atol 1e-5."""
-    for dtype, grad_tol in ((torch.float32, dict(rtol=1e-4, atol=1e-6)),
-                            (torch.bfloat16, dict(rtol=8e-3, atol=1e-5))):
+    for dtype, grad_tol in ((torch.float32, dict(rtol=1e-4, atol=1e-6)), (torch.bfloat16, dict(rtol=8e-3, atol=1e-5))):
         case = random_case(batch, 3, seed=batch, dtype=dtype)
         pw, pl = case["pw"].clone().requires_grad_(), case["pl"].clone().requires_grad_()
         got = impl(case | {"pw": pw, "pl": pl}, beta=0.5, tau=0.25)
@@ -203,6 +234,7 @@ def test_gradcheck_float64():
     names = ["pw", "pl", "rw", "rl", "preference", "samples"]
 
     for norm in (False, True):
+
         def fn(*xs, norm=norm):
             return impl(case | dict(zip(names, xs, strict=True)), beta=0.8, tau=0.3, length_normalize=norm).loss
 
@@ -279,8 +311,7 @@ def test_kl_zero_iff_p_equals_p_ref():
     torch.testing.assert_close(same.metrics["mpo/kl"], t(0.0, 0.0), rtol=0, atol=1e-15)
     no_kl = mpo_loss(t(-3.0, -1.0), t(-5.0, -1.5), t(-10.0, -4.0), t(-12.0, -4.5), beta=0.0)
     torch.testing.assert_close(same.loss, no_kl.loss)
-    other = mpo_loss(t(-3.0, -3.0, -8.0), t(-5.0, -3.0, -1.0),
-                     t(-10.0, -3.0, -1.0), t(-12.1, -1.0, -8.0), beta=1.0)
+    other = mpo_loss(t(-3.0, -3.0, -8.0), t(-5.0, -3.0, -1.0), t(-10.0, -3.0, -1.0), t(-12.1, -1.0, -8.0), beta=1.0)
     assert (other.metrics["mpo/kl"] > 0).all(), other.metrics["mpo/kl"]
 
 
@@ -314,9 +345,15 @@ def test_tau_term_without_mask_uses_all_samples():
 
 def test_tau_zero_allows_row_without_samples():
     """τ = 0 with an all-padding row: no error, and the reported NLL is 0, not NaN."""
-    out = mpo_loss(t(-1.0, -2.0), t(-2.0, -1.0), t(-1.0, -2.0), t(-2.0, -1.0), tau=0.0,
-                   ref_sample_logps=t([-1.0, NAN], [NAN, NAN]),
-                   ref_sample_mask=torch.tensor([[True, False], [False, False]]))
+    out = mpo_loss(
+        t(-1.0, -2.0),
+        t(-2.0, -1.0),
+        t(-1.0, -2.0),
+        t(-2.0, -1.0),
+        tau=0.0,
+        ref_sample_logps=t([-1.0, NAN], [NAN, NAN]),
+        ref_sample_mask=torch.tensor([[True, False], [False, False]]),
+    )
     assert torch.isfinite(out.loss).all()
     torch.testing.assert_close(out.metrics["mpo/ref_sample_nll"], t(1.0, 0.0))
 
@@ -342,9 +379,16 @@ def test_metrics_names_shapes_detached_and_accuracy():
     h = −1, I = 0.2 ⇒ 1; h = −1, I = 0.9 ⇒ 0."""
     pw = t(0.0, 0.0, -2.0, -2.0, grad=True)
     pl = t(-1.0, -1.0, -1.0, -1.0, grad=True)
-    out = mpo_loss(pw, pl, t(0.0, 0.0, 0.0, 0.0), t(0.0, 0.0, 0.0, 0.0),
-                   preference=t(1.0, 0.0, 0.2, 0.9), beta=0.1, tau=0.1,
-                   ref_sample_logps=t([-1.0], [-1.0], [-1.0], [-1.0]))
+    out = mpo_loss(
+        pw,
+        pl,
+        t(0.0, 0.0, 0.0, 0.0),
+        t(0.0, 0.0, 0.0, 0.0),
+        preference=t(1.0, 0.0, 0.2, 0.9),
+        beta=0.1,
+        tau=0.1,
+        ref_sample_logps=t([-1.0], [-1.0], [-1.0], [-1.0]),
+    )
     assert set(out.metrics) == METRICS | {"mpo/ref_sample_nll"}
     for key, value in out.metrics.items():
         assert value.shape == (4,), key
@@ -438,11 +482,14 @@ def test_length_normalize_bad_counts(name, counts):
         mpo_loss(*pair(), length_normalize=True, **kwargs)
 
 
-@pytest.mark.parametrize("samples", [
-    t(-1.0, -1.0),                     # (B,) instead of (B, K)
-    t([-1.0], [-1.0], [-1.0]),         # wrong B
-    torch.full((2, 2, 1), -1.0, dtype=torch.float64),  # 3-D
-])
+@pytest.mark.parametrize(
+    "samples",
+    [
+        t(-1.0, -1.0),  # (B,) instead of (B, K)
+        t([-1.0], [-1.0], [-1.0]),  # wrong B
+        torch.full((2, 2, 1), -1.0, dtype=torch.float64),  # 3-D
+    ],
+)
 def test_wrong_ref_sample_shape(samples):
     with raises_for("ref_sample_logps"):
         mpo_loss(*pair(), tau=0.1, ref_sample_logps=samples)
@@ -450,8 +497,12 @@ def test_wrong_ref_sample_shape(samples):
 
 def test_nan_in_valid_ref_sample():
     with raises_for("ref_sample_logps"):
-        mpo_loss(*pair(), tau=0.1, ref_sample_logps=t([-1.0, NAN], [-1.0, -2.0]),
-                 ref_sample_mask=torch.tensor([[True, True], [True, True]]))
+        mpo_loss(
+            *pair(),
+            tau=0.1,
+            ref_sample_logps=t([-1.0, NAN], [-1.0, -2.0]),
+            ref_sample_mask=torch.tensor([[True, True], [True, True]]),
+        )
     with raises_for("ref_sample_logps"):
         mpo_loss(*pair(), tau=0.1, ref_sample_logps=t([-1.0, NAN], [-1.0, -2.0]))
 

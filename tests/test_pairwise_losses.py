@@ -176,8 +176,7 @@ def test_simpo_explicit_value():
 def test_simpo_label_smoothing_value():
     """beta = 1, gamma = 1: r_w = -2/2 = -1, r_l = -9/3 = -3 ⇒ margin -1 + 3 - 1 = 1;
     eps = 0.1 ⇒ 0.9 * 0.3132617 + 0.1 * 1.3132617 = 0.4132617."""
-    out = simpo_loss(t(-2.0), t(-9.0), torch.tensor([2]), torch.tensor([3]),
-                     beta=1.0, gamma=1.0, label_smoothing=0.1)
+    out = simpo_loss(t(-2.0), t(-9.0), torch.tensor([2]), torch.tensor([3]), beta=1.0, gamma=1.0, label_smoothing=0.1)
     torch.testing.assert_close(out.loss, t(0.4132617), rtol=0, atol=1e-6)
 
 
@@ -270,8 +269,13 @@ def test_chosen_nll_matches_reference(batch, dtype):
 def test_bf16_inputs_are_computed_in_float32():
     """Rewards that differ by less than a bf16 ulp of the loss must still be resolved:
     margin 0.5 * ((-100) - (-100.5) - 0) = 0.25 ⇒ log(1 + e^-0.25) = 0.5759394, float32."""
-    out = dpo_loss(t(-100.0, dtype=torch.bfloat16), t(-3.0, dtype=torch.bfloat16),
-                   t(-100.5, dtype=torch.bfloat16), t(-3.0, dtype=torch.bfloat16), beta=0.5)
+    out = dpo_loss(
+        t(-100.0, dtype=torch.bfloat16),
+        t(-3.0, dtype=torch.bfloat16),
+        t(-100.5, dtype=torch.bfloat16),
+        t(-3.0, dtype=torch.bfloat16),
+        beta=0.5,
+    )
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, t(0.5759394), rtol=0, atol=1e-6)
 
@@ -372,8 +376,10 @@ def test_add_chosen_nll_batch_mismatch():
 
 
 def good_pair():
-    return {name: t(-1.0, -2.0, -3.0) for name in
-            ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")}
+    return {
+        name: t(-1.0, -2.0, -3.0)
+        for name in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+    }
 
 
 def good_simpo():

@@ -171,8 +171,9 @@ def test_gradcheck_float64():
     assert fn(logits).dtype == torch.float64
     assert torch.autograd.gradcheck(fn, (logits,))
     # and through a strided view
-    assert torch.autograd.gradcheck(lambda x: fn(x[:, 1:]), (torch.randn(
-        2, 5, 5, dtype=torch.float64, generator=gen, requires_grad=True),))
+    assert torch.autograd.gradcheck(
+        lambda x: fn(x[:, 1:]), (torch.randn(2, 5, 5, dtype=torch.float64, generator=gen, requires_grad=True),)
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,8 +192,11 @@ def test_gradcheck_float64():
     ],
 )
 def test_bad_arguments(kwargs, name):
-    args = {"logits": torch.randn(3, 7, 11), "labels": torch.zeros(3, 7, dtype=torch.long),
-            "mask": torch.ones(3, 7, dtype=torch.bool)}
+    args = {
+        "logits": torch.randn(3, 7, 11),
+        "labels": torch.zeros(3, 7, dtype=torch.long),
+        "mask": torch.ones(3, 7, dtype=torch.bool),
+    }
     args.update(kwargs)
     chunk = args.pop("chunk_elements", 2**26)
     with pytest.raises(ValueError, match=f"^{name}"):

@@ -53,8 +53,9 @@ def _ids(tokenizer, messages, **kwargs) -> list[int]:
 
 
 def test_loads_back_with_auto_classes(tiny_dir, tokenizer, model):
-    assert {"config.json", "generation_config.json", "model.safetensors",
-            "tokenizer.json"} <= {p.name for p in tiny_dir.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in tiny_dir.iterdir()
+    }
     assert model.config.model_type == "llama"
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
     assert tokenizer.eos_token == EOS_TOKEN
@@ -108,7 +109,7 @@ def test_chat_template_prompt_is_prefix(tokenizer, prompt, answer):
     prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True)
     full_ids = _ids(tokenizer, full)
     assert full_ids[: len(prompt_ids)] == prompt_ids
-    completion = full_ids[len(prompt_ids):]
+    completion = full_ids[len(prompt_ids) :]
     # The completion is the answer's own tokens, then end-of-turn: nothing leaks across.
     assert completion == tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert full_ids.count(tokenizer.bos_token_id) == 1 and full_ids[0] == tokenizer.bos_token_id
@@ -116,8 +117,10 @@ def test_chat_template_prompt_is_prefix(tokenizer, prompt, answer):
 
 def test_chat_template_renders_every_turn(tokenizer):
     text = tokenizer.apply_chat_template(MULTI_TURN, tokenize=False, add_generation_prompt=True)
-    assert text == ("<|bos|><|system|>Be brief.<|end|><|user|>What is 2 plus 3?<|end|>"
-                    "<|assistant|>5<|end|><|user|>And 5 plus 5?<|end|><|assistant|>")
+    assert text == (
+        "<|bos|><|system|>Be brief.<|end|><|user|>What is 2 plus 3?<|end|>"
+        "<|assistant|>5<|end|><|user|>And 5 plus 5?<|end|><|assistant|>"
+    )
     assert not tokenizer.apply_chat_template(SINGLE_TURN, tokenize=False).endswith("<|assistant|>")
     with pytest.raises(Exception, match="unknown role"):
         tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
@@ -151,7 +154,7 @@ def test_generate_runs_and_stops_at_end_of_turn(tiny_dir, tokenizer):
         opt.step()
     model.eval()
     out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=20, do_sample=False)
-    new = out[0, len(prompt_ids):].tolist()
-    assert new == full_ids[len(prompt_ids):]  # "apple" then <|end|>, and nothing after
+    new = out[0, len(prompt_ids) :].tolist()
+    assert new == full_ids[len(prompt_ids) :]  # "apple" then <|end|>, and nothing after
     assert new[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(new, skip_special_tokens=True) == "apple"

@@ -137,9 +137,7 @@ class _FusedHeadPolicy:
         assert fused_lm_head, "DPOTrainer is expected to ask for the fused LM head"
         mask = labels[:, 1:] != -100
         lengths = [len(x) for x in self.completion_logps]
-        assert mask.sum(dim=1).tolist() == lengths, (
-            "completion tokens do not line up with the batch"
-        )
+        assert mask.sum(dim=1).tolist() == lengths, "completion tokens do not line up with the batch"
         values = torch.cat(self.completion_logps)
         log_probs = values.new_zeros(mask.shape).masked_scatter(mask, values)
         zeros = torch.zeros_like(log_probs)
@@ -166,9 +164,7 @@ def _trl_trainer(model, *, loss_type: str, beta: float, label_smoothing: float) 
     trainer = object.__new__(DPOTrainer)
     trainer.model = model
     # single process: gathers are the identity
-    trainer.accelerator = SimpleNamespace(
-        device=torch.device("cpu"), gather=_identity, gather_for_metrics=_identity
-    )
+    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), gather=_identity, gather_for_metrics=_identity)
     trainer.aux_loss_enabled = False
     trainer.precompute_ref_logps = True
     trainer.ld_alpha = None
@@ -239,9 +235,7 @@ def _assert_close(
     what: str,
     tol: dict | None = None,
 ) -> None:
-    torch.testing.assert_close(
-        actual.double(), expected.double(), **(tol or TOL)[dtype], msg=lambda m: f"{what}: {m}"
-    )
+    torch.testing.assert_close(actual.double(), expected.double(), **(tol or TOL)[dtype], msg=lambda m: f"{what}: {m}")
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -259,9 +253,7 @@ def test_dpo_matches_trl_sigmoid(dtype, beta):
 
     _assert_close(ours.loss, trl["loss"], dtype, "per-example loss")
     _assert_close(ours.metrics["rewards/chosen"], trl["rewards/chosen"], dtype, "rewards/chosen")
-    _assert_close(
-        ours.metrics["rewards/rejected"], trl["rewards/rejected"], dtype, "rewards/rejected"
-    )
+    _assert_close(ours.metrics["rewards/rejected"], trl["rewards/rejected"], dtype, "rewards/rejected")
 
     mean_loss, mean_chosen, mean_rejected = _trl_step(PAIRS, dtype, loss_type="sigmoid", beta=beta)
     _assert_close(ours.loss.mean(), mean_loss, dtype, "batch-mean loss")
@@ -297,9 +289,7 @@ def test_label_smoothed_dpo_matches_trl(dtype, beta, label_smoothing):
     aot = _trl_per_example(dtype, loss_type="aot", beta=beta, label_smoothing=label_smoothing)
     _assert_close(ours.loss, aot["loss"], dtype, "per-example loss vs TRL aot (B=1)")
     _assert_close(ours.metrics["rewards/chosen"], aot["rewards/chosen"], dtype, "rewards/chosen")
-    _assert_close(
-        ours.metrics["rewards/rejected"], aot["rewards/rejected"], dtype, "rewards/rejected"
-    )
+    _assert_close(ours.metrics["rewards/rejected"], aot["rewards/rejected"], dtype, "rewards/rejected")
 
     # cDPO as the expected DPO loss under a label flipped with probability label_smoothing.
     kept = _trl_per_example(dtype, loss_type="sigmoid", beta=beta)

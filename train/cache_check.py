@@ -33,24 +33,40 @@ def cache_parts(manifest: Manifest, data: str | Path) -> dict:
         if cache is not None and cache not in parts:
             parts.append(cache)
     if not parts:
-        raise CacheMismatchError(f"{data}: the manifest records no logprobs cache key; "
-                                 "train reads tables made by `prefpool build` from `prefpool logprobs` output")
+        raise CacheMismatchError(
+            f"{data}: the manifest records no logprobs cache key; "
+            "train reads tables made by `prefpool build` from `prefpool logprobs` output"
+        )
     if len(parts) > 1:
         raise CacheMismatchError(f"{data}: reference log-probs from {len(parts)} different cache keys")
     return parts[0]
 
 
-def check_cache(parts: dict, *, model: str | Path, tokenizer, max_length: int, truncation: str, dtype: str,
-                reference_is_policy_init: bool) -> bool:
+def check_cache(
+    parts: dict,
+    *,
+    model: str | Path,
+    tokenizer,
+    max_length: int,
+    truncation: str,
+    dtype: str,
+    reference_is_policy_init: bool,
+) -> bool:
     """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check."""
-    mine = {"tokenizer_sha256": template_hash(tokenizer), "max_length": max_length,
-            "truncation": truncation, "dtype": dtype}
+    mine = {
+        "tokenizer_sha256": template_hash(tokenizer),
+        "max_length": max_length,
+        "truncation": truncation,
+        "dtype": dtype,
+    }
     differ = [f"{k} (cache {parts.get(k)!r}, train {v!r})" for k, v in mine.items() if parts.get(k) != v]
     if differ:
         raise CacheMismatchError(
-            "the reference log-probs were cached with a different " + "; ".join(differ)
+            "the reference log-probs were cached with a different "
+            + "; ".join(differ)
             + ". Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
-            "or train with the cache's max_length/truncation/dtype")
+            "or train with the cache's max_length/truncation/dtype"
+        )
     if weights_hash(model) == parts.get("weights_sha256"):
         if not reference_is_policy_init:
             warnings.warn("reference_is_policy_init is false: skipping the step-0 check", stacklevel=2)
@@ -59,7 +75,11 @@ def check_cache(parts: dict, *, model: str | Path, tokenizer, max_length: int, t
         raise CacheMismatchError(
             f"the policy's initial weights ({model}) are not the reference weights the log-probs were cached "
             "with (weights_sha256 differs). If that is intended (a reference other than the initial policy), "
-            "set reference_is_policy_init: false; otherwise rerun `prefpool logprobs` with this model")
-    warnings.warn("the policy's initial weights differ from the reference's (reference_is_policy_init: false): "
-                  "skipping the step-0 check", stacklevel=2)
+            "set reference_is_policy_init: false; otherwise rerun `prefpool logprobs` with this model"
+        )
+    warnings.warn(
+        "the policy's initial weights differ from the reference's (reference_is_policy_init: false): "
+        "skipping the step-0 check",
+        stacklevel=2,
+    )
     return False

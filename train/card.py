@@ -47,11 +47,17 @@ def model_card(cfg: TrainConfig, manifest: Manifest, summary: dict, cache: dict)
         "",
         f"- loss: `{cfg.loss}`; steps: {summary['steps']}; final loss {summary['final_loss']}",
         f"- step-0 max |policy - reference| log-prob: {summary['step0_max_abs_diff']}",
-        *([f"- LoRA adapter (peft): r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, "
-           f"modules {list(cfg.lora_target_modules) if cfg.lora_target_modules else 'peft default'}. "
-           "This folder holds the adapter only (adapter_model.safetensors, adapter_config.json); "
-           "load it with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (the base is "
-           "`base_model` above), or `merge_and_unload()` it into the base."] if cfg.lora_r else []),
+        *(
+            [
+                f"- LoRA adapter (peft): r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, "
+                f"modules {list(cfg.lora_target_modules) if cfg.lora_target_modules else 'peft default'}. "
+                "This folder holds the adapter only (adapter_model.safetensors, adapter_config.json); "
+                "load it with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (the base is "
+                "`base_model` above), or `merge_and_unload()` it into the base."
+            ]
+            if cfg.lora_r
+            else []
+        ),
         "- settings:",
         "",
         "```json",

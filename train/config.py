@@ -40,7 +40,9 @@ class TrainConfig:
     gamma: float = field(default=1.0, metadata=_help("simpo: target reward margin."))
     tau: float = field(default=0.0, metadata=_help("mpo: weight of the NLL on reference samples (0 skips them)."))
     kernel: str = field(default="sample", metadata=_help("mcpo: sample | max | min | uniform | expectation."))
-    nll_alpha: float = field(default=0.0, metadata=_help("Weight of the per-token NLL on the preferred answer (RPO); 0 = off."))
+    nll_alpha: float = field(
+        default=0.0, metadata=_help("Weight of the per-token NLL on the preferred answer (RPO); 0 = off.")
+    )
 
     batch_size: int = field(default=4, metadata=_help("Examples per device per micro-batch."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
@@ -48,47 +50,72 @@ class TrainConfig:
     lr: float = field(default=1e-6, metadata=_help("Peak learning rate."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     warmup_steps: int = field(default=0, metadata=_help("Linear warmup from 0 to lr, then linear decay to 0."))
-    max_grad_norm: float | None = field(default=1.0, metadata=_help("Clip the global gradient norm; null = no clipping."))
+    max_grad_norm: float | None = field(
+        default=1.0, metadata=_help("Clip the global gradient norm; null = no clipping.")
+    )
     max_steps: int | None = field(default=None, metadata=_help("Optimizer steps; null = epochs x steps per epoch."))
     epochs: int = field(default=1, metadata=_help("Passes over the table when max_steps is null."))
-    seed: int = field(default=0, metadata=_help("Seeds torch/python RNGs, the data order and the MC-PO kernel's draws."))
+    seed: int = field(
+        default=0, metadata=_help("Seeds torch/python RNGs, the data order and the MC-PO kernel's draws.")
+    )
 
-    max_length: int | None = field(default=None, metadata=_help(
-        "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it."))
+    max_length: int | None = field(
+        default=None,
+        metadata=_help(
+            "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it."
+        ),
+    )
     truncation: str = field(default="completion", metadata=_help("Truncation policy; must equal the cache's."))
     dtype: Literal["float32", "bfloat16", "float16"] = field(
-        default="float32", metadata=_help("Dtype the policy's weights are loaded in; must equal the cache's."))
+        default="float32", metadata=_help("Dtype the policy's weights are loaded in; must equal the cache's.")
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = field(
         default="no", metadata=_help("accelerate autocast: no | bf16 | fp16 (raise step0_tolerance with it).")
     )
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
     score_max_tokens: int = field(default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch."))
 
-    lora_r: int = field(default=0, metadata=_help("LoRA rank (peft, `pip install prefpool[lora]`); 0 = train all weights."))
+    lora_r: int = field(
+        default=0, metadata=_help("LoRA rank (peft, `pip install prefpool[lora]`); 0 = train all weights.")
+    )
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scale numerator: the update is (alpha / r) B A."))
     lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input, [0, 1)."))
     lora_target_modules: tuple[str, ...] | None = field(
-        default=None, metadata=_help("Module names LoRA wraps, e.g. [q_proj, v_proj]; null = peft's default for "
-                                     "the architecture; [all-linear] = every linear layer but the output head."))
+        default=None,
+        metadata=_help(
+            "Module names LoRA wraps, e.g. [q_proj, v_proj]; null = peft's default for "
+            "the architecture; [all-linear] = every linear layer but the output head."
+        ),
+    )
 
     reference_is_policy_init: bool = field(
         default=True,
-        metadata=_help("The cache was made with the initial policy's weights (checked by hash). "
-                       "false: allow another reference and skip the step-0 check (with a warning)."),
+        metadata=_help(
+            "The cache was made with the initial policy's weights (checked by hash). "
+            "false: allow another reference and skip the step-0 check (with a warning)."
+        ),
     )
     step0_tolerance: float = field(
         default=1e-3,
-        metadata=_help("Largest allowed |policy - cached reference| log-prob at step 0, in nats. 1e-3 suits "
-                       "fp32 (batching noise is ~1e-5); bf16/fp16 need ~0.1-1."),
+        metadata=_help(
+            "Largest allowed |policy - cached reference| log-prob at step 0, in nats. 1e-3 suits "
+            "fp32 (batching noise is ~1e-5); bf16/fp16 need ~0.1-1."
+        ),
     )
 
     logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl line every N optimizer steps."))
     report_to: tuple[str, ...] = field(
-        default=(), metadata=_help("Also log metrics.jsonl's numeric scalars to these accelerate trackers: "
-                                   "tensorboard (output_dir/runs/, `pip install prefpool[tensorboard]`) and/or "
-                                   "wandb (offline unless WANDB_MODE says otherwise); [] = metrics.jsonl only."))
-    tracker_project: str = field(default="prefpool", metadata=_help(
-        "Tracker project name: the wandb project; the tensorboard run folder under output_dir/runs/."))
+        default=(),
+        metadata=_help(
+            "Also log metrics.jsonl's numeric scalars to these accelerate trackers: "
+            "tensorboard (output_dir/runs/, `pip install prefpool[tensorboard]`) and/or "
+            "wandb (offline unless WANDB_MODE says otherwise); [] = metrics.jsonl only."
+        ),
+    )
+    tracker_project: str = field(
+        default="prefpool",
+        metadata=_help("Tracker project name: the wandb project; the tensorboard run folder under output_dir/runs/."),
+    )
     save_steps: int = field(default=0, metadata=_help("Checkpoint every N optimizer steps; 0 = only at the end."))
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the newest N checkpoints."))
     resume: bool = field(default=False, metadata=_help("Continue from the newest checkpoint in output_dir."))
@@ -110,8 +137,10 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
-                             f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}")
+            raise ValueError(
+                f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
+                f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}"
+            )
         unknown = [name for name in self.report_to if name not in TRACKERS]
         if unknown:
             raise ValueError(f"report_to: unknown tracker {unknown[0]!r}; expected any of {', '.join(TRACKERS)}")
@@ -128,5 +157,7 @@ class TrainConfig:
         if self.loss not in allowed:
             fits = next((k for k, names in LOSSES_FOR_TABLE.items() if self.loss in names), None)
             hint = f"; {self.loss} trains on a {fits!r} table (build --kind {fits})" if fits else ""
-            raise ValueError(f"loss: {self.loss!r} does not fit the {kind!r} table in {self.data} "
-                             f"(it takes {', '.join(allowed) or 'nothing'}){hint}")
+            raise ValueError(
+                f"loss: {self.loss!r} does not fit the {kind!r} table in {self.data} "
+                f"(it takes {', '.join(allowed) or 'nothing'}){hint}"
+            )

@@ -57,8 +57,9 @@ def _answer_text(turn) -> str:
 class TrainingTable:
     """Rows of a ``build`` output, tokenized once with the cache's settings."""
 
-    def __init__(self, folder, kind: str, tokenizer, *, max_length: int, truncation: str,
-                 with_samples: bool = False) -> None:
+    def __init__(
+        self, folder, kind: str, tokenizer, *, max_length: int, truncation: str, with_samples: bool = False
+    ) -> None:
         self.kind = kind
         table = read_table(folder, schema=kind)
         self.examples: list[Example] = []
@@ -74,7 +75,8 @@ class TrainingTable:
                 raise ValueError(
                     f"{folder}: prompt_id {row['prompt_id']}: the {role} answer tokenizes to {len(pair[1])} "
                     f"completion tokens, the cache scored {cached_tokens}: the reference log-probs were made "
-                    "with another tokenizer, chat template, max_length or truncation")
+                    "with another tokenizer, chat template, max_length or truncation"
+                )
             return pair
 
         for row in table.to_pylist():
@@ -88,9 +90,14 @@ class TrainingTable:
             samples: tuple[TokenPair, ...] = ()
             if kind == "mpo" and with_samples:
                 samples = tuple(encode(row, t, None, "sample") for t in row["ref_samples"])
-            self.examples.append(Example(
-                (chosen, rejected), (row["ref_chosen_logps"], row["ref_rejected_logps"]),
-                label=row.get("label", 1.0), samples=samples))
+            self.examples.append(
+                Example(
+                    (chosen, rejected),
+                    (row["ref_chosen_logps"], row["ref_rejected_logps"]),
+                    label=row.get("label", 1.0),
+                    samples=samples,
+                )
+            )
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -104,11 +111,12 @@ class TrainingTable:
         random.Random(f"prefpool-data:{seed}:{epoch}").shuffle(order)
         return order
 
-    def micro_batch(self, seed: int, epoch: int, index: int, *, batch_size: int, process: int = 0,
-                    num_processes: int = 1) -> list[Example]:
+    def micro_batch(
+        self, seed: int, epoch: int, index: int, *, batch_size: int, process: int = 0, num_processes: int = 1
+    ) -> list[Example]:
         """This process's ``batch_size`` rows of micro-batch ``index`` of ``epoch``."""
         start = (index * num_processes + process) * batch_size
-        rows = self.order(seed, epoch)[start:start + batch_size]
+        rows = self.order(seed, epoch)[start : start + batch_size]
         if len(rows) != batch_size:
             raise IndexError(f"epoch {epoch} has no micro-batch {index}")
         return [self.examples[i] for i in rows]

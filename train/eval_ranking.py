@@ -28,8 +28,9 @@ def _check_tol(tie_atol: float) -> None:
         raise ValueError(f"tie_atol: must be >= 0, got {tie_atol}")
 
 
-def pairwise_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *,
-                     beta: float, tie_atol: float = 1e-4) -> dict[str, float]:
+def pairwise_metrics(
+    chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *, beta: float, tie_atol: float = 1e-4
+) -> dict[str, float]:
     """Metrics of ``N`` pairs from their log-ratios ``log pi - log pi_ref``, each ``(N,)``.
 
     Returns ``num_pairs``, ``accuracy`` (strict wins / N), ``tie_rate``,
@@ -52,8 +53,9 @@ def pairwise_metrics(chosen_logratios: torch.Tensor, rejected_logratios: torch.T
     }
 
 
-def pool_metrics(preferred_logratios: torch.Tensor, pool_logratios: Sequence[torch.Tensor], *,
-                 beta: float, tie_atol: float = 1e-4) -> dict[str, float]:
+def pool_metrics(
+    preferred_logratios: torch.Tensor, pool_logratios: Sequence[torch.Tensor], *, beta: float, tie_atol: float = 1e-4
+) -> dict[str, float]:
     """Metrics of ``N`` prompts: the preferred answer ranked among itself + its pool.
 
     Args:

@@ -36,25 +36,46 @@ def load_reward_fn(spec: str | RewardFn) -> RewardFn:
     return fn
 
 
-def sample_texts(model: str | Path, prompts: list[tuple[str, list[dict]]], *, num_samples: int, seed: int,
-                 max_new_tokens: int | None, temperature: float | None, top_p: float | None,
-                 device: str = "cpu", batch_size: int = 16) -> tuple[list[list[str]], dict]:
+def sample_texts(
+    model: str | Path,
+    prompts: list[tuple[str, list[dict]]],
+    *,
+    num_samples: int,
+    seed: int,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> tuple[list[list[str]], dict]:
     """``num_samples`` completions per prompt from ``model``, and the sampling parameters used."""
     info = load_model_info(model)
     params, record = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    requests = [Request(tuple(info.render(messages)), sample_seed(seed, pid, i))
-                for pid, messages in prompts for i in range(num_samples)]
+    requests = [
+        Request(tuple(info.render(messages)), sample_seed(seed, pid, i))
+        for pid, messages in prompts
+        for i in range(num_samples)
+    ]
     engine = load_engine("hf", info, batch_size=batch_size, device=device)
     completions = engine.generate(requests, params, on_done=lambda _tokens: None)
     texts = [info.decode(list(c.token_ids)) for c in completions]
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))], record
+    return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))], record
 
 
-def sample_metrics(model: str | Path, data: str | Path, *, reward_fn: str | RewardFn,
-                   ref_model: str | Path | None = None, num_samples: int = 1,
-                   max_new_tokens: int | None = None, temperature: float | None = None,
-                   top_p: float | None = None, seed: int = 0, max_prompts: int | None = None,
-                   device: str = "cpu") -> dict:
+def sample_metrics(
+    model: str | Path,
+    data: str | Path,
+    *,
+    reward_fn: str | RewardFn,
+    ref_model: str | Path | None = None,
+    num_samples: int = 1,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    max_prompts: int | None = None,
+    device: str = "cpu",
+) -> dict:
     """Mean reward of ``model``'s samples on the table's prompts; with ``ref_model`` also the win-rate."""
     from .evaluate import prompts_of
 
@@ -62,8 +83,14 @@ def sample_metrics(model: str | Path, data: str | Path, *, reward_fn: str | Rewa
         raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
     fn = load_reward_fn(reward_fn)
     prompts = list(prompts_of(data, max_prompts))
-    kwargs = {"num_samples": num_samples, "seed": seed, "max_new_tokens": max_new_tokens,
-              "temperature": temperature, "top_p": top_p, "device": device}
+    kwargs = {
+        "num_samples": num_samples,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "device": device,
+    }
 
     def rewards(texts: list[list[str]]) -> list[list[float]]:
         return [[float(fn(messages, t)) for t in row] for (_, messages), row in zip(prompts, texts, strict=True)]
@@ -71,13 +98,22 @@ def sample_metrics(model: str | Path, data: str | Path, *, reward_fn: str | Rewa
     texts, record = sample_texts(model, prompts, **kwargs)
     policy = rewards(texts)
     flat = [r for row in policy for r in row]
-    out = {"num_prompts": len(prompts), "num_samples": num_samples, "seed": seed,
-           "sampling": {k: record[k] for k in ("temperature", "top_p", "max_new_tokens")},
-           "mean_reward": sum(flat) / len(flat)}
+    out = {
+        "num_prompts": len(prompts),
+        "num_samples": num_samples,
+        "seed": seed,
+        "sampling": {k: record[k] for k in ("temperature", "top_p", "max_new_tokens")},
+        "mean_reward": sum(flat) / len(flat),
+    }
     if ref_model is not None:
         ref = rewards(sample_texts(ref_model, prompts, **kwargs)[0])
         ref_flat = [r for row in ref for r in row]
         scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
-        out.update({"ref_model": str(ref_model), "ref_mean_reward": sum(ref_flat) / len(ref_flat),
-                    "win_rate": sum(scores) / len(scores)})
+        out.update(
+            {
+                "ref_model": str(ref_model),
+                "ref_mean_reward": sum(ref_flat) / len(ref_flat),
+                "win_rate": sum(scores) / len(scores),
+            }
+        )
     return out

@@ -51,8 +51,7 @@ def cache_max_length(data: str | Path) -> int:
             continue
     if len(found) != 1:
         what = "no logprobs input with a cache max_length" if not found else f"several: {sorted(found)}"
-        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length",
-                                 file=data)
+        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length", file=data)
     return found.pop()
 
 
@@ -77,17 +76,22 @@ def _completions(rows: list[dict], kind: str) -> list[tuple[str, list[dict], lis
     for row in rows:
         if kind == "mcpo":
             items = [("preferred", row["preferred"], row["ref_preferred_logp"], row["preferred_num_tokens"])]
-            items += [("pool", t, lp, nt) for t, lp, nt in
-                      zip(row["pool"], row["ref_pool_logps"], row["pool_num_tokens"], strict=True)]
+            items += [
+                ("pool", t, lp, nt)
+                for t, lp, nt in zip(row["pool"], row["ref_pool_logps"], row["pool_num_tokens"], strict=True)
+            ]
         else:
-            items = [(side, row[side][0]["content"], row[f"ref_{side}_logps"], row[f"{side}_num_tokens"])
-                     for side in ("chosen", "rejected")]
+            items = [
+                (side, row[side][0]["content"], row[f"ref_{side}_logps"], row[f"{side}_num_tokens"])
+                for side in ("chosen", "rejected")
+            ]
         out.append((row["prompt_id"], row["prompt"], items))
     return out
 
 
-def table_logratios(model: torch.nn.Module, tokenizer, rows: list[dict], kind: str, *,
-                    max_length: int | None, max_tokens: int = 16384) -> list[torch.Tensor]:
+def table_logratios(
+    model: torch.nn.Module, tokenizer, rows: list[dict], kind: str, *, max_length: int | None, max_tokens: int = 16384
+) -> list[torch.Tensor]:
     """Per row, ``log pi - log pi_ref`` of its completions, float64 ``(1 + M,)``, chosen/preferred first."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     flat, refs, sizes = [], [], []
@@ -98,7 +102,8 @@ def table_logratios(model: torch.nn.Module, tokenizer, rows: list[dict], kind: s
                 raise PipelineInputError(
                     f"prompt_id {pid}, {role}: {len(enc.completion_ids)} completion tokens here, "
                     f"{cached_tokens} when the reference was scored (another tokenizer, chat template "
-                    "or max_length?)")
+                    "or max_length?)"
+                )
             flat.append((enc.prompt_ids, enc.completion_ids))
             refs.append(ref)
         sizes.append(len(items))
@@ -112,8 +117,16 @@ def table_logratios(model: torch.nn.Module, tokenizer, rows: list[dict], kind: s
     return list(ratios.split(sizes))
 
 
-def ranking_metrics(model: torch.nn.Module, tokenizer, data: str | Path, *, max_length: int | None = None,
-                    beta: float = 0.1, tie_atol: float = 1e-4, max_tokens: int = 16384) -> dict:
+def ranking_metrics(
+    model: torch.nn.Module,
+    tokenizer,
+    data: str | Path,
+    *,
+    max_length: int | None = None,
+    beta: float = 0.1,
+    tie_atol: float = 1e-4,
+    max_tokens: int = 16384,
+) -> dict:
     """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring)."""
     manifest = load_manifest(data)
     if manifest is None:
@@ -126,11 +139,13 @@ def ranking_metrics(model: torch.nn.Module, tokenizer, data: str | Path, *, max_
     rows = read_table(data, schema=kind).to_pylist()
     ratios = table_logratios(model, tokenizer, rows, kind, max_length=max_length, max_tokens=max_tokens)
     if kind == "mcpo":
-        metrics = pool_metrics(torch.stack([r[0] for r in ratios]), [r[1:] for r in ratios],
-                               beta=beta, tie_atol=tie_atol)
+        metrics = pool_metrics(
+            torch.stack([r[0] for r in ratios]), [r[1:] for r in ratios], beta=beta, tie_atol=tie_atol
+        )
     else:
-        metrics = pairwise_metrics(torch.stack([r[0] for r in ratios]), torch.stack([r[1] for r in ratios]),
-                                   beta=beta, tie_atol=tie_atol)
+        metrics = pairwise_metrics(
+            torch.stack([r[0] for r in ratios]), torch.stack([r[1] for r in ratios]), beta=beta, tie_atol=tie_atol
+        )
     return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
 
 
@@ -167,8 +182,9 @@ def evaluate(
     summary: dict = {
         "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
         "data": str(data),
-        "ranking": ranking_metrics(module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol,
-                                   max_tokens=max_tokens),
+        "ranking": ranking_metrics(
+            module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol, max_tokens=max_tokens
+        ),
     }
     if reward_fn is not None:
         from .eval_samples import sample_metrics
@@ -176,9 +192,17 @@ def evaluate(
         if isinstance(model, torch.nn.Module):
             raise ValueError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
         summary["samples"] = sample_metrics(
-            model, data, reward_fn=reward_fn, ref_model=ref_model, num_samples=num_samples,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            max_prompts=max_prompts, device=device,
+            model,
+            data,
+            reward_fn=reward_fn,
+            ref_model=ref_model,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_prompts=max_prompts,
+            device=device,
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if out is not None:

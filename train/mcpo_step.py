@@ -47,9 +47,17 @@ def _pool_slots(batch: PoolBatch) -> list[tuple[int, int]]:
     return [(b, i) for b, pool in enumerate(batch.pools) for i in range(len(pool))]
 
 
-def mcpo_step_loss(model: torch.nn.Module, batch: PoolBatch, *, pad_token_id: int, beta: float,
-                   kernel: str = "sample", generator: torch.Generator | None = None,
-                   score_max_tokens: int = 16384, lockstep: bool = False) -> LossOutput:
+def mcpo_step_loss(
+    model: torch.nn.Module,
+    batch: PoolBatch,
+    *,
+    pad_token_id: int,
+    beta: float,
+    kernel: str = "sample",
+    generator: torch.Generator | None = None,
+    score_max_tokens: int = 16384,
+    lockstep: bool = False,
+) -> LossOutput:
     """Per-example MC-PO loss ``(B,)`` for one batch, ready for ``.backward()``.
 
     With a selection kernel (``sample``, ``max``, ``min``, ``uniform``) this
@@ -66,21 +74,21 @@ def mcpo_step_loss(model: torch.nn.Module, batch: PoolBatch, *, pad_token_id: in
     cols = torch.tensor([i for _, i in slots], device=device)
 
     if kernel == "expectation":
-        logps, _ = completion_logps(model, [*batch.chosen, *(batch.pools[b][i] for b, i in slots)],
-                                    pad_token_id)
+        logps, _ = completion_logps(model, [*batch.chosen, *(batch.pools[b][i] for b, i in slots)], pad_token_id)
         size = len(batch.chosen)
         policy_pool = torch.zeros(mask.shape, dtype=logps.dtype, device=device)
         policy_pool = policy_pool.index_put((rows, cols), logps[size:])
-        return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, candidate_mask=mask,
-                         beta=beta, kernel=kernel)
+        return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
 
     # Pass 1: score the pool without gradient, pick the negatives.
-    scores = score_pairs(model, [batch.pools[b][i] for b, i in slots], pad_token_id,
-                         max_tokens=score_max_tokens, lockstep=lockstep).to(device)
+    scores = score_pairs(
+        model, [batch.pools[b][i] for b, i in slots], pad_token_id, max_tokens=score_max_tokens, lockstep=lockstep
+    ).to(device)
     pool_scores = torch.zeros(mask.shape, dtype=torch.float32, device=device)
     pool_scores[rows, cols] = scores
-    selected = mcpo_select(pool_scores, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel,
-                           generator=generator)  # (B,)
+    selected = mcpo_select(
+        pool_scores, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel, generator=generator
+    )  # (B,)
 
     # Pass 2: forward/backward through the preferred and the picked answers only.
     picked = [batch.pools[b][int(i)] for b, i in enumerate(selected.tolist())]
@@ -89,5 +97,13 @@ def mcpo_step_loss(model: torch.nn.Module, batch: PoolBatch, *, pad_token_id: in
     picked_slot = torch.nn.functional.one_hot(selected, mask.shape[1]).bool()
     # The picked entries carry gradient; the rest are pass-1 scores (values for the metrics).
     policy_pool = torch.where(picked_slot, logps[size:, None], pool_scores.to(logps.dtype))
-    return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, candidate_mask=mask,
-                     beta=beta, kernel=kernel, selected=selected)
+    return mcpo_loss(
+        logps[:size],
+        policy_pool,
+        ref_chosen,
+        ref_pool,
+        candidate_mask=mask,
+        beta=beta,
+        kernel=kernel,
+        selected=selected,
+    )

@@ -38,8 +38,11 @@ def tracker_scalars(record: dict) -> dict[str, float]:
     ``step`` is the x axis, not a scalar; lists (``mcpo/selected_hist``), ``None`` (``grad_norm``
     without clipping) and booleans are left out. Values are the same floats metrics.jsonl holds.
     """
-    return {name: value for name, value in record.items()
-            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        name: value
+        for name, value in record.items()
+        if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 class MetricsLog:

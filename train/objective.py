@@ -22,8 +22,8 @@ def _pair_loss(model, batch: PairBatch, cfg: TrainConfig, pad: int) -> tuple[Los
     size = len(batch.chosen)
     flat_samples = [s for row in batch.samples for s in row]
     logps, counts = completion_logps(model, [*batch.chosen, *batch.rejected, *flat_samples], pad)  # (N,)
-    chosen, rejected = logps[:size], logps[size:2 * size]  # (B,)
-    chosen_tokens, rejected_tokens = counts[:size], counts[size:2 * size]
+    chosen, rejected = logps[:size], logps[size : 2 * size]  # (B,)
+    chosen_tokens, rejected_tokens = counts[:size], counts[size : 2 * size]
     device = logps.device
     ref_chosen = batch.ref_chosen_logps.to(device)
     ref_rejected = batch.ref_rejected_logps.to(device)
@@ -33,8 +33,15 @@ def _pair_loss(model, batch: PairBatch, cfg: TrainConfig, pad: int) -> tuple[Los
     elif cfg.loss == "ipo":
         out = loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta)
     elif cfg.loss == "simpo":
-        out = loss(chosen, rejected, chosen_tokens, rejected_tokens, beta=cfg.beta, gamma=cfg.gamma,
-                   label_smoothing=cfg.label_smoothing)
+        out = loss(
+            chosen,
+            rejected,
+            chosen_tokens,
+            rejected_tokens,
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            label_smoothing=cfg.label_smoothing,
+        )
     else:  # mpo: the tau term takes the POLICY's log-probs of the reference samples, with gradient
         sample_logps = sample_mask = None
         if flat_samples:
@@ -43,22 +50,46 @@ def _pair_loss(model, batch: PairBatch, cfg: TrainConfig, pad: int) -> tuple[Los
             sample_mask = torch.zeros(size, width, dtype=torch.bool, device=device)
             rows = torch.tensor([b for b, row in enumerate(batch.samples) for _ in row], device=device)
             cols = torch.tensor([k for row in batch.samples for k in range(len(row))], device=device)
-            sample_logps = sample_logps.index_put((rows, cols), logps[2 * size:])
+            sample_logps = sample_logps.index_put((rows, cols), logps[2 * size :])
             sample_mask[rows, cols] = True
-        out = loss(chosen, rejected, ref_chosen, ref_rejected, preference=batch.label.to(device),
-                   ref_sample_logps=sample_logps, ref_sample_mask=sample_mask, beta=cfg.beta, tau=cfg.tau)
+        out = loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            preference=batch.label.to(device),
+            ref_sample_logps=sample_logps,
+            ref_sample_mask=sample_mask,
+            beta=cfg.beta,
+            tau=cfg.tau,
+        )
     return out, chosen, chosen_tokens
 
 
-def batch_loss(model, batch: PairBatch | PoolBatch, cfg: TrainConfig, *, pad_token_id: int,
-               generator: torch.Generator | None, lockstep: bool = False) -> LossOutput:
+def batch_loss(
+    model,
+    batch: PairBatch | PoolBatch,
+    cfg: TrainConfig,
+    *,
+    pad_token_id: int,
+    generator: torch.Generator | None,
+    lockstep: bool = False,
+) -> LossOutput:
     """Per-example loss ``(B,)`` with gradient, and the loss's detached metrics.
 
     ``lockstep``: MC-PO's pass 1 runs the same number of forwards in every process (``score_pairs``);
     needed when the model is sharded over the processes (FSDP, DeepSpeed ZeRO-3)."""
     if isinstance(batch, PoolBatch):
-        out = mcpo_step_loss(model, batch, pad_token_id=pad_token_id, beta=cfg.beta, kernel=cfg.kernel,
-                             generator=generator, score_max_tokens=cfg.score_max_tokens, lockstep=lockstep)
+        out = mcpo_step_loss(
+            model,
+            batch,
+            pad_token_id=pad_token_id,
+            beta=cfg.beta,
+            kernel=cfg.kernel,
+            generator=generator,
+            score_max_tokens=cfg.score_max_tokens,
+            lockstep=lockstep,
+        )
         if cfg.nll_alpha > 0:
             # The preferred answer's log-prob is not returned by the step; one more forward, with gradient.
             chosen, counts = completion_logps(model, list(batch.chosen), pad_token_id)

@@ -131,57 +131,132 @@ def _prompts(cfg: OnlineConfig, out: Path, state: OnlineState, say) -> tuple[Pat
     return target, record
 
 
-def _round(cfg: OnlineConfig, r: int, policy: str, examples: Path, state: OnlineState, say,
-           *, policy_is_reference: bool) -> dict:
+def _round(
+    cfg: OnlineConfig, r: int, policy: str, examples: Path, state: OnlineState, say, *, policy_is_reference: bool
+) -> dict:
     rd = round_dir(cfg.output_dir, r)
     gen, scored, lp, table, train_dir = (rd / s for s in ROUND_STEPS)
     steps: dict[str, dict] = {}
     show = cfg.show_progress
 
-    steps["generate"] = _step(state, r, "generate", say, lambda: _record(generate_stage.generate(
-        examples, model=policy, out=gen, n=cfg.n, engine=cfg.engine, temperature=cfg.temperature,
-        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, batch_size=cfg.generate_batch_size,
-        device=cfg.device, show_progress=show, engine_args=cfg.engine_args), say, f"round {r}"))
-    steps["score"] = _step(state, r, "score", say, lambda: _record(score_stage.score(
-        gen, out=scored, reward_fn=cfg.reward_fn, reward_model=cfg.reward_model, show_progress=show),
-        say, f"round {r}"))
-    steps["logprobs"] = _step(state, r, "logprobs", say, lambda: _record(logprobs_stage.logprobs(
-        gen, model=cfg.reference, out=lp, engine=cfg.logprobs_engine, max_length=cfg.max_length, dtype=cfg.dtype,
-        show_progress=show), say, f"round {r}"))
+    steps["generate"] = _step(
+        state,
+        r,
+        "generate",
+        say,
+        lambda: _record(
+            generate_stage.generate(
+                examples,
+                model=policy,
+                out=gen,
+                n=cfg.n,
+                engine=cfg.engine,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed + r,
+                batch_size=cfg.generate_batch_size,
+                device=cfg.device,
+                show_progress=show,
+                engine_args=cfg.engine_args,
+            ),
+            say,
+            f"round {r}",
+        ),
+    )
+    steps["score"] = _step(
+        state,
+        r,
+        "score",
+        say,
+        lambda: _record(
+            score_stage.score(
+                gen, out=scored, reward_fn=cfg.reward_fn, reward_model=cfg.reward_model, show_progress=show
+            ),
+            say,
+            f"round {r}",
+        ),
+    )
+    steps["logprobs"] = _step(
+        state,
+        r,
+        "logprobs",
+        say,
+        lambda: _record(
+            logprobs_stage.logprobs(
+                gen,
+                model=cfg.reference,
+                out=lp,
+                engine=cfg.logprobs_engine,
+                max_length=cfg.max_length,
+                dtype=cfg.dtype,
+                show_progress=show,
+            ),
+            say,
+            f"round {r}",
+        ),
+    )
     steps["build"] = _step(state, r, "build", say, lambda: _build(cfg, r, examples, gen, scored, lp, table, say))
-    steps["train"] = _step(state, r, "train", say,
-                           lambda: _train(cfg, r, policy, gen, lp, table, train_dir, say, policy_is_reference))
+    steps["train"] = _step(
+        state, r, "train", say, lambda: _train(cfg, r, policy, gen, lp, table, train_dir, say, policy_is_reference)
+    )
     return steps
 
 
 def _build(cfg: OnlineConfig, r: int, examples: Path, gen: Path, scored: Path, lp: Path, table: Path, say) -> dict:
-    summary = build_stage.build("mcpo", examples=examples, logprobs=lp, out=table, candidates=gen, scores=scored,
-                                max_pool=cfg.max_pool, best_ties=cfg.best_ties)
+    summary = build_stage.build(
+        "mcpo",
+        examples=examples,
+        logprobs=lp,
+        out=table,
+        candidates=gen,
+        scores=scored,
+        max_pool=cfg.max_pool,
+        best_ties=cfg.best_ties,
+    )
     if summary.rows_written == 0:
         raise PipelineInputError(
             f"round {r}: the mcpo table is empty: no prompt has a sample scored below its best one (every "
-            "prompt's samples tie, see report.json); raise n or temperature, or use a finer reward", file=table)
+            "prompt's samples tie, see report.json); raise n or temperature, or use a finer reward",
+            file=table,
+        )
     say(f"online: round {r}: {summary.line()}")
     return {"out": str(summary.out), "rows_written": summary.rows_written, "seconds": summary.seconds}
 
 
-def _train(cfg: OnlineConfig, r: int, policy: str, gen: Path, lp: Path, table: Path, train_dir: Path, say,
-           policy_is_reference: bool) -> dict:
+def _train(
+    cfg: OnlineConfig,
+    r: int,
+    policy: str,
+    gen: Path,
+    lp: Path,
+    table: Path,
+    train_dir: Path,
+    say,
+    policy_is_reference: bool,
+) -> dict:
     finished = train_dir / "train_summary.json"
     if finished.exists():  # the run stopped after training finished but before the state was written
         say(f"online: round {r} train: complete in {train_dir}, not retrained")
         return json.loads(finished.read_text())
     _check_on_policy(gen, policy, r)
     cache = load_manifest(lp).identity.config["cache"]
-    tcfg = cfg.round_train(model=str(policy), data=str(table), output_dir=str(train_dir),
-                           max_length=int(cache["max_length"]), reference_is_policy_init=policy_is_reference,
-                           resume=trainer_module.latest_checkpoint(train_dir) is not None)
+    tcfg = cfg.round_train(
+        model=str(policy),
+        data=str(table),
+        output_dir=str(train_dir),
+        max_length=int(cache["max_length"]),
+        reference_is_policy_init=policy_is_reference,
+        resume=trainer_module.latest_checkpoint(train_dir) is not None,
+    )
     with warnings.catch_warnings():
         if not policy_is_reference:
             # Expected here (see the module docstring), so one log line instead of a warning per round.
             warnings.filterwarnings("ignore", message=".*skipping the step-0 check")
-            say(f"online: round {r} train: policy {policy} is not the reference; step-0 check skipped "
-                "(on-policy pool and frozen reference checked by hash instead)")
+            say(
+                f"online: round {r} train: policy {policy} is not the reference; step-0 check skipped "
+                "(on-policy pool and frozen reference checked by hash instead)"
+            )
         trainer = trainer_module.Trainer(tcfg)
     if trainer.resumed_from is not None:
         say(f"online: round {r} train: resuming from {trainer.resumed_from}")
@@ -197,6 +272,8 @@ def _check_on_policy(gen: Path, policy: str, r: int) -> None:
     made_by = load_manifest(gen).identity.config["model"]["weights_sha256"]
     mine = load_model_info(policy).fingerprint["weights_sha256"]
     if made_by != mine:
-        raise PipelineConfigError(f"round {r}: the pool in {gen} was generated by other weights than the policy "
-                                  f"{policy} (weights_sha256 {made_by[:12]} vs {mine[:12]}); it would not be "
-                                  "on-policy. Remove the round's folders after generate to redo them")
+        raise PipelineConfigError(
+            f"round {r}: the pool in {gen} was generated by other weights than the policy "
+            f"{policy} (weights_sha256 {made_by[:12]} vs {mine[:12]}); it would not be "
+            "on-policy. Remove the round's folders after generate to redo them"
+        )

@@ -20,17 +20,33 @@ from .config import TrainConfig
 # TrainConfig fields that online sets per round: the policy, table and folder change every round;
 # the loss is MC-PO's; max_length/truncation/dtype must equal the reference cache's, so they come
 # from the top-level settings the logprobs stage also uses; resuming is the online loop's job.
-ROUND_OWNED = ("model", "data", "output_dir", "loss", "max_length", "truncation", "dtype",
-               "resume", "resume_from", "reference_is_policy_init")
+ROUND_OWNED = (
+    "model",
+    "data",
+    "output_dir",
+    "loss",
+    "max_length",
+    "truncation",
+    "dtype",
+    "resume",
+    "resume_from",
+    "reference_is_policy_init",
+)
 
 
 def _round_train_class() -> type:
     hints = typing.get_type_hints(TrainConfig)
-    fields = [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
-              for f in dataclasses.fields(TrainConfig) if f.name not in ROUND_OWNED]
+    fields = [
+        (f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ROUND_OWNED
+    ]
     cls = dataclasses.make_dataclass(
-        "RoundTrainConfig", fields, frozen=True,
-        namespace={"__doc__": "TrainConfig's fields minus those online fills in each round (ROUND_OWNED)."})
+        "RoundTrainConfig",
+        fields,
+        frozen=True,
+        namespace={"__doc__": "TrainConfig's fields minus those online fills in each round (ROUND_OWNED)."},
+    )
     cls.__module__ = __name__
     return cls
 
@@ -46,48 +62,73 @@ def _help(text: str) -> dict:
 class OnlineConfig:
     """Settings of one online MC-PO run. Paths are local folders or files."""
 
-    output_dir: str = field(metadata=_help("Run folder: prompts/, round-<r>/{generate,score,logprobs,build,train}, "
-                                           "online_state.json."))
-    reference: str = field(metadata=_help("Frozen reference model folder (save_pretrained); only the logprobs "
-                                          "stage loads it, never the trainer."))
-    prompts: str = field(metadata=_help("An `ingest` output folder (examples table), or a file ingested once into "
-                                        "output_dir/prompts with `prompts_format`."))
+    output_dir: str = field(
+        metadata=_help("Run folder: prompts/, round-<r>/{generate,score,logprobs,build,train}, online_state.json.")
+    )
+    reference: str = field(
+        metadata=_help(
+            "Frozen reference model folder (save_pretrained); only the logprobs stage loads it, never the trainer."
+        )
+    )
+    prompts: str = field(
+        metadata=_help(
+            "An `ingest` output folder (examples table), or a file ingested once into "
+            "output_dir/prompts with `prompts_format`."
+        )
+    )
     prompts_format: str = field(default="prompts", metadata=_help("Ingest format when `prompts` is a file."))
     policy: str | None = field(default=None, metadata=_help("Initial policy folder; null = the reference."))
-    rounds: int = field(default=2, metadata=_help("Rounds of generate -> score -> logprobs -> build -> train. "
-                                                  "Raising it later continues a finished run."))
+    rounds: int = field(
+        default=2,
+        metadata=_help(
+            "Rounds of generate -> score -> logprobs -> build -> train. Raising it later continues a finished run."
+        ),
+    )
 
     n: int = field(default=4, metadata=_help("Samples per prompt drawn from the current policy each round."))
-    temperature: float | None = field(default=None, metadata=_help("Sampling temperature; null = generation_config, "
-                                                                   "else 1.0."))
+    temperature: float | None = field(
+        default=None, metadata=_help("Sampling temperature; null = generation_config, else 1.0.")
+    )
     top_p: float | None = field(default=None, metadata=_help("Nucleus sampling; null = generation_config, else 1.0."))
     max_new_tokens: int | None = field(default=None, metadata=_help("Per sample; null = generation_config, else 256."))
     seed: int = field(default=0, metadata=_help("Round r samples with seed + r (fresh draws every round)."))
     engine: str = field(default="hf", metadata=_help("Generation engine: hf | vllm."))
     engine_args: dict | None = field(default=None, metadata=_help("vllm.LLM options (engine vllm only)."))
-    generate_batch_size: int = field(default=16, metadata=_help("Sequences decoded together (hf); not in the "
-                                                                "run's identity."))
+    generate_batch_size: int = field(
+        default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.")
+    )
     device: str = field(default="cpu", metadata=_help("Device of the hf generation engine."))
 
-    reward_fn: str | None = field(default=None, metadata=_help("module:function or file.py:function, called as "
-                                                               "f(prompt messages, completion) -> float."))
-    reward_model: str | None = field(default=None, metadata=_help("One-label sequence-classification model folder; "
-                                                                  "give exactly one of reward_fn / reward_model."))
+    reward_fn: str | None = field(
+        default=None,
+        metadata=_help("module:function or file.py:function, called as f(prompt messages, completion) -> float."),
+    )
+    reward_model: str | None = field(
+        default=None,
+        metadata=_help("One-label sequence-classification model folder; give exactly one of reward_fn / reward_model."),
+    )
 
-    max_length: int | None = field(default=None, metadata=_help("Prompt + completion tokens for the reference "
-                                                                "log-probs and training; null = the reference's "
-                                                                "context."))
+    max_length: int | None = field(
+        default=None,
+        metadata=_help(
+            "Prompt + completion tokens for the reference log-probs and training; null = the reference's context."
+        ),
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
-        default="float32", metadata=_help("Dtype of the reference log-probs and of the trained policy's weights."))
+        default="float32", metadata=_help("Dtype of the reference log-probs and of the trained policy's weights.")
+    )
     logprobs_engine: str = field(default="hf", metadata=_help("Engine of the reference log-probs: hf | vllm."))
     max_pool: int | None = field(default=None, metadata=_help("Keep at most this many pool samples per prompt."))
-    best_ties: str = field(default="first", metadata=_help("Which sample is preferred when several share the best "
-                                                           "score (build's best_ties)."))
+    best_ties: str = field(
+        default="first",
+        metadata=_help("Which sample is preferred when several share the best score (build's best_ties)."),
+    )
     show_progress: bool | None = field(default=None, metadata=_help("Progress bars; null = when on a terminal."))
 
     train: RoundTrainConfig = field(  # type: ignore[valid-type]
         default_factory=RoundTrainConfig,
-        metadata=_help("Per-round TrainConfig fields (lr, beta, kernel, batch_size, max_steps, save_steps, ...)."))
+        metadata=_help("Per-round TrainConfig fields (lr, beta, kernel, batch_size, max_steps, save_steps, ...)."),
+    )
 
     def check(self) -> None:
         """Cross-field checks, before anything runs."""
@@ -97,16 +138,34 @@ class OnlineConfig:
             raise ValueError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ValueError("give exactly one of reward_fn and reward_model")
-        self.round_train(model="-", data="-", output_dir="-", max_length=self.max_length or 1,
-                         reference_is_policy_init=True).check()
+        self.round_train(
+            model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
+        ).check()
 
-    def round_train(self, *, model: str, data: str, output_dir: str, max_length: int,
-                    reference_is_policy_init: bool, resume: bool = False) -> TrainConfig:
+    def round_train(
+        self,
+        *,
+        model: str,
+        data: str,
+        output_dir: str,
+        max_length: int,
+        reference_is_policy_init: bool,
+        resume: bool = False,
+    ) -> TrainConfig:
         """The TrainConfig of one round (``resume``: continue from the newest checkpoint in output_dir)."""
         settings: dict[str, Any] = dataclasses.asdict(self.train)
-        return TrainConfig(**settings, model=model, data=data, output_dir=output_dir, loss="mcpo",
-                           max_length=max_length, truncation="completion", dtype=self.dtype, resume=resume,
-                           reference_is_policy_init=reference_is_policy_init)
+        return TrainConfig(
+            **settings,
+            model=model,
+            data=data,
+            output_dir=output_dir,
+            loss="mcpo",
+            max_length=max_length,
+            truncation="completion",
+            dtype=self.dtype,
+            resume=resume,
+            reference_is_policy_init=reference_is_policy_init,
+        )
 
     def identity(self) -> dict:
         """What decides the run's output: everything but the round count and display settings."""

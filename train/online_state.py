@@ -54,12 +54,16 @@ def _refuse_other_run(path: Path, data: dict, identity: dict, hashes: dict[str, 
     old = data["identity"]
     differ = _differences(old, identity)
     if differ:
-        raise ConfigError(f"{path.parent} holds an online run made with other settings ({', '.join(differ)}); "
-                          "rerun with the same config (only `rounds` may change) or use another output_dir")
+        raise ConfigError(
+            f"{path.parent} holds an online run made with other settings ({', '.join(differ)}); "
+            "rerun with the same config (only `rounds` may change) or use another output_dir"
+        )
     changed = [k for k, v in hashes.items() if data["hashes"].get(k) != v]
     if changed:
-        raise ConfigError(f"{path.parent}: the {' and '.join(changed)} model's weights changed since this run "
-                          "started (weights_sha256 differs); its data was made with the old weights")
+        raise ConfigError(
+            f"{path.parent}: the {' and '.join(changed)} model's weights changed since this run "
+            "started (weights_sha256 differs); its data was made with the old weights"
+        )
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -54,8 +54,9 @@ def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path) -> Pa
     runs = [(_run_label(d), _load(d)) for d in dirs]
     panels = [(key, title) for key, title in PANELS if any(key in r for _, records in runs for r in records)]
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]),
-                             dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]), dpi=DPI, squeeze=False
+    )
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         for label, records in runs:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]

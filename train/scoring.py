@@ -16,8 +16,9 @@ from prefpool.losses import sequence_logps
 TokenPair = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, completion_ids)
 
 
-def pad_pairs(pairs: Sequence[TokenPair], pad_token_id: int,
-              device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def pad_pairs(
+    pairs: Sequence[TokenPair], pad_token_id: int, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad ``N`` sequences into ``input_ids``, ``attention_mask``, ``completion_mask``, each ``(N, T)``."""
     width = max(len(p) + len(c) for p, c in pairs)
     input_ids = torch.full((len(pairs), width), pad_token_id, dtype=torch.long)
@@ -27,13 +28,14 @@ def pad_pairs(pairs: Sequence[TokenPair], pad_token_id: int,
         end = len(prompt) + len(completion)
         input_ids[row, :end] = torch.tensor([*prompt, *completion], dtype=torch.long)
         attention_mask[row, :end] = 1
-        completion_mask[row, len(prompt):end] = True
+        completion_mask[row, len(prompt) : end] = True
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
-def completion_logps(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_token_id: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(
+    model: torch.nn.Module, pairs: Sequence[TokenPair], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each completion under ``model`` and its token count, ``(N,)`` each.
 
     One forward pass; gradient flows if it is enabled. Labels are shifted by
@@ -43,8 +45,9 @@ def completion_logps(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_tok
     """
     device = next(model.parameters()).device
     batch = pad_pairs(pairs, pad_token_id, device)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits  # (N, T, V)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits  # (N, T, V)
     # logits[:, t] predicts token t + 1: score input_ids[:, t + 1] where it is a completion token.
     labels = batch["input_ids"].roll(-1, dims=1)
     mask = batch["completion_mask"].roll(-1, dims=1)
@@ -53,8 +56,14 @@ def completion_logps(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_tok
 
 
 @torch.no_grad()
-def score_pairs(model: torch.nn.Module, pairs: Sequence[TokenPair], pad_token_id: int, *,
-                max_tokens: int = 16384, lockstep: bool = False) -> torch.Tensor:
+def score_pairs(
+    model: torch.nn.Module,
+    pairs: Sequence[TokenPair],
+    pad_token_id: int,
+    *,
+    max_tokens: int = 16384,
+    lockstep: bool = False,
+) -> torch.Tensor:
     """Log-probs of many sequences without gradient, ``(N,)`` float32, in input order.
 
     Sequences are sorted by length and packed into batches of at most

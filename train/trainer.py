@@ -76,8 +76,7 @@ class TrainerState:
         self.generator = generator  # the MC-PO kernel's draws (the main process's)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "micro": self.micro,
-                "generator": self.generator.get_state()}
+        return {"step": self.step, "epoch": self.epoch, "micro": self.micro, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
@@ -113,9 +112,14 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     targets = cfg.lora_target_modules
     if targets == ("all-linear",):
         targets = "all-linear"  # peft's own shorthand is a string, not a list
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(targets) if isinstance(targets, tuple) else targets,
-                      bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -124,12 +128,16 @@ def _linear_warmup_decay(warmup: int, total: int):
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
 def _tokens(batch) -> int:
-    pairs = [*batch.chosen, *(p for pool in batch.pools for p in pool)] if isinstance(batch, PoolBatch) \
+    pairs = (
+        [*batch.chosen, *(p for pool in batch.pools for p in pool)]
+        if isinstance(batch, PoolBatch)
         else [*batch.chosen, *batch.rejected, *(s for row in batch.samples for s in row)]
+    )
     return sum(len(p) + len(c) for p, c in pairs)
 
 
@@ -143,14 +151,18 @@ def _tracker_options(cfg: TrainConfig, out: Path) -> dict:
         return {}
     from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_wandb_available
 
-    installed = {"tensorboard": (is_tensorboard_available, "pip install 'prefpool[tensorboard]'"),
-                 "wandb": (is_wandb_available, "pip install wandb")}
+    installed = {
+        "tensorboard": (is_tensorboard_available, "pip install 'prefpool[tensorboard]'"),
+        "wandb": (is_wandb_available, "pip install wandb"),
+    }
     for name in cfg.report_to:
         available, hint = installed[name]
         if not available():
             raise ImportError(f"report_to: {name} is not installed ({hint})")
-    return {"log_with": list(cfg.report_to),
-            "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKER_DIR))}
+    return {
+        "log_with": list(cfg.report_to),
+        "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKER_DIR)),
+    }
 
 
 def _hparams(cfg: TrainConfig) -> dict:
@@ -189,21 +201,38 @@ class Trainer:
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
         self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
         self.check_step0 = check_cache(
-            self.cache, model=cfg.model, tokenizer=self.tokenizer, max_length=self.max_length,
-            truncation=cfg.truncation, dtype=cfg.dtype, reference_is_policy_init=cfg.reference_is_policy_init)
+            self.cache,
+            model=cfg.model,
+            tokenizer=self.tokenizer,
+            max_length=self.max_length,
+            truncation=cfg.truncation,
+            dtype=cfg.dtype,
+            reference_is_policy_init=cfg.reference_is_policy_init,
+        )
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-        self.accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                       mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False,
-                                       **_tracker_options(cfg, self.out))
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            step_scheduler_with_optimizer=False,
+            **_tracker_options(cfg, self.out),
+        )
         set_seed(cfg.seed)
-        self.table = TrainingTable(cfg.data, self.kind, self.tokenizer, max_length=self.max_length,
-                                   truncation=cfg.truncation, with_samples=self.kind == "mpo" and cfg.tau > 0)
+        self.table = TrainingTable(
+            cfg.data,
+            self.kind,
+            self.tokenizer,
+            max_length=self.max_length,
+            truncation=cfg.truncation,
+            with_samples=self.kind == "mpo" and cfg.tau > 0,
+        )
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{cfg.data}: {len(self.table)} rows are fewer than one optimizer step's "
-                             f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples")
+            raise ValueError(
+                f"{cfg.data}: {len(self.table)} rows are fewer than one optimizer step's "
+                f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples"
+            )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
@@ -219,8 +248,9 @@ class Trainer:
             optimizer = torch.optim.SGD(trainable, lr=cfg.lr)
         else:
             optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(cfg.warmup_steps,
-                                                                                      self.total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _linear_warmup_decay(cfg.warmup_steps, self.total_steps)
+        )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").
             # Not exercised here: accelerate runs DeepSpeed on GPUs only.
@@ -248,15 +278,19 @@ class Trainer:
         self.resumed_from = resume_dir
         self.out.mkdir(parents=True, exist_ok=True)
         # Only the main process writes metrics.jsonl; another one truncating it would race with the writes.
-        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=self.state.step if resume_dir else None) \
-            if self.accelerator.is_main_process else None
+        self.log = (
+            MetricsLog(self.out / "metrics.jsonl", resume_step=self.state.step if resume_dir else None)
+            if self.accelerator.is_main_process
+            else None
+        )
         self.step0_diff: float | None = None
         if cfg.report_to:
             # A resumed run hides the events past its checkpoint, as MetricsLog drops those lines.
             tensorboard = {"purge_step": self.state.step + 1} if resume_dir else {}
             wandb = {"dir": str(self.out), "mode": os.environ.get("WANDB_MODE", "offline")}
-            self.accelerator.init_trackers(cfg.tracker_project, config=_hparams(cfg),
-                                           init_kwargs={"tensorboard": tensorboard, "wandb": wandb})
+            self.accelerator.init_trackers(
+                cfg.tracker_project, config=_hparams(cfg), init_kwargs={"tensorboard": tensorboard, "wandb": wandb}
+            )
 
     # -- one optimizer step -------------------------------------------------------------------------
 
@@ -264,9 +298,14 @@ class Trainer:
         cfg = self.cfg
         if self.state.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
             self.state.epoch, self.state.micro = self.state.epoch + 1, 0
-        examples = self.table.micro_batch(cfg.seed, self.state.epoch, self.state.micro, batch_size=cfg.batch_size,
-                                          process=self.accelerator.process_index,
-                                          num_processes=self.accelerator.num_processes)
+        examples = self.table.micro_batch(
+            cfg.seed,
+            self.state.epoch,
+            self.state.micro,
+            batch_size=cfg.batch_size,
+            process=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes,
+        )
         self.state.micro += 1
         return collate(self.kind, examples)
 
@@ -281,7 +320,8 @@ class Trainer:
                 "probably made with another model, tokenizer, chat template or max_length than "
                 f"{self.cfg.model}; rerun `prefpool logprobs` + `prefpool build` with it. (Under bf16/fp16 "
                 "raise step0_tolerance; for a reference other than the initial policy set "
-                "reference_is_policy_init: false.)")
+                "reference_is_policy_init: false.)"
+            )
 
     def _optimizer_step(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
@@ -296,8 +336,14 @@ class Trainer:
                 pool_width = max(pool_width or 0, batch.pool_mask.shape[1])
             last = k == cfg.gradient_accumulation_steps - 1
             with nullcontext() if last else acc.no_sync(self.model):
-                out = batch_loss(self.model, batch, cfg, pad_token_id=self.pad, generator=self.state.generator,
-                                 lockstep=self.lockstep)
+                out = batch_loss(
+                    self.model,
+                    batch,
+                    cfg,
+                    pad_token_id=self.pad,
+                    generator=self.state.generator,
+                    lockstep=self.lockstep,
+                )
                 # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
                 acc.backward(out.loss.sum() / cfg.batch_size)
             tokens += _tokens(batch)
@@ -314,10 +360,15 @@ class Trainer:
         self.state.step += 1
         seconds = time.perf_counter() - start
         gathered = {k: acc.gather(torch.cat(v)) for k, v in metrics.items()}
-        record = {"step": self.state.step, "epoch": self.state.epoch, "lr": lr,
-                  **reduce_step(acc.gather(torch.cat(losses)), gathered, pool_width),
-                  "grad_norm": grad_norm, "tokens_per_s": tokens * acc.num_processes / seconds,
-                  "peak_memory_mb": peak_memory_mb(acc.device)}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "lr": lr,
+            **reduce_step(acc.gather(torch.cat(losses)), gathered, pool_width),
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens * acc.num_processes / seconds,
+            "peak_memory_mb": peak_memory_mb(acc.device),
+        }
         if self.state.step == 1 and self.step0_diff is not None:
             record["step0_max_abs_diff"] = self.step0_diff
         return record
@@ -330,8 +381,13 @@ class Trainer:
         if not self.accelerator.is_main_process:
             torch.save(self.state.generator.get_state(), _generator_file(folder, self.accelerator.process_index))
         if self.accelerator.is_main_process:
-            info = {"step": self.state.step, "epoch": self.state.epoch, "micro_batch": self.state.micro,
-                    "total_steps": self.total_steps, "config": asdict(self.cfg)}
+            info = {
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "micro_batch": self.state.micro,
+                "total_steps": self.total_steps,
+                "config": asdict(self.cfg),
+            }
             (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n")
             self._prune_checkpoints()
         return folder
@@ -369,8 +425,12 @@ class Trainer:
         if cfg.report_to:
             acc.end_training()  # flushes and closes the event files / wandb run
         summary = {
-            "output_dir": str(self.out), "table_kind": self.kind, "loss_name": cfg.loss, "rows": len(self.table),
-            "steps": self.state.step, "total_steps": self.total_steps,
+            "output_dir": str(self.out),
+            "table_kind": self.kind,
+            "loss_name": cfg.loss,
+            "rows": len(self.table),
+            "steps": self.state.step,
+            "total_steps": self.total_steps,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "step0_max_abs_diff": self.step0_diff,
             "losses": [r["loss"] for r in records],

@@ -53,11 +53,20 @@ def mcpo_dataset(data: str | Path):
     from datasets import Dataset
 
     rows = read_table(data, schema="mcpo").to_pylist()
-    return Dataset.from_list([{
-        "prompt": r["prompt"], "chosen": _turn(r["preferred"]), "rejected": _turn(r["pool"][0]),
-        "ref_chosen_logps": r["ref_preferred_logp"], "ref_rejected_logps": r["ref_pool_logps"][0],
-        "pool": r["pool"], "ref_pool_logps": r["ref_pool_logps"],
-    } for r in rows])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": r["prompt"],
+                "chosen": _turn(r["preferred"]),
+                "rejected": _turn(r["pool"][0]),
+                "ref_chosen_logps": r["ref_preferred_logp"],
+                "ref_rejected_logps": r["ref_pool_logps"][0],
+                "pool": r["pool"],
+                "ref_pool_logps": r["ref_pool_logps"],
+            }
+            for r in rows
+        ]
+    )
 
 
 def mpo_dataset(data: str | Path):
@@ -114,7 +123,8 @@ class MCPOConfig(DPOConfig):
 
     mcpo_kernel: str = field(default="sample", metadata={"help": "sample | max | min | uniform | expectation"})
     precompute_ref_log_probs: bool = field(
-        default=True, metadata={"help": "must stay True: the reference values come from the dataset"})
+        default=True, metadata={"help": "must stay True: the reference values come from the dataset"}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -132,7 +142,8 @@ class MPOConfig(DPOConfig):
     mpo_tau: float = field(default=0.0, metadata={"help": "weight of the reference-sample NLL term"})
     mpo_length_normalize: bool = field(default=False, metadata={"help": "p from per-token log-probs"})
     precompute_ref_log_probs: bool = field(
-        default=True, metadata={"help": "must stay True: the reference values come from the dataset"})
+        default=True, metadata={"help": "must stay True: the reference values come from the dataset"}
+    )
 
 
 class _CachedRefTrainer(DPOTrainer):
@@ -143,20 +154,32 @@ class _CachedRefTrainer(DPOTrainer):
 
     def __init__(self, model, args: DPOConfig, train_dataset, processing_class, data_collator=None, **kwargs):
         if not args.precompute_ref_log_probs:
-            raise ValueError("precompute_ref_log_probs: must be True; the reference log-probs come from the "
-                             "dataset (prefpool build tables), and no reference model is loaded")
+            raise ValueError(
+                "precompute_ref_log_probs: must be True; the reference log-probs come from the "
+                "dataset (prefpool build tables), and no reference model is loaded"
+            )
         if kwargs.get("ref_model") is not None:
             raise ValueError("ref_model: not used; the reference log-probs come from the dataset")
         if data_collator is None:
             tok = getattr(processing_class, "tokenizer", processing_class)
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            data_collator = PoolCollator(pad_token_id=pad, max_length=args.max_length,
-                                         truncation_mode=args.truncation_mode,
-                                         pad_to_multiple_of=args.pad_to_multiple_of,
-                                         extra=self.extra_column, ref_extra=self.ref_extra_column)
+            data_collator = PoolCollator(
+                pad_token_id=pad,
+                max_length=args.max_length,
+                truncation_mode=args.truncation_mode,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                extra=self.extra_column,
+                ref_extra=self.ref_extra_column,
+            )
         self._generator: torch.Generator | None = None
-        super().__init__(model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=data_collator, **kwargs)
+        super().__init__(
+            model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
 
     # -- data ---------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -185,8 +208,10 @@ class _CachedRefTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name, batch_size):
         missing = {"ref_chosen_logps", "ref_rejected_logps"} - set(dataset.column_names)
         if missing:
-            raise ValueError(f"{name} dataset: no {sorted(missing)} columns; this trainer reads cached reference "
-                             "log-probs (build the dataset with mcpo_dataset / mpo_dataset from a build table)")
+            raise ValueError(
+                f"{name} dataset: no {sorted(missing)} columns; this trainer reads cached reference "
+                "log-probs (build the dataset with mcpo_dataset / mpo_dataset from a build table)"
+            )
         return dataset
 
     # -- log-probs ----------------------------------------------------------------------------
@@ -194,17 +219,24 @@ class _CachedRefTrainer(DPOTrainer):
     def _logps(model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
         """Summed completion log-probs ``(N,)`` through TRL's fused LM head."""
         labels = input_ids.masked_fill(completion_mask == 0, -100)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                    use_cache=False)
-        return out.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, use_cache=False
+        )
+        return out.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1)
 
     def _logps_of_rows(self, model, inputs, chosen_rows: int, extra_rows: torch.Tensor | None) -> torch.Tensor:
         """Log-probs of TRL's first ``chosen_rows`` rows and of the given extra rows, one forward."""
-        parts = [(inputs["input_ids"][:chosen_rows], inputs["attention_mask"][:chosen_rows],
-                  inputs["completion_mask"][:chosen_rows])]
+        parts = [
+            (
+                inputs["input_ids"][:chosen_rows],
+                inputs["attention_mask"][:chosen_rows],
+                inputs["completion_mask"][:chosen_rows],
+            )
+        ]
         if extra_rows is not None and extra_rows.numel():
-            parts.append(tuple(inputs[f"extra_{k}"][extra_rows]
-                               for k in ("input_ids", "attention_mask", "completion_mask")))
+            parts.append(
+                tuple(inputs[f"extra_{k}"][extra_rows] for k in ("input_ids", "attention_mask", "completion_mask"))
+            )
         width = max(p[0].size(1) for p in parts)
         cat = [torch.cat([F.pad(p[j], (0, width - p[j].size(1))) for p in parts]) for j in range(3)]
         return self._logps(model, *cat)
@@ -246,20 +278,27 @@ class MCPODPOTrainer(_CachedRefTrainer):
             rows = slot[mask]  # slot order = row order
             logps = self._logps_of_rows(model, inputs, batch, rows)
             pool = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps[batch:])
-            return mcpo_loss(logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta,
-                             kernel=kernel)
+            return mcpo_loss(logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
         with torch.no_grad():
-            scores = self._logps(model, inputs["extra_input_ids"], inputs["extra_attention_mask"],
-                                 inputs["extra_completion_mask"])  # (N,)
+            scores = self._logps(
+                model, inputs["extra_input_ids"], inputs["extra_attention_mask"], inputs["extra_completion_mask"]
+            )  # (N,)
         pool_scores = scores[slot.clamp(min=0)].masked_fill(~mask, 0.0)  # (B, M)
-        selected = mcpo_select(pool_scores, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel,
-                               generator=self._draw_generator(pool_scores.device))
+        selected = mcpo_select(
+            pool_scores,
+            ref_pool,
+            candidate_mask=mask,
+            beta=beta,
+            kernel=kernel,
+            generator=self._draw_generator(pool_scores.device),
+        )
         picked = slot.gather(1, selected[:, None]).squeeze(1)  # (B,) extra rows
         logps = self._logps_of_rows(model, inputs, batch, picked)
         one_hot = F.one_hot(selected, mask.shape[1]).bool()
         pool = torch.where(one_hot, logps[batch:, None], pool_scores.to(logps.dtype))
-        return mcpo_loss(logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta,
-                         kernel=kernel, selected=selected)
+        return mcpo_loss(
+            logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel, selected=selected
+        )
 
 
 class MPODPOTrainer(_CachedRefTrainer):
@@ -282,11 +321,19 @@ class MPODPOTrainer(_CachedRefTrainer):
         samples = None
         if tau > 0:
             samples = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device)
-            samples = samples.masked_scatter(mask, logps[2 * batch:])
+            samples = samples.masked_scatter(mask, logps[2 * batch :])
         counts = inputs["completion_mask"][:, 1:].sum(dim=1)
         return mpo_loss(
-            logps[:batch], logps[batch:2 * batch], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
-            preference=inputs.get("label"), ref_sample_logps=samples, ref_sample_mask=mask if tau > 0 else None,
-            beta=self.args.beta, tau=tau, chosen_tokens=counts[:batch], rejected_tokens=counts[batch:],
+            logps[:batch],
+            logps[batch : 2 * batch],
+            inputs["ref_chosen_logps"],
+            inputs["ref_rejected_logps"],
+            preference=inputs.get("label"),
+            ref_sample_logps=samples,
+            ref_sample_mask=mask if tau > 0 else None,
+            beta=self.args.beta,
+            tau=tau,
+            chosen_tokens=counts[:batch],
+            rejected_tokens=counts[batch:],
             length_normalize=self.args.mpo_length_normalize,
         )

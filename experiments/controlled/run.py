@@ -86,18 +86,24 @@ def planned_runs(s: Settings) -> list[Run]:
     runs = [Run("kernels", k, "mcpo", {"kernel": k}) for k in ("sample", "uniform", "max", "min", "expectation")]
     runs.append(Run("kernels", "max-margin", "max_margin", {"kernel": "uniform"}))
     runs += [Run("pool_size", f"M={m}", f"pool{m}", {"kernel": "sample"}) for m in (1, 2, 4)]
-    runs += [Run("garbage", "dpo-garbage", "garbage_only", {"kernel": "uniform"}),
-             Run("garbage", "dpo-random", "garbage", {"kernel": "uniform"}),
-             Run("garbage", "mcpo", "garbage", {"kernel": "sample"})]
+    runs += [
+        Run("garbage", "dpo-garbage", "garbage_only", {"kernel": "uniform"}),
+        Run("garbage", "dpo-random", "garbage", {"kernel": "uniform"}),
+        Run("garbage", "mcpo", "garbage", {"kernel": "sample"}),
+    ]
     # One learning rate (MPO's) for all four: the question is whether the KL stays bounded.
-    runs += [Run("mpo", "mpo", "sharp_mpo", {"loss": "mpo", "tau": s.tau, "lr": s.mpo_lr}, long=True),
-             Run("mpo", "mpo-tau0", "sharp_mpo", {"loss": "mpo", "tau": 0.0, "lr": s.mpo_lr}, long=True),
-             Run("mpo", "dpo", "sharp_pairwise", {"loss": "dpo", "lr": s.mpo_lr}, long=True),
-             Run("mpo", "ipo", "sharp_pairwise", {"loss": "ipo", "lr": s.mpo_lr}, long=True)]
+    runs += [
+        Run("mpo", "mpo", "sharp_mpo", {"loss": "mpo", "tau": s.tau, "lr": s.mpo_lr}, long=True),
+        Run("mpo", "mpo-tau0", "sharp_mpo", {"loss": "mpo", "tau": 0.0, "lr": s.mpo_lr}, long=True),
+        Run("mpo", "dpo", "sharp_pairwise", {"loss": "dpo", "lr": s.mpo_lr}, long=True),
+        Run("mpo", "ipo", "sharp_pairwise", {"loss": "ipo", "lr": s.mpo_lr}, long=True),
+    ]
     for b in s.betas:
-        runs += [Run("frontier", f"dpo-random beta={b}", "mcpo", {"kernel": "uniform", "beta": b}),
-                 Run("frontier", f"mcpo beta={b}", "mcpo", {"kernel": "sample", "beta": b}),
-                 Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau, "lr": s.mpo_lr})]
+        runs += [
+            Run("frontier", f"dpo-random beta={b}", "mcpo", {"kernel": "uniform", "beta": b}),
+            Run("frontier", f"mcpo beta={b}", "mcpo", {"kernel": "sample", "beta": b}),
+            Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau, "lr": s.mpo_lr}),
+        ]
     return runs
 
 
@@ -115,8 +121,9 @@ class Seed:
         if not sharp_ref.exists():  # the same reference model: only the labels differ
             shutil.copytree(self.std.reference, sharp_ref)
         self.sharp: TaskData = prepare_data(out / "sharp", seed=seed, engine="hf", n=s.n, annotator=SHARP, log=log)
-        self.probe = Probe(self.std.reference, task_prompts(held_out_topics()),
-                           samples_per_prompt=s.probe_samples, seed=seed + 1000)
+        self.probe = Probe(
+            self.std.reference, task_prompts(held_out_topics()), samples_per_prompt=s.probe_samples, seed=seed + 1000
+        )
         self._tables: dict[str, Path] = {}
 
     def table(self, key: str) -> Path:
@@ -130,26 +137,50 @@ class Seed:
             return self.std.train_table
         if key.startswith("pool"):
             train = self.std.train_table.parent.parent  # data/train
-            return build("mcpo", examples=train / "ingest", logprobs=train / "logprobs", out=tables / key,
-                         candidates=train / "generate", scores=train / "score", max_pool=int(key[4:])).out
+            return build(
+                "mcpo",
+                examples=train / "ingest",
+                logprobs=train / "logprobs",
+                out=tables / key,
+                candidates=train / "generate",
+                scores=train / "score",
+                max_pool=int(key[4:]),
+            ).out
         if key == "max_margin":
-            return derive.derive_table(self.std.train_table, tables / key, kind="mcpo", name="max_margin",
-                                       transform=derive.max_margin)
+            return derive.derive_table(
+                self.std.train_table, tables / key, kind="mcpo", name="max_margin", transform=derive.max_margin
+            )
         if key == "garbage":
             adder = derive.GarbageAdder(self.std.reference, self.std.train_table)
             return derive.derive_table(self.std.train_table, tables / key, kind="mcpo", name="garbage", transform=adder)
         if key == "garbage_only":
-            return derive.derive_table(self.table("garbage"), tables / key, kind="mcpo", name="garbage_only",
-                                       transform=derive.garbage_only)
+            return derive.derive_table(
+                self.table("garbage"), tables / key, kind="mcpo", name="garbage_only", transform=derive.garbage_only
+            )
         if key == "mpo":
-            return derive.derive_table(self.std.train_table, tables / key, kind="mpo", name="as_mpo",
-                                       transform=lambda r: derive.as_mpo(r, self.seed))
+            return derive.derive_table(
+                self.std.train_table,
+                tables / key,
+                kind="mpo",
+                name="as_mpo",
+                transform=lambda r: derive.as_mpo(r, self.seed),
+            )
         if key == "sharp_mpo":
-            return derive.derive_table(self.sharp.train_table, tables / key, kind="mpo", name="as_mpo",
-                                       transform=lambda r: derive.as_mpo(r, self.seed))
+            return derive.derive_table(
+                self.sharp.train_table,
+                tables / key,
+                kind="mpo",
+                name="as_mpo",
+                transform=lambda r: derive.as_mpo(r, self.seed),
+            )
         if key == "sharp_pairwise":
-            return derive.derive_table(self.sharp.train_table, tables / key, kind="pairwise", name="as_pair",
-                                       transform=lambda r: derive.as_pair(r, self.seed))
+            return derive.derive_table(
+                self.sharp.train_table,
+                tables / key,
+                kind="pairwise",
+                name="as_pair",
+                transform=lambda r: derive.as_pair(r, self.seed),
+            )
         raise KeyError(key)
 
     def run(self, run: Run) -> list[dict]:
@@ -161,8 +192,16 @@ class Seed:
             return done
         overrides = {"loss": "mcpo", "beta": s.beta, **run.overrides}
         overrides.setdefault("lr", s.lr)
-        cfg = TrainConfig(model=str(self.std.reference), data=str(self.table(run.table)), output_dir=str(folder),
-                          batch_size=s.batch_size, max_steps=steps, seed=self.seed, progress=False, **overrides)
+        cfg = TrainConfig(
+            model=str(self.std.reference),
+            data=str(self.table(run.table)),
+            output_dir=str(folder),
+            batch_size=s.batch_size,
+            max_steps=steps,
+            seed=self.seed,
+            progress=False,
+            **overrides,
+        )
         every = s.probe_every * (3 if run.long else 1)
         return train_with_probe(cfg, self.probe, every=every, log=self.log, label=f"{run.experiment}/{run.name}")
 
@@ -179,24 +218,53 @@ class Seed:
         done = _finished(folder, s.steps)
         if done is not None:
             return done
-        train = RoundTrainConfig(kernel="sample", lr=s.lr, beta=s.beta, batch_size=s.batch_size,
-                                 max_steps=s.steps // 2, seed=self.seed, progress=False)
-        cfg = OnlineConfig(output_dir=str(folder / "work"), reference=str(self.std.reference),
-                           prompts=str(self.std.train_table.parent.parent / "ingest"), rounds=2, n=s.n,
-                           temperature=1.0, top_p=1.0, max_new_tokens=32, seed=self.seed, reward_fn=ANNOTATOR,
-                           max_length=64, show_progress=False, train=train)
+        train = RoundTrainConfig(
+            kernel="sample",
+            lr=s.lr,
+            beta=s.beta,
+            batch_size=s.batch_size,
+            max_steps=s.steps // 2,
+            seed=self.seed,
+            progress=False,
+        )
+        cfg = OnlineConfig(
+            output_dir=str(folder / "work"),
+            reference=str(self.std.reference),
+            prompts=str(self.std.train_table.parent.parent / "ingest"),
+            rounds=2,
+            n=s.n,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=32,
+            seed=self.seed,
+            reward_fn=ANNOTATOR,
+            max_length=64,
+            show_progress=False,
+            train=train,
+        )
         start = time.perf_counter()
         online(cfg, log=self.log)
         seconds = time.perf_counter() - start
-        records = [{"step": 0, "train_seconds": 0.0, **self.probe.measure(
-            AutoModelForCausalLM.from_pretrained(self.std.reference))}]
+        records = [
+            {
+                "step": 0,
+                "train_seconds": 0.0,
+                **self.probe.measure(AutoModelForCausalLM.from_pretrained(self.std.reference)),
+            }
+        ]
         train_s = 0.0
         for r in range(2):
             model_dir = round_dir(cfg.output_dir, r) / "train"
             train_s += json.loads((model_dir / "train_summary.json").read_text())["seconds"]
             model = AutoModelForCausalLM.from_pretrained(model_dir)
-            records.append({"step": (r + 1) * (s.steps // 2), "train_seconds": round(train_s, 3),
-                            "online_seconds": round(seconds, 1), **self.probe.measure(model)})
+            records.append(
+                {
+                    "step": (r + 1) * (s.steps // 2),
+                    "train_seconds": round(train_s, 3),
+                    "online_seconds": round(seconds, 1),
+                    **self.probe.measure(model),
+                }
+            )
         folder.mkdir(parents=True, exist_ok=True)
         (folder / PROBE_LOG).write_text("".join(json.dumps(r) + "\n" for r in records))
         return records

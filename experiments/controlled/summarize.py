@@ -26,11 +26,19 @@ ORDER = {
     "online": ["offline-mcpo", "onmcpo"],
 }
 LABELS = {
-    "kernels": {"sample": "MC-PO, sample kernel", "uniform": "DPO, random rejected (uniform)",
-                "max-margin": "DPO, max-margin rejected (lowest true reward)", "max": "MC-PO, max kernel",
-                "min": "MC-PO, min kernel", "expectation": "MC-PO, expectation (listwise)"},
-    "garbage": {"dpo-garbage": "DPO, garbage as rejected", "dpo-random": "DPO, random rejected",
-                "mcpo": "MC-PO, sample kernel"},
+    "kernels": {
+        "sample": "MC-PO, sample kernel",
+        "uniform": "DPO, random rejected (uniform)",
+        "max-margin": "DPO, max-margin rejected (lowest true reward)",
+        "max": "MC-PO, max kernel",
+        "min": "MC-PO, min kernel",
+        "expectation": "MC-PO, expectation (listwise)",
+    },
+    "garbage": {
+        "dpo-garbage": "DPO, garbage as rejected",
+        "dpo-random": "DPO, random rejected",
+        "mcpo": "MC-PO, sample kernel",
+    },
     "mpo": {"mpo": "MPO (tau 0.1)", "mpo-tau0": "MPO without the tau term", "dpo": "DPO", "ipo": "IPO"},
     "online": {"offline-mcpo": "MC-PO offline", "onmcpo": "OnMC-PO, 2 rounds"},
 }
@@ -104,12 +112,26 @@ def experiment_table(experiment: str, runs: dict[str, dict[int, list[dict]]]) ->
         by_seed = runs[name]
         finals = [recs[-1] for recs in by_seed.values()]
         label = LABELS.get(experiment, {}).get(name, name)
-        rows.append([label, len(by_seed), finals[0]["step"], fmt([f["reward"] for f in finals]),
-                     fmt([f["kl"] for f in finals], sign=False),
-                     fmt([at_time(recs, equal_time) for recs in by_seed.values()]),
-                     f"{mean_std([f['train_seconds'] for f in finals])[0]:.1f}"])
-    header = ["run", "seeds", "steps", "true reward", "KL to reference", f"true reward at {equal_time:.1f} s",
-              "training s"]
+        rows.append(
+            [
+                label,
+                len(by_seed),
+                finals[0]["step"],
+                fmt([f["reward"] for f in finals]),
+                fmt([f["kl"] for f in finals], sign=False),
+                fmt([at_time(recs, equal_time) for recs in by_seed.values()]),
+                f"{mean_std([f['train_seconds'] for f in finals])[0]:.1f}",
+            ]
+        )
+    header = [
+        "run",
+        "seeds",
+        "steps",
+        "true reward",
+        "KL to reference",
+        f"true reward at {equal_time:.1f} s",
+        "training s",
+    ]
     return markdown_table(header, rows)
 
 
@@ -139,8 +161,12 @@ def frontier_plot(runs: dict[str, dict[int, list[dict]]], out: Path) -> Path:
                 xs.append(r["kl"])
                 ys.append(r["reward"])
         ax.scatter(xs, ys, s=14, color=color, label=method, alpha=0.8)
-    ax.set(xscale="symlog", xlabel="KL(policy ‖ reference), nats (symlog)", ylabel="true reward of fresh samples",
-           title="reward-KL frontier: every probe point, every beta (seed means)")
+    ax.set(
+        xscale="symlog",
+        xlabel="KL(policy ‖ reference), nats (symlog)",
+        ylabel="true reward of fresh samples",
+        title="reward-KL frontier: every probe point, every beta (seed means)",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -161,8 +187,10 @@ def kernel_entropy_table(out: Path, last: int = 10) -> str:
         seed, run = int(path.parts[-5].split("-")[1]), f"{path.parts[-3]}/{path.parts[-2]}"
         entropy = sum(r["mcpo/entropy"] for r in tail) / len(tail)
         found.setdefault(run, {})[seed] = (entropy, math.log(max(r["mcpo/num_candidates"] for r in tail)))
-    rows = [[run, ", ".join(f"{by_seed[s][0]:.3f}" for s in sorted(by_seed)),
-             f"{max(v[1] for v in by_seed.values()):.3f}"] for run, by_seed in sorted(found.items())]
+    rows = [
+        [run, ", ".join(f"{by_seed[s][0]:.3f}" for s in sorted(by_seed)), f"{max(v[1] for v in by_seed.values()):.3f}"]
+        for run, by_seed in sorted(found.items())
+    ]
     return markdown_table(["run", f"kernel entropy, last {last} steps, per seed (nats)", "log(pool width)"], rows)
 
 
@@ -185,10 +213,12 @@ def main() -> None:
         if experiment == "frontier":
             frontier_plot(runs[experiment], figures / "frontier.png")
         else:
-            curves = {LABELS.get(experiment, {}).get(n, n): averaged(by_seed)
-                      for n, by_seed in runs[experiment].items()}
-            plot_probe_curves(curves, figures / f"{experiment}.png",
-                              title=f"{experiment}: seed means, band = ± std error over seeds")
+            curves = {
+                LABELS.get(experiment, {}).get(n, n): averaged(by_seed) for n, by_seed in runs[experiment].items()
+            }
+            plot_probe_curves(
+                curves, figures / f"{experiment}.png", title=f"{experiment}: seed means, band = ± std error over seeds"
+            )
     parts.append("### MC-PO kernel entropy\n\n" + kernel_entropy_table(args.out))
     text = "\n".join(parts)
     print(text)

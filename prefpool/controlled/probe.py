@@ -53,24 +53,36 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 class Probe:
-    def __init__(self, reference: str | Path, prompts: list[list[dict[str, str]]], *,
-                 samples_per_prompt: int = 8, max_new_tokens: int = 32, seed: int = 0,
-                 batch_size: int = 64, score_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        reference: str | Path,
+        prompts: list[list[dict[str, str]]],
+        *,
+        samples_per_prompt: int = 8,
+        max_new_tokens: int = 32,
+        seed: int = 0,
+        batch_size: int = 64,
+        score_batch_size: int = 64,
+    ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.info = load_model_info(reference)
         self.reference = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
-        self.params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                     eos_token_ids=self.info.eos_token_ids)
-        self.requests = [(tuple(self.info.render(m)), sample_seed(seed, prompt_id(m), i))
-                         for m in prompts for i in range(samples_per_prompt)]
+        self.params = SamplingParams(
+            temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_ids=self.info.eos_token_ids
+        )
+        self.requests = [
+            (tuple(self.info.render(m)), sample_seed(seed, prompt_id(m), i))
+            for m in prompts
+            for i in range(samples_per_prompt)
+        ]
         self.batch_size, self.score_batch_size = batch_size, score_batch_size
 
     @torch.inference_mode()
     def _logps(self, model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]) -> list[float]:
         out: list[float] = []
         for start in range(0, len(seqs), self.score_batch_size):
-            logps, _ = completion_logps(model, seqs[start:start + self.score_batch_size], self.info.pad_token_id)
+            logps, _ = completion_logps(model, seqs[start : start + self.score_batch_size], self.info.pad_token_id)
             out += logps.double().tolist()
         return out
 
@@ -80,12 +92,18 @@ class Probe:
 
         with _eval_mode(policy):
             engine = HFEngine(self.info, batch_size=self.batch_size, device="cpu", model=policy)
-            completions = engine.generate([Request(p, s) for p, s in self.requests], self.params,
-                                          on_done=lambda _tokens: None)
+            completions = engine.generate(
+                [Request(p, s) for p, s in self.requests], self.params, on_done=lambda _tokens: None
+            )
         eos = self.info.eos_token_ids[0]
-        return [(list(prompt), [*c.token_ids, *([eos] if c.finish_reason == "stop" else [])],
-                 self.info.decode(list(c.token_ids)))
-                for (prompt, _), c in zip(self.requests, completions, strict=True)]
+        return [
+            (
+                list(prompt),
+                [*c.token_ids, *([eos] if c.finish_reason == "stop" else [])],
+                self.info.decode(list(c.token_ids)),
+            )
+            for (prompt, _), c in zip(self.requests, completions, strict=True)
+        ]
 
     def measure(self, policy: torch.nn.Module) -> dict:
         """Sample from ``policy`` (left in the mode it came in) and measure; see the module docstring."""
@@ -98,8 +116,12 @@ class Probe:
         reward, reward_se = _mean_se([true_reward(t) for t in texts])
         kl, kl_se = _mean_se([p - r for p, r in zip(policy_logps, reference_logps, strict=True)])
         return {
-            "reward": reward, "reward_se": reward_se, "kl": kl, "kl_se": kl_se,
+            "reward": reward,
+            "reward_se": reward_se,
+            "kl": kl,
+            "kl_se": kl_se,
             "in_language": sum(in_language(t) for t in texts) / len(texts),
             "length": sum(len(c) for _, c in seqs) / len(seqs),
-            "samples": len(texts), "example": texts[0],
+            "samples": len(texts),
+            "example": texts[0],
         }

@@ -21,8 +21,13 @@ def plot_probe_curves(runs: Mapping[str, Sequence[dict]], out: str | Path, *, ti
             mean = [r[key] for r in records]
             se = [r[f"{key}_se"] for r in records]
             (line,) = ax.plot(steps, mean, marker="o", ms=3, label=name)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, se, strict=True)],
-                            [m + s for m, s in zip(mean, se, strict=True)], color=line.get_color(), alpha=0.2)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, se, strict=True)],
+                [m + s for m, s in zip(mean, se, strict=True)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
         ax_f.plot([r["kl"] for r in records], [r["reward"] for r in records], marker="o", ms=3, label=name)
     ax_r.set(xlabel="training step", ylabel="true reward of fresh samples", title="reward")
     ax_k.set(xlabel="training step", ylabel="KL(policy ‖ reference), nats", title="KL to the reference")

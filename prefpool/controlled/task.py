@@ -28,10 +28,40 @@ import torch
 
 POSITIVE = ("good", "great", "happy", "bright", "kind", "calm", "warm", "lovely", "gentle", "sweet")
 NEGATIVE = ("bad", "sad", "dark", "cold", "cruel", "dull", "ugly", "angry", "grim", "harsh")
-TOPICS = ("cat", "dog", "house", "tree", "river", "day", "night", "city", "road", "garden",
-          "sea", "hill", "song", "room", "storm", "winter", "bird", "lake", "town", "forest",
-          "field", "boat", "star", "morning", "horse", "bridge", "flower", "school", "market", "cloud",
-          "island", "village")
+TOPICS = (
+    "cat",
+    "dog",
+    "house",
+    "tree",
+    "river",
+    "day",
+    "night",
+    "city",
+    "road",
+    "garden",
+    "sea",
+    "hill",
+    "song",
+    "room",
+    "storm",
+    "winter",
+    "bird",
+    "lake",
+    "town",
+    "forest",
+    "field",
+    "boat",
+    "star",
+    "morning",
+    "horse",
+    "bridge",
+    "flower",
+    "school",
+    "market",
+    "cloud",
+    "island",
+    "village",
+)
 # The last HELD_OUT topics never appear in the preference data: a policy is measured on them.
 HELD_OUT = 8
 TEMPLATES = ("Describe the {}.", "Tell me about the {}.", "Write about the {}.")
@@ -125,8 +155,7 @@ def sharp_annotator(prompt: list[dict[str, str]], completion: str) -> float:
     return true_reward(completion) + 0.1 * _gumbel(prompt, completion)
 
 
-def bradley_terry_prefers_first(reward_a: float, reward_b: float, rng: random.Random,
-                                temperature: float = 1.0) -> bool:
+def bradley_terry_prefers_first(reward_a: float, reward_b: float, rng: random.Random, temperature: float = 1.0) -> bool:
     """Draw a noisy label: ``a`` wins with probability ``σ((r_a - r_b) / temperature)``."""
     p = 1.0 / (1.0 + math.exp(-(reward_a - reward_b) / temperature))
     return rng.random() < p
@@ -142,8 +171,9 @@ def corpus(n: int, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
     return pairs
 
 
-def train_reference_model(out_dir: str | Path, *, steps: int = 300, batch_size: int = 32,
-                          lr: float = 3e-3, seed: int = 0) -> Path:
+def train_reference_model(
+    out_dir: str | Path, *, steps: int = 300, batch_size: int = 32, lr: float = 3e-3, seed: int = 0
+) -> Path:
     """Build a tiny Llama, fit it to the language by maximum likelihood, save it.
 
     The model only needs the grammar and the 50/50 adjective mix: its samples

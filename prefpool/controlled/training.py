@@ -21,8 +21,7 @@ from .probe import Probe
 PROBE_LOG = "probe.jsonl"
 
 
-def train_with_probe(cfg: TrainConfig, probe: Probe, *, every: int,
-                     log=print, label: str | None = None) -> list[dict]:
+def train_with_probe(cfg: TrainConfig, probe: Probe, *, every: int, log=print, label: str | None = None) -> list[dict]:
     """Train ``cfg``; probe at step 0, every ``every`` steps and at the end. Writes
     ``output_dir/probe.jsonl`` (one record per probe) and returns the records."""
     if every < 1:
@@ -41,8 +40,10 @@ def train_with_probe(cfg: TrainConfig, probe: Probe, *, every: int,
             out.write(json.dumps(record) + "\n")
             out.flush()
             if log:
-                log(f"  {name:<12} step {step:>4}  true reward {record['reward']:+.3f}  "
-                    f"KL {record['kl']:6.3f}  ({train_seconds:.1f} s training)")
+                log(
+                    f"  {name:<12} step {step:>4}  true reward {record['reward']:+.3f}  "
+                    f"KL {record['kl']:6.3f}  ({train_seconds:.1f} s training)"
+                )
             if step >= trainer.total_steps:
                 break
             start = time.perf_counter()

@@ -17,8 +17,16 @@ pytestmark = pytest.mark.xdist_group("controlled")
 def _train_one_step(task_data, table, out, **kw):
     """One step with the whole table in the first batch: the step-0 check sees every row."""
     rows = read_table(table).num_rows
-    cfg = TrainConfig(model=str(task_data.reference), data=str(table), output_dir=str(out), batch_size=rows,
-                      max_steps=1, lr=1e-4, progress=False, **kw)
+    cfg = TrainConfig(
+        model=str(task_data.reference),
+        data=str(table),
+        output_dir=str(out),
+        batch_size=rows,
+        max_steps=1,
+        lr=1e-4,
+        progress=False,
+        **kw,
+    )
     trainer = Trainer(cfg)
     trainer.run()
     return trainer.step0_diff
@@ -26,8 +34,9 @@ def _train_one_step(task_data, table, out, **kw):
 
 def test_max_margin_keeps_the_lowest_true_reward_member(task_data, tmp_path, fresh_accelerate_state):
     source = {r["prompt_id"]: r for r in read_table(task_data.train_table).to_pylist()}
-    out = derive.derive_table(task_data.train_table, tmp_path / "mm", kind="mcpo", name="max_margin",
-                              transform=derive.max_margin)
+    out = derive.derive_table(
+        task_data.train_table, tmp_path / "mm", kind="mcpo", name="max_margin", transform=derive.max_margin
+    )
     rows = read_table(out).to_pylist()
     assert len(rows) == len(source)
     for row in rows:
@@ -41,8 +50,9 @@ def test_max_margin_keeps_the_lowest_true_reward_member(task_data, tmp_path, fre
 @pytest.mark.parametrize(("kind", "loss"), [("pairwise", "dpo"), ("mpo", "mpo")])
 def test_pair_and_mpo_tables_train(task_data, tmp_path, kind, loss, fresh_accelerate_state):
     fn = derive.as_pair if kind == "pairwise" else derive.as_mpo
-    out = derive.derive_table(task_data.train_table, tmp_path / kind, kind=kind, name=kind,
-                              transform=lambda r: fn(r, 3))
+    out = derive.derive_table(
+        task_data.train_table, tmp_path / kind, kind=kind, name=kind, transform=lambda r: fn(r, 3)
+    )
     rows = read_table(out).to_pylist()
     src = read_table(task_data.train_table).to_pylist()
     assert [r["chosen"][0]["content"] for r in rows] == [r["preferred"] for r in src]
@@ -54,8 +64,9 @@ def test_pair_and_mpo_tables_train(task_data, tmp_path, kind, loss, fresh_accele
 def test_garbage_log_probs_match_the_policy_and_a_wrong_one_is_caught(task_data, tmp_path, fresh_accelerate_state):
     adder = derive.GarbageAdder(task_data.reference, task_data.train_table)
     garbage = derive.derive_table(task_data.train_table, tmp_path / "g", kind="mcpo", name="garbage", transform=adder)
-    only = derive.derive_table(garbage, tmp_path / "g1", kind="mcpo", name="garbage_only",
-                               transform=derive.garbage_only)
+    only = derive.derive_table(
+        garbage, tmp_path / "g1", kind="mcpo", name="garbage_only", transform=derive.garbage_only
+    )
     assert {tuple(r["pool"]) for r in read_table(only).to_pylist()} == {(derive.GarbageAdder.TEXT,)}
     assert _train_one_step(task_data, only, tmp_path / "t1", loss="mcpo", kernel="uniform") < 1e-4
 
@@ -68,8 +79,9 @@ def test_garbage_log_probs_match_the_policy_and_a_wrong_one_is_caught(task_data,
 
 
 def test_a_source_that_is_not_an_mcpo_table_is_refused_before_anything_is_written(task_data, tmp_path):
-    pairs = derive.derive_table(task_data.train_table, tmp_path / "pw", kind="pairwise", name="pairs",
-                                transform=lambda r: derive.as_pair(r, 0))
+    pairs = derive.derive_table(
+        task_data.train_table, tmp_path / "pw", kind="pairwise", name="pairs", transform=lambda r: derive.as_pair(r, 0)
+    )
     for source in (pairs, tmp_path / "missing"):
         with pytest.raises(ValueError, match="not an mcpo build output") as err:
             derive.derive_table(source, tmp_path / "out", kind="mcpo", name="x", transform=derive.max_margin)

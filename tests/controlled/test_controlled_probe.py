@@ -53,8 +53,15 @@ def test_kl_is_the_mean_log_ratio_of_the_sampled_tokens(task_data):
     """Recomputed one unpadded sequence at a time with a plain log-softmax: the probe's batched,
     padded scoring gives the same KL estimate, and a perturbed policy is measurably away (KL > 0)."""
     rows = read_table(task_data.heldout_table).to_pylist()[:4]
-    probe = Probe(task_data.reference, [r["prompt"] for r in rows], samples_per_prompt=4, max_new_tokens=24,
-                  seed=3, batch_size=5, score_batch_size=3)
+    probe = Probe(
+        task_data.reference,
+        [r["prompt"] for r in rows],
+        samples_per_prompt=4,
+        max_new_tokens=24,
+        seed=3,
+        batch_size=5,
+        score_batch_size=3,
+    )
     policy, reference = _perturbed(task_data.reference), _load(task_data.reference)
     measured = probe.measure(policy)
 
@@ -62,7 +69,7 @@ def test_kl_is_the_mean_log_ratio_of_the_sampled_tokens(task_data):
         ids = torch.tensor([prompt + completion])
         logits = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
         targets = ids[0, 1:]
-        return logits.gather(-1, targets[:, None])[len(prompt) - 1:].sum().item()
+        return logits.gather(-1, targets[:, None])[len(prompt) - 1 :].sum().item()
 
     with torch.no_grad():
         ratios = [logp(policy, p, c) - logp(reference, p, c) for p, c, _ in probe.samples(policy)]

@@ -81,11 +81,11 @@ def test_reference_model_speaks_the_language_with_spread_rewards(tmp_path):
     torch.manual_seed(0)
     texts = []
     for prompt in make_prompts(8, seed=1):
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=False)
-        out = model.generate(ids, do_sample=True, max_new_tokens=24, num_return_sequences=4,
-                             pad_token_id=tokenizer.pad_token_id)
-        texts += [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True) for o in out]
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=False)
+        out = model.generate(
+            ids, do_sample=True, max_new_tokens=24, num_return_sequences=4, pad_token_id=tokenizer.pad_token_id
+        )
+        texts += [tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True) for o in out]
     in_language = [t for t in texts if t.split() and set(t.split()) <= LANGUAGE]
     assert len(in_language) >= 0.9 * len(texts), texts
     rewards = [true_reward(t) for t in texts]

@@ -12,8 +12,15 @@ from prefpool.quickstart import MARKER, QuickstartConfig, run_quickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("controlled")]
 
-SMALL = {"engine": "hf", "n": 4, "steps": 4, "batch_size": 4, "probe_every": 2, "probe_samples": 2,
-         "reference_steps": 30}
+SMALL = {
+    "engine": "hf",
+    "n": 4,
+    "steps": 4,
+    "batch_size": 4,
+    "probe_every": 2,
+    "probe_samples": 2,
+    "reference_steps": 30,
+}
 
 
 def _probe_records(out, method):

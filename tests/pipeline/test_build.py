@@ -74,8 +74,15 @@ def test_output_does_not_depend_on_input_row_order(tmp_path):
         ex, ca, lp = _inputs(tmp_path, seed=seed)
         for kind in ("pairwise", "mcpo", "mpo"):
             cand = ca if kind != "pairwise" else None
-            outs.append((kind, seed, rows_of(build(kind, examples=ex, logprobs=lp, candidates=cand,
-                                                    out=tmp_path / f"{kind}-{seed}").out)))
+            outs.append(
+                (
+                    kind,
+                    seed,
+                    rows_of(
+                        build(kind, examples=ex, logprobs=lp, candidates=cand, out=tmp_path / f"{kind}-{seed}").out
+                    ),
+                )
+            )
     for kind in ("pairwise", "mcpo", "mpo"):
         results = [rows for k, _, rows in outs if k == kind]
         assert results[0] and all(r == results[0] for r in results)
@@ -175,25 +182,36 @@ def test_rerun_is_a_no_op_and_cli_builds(tmp_path):
     first = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
     again = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
     assert again.rows_written == first.rows_written == 2
-    result = CliRunner().invoke(app, ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp),
-                                      "--out", str(tmp_path / "cli")])
+    result = CliRunner().invoke(
+        app,
+        ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp), "--out", str(tmp_path / "cli")],
+    )
     assert result.exit_code == 0, result.output
     assert len(rows_of(tmp_path / "cli")) == 4
-    bad = CliRunner().invoke(app, ["build", "--kind", "dpo", "--examples", str(ex), "--logprobs", str(lp),
-                                   "--out", str(tmp_path / "bad")])
+    bad = CliRunner().invoke(
+        app, ["build", "--kind", "dpo", "--examples", str(ex), "--logprobs", str(lp), "--out", str(tmp_path / "bad")]
+    )
     assert bad.exit_code == 2 and "kind must be one of" in bad.output
 
 
 def _many(count: int = 12):
     """Ranked examples with candidate pools, one candidates row without an example, one text without a log-prob."""
-    examples = [example(f"prompt {i}", [(f"good {i}", 0.9, 1), (f"ok {i}", 0.5, 2), (f"bad {i} " * (i % 3 + 1), 0.1, 3)],
-                        pairs=[(1, 2)] if i % 4 == 0 else ()) for i in range(count)]
+    examples = [
+        example(
+            f"prompt {i}",
+            [(f"good {i}", 0.9, 1), (f"ok {i}", 0.5, 2), (f"bad {i} " * (i % 3 + 1), 0.1, 3)],
+            pairs=[(1, 2)] if i % 4 == 0 else (),
+        )
+        for i in range(count)
+    ]
     candidates = [candidates_row(ex, [f"s{i}a", f"s{i}b", f"good {i}"]) for i, ex in enumerate(examples)]
     candidates.append(candidates_row(example("orphan", []), ["o1"]))
     return examples, candidates
 
 
-@pytest.mark.parametrize(("kind", "with_candidates"), [("pairwise", False), ("mcpo", False), ("mcpo", True), ("mpo", True)])
+@pytest.mark.parametrize(
+    ("kind", "with_candidates"), [("pairwise", False), ("mcpo", False), ("mcpo", True), ("mpo", True)]
+)
 def test_shard_runs_merged_equal_one_run(tmp_path, kind, with_candidates):
     """build --shard i/3 for each i, merged: the unsharded run's rows, order, units and report."""
     from prefpool.pipeline.ids import stable_bucket
@@ -202,8 +220,13 @@ def test_shard_runs_merged_equal_one_run(tmp_path, kind, with_candidates):
 
     examples, candidates = _many()
     ex, ca, lp = _inputs(tmp_path, examples, candidates, skip={"ok 5", "s7b"})
-    args = {"examples": ex, "logprobs": lp, "candidates": ca if with_candidates else None, "missing": "drop",
-            "rows_per_unit": 4}
+    args = {
+        "examples": ex,
+        "logprobs": lp,
+        "candidates": ca if with_candidates else None,
+        "missing": "drop",
+        "rows_per_unit": 4,
+    }
     one = build(kind, out=tmp_path / "one", **args)
     parts = [build(kind, out=tmp_path / f"s{i}", shard=f"{i}/3", **args) for i in range(3)]
     assert all(0 < p.rows_written < one.rows_written for p in parts)
@@ -214,8 +237,10 @@ def test_shard_runs_merged_equal_one_run(tmp_path, kind, with_candidates):
     assert read_table(tmp_path / "merged").equals(read_table(one.out))
     report = json.loads((tmp_path / "merged" / "report.json").read_text())
     assert report == json.loads((one.out / "report.json").read_text())
-    assert report["examples_rows"] == len(examples) and report["dropped_missing_logp_" + (
-        "rejected" if kind in ("pairwise", "mpo") else "pool")] == 1
+    assert (
+        report["examples_rows"] == len(examples)
+        and report["dropped_missing_logp_" + ("rejected" if kind in ("pairwise", "mpo") else "pool")] == 1
+    )
     want = load_manifest(one.out)
     assert merged.identity == want.identity and [s.rows for s in merged.shards] == [s.rows for s in want.shards]
     # the merged folder has the unsharded identity: rebuilding into it finds it complete
@@ -235,10 +260,38 @@ def test_shard_filter_matches_stable_bucket_and_cli_shard(tmp_path):
         assert kept == [p for p in ids if stable_bucket(p, 3) == index]
     assert _shard_filter(ShardSpec(0, 1)) is None
     ex, _, lp = _inputs(tmp_path, *_many())
-    result = CliRunner().invoke(app, ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp),
-                                      "--out", str(tmp_path / "cli"), "--shard", "1/2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "--kind",
+            "pairwise",
+            "--examples",
+            str(ex),
+            "--logprobs",
+            str(lp),
+            "--out",
+            str(tmp_path / "cli"),
+            "--shard",
+            "1/2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert {stable_bucket(r["prompt_id"], 2) for r in rows_of(tmp_path / "cli")} == {1}
-    bad = CliRunner().invoke(app, ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp),
-                                   "--out", str(tmp_path / "bad"), "--shard", "2/2"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "--kind",
+            "pairwise",
+            "--examples",
+            str(ex),
+            "--logprobs",
+            str(lp),
+            "--out",
+            str(tmp_path / "bad"),
+            "--shard",
+            "2/2",
+        ],
+    )
     assert bad.exit_code == 2 and "0 <= i < N" in bad.output

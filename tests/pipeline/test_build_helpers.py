@@ -21,10 +21,18 @@ def fake_logp(text: str) -> float:
     return -len(text) / 10
 
 
-def write_rows(folder: Path, schema: str, rows: list[dict], *, stage: str | None = None, rows_per_unit: int = 2) -> Path:
+def write_rows(
+    folder: Path, schema: str, rows: list[dict], *, stage: str | None = None, rows_per_unit: int = 2
+) -> Path:
     """Write ``rows`` in the given order (not sorted: build must not depend on it)."""
-    run = StageRun(folder, stage=stage or schema, schema=schema, config={"test": True},
-                   inputs={"made_up": schema}, rows_per_unit=rows_per_unit)
+    run = StageRun(
+        folder,
+        stage=stage or schema,
+        schema=schema,
+        config={"test": True},
+        inputs={"made_up": schema},
+        rows_per_unit=rows_per_unit,
+    )
     import pyarrow as pa
 
     from prefpool.pipeline.schemas import get_schema
@@ -68,10 +76,17 @@ def logprob_rows(examples: list[dict], candidates: list[dict] = (), *, skip: set
             if text in skip or key in seen:
                 continue
             seen.add(key)
-            rows.append({
-                "prompt_id": ex["prompt_id"], "completion_id": key[1], "logp": fake_logp(text),
-                "num_tokens": len(text.split()), "truncated": False, "token_logps": None, "cache_key": CACHE_KEY,
-            })
+            rows.append(
+                {
+                    "prompt_id": ex["prompt_id"],
+                    "completion_id": key[1],
+                    "logp": fake_logp(text),
+                    "num_tokens": len(text.split()),
+                    "truncated": False,
+                    "token_logps": None,
+                    "cache_key": CACHE_KEY,
+                }
+            )
     return rows
 
 

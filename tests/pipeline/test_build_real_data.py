@@ -27,8 +27,12 @@ def _made_up_logprobs(examples, out):
         for answer in ex["answers"]:
             cid = completion_id(answer["text"])
             rows[(ex["prompt_id"], cid)] = {
-                "prompt_id": ex["prompt_id"], "completion_id": cid, "logp": fake_logp(answer["text"]),
-                "num_tokens": len(answer["text"].split()), "truncated": False, "token_logps": None,
+                "prompt_id": ex["prompt_id"],
+                "completion_id": cid,
+                "logp": fake_logp(answer["text"]),
+                "num_tokens": len(answer["text"].split()),
+                "truncated": False,
+                "token_logps": None,
                 "cache_key": CACHE_KEY,
             }
     items = [rows[k] for k in sorted(rows)]

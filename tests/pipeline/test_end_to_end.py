@@ -129,6 +129,12 @@ def test_resume_after_failure_and_rerun_is_a_noop(pipeline):
     assert any(line.startswith("push: up to date") for line in logs)
     assert seconds < 10, f"a rerun of a complete pipeline took {seconds:.1f} s"
     assert [line.split(":")[0] for line in logs[-8:]] == [
-        "ingest", "generate", "logprobs[ingest]", "logprobs[generate]",
-        "build[mcpo]", "build[pairwise]", "build[mpo]", "push",
+        "ingest",
+        "generate",
+        "logprobs[ingest]",
+        "logprobs[generate]",
+        "build[mcpo]",
+        "build[pairwise]",
+        "build[mpo]",
+        "push",
     ]

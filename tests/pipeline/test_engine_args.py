@@ -41,8 +41,11 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    (root / "p.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": "no"}) + "\n"
-                                          for w in ("yes", "river", "stone")))
+    (root / "p.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": "no"}) + "\n" for w in ("yes", "river", "stone")
+        )
+    )
     ingest(root / "p.jsonl", format="pairwise", out=root / "ex")
     return str(root / "ex")
 
@@ -80,8 +83,22 @@ def test_cli_engine_args_reach_vllm_llm_merged_over_the_env(stage, model, exampl
     extra = ["-n", "2", "--max-new-tokens", "4"] if stage == "generate" else []
     out = tmp_path / "out"
     for tp in (2, 4):  # engine options are not in the run's identity: the second call resumes the same run
-        result = runner.invoke(app, [stage, examples, "-m", model, "-o", str(out), "--engine", "vllm", *extra,
-                                     "--engine-args", json.dumps({"tensor_parallel_size": tp})])
+        result = runner.invoke(
+            app,
+            [
+                stage,
+                examples,
+                "-m",
+                model,
+                "-o",
+                str(out),
+                "--engine",
+                "vllm",
+                *extra,
+                "--engine-args",
+                json.dumps({"tensor_parallel_size": tp}),
+            ],
+        )
         assert isinstance(result.exception, _Stop), result.output
     first, second = fake_vllm
     assert (first["tensor_parallel_size"], second["tensor_parallel_size"]) == (2, 4)  # the CLI's wins over the env
@@ -95,13 +112,19 @@ def test_cli_engine_args_reach_vllm_llm_merged_over_the_env(stage, model, exampl
 @pytest.mark.parametrize("stage", ["generate", "logprobs"])
 @pytest.mark.parametrize(
     ("engine", "args", "match"),
-    [("vllm", "{oops", "not valid JSON"), ("vllm", '"tp=2"', "must be a JSON object"),
-     ("vllm", '{"dtype": "float16"}', "'dtype'"), ("hf", '{"tensor_parallel_size": 2}', "takes none")],
+    [
+        ("vllm", "{oops", "not valid JSON"),
+        ("vllm", '"tp=2"', "must be a JSON object"),
+        ("vllm", '{"dtype": "float16"}', "'dtype'"),
+        ("hf", '{"tensor_parallel_size": 2}', "takes none"),
+    ],
 )
 def test_cli_bad_engine_args_exit_2_before_any_work(stage, engine, args, match, model, examples, tmp_path):
     extra = ["-n", "2"] if stage == "generate" else []
-    result = runner.invoke(app, [stage, examples, "-m", model, "-o", str(tmp_path / "o"), "--engine", engine,
-                                 *extra, "--engine-args", args])
+    result = runner.invoke(
+        app,
+        [stage, examples, "-m", model, "-o", str(tmp_path / "o"), "--engine", engine, *extra, "--engine-args", args],
+    )
     assert result.exit_code == 2 and "error:" in result.output and match in result.output, result.output
     assert not (tmp_path / "o").exists()
 
@@ -116,8 +139,11 @@ def test_logprobs_max_length_defaults_to_the_models_context(model, examples, tmp
 
 
 def test_logprobs_max_length_beyond_the_context_is_refused(model, examples, tmp_path):
-    with pytest.raises(PipelineConfigError, match=rf"max_length=2048 is beyond the model's context of {CONTEXT} "
-                                                  rf"tokens \(config.max_position_embeddings={CONTEXT}\)"):
+    with pytest.raises(
+        PipelineConfigError,
+        match=rf"max_length=2048 is beyond the model's context of {CONTEXT} "
+        rf"tokens \(config.max_position_embeddings={CONTEXT}\)",
+    ):
         logprobs(examples, model=model, out=tmp_path / "lp", max_length=2048)
     assert not (tmp_path / "lp").exists()
     result = runner.invoke(app, ["logprobs", examples, "-m", model, "-o", str(tmp_path / "lp"), "--max-length", "513"])
@@ -129,10 +155,14 @@ def test_logprobs_max_length_beyond_the_context_is_refused(model, examples, tmp_
 
 
 def test_generate_max_new_tokens_beyond_the_context_is_refused(model, examples, tmp_path):
-    with pytest.raises(PipelineConfigError, match=rf"max_new_tokens={CONTEXT} \(from the argument\) leaves no room "
-                                                  rf"for a prompt .*context of {CONTEXT} .*max_position_embeddings={CONTEXT}"):
+    with pytest.raises(
+        PipelineConfigError,
+        match=rf"max_new_tokens={CONTEXT} \(from the argument\) leaves no room "
+        rf"for a prompt .*context of {CONTEXT} .*max_position_embeddings={CONTEXT}",
+    ):
         generate(examples, model=model, out=tmp_path / "g", n=1, max_new_tokens=CONTEXT)
     assert not (tmp_path / "g").exists()
-    result = runner.invoke(app, ["generate", examples, "-m", model, "-o", str(tmp_path / "g"), "-n", "1",
-                                 "--max-new-tokens", "4000"])
+    result = runner.invoke(
+        app, ["generate", examples, "-m", model, "-o", str(tmp_path / "g"), "-n", "1", "--max-new-tokens", "4000"]
+    )
     assert result.exit_code == 2 and "max_new_tokens=4000" in result.output and str(CONTEXT) in result.output

@@ -77,7 +77,10 @@ def test_schema_counts_seeds_and_manifest(reference, examples):
     config = manifest.identity.config
     assert (config["n"], config["seed"], config["max_new_tokens"], config["temperature"]) == (N, 7, MAX_NEW, 1.0)
     assert config["eos_token_ids"] == [2] and set(config["model"]) == {
-        "weights_sha256", "tokenizer_sha256", "chat_template_sha256"}
+        "weights_sha256",
+        "tokenizer_sha256",
+        "chat_template_sha256",
+    }
     sampling = manifest.provenance["model"]["sampling"]
     assert sampling["source"] == {"temperature": "default", "top_p": "default", "max_new_tokens": "argument"}
     assert sampling["generation_config"]["max_new_tokens"] == 64  # recorded, overridden by the argument
@@ -101,17 +104,24 @@ def test_left_padding_does_not_change_a_rows_logits(model):
     """The reason batching cannot flip a draw: padded and unpadded logits agree to float rounding."""
     info = load_model_info(model)
     engine = HFEngine(info, batch_size=4, device="cpu")
-    short, long = info.render([{"role": "user", "content": "Hi."}]), info.render(
-        [{"role": "user", "content": "The cat likes a red apple. What does the cat like?"}])
+    short, long = (
+        info.render([{"role": "user", "content": "Hi."}]),
+        info.render([{"role": "user", "content": "The cat likes a red apple. What does the cat like?"}]),
+    )
     width = len(long)
     ids = torch.tensor([[0] * (width - len(short)) + short, long])
     mask = (torch.arange(width) >= width - len(short)).long()[None].repeat(2, 1)
     mask[1] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     from transformers import DynamicCache
+
     batched = engine._forward(ids, mask, positions, DynamicCache(config=engine.model.config))
-    single = engine._forward(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long),
-                             torch.arange(len(short))[None], DynamicCache(config=engine.model.config))
+    single = engine._forward(
+        torch.tensor([short]),
+        torch.ones(1, len(short), dtype=torch.long),
+        torch.arange(len(short))[None],
+        DynamicCache(config=engine.model.config),
+    )
     assert torch.allclose(batched[0], single[0], atol=1e-5, rtol=0)
 
 
@@ -130,12 +140,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(reference, model, exam
         generate(examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4, rows_per_unit=2)
     monkeypatch.setattr(generate_module.StageRun, "write", real_write)
     assert not (out / "manifest.json").exists()
-    resumed = generate(examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4,
-                       rows_per_unit=2)
+    resumed = generate(
+        examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4, rows_per_unit=2
+    )
     assert (resumed.units_written, resumed.units_skipped) == (2, 1)
     assert read_table(out, check_hashes=True).equals(read_table(reference))
-    again = generate(examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4,
-                     rows_per_unit=2)
+    again = generate(examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4, rows_per_unit=2)
     assert (again.units_written, again.tokens_generated) == (0, 0)
 
 
@@ -143,16 +153,26 @@ def test_two_shards_merged_equal_one_run(reference, model, examples, tmp_path):
     parts = []
     for i in range(2):
         parts.append(tmp_path / f"s{i}")
-        generate(examples, model=model, out=parts[-1], n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=3,
-                 rows_per_unit=2, shard=f"{i}/2")
+        generate(
+            examples,
+            model=model,
+            out=parts[-1],
+            n=N,
+            max_new_tokens=MAX_NEW,
+            seed=7,
+            batch_size=3,
+            rows_per_unit=2,
+            shard=f"{i}/2",
+        )
     assert 0 < read_table(parts[0]).num_rows < 6
     merge(parts, tmp_path / "merged")
     assert read_table(tmp_path / "merged").equals(read_table(reference))
     report = json.loads((tmp_path / "merged" / "report.json").read_text())
     assert (report["rows_written"], report["samples"]) == (6, 6 * N)
     # the merged folder has the unsharded identity: rerunning without --shard finds it complete
-    again = generate(examples, model=model, out=tmp_path / "merged", n=N, max_new_tokens=MAX_NEW, seed=7,
-                     rows_per_unit=2)
+    again = generate(
+        examples, model=model, out=tmp_path / "merged", n=N, max_new_tokens=MAX_NEW, seed=7, rows_per_unit=2
+    )
     assert again.units_written == 0
 
 
@@ -180,8 +200,12 @@ def test_stop_at_any_eos_id_from_generation_config(model, examples, tmp_path):
 def test_engine_token_ids_do_not_depend_on_the_batch(model):
     """The same requests decoded one by one and all together (left-padded, rows leaving as they stop)."""
     info = load_model_info(model)
-    requests = [Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(1, str(p), i))
-                for p in PROMPTS if isinstance(p, str) for i in range(2)]
+    requests = [
+        Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(1, str(p), i))
+        for p in PROMPTS
+        if isinstance(p, str)
+        for i in range(2)
+    ]
     assert len({len(r.prompt_tokens) for r in requests}) == 5
     params = SamplingParams(temperature=1.3, top_p=0.95, max_new_tokens=MAX_NEW, eos_token_ids=(2, *range(7, 60)))
     alone = HFEngine(info, batch_size=1, device="cpu").generate(requests, params, on_done=lambda _: None)
@@ -195,8 +219,10 @@ def test_a_stopped_sample_is_the_prefix_before_the_first_eos(model):
     and its tokens are the other run's tokens up to there, the eos excluded."""
     info = load_model_info(model)
     engine = HFEngine(info, batch_size=4, device="cpu")
-    requests = [Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, 0))
-                for p in ("Hi.", "What is 2 plus 3?", "Repeat the word river.")]
+    requests = [
+        Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, 0))
+        for p in ("Hi.", "What is 2 plus 3?", "Repeat the word river.")
+    ]
     long_params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, eos_token_ids=(2,))
     full = engine.generate(requests, long_params, on_done=lambda _: None)
     assert all(c.finish_reason == "length" and len(c.token_ids) == MAX_NEW for c in full)
@@ -218,7 +244,7 @@ def test_greedy_matches_transformers_generate(model, examples, tmp_path):
         ids = torch.tensor([info.render(row["prompt"])])
         with torch.inference_mode():
             full = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=MAX_NEW)
-        new = full[0, ids.shape[1]:].tolist()
+        new = full[0, ids.shape[1] :].tolist()
         if new[-1] == 2:
             new = new[:-1]
         assert [s["text"] for s in row["samples"]] == [info.decode(new)] * 2

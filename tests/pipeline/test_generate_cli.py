@@ -32,8 +32,27 @@ def _examples(tmp_path, prompts):
 def test_generate_prints_a_summary(tmp_path, model):
     examples = _examples(tmp_path, ["Hi.", "What is 2 plus 3?"])
     out = tmp_path / "out"
-    result = runner.invoke(app, ["generate", examples, "--model", model, "--n", "2", "--engine", "hf",
-                                 "--out", str(out), "--max-new-tokens", "5", "--top-p", "0.9", "--seed", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            examples,
+            "--model",
+            model,
+            "--n",
+            "2",
+            "--engine",
+            "hf",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "5",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("generate: 2 rows in ") and "samples=4" in result.stdout
     assert read_table(out, schema="candidates").num_rows == 2
@@ -46,8 +65,11 @@ def test_bad_input_exits_2(tmp_path, model):
     assert str(tmp_path / "ex") in result.output and "Traceback" not in result.output
     missing = runner.invoke(app, ["generate", str(tmp_path), "-m", model, "-n", "2", "-o", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "no manifest.json" in missing.output
-    bad_temp = runner.invoke(app, ["generate", empty, "-m", model, "-n", "2", "-o", str(tmp_path / "o"),
-                                   "--temperature", "-1"])
+    bad_temp = runner.invoke(
+        app, ["generate", empty, "-m", model, "-n", "2", "-o", str(tmp_path / "o"), "--temperature", "-1"]
+    )
     assert bad_temp.exit_code == 2 and "temperature" in bad_temp.output
-    no_model = runner.invoke(app, ["generate", empty, "-m", str(tmp_path / "nope"), "-n", "2", "-o", str(tmp_path / "o")])
+    no_model = runner.invoke(
+        app, ["generate", empty, "-m", str(tmp_path / "nope"), "-n", "2", "-o", str(tmp_path / "o")]
+    )
     assert no_model.exit_code == 2 and "local folder" in no_model.output

@@ -37,8 +37,17 @@ def test_temperature_scales_log_probs_and_output_is_float32():
     assert torch.allclose(probs, torch.tensor([[a / (a + b), b / (a + b)]]), atol=1e-2)
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -0.1}, {"temperature": float("nan")}, {"top_p": 0.0},
-                                    {"top_p": 1.5}, {"max_new_tokens": 0}, {"eos_token_ids": ()}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -0.1},
+        {"temperature": float("nan")},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"max_new_tokens": 0},
+        {"eos_token_ids": ()},
+    ],
+)
 def test_invalid_sampling_params(kwargs):
     base = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 4, "eos_token_ids": (2,)}
     with pytest.raises(PipelineConfigError):

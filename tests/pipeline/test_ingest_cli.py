@@ -31,14 +31,18 @@ def test_bad_line_bad_shard_and_conflict_exit_2(tmp_path, fixtures):
     out = str(tmp_path / "o")
     bad = runner.invoke(app, ["ingest", str(fixtures / "bad_json.jsonl"), "-f", "pairwise", "-o", out])
     assert bad.exit_code == 2 and "row 2 (0-based), line 4" in bad.output
-    shard = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out, "--shard", "2/2"])
+    shard = runner.invoke(
+        app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out, "--shard", "2/2"]
+    )
     assert shard.exit_code == 2 and "shard must be i/N" in shard.output
     fmt = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "nope", "-o", out])
     assert fmt.exit_code == 2 and "unknown format" in fmt.output
     assert runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out]).exit_code == 0
     clash = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out])
     assert clash.exit_code == 2 and "--overwrite" in clash.output
-    forced = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out, "--overwrite"])
+    forced = runner.invoke(
+        app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out, "--overwrite"]
+    )
     assert forced.exit_code == 0
 
 

@@ -41,7 +41,11 @@ def test_pairwise_strings_merge_duplicates_and_report_drops(tmp_path, fixtures):
     rep = report(out)
     assert rep["rows_read"] == 8 and rep["rows_dropped"] == 4
     assert rep["dropped_rows"] == {
-        "chosen_equals_rejected": 1, "empty_completion": 1, "empty_prompt": 1, "non_string_completion": 1}
+        "chosen_equals_rejected": 1,
+        "empty_completion": 1,
+        "empty_prompt": 1,
+        "non_string_completion": 1,
+    }
     assert rep["duplicate_rows_merged"] == 1 and rep["duplicate_answers_removed"] == 1
     first = next(e for e in rep["examples"] if e["reason"] == "non_string_completion")
     assert (first["row"], first["line"], first["column"]) == (5, 6, "rejected")
@@ -49,7 +53,10 @@ def test_pairwise_strings_merge_duplicates_and_report_drops(tmp_path, fixtures):
 
 
 def test_strict_raises_on_the_first_bad_row(tmp_path, fixtures):
-    with pytest.raises(PipelineInputError, match=r"pairwise_strings.jsonl, row 3 \(0-based\), line 4, column 'chosen': empty_completion"):
+    with pytest.raises(
+        PipelineInputError,
+        match=r"pairwise_strings.jsonl, row 3 \(0-based\), line 4, column 'chosen': empty_completion",
+    ):
         ingest(fixtures / "pairwise_strings.jsonl", format="pairwise", out=tmp_path / "o", strict=True)
 
 
@@ -57,8 +64,10 @@ def test_pairwise_chat_lists(tmp_path, fixtures):
     out = tmp_path / "out"
     ingest(fixtures / "pairwise_chat.jsonl", format="pairwise", out=out)
     rows = rows_by_id(out)
-    assert set(rows) == {pid("Say hi."), pid([{"role": "system", "content": "You are terse."},
-                                               {"role": "user", "content": "Be brief."}])}
+    assert set(rows) == {
+        pid("Say hi."),
+        pid([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Be brief."}]),
+    }
     hi = rows[pid("Say hi.")]
     assert [(a["text"], a["score"]) for a in hi["answers"]] == [("Hi!", 8.0), ("No.", 2.0)]
     assert report(out)["dropped_rows"] == {"no_final_assistant": 1, "prompt_mismatch": 1}
@@ -66,8 +75,12 @@ def test_pairwise_chat_lists(tmp_path, fixtures):
 
 def test_pairwise_chat_lists_without_prompt_column(tmp_path, fixtures):
     src = tmp_path / "chat.jsonl"
-    src.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "prompt"}) + "\n"
-                           for line in (fixtures / "pairwise_chat.jsonl").read_text().splitlines()))
+    src.write_text(
+        "".join(
+            json.dumps({k: v for k, v in json.loads(line).items() if k != "prompt"}) + "\n"
+            for line in (fixtures / "pairwise_chat.jsonl").read_text().splitlines()
+        )
+    )
     with_prompt, without = tmp_path / "a", tmp_path / "b"
     ingest(fixtures / "pairwise_chat.jsonl", format="pairwise", out=with_prompt)
     ingest(src, format="pairwise", out=without)
@@ -88,7 +101,9 @@ def test_hh_rlhf_multi_turn(tmp_path, fixtures):
     joke = rows[pid(joke_prompt)]
     assert joke["prompt"] == joke_prompt
     assert [a["text"] for a in joke["answers"]] == [
-        "Why did the chicken cross the road? To get to the other side.", "No."]
+        "Why did the chicken cross the road? To get to the other side.",
+        "No.",
+    ]
     assert joke["pairs"] == [{"chosen": 0, "rejected": 1}]
     assert len(rows) == 3
     assert max(len(r["prompt"]) for r in rows.values()) == 5  # the three-turn dialogue
@@ -101,10 +116,20 @@ def test_nectar_ranked(tmp_path, fixtures):
     rows = rows_by_id(out)
     haiku = rows[pid("Write a haiku about rain.")]
     assert [(a["rank"], a["source"]) for a in haiku["answers"]] == [
-        (1, "gpt-4"), (3, "llama-2-7b-chat"), (2, "claude-1")]
+        (1, "gpt-4"),
+        (3, "llama-2-7b-chat"),
+        (2, "claude-1"),
+    ]
     assert haiku["pairs"] == []  # ranked data: the build stage derives pairs
-    multi = rows[pid([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"},
-                      {"role": "user", "content": "What is 3*3?"}])]
+    multi = rows[
+        pid(
+            [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello, how can I help?"},
+                {"role": "user", "content": "What is 3*3?"},
+            ]
+        )
+    ]
     assert [a["text"] for a in multi["answers"]] == ["9", "6"]
     rep = report(out)
     assert rep["dropped_answers"] == {"empty_completion": 1} and rep["dropped_rows"] == {"unranked": 1}
@@ -117,7 +142,9 @@ def test_alpaca_style_ranked_and_prompt_id_join(tmp_path, fixtures):
     ingest(fixtures / "prompts.jsonl", format="prompts", out=prompts)
     rows = rows_by_id(ranked)
     assert [(a["source"], a["score"], a["rank"]) for a in rows[pid("Say hi.")]["answers"]] == [
-        ("m1", 0.5, 1), ("m3", 0.5, 1)]
+        ("m1", 0.5, 1),
+        ("m3", 0.5, 1),
+    ]
     # the same prompt from three files and formats has one id
     assert pid("Write a haiku about rain.") in set(rows) & set(rows_by_id(nectar))
     prompt_rows = rows_by_id(prompts)

@@ -61,11 +61,12 @@ def test_shard_runs_merged_equal_one_run(tmp_path, source):
     whole = tmp_path / "whole"
     ingest(source, format="pairwise", out=whole, rows_per_unit=2)
     parts = [tmp_path / f"s{i}" for i in range(3)]
-    sizes = [ingest(source, format="pairwise", out=p, shard=f"{i}/3", rows_per_unit=2).rows_written
-             for i, p in enumerate(parts)]
+    sizes = [
+        ingest(source, format="pairwise", out=p, shard=f"{i}/3", rows_per_unit=2).rows_written
+        for i, p in enumerate(parts)
+    ]
     assert sum(sizes) == read_table(whole).num_rows and all(p.name.startswith("s") for p in parts)
-    assert all(f.name.startswith(f"part-{i:05d}-of-00003-")
-               for i, p in enumerate(parts) for f in p.glob("part-*"))
+    assert all(f.name.startswith(f"part-{i:05d}-of-00003-") for i, p in enumerate(parts) for f in p.glob("part-*"))
     merged = tmp_path / "merged"
     merge(list(reversed(parts)), merged)
     assert read_table(merged).equals(read_table(whole))
@@ -180,7 +181,9 @@ def test_pipeline_import_loads_no_model_libraries():
     import subprocess
     import sys
 
-    code = ("import sys, prefpool.pipeline.ingest, prefpool.pipeline.merge, prefpool.pipeline.tableio; "
-            "print([m for m in ('torch', 'transformers', 'datasets', 'vllm') if m in sys.modules])")
+    code = (
+        "import sys, prefpool.pipeline.ingest, prefpool.pipeline.merge, prefpool.pipeline.tableio; "
+        "print([m for m in ('torch', 'transformers', 'datasets', 'vllm') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

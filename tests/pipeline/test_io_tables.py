@@ -26,8 +26,13 @@ ROW = {
 
 def test_write_shard_uses_schema_zstd_and_metadata(tmp_path):
     path = tmp_path / "part-00000-of-00001-00000.parquet"
-    write_shard(path, pa.Table.from_pylist([ROW] * 3, schema=EXAMPLES), schema_name="examples",
-                metadata={"provenance": {"seed": 3}}, row_group_rows=2)
+    write_shard(
+        path,
+        pa.Table.from_pylist([ROW] * 3, schema=EXAMPLES),
+        schema_name="examples",
+        metadata={"provenance": {"seed": 3}},
+        row_group_rows=2,
+    )
     parquet = pq.ParquetFile(path)
     assert parquet.schema_arrow.equals(EXAMPLES)
     assert parquet.metadata.num_row_groups == 2
@@ -44,8 +49,9 @@ def test_crash_mid_write_leaves_no_file_under_the_final_name(tmp_path, monkeypat
 
     monkeypatch.setattr(shards, "_write_parquet", crash)
     with pytest.raises(RuntimeError):
-        write_shard(tmp_path / "x.parquet", pa.Table.from_pylist([ROW], schema=EXAMPLES),
-                    schema_name="examples", metadata={})
+        write_shard(
+            tmp_path / "x.parquet", pa.Table.from_pylist([ROW], schema=EXAMPLES), schema_name="examples", metadata={}
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -68,7 +74,9 @@ def test_manifest_lists_shards_and_provenance(output):
     assert manifest["stage"] == "ingest" and manifest["schema"] == "examples"
     assert manifest["total_rows"] == sum(s["rows"] for s in manifest["shards"]) == 3
     assert [s["file"] for s in manifest["shards"]] == [
-        "part-00000-of-00001-00000.parquet", "part-00000-of-00001-00001.parquet"]
+        "part-00000-of-00001-00000.parquet",
+        "part-00000-of-00001-00001.parquet",
+    ]
     assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
     prov = manifest["provenance"]
     assert {"prefpool", "git_revision", "python", "libraries", "seed", "model", "created"} <= set(prov)

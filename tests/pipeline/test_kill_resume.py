@@ -35,8 +35,8 @@ from prefpool.pipeline.tableio import read_table
 from prefpool.tiny_model import build_tiny_llama
 
 torch.set_num_threads(1)
-TIMEOUT_S = 60
-PROMPTS = 32  # one unit each (generate) or two (logprobs): the kill lands well before the end  # a hung subprocess fails the test instead of hanging the suite
+TIMEOUT_S = 60  # a hung subprocess fails the test instead of hanging the suite
+PROMPTS = 32  # one unit each (generate) or two (logprobs): the kill lands well before the end
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,14 @@ def tiny(tmp_path_factory):
 def examples(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     src = folder / "data.jsonl"
-    rows = [{"prompt": f"Repeat the word {i} and say what {i} plus {i} is.", "chosen": f"{2 * i} " * (i % 7 + 1),
-             "rejected": "the cat sees a red apple " * (i % 5 + 1)} for i in range(PROMPTS)]
+    rows = [
+        {
+            "prompt": f"Repeat the word {i} and say what {i} plus {i} is.",
+            "chosen": f"{2 * i} " * (i % 7 + 1),
+            "rejected": "the cat sees a red apple " * (i % 5 + 1),
+        }
+        for i in range(PROMPTS)
+    ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return ingest(src, format="pairwise", out=folder / "examples").out
 
@@ -73,8 +79,9 @@ def _run_and_kill(config: Path, out: Path) -> bool:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = config.with_suffix(".log")  # a file, not a pipe: a full pipe would stall the child
     with open(log, "w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "prefpool.cli", "run", str(config)], stdout=handle,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefpool.cli", "run", str(config)], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
     killed = False
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -107,8 +114,10 @@ def _kill_then_resume(tmp_path: Path, stage: str, section: dict) -> tuple[Path, 
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
     stdout = result.output
-    print(f"{stage}: killed={killed} with {left} shard(s) written after {mid - start:.1f} s; "
-          f"resume took {time.perf_counter() - mid:.1f} s: {stdout.strip()}")
+    print(
+        f"{stage}: killed={killed} with {left} shard(s) written after {mid - start:.1f} s; "
+        f"resume took {time.perf_counter() - mid:.1f} s: {stdout.strip()}"
+    )
     assert killed, "the run finished before the kill: make the input larger"
     skipped = int(re.search(r"units_skipped=(\d+)", stdout).group(1))
     assert skipped >= 1  # finished shards were kept, not redone
@@ -121,8 +130,11 @@ def _kill_then_resume(tmp_path: Path, stage: str, section: dict) -> tuple[Path, 
 
 def test_generate_killed_then_rerun_equals_one_run(tiny, examples, tmp_path):
     args = {"n": 2, "max_new_tokens": 24, "temperature": 1.0, "seed": 3, "batch_size": 2, "rows_per_unit": 1}
-    out, _ = _kill_then_resume(tmp_path / "killed", "generate",
-                               {"input_dir": str(examples), "model": str(tiny), "show_progress": False, **args})
+    out, _ = _kill_then_resume(
+        tmp_path / "killed",
+        "generate",
+        {"input_dir": str(examples), "model": str(tiny), "show_progress": False, **args},
+    )
     reference = generate(examples, model=tiny, out=tmp_path / "ref", show_progress=False, **args).out
     got = read_table(out, schema="candidates").to_pylist()
     want = read_table(reference, schema="candidates").to_pylist()
@@ -133,8 +145,11 @@ def test_generate_killed_then_rerun_equals_one_run(tiny, examples, tmp_path):
 
 def test_logprobs_killed_then_rerun_equals_one_run(tiny, examples, tmp_path):
     args = {"max_length": 128, "rows_per_unit": 1}
-    out, _ = _kill_then_resume(tmp_path / "killed", "logprobs",
-                               {"input_dir": str(examples), "model": str(tiny), "show_progress": False, **args})
+    out, _ = _kill_then_resume(
+        tmp_path / "killed",
+        "logprobs",
+        {"input_dir": str(examples), "model": str(tiny), "show_progress": False, **args},
+    )
     reference = logprobs(examples, model=tiny, out=tmp_path / "ref", show_progress=False, **args).out
 
     def rows(folder):

@@ -31,8 +31,13 @@ LONG_PROMPT = "the old map " * 30  # ~90 tokens: dropped when max_length is smal
 def _records(n: int) -> list[dict]:
     rows = []
     for i in range(n):
-        rows.append({"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}",
-                     "rejected": "the cat sees a red apple " * (i % 3 + 1)})
+        rows.append(
+            {
+                "prompt": f"What is {i} plus {i}?",
+                "chosen": f"{2 * i}",
+                "rejected": "the cat sees a red apple " * (i % 3 + 1),
+            }
+        )
     rows.append({"prompt": LONG_PROMPT, "chosen": "a map", "rejected": "the cat sees a red apple"})
     return rows
 
@@ -178,13 +183,14 @@ def test_resume_after_a_crash_equals_one_run(tiny, examples, tmp_path, monkeypat
 
 def test_shard_runs_merged_equal_one_run(tiny, examples, tmp_path):
     one = logprobs(examples, model=tiny, out=tmp_path / "one", max_length=256, rows_per_unit=4)
-    parts = [logprobs(examples, model=tiny, out=tmp_path / f"s{i}", max_length=256, rows_per_unit=4, shard=f"{i}/2")
-             for i in range(2)]
+    parts = [
+        logprobs(examples, model=tiny, out=tmp_path / f"s{i}", max_length=256, rows_per_unit=4, shard=f"{i}/2")
+        for i in range(2)
+    ]
     assert 0 < parts[0].rows < one.rows and parts[0].rows + parts[1].rows == one.rows
     merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     _assert_same_rows(_values(tmp_path / "merged"), _values(tmp_path / "one"))
-    again = logprobs(examples, model=tiny, out=tmp_path / "merged", max_length=256,
-                     rows_per_unit=4)
+    again = logprobs(examples, model=tiny, out=tmp_path / "merged", max_length=256, rows_per_unit=4)
     assert again.units_written == 0  # the merged folder is the unsharded run's output
 
 
@@ -203,8 +209,9 @@ def test_cache_scores_only_new_pairs(tiny, examples, tmp_path, spy):
     all_cached = logprobs(examples, model=tiny, out=tmp_path / "again", max_length=256, cache=tmp_path / "new")
     assert (all_cached.computed, all_cached.cache_hits, all_cached.tokens_per_s, spy) == (0, 14, 0.0, [])
     _assert_same_rows(_values(tmp_path / "again"), _values(tmp_path / "new"))
-    per_token = logprobs(examples, model=tiny, out=tmp_path / "pt", max_length=256, per_token=True,
-                         cache=tmp_path / "lp")
+    per_token = logprobs(
+        examples, model=tiny, out=tmp_path / "pt", max_length=256, per_token=True, cache=tmp_path / "lp"
+    )
     assert per_token.computed == 14  # cached rows lack per-token values
     row = next(iter(_values(tmp_path / "pt").values()))
     assert math.fsum(row["token_logps"]) == pytest.approx(row["logp"], abs=1e-4)
@@ -235,9 +242,16 @@ def test_non_finite_log_prob_names_the_row(tiny, examples, tmp_path, monkeypatch
 
 
 def test_candidates_table_scores_samples(tiny, tmp_path):
-    rows = [{"prompt_id": "p1", "prompt": [{"role": "user", "content": "Name a colour."}],
-             "samples": [{"text": t, "seed": i, "finish_reason": "stop", "num_tokens": 1}
-                         for i, t in enumerate(["Blue.", "Red.", "Blue."])]}]
+    rows = [
+        {
+            "prompt_id": "p1",
+            "prompt": [{"role": "user", "content": "Name a colour."}],
+            "samples": [
+                {"text": t, "seed": i, "finish_reason": "stop", "num_tokens": 1}
+                for i, t in enumerate(["Blue.", "Red.", "Blue."])
+            ],
+        }
+    ]
     run = StageRun(tmp_path / "cand", stage="generate", schema="candidates", config={}, inputs={}, rows_per_unit=10)
     units = plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=10)
     for unit in run.pending(units):
@@ -250,12 +264,14 @@ def test_candidates_table_scores_samples(tiny, tmp_path):
 
 def test_cli(tiny, examples, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(app, ["logprobs", str(examples), "--model", str(tiny), "--out", str(tmp_path / "lp"),
-                             "--max-length", "256"])
+    ok = runner.invoke(
+        app, ["logprobs", str(examples), "--model", str(tiny), "--out", str(tmp_path / "lp"), "--max-length", "256"]
+    )
     assert ok.exit_code == 0, ok.output
     assert "logprobs: 14 rows" in ok.output and "computed=14" in ok.output
-    bad = runner.invoke(app, ["logprobs", str(tmp_path / "nothing"), "--model", str(tiny), "--out",
-                              str(tmp_path / "x")])
+    bad = runner.invoke(
+        app, ["logprobs", str(tmp_path / "nothing"), "--model", str(tiny), "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code == 2 and "manifest.json" in bad.output
     wrong = runner.invoke(app, ["logprobs", str(tmp_path / "lp"), "--model", str(tiny), "--out", str(tmp_path / "y")])
     assert wrong.exit_code == 2 and "logprobs reads 'examples' or 'candidates'" in wrong.output
@@ -263,8 +279,12 @@ def test_cli(tiny, examples, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"engine": "no-such-engine"}, "engine must be one of"), ({"dtype": "fp8"}, "dtype must be one of"),
-     ({"long_prompts": "keep"}, "long_prompts must be one of"), ({"max_length": 1}, "max_length >= 2")],
+    [
+        ({"engine": "no-such-engine"}, "engine must be one of"),
+        ({"dtype": "fp8"}, "dtype must be one of"),
+        ({"long_prompts": "keep"}, "long_prompts must be one of"),
+        ({"max_length": 1}, "max_length >= 2"),
+    ],
 )
 def test_bad_arguments_fail_before_any_work(tiny, examples, tmp_path, kwargs, match):
     with pytest.raises(PipelineConfigError, match=match):

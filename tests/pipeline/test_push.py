@@ -28,8 +28,17 @@ def table(tmp_path, monkeypatch):
     ex = write_rows(tmp_path / "ex", "examples", examples, stage="ingest")
     ca = write_rows(tmp_path / "ca", "candidates", cands, stage="generate")
     lp = write_rows(tmp_path / "lp", "logprobs", logprob_rows(examples, cands), stage="logprobs")
-    return {kind: build(kind, examples=ex, logprobs=lp, candidates=None if kind == "pairwise" else ca,
-                        out=tmp_path / kind, rows_per_unit=4).out for kind in ("pairwise", "mcpo", "mpo")}
+    return {
+        kind: build(
+            kind,
+            examples=ex,
+            logprobs=lp,
+            candidates=None if kind == "pairwise" else ca,
+            out=tmp_path / kind,
+            rows_per_unit=4,
+        ).out
+        for kind in ("pairwise", "mcpo", "mpo")
+    }
 
 
 def _front_matter(readme: str) -> dict:
@@ -97,7 +106,9 @@ def test_upload_calls_the_hub_api_without_passing_a_token(tmp_path, table, monke
 
 
 def test_cli_push_dry_run(tmp_path, table):
-    result = CliRunner().invoke(app, ["push", str(table["mcpo"]), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "h")])
+    result = CliRunner().invoke(
+        app, ["push", str(table["mcpo"]), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "h")]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "h" / "README.md").exists() and TOKEN not in result.output
     no_out = CliRunner().invoke(app, ["push", str(table["mcpo"]), "--repo-id", "me/x", "--dry-run"])

@@ -63,8 +63,15 @@ def test_override_changes_a_stage_argument(tmp_path):
 def test_defaults_chain_the_stages(tmp_path):
     w = tmp_path / "w"
     calls = {c.label: c.kwargs for c in load_pipeline(_write(tmp_path, _full(tmp_path)))}
-    assert list(calls) == ["ingest", "generate", "logprobs[ingest]", "logprobs[generate]",
-                           "build[mcpo]", "build[pairwise]", "push"]
+    assert list(calls) == [
+        "ingest",
+        "generate",
+        "logprobs[ingest]",
+        "logprobs[generate]",
+        "build[mcpo]",
+        "build[pairwise]",
+        "push",
+    ]
     assert calls["ingest"]["out"] == str(w / "ingest")
     assert calls["generate"]["input_dir"] == str(w / "ingest") and calls["generate"]["model"] == "m"
     assert calls["logprobs[ingest]"]["input_dir"] == str(w / "ingest")

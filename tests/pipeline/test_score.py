@@ -37,8 +37,15 @@ def not_finite(prompt: list[dict], text: str) -> float:
 
 FN = "test_score:count_good"
 EXAMPLES = [
-    example(f"question {i}", [(f"answer {i}", None, None), (f"good answer {i}", None, None),
-                              (f"good good {i}", None, None), (f"good answer {i}", None, None)])
+    example(
+        f"question {i}",
+        [
+            (f"answer {i}", None, None),
+            (f"good answer {i}", None, None),
+            (f"good good {i}", None, None),
+            (f"good answer {i}", None, None),
+        ],
+    )
     for i in range(9)
 ]
 
@@ -51,7 +58,9 @@ def ex(tmp_path):
 def _scores(folder) -> dict[tuple[str, str], float]:
     rows = read_table(folder, schema="scores").to_pylist()
     assert len({(r["prompt_id"], r["completion_id"]) for r in rows}) == len(rows)
-    assert [(r["prompt_id"], r["completion_id"]) for r in rows] == sorted((r["prompt_id"], r["completion_id"]) for r in rows)
+    assert [(r["prompt_id"], r["completion_id"]) for r in rows] == sorted(
+        (r["prompt_id"], r["completion_id"]) for r in rows
+    )
     return {(r["prompt_id"], r["completion_id"]): r["score"] for r in rows}
 
 
@@ -110,8 +119,12 @@ def test_shard_runs_merged_equal_one_run(ex, tmp_path):
 
 
 def test_candidates_table_scores_samples(tmp_path):
-    cand = write_rows(tmp_path / "ca", "candidates",
-                      [candidates_row(EXAMPLES[0], ["good", "good good", "good", "bad"])], stage="generate")
+    cand = write_rows(
+        tmp_path / "ca",
+        "candidates",
+        [candidates_row(EXAMPLES[0], ["good", "good good", "good", "bad"])],
+        stage="generate",
+    )
     summary = score(cand, out=tmp_path / "s", reward_fn=FN)
     pid = EXAMPLES[0]["prompt_id"]
     assert _scores(summary.out) == {(pid, completion_id(t)): v for t, v in (("good", 1), ("good good", 2), ("bad", 0))}
@@ -119,18 +132,23 @@ def test_candidates_table_scores_samples(tmp_path):
 
 
 def test_non_finite_score_names_the_row(ex, tmp_path):
-    with pytest.raises(PipelineInputError, match=r"ex: score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32}"):
+    with pytest.raises(
+        PipelineInputError, match=r"ex: score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32}"
+    ):
         score(ex, out=tmp_path / "s", reward_fn="test_score:not_finite")
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({}, "exactly one"),
-    ({"reward_fn": FN, "reward_model": "x"}, "exactly one"),
-    ({"reward_fn": "count_good"}, "module:function"),
-    ({"reward_fn": "no_such_module_xyz:f"}, "cannot import"),
-    ({"reward_fn": "test_score:nothing_here"}, "not a callable"),
-    ({"reward_fn": FN, "batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "exactly one"),
+        ({"reward_fn": FN, "reward_model": "x"}, "exactly one"),
+        ({"reward_fn": "count_good"}, "module:function"),
+        ({"reward_fn": "no_such_module_xyz:f"}, "cannot import"),
+        ({"reward_fn": "test_score:nothing_here"}, "not a callable"),
+        ({"reward_fn": FN, "batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_arguments(ex, tmp_path, kwargs, match):
     with pytest.raises(PipelineConfigError, match=match):
         score(ex, out=tmp_path / "s", **kwargs)
@@ -171,8 +189,12 @@ def test_reward_model_values_equal_a_direct_forward(ex, tmp_path, reward_model):
     assert len(batched) == 27
     for row in EXAMPLES[:3]:
         for answer in row["answers"][:3]:
-            ids = tokenizer.apply_chat_template([*row["prompt"], {"role": "assistant", "content": answer["text"]}],
-                                                tokenize=True, return_dict=True, return_tensors="pt")
+            ids = tokenizer.apply_chat_template(
+                [*row["prompt"], {"role": "assistant", "content": answer["text"]}],
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
             with torch.no_grad():
                 direct = model(**ids).logits[0, 0].item()
             key = (row["prompt_id"], completion_id(answer["text"]))

@@ -31,13 +31,21 @@ def tables(tmp_path):
     ex = write_rows(tmp_path / "ex", "examples", EXAMPLES, stage="ingest")
     ca = write_rows(tmp_path / "ca", "candidates", CANDIDATES, stage="generate")
     lp = write_rows(tmp_path / "lp", "logprobs", logprob_rows(EXAMPLES, CANDIDATES), stage="logprobs")
-    return ex, ca, lp, score(ex, out=tmp_path / "s_ex", reward_fn=FN).out, score(ca, out=tmp_path / "s_ca", reward_fn=FN).out
+    return (
+        ex,
+        ca,
+        lp,
+        score(ex, out=tmp_path / "s_ex", reward_fn=FN).out,
+        score(ca, out=tmp_path / "s_ca", reward_fn=FN).out,
+    )
 
 
 def _pairs(folder) -> dict[str, list[tuple[str, str]]]:
     found: dict[str, list[tuple[str, str]]] = {}
     for row in rows_of(folder):
-        found.setdefault(row["prompt"][0]["content"], []).append((row["chosen"][0]["content"], row["rejected"][0]["content"]))
+        found.setdefault(row["prompt"][0]["content"], []).append(
+            (row["chosen"][0]["content"], row["rejected"][0]["content"])
+        )
     return found
 
 
@@ -90,9 +98,14 @@ def test_sample_scores_need_candidates_and_not_mpo(tables, tmp_path):
 
 def test_non_finite_score_is_an_error_naming_the_row(tables, tmp_path):
     ex, _, lp, _, _ = tables
-    bad = write_rows(tmp_path / "bad", "scores", [
-        {"prompt_id": RANKED["prompt_id"], "completion_id": completion_id("plain"), "score": math.inf},
-    ], stage="score")
+    bad = write_rows(
+        tmp_path / "bad",
+        "scores",
+        [
+            {"prompt_id": RANKED["prompt_id"], "completion_id": completion_id("plain"), "score": math.inf},
+        ],
+        stage="score",
+    )
     with pytest.raises(PipelineInputError, match=f"score is inf for prompt_id {RANKED['prompt_id']}"):
         build("pairwise", examples=ex, logprobs=lp, scores=bad, out=tmp_path / "x")
 
@@ -106,10 +119,25 @@ def test_pipeline_yaml_chains_score_between_generate_and_logprobs(tmp_path):
         return {c.label: c.kwargs for c in load_pipeline(path)}
 
     w = tmp_path / "w"
-    calls = plan({"ingest": {"source": "d.jsonl", "format": "ranked"}, "generate": {"n": 2},
-                  "score": {"reward_fn": FN}, "logprobs": {}, "build": {"kind": ["pairwise", "mcpo", "mpo"]}})
-    assert list(calls) == ["ingest", "generate", "score", "logprobs[ingest]", "logprobs[generate]",
-                           "build[pairwise]", "build[mcpo]", "build[mpo]"]
+    calls = plan(
+        {
+            "ingest": {"source": "d.jsonl", "format": "ranked"},
+            "generate": {"n": 2},
+            "score": {"reward_fn": FN},
+            "logprobs": {},
+            "build": {"kind": ["pairwise", "mcpo", "mpo"]},
+        }
+    )
+    assert list(calls) == [
+        "ingest",
+        "generate",
+        "score",
+        "logprobs[ingest]",
+        "logprobs[generate]",
+        "build[pairwise]",
+        "build[mcpo]",
+        "build[mpo]",
+    ]
     assert calls["score"]["input_dir"] == str(w / "generate") and calls["score"]["out"] == str(w / "score")
     assert "model" not in calls["score"]  # the policy model is not a reward model
     for kind in ("pairwise", "mcpo"):  # sample scores: build needs the samples too
@@ -117,7 +145,13 @@ def test_pipeline_yaml_chains_score_between_generate_and_logprobs(tmp_path):
         assert calls[f"build[{kind}]"]["candidates"] == str(w / "generate")
     assert "scores" not in calls["build[mpo]"]
     # without generate, score ranks the ingested answers; pairwise needs no candidates then
-    calls = plan({"ingest": {"source": "d.jsonl", "format": "ranked"}, "score": {"reward_fn": FN},
-                  "logprobs": {}, "build": {"kind": "pairwise"}})
+    calls = plan(
+        {
+            "ingest": {"source": "d.jsonl", "format": "ranked"},
+            "score": {"reward_fn": FN},
+            "logprobs": {},
+            "build": {"kind": "pairwise"},
+        }
+    )
     assert calls["score"]["input_dir"] == str(w / "ingest")
     assert calls["build"]["scores"] == str(w / "score") and "candidates" not in calls["build"]

@@ -84,7 +84,8 @@ CHILD = textwrap.dedent(f"""
         def draw(**kw):
             params = SamplingParams(**{{"temperature": 1.0, "top_p": 1.0, "max_new_tokens": {MAX_NEW},
                                         "eos_token_ids": (2,), **kw}})
-            return [[list(c.token_ids), c.finish_reason] for c in engine.generate(requests, params, on_done=lambda _: None)]
+            done = engine.generate(requests, params, on_done=lambda _: None)
+            return [[list(c.token_ids), c.finish_reason] for c in done]
         direct = {{
             "long": draw(), "again": draw(), "many_eos": draw(eos_token_ids={MANY_EOS!r}),
             "greedy": draw(temperature=0.0), "units": [resumed.units_written, resumed.units_skipped],
@@ -110,9 +111,26 @@ def examples(tmp_path_factory):
 def runs(model, examples, tmp_path_factory):
     """The CLI's reference run, then the child's reruns; the folder holding all their outputs."""
     root = tmp_path_factory.mktemp("vllm_generate")
-    stdout = run_cli("generate", str(examples), "-m", str(model), "-n", str(N), "--engine", "vllm",
-                     "-o", str(root / "ref"), "--max-new-tokens", str(MAX_NEW), "--seed", str(SEED),
-                     "--top-p", str(TOP_P), "--temperature", "1.0")
+    stdout = run_cli(
+        "generate",
+        str(examples),
+        "-m",
+        str(model),
+        "-n",
+        str(N),
+        "--engine",
+        "vllm",
+        "-o",
+        str(root / "ref"),
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--seed",
+        str(SEED),
+        "--top-p",
+        str(TOP_P),
+        "--temperature",
+        "1.0",
+    )
     assert stdout.startswith("generate: 6 rows in "), stdout
     (root / "child.py").write_text(CHILD)
     run_python(str(root / "child.py"), str(model), str(examples), str(root))

@@ -31,10 +31,21 @@ ATOL = 1e-4
 
 
 def _records() -> list[dict]:
-    rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}",
-             "rejected": "the cat sees a red apple " * (i % 4 + 1)} for i in range(5)]
-    rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."}],
-                 "chosen": "Hello.", "rejected": "the old map " * 12})
+    rows = [
+        {
+            "prompt": f"What is {i} plus {i}?",
+            "chosen": f"{2 * i}",
+            "rejected": "the cat sees a red apple " * (i % 4 + 1),
+        }
+        for i in range(5)
+    ]
+    rows.append(
+        {
+            "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."}],
+            "chosen": "Hello.",
+            "rejected": "the old map " * 12,
+        }
+    )
     return rows
 
 
@@ -54,8 +65,19 @@ def examples(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vllm_out(tiny, examples, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm") / "lp"
-    stdout = run_cli("logprobs", str(examples), "-m", str(tiny), "-o", str(out), "--engine", "vllm",
-                     "--max-length", str(MAX_LENGTH), "--per-token")
+    stdout = run_cli(
+        "logprobs",
+        str(examples),
+        "-m",
+        str(tiny),
+        "-o",
+        str(out),
+        "--engine",
+        "vllm",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--per-token",
+    )
     assert stdout.startswith("logprobs: 12 rows in "), stdout
     return out
 
@@ -100,7 +122,9 @@ def test_vllm_equals_hf_and_the_reference_on_the_same_tokens(vllm_out, hf_out, r
     assert any(r["truncated"] for r in vllm.values())
     for key, (total, per_token) in reference.items():
         v, h = vllm[key], hf[key]
-        assert (v["num_tokens"], v["truncated"]) == (h["num_tokens"], h["truncated"]) == (len(per_token), v["truncated"])
+        assert (
+            (v["num_tokens"], v["truncated"]) == (h["num_tokens"], h["truncated"]) == (len(per_token), v["truncated"])
+        )
         assert abs(v["logp"] - total) < ATOL and abs(h["logp"] - total) < ATOL
         assert max(abs(a - b) for a, b in zip(v["token_logps"], per_token, strict=True)) < ATOL
         assert abs(sum(v["token_logps"]) - v["logp"]) < 1e-9
@@ -110,6 +134,7 @@ def test_cache_key_omits_the_engine_so_rows_are_shared(vllm_out, hf_out, tiny, e
     """Both engines compute the same values (to 1e-4), so an hf run reuses vLLM's rows."""
     assert {r["cache_key"] for r in _by_pair(vllm_out).values()} == {r["cache_key"] for r in _by_pair(hf_out).values()}
     assert load_manifest(vllm_out).provenance["model"]["engine"] == "vllm"
-    summary = logprobs(examples, model=tiny, out=tmp_path / "reuse", engine="hf", max_length=MAX_LENGTH,
-                       per_token=True, cache=vllm_out)
+    summary = logprobs(
+        examples, model=tiny, out=tmp_path / "reuse", engine="hf", max_length=MAX_LENGTH, per_token=True, cache=vllm_out
+    )
     assert (summary.computed, summary.cache_hits) == (0, 12)

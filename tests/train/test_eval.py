@@ -32,8 +32,9 @@ def tiny(tmp_path_factory):
 def test_policy_equal_reference_pairwise_is_all_ties(tiny, tmp_path):
     """Policy = reference: every reward is 0, every pair ties; a tie is not a win, so accuracy 0."""
     path, model, tok = tiny
-    rows = [pairwise_row(model, tok, f"question {i}", f"the cat likes {i}", f"a dog sees the river {i}")
-            for i in range(3)]
+    rows = [
+        pairwise_row(model, tok, f"question {i}", f"the cat likes {i}", f"a dog sees the river {i}") for i in range(3)
+    ]
     data = write_table(tmp_path / "pw", "pairwise", rows)
     out = evaluate(path, data, out=tmp_path / "eval.json")
     ranking = out["ranking"]
@@ -73,8 +74,14 @@ def test_mcpo_mean_rank_by_hand(tiny, tmp_path):
     _, model, tok = tiny
     rows = [
         mcpo_row(model, tok, "prompt A", "the cat likes", ["a dog sees", "the model writes"], [0, 1, 2]),
-        mcpo_row(model, tok, "prompt B", "my friend reads",
-                 ["the teacher finds", "a bird makes", "the robot moves"], [0.5, 0, 1, 0.5]),
+        mcpo_row(
+            model,
+            tok,
+            "prompt B",
+            "my friend reads",
+            ["the teacher finds", "a bird makes", "the robot moves"],
+            [0.5, 0, 1, 0.5],
+        ),
         mcpo_row(model, tok, "prompt C", "our team hears", ["the river answers"], [0, 0]),
     ]
     data = write_table(tmp_path / "mc", "mcpo", rows)
@@ -117,8 +124,7 @@ def test_reward_fn_samples_and_win_rate_against_itself(tiny, tmp_path):
     path, model, tok = tiny
     rows = [pairwise_row(model, tok, f"q{i}", "the cat", "a dog") for i in range(2)]
     data = write_table(tmp_path / "pw", "pairwise", rows)
-    out = evaluate(path, data, reward_fn=_length_reward,
-                   ref_model=path, num_samples=2, max_new_tokens=4, seed=7)
+    out = evaluate(path, data, reward_fn=_length_reward, ref_model=path, num_samples=2, max_new_tokens=4, seed=7)
     s = out["samples"]
     assert s["num_prompts"] == 2 and s["num_samples"] == 2
     assert s["win_rate"] == 0.5 and s["mean_reward"] == s["ref_mean_reward"]
@@ -137,8 +143,9 @@ def test_cli_eval_writes_the_summary(tiny, tmp_path):
     path, model, tok = tiny
     data = write_table(tmp_path / "pw", "pairwise", [pairwise_row(model, tok, "q", "the cat", "a dog", (0.0, 1.0))])
     out = tmp_path / "not-yet" / "e.json"  # a folder that does not exist yet is made
-    result = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(data),
-                                      "--out", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["eval", "--model", str(path), "--data", str(data), "--out", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["ranking"]["accuracy"] == 1.0
     bad = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(tmp_path / "nothing")])

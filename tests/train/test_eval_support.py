@@ -39,32 +39,49 @@ def write_table(folder: Path, schema: str, rows: list[dict], *, max_length: int 
     return folder
 
 
-def pairwise_row(model, tokenizer, text: str, chosen: str, rejected: str, shifts=(0.0, 0.0),
-                 max_length: int = MAX_LENGTH) -> dict:
+def pairwise_row(
+    model, tokenizer, text: str, chosen: str, rejected: str, shifts=(0.0, 0.0), max_length: int = MAX_LENGTH
+) -> dict:
     """A pairwise row; ``shifts`` are added to the reference values (log-ratio = -shift)."""
     prompt = normalize_messages(text)
     (lc, lr), (nc, nr) = own_logps(model, tokenizer, prompt, [chosen, rejected], max_length)
     return {
-        "prompt_id": prompt_id(prompt), "prompt": prompt,
+        "prompt_id": prompt_id(prompt),
+        "prompt": prompt,
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
-        "ref_chosen_logps": lc + shifts[0], "ref_rejected_logps": lr + shifts[1],
-        "chosen_id": completion_id(chosen), "rejected_id": completion_id(rejected),
-        "chosen_num_tokens": nc, "rejected_num_tokens": nr,
+        "ref_chosen_logps": lc + shifts[0],
+        "ref_rejected_logps": lr + shifts[1],
+        "chosen_id": completion_id(chosen),
+        "rejected_id": completion_id(rejected),
+        "chosen_num_tokens": nc,
+        "rejected_num_tokens": nr,
     }
 
 
-def mcpo_row(model, tokenizer, text: str, preferred: str, pool: list[str], shifts: list[float] | None = None,
-             max_length: int = MAX_LENGTH) -> dict:
+def mcpo_row(
+    model,
+    tokenizer,
+    text: str,
+    preferred: str,
+    pool: list[str],
+    shifts: list[float] | None = None,
+    max_length: int = MAX_LENGTH,
+) -> dict:
     """An mcpo row; ``shifts[0]`` for the preferred answer, then one per pool member."""
     prompt = normalize_messages(text)
     shifts = shifts or [0.0] * (1 + len(pool))
     logps, counts = own_logps(model, tokenizer, prompt, [preferred, *pool], max_length)
     refs = [lp + s for lp, s in zip(logps, shifts, strict=True)]
     return {
-        "prompt_id": prompt_id(prompt), "prompt": prompt,
-        "preferred": preferred, "preferred_id": completion_id(preferred),
-        "ref_preferred_logp": refs[0], "preferred_num_tokens": counts[0],
-        "pool": pool, "pool_ids": [completion_id(t) for t in pool],
-        "ref_pool_logps": refs[1:], "pool_num_tokens": counts[1:],
+        "prompt_id": prompt_id(prompt),
+        "prompt": prompt,
+        "preferred": preferred,
+        "preferred_id": completion_id(preferred),
+        "ref_preferred_logp": refs[0],
+        "preferred_num_tokens": counts[0],
+        "pool": pool,
+        "pool_ids": [completion_id(t) for t in pool],
+        "ref_pool_logps": refs[1:],
+        "pool_num_tokens": counts[1:],
     }

@@ -67,8 +67,10 @@ def _report_shards() -> None:
         params = list(self.model.parameters())
         assert self.accelerator.is_fsdp2 and all(isinstance(p, DTensor) for p in params)
         local = sum(p.to_local().numel() for p in params)
-        print(f"fsdp2 process {self.accelerator.process_index}: {local} of "
-              f"{sum(p.numel() for p in params)} parameters", flush=True)
+        print(
+            f"fsdp2 process {self.accelerator.process_index}: {local} of {sum(p.numel() for p in params)} parameters",
+            flush=True,
+        )
 
     Trainer.__init__ = init
 
@@ -94,8 +96,10 @@ pytestmark = [
     pytest.mark.usefixtures("fresh_accelerate_state"),
     pytest.mark.slow,
     pytest.mark.distributed,
-    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                       reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="needs torch.distributed with gloo",
+    ),
 ]
 
 
@@ -106,12 +110,24 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     program = ["-m", "prefpool.cli", "train"]
     if fsdp:
-        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", FSDP_RESHARD_AFTER_FORWARD="true",
-                   FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",  # one unit per LlamaDecoderLayer
-                   FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT")
+        env.update(
+            ACCELERATE_USE_FSDP="true",
+            FSDP_VERSION="2",
+            FSDP_RESHARD_AFTER_FORWARD="true",
+            FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",  # one unit per LlamaDecoderLayer
+            FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT",
+        )
         program = [__file__]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *program, str(config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *program,
+        str(config),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:  # a run takes ~10 s alone; the margin is for a loaded CI machine, a hang never ends
         stdout, stderr = proc.communicate(timeout=240)
@@ -153,10 +169,15 @@ def _scoring_forwards(world, tokenizer, batch_size: int, process: int) -> int:
 def test_dpo_fsdp_with_accumulation_equals_one_process(world, tmp_path):
     """FSDP 2 processes x batch 1 x 2 accumulation steps == 1 process x batch 4; the gathered final
     model loads as a plain Llama and scores like the one-process model."""
-    summary = Trainer(TrainConfig(**distributed_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))).run()
+    summary = Trainer(
+        TrainConfig(**distributed_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))
+    ).run()
     assert summary["steps"] == 3
-    _launch(distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
-            tmp_path / "cfg", fsdp=True)
+    _launch(
+        distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
+        tmp_path / "cfg",
+        fsdp=True,
+    )
     assert_same_training(tmp_path / "one", tmp_path / "two")
 
     from transformers import AutoTokenizer
@@ -178,14 +199,20 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
     assert _scoring_forwards(world, tokenizer, 2, 0) != _scoring_forwards(world, tokenizer, 2, 1)
     common = dict(batch_size=2, kernel="sample", score_max_tokens=SCORE_MAX_TOKENS)
     _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "ddp", **common), tmp_path / "cfg-ddp", fsdp=False)
-    _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "fsdp", save_steps=2, **common), tmp_path / "cfg-fsdp",
-            fsdp=True)
+    _launch(
+        distributed_settings(world, "mcpo", "mcpo", tmp_path / "fsdp", save_steps=2, **common),
+        tmp_path / "cfg-fsdp",
+        fsdp=True,
+    )
     assert_same_training(tmp_path / "ddp", tmp_path / "fsdp")
     hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "fsdp" / "metrics.jsonl")]
     assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered
 
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert (step2 / "pytorch_model_fsdp_0" / ".metadata").exists()  # sharded (DCP), not a full file
-    _launch(distributed_settings(world, "mcpo", "mcpo", tmp_path / "resumed", resume_from=str(step2), **common),
-            tmp_path / "cfg-resumed", fsdp=True)
+    _launch(
+        distributed_settings(world, "mcpo", "mcpo", tmp_path / "resumed", resume_from=str(step2), **common),
+        tmp_path / "cfg-resumed",
+        fsdp=True,
+    )
     assert_same_training(tmp_path / "fsdp", tmp_path / "resumed", steps=(3,))  # same draw, same step, same weights

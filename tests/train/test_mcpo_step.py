@@ -39,13 +39,20 @@ def _batch(pool_sizes: list[int], seed: int = 0) -> PoolBatch:
     gen = torch.Generator().manual_seed(seed)
     prompts = [_tokens(gen, 3 + b) for b in range(len(pool_sizes))]
     chosen = [(p, _tokens(gen, 4 + b)) for b, p in enumerate(prompts)]
-    pools = [[(p, _tokens(gen, 2 + (3 * i + b) % 6)) for i in range(m)]
-             for b, (p, m) in enumerate(zip(prompts, pool_sizes, strict=True))]
+    pools = [
+        [(p, _tokens(gen, 2 + (3 * i + b) % 6)) for i in range(m)]
+        for b, (p, m) in enumerate(zip(prompts, pool_sizes, strict=True))
+    ]
     width = max(pool_sizes)
     mask = torch.tensor([[i < m for i in range(width)] for m in pool_sizes])
     ref_pool = torch.randn(len(pool_sizes), width, generator=gen) * 3 - 40
-    return PoolBatch(chosen, pools, torch.randn(len(pool_sizes), generator=gen) * 3 - 40,
-                     ref_pool.masked_fill(~mask, float("nan")), mask)
+    return PoolBatch(
+        chosen,
+        pools,
+        torch.randn(len(pool_sizes), generator=gen) * 3 - 40,
+        ref_pool.masked_fill(~mask, float("nan")),
+        mask,
+    )
 
 
 def _one_pass(model, batch: PoolBatch, kernel: str, seed: int):
@@ -57,9 +64,16 @@ def _one_pass(model, batch: PoolBatch, kernel: str, seed: int):
     policy_pool = torch.zeros(size, width)
     rows, cols = batch.pool_mask.nonzero(as_tuple=True)
     policy_pool = policy_pool.index_put((rows, cols), logps[size:])
-    return mcpo_loss(logps[:size], policy_pool, batch.ref_chosen_logps, batch.ref_pool_logps,
-                     candidate_mask=batch.pool_mask, beta=BETA, kernel=kernel,
-                     generator=torch.Generator().manual_seed(seed))
+    return mcpo_loss(
+        logps[:size],
+        policy_pool,
+        batch.ref_chosen_logps,
+        batch.ref_pool_logps,
+        candidate_mask=batch.pool_mask,
+        beta=BETA,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -74,8 +88,15 @@ def test_two_pass_equals_one_pass(model, kernel):
     seed = 11
     one = _one_pass(model, batch, kernel, seed)
     one_grads = _grads(model, one.loss)
-    two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel=kernel,
-                         generator=torch.Generator().manual_seed(seed), score_max_tokens=24)
+    two = mcpo_step_loss(
+        model,
+        batch,
+        pad_token_id=PAD,
+        beta=BETA,
+        kernel=kernel,
+        generator=torch.Generator().manual_seed(seed),
+        score_max_tokens=24,
+    )
     two_grads = _grads(model, two.loss)
 
     assert torch.equal(one.metrics["mcpo/selected"], two.metrics["mcpo/selected"])
@@ -109,8 +130,9 @@ def test_scores_do_not_depend_on_batching(model):
     pairs = [pair for pool in batch.pools for pair in pool]
     one_by_one = torch.stack([completion_logps(model, [pair], PAD)[0][0] for pair in pairs])
     for max_tokens in (1, 30, 10_000):
-        torch.testing.assert_close(score_pairs(model, pairs, PAD, max_tokens=max_tokens),
-                                   one_by_one.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            score_pairs(model, pairs, PAD, max_tokens=max_tokens), one_by_one.detach(), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_pad_pairs_marks_completion_tokens_only():

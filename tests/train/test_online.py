@@ -43,11 +43,23 @@ def setup(tmp_path_factory) -> dict:
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in WORDS))
     config = {
-        "reference": str(model), "prompts": str(prompts), "rounds": 2, "n": 4,
-        "temperature": 1.0, "max_new_tokens": 6, "reward_fn": f"{Path(__file__).resolve()}:reward",
-        "max_length": 64, "show_progress": False,
-        "train": {"batch_size": 2, "max_steps": STEPS, "save_steps": 1, "lr": 1e-3, "kernel": "sample",
-                  "progress": False},
+        "reference": str(model),
+        "prompts": str(prompts),
+        "rounds": 2,
+        "n": 4,
+        "temperature": 1.0,
+        "max_new_tokens": 6,
+        "reward_fn": f"{Path(__file__).resolve()}:reward",
+        "max_length": 64,
+        "show_progress": False,
+        "train": {
+            "batch_size": 2,
+            "max_steps": STEPS,
+            "save_steps": 1,
+            "lr": 1e-3,
+            "kernel": "sample",
+            "progress": False,
+        },
     }
     return {"root": root, "model": model, "config": config}
 
@@ -105,8 +117,13 @@ def _forbid_stages(monkeypatch) -> None:
     """Any stage call fails: a resumed run must skip the completed ones."""
     from prefpool.pipeline import build, generate, ingest, logprobs, score
 
-    for module, name in ((generate, "generate"), (score, "score"), (logprobs, "logprobs"), (build, "build"),
-                         (ingest, "ingest")):
+    for module, name in (
+        (generate, "generate"),
+        (score, "score"),
+        (logprobs, "logprobs"),
+        (build, "build"),
+        (ingest, "ingest"),
+    ):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} recomputed"))
 
 
@@ -181,8 +198,9 @@ def test_rerun_with_other_settings_is_refused(uninterrupted, setup):
         online(_cfg(setup, out, n=5), log=None)
 
 
-@pytest.mark.parametrize("override, key", [("train.lrr=1", "train.lrr"), ("roundz=3", "roundz"),
-                                           ("train.model=x", "train.model")])
+@pytest.mark.parametrize(
+    "override, key", [("train.lrr=1", "train.lrr"), ("roundz=3", "roundz"), ("train.model=x", "train.model")]
+)
 def test_config_typo_exits_2_through_the_cli(setup, override, key):
     from prefpool.cli import app
 

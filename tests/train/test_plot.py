@@ -22,8 +22,17 @@ def _write_run(folder, records, loss=None):
 
 
 def _pair_records(n):
-    return [{"step": s, "loss": 0.69 - 0.05 * s, "rewards/margins": 0.1 * s, "rewards/accuracies": 0.5 + 0.05 * s,
-             "lr": 1e-3, "grad_norm": None} for s in range(1, n + 1)]
+    return [
+        {
+            "step": s,
+            "loss": 0.69 - 0.05 * s,
+            "rewards/margins": 0.1 * s,
+            "rewards/accuracies": 0.5 + 0.05 * s,
+            "lr": 1e-3,
+            "grad_norm": None,
+        }
+        for s in range(1, n + 1)
+    ]
 
 
 def _size(path):
@@ -41,8 +50,9 @@ def test_one_pairwise_run_has_three_panels(tmp_path):
 
 def test_mcpo_entropy_panel_and_several_runs_on_one_figure(tmp_path):
     dpo = _write_run(tmp_path / "dpo", _pair_records(4), loss="dpo")
-    mcpo_records = [{**r, "mcpo/entropy": 1.2 - 0.1 * r["step"], "mcpo/selected_hist": [1, 1]}
-                    for r in _pair_records(6)]
+    mcpo_records = [
+        {**r, "mcpo/entropy": 1.2 - 0.1 * r["step"], "mcpo/selected_hist": [1, 1]} for r in _pair_records(6)
+    ]
     mcpo = _write_run(tmp_path / "mcpo", mcpo_records)
     out = plot_run([dpo, mcpo], tmp_path / "compare.png")
     assert _size(out) == (round(4 * PANEL_SIZE[0] * DPI), round(PANEL_SIZE[1] * DPI))

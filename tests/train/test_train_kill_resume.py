@@ -80,9 +80,11 @@ def _logged_steps(train_dir: Path) -> int:
 def _mid_training(train_dir: Path, steps: int) -> Callable[[], bool]:
     """True once a checkpoint ``k >= 2`` exists and either step ``k+1`` is logged but not yet
     checkpointed (so the killed run leaves a line the resumed run must drop) or half the run is done."""
+
     def ready() -> bool:
         k = _checkpoint_step(train_dir)
         return k >= 2 and (_logged_steps(train_dir) > k or k >= steps // 2)
+
     return ready
 
 
@@ -102,8 +104,9 @@ def _run_and_kill(argv: list[str], log: Path, ready: Callable[[], bool]) -> floa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL, \
+    assert proc.returncode == -signal.SIGKILL, (
         f"the run ended (rc {proc.returncode}) before the kill: make it longer\n{log.read_text()[-3000:]}"
+    )
     return time.monotonic() - start
 
 
@@ -147,12 +150,27 @@ def _assert_same_training(got: Path, want: Path, steps: int) -> None:
 def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
     """MC-PO, ``sample`` kernel, AdamW with warmup, batch 2 over 8 rows (an epoch every 4 steps),
     a checkpoint every step and only the newest two kept (the kill may land in a prune)."""
+
     def config(name: str) -> Path:
-        return _write_config(tmp_path / f"{name}.yaml", {
-            "model": str(world["model"]), "data": str(world["mcpo"]), "output_dir": str(tmp_path / name),
-            "loss": "mcpo", "kernel": "sample", "max_length": MAX_LENGTH, "lr": 1e-3, "beta": 0.5,
-            "batch_size": 2, "max_steps": TRAIN_STEPS, "warmup_steps": 2, "save_steps": 1,
-            "save_total_limit": 2, "progress": False})
+        return _write_config(
+            tmp_path / f"{name}.yaml",
+            {
+                "model": str(world["model"]),
+                "data": str(world["mcpo"]),
+                "output_dir": str(tmp_path / name),
+                "loss": "mcpo",
+                "kernel": "sample",
+                "max_length": MAX_LENGTH,
+                "lr": 1e-3,
+                "beta": 0.5,
+                "batch_size": 2,
+                "max_steps": TRAIN_STEPS,
+                "warmup_steps": 2,
+                "save_steps": 1,
+                "save_total_limit": 2,
+                "progress": False,
+            },
+        )
 
     killed, out = config("killed"), tmp_path / "killed"
     seconds = _run_and_kill(_cli("train", killed), tmp_path / "killed.log", _mid_training(out, TRAIN_STEPS))
@@ -185,19 +203,37 @@ def test_online_killed_in_both_rounds_then_resumed_equals_one_run(world, tmp_pat
     prompts.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in WORDS))
 
     def config(name: str) -> Path:
-        return _write_config(tmp_path / f"{name}.yaml", {
-            "output_dir": str(tmp_path / name), "reference": str(world["model"]), "prompts": str(prompts),
-            "rounds": 2, "n": 4, "temperature": 1.0, "max_new_tokens": 6, "max_length": 64,
-            "reward_fn": f"{tmp_path / 'reward.py'}:reward", "show_progress": False,
-            "train": {"batch_size": 2, "max_steps": ONLINE_STEPS, "save_steps": 1, "lr": 1e-3,
-                      "kernel": "sample", "progress": False}})
+        return _write_config(
+            tmp_path / f"{name}.yaml",
+            {
+                "output_dir": str(tmp_path / name),
+                "reference": str(world["model"]),
+                "prompts": str(prompts),
+                "rounds": 2,
+                "n": 4,
+                "temperature": 1.0,
+                "max_new_tokens": 6,
+                "max_length": 64,
+                "reward_fn": f"{tmp_path / 'reward.py'}:reward",
+                "show_progress": False,
+                "train": {
+                    "batch_size": 2,
+                    "max_steps": ONLINE_STEPS,
+                    "save_steps": 1,
+                    "lr": 1e-3,
+                    "kernel": "sample",
+                    "progress": False,
+                },
+            },
+        )
 
     killed, out = config("killed"), tmp_path / "killed"
     kill_steps = []
     for r in (0, 1):
         train_dir = out / f"round-{r}" / "train"
-        seconds = _run_and_kill(_cli("online", killed), tmp_path / f"killed-{r}.log",
-                                _mid_training(train_dir, ONLINE_STEPS))
+        seconds = _run_and_kill(
+            _cli("online", killed), tmp_path / f"killed-{r}.log", _mid_training(train_dir, ONLINE_STEPS)
+        )
         kill_steps.append(_checkpoint_step(train_dir))
         print(f"online: run {r + 1} killed after {seconds:.1f} s in round {r} at {_kill_state(train_dir)}")
         assert 2 <= kill_steps[r] < ONLINE_STEPS
@@ -216,5 +252,6 @@ def test_online_killed_in_both_rounds_then_resumed_equals_one_run(world, tmp_pat
 
     online(load_config(OnlineConfig, config("straight")), log=None)  # in-process
     for r in (0, 1):  # round 0's model is round 1's policy: it generated round 1's pool
-        _assert_same_training(out / f"round-{r}" / "train", tmp_path / "straight" / f"round-{r}" / "train",
-                              ONLINE_STEPS)
+        _assert_same_training(
+            out / f"round-{r}" / "train", tmp_path / "straight" / f"round-{r}" / "train", ONLINE_STEPS
+        )

@@ -29,13 +29,19 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-
-
-
-
 def _cfg(world, kind: str, loss: str, out, **kw) -> TrainConfig:
-    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
-                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, batch_size=4, max_steps=12, progress=False)
+    base = dict(
+        model=str(world["model"]),
+        data=str(world[kind]),
+        output_dir=str(out),
+        loss=loss,
+        max_length=MAX_LENGTH,
+        lr=1e-3,
+        beta=0.5,
+        batch_size=4,
+        max_steps=12,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -47,14 +53,17 @@ def _table_loss(trainer: Trainer) -> float:
     return batch_loss(trainer.model, batch, trainer.cfg, pad_token_id=trainer.pad, generator=gen).loss.mean().item()
 
 
-@pytest.mark.parametrize("kind,loss,extra", [
-    ("pairwise", "dpo", {}),
-    ("pairwise", "ipo", {}),
-    ("pairwise", "simpo", {"beta": 2.0, "gamma": 0.5}),
-    ("pairwise", "dpo", {"nll_alpha": 0.5}),
-    ("mcpo", "mcpo", {"batch_size": 2, "kernel": "sample"}),
-    ("mpo", "mpo", {"tau": 0.1}),
-])
+@pytest.mark.parametrize(
+    "kind,loss,extra",
+    [
+        ("pairwise", "dpo", {}),
+        ("pairwise", "ipo", {}),
+        ("pairwise", "simpo", {"beta": 2.0, "gamma": 0.5}),
+        ("pairwise", "dpo", {"nll_alpha": 0.5}),
+        ("mcpo", "mcpo", {"batch_size": 2, "kernel": "sample"}),
+        ("mpo", "mpo", {"tau": 0.1}),
+    ],
+)
 def test_loss_decreases_on_learnable_table(world, tmp_path, kind, loss, extra):
     trainer = Trainer(_cfg(world, kind, loss, tmp_path / "run", **extra))
     before = _table_loss(trainer)
@@ -80,8 +89,9 @@ def other_cache(world):
     """A pairwise table whose reference log-probs come from another seed's model."""
     root = world["root"] / "other"
     model_b = build_tiny_llama(root / "model", seed=1)
-    lp = logprobs(world["root"] / "data" / "examples", model=model_b, out=root / "lp", max_length=MAX_LENGTH,
-                  show_progress=False).out
+    lp = logprobs(
+        world["root"] / "data" / "examples", model=model_b, out=root / "lp", max_length=MAX_LENGTH, show_progress=False
+    ).out
     return build("pairwise", examples=world["root"] / "data" / "examples", logprobs=lp, out=root / "pairwise").out
 
 
@@ -89,8 +99,17 @@ def test_weights_of_another_reference_are_refused_unless_declared(world, other_c
     with pytest.raises(CacheMismatchError, match="reference_is_policy_init: false"):
         Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "a", data=str(other_cache)))
     with pytest.warns(UserWarning, match="skipping the step-0 check"):
-        trainer = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", data=str(other_cache),
-                               reference_is_policy_init=False, max_steps=1))
+        trainer = Trainer(
+            _cfg(
+                world,
+                "pairwise",
+                "dpo",
+                tmp_path / "b",
+                data=str(other_cache),
+                reference_is_policy_init=False,
+                max_steps=1,
+            )
+        )
     assert trainer.run()["step0_max_abs_diff"] is None
 
 
@@ -135,9 +154,20 @@ def test_refuses_a_loss_that_does_not_fit_the_table(world, tmp_path):
 def test_batch_8_equals_batch_1_times_8_accumulation(world, tmp_path):
     params = []
     for i, (batch, accum) in enumerate([(8, 1), (1, 8)]):
-        trainer = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / str(i), optimizer="sgd", lr=0.5,
-                               batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
-                               max_grad_norm=None))
+        trainer = Trainer(
+            _cfg(
+                world,
+                "pairwise",
+                "dpo",
+                tmp_path / str(i),
+                optimizer="sgd",
+                lr=0.5,
+                batch_size=batch,
+                gradient_accumulation_steps=accum,
+                max_steps=1,
+                max_grad_norm=None,
+            )
+        )
         trainer.run()
         params.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -174,15 +204,18 @@ def test_gradient_checkpointing_and_bf16(world, tmp_path):
     ckpt = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "b", max_steps=2, gradient_checkpointing=True)).run()
     assert ckpt["losses"] == pytest.approx(plain["losses"], abs=1e-6)
     AcceleratorState._reset_state(reset_partial_state=True)
-    bf16 = Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "c", max_steps=2, mixed_precision="bf16",
-                        step0_tolerance=1.0)).run()
+    bf16 = Trainer(
+        _cfg(world, "pairwise", "dpo", tmp_path / "c", max_steps=2, mixed_precision="bf16", step0_tolerance=1.0)
+    ).run()
     assert 0 < bf16["step0_max_abs_diff"] <= 1.0 and all(math.isfinite(x) for x in bf16["losses"])
 
 
 def test_cli_train(world, tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(f"model: {world['model']}\ndata: {world['pairwise']}\noutput_dir: {tmp_path / 'out'}\n"
-                      f"loss: dpo\nmax_length: {MAX_LENGTH}\nlr: 1.0e-3\nbatch_size: 4\n")
+    config.write_text(
+        f"model: {world['model']}\ndata: {world['pairwise']}\noutput_dir: {tmp_path / 'out'}\n"
+        f"loss: dpo\nmax_length: {MAX_LENGTH}\nlr: 1.0e-3\nbatch_size: 4\n"
+    )
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(config), "max_steps=2"])
     assert result.exit_code == 0, result.output

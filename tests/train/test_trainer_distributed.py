@@ -37,8 +37,10 @@ torch.set_num_threads(1)
 pytestmark = [
     pytest.mark.usefixtures("fresh_accelerate_state"),
     pytest.mark.distributed,
-    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                       reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="needs torch.distributed with gloo",
+    ),
 ]
 
 
@@ -47,8 +49,18 @@ def _launch_two_processes(settings: dict, folder) -> None:
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))  # JSON is YAML
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "prefpool.cli", "train", str(config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "prefpool.cli",
+        "train",
+        str(config),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # loaded CI margin
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -61,15 +73,18 @@ def _one_process(settings: dict) -> None:
 def test_dpo_two_processes_with_accumulation_equal_one_process(world, tmp_path):
     """2 processes x batch 1 x 2 accumulation steps == 1 process x batch 4 (slicing, no_sync, gather)."""
     _one_process(distributed_settings(world, "pairwise", "dpo", tmp_path / "one", batch_size=4))
-    _launch_two_processes(distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1,
-                                    gradient_accumulation_steps=2), tmp_path / "cfg")
+    _launch_two_processes(
+        distributed_settings(world, "pairwise", "dpo", tmp_path / "two", batch_size=1, gradient_accumulation_steps=2),
+        tmp_path / "cfg",
+    )
     assert_same_training(tmp_path / "one", tmp_path / "two")
 
 
 def test_mcpo_max_kernel_two_processes_equal_one_process(world, tmp_path):
     _one_process(distributed_settings(world, "mcpo", "mcpo", tmp_path / "one", batch_size=4, kernel="max"))
-    _launch_two_processes(distributed_settings(world, "mcpo", "mcpo", tmp_path / "two", batch_size=2, kernel="max"),
-                          tmp_path / "cfg")
+    _launch_two_processes(
+        distributed_settings(world, "mcpo", "mcpo", tmp_path / "two", batch_size=2, kernel="max"), tmp_path / "cfg"
+    )
     assert_same_training(tmp_path / "one", tmp_path / "two")
     hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")]
     assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered

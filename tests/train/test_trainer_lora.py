@@ -21,14 +21,22 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-
-
-
-
 def _cfg(world, out, **kw) -> TrainConfig:
-    base = dict(model=str(world["model"]), data=str(world["pairwise"]), output_dir=str(out), loss="dpo",
-                max_length=MAX_LENGTH, lr=1e-2, beta=0.5, batch_size=4, max_steps=10, progress=False,
-                lora_r=4, lora_alpha=8.0, lora_target_modules=("q_proj", "v_proj"))
+    base = dict(
+        model=str(world["model"]),
+        data=str(world["pairwise"]),
+        output_dir=str(out),
+        loss="dpo",
+        max_length=MAX_LENGTH,
+        lr=1e-2,
+        beta=0.5,
+        batch_size=4,
+        max_steps=10,
+        progress=False,
+        lora_r=4,
+        lora_alpha=8.0,
+        lora_target_modules=("q_proj", "v_proj"),
+    )
     return TrainConfig(**{**base, **kw})
 
 

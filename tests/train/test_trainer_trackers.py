@@ -20,13 +20,19 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-
-
-
-
 def _cfg(world, out, **kw) -> TrainConfig:
-    base = dict(model=str(world["model"]), data=str(world["pairwise"]), output_dir=str(out), loss="dpo",
-                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, batch_size=4, max_steps=4, progress=False)
+    base = dict(
+        model=str(world["model"]),
+        data=str(world["pairwise"]),
+        output_dir=str(out),
+        loss="dpo",
+        max_length=MAX_LENGTH,
+        lr=1e-3,
+        beta=0.5,
+        batch_size=4,
+        max_steps=4,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -49,8 +55,7 @@ def test_tensorboard_scalars_equal_metrics_jsonl(world, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4]
     # Event files hold float32: equal to metrics.jsonl's float64 after rounding to float32.
-    assert [v for _, v in scalars["loss"]] == [float(torch.tensor(r["loss"], dtype=torch.float32))
-                                               for r in records]
+    assert [v for _, v in scalars["loss"]] == [float(torch.tensor(r["loss"], dtype=torch.float32)) for r in records]
     assert len({v for _, v in scalars["loss"]}) > 1  # the loss moved: not one value repeated
     # Every numeric metrics.jsonl value is there, at its step.
     for record in records:
@@ -71,11 +76,14 @@ def test_without_trackers_no_runs_folder(world, tmp_path):
     assert not (out / TRACKER_DIR).exists()
 
 
-@pytest.mark.parametrize("names,match", [
-    (("tensorbord",), "unknown tracker 'tensorbord'"),
-    (("comet_ml",), "unknown tracker 'comet_ml'"),
-    (("tensorboard", "tensorboard"), "named twice"),
-])
+@pytest.mark.parametrize(
+    "names,match",
+    [
+        (("tensorbord",), "unknown tracker 'tensorbord'"),
+        (("comet_ml",), "unknown tracker 'comet_ml'"),
+        (("tensorboard", "tensorboard"), "named twice"),
+    ],
+)
 def test_unknown_tracker_is_a_config_error(names, match):
     cfg = TrainConfig(model="m", data="d", output_dir="o", report_to=names)
     with pytest.raises(ValueError, match=match):

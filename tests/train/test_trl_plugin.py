@@ -32,9 +32,11 @@ from prefpool.train.trl_plugin import (  # noqa: E402
 
 torch.set_num_threads(1)
 
-PROMPTS = [("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
-           ("tell me about a dog", "a dog hears our team", ["the robot", "my friend reads", "the teacher"]),
-           ("say something", "the child counts", ["our team moves"])]
+PROMPTS = [
+    ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
+    ("tell me about a dog", "a dog hears our team", ["the robot", "my friend reads", "the teacher"]),
+    ("say something", "the child counts", ["our team moves"]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +50,28 @@ def _model(path):
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, max_steps=3, learning_rate=5e-3,
-               logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, max_length=MAX_LENGTH,
-               dataloader_num_workers=0, seed=0, **kw)
+    return cls(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=3,
+        max_steps=3,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        max_length=MAX_LENGTH,
+        dataloader_num_workers=0,
+        seed=0,
+        **kw,
+    )
 
 
 def _mcpo_table(path, tok, tmp_path, shifts=None):
     model = _model(path).eval()
-    rows = [mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
-            for i, (q, pref, pool) in enumerate(PROMPTS)]
+    rows = [
+        mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
+        for i, (q, pref, pool) in enumerate(PROMPTS)
+    ]
     return write_table(tmp_path / "mcpo", "mcpo", rows), rows
 
 
@@ -80,8 +95,11 @@ def _independent_mcpo(path, tok, rows_in_batch, kernel, beta):
         ref_pool.append(r["ref_pool_logps"] + [0.0] * pad)
     mask = torch.tensor([[i < len(r["pool"]) for i in range(width)] for r in rows_in_batch])
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    return float(mcpo_loss(t(pol_c), t(pol_pool), t(ref_c), t(ref_pool), candidate_mask=mask, beta=beta,
-                           kernel=kernel).loss.mean())
+    return float(
+        mcpo_loss(
+            t(pol_c), t(pol_pool), t(ref_c), t(ref_pool), candidate_mask=mask, beta=beta, kernel=kernel
+        ).loss.mean()
+    )
 
 
 def _rows_of_batch(batch, rows, tok):
@@ -103,8 +121,12 @@ def test_mcpo_step0_policy_is_reference(tiny, tmp_path, kernel):
     """Reference = policy: every reward 0; selection kernel loss ln 2, expectation mean ln(1 + M)."""
     path, tok = tiny
     data, rows = _mcpo_table(path, tok, tmp_path)
-    trainer = MCPODPOTrainer(_model(path), args=_args(MCPOConfig, tmp_path, mcpo_kernel=kernel),
-                             train_dataset=mcpo_dataset(data), processing_class=tok)
+    trainer = MCPODPOTrainer(
+        _model(path),
+        args=_args(MCPOConfig, tmp_path, mcpo_kernel=kernel),
+        train_dataset=mcpo_dataset(data),
+        processing_class=tok,
+    )
     loss, batch = _first_batch_loss(trainer)
     sizes = [len(r["pool"]) for r in _rows_of_batch(batch, rows, tok)]
     want = math.log(2) if kernel == "sample" else sum(math.log(1 + m) for m in sizes) / len(sizes)
@@ -141,8 +163,14 @@ def _mpo_table(path, tok, tmp_path):
     for q, pref, pool in PROMPTS:
         row = pairwise_row(model, tok, q, pref, pool[0])
         samples = pool[1:] or ["the river"]
-        row.update({"label": 1.0, "ref_samples": samples, "ref_sample_ids": [completion_id(s) for s in samples],
-                    "ref_sample_logps": own_logps(model, tok, row["prompt"], samples)[0]})
+        row.update(
+            {
+                "label": 1.0,
+                "ref_samples": samples,
+                "ref_sample_ids": [completion_id(s) for s in samples],
+                "ref_sample_logps": own_logps(model, tok, row["prompt"], samples)[0],
+            }
+        )
         rows.append(row)
     return write_table(tmp_path / "mpo", "mpo", rows), rows
 
@@ -153,8 +181,12 @@ def test_mpo_step0_equals_independent_loss(tiny, tmp_path, tau):
     the reference samples; compared with mpo_loss on score_pairs log-probs (whole table = one batch)."""
     path, tok = tiny
     data, rows = _mpo_table(path, tok, tmp_path)
-    trainer = MPODPOTrainer(_model(path), args=_args(MPOConfig, tmp_path, mpo_tau=tau, beta=0.2),
-                            train_dataset=mpo_dataset(data), processing_class=tok)
+    trainer = MPODPOTrainer(
+        _model(path),
+        args=_args(MPOConfig, tmp_path, mpo_tau=tau, beta=0.2),
+        train_dataset=mpo_dataset(data),
+        processing_class=tok,
+    )
     loss, _ = _first_batch_loss(trainer)
     model = _model(path).eval()
     pc, pr, samples = [], [], []
@@ -167,9 +199,16 @@ def test_mpo_step0_equals_independent_loss(tiny, tmp_path, tau):
     mask = torch.tensor([[i < len(s) for i in range(width)] for s in samples])
     s = torch.tensor([x + [0.0] * (width - len(x)) for x in samples], dtype=torch.float64)
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    want = mpo_loss(t(pc), t(pr), t([r["ref_chosen_logps"] for r in rows]),
-                    t([r["ref_rejected_logps"] for r in rows]), ref_sample_logps=s, ref_sample_mask=mask,
-                    beta=0.2, tau=tau).loss.mean()
+    want = mpo_loss(
+        t(pc),
+        t(pr),
+        t([r["ref_chosen_logps"] for r in rows]),
+        t([r["ref_rejected_logps"] for r in rows]),
+        ref_sample_logps=s,
+        ref_sample_mask=mask,
+        beta=0.2,
+        tau=tau,
+    ).loss.mean()
     assert loss == pytest.approx(float(want), abs=1e-4)
 
 
@@ -178,7 +217,8 @@ def test_example_script_runs(tiny, tmp_path):
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "trl_mcpo", Path(__file__).resolve().parents[2] / "examples" / "trl_mcpo.py")
+        "trl_mcpo", Path(__file__).resolve().parents[2] / "examples" / "trl_mcpo.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     summary = module.main(["--work-dir", str(tmp_path), "--max-steps", "2"])

@@ -34,8 +34,7 @@ def write_examples(root: Path) -> Path:
     for word in WORDS:
         other = rng.choice([w for w in WORDS if w != word])
         answers = [(word, 1), (word.upper(), 2), (word[::-1], 3), (other, 4)]
-        lines.append({"prompt": f"Repeat the word {word}.",
-                      "answers": [{"text": t, "rank": r} for t, r in answers]})
+        lines.append({"prompt": f"Repeat the word {word}.", "answers": [{"text": t, "rank": r} for t, r in answers]})
     src = root / "toy.jsonl"
     src.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = root / "examples"
@@ -48,12 +47,19 @@ def write_candidates(root: Path, examples: Path) -> Path:
     for row in read_table(examples).to_pylist():
         word = row["answers"][0]["text"]
         texts = [f"{word} {word}", word.capitalize()]
-        rows.append({"prompt_id": row["prompt_id"], "prompt": row["prompt"],
-                     "samples": [{"text": t, "seed": i, "finish_reason": "stop", "num_tokens": 2}
-                                 for i, t in enumerate(texts)]})
+        rows.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "prompt": row["prompt"],
+                "samples": [
+                    {"text": t, "seed": i, "finish_reason": "stop", "num_tokens": 2} for i, t in enumerate(texts)
+                ],
+            }
+        )
     out = root / "candidates"
-    run = StageRun(out, stage="generate", schema="candidates", config={"test": True},
-                   inputs={"hand_made": True}, rows_per_unit=64)
+    run = StageRun(
+        out, stage="generate", schema="candidates", config={"test": True}, inputs={"hand_made": True}, rows_per_unit=64
+    )
     for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=64)):
         run.write(unit, pa.Table.from_pylist(list(unit.items), schema=CANDIDATES))
     run.finish()
@@ -79,9 +85,19 @@ def distributed_settings(world: dict, kind: str, loss: str, out, **kw) -> dict:
     """TrainConfig fields of the multi-process tests (DDP, FSDP): AdamW with clipping and warmup, so
     the clip (global norm after all-reduce) and the schedule must agree too; 8 rows at global batch 4,
     so step 3 starts the second epoch."""
-    base = dict(model=str(world["model"]), data=str(world[kind]), output_dir=str(out), loss=loss,
-                max_length=MAX_LENGTH, lr=1e-3, beta=0.5, max_steps=3, warmup_steps=1, max_grad_norm=0.5,
-                progress=False)
+    base = dict(
+        model=str(world["model"]),
+        data=str(world[kind]),
+        output_dir=str(out),
+        loss=loss,
+        max_length=MAX_LENGTH,
+        lr=1e-3,
+        beta=0.5,
+        max_steps=3,
+        warmup_steps=1,
+        max_grad_norm=0.5,
+        progress=False,
+    )
     return {**base, **kw}
 
 
