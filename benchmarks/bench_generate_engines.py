@@ -73,12 +73,12 @@ def main() -> None:
 
     import torch
 
-    from prefpool.pipeline.generate_engine import Request
-    from prefpool.pipeline.generate_hf import HFEngine
-    from prefpool.pipeline.generate_model import load_model_info
-    from prefpool.pipeline.generate_vllm import VLLMEngine
-    from prefpool.pipeline.sampling import SamplingParams, sample_seed
-    from prefpool.tiny_model import build_tiny_llama
+    from prefpool.pipeline.engines.generation import Request
+    from prefpool.pipeline.engines.hf_generation import HFEngine
+    from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
+    from prefpool.pipeline.engines.vllm_generation import VLLMEngine
+    from prefpool.pipeline.model.info import load_model_info
+    from prefpool.testing import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_llama(

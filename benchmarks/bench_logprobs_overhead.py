@@ -39,13 +39,13 @@ from pathlib import Path
 
 import torch
 
-from prefpool.pipeline.ids import completion_id
+from prefpool.pipeline.engines.logprob_engines import plan_batches
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.logprobs import logprobs
-from prefpool.pipeline.logprobs_engine import plan_batches
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
-from prefpool.tiny_model import build_tiny_llama, default_corpus
+from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.testing import build_tiny_llama, default_corpus
 
 MAX_LENGTH = 512
 

@@ -60,7 +60,7 @@ def _batch(torch, batch_size: int, pool: int, vocab: int, seed: int):
 
 def _one_pass_loss(torch, model, batch, beta, generator):
     from prefpool.losses import mcpo_loss
-    from prefpool.train.scoring import completion_logps
+    from prefpool.pipeline.model.scoring import completion_logps
 
     size, pool = batch.pool_mask.shape
     flat = [*batch.chosen, *(pair for answers in batch.pools for pair in answers)]
@@ -116,7 +116,7 @@ def child(args) -> None:
 
 
 def parent(args) -> None:
-    from prefpool.tiny_model import build_tiny_llama
+    from prefpool.testing import build_tiny_llama
 
     pools = [int(m) for m in args.pools.split(",")]
     rows = []

@@ -18,7 +18,7 @@ Variants:
 - ``naive``: ``log_softmax(logits.float(), -1).gather(...)``, masked sum.
 - ``chunked-64M``: ``sequence_logps`` with ``chunk_elements=2**26``.
 - ``chunked-4M``: ``sequence_logps`` with the default ``chunk_elements=2**22``.
-- ``chunked-4M-rolled``: ``chunk_elements=2**22``, called the way ``prefpool.train.scoring``
+- ``chunked-4M-rolled``: ``chunk_elements=2**22``, called the way ``prefpool.pipeline.model.scoring``
   calls it: the full logits with labels rolled left (no strided view, so
   autograd does not hold a second full-size gradient for the view).
 
@@ -71,7 +71,7 @@ def _run(torch, logits, input_ids, mask, variant):
 
     chunk_elements, align = variant
     if align == "rolled":
-        # How prefpool.train.scoring calls it: full logits, labels rolled left, the last
+        # How prefpool.pipeline.model.scoring calls it: full logits, labels rolled left, the last
         # position masked. Same values; no strided view, so autograd keeps one gradient.
         used = mask.roll(-1, dims=1)
         used[:, -1] = False

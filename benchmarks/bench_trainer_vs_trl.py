@@ -65,7 +65,7 @@ def make_table(root: Path, model: Path, rows: int, words: tuple[int, int]) -> Pa
     from prefpool.pipeline.build import build
     from prefpool.pipeline.ingest import ingest
     from prefpool.pipeline.logprobs import logprobs
-    from prefpool.tiny_model import default_corpus
+    from prefpool.testing import default_corpus
 
     root.mkdir(parents=True, exist_ok=True)
     vocab = sorted({w for text in default_corpus() for w in text.split()})
@@ -132,7 +132,7 @@ def run_trl(args, memory_window, precompute: bool) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from prefpool.pipeline.tableio import read_table
+    from prefpool.pipeline.io.read import read_table
 
     rows = read_table(args.data, schema="pairwise").select(["prompt", "chosen", "rejected"]).to_pylist()
     ends, precompute_s = [], []
@@ -230,7 +230,7 @@ def child(args) -> None:
 
 
 def parent(args) -> None:
-    from prefpool.tiny_model import build_tiny_llama
+    from prefpool.testing import build_tiny_llama
 
     words = tuple(int(w) for w in args.words.split(","))
     results = {}

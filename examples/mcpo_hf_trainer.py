@@ -18,16 +18,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
-
-from prefpool.tiny_model import build_tiny_llama
-from prefpool.toy_task import (
+from toy_task import (
     cache_reference_logps,
     collate,
     encode_example,
     make_examples,
     mcpo_batch_loss,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+from prefpool.testing import build_tiny_llama
 
 
 class MCPOTrainer(Trainer):

@@ -3,7 +3,7 @@
     python examples/mcpo_plain_pytorch.py --steps 60
 
 Builds a tiny random Llama locally, caches the reference log-probs of the
-toy task (see prefpool/toy_task.py) from the initial weights, then trains that same
+toy task (see toy_task.py) from the initial weights, then trains that same
 model with ``prefpool.losses.mcpo_loss``. Only one model exists at any time:
 the reference is a column of numbers, not a second network.
 """
@@ -15,16 +15,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from prefpool.tiny_model import build_tiny_llama
-from prefpool.toy_task import (
+from toy_task import (
     cache_reference_logps,
     collate,
     encode_example,
     make_examples,
     mcpo_batch_loss,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefpool.testing import build_tiny_llama
 
 
 def train(model_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float, beta: float) -> list[float]:

@@ -18,12 +18,12 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefpool.pipeline.ids import completion_id, normalize_messages, prompt_id
-from prefpool.pipeline.schemas import get_schema
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tokenize import encode_pair
-from prefpool.tiny_model import build_tiny_llama
-from prefpool.train.scoring import score_pairs
+from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
+from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.scoring import score_pairs
+from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.testing import build_tiny_llama
 from prefpool.train.trl_plugin import MCPOConfig, MCPODPOTrainer, mcpo_dataset
 
 DEMO = [

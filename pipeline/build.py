@@ -74,19 +74,19 @@ from pathlib import Path
 
 import polars as pl
 
-from prefpool.pipeline import build_select as sel
-from prefpool.pipeline.build_inputs import (
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
+from prefpool.pipeline.io.progress import summary_line
+from prefpool.pipeline.io.read import scan
+from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.kinds import select as sel
+from prefpool.pipeline.kinds.inputs import (
     fingerprint,
     logprobs_lookup,
     scores_lookup,
     with_completion_id,
 )
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import ShardSpec, stable_bucket
-from prefpool.pipeline.progress import summary_line
-from prefpool.pipeline.schemas import get_schema
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import scan
 
 STAGE = "build"
 KINDS = ("pairwise", "mcpo", "mpo")

@@ -16,7 +16,7 @@ from string import Template
 import pyarrow as pa
 import yaml
 
-from prefpool.pipeline.manifest import Manifest
+from prefpool.pipeline.io.manifest import Manifest
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "dataset_card.md"
 

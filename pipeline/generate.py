@@ -44,22 +44,22 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.engine_args import context_limit, resolve_engine_args
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.generate_engine import Engine, Request, check_engine, load_engine
-from prefpool.pipeline.generate_model import (
+from prefpool.pipeline.engines.engine_args import context_limit, resolve_engine_args
+from prefpool.pipeline.engines.generation import Engine, Request, check_engine, load_engine
+from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.io.schemas import CANDIDATES
+from prefpool.pipeline.io.shards import read_shard
+from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
     ModelInfo,
     load_model_info,
 )
-from prefpool.pipeline.ids import ShardSpec
-from prefpool.pipeline.progress import progress, summary_line
-from prefpool.pipeline.sampling import SamplingParams, sample_seed
-from prefpool.pipeline.schemas import CANDIDATES
-from prefpool.pipeline.shards import read_shard
-from prefpool.pipeline.stage import StageRun, Unit, plan_units
-from prefpool.pipeline.tableio import checked_shards
 
 STAGE = "generate"
 ROWS_PER_UNIT = 64  # prompts per shard file: the unit of resuming

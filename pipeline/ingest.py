@@ -21,12 +21,9 @@ from typing import NoReturn
 
 import pyarrow as pa
 
-from prefpool.pipeline.dedupe import ExampleMerger
-from prefpool.pipeline.errors import PipelineInputError
 from prefpool.pipeline.formats import Format, get_format
-from prefpool.pipeline.ids import ShardSpec, prompt_id
-from prefpool.pipeline.progress import progress, summary_line
-from prefpool.pipeline.readers import (
+from prefpool.pipeline.formats.dedupe import ExampleMerger
+from prefpool.pipeline.formats.readers import (
     Record,
     fingerprint,
     load_hub,
@@ -34,10 +31,13 @@ from prefpool.pipeline.readers import (
     read_hub,
     read_local,
 )
-from prefpool.pipeline.report import IngestReport
-from prefpool.pipeline.rows import BadRow, Columns, MissingColumn
-from prefpool.pipeline.schemas import EXAMPLES
-from prefpool.pipeline.stage import StageRun, plan_units
+from prefpool.pipeline.formats.report import IngestReport
+from prefpool.pipeline.formats.rows import BadRow, Columns, MissingColumn
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec, prompt_id
+from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.schemas import EXAMPLES
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 STAGE = "ingest"
 ROWS_PER_UNIT = 50_000  # ingest is fast; units matter for resuming slow stages

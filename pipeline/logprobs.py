@@ -36,7 +36,6 @@ refused (naming what differs) unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -46,18 +45,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefpool.pipeline.completions import distinct_completions, read_completion_table
-from prefpool.pipeline.engine_args import RESERVED, context_limit, resolve_engine_args
-from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import ShardSpec
-from prefpool.pipeline.logprobs_engine import DTYPES, ENGINES
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.progress import progress, summary_line
-from prefpool.pipeline.schemas import LOGPROBS
-from prefpool.pipeline.shards import ShardName, read_shard
-from prefpool.pipeline.stage import RUN_MARKER, StageRun, plan_units
-from prefpool.pipeline.tableio import checked_shards
-from prefpool.pipeline.tokenize import PromptTooLongError, encode_pair, template_hash
+from prefpool.pipeline.engines.engine_args import RESERVED, context_limit, resolve_engine_args
+from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
+from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.io.schemas import LOGPROBS
+from prefpool.pipeline.io.shards import ShardName, read_shard
+from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
+from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
+from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
 STAGE = "logprobs"
 ROWS_PER_UNIT = 1024
@@ -97,35 +97,6 @@ class LogprobsSummary:
             units_written=self.units_written,
             units_skipped=self.units_skipped,
         )
-
-
-def weights_hash(model: str | Path) -> str:
-    """sha256 over the model folder's config.json and ``*.safetensors`` weight files."""
-    folder = Path(model)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files or not (folder / "config.json").exists():
-        raise PipelineConfigError(f"model {model}: needs config.json and *.safetensors weights (save_pretrained)")
-    digest = hashlib.sha256()
-    for path in [folder / "config.json", *files]:
-        digest.update(path.name.encode("utf-8") + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_components(weights_sha256: str, tokenizer, *, max_length: int, truncation: str, dtype: str) -> dict:
-    return {
-        "weights_sha256": weights_sha256,
-        "tokenizer_sha256": template_hash(tokenizer),
-        "max_length": max_length,
-        "truncation": truncation,
-        "dtype": dtype,
-    }
-
-
-def cache_key_of(components: dict) -> str:
-    return hashlib.sha256(json.dumps(components, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
 def logprobs(

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.errors import PipelineInputError
-from prefpool.pipeline.ids import ShardSpec
-from prefpool.pipeline.manifest import Manifest
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import checked_shards, read_table
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.manifest import Manifest
+from prefpool.pipeline.io.read import checked_shards, read_table
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 SETTINGS_KEYS = ("config", "inputs")  # top-level sidecar fields that describe the run
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from prefpool.pipeline.atomic import atomic_path
 from prefpool.pipeline.card import render_card
-from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError
-from prefpool.pipeline.schemas import get_schema
-from prefpool.pipeline.shards import COMPRESSION, ROW_GROUP_ROWS, read_shard
-from prefpool.pipeline.tableio import checked_shards
+from prefpool.pipeline.io.atomic import atomic_path
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
+from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.shards import COMPRESSION, ROW_GROUP_ROWS, read_shard
 
 TRAINING_TABLES = ("pairwise", "mcpo", "mpo")
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefpool.config import ConfigError, _coerce, apply_overrides, check_kwargs, read_yaml
+from prefpool.core.config import ConfigError, _coerce, apply_overrides, check_kwargs, read_yaml
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
 TOP_KEYS = ("workdir", "model")
@@ -247,8 +247,8 @@ def run_pipeline(
 
 def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     """Run push unless its record says this exact push is done; replace only a folder it made."""
-    from prefpool.pipeline.atomic import write_json
-    from prefpool.pipeline.manifest import MANIFEST_NAME, file_sha256
+    from prefpool.pipeline.io.atomic import write_json
+    from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
     from prefpool.pipeline.push import PushSummary, push
 
     out = Path(kwargs["out"])

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.completions import distinct_completions, read_completion_table
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import ShardSpec
-from prefpool.pipeline.progress import progress, summary_line
-from prefpool.pipeline.schemas import SCORES
-from prefpool.pipeline.score_scorers import FunctionScorer, RewardModelScorer
-from prefpool.pipeline.stage import StageRun, plan_units
+from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer
+from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.schemas import SCORES
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
@@ -123,7 +123,7 @@ def _scorer(reward_fn, reward_model, batch_size):
         return FunctionScorer(reward_fn)
     from transformers import AutoTokenizer
 
-    from prefpool.pipeline.logprobs import weights_hash
+    from prefpool.pipeline.model.cache_key import weights_hash
 
     if not Path(reward_model).is_dir():
         raise PipelineConfigError(f"reward model {reward_model}: not a local model folder (save_pretrained layout)")

@@ -57,8 +57,8 @@ def ingest(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with different settings.")] = False,
 ) -> None:
     """Read preference data into the `examples` table (Parquet shards + manifest + report)."""
-    from prefpool.pipeline.errors import PipelineError
     from prefpool.pipeline.ingest import ingest as run_ingest
+    from prefpool.pipeline.io.errors import PipelineError
 
     try:
         summary = run_ingest(
@@ -91,7 +91,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing, different output.")] = False,
 ) -> None:
     """Combine `--shard i/N` outputs into one folder equal to an unsharded run."""
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.pipeline.merge import merge as run_merge
 
     try:
@@ -115,7 +115,7 @@ def quickstart(
 ) -> None:
     """The main job on a controlled task with a known reward: pools, cached reference log-probs,
     DPO and MC-PO trained without a reference model, evaluated; a report with plots (CPU, minutes)."""
-    from prefpool.quickstart import QuickstartConfig, run_quickstart
+    from prefpool.controlled.quickstart import QuickstartConfig, run_quickstart
 
     try:
         run_quickstart(QuickstartConfig(out_dir=str(out), seed=seed, engine=engine, steps=steps, overwrite=overwrite))
@@ -154,7 +154,7 @@ def build(
 ) -> None:
     """Join examples (+ candidates) with reference log-probs into a training table."""
     from prefpool.pipeline.build import build as run_build
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.io.errors import PipelineError
 
     try:
         summary = run_build(
@@ -190,7 +190,7 @@ def push(
     split: Annotated[str, typer.Option(help="Split name of the data files.")] = "train",
 ) -> None:
     """Write data/<split>-*.parquet + README.md (dataset card) and upload them to the Hub."""
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.pipeline.push import push as run_push
 
     try:
@@ -240,8 +240,8 @@ def logprobs(
     ] = None,
 ) -> None:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table."""
-    from prefpool.pipeline.engine_args import parse_engine_args
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.engines.engine_args import parse_engine_args
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.pipeline.logprobs import logprobs as run_logprobs
 
     try:
@@ -301,9 +301,9 @@ def generate(
     ] = None,
 ) -> None:
     """N sampled completions per prompt with the model's chat template: the `candidates` table."""
-    from prefpool.pipeline.engine_args import parse_engine_args
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.engines.engine_args import parse_engine_args
     from prefpool.pipeline.generate import generate as run_generate
+    from prefpool.pipeline.io.errors import PipelineError
 
     try:
         summary = run_generate(
@@ -333,8 +333,8 @@ def run(
     overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value, e.g. generate.n=8.")] = None,
 ) -> None:
     """Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md)."""
-    from prefpool.config import ConfigError
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.core.config import ConfigError
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.pipeline.run import run_pipeline
 
     try:
@@ -349,8 +349,8 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value, e.g. lr=1e-6 max_steps=100.")] = None,
 ) -> None:
     """Preference-train a policy on a `build` table with cached reference log-probs (no reference model)."""
-    from prefpool.config import load_config
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.core.config import load_config
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.train.config import TrainConfig
     from prefpool.train.trainer import Step0MismatchError
     from prefpool.train.trainer import train as run_train
@@ -400,7 +400,7 @@ def eval_(
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate)."""
     import json
 
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.train.evaluate import evaluate
 
     try:
@@ -449,7 +449,7 @@ def score(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with another scorer.")] = False,
 ) -> None:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`)."""
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.pipeline.score import score as run_score
 
     try:
@@ -492,8 +492,8 @@ def online(
     """OnMC-PO: rounds of generate (current policy) -> score -> reference log-probs -> build mcpo -> train.
 
     Rerun to resume."""
-    from prefpool.config import load_config
-    from prefpool.pipeline.errors import PipelineError
+    from prefpool.core.config import load_config
+    from prefpool.pipeline.io.errors import PipelineError
     from prefpool.train.online import online as run_online
     from prefpool.train.online_config import OnlineConfig
     from prefpool.train.trainer import Step0MismatchError

@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from prefpool.config import (
+from prefpool.core.config import (
     ConfigError,
     apply_overrides,
     check_kwargs,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.testing import build_tiny_llama, default_corpus, train_tokenizer
 
 torch.set_num_threads(1)
 
@@ -70,7 +71,7 @@ def test_example_learns_with_one_model(name, monkeypatch, tmp_path):
 
 def test_toy_task_batch_layout(tmp_path):
     """Collated rows are B chosen then B*M candidates; masks cover exactly the completions."""
-    toy = _import("prefpool.toy_task")
+    toy = _import("toy_task")
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path, num_layers=1))
     examples = toy.make_examples(seed=0)
     assert all(ex.chosen not in ex.candidates and len(ex.candidates) == 4 for ex in examples)
@@ -92,3 +93,14 @@ def test_toy_task_batch_layout(tmp_path):
     features[1] = {**features[1], "candidate_ids": features[1]["candidate_ids"][:2]}
     with pytest.raises(ValueError, match="^features"):
         toy.collate(features, tokenizer.pad_token_id)
+
+
+def test_toy_task_uses_the_same_split():
+    """The toy task tokenizes with the pipeline's own prompt/completion split."""
+    toy = _import("toy_task")
+    tok = train_tokenizer(default_corpus())
+    example = toy.make_examples()[0]
+    features = toy.encode_example(tok, example)
+    pair = encode_pair(tok, example.prompt, example.candidates[1], max_length=None)
+    assert features["prompt_ids"] == pair.prompt_ids
+    assert features["candidate_ids"][1] == pair.completion_ids

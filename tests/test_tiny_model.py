@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefpool.tiny_model import (
+from prefpool.testing import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
     SPECIAL_TOKENS,

@@ -1,7 +1,7 @@
 """Refuse a training table whose cached reference log-probs were made under other settings.
 
 The ``build`` manifest carries the fingerprints of its ``logprobs`` inputs,
-whose identity holds the cache-key parts (``logprobs.cache_components``):
+whose identity holds the cache-key parts (``pipeline.model.cache_key.cache_components``):
 weights hash, tokenizer/template hash, max_length, truncation, dtype. The
 trainer's tokenizer, ``max_length``, ``truncation`` and ``dtype`` must equal
 them. The weights must too, unless ``reference_is_policy_init`` is false (a
@@ -15,9 +15,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from prefpool.pipeline.logprobs import weights_hash
-from prefpool.pipeline.manifest import Manifest
-from prefpool.pipeline.tokenize import template_hash
+from prefpool.pipeline.io.manifest import Manifest
+from prefpool.pipeline.model.cache_key import weights_hash
+from prefpool.pipeline.model.tokenize import template_hash
 
 
 class CacheMismatchError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from prefpool.pipeline.manifest import Manifest
+from prefpool.pipeline.io.manifest import Manifest
 
 from .config import TrainConfig
 

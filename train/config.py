@@ -1,6 +1,6 @@
 """``TrainConfig``: every setting of ``prefpool train``, with help text, loaded strictly from YAML.
 
-Load with ``prefpool.config.load_config(TrainConfig, path, overrides)``; unknown
+Load with ``prefpool.core.config.load_config(TrainConfig, path, overrides)``; unknown
 keys and wrongly typed values are errors. ``check()`` adds the cross-field rules.
 """
 

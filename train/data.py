@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.model.scoring import TokenPair
+from prefpool.pipeline.model.tokenize import encode_pair
 
 from .mcpo_step import PoolBatch
-from .scoring import TokenPair
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
+from prefpool.pipeline.engines.generation import Request, load_engine
+from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.generate import resolve_params
-from prefpool.pipeline.generate_engine import Request, load_engine
-from prefpool.pipeline.generate_model import load_model_info
-from prefpool.pipeline.sampling import sample_seed
+from prefpool.pipeline.model.info import load_model_info
 
 RewardFn = Callable[[list[dict], str], float]
 

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from prefpool.pipeline.atomic import write_json
-from prefpool.pipeline.errors import PipelineInputError
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
+from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.model.scoring import score_pairs
+from prefpool.pipeline.model.tokenize import encode_pair
 
 from .eval_ranking import pairwise_metrics, pool_metrics
-from .scoring import score_pairs
 
 KINDS = ("pairwise", "mcpo", "mpo")
 

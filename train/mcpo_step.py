@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from prefpool.losses import LossOutput, mcpo_loss, mcpo_select
-
-from .scoring import TokenPair, completion_logps, score_pairs
+from prefpool.pipeline.model.scoring import TokenPair, completion_logps, score_pairs
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from prefpool.losses import LossOutput, add_chosen_nll, get_loss
+from prefpool.pipeline.model.scoring import completion_logps
 
 from .config import TrainConfig
 from .data import PairBatch
 from .mcpo_step import PoolBatch, mcpo_step_loss
-from .scoring import completion_logps
 
 
 def _pair_loss(model, batch: PairBatch, cfg: TrainConfig, pad: int) -> tuple[LossOutput, torch.Tensor, torch.Tensor]:

@@ -58,9 +58,9 @@ from prefpool.pipeline import generate as generate_stage
 from prefpool.pipeline import ingest as ingest_stage
 from prefpool.pipeline import logprobs as logprobs_stage
 from prefpool.pipeline import score as score_stage
-from prefpool.pipeline.atomic import write_json
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.manifest import load_manifest
+from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.manifest import load_manifest
 
 from . import trainer as trainer_module
 from .online_config import OnlineConfig
@@ -267,7 +267,7 @@ def _train(
 
 def _check_on_policy(gen: Path, policy: str, r: int) -> None:
     """Refuse to train a policy on a pool another model generated."""
-    from prefpool.pipeline.generate_model import load_model_info
+    from prefpool.pipeline.model.info import load_model_info
 
     made_by = load_manifest(gen).identity.config["model"]["weights_sha256"]
     mine = load_model_info(policy).fingerprint["weights_sha256"]

@@ -1,6 +1,6 @@
 """``OnlineConfig``: every setting of ``prefpool online`` (OnMC-PO), loaded strictly from YAML.
 
-Load with ``prefpool.config.load_config(OnlineConfig, path, overrides)``;
+Load with ``prefpool.core.config.load_config(OnlineConfig, path, overrides)``;
 unknown keys (``train.lrr``) and wrongly typed values are ``ConfigError``s that
 name the key. The per-round training settings are the nested ``train:``
 section, a ``RoundTrainConfig``: ``TrainConfig`` minus the fields the online

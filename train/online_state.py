@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefpool.config import ConfigError
-from prefpool.pipeline.atomic import write_json
+from prefpool.core.config import ConfigError
+from prefpool.pipeline.io.atomic import write_json
 
 STATE_NAME = "online_state.json"
 VERSION = 1

@@ -46,10 +46,10 @@ from pathlib import Path
 
 import torch
 
-from prefpool.pipeline.atomic import write_json
-from prefpool.pipeline.logprobs_engine import DTYPES
-from prefpool.pipeline.progress import progress
-from prefpool.pipeline.tableio import checked_shards
+from prefpool.pipeline.engines.logprob_engines import DTYPES
+from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.progress import progress
+from prefpool.pipeline.io.read import checked_shards
 
 from .cache_check import cache_parts, check_cache
 from .card import model_card

@@ -38,10 +38,9 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefpool.losses import MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
-
-from .scoring import pad_pairs
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.model.scoring import pad_pairs
+from prefpool.pipeline.model.tokenize import encode_pair
 
 
 def _turn(text: str) -> list[dict]:

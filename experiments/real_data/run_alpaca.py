@@ -206,7 +206,7 @@ def trim(candidates: list[dict], max_pool: int | None) -> list[dict]:
 
 def split(setting: dict, out: Path) -> dict:
     """Write OUT/split/{train,heldout}.jsonl (rows of the source file) and split.json (their ids)."""
-    from prefpool.pipeline.ids import normalize_messages, prompt_id, stable_bucket
+    from prefpool.pipeline.io.ids import normalize_messages, prompt_id, stable_bucket
 
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     keyed = sorted(((prompt_id(normalize_messages(r["instruction"])), r) for r in rows), key=lambda x: x[0])
@@ -305,7 +305,7 @@ def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, P
 
 def check_split(tables: dict[str, Path], info: dict) -> dict:
     """The built tables hold only their side's prompts; count rows and what build/logprobs dropped."""
-    from prefpool.pipeline.tableio import read_table
+    from prefpool.pipeline.io.read import read_table
 
     stats = {}
     for side, table in tables.items():
@@ -329,8 +329,8 @@ def truncation_stats(tables: dict[str, Path], model: Path, max_length: int) -> d
     """How many preferred / pool answers the cache cut at max_length (the trainer cuts the same)."""
     from transformers import AutoTokenizer
 
-    from prefpool.pipeline.tableio import read_table
-    from prefpool.pipeline.tokenize import encode_pair
+    from prefpool.pipeline.io.read import read_table
+    from prefpool.pipeline.model.tokenize import encode_pair
 
     tok = AutoTokenizer.from_pretrained(str(model))
     stats = {}

@@ -108,8 +108,8 @@ def select(setting: dict, model: Path, out: Path) -> dict:
     """Write OUT/split/{train,heldout}.jsonl (rows of the source files, unchanged) and split.json."""
     from transformers import AutoTokenizer
 
-    from prefpool.pipeline.ids import normalize_messages, prompt_id
-    from prefpool.pipeline.tokenize import chat_ids
+    from prefpool.pipeline.io.ids import normalize_messages, prompt_id
+    from prefpool.pipeline.model.tokenize import chat_ids
 
     tok = AutoTokenizer.from_pretrained(str(model))
     folder = out / "split"
@@ -175,8 +175,8 @@ def data_stats(tables: dict[str, Path], info: dict, model: Path, max_length: int
     every model)."""
     from transformers import AutoTokenizer
 
-    from prefpool.pipeline.tableio import read_table
-    from prefpool.pipeline.tokenize import encode_pair
+    from prefpool.pipeline.io.read import read_table
+    from prefpool.pipeline.model.tokenize import encode_pair
 
     tok = AutoTokenizer.from_pretrained(str(model))
     stats = {}

@@ -20,14 +20,14 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from prefpool.pipeline.build_inputs import fingerprint
-from prefpool.pipeline.ids import completion_id
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.schemas import get_schema
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
-from prefpool.train.scoring import completion_logps
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.kinds.inputs import fingerprint
+from prefpool.pipeline.model.scoring import completion_logps
+from prefpool.pipeline.model.tokenize import encode_pair
 
 from .task import true_reward
 

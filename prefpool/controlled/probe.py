@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from prefpool.pipeline.generate_hf import HFEngine
-from prefpool.pipeline.generate_model import load_model_info
-from prefpool.pipeline.ids import prompt_id
-from prefpool.pipeline.sampling import SamplingParams, sample_seed
-from prefpool.train.scoring import completion_logps
+from prefpool.pipeline.engines.hf_generation import HFEngine
+from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
+from prefpool.pipeline.io.ids import prompt_id
+from prefpool.pipeline.model.info import load_model_info
+from prefpool.pipeline.model.scoring import completion_logps
 
 from .task import in_language, true_reward
 
@@ -88,7 +88,7 @@ class Probe:
 
     def samples(self, policy: torch.nn.Module) -> list[tuple[list[int], list[int], str]]:
         """``(prompt ids, completion ids with the eos that ended it, text)`` of every probe sample."""
-        from prefpool.pipeline.generate_engine import Request
+        from prefpool.pipeline.engines.generation import Request
 
         with _eval_mode(policy):
             engine = HFEngine(self.info, batch_size=self.batch_size, device="cpu", model=policy)

@@ -182,9 +182,9 @@ def train_reference_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefpool.pipeline.tokenize import encode_pair
-    from prefpool.tiny_model import build_tiny_llama
-    from prefpool.train.scoring import completion_logps
+    from prefpool.pipeline.model.scoring import completion_logps
+    from prefpool.pipeline.model.tokenize import encode_pair
+    from prefpool.testing import build_tiny_llama
 
     data = corpus(4000, seed=seed)
     texts = [f"{p[0]['content']} {d}" for p, d in data]

@@ -7,7 +7,7 @@ import pytest
 
 from prefpool.controlled import derive
 from prefpool.controlled.task import true_reward
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.read import read_table
 from prefpool.train.config import TrainConfig
 from prefpool.train.trainer import Step0MismatchError, Trainer
 

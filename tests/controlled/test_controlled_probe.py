@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from prefpool.controlled.probe import Probe
 from prefpool.controlled.task import true_reward
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.read import read_table
 
 pytestmark = pytest.mark.xdist_group("controlled")
 

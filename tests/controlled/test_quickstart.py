@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.quickstart import MARKER, QuickstartConfig, run_quickstart
+from prefpool.controlled.quickstart import MARKER, QuickstartConfig, run_quickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("controlled")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.read import read_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ingest"
 # The repo is /work/main and the shared data /work/shared/data: `../shared/data` from the repo root.

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.schemas import MCPO, PAIRWISE
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.schemas import MCPO, PAIRWISE
 
 RANKED = example("ranked", [("best one", 0.9, 1), ("mid", 0.5, 2), ("worst answer", 0.1, 3)])
 PAIRED = example("paired", [("x", None, None), ("y longer", None, None)], pairs=[(1, 0)])
@@ -214,8 +214,8 @@ def _many(count: int = 12):
 )
 def test_shard_runs_merged_equal_one_run(tmp_path, kind, with_candidates):
     """build --shard i/3 for each i, merged: the unsharded run's rows, order, units and report."""
-    from prefpool.pipeline.ids import stable_bucket
-    from prefpool.pipeline.manifest import load_manifest
+    from prefpool.pipeline.io.ids import stable_bucket
+    from prefpool.pipeline.io.manifest import load_manifest
     from prefpool.pipeline.merge import merge
 
     examples, candidates = _many()
@@ -251,7 +251,7 @@ def test_shard_filter_matches_stable_bucket_and_cli_shard(tmp_path):
     import polars as pl
 
     from prefpool.pipeline.build import _shard_filter
-    from prefpool.pipeline.ids import ShardSpec, stable_bucket
+    from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
 
     ids = [f"{i:032x}" for i in range(200)] * 2  # repeated ids, as in a logprobs table
     frame = pl.LazyFrame({"prompt_id": ids})

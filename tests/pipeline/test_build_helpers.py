@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from prefpool.pipeline.ids import completion_id, normalize_messages, prompt_id
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 CACHE_KEY = "test-cache-key"
 
@@ -35,7 +35,7 @@ def write_rows(
     )
     import pyarrow as pa
 
-    from prefpool.pipeline.schemas import get_schema
+    from prefpool.pipeline.io.schemas import get_schema
 
     units = plan_units(rows, key_of=lambda r: repr(sorted(r.items())), rows_per_unit=rows_per_unit)
     for unit in run.pending(units):

@@ -12,11 +12,11 @@ from pipeline_helpers import SHARED_DATA
 from test_build_helpers import CACHE_KEY, fake_logp, rows_of
 
 from prefpool.pipeline.build import build
-from prefpool.pipeline.ids import completion_id
 from prefpool.pipeline.ingest import ingest
-from prefpool.pipeline.schemas import LOGPROBS
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.schemas import LOGPROBS
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (a fresh clone)")
 

@@ -18,11 +18,11 @@ import yaml
 from datasets import load_dataset
 from pipeline_helpers import rows_by_id
 
-from prefpool.pipeline.errors import PipelineError
-from prefpool.pipeline.ids import completion_id
+from prefpool.pipeline.io.errors import PipelineError
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.run import run_pipeline
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 

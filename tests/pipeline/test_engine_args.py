@@ -16,13 +16,13 @@ import torch
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline.engine_args import parse_engine_args, resolve_engine_args
-from prefpool.pipeline.errors import PipelineConfigError
+from prefpool.pipeline.engines.engine_args import parse_engine_args, resolve_engine_args
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.logprobs import logprobs, resolve_max_length
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 runner = CliRunner()

@@ -10,17 +10,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prefpool.pipeline import generate as generate_module
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.engines.generation import Request
+from prefpool.pipeline.engines.hf_generation import HFEngine
+from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.generate import generate
-from prefpool.pipeline.generate_engine import Request
-from prefpool.pipeline.generate_hf import HFEngine
-from prefpool.pipeline.generate_model import load_model_info
 from prefpool.pipeline.ingest import ingest
-from prefpool.pipeline.manifest import load_manifest
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
-from prefpool.pipeline.sampling import SamplingParams, sample_seed
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.model.info import load_model_info
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.ingest import ingest
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.io.read import read_table
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 runner = CliRunner()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from prefpool.pipeline.errors import PipelineConfigError
-from prefpool.pipeline.sampling import SamplingParams, next_token_probs, sample_seed
+from prefpool.pipeline.engines.sampling import SamplingParams, next_token_probs, sample_seed
+from prefpool.pipeline.io.errors import PipelineConfigError
 
 
 def test_sample_seed_is_stable_int63_and_depends_on_every_part():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline.tableio import read_table
+from prefpool.pipeline.io.read import read_table
 
 runner = CliRunner()
 

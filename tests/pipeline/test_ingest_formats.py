@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import rows_by_id
 
-from prefpool.pipeline.errors import PipelineInputError
-from prefpool.pipeline.ids import normalize_messages, prompt_id
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.ids import normalize_messages, prompt_id
 
 
 def pid(prompt) -> str:

@@ -7,8 +7,8 @@ import json
 import pytest
 from pipeline_helpers import SHARED_DATA, rows_by_id
 
-from prefpool.pipeline.ids import normalize_messages, prompt_id
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.ids import normalize_messages, prompt_id
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (a fresh clone)")
 

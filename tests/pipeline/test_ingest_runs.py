@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from prefpool.pipeline import shards
-from prefpool.pipeline.errors import OutputConflictError, PipelineInputError
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io import shards
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineInputError
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
-from prefpool.pipeline.tableio import read_table
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_pipeline_import_loads_no_model_libraries():
     import sys
 
     code = (
-        "import sys, prefpool.pipeline.ingest, prefpool.pipeline.merge, prefpool.pipeline.tableio; "
+        "import sys, prefpool.pipeline.ingest, prefpool.pipeline.merge, prefpool.pipeline.io.read; "
         "print([m for m in ('torch', 'transformers', 'datasets', 'vllm') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from prefpool.pipeline.errors import PipelineConfigError
-from prefpool.pipeline.ids import ShardSpec, normalize_messages, prompt_id, stable_bucket
+from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.io.ids import ShardSpec, normalize_messages, prompt_id, stable_bucket
 
 
 def test_string_and_message_list_give_the_same_id():

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefpool.pipeline import shards
-from prefpool.pipeline.errors import PipelineInputError
 from prefpool.pipeline.ingest import ingest
-from prefpool.pipeline.schemas import EXAMPLES
-from prefpool.pipeline.shards import ShardName, read_shard, shard_metadata, write_shard
-from prefpool.pipeline.tableio import read_table, scan
+from prefpool.pipeline.io import shards
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.read import read_table, scan
+from prefpool.pipeline.io.schemas import EXAMPLES
+from prefpool.pipeline.io.shards import ShardName, read_shard, shard_metadata, write_shard
 
 ROW = {
     "prompt_id": "0" * 32,

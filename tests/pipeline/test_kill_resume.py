@@ -25,14 +25,14 @@ import torch
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline.atomic import is_temp_name
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.atomic import is_temp_name
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.shards import ShardName
 from prefpool.pipeline.logprobs import logprobs
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.shards import ShardName
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 TIMEOUT_S = 60  # a hung subprocess fails the test instead of hanging the suite

@@ -12,16 +12,16 @@ import torch
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline import logprobs_engine
-from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import completion_id
+from prefpool.pipeline.engines import logprob_engines as logprobs_engine
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.schemas import CANDIDATES
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.pipeline.merge import merge
-from prefpool.pipeline.schemas import CANDIDATES
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
 

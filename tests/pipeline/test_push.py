@@ -12,8 +12,8 @@ from prefpool.cli import app
 from prefpool.pipeline import push as push_module
 from prefpool.pipeline.build import build
 from prefpool.pipeline.card import features_yaml
+from prefpool.pipeline.io.schemas import SCHEMAS
 from prefpool.pipeline.push import push
-from prefpool.pipeline.schemas import SCHEMAS
 
 TOKEN = "secret-test-token"
 

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.config import ConfigError
+from prefpool.core.config import ConfigError
 from prefpool.pipeline.run import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ from test_build_helpers import candidates_row, example, write_rows
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline.errors import OutputConflictError, PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import completion_id
-from prefpool.pipeline.manifest import load_manifest
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.stage_run import StageRun
 from prefpool.pipeline.merge import merge
 from prefpool.pipeline.score import score
-from prefpool.pipeline.stage import StageRun
-from prefpool.pipeline.tableio import read_table
 
 torch.set_num_threads(1)
 
@@ -165,7 +165,7 @@ def reward_model(tmp_path_factory):
     """A tiny one-label LlamaForSequenceClassification with the tiny tokenizer (pad_token_id set)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from prefpool.tiny_model import build_tiny_llama
+    from prefpool.testing import build_tiny_llama
 
     base = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "lm", num_layers=1)
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -9,8 +9,8 @@ import pytest
 from test_build_helpers import candidates_row, example, logprob_rows, rows_of, write_rows
 
 from prefpool.pipeline.build import build
-from prefpool.pipeline.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.ids import completion_id
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.score import score
 
 FN = "test_score:count_good"

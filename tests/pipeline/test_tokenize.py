@@ -6,9 +6,8 @@ import copy
 
 import pytest
 
-from prefpool.pipeline.tokenize import PromptTooLongError, encode_pair, template_hash
-from prefpool.tiny_model import default_corpus, train_tokenizer
-from prefpool.toy_task import encode_example, make_examples
+from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair, template_hash
+from prefpool.testing import default_corpus, train_tokenizer
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Repeat the word apple."}]
 
@@ -26,14 +25,6 @@ def test_split_is_the_template_prefix_and_ends_with_end_of_turn(tok):
     assert pair.completion_ids[-1] == tok.eos_token_id
     assert tok.decode(pair.completion_ids[:-1]) == "apple apple"
     assert not pair.truncated
-
-
-def test_toy_task_uses_the_same_split(tok):
-    example = make_examples()[0]
-    features = encode_example(tok, example)
-    pair = encode_pair(tok, example.prompt, example.candidates[1], max_length=None)
-    assert features["prompt_ids"] == pair.prompt_ids
-    assert features["candidate_ids"][1] == pair.completion_ids
 
 
 def test_completion_tail_is_cut_to_max_length(tok):

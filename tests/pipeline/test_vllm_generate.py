@@ -16,14 +16,14 @@ import pytest
 import torch
 from vllm_runs import require_vllm, run_cli, run_python
 
-from prefpool.pipeline.generate_engine import Request
-from prefpool.pipeline.generate_hf import HFEngine
-from prefpool.pipeline.generate_model import load_model_info
+from prefpool.pipeline.engines.generation import Request
+from prefpool.pipeline.engines.hf_generation import HFEngine
+from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.ingest import ingest
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.sampling import SamplingParams, sample_seed
-from prefpool.pipeline.tableio import read_table
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.model.info import load_model_info
+from prefpool.testing import build_tiny_llama
 
 require_vllm()
 # xdist: every test here on one worker, so the module's engines start once (make test uses --dist loadgroup)
@@ -47,12 +47,13 @@ CHILD = textwrap.dedent(f"""
     import json, sys
     from pathlib import Path
 
-    from prefpool.pipeline import generate as stage, generate_engine
-    from prefpool.pipeline.generate_engine import Request
-    from prefpool.pipeline.generate_model import load_model_info
-    from prefpool.pipeline.generate_vllm import VLLMEngine
+    from prefpool.pipeline import generate as stage
+    from prefpool.pipeline.engines import generation as generate_engine
+    from prefpool.pipeline.engines.generation import Request
+    from prefpool.pipeline.model.info import load_model_info
+    from prefpool.pipeline.engines.vllm_generation import VLLMEngine
     from prefpool.pipeline.merge import merge
-    from prefpool.pipeline.sampling import SamplingParams, sample_seed
+    from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 
     if __name__ == "__main__":
         model, examples, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])

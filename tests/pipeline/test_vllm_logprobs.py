@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vllm_runs import require_vllm, run_cli
 
 from prefpool.losses import sequence_logps
-from prefpool.pipeline.ids import completion_id
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.logprobs import logprobs
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.pipeline.tableio import read_table
-from prefpool.pipeline.tokenize import encode_pair
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.testing import build_tiny_llama
 
 require_vllm()
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm_logprobs")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from trainer_tables import make_tables
 
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import torch
 from test_eval_support import MAX_LENGTH, mcpo_row, pairwise_row, write_table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefpool.pipeline.errors import PipelineInputError
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.testing import build_tiny_llama
 from prefpool.train.eval_ranking import pool_metrics
 from prefpool.train.evaluate import cache_max_length, evaluate
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.ids import completion_id, normalize_messages, prompt_id
-from prefpool.pipeline.schemas import get_schema
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tokenize import encode_pair
-from prefpool.train.scoring import score_pairs
+from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
+from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.scoring import score_pairs
+from prefpool.pipeline.model.tokenize import encode_pair
 
 MAX_LENGTH = 48
 

@@ -86,10 +86,10 @@ if __name__ == "__main__":  # launched by torch.distributed.run: one training pr
 
 from trainer_tables import MAX_LENGTH, assert_same_training, distributed_settings  # noqa: E402
 
+from prefpool.pipeline.model.scoring import completion_logps  # noqa: E402
 from prefpool.train.config import TrainConfig  # noqa: E402
 from prefpool.train.data import TrainingTable, collate  # noqa: E402
 from prefpool.train.metrics import read_metrics  # noqa: E402
-from prefpool.train.scoring import completion_logps  # noqa: E402
 from prefpool.train.trainer import Trainer  # noqa: E402
 
 pytestmark = [

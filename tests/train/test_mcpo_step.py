@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prefpool.losses import mcpo_loss
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.pipeline.model.scoring import completion_logps, pad_pairs, score_pairs
+from prefpool.testing import build_tiny_llama
 from prefpool.train.mcpo_step import PoolBatch, mcpo_step_loss
-from prefpool.train.scoring import completion_logps, pad_pairs, score_pairs
 
 torch.set_num_threads(1)
 

@@ -15,10 +15,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from prefpool.config import ConfigError, load_config
-from prefpool.pipeline.generate_model import load_model_info
-from prefpool.pipeline.manifest import load_manifest
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.core.config import ConfigError, load_config
+from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.model.info import load_model_info
+from prefpool.testing import build_tiny_llama
 from prefpool.train import trainer as trainer_module
 from prefpool.train.metrics import read_metrics
 from prefpool.train.online import ROUND_STEPS, online
@@ -228,7 +228,9 @@ def test_example_config_loads():
     cfg = load_config(OnlineConfig, path)
     cfg.check()
     assert cfg.reference == "runs/tiny-llama" and cfg.train.save_steps > 0
-    module, _, function = cfg.reward_fn.partition(":")
-    import importlib
+    from prefpool.pipeline.engines.scorers import FunctionScorer
 
-    assert callable(getattr(importlib.import_module(module), function))
+    # The score stage's own loader resolves it (a path/file.py:function spec, relative to the repo root).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        assert callable(FunctionScorer(cfg.reward_fn).fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefpool.config import load_config
+from prefpool.core.config import load_config
 from prefpool.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]

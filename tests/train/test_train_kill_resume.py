@@ -34,7 +34,7 @@ from trainer_tables import MAX_LENGTH
 from typer.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.config import load_config
+from prefpool.core.config import load_config
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics
 from prefpool.train.online import online

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from prefpool.cli import app
 from prefpool.pipeline.build import build
 from prefpool.pipeline.logprobs import logprobs
-from prefpool.tiny_model import build_tiny_llama
+from prefpool.testing import build_tiny_llama
 from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.config import TrainConfig
 from prefpool.train.data import collate

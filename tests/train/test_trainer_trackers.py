@@ -10,7 +10,7 @@ import pytest
 import torch
 from trainer_tables import MAX_LENGTH
 
-from prefpool.config import load_config
+from prefpool.core.config import load_config
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics, tracker_scalars
 from prefpool.train.trainer import TRACKER_DIR, Trainer

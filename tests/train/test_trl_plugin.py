@@ -19,8 +19,8 @@ from test_eval_support import MAX_LENGTH, mcpo_row, own_logps, write_table  # no
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from prefpool.losses import mcpo_loss, mpo_loss  # noqa: E402
-from prefpool.pipeline.ids import completion_id  # noqa: E402
-from prefpool.tiny_model import build_tiny_llama  # noqa: E402
+from prefpool.pipeline.io.ids import completion_id  # noqa: E402
+from prefpool.testing import build_tiny_llama  # noqa: E402
 from prefpool.train.trl_plugin import (  # noqa: E402
     MCPOConfig,
     MCPODPOTrainer,

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 from prefpool.pipeline.build import build
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.schemas import CANDIDATES
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.logprobs import logprobs
-from prefpool.pipeline.schemas import CANDIDATES
-from prefpool.pipeline.stage import StageRun, plan_units
-from prefpool.pipeline.tableio import read_table
 from prefpool.train.metrics import read_metrics
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music")

@@ -1,0 +1,96 @@
+"""Engine options of ``generate`` and ``logprobs``: ``vllm.LLM`` keyword arguments.
+
+They come from ``engine_args`` (the CLI's ``--engine-args '{"tensor_parallel_size": 2}'``,
+a JSON object) merged over ``$PREFPOOL_VLLM_ARGS`` (also a JSON object): a key
+given in both takes the ``engine_args`` value.
+
+Run identity: engine options are *not* part of it. They say how the work is
+executed (``tensor_parallel_size``, ``gpu_memory_utilization``,
+``max_num_seqs``, ...), like ``batch_size`` and ``device`` for the hf engine, so
+changing them must not invalidate a finished or half-finished output. The
+options that would change the values written are therefore refused here
+(``RESERVED``): the stage sets them from its own arguments, which are in the
+identity: the model folder, ``dtype`` (``logprobs --dtype``; ``generate`` uses
+the weights' dtype, recorded in its identity), the per-request seeds. The
+options actually used are recorded in the manifest's provenance
+(``model.engine_args``). ``max_model_len`` is allowed: it only lowers the
+context the stage checks against (see ``context_limit``).
+
+The hf engine takes no engine options: its settings are the stages' own
+arguments (``batch_size``/``device`` for generate, ``batch_tokens`` for
+logprobs), so ``engine_args`` with ``engine="hf"`` is an error rather than
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from prefpool.pipeline.io.errors import PipelineConfigError
+
+OPTIONS_ENV = "PREFPOOL_VLLM_ARGS"
+# vllm.LLM arguments that change what a run writes; each is set by the stage from its identity.
+RESERVED = {
+    "model": "the stage's --model",
+    "tokenizer": "the model folder's tokenizer",
+    "revision": "a local model folder",
+    "tokenizer_revision": "a local model folder",
+    "dtype": "logprobs --dtype; generate uses the weights' dtype",
+    "quantization": "a model folder saved quantized",
+    "hf_overrides": "a model folder with the config you want",
+    "seed": "generate --seed (a seed per sample)",
+}
+
+
+def parse_engine_args(text: str | None, *, where: str = "--engine-args") -> dict | None:
+    """A JSON object of ``vllm.LLM`` options, or None for an empty/absent value."""
+    if text is None or not text.strip():
+        return None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PipelineConfigError(f"{where} is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(parsed, dict):
+        raise PipelineConfigError(
+            f"{where} must be a JSON object of vllm.LLM options, e.g. '{{\"tensor_parallel_size\": 2}}'; got {text!r}"
+        )
+    return parsed
+
+
+def env_options() -> dict:
+    """The options in ``$PREFPOOL_VLLM_ARGS`` (empty when unset)."""
+    return parse_engine_args(os.environ.get(OPTIONS_ENV), where=f"${OPTIONS_ENV}") or {}
+
+
+def resolve_engine_args(engine: str, engine_args: Mapping | None, *, reserved: Mapping[str, str] = RESERVED) -> dict:
+    """The options the engine gets: checked, and for vllm merged over ``$PREFPOOL_VLLM_ARGS``."""
+    if engine_args is not None and not isinstance(engine_args, Mapping):
+        raise PipelineConfigError(f"engine_args must be a dict of vllm.LLM options, got {type(engine_args).__name__}")
+    if engine != "vllm":
+        if engine_args:
+            raise PipelineConfigError(
+                f"engine_args are vllm.LLM options; the {engine!r} engine takes none "
+                f"(got {sorted(engine_args)}): use the stage's own arguments, or --engine vllm"
+            )
+        return {}
+    merged = {**env_options(), **(engine_args or {})}
+    bad = [key for key in merged if key in reserved]
+    if bad:
+        raise PipelineConfigError(
+            "engine options "
+            + ", ".join(f"{k!r} (set by {reserved[k]})" for k in bad)
+            + " would change the output without changing the run's identity; remove them from "
+            f"--engine-args / ${OPTIONS_ENV}"
+        )
+    max_len = merged.get("max_model_len")
+    if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2):
+        raise PipelineConfigError(f"engine option max_model_len must be an integer >= 2, got {max_len!r}")
+    return merged
+
+
+def context_limit(max_position_embeddings: int | None, options: Mapping) -> int | None:
+    """Tokens one sequence may hold: the model's context, lowered by vllm's ``max_model_len`` if set."""
+    limits = [v for v in (max_position_embeddings, options.get("max_model_len")) if v is not None]
+    return min(limits) if limits else None

@@ -1,0 +1,118 @@
+"""``manifest.json``: the last file a stage writes, and the proof its output is complete.
+
+A folder without a manifest is an unfinished run. The manifest records the run's
+identity (stage, config, input fingerprint, shard, unit size), every shard with
+its row count, size and sha256, and the provenance of the run; readers check the
+files against it before trusting them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.errors import PipelineInputError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    file: str  # name within the folder
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything that decides a run's output; equal identities may share (resume) shards."""
+
+    stage: str
+    schema: str
+    config: dict
+    inputs: object  # fingerprint of the input (file hashes, hub revision, upstream manifest)
+    shard: str  # "i/N"
+    rows_per_unit: int
+
+    def to_json(self) -> dict:
+        # A JSON round trip, so identities compare equal to ones loaded from disk
+        return json.loads(json.dumps(asdict(self), ensure_ascii=False))
+
+    def differences(self, other: RunIdentity) -> list[str]:
+        """Names of the fields (``config.<key>`` for config keys) that differ."""
+        mine, theirs = self.to_json(), other.to_json()
+        diffs = []
+        for key in mine:
+            if key == "config":
+                keys = sorted(set(mine["config"]) | set(theirs["config"]))
+                diffs += [f"config.{k}" for k in keys if mine["config"].get(k) != theirs["config"].get(k)]
+            elif mine[key] != theirs[key]:
+                diffs.append(key)
+        return diffs
+
+
+@dataclass(frozen=True)
+class Manifest:
+    identity: RunIdentity
+    shards: tuple[ShardEntry, ...]
+    provenance: dict
+    sidecars: tuple[str, ...] = ()  # other files of the output, e.g. report.json
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "stage": self.identity.stage,
+            "schema": self.identity.schema,
+            "identity": self.identity.to_json(),
+            "total_rows": self.total_rows,
+            "shards": [asdict(s) for s in self.shards],
+            "sidecars": list(self.sidecars),
+            "summary": self.summary,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Manifest:
+        return cls(
+            identity=RunIdentity(**obj["identity"]),
+            shards=tuple(ShardEntry(**s) for s in obj["shards"]),
+            provenance=obj["provenance"],
+            sidecars=tuple(obj.get("sidecars", ())),
+            summary=obj.get("summary", {}),
+        )
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    write_json(folder / MANIFEST_NAME, manifest.to_json())
+
+
+def load_manifest(folder: str | Path) -> Manifest | None:
+    """The folder's manifest, or None when there is none (an unfinished run)."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version {obj.get('format_version')!r}, expected {FORMAT_VERSION}")
+        return Manifest.from_json(obj)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PipelineInputError(f"unreadable manifest: {exc}", file=path) from exc

@@ -1,0 +1,112 @@
+"""The model side every generate engine shares: tokenizer, chat template, eos ids, hashes.
+
+Engines take prompt token ids and return completion token ids; rendering the
+chat template and decoding stay here, so an hf and a vLLM run of the same model
+see the same prompt tokens and record the same fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefpool.pipeline.io.errors import PipelineConfigError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# generation_config.json keys the sampler honours (the rest are recorded as ignored)
+APPLIED_KEYS = ("temperature", "top_p", "max_new_tokens", "eos_token_id")
+NOT_SAMPLING_KEYS = ("bos_token_id", "pad_token_id")
+METADATA_KEYS = ("transformers_version", "_from_model_config")
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """One hash over several files, in the given order: each file's name and bytes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    tokenizer: object  # a transformers tokenizer
+    generation_config: dict  # the non-default values of generation_config.json
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    max_position_embeddings: int
+    dtype: str  # the weights' dtype, which the hf engine loads them in
+    fingerprint: dict  # weights_sha256, tokenizer_sha256, chat_template_sha256
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids: the chat template with the generation prompt, no tokens added."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def describe(self) -> dict:
+        return {"path": str(self.path.resolve()), **self.fingerprint}
+
+
+def load_model_info(model: str | Path) -> ModelInfo:
+    """Load the tokenizer, configs and hashes of a local model folder (no hub access)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    path = Path(model)
+    if not path.is_dir():
+        raise PipelineConfigError(f"model must be a local folder saved with save_pretrained: {path} is not one")
+    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise PipelineConfigError(f"no *.safetensors or *.bin weights in {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        raise PipelineConfigError(f"the tokenizer in {path} has no chat template")
+    config = AutoConfig.from_pretrained(path)
+    try:
+        gen = GenerationConfig.from_pretrained(path).to_diff_dict()
+    except OSError:
+        gen = {}  # no generation_config.json
+    eos = _ids(tokenizer.eos_token_id) + _ids(gen.get("eos_token_id"))
+    eos_ids = tuple(dict.fromkeys(eos))  # union, order kept
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = gen.get("pad_token_id")
+    if pad is None and eos_ids:
+        pad = eos_ids[0]  # only ever fed under a zero attention mask
+    template = tokenizer.chat_template
+    return ModelInfo(
+        path=path,
+        tokenizer=tokenizer,
+        generation_config={k: v for k, v in gen.items() if k not in METADATA_KEYS},
+        eos_token_ids=eos_ids,
+        pad_token_id=pad if pad is not None else 0,
+        max_position_embeddings=config.max_position_embeddings,
+        dtype=str(getattr(config, "dtype", None) or "float32").removeprefix("torch."),
+        fingerprint={
+            "weights_sha256": files_sha256(weights),
+            "tokenizer_sha256": files_sha256([path / f for f in TOKENIZER_FILES if (path / f).exists()]),
+            "chat_template_sha256": hashlib.sha256(str(template).encode("utf-8")).hexdigest(),
+        },
+    )
+
+
+def _ids(value: object) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]  # a list of ids

@@ -1,0 +1,1 @@
+"""The bottom layer that ``pipeline``, ``train`` and the CLI share: configuration and user errors."""
