@@ -71,6 +71,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -384,30 +385,48 @@ def _mpo(ctx: _Context, candidates: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def build(
-    kind: str,
+    kind: Literal["pairwise", "mcpo", "mpo"],
     *,
     examples: str | Path,
     logprobs: str | Path | list[str | Path],
     out: str | Path,
     candidates: str | Path | None = None,
     scores: str | Path | list[str | Path] | None = None,
-    rank_by: str = "rank",
-    pair_mode: str = "best-vs-rest",
-    best_ties: str = "first",
-    missing: str = "error",
+    rank_by: Literal["rank", "score"] = "rank",
+    pair_mode: Literal["best-vs-rest", "all"] = "best-vs-rest",
+    best_ties: Literal["first", "drop"] = "first",
+    missing: Literal["error", "drop"] = "error",
     max_pool: int | None = None,
-    empty_pool: str = "drop",
+    empty_pool: Literal["drop", "error"] = "drop",
     label: float = 1.0,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
     shard: str | ShardSpec | None = None,
 ) -> BuildSummary:
-    """Build a ``kind`` training table into ``out`` (shards + ``manifest.json`` + ``report.json``).
+    """Join examples (+ candidates) with reference log-probs into a training table.
 
     The policies are described in the module docstring. Output rows are sorted by
     ``prompt_id`` (pairs then by chosen and rejected answer index), so the output
-    does not depend on the row order of any input. ``shard="i/N"``: only the
-    rows of prompts in bucket ``i`` of ``N`` (combine the N outputs with ``merge``).
+    does not depend on the row order of any input.
+
+    Args:
+        kind: pairwise | mcpo | mpo.
+        examples: `examples` folder (from ingest).
+        logprobs: `logprobs` folder; repeat for several.
+        out: Output folder (shards, manifest.json, report.json).
+        candidates: `candidates` folder: mcpo pool / mpo reference samples.
+        scores: `scores` folder (from `prefpool score`): rank by these scores; repeat for several.
+        rank_by: rank (lower is better) | score (higher is better).
+        pair_mode: Pairs derived from ranks: best-vs-rest | all (ties skipped).
+        best_ties: Tie for best: first (lowest answer index) | drop (the row).
+        missing: A text with no reference log-prob: error | drop.
+        max_pool: Keep the first N pool members / reference samples.
+        empty_pool: A row with an empty pool: drop | error.
+        label: mpo: preference label of every pair.
+        overwrite: Replace an existing output made with different settings.
+        rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
+        shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
+            `prefpool merge`.
     """
     start = time.perf_counter()
     spec = ShardSpec.parse(shard)

@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 
@@ -107,7 +108,7 @@ def generate(
     model: str | Path,
     out: str | Path,
     n: int,
-    engine: str = "hf",
+    engine: Literal["hf", "vllm"] = "hf",
     temperature: float | None = None,
     top_p: float | None = None,
     max_new_tokens: int | None = None,
@@ -120,10 +121,31 @@ def generate(
     show_progress: bool | None = None,
     engine_args: dict | None = None,
 ) -> GenerateSummary:
-    """Write ``n`` samples per prompt of the ``examples`` table in ``input_dir`` to ``out``.
+    """N sampled completions per prompt with the model's chat template: the `candidates` table.
 
-    ``batch_size`` counts sequences (prompt x sample) decoded together.
-    ``engine_args``: ``vllm.LLM`` options for ``engine="vllm"`` (see ``engine_args``).
+    Only the prompts of the ``examples`` table in ``input_dir`` are used. Each
+    sample is drawn with its own seed, derived from (seed, prompt_id, sample
+    index), so re-batched, resumed and re-sharded runs draw the same samples.
+
+    Args:
+        input_dir: An `examples` (ingest) output folder; only its prompts are used.
+        model: A local save_pretrained folder with a chat template.
+        out: Output folder (candidates shards, manifest.json, report.json).
+        n: Samples per prompt.
+        engine: Generation engine: hf | vllm.
+        temperature: 0 = greedy. Default: generation_config, else 1.0.
+        top_p: Nucleus mass in (0, 1]. Default: generation_config, else 1.0.
+        max_new_tokens: Default: generation_config, else 256.
+        seed: Global seed; each sample's seed is a hash of (seed, prompt_id, index).
+        batch_size: Sequences (prompt x sample) decoded together; does not change samples.
+        shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
+            `prefpool merge`.
+        overwrite: Replace an existing output made with another model or settings.
+        rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
+        device: torch device for the hf engine.
+        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
+            $PREFPOOL_VLLM_ARGS.
     """
     start = time.perf_counter()
     if n < 1:

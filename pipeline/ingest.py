@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import pyarrow as pa
 
@@ -83,7 +83,7 @@ class IngestSummary:
 def ingest(
     source: str | Path,
     *,
-    format: str,
+    format: Literal["pairwise", "hh-rlhf", "ranked", "prompts"],
     out: str | Path,
     split: str = "train",
     config_name: str | None = None,
@@ -101,10 +101,32 @@ def ingest(
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
 ) -> IngestSummary:
-    """Ingest ``source`` into ``out`` (shards + ``manifest.json`` + ``report.json``).
+    """Read preference data into the `examples` table (Parquet shards, manifest.json, report.json).
 
-    ``prompt_column``/``answers_column``/``text_key``/``model_key`` default to
-    detection from each file's first record (see the format modules).
+    Column and key names default to detection from each file's first record
+    (see the format modules). Rows that cannot be used are dropped and counted
+    in ``report.json`` (``strict=True`` stops at the first one instead).
+
+    Args:
+        source: A .jsonl/.json/.parquet/.csv file, a folder of them, or a Hub dataset id.
+        format: pairwise | hh-rlhf | ranked | prompts.
+        out: Output folder (shards, manifest.json, report.json).
+        split: Hub dataset split.
+        config_name: Hub dataset config name.
+        prompt_column: Prompt column (default: detected).
+        chosen_column: pairwise/hh-rlhf: chosen column.
+        rejected_column: pairwise/hh-rlhf: rejected column.
+        answers_column: ranked: answer list column (default: detected).
+        text_key: ranked: text key in each answer (default: detected).
+        rank_key: ranked: rank key in each answer.
+        score_key: ranked: score key in each answer.
+        model_key: ranked: generator key in each answer (default: detected).
+        strict: Stop at the first bad row instead of dropping it.
+        overwrite: Replace an existing output made with different settings.
+        shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
+            `prefpool merge`.
+        rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
+        show_progress: Progress bar on stderr; default: when stderr is a terminal.
     """
     start = time.perf_counter()
     fmt = get_format(format)

@@ -41,6 +41,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,12 +105,12 @@ def logprobs(
     *,
     model: str | Path,
     out: str | Path,
-    engine: str = "hf",
+    engine: Literal["hf", "vllm"] = "hf",
     max_length: int | None = None,
     batch_tokens: int = 16384,
-    dtype: str = "float32",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     per_token: bool = False,
-    long_prompts: str = "drop",
+    long_prompts: Literal["drop", "error"] = "drop",
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     cache: str | Path | None = None,
@@ -117,11 +118,30 @@ def logprobs(
     show_progress: bool | None = None,
     engine_args: dict | None = None,
 ) -> LogprobsSummary:
-    """Score every distinct (prompt, completion) of ``input_dir`` with ``model`` into ``out``.
+    """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
-    ``model`` is a local folder (``save_pretrained`` layout). ``batch_tokens``
-    bounds a padded batch (rows x longest row); it does not change the values.
-    ``max_length=None``: the model's context (see the module docstring).
+    ``model`` is a local folder (``save_pretrained`` layout). ``max_length=None``:
+    the model's context (see the module docstring).
+
+    Args:
+        input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
+        model: Reference model: a local save_pretrained folder.
+        out: Output folder (logprobs shards, manifest.json, report.json).
+        engine: Scoring engine: hf | vllm.
+        max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context
+            (max_position_embeddings).
+        batch_tokens: Token budget of one padded batch (rows x longest row); does not change the values.
+        dtype: float32 | bfloat16 | float16.
+        per_token: Also store per-token log-probs.
+        long_prompts: A prompt that fills max_length: drop (counted) | error.
+        shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
+            `prefpool merge`.
+        overwrite: Replace an existing output made with another model or settings.
+        cache: A previous logprobs output whose rows (same cache key) are reused.
+        rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
+        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
+            $PREFPOOL_VLLM_ARGS.
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)

@@ -61,7 +61,15 @@ def combine_json(values: Sequence[object]) -> object:
 
 
 def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Manifest:
-    """Merge complete ``--shard i/N`` outputs covering every ``i`` of one ``N`` into ``out``."""
+    """Combine `--shard i/N` outputs into one folder equal to an unsharded run.
+
+    The outputs must cover every ``i`` of one ``N``, each complete.
+
+    Args:
+        dirs: Output folders of the --shard i/N runs, one per i.
+        out: Merged output folder.
+        overwrite: Replace an existing, different output.
+    """
     runs = []
     for folder in dirs:
         manifest, _ = checked_shards(folder)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from prefpool.pipeline.card import render_card
 from prefpool.pipeline.io.atomic import atomic_path
+from prefpool.pipeline.io.card import render_card
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import get_schema
@@ -98,7 +98,22 @@ def push(
     pretty_name: str | None = None,
     tags: list[str] | None = None,
 ) -> PushSummary:
-    """Write the Hub folder (to ``out``, or a temporary folder) and, unless ``dry_run``, upload it."""
+    """Write data/<split>-*.parquet + README.md (dataset card) and upload them to the Hub.
+
+    The Hub folder is written to ``out`` (or a temporary folder) and, unless
+    ``dry_run``, uploaded.
+
+    Args:
+        source: A `build` output folder.
+        repo_id: Hub dataset repo, e.g. me/my-pairs.
+        dry_run: Only write the Hub folder (needs --out).
+        out: Where to write the Hub folder.
+        private: Create the repo as private.
+        license: License id for the card.
+        split: Split name of the data files.
+        pretty_name: Title of the dataset card (default: the repo name).
+        tags: Tags of the dataset card; repeat for several.
+    """
     if dry_run and out is None:
         raise PipelineConfigError("push --dry-run needs --out FOLDER to write the Hub folder to")
     tmp = None if out is not None else Path(tempfile.mkdtemp(prefix="prefpool-push-"))

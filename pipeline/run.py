@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefpool.core.config import ConfigError, _coerce, apply_overrides, check_kwargs, read_yaml
+from prefpool.core.config import ConfigError, apply_overrides, check_kwargs, coerce, read_yaml
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
 TOP_KEYS = ("workdir", "model")
@@ -205,7 +205,7 @@ def _check_call(fn: Callable[..., Any], call: StageCall, where: str) -> None:
             if param.default is inspect.Parameter.empty:
                 raise ConfigError(f"{where}: missing required key {name!r} (no earlier stage in the file provides it)")
             continue
-        call.kwargs[name] = _coerce(hints[name], call.kwargs[name], source=where, key=name)
+        call.kwargs[name] = coerce(hints[name], call.kwargs[name], source=where, key=name)
 
 
 def _expand(value: Any, workdir: str) -> Any:

@@ -72,10 +72,22 @@ def score(
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
 ) -> ScoreSummary:
-    """Score every distinct (prompt, completion) of ``input_dir`` into ``out``.
+    """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`).
 
-    ``batch_size`` (reward model only) counts sequences per forward pass; it
-    does not change the values and is not part of the run's identity.
+    Give exactly one of ``reward_fn`` and ``reward_model``. ``batch_size`` (reward
+    model only) does not change the values and is not part of the run's identity.
+
+    Args:
+        input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
+        out: Output folder (scores shards, manifest.json, report.json).
+        reward_fn: module:function or path/file.py:function; called as f(prompt messages, completion) -> float.
+        reward_model: A one-label sequence-classification model folder (save_pretrained).
+        batch_size: Reward model: sequences per forward pass; does not change values.
+        shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
+            `prefpool merge`.
+        overwrite: Replace an existing output made with another scorer.
+        rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
+        show_progress: Progress bar on stderr; default: when stderr is a terminal.
     """
     start = time.perf_counter()
     if (reward_fn is None) == (reward_model is None):

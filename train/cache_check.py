@@ -15,12 +15,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from prefpool.core.errors import UserError
 from prefpool.pipeline.io.manifest import Manifest
 from prefpool.pipeline.model.cache_key import weights_hash
 from prefpool.pipeline.model.tokenize import template_hash
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
     """The cached reference values do not belong to this policy/tokenizer/settings."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prefpool.core.errors import ConfigError
 from prefpool.losses import LOSSES, MCPO_KERNELS
 
 # Trackers `report_to` accepts: accelerate's names for those prefpool sets up (log dir, offline mode).
@@ -125,31 +126,31 @@ class TrainConfig:
     def check(self) -> None:
         """Cross-field checks that do not need the data (the table kind is checked later)."""
         if self.loss not in LOSSES:
-            raise ValueError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(sorted(LOSSES))}")
+            raise ConfigError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(sorted(LOSSES))}")
         if self.kernel not in MCPO_KERNELS:
-            raise ValueError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
+            raise ConfigError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
         for name in ("batch_size", "gradient_accumulation_steps", "epochs", "logging_steps", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps: must be >= 1 or null, got {self.max_steps}")
+            raise ConfigError(f"max_steps: must be >= 1 or null, got {self.max_steps}")
         for name in ("lr", "warmup_steps", "save_steps", "nll_alpha", "tau", "step0_tolerance"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
                 f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}"
             )
         unknown = [name for name in self.report_to if name not in TRACKERS]
         if unknown:
-            raise ValueError(f"report_to: unknown tracker {unknown[0]!r}; expected any of {', '.join(TRACKERS)}")
+            raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; expected any of {', '.join(TRACKERS)}")
         if len(set(self.report_to)) != len(self.report_to):
-            raise ValueError(f"report_to: a tracker is named twice: {list(self.report_to)}")
+            raise ConfigError(f"report_to: a tracker is named twice: {list(self.report_to)}")
         if not self.tracker_project or "/" in self.tracker_project:
-            raise ValueError(f"tracker_project: need a non-empty name without '/', got {self.tracker_project!r}")
+            raise ConfigError(f"tracker_project: need a non-empty name without '/', got {self.tracker_project!r}")
         if self.resume and self.resume_from:
-            raise ValueError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
+            raise ConfigError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
 
     def check_table(self, kind: str) -> None:
         """Refuse a loss that does not fit the table kind."""
@@ -157,7 +158,7 @@ class TrainConfig:
         if self.loss not in allowed:
             fits = next((k for k, names in LOSSES_FOR_TABLE.items() if self.loss in names), None)
             hint = f"; {self.loss} trains on a {fits!r} table (build --kind {fits})" if fits else ""
-            raise ValueError(
+            raise ConfigError(
                 f"loss: {self.loss!r} does not fit the {kind!r} table in {self.data} "
                 f"(it takes {', '.join(allowed) or 'nothing'}){hint}"
             )

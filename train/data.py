@@ -23,6 +23,7 @@ import torch
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.model.scoring import TokenPair
 from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.train.cache_check import CacheMismatchError
 
 from .mcpo_step import PoolBatch
 
@@ -72,7 +73,7 @@ class TrainingTable:
                 encoded[key] = (pair.prompt_ids, pair.completion_ids)
             pair = encoded[key]
             if cached_tokens is not None and len(pair[1]) != cached_tokens:
-                raise ValueError(
+                raise CacheMismatchError(
                     f"{folder}: prompt_id {row['prompt_id']}: the {role} answer tokenizes to {len(pair[1])} "
                     f"completion tokens, the cache scored {cached_tokens}: the reference log-probs were made "
                     "with another tokenizer, chat template, max_length or truncation"

@@ -15,6 +15,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
+from prefpool.core.errors import ConfigError
 from prefpool.pipeline.engines.generation import Request, load_engine
 from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.generate import resolve_params
@@ -29,10 +30,10 @@ def load_reward_fn(spec: str | RewardFn) -> RewardFn:
         return spec
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
-        raise ValueError(f"reward_fn: expected 'module:function', got {spec!r}")
+        raise ConfigError(f"reward_fn: expected 'module:function', got {spec!r}")
     fn = getattr(importlib.import_module(module), name, None)
     if not callable(fn):
-        raise ValueError(f"reward_fn: {spec!r} is not a callable")
+        raise ConfigError(f"reward_fn: {spec!r} is not a callable")
     return fn
 
 
@@ -80,7 +81,7 @@ def sample_metrics(
     from .evaluate import prompts_of
 
     if num_samples < 1:
-        raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
+        raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
     fn = load_reward_fn(reward_fn)
     prompts = list(prompts_of(data, max_prompts))
     kwargs = {

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from prefpool.core.errors import ConfigError
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
@@ -169,12 +170,31 @@ def evaluate(
     max_prompts: int | None = None,
     device: str | None = None,
 ) -> dict:
-    """Evaluate ``model`` (a local folder, or a module with ``tokenizer``) on a held-out build table.
+    """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate).
 
-    Returns (and writes to ``out`` as JSON, atomically) ``{"ranking": {...}}``
-    plus ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
-    (needs ``model`` and ``ref_model`` as folders; ``reward_fn`` may be a
-    ``"module:function"`` string).
+    ``model`` is a local folder, or a module given with ``tokenizer``. Returns
+    (and writes to ``out`` as JSON, atomically) ``{"ranking": {...}}`` plus
+    ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
+    (needs ``model`` and ``ref_model`` as folders).
+
+    Args:
+        model: Policy: a local save_pretrained folder.
+        data: A held-out `build` output folder (pairwise, mcpo or mpo).
+        tokenizer: With a module as ``model``: its tokenizer (Python only).
+        max_length: Default: the reference cache's, read from the manifests.
+        beta: Scales the reported margins only; ranks do not depend on it.
+        tie_atol: Log-ratios within this many nats tie (a tie is not a win).
+        max_tokens: Padded-token budget of one scoring batch; does not change the values.
+        out: Write the JSON summary here.
+        reward_fn: module:function(prompt messages, completion) -> float.
+        ref_model: With --reward-fn: win-rate against this model's samples.
+        num_samples: With --reward-fn: samples per prompt.
+        max_new_tokens: With --reward-fn. Default: generation_config, else 256.
+        temperature: With --reward-fn. Default: generation_config, else 1.0.
+        top_p: With --reward-fn. Default: generation_config, else 1.0.
+        seed: With --reward-fn: sample seeds, shared by both models.
+        max_prompts: With --reward-fn: sample for the first N prompts only.
+        device: cpu, cuda, cuda:1, ... Default: cuda when available.
     """
     start = time.perf_counter()
     device = device or default_device()  # a module given as ``model`` stays where it is
@@ -190,7 +210,7 @@ def evaluate(
         from .eval_samples import sample_metrics
 
         if isinstance(model, torch.nn.Module):
-            raise ValueError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
+            raise ConfigError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
         summary["samples"] = sample_metrics(
             model,
             data,

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prefpool.core.errors import ConfigError
+
 from .config import TrainConfig
 
 # TrainConfig fields that online sets per round: the policy, table and folder change every round;
@@ -133,11 +135,11 @@ class OnlineConfig:
     def check(self) -> None:
         """Cross-field checks, before anything runs."""
         if self.rounds < 1:
-            raise ValueError(f"rounds: must be >= 1, got {self.rounds}")
+            raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
         if self.n < 2:
-            raise ValueError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
+            raise ConfigError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
         if (self.reward_fn is None) == (self.reward_model is None):
-            raise ValueError("give exactly one of reward_fn and reward_model")
+            raise ConfigError("give exactly one of reward_fn and reward_model")
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()

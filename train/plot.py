@@ -12,6 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from prefpool.core.errors import ConfigError, InputError, MissingInputError
+
 from .metrics import read_metrics
 
 # (metrics.jsonl key, panel title); the order of the panels.
@@ -34,15 +36,22 @@ def _run_label(run_dir: Path) -> str:
 def _load(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is it a `prefpool train` output_dir?)")
+        raise MissingInputError(f"{run_dir}: no metrics.jsonl (is it a `prefpool train` output_dir?)")
     records = read_metrics(path)
     if not records:
-        raise ValueError(f"{path}: no logged steps yet")
+        raise InputError(f"{path}: no logged steps yet")
     return records
 
 
-def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path) -> Path:
-    """Draw the curves of one or several training runs to the PNG ``out``; return its path."""
+def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Draw training curves (loss, reward margin/accuracy, MC-PO kernel entropy) from metrics.jsonl to a PNG.
+
+    Returns the PNG's path.
+
+    Args:
+        run_dirs: `prefpool train` output folders; several share one figure.
+        out: PNG to write (default: FIRST_RUN_DIR/curves.png).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display; safe on servers and in tests
@@ -50,7 +59,8 @@ def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path) -> Pa
 
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     if not dirs:
-        raise ValueError("plot_run: give at least one run folder")
+        raise ConfigError("plot_run: give at least one run folder")
+    out = dirs[0] / "curves.png" if out is None else out
     runs = [(_run_label(d), _load(d)) for d in dirs]
     panels = [(key, title) for key, title in PANELS if any(key in r for _, records in runs for r in records)]
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from prefpool.core.errors import ConfigError, UserError
 from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.progress import progress
@@ -62,7 +63,7 @@ from .objective import batch_loss, step0_difference
 CHECKPOINTS = "checkpoints"
 
 
-class Step0MismatchError(RuntimeError):
+class Step0MismatchError(UserError, RuntimeError):
     """The policy's step-0 log-probs differ from the cached reference values."""
 
 
@@ -229,7 +230,7 @@ class Trainer:
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.data}: {len(self.table)} rows are fewer than one optimizer step's "
                 f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples"
             )
@@ -268,7 +269,7 @@ class Trainer:
 
         resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.out) if cfg.resume else None
         if cfg.resume_from and not (resume_dir / "trainer_state.json").exists():
-            raise ValueError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
+            raise ConfigError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
         if resume_dir is not None:
             self.accelerator.load_state(str(resume_dir))
             if process > 0:  # the registered TrainerState holds the main process's generator

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefpool.core.errors import UserError
 
-class PipelineError(Exception):
-    """Base of every error the CLI reports without a traceback."""
+
+class PipelineError(UserError):
+    """Base of the pipeline's user errors (the CLI reports them without a traceback, exit 2)."""
 
 
 class PipelineInputError(PipelineError):

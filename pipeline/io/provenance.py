@@ -32,7 +32,7 @@ def library_versions() -> dict[str, str | None]:
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
     """HEAD of the checkout prefpool runs from (``+dirty`` if it has local edits), or None."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],

@@ -26,6 +26,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prefpool.core.errors import ConfigError, InputError
+
 TRUNCATION_POLICIES = ("completion",)
 
 
@@ -59,16 +61,16 @@ def encode_pair(
 ) -> EncodedPair:
     """Prompt and completion token ids of one pair (see the module docstring for the policy).
 
-    ``max_length=None`` means no limit. Raises ``ValueError`` when the chat
+    ``max_length=None`` means no limit. Raises ``InputError`` (a ``ValueError``) when the chat
     template breaks the prefix property, ``PromptTooLongError`` when the prompt
     leaves no completion token.
     """
     if truncation not in TRUNCATION_POLICIES:
-        raise ValueError(f"truncation: expected one of {TRUNCATION_POLICIES}, got {truncation!r}")
+        raise ConfigError(f"truncation: expected one of {TRUNCATION_POLICIES}, got {truncation!r}")
     prompt_ids = chat_ids(tokenizer, prompt_messages, add_generation_prompt=True)
     full = chat_ids(tokenizer, [*prompt_messages, {"role": "assistant", "content": completion_text}])
     if full[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(
+        raise InputError(
             f"tokenizer {_tokenizer_name(tokenizer)!r}: its chat template does not render the prompt "
             "(with add_generation_prompt=True) as a token prefix of prompt + answer; the completion "
             "tokens cannot be split off"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from prefpool.core.errors import InputError
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
@@ -42,7 +43,7 @@ def derive_table(
     as a ``kind`` table in ``out``; ``name`` describes the transform in the manifest."""
     manifest = load_manifest(source)
     if manifest is None or manifest.identity.schema != "mcpo":
-        raise ValueError(f"{source}: not an mcpo build output")
+        raise InputError(f"{source}: not an mcpo build output")
     inputs = dict(manifest.identity.inputs)
     inputs["derived_from"] = fingerprint(source, "mcpo")
     rows = [r for r in (transform(row) for row in read_table(source).to_pylist()) if r is not None]

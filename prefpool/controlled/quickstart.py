@@ -31,6 +31,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -40,6 +41,7 @@ from prefpool.controlled.probe import Probe
 from prefpool.controlled.report import markdown_table, plot_probe_curves
 from prefpool.controlled.task import held_out_topics, task_prompts
 from prefpool.controlled.training import train_with_probe
+from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.train.config import TrainConfig
 
 MARKER = ".prefpool-quickstart"
@@ -50,31 +52,41 @@ METHODS = {
 }
 
 
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
 @dataclass(frozen=True)
 class QuickstartConfig:
-    out_dir: str = "runs/quickstart"
-    seed: int = 0
-    engine: str = "auto"  # auto | hf | vllm
-    n: int = 8  # samples per prompt: the preferred answer and a pool of up to n - 1
-    steps: int = 80
-    batch_size: int = 8
-    lr: float = 5e-4
-    beta: float = 0.1
-    probe_every: int = 10
-    probe_samples: int = 8  # fresh samples per held-out prompt at each probe
-    reference_steps: int = 300  # maximum-likelihood steps fitting the reference to the language
-    methods: tuple[str, ...] = field(default=tuple(METHODS))
-    overwrite: bool = False
+    out_dir: str = field(default="runs/quickstart", metadata=_help("Report folder: REPORT.md, curves.png, data, runs."))
+    seed: int = field(
+        default=0, metadata=_help("Seeds the reference model, the samples, the data order and the kernel.")
+    )
+    engine: Literal["auto", "hf", "vllm"] = field(
+        default="auto", metadata=_help("Generation engine: auto (vllm when installed) | hf | vllm.")
+    )
+    n: int = field(default=8, metadata=_help("Samples per prompt: the preferred answer and a pool of up to n - 1."))
+    steps: int = field(default=80, metadata=_help("Training steps per method."))
+    batch_size: int = field(default=8, metadata=_help("Prompts per training step."))
+    lr: float = field(default=5e-4, metadata=_help("Peak learning rate."))
+    beta: float = field(default=0.1, metadata=_help("KL strength of both methods."))
+    probe_every: int = field(default=10, metadata=_help("Probe the policy every N steps (true reward, KL)."))
+    probe_samples: int = field(default=8, metadata=_help("Fresh samples per held-out prompt at each probe."))
+    reference_steps: int = field(
+        default=300, metadata=_help("Maximum-likelihood steps fitting the reference to the language.")
+    )
+    methods: tuple[str, ...] = field(default=tuple(METHODS), metadata=_help(f"Methods to train: {', '.join(METHODS)}."))
+    overwrite: bool = field(default=False, metadata=_help("Replace an earlier quickstart folder at --out."))
 
 
 def _fresh_folder(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out} is not empty; pass --overwrite (replaces an earlier quickstart folder) or choose another --out"
             )
         if not (out / MARKER).exists():
-            raise FileExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
+            raise OutputExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by `prefpool quickstart`; --overwrite may remove this folder\n")
@@ -103,7 +115,11 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
 
 
 def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> dict:
-    """Run the quickstart; return the summary that is also written to ``summary.json``."""
+    """The main job on a controlled task with a known reward: pools, cached reference log-probs,
+    DPO and MC-PO trained without a reference model, evaluated; a report with plots (CPU, minutes).
+
+    Returns the summary that is also written to ``summary.json``.
+    """
     import transformers
 
     say = log or (lambda _line: None)
@@ -114,7 +130,7 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
     transformers.utils.logging.disable_progress_bar()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
+        raise ConfigError(f"methods: unknown {unknown}; known: {list(METHODS)}")
     out = Path(cfg.out_dir)
     _fresh_folder(out, cfg.overwrite)
     engine = available_engine(cfg.engine)

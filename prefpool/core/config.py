@@ -11,6 +11,7 @@ file, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -19,11 +20,21 @@ from typing import Any, TypeVar
 
 import yaml
 
+from prefpool.core.errors import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "build_dataclass",
+    "check_kwargs",
+    "coerce",
+    "config_help",
+    "load_config",
+    "read_yaml",
+]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names key and source."""
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -83,11 +94,11 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], *, source: str, prefi
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{source}: missing required key {prefix + name!r}")
             continue
-        values[name] = _coerce(hints[name], data[name], source=source, key=f"{prefix}{name}")
+        values[name] = coerce(hints[name], data[name], source=source, key=f"{prefix}{name}")
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
+def coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
     """Check ``value`` against a type hint, converting the few safe cases (int->float, list->tuple)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -99,7 +110,7 @@ def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _coerce(option, value, source=source, key=key)
+                return coerce(option, value, source=source, key=key)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: {value!r} fits none of {hint}")
@@ -111,7 +122,7 @@ def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(inner, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(inner, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -120,6 +131,9 @@ def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return build_dataclass(hint, value, source=source, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        # PyYAML follows YAML 1.1, which reads 1e-6 (no dot) as a string; people write it that way.
         return float(value)
     if hint is Path and isinstance(value, str):
         return Path(value)

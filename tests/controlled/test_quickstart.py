@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.controlled.quickstart import MARKER, QuickstartConfig, run_quickstart

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from click.testing import CliRunner
 from test_build_helpers import (
     candidates_row,
     example,
@@ -15,7 +16,6 @@ from test_build_helpers import (
     shuffled,
     write_rows,
 )
-from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build
@@ -191,7 +191,7 @@ def test_rerun_is_a_no_op_and_cli_builds(tmp_path):
     bad = CliRunner().invoke(
         app, ["build", "--kind", "dpo", "--examples", str(ex), "--logprobs", str(lp), "--out", str(tmp_path / "bad")]
     )
-    assert bad.exit_code == 2 and "kind must be one of" in bad.output
+    assert bad.exit_code == 2 and "'dpo' is not one of 'pairwise', 'mcpo', 'mpo'" in bad.output
 
 
 def _many(count: int = 12):

@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.engines.engine_args import parse_engine_args, resolve_engine_args

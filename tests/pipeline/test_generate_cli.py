@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.ingest import ingest

@@ -9,7 +9,7 @@ import shutil
 import pyarrow as pa
 import pytest
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.engines import logprob_engines as logprobs_engine

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from datasets import Features, load_dataset
 from test_build_helpers import candidates_row, example, logprob_rows, rows_of, write_rows
-from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline import push as push_module
 from prefpool.pipeline.build import build
-from prefpool.pipeline.card import features_yaml
+from prefpool.pipeline.io.card import features_yaml
 from prefpool.pipeline.io.schemas import SCHEMAS
 from prefpool.pipeline.push import push
 

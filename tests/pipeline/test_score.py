@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from click.testing import CliRunner
 from test_build_helpers import candidates_row, example, write_rows
-from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError

@@ -136,7 +136,7 @@ def _length_reward(prompt: list[dict], completion: str) -> float:
 
 def test_cli_eval_writes_the_summary(tiny, tmp_path):
     """`prefpool eval --model M --data DIR --out FILE`, the thin wrapper over evaluate()."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from prefpool.cli import app
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from prefpool.core.config import ConfigError, load_config
 from prefpool.pipeline.io.manifest import load_manifest

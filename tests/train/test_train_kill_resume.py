@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 from trainer_tables import MAX_LENGTH
-from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.core.config import load_config

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from click.testing import CliRunner
 from trainer_tables import MAX_LENGTH
-from typer.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build

@@ -18,7 +18,7 @@ import yaml
 
 from prefpool.pipeline.io.manifest import Manifest
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "dataset_card.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md"
 
 _DTYPES = {
     pa.string(): "string",

@@ -1,0 +1,3 @@
+from prefpool.cli import main
+
+main()

@@ -1,0 +1,275 @@
+"""Every ``prefpool`` command, and the Python function or config class behind it.
+
+A stage command is made from its function (``params``): options, types,
+defaults and help are the function's own. Config-file commands (``run``,
+``train``, ``online``) take a YAML file and ``key=value`` overrides; their
+keys are the config dataclass's fields, listed in ``--help``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import call, register
+from .docstrings import summary
+from .params import argument_lines, click_params, dataclass_params, function_params, python_values
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _line(result: Any) -> str:
+    return result.line() if hasattr(result, "line") else json.dumps(result, indent=2)
+
+
+def function_command(
+    name: str,
+    target: str,
+    *,
+    arguments: tuple[str, ...] = (),
+    short: Mapping[str, str] | None = None,
+    rename: Mapping[str, str] | None = None,
+    parsers: Mapping[str, Callable[[str], Any]] | None = None,
+    skip: tuple[str, ...] = (),
+    report: Callable[[Any, dict], str] | None = None,
+) -> click.Command:
+    """A command whose parameters are ``target``'s (``"module:function"``)."""
+    fn = _load(target)
+    params = function_params(fn, skip)
+
+    def callback(**values: Any) -> None:
+        kwargs = python_values(values, params, parsers)
+        result = call(fn, **kwargs)
+        click.echo(report(result, kwargs) if report else _line(result))
+
+    doc = summary(fn)
+    extra = argument_lines(params, arguments)
+    return click.Command(
+        name,
+        callback=callback,
+        params=click_params(params, command=name, arguments=arguments, short=short, rename=rename, parsers=parsers),
+        help=f"{doc}\n\n{extra}" if extra else doc,
+        short_help=doc,
+    )
+
+
+def _engine_args(text: str) -> dict | None:
+    from prefpool.pipeline.engines.engine_args import parse_engine_args
+
+    return call(parse_engine_args, text)
+
+
+PROGRESS = {"show_progress": "progress"}
+
+
+def ingest() -> click.Command:
+    return function_command(
+        "ingest",
+        "prefpool.pipeline.ingest:ingest",
+        arguments=("source",),
+        short={"format": "-f", "out": "-o"},
+        rename=PROGRESS,
+    )
+
+
+def generate() -> click.Command:
+    return function_command(
+        "generate",
+        "prefpool.pipeline.generate:generate",
+        arguments=("input_dir",),
+        short={"model": "-m", "n": "-n", "out": "-o"},
+        rename=PROGRESS,
+        parsers={"engine_args": _engine_args},
+    )
+
+
+def score() -> click.Command:
+    return function_command(
+        "score", "prefpool.pipeline.score:score", arguments=("input_dir",), short={"out": "-o"}, rename=PROGRESS
+    )
+
+
+def logprobs() -> click.Command:
+    return function_command(
+        "logprobs",
+        "prefpool.pipeline.logprobs:logprobs",
+        arguments=("input_dir",),
+        short={"model": "-m", "out": "-o"},
+        rename=PROGRESS,
+        parsers={"engine_args": _engine_args},
+    )
+
+
+def build() -> click.Command:
+    return function_command("build", "prefpool.pipeline.build:build", short={"out": "-o"})
+
+
+def _push_line(result: Any, kwargs: dict) -> str:
+    where = f"uploaded to {result.repo_id}" if result.uploaded else f"written to {result.folder}"
+    return f"push: {result.rows} rows in {len(result.files)} files, {where}"
+
+
+def push() -> click.Command:
+    return function_command(
+        "push", "prefpool.pipeline.push:push", arguments=("source",), short={"out": "-o"}, report=_push_line
+    )
+
+
+def _merge_line(manifest: Any, kwargs: dict) -> str:
+    return f"merge: {manifest.total_rows} rows from {len(kwargs['dirs'])} shard runs -> {kwargs['out']}"
+
+
+def merge() -> click.Command:
+    return function_command(
+        "merge", "prefpool.pipeline.merge:merge", arguments=("dirs",), short={"out": "-o"}, report=_merge_line
+    )
+
+
+def eval_() -> click.Command:
+    return function_command(
+        "eval",
+        "prefpool.train.evaluate:evaluate",
+        short={"model": "-m", "data": "-d", "out": "-o"},
+        skip=("tokenizer",),
+    )
+
+
+def plot() -> click.Command:
+    return function_command(
+        "plot",
+        "prefpool.train.plot:plot_run",
+        arguments=("run_dirs",),
+        short={"out": "-o"},
+        report=lambda written, _: f"plot: {written}",
+    )
+
+
+def quickstart() -> click.Command:
+    from prefpool.controlled.quickstart import QuickstartConfig, run_quickstart
+    from prefpool.core.config import build_dataclass
+
+    params = dataclass_params(QuickstartConfig)
+
+    def callback(**values: Any) -> None:
+        cfg = call(build_dataclass, QuickstartConfig, python_values(values, params), source="command line")
+        call(run_quickstart, cfg)
+
+    return click.Command(
+        "quickstart",
+        callback=callback,
+        params=click_params(params, command="quickstart", short={"out_dir": "-o"}, rename={"out_dir": "out"}),
+        help=summary(run_quickstart),
+        short_help=summary(run_quickstart),
+    )
+
+
+def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[Any], None]) -> click.Command:
+    """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields."""
+
+    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+        from prefpool.core.config import load_config
+
+        cls = _load(config_cls)
+        run(call(load_config, cls, config, list(overrides)))
+
+    def keys() -> str:
+        from prefpool.core.config import config_help
+
+        rows = config_help(_load(config_cls))
+        return "Keys (YAML or key=value):\n\n" + "\n\n".join(f"{n} (default {d}): {h}" for n, d, h in rows)
+
+    class ConfigCommand(click.Command):
+        def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            with formatter.section("Config keys"):
+                formatter.write_text(keys())
+
+    return ConfigCommand(
+        name,
+        callback=callback,
+        params=[
+            click.Argument(["config"], type=click.Path(path_type=Path)),
+            click.Argument(["overrides"], nargs=-1),
+        ],
+        help=help_text,
+        short_help=help_text.split("\n")[0],
+    )
+
+
+def train() -> click.Command:
+    def run(cfg: Any) -> None:
+        from prefpool.train.trainer import train as run_train
+
+        result = call(run_train, cfg)
+        click.echo(
+            f"train: {result['steps']} steps, final loss {result['final_loss']}, "
+            f"step-0 diff {result['step0_max_abs_diff']} -> {result['output_dir']}"
+        )
+
+    return _config_command(
+        "train",
+        "Preference-train a policy on a `build` table with cached reference log-probs (no reference model).\n\n"
+        "CONFIG: training YAML; OVERRIDES: key=value, e.g. lr=1e-6 max_steps=100.",
+        "prefpool.train.config:TrainConfig",
+        run,
+    )
+
+
+def online() -> click.Command:
+    def run(cfg: Any) -> None:
+        from prefpool.train.online import online as run_online
+
+        call(run_online, cfg, log=click.echo)
+
+    return _config_command(
+        "online",
+        "OnMC-PO: rounds of generate (current policy) -> score -> reference log-probs -> build mcpo -> train.\n\n"
+        "Rerun to resume. CONFIG: online YAML; OVERRIDES: key=value, e.g. rounds=3 train.lr=1e-6.",
+        "prefpool.train.online_config:OnlineConfig",
+        run,
+    )
+
+
+def run() -> click.Command:
+    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+        from prefpool.pipeline.run import run_pipeline
+
+        call(run_pipeline, config, list(overrides), log=click.echo)
+
+    return click.Command(
+        "run",
+        callback=callback,
+        params=[
+            click.Argument(["config"], type=click.Path(path_type=Path)),
+            click.Argument(["overrides"], nargs=-1),
+        ],
+        help="Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md).\n\n"
+        "CONFIG: pipeline YAML (workdir, model, one section per stage); OVERRIDES: section.key=value, "
+        "e.g. generate.n=8.",
+        short_help="Run the stages of a pipeline YAML in order; rerun to resume.",
+    )
+
+
+for _name, _factory in {
+    "ingest": "ingest",
+    "generate": "generate",
+    "score": "score",
+    "logprobs": "logprobs",
+    "build": "build",
+    "push": "push",
+    "merge": "merge",
+    "run": "run",
+    "train": "train",
+    "eval": "eval_",
+    "plot": "plot",
+    "online": "online",
+    "quickstart": "quickstart",
+}.items():
+    register(_name, f"{__name__}:{_factory}")
