@@ -5,6 +5,7 @@ Depends on torch only, so it plugs into any trainer (plain PyTorch, HF
 ``(B,)`` and a dict of detached metrics; see ``LossOutput``.
 """
 
+from .hidden_logps import hidden_logps
 from .logps import sequence_logps
 from .mcpo import MCPO_KERNELS, SELECTION_KERNELS, kernel_probs, mcpo_loss, mcpo_select
 from .mpo import mpo_loss
@@ -22,6 +23,7 @@ __all__ = [
     "chosen_nll",
     "dpo_loss",
     "get_loss",
+    "hidden_logps",
     "ipo_loss",
     "kernel_probs",
     "mcpo_loss",
