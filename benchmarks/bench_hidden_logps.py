@@ -120,9 +120,19 @@ def child(args) -> None:
             seconds = time.perf_counter() - start
         extra_mib, method = memory.extra_mib, memory.method
     torch.save({"logps": logps.cpu(), "grad": hidden.grad[:, ::7].float().cpu()}, args.out)
-    print(json.dumps({"variant": args.variant, "peak_extra_mib": extra_mib,
-                      "saved_mib": saved.bytes / 2**20, "seconds": seconds, "method": method,
-                      "device": device, "tokens": int(inputs[3].sum())}))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "peak_extra_mib": extra_mib,
+                "saved_mib": saved.bytes / 2**20,
+                "seconds": seconds,
+                "method": method,
+                "device": device,
+                "tokens": int(inputs[3].sum()),
+            }
+        )
+    )
 
 
 def parent(args) -> None:
@@ -134,9 +144,25 @@ def parent(args) -> None:
             results = {}
             for variant in VARIANTS:
                 out = os.path.join(tmp, f"{vocab}-{variant}.pt")
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
-                       "--out", out, "--batch", str(args.batch), "--seq", str(args.seq),
-                       "--width", str(args.width), "--vocab", str(vocab), "--dtype", args.dtype]
+                cmd = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--child",
+                    "--variant",
+                    variant,
+                    "--out",
+                    out,
+                    "--batch",
+                    str(args.batch),
+                    "--seq",
+                    str(args.seq),
+                    "--width",
+                    str(args.width),
+                    "--vocab",
+                    str(vocab),
+                    "--dtype",
+                    args.dtype,
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     sys.stderr.write(proc.stderr)
@@ -151,13 +177,17 @@ def parent(args) -> None:
 
     b, t, h = args.batch, args.seq, args.width
     first = rows[0]
-    print(f"hidden ({b}, {t}, {h}) {args.dtype}, {first['tokens']} used positions, "
-          f"weight (V, {h}) {args.dtype}, both require grad; device {first['device']}; "
-          f"torch {torch.__version__}")
+    print(
+        f"hidden ({b}, {t}, {h}) {args.dtype}, {first['tokens']} used positions, "
+        f"weight (V, {h}) {args.dtype}, both require grad; device {first['device']}; "
+        f"torch {torch.__version__}"
+    )
     print(f"memory: {first['method']}; fresh process per variant")
     print()
-    print(f"{'V':>7} {'variant':<8} {'(B,T,V) MiB':>12} {'peak extra MiB':>15} {'saved MiB':>10} "
-          f"{'seconds':>8} {'logits/hidden':>14} {'max|dlogps|':>12} {'max|dgrad|':>11}")
+    print(
+        f"{'V':>7} {'variant':<8} {'(B,T,V) MiB':>12} {'peak extra MiB':>15} {'saved MiB':>10} "
+        f"{'seconds':>8} {'logits/hidden':>14} {'max|dlogps|':>12} {'max|dgrad|':>11}"
+    )
     elem = 2 if args.dtype == "bf16" else 4
     for i, row in enumerate(rows):
         full = b * t * row["vocab"] * elem / 2**20
@@ -165,8 +195,10 @@ def parent(args) -> None:
         if row["variant"] == "hidden":
             ratio = f"{rows[i - 1]['peak_extra_mib'] / row['peak_extra_mib']:.1f}x"
             dl, dg = f"{row['dlogps']:.3g}", f"{row['dgrad']:.3g}"
-        print(f"{row['vocab']:>7} {row['variant']:<8} {full:>12.0f} {row['peak_extra_mib']:>15.1f} "
-              f"{row['saved_mib']:>10.1f} {row['seconds']:>8.2f} {ratio:>14} {dl:>12} {dg:>11}")
+        print(
+            f"{row['vocab']:>7} {row['variant']:<8} {full:>12.0f} {row['peak_extra_mib']:>15.1f} "
+            f"{row['saved_mib']:>10.1f} {row['seconds']:>8.2f} {ratio:>14} {dl:>12} {dg:>11}"
+        )
 
 
 def main() -> None:

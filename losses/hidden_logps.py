@@ -45,8 +45,11 @@ def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dty
     the autocast dtype; we do the same, so the logits equal the model's own.
     """
     device_type = hidden.device.type
-    if (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-            and torch.float64 not in (hidden.dtype, weight.dtype)):
+    if (
+        torch.amp.is_autocast_available(device_type)
+        and torch.is_autocast_enabled(device_type)
+        and torch.float64 not in (hidden.dtype, weight.dtype)
+    ):
         return torch.get_autocast_dtype(device_type), True
     return hidden.dtype, False
 
@@ -78,8 +81,9 @@ class _Head:
         self.cap = cap
         self.dtype = _float_dtype(mm_dtype)
 
-    def logits(self, h: torch.Tensor, v0: int, v1: int, *, keep_tanh: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def logits(
+        self, h: torch.Tensor, v0: int, v1: int, *, keep_tanh: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(n, v1 - v0)`` transformed logits in float32 (float64), and, if asked, ``tanh(s z / c)``.
 
         The matmul is in ``mm_dtype`` (so bf16 logits round like the model's own
@@ -243,25 +247,24 @@ def _check_number(name, x, *, positive):
     return float(x)
 
 
-def _validate(hidden, weight, labels, mask, bias, logit_scale, final_logit_softcap,
-              chunk_elements):
+def _validate(hidden, weight, labels, mask, bias, logit_scale, final_logit_softcap, chunk_elements):
     """Check the arguments; return ``(mask as bool, logit_scale, softcap)``."""
     _check_tensor("hidden", hidden, dim=(3, "(B, T, H)"), floating=True)
     dev, bt, width = hidden.device, tuple(hidden.shape[:2]), hidden.shape[2]
     _check_tensor("weight", weight, dim=(2, "(V, H)"), device=dev, floating=True)
     if weight.shape[1] != width:
-        raise ValueError(f"weight: expected shape (V, {width}) (H = hidden's last dim), "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(f"weight: expected shape (V, {width}) (H = hidden's last dim), got {tuple(weight.shape)}")
     if weight.shape[0] < 1:
         raise ValueError("weight: vocabulary (dim 0) is empty")
     autocast = _matmul_dtype(hidden, weight)[1]
     # Without autocast nn.Linear refuses mixed dtypes; so do we, rather than guess.
     if weight.dtype != hidden.dtype and not autocast:
-        raise ValueError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype} "
-                         "(outside torch.autocast they must match)")
+        raise ValueError(
+            f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype} "
+            "(outside torch.autocast they must match)"
+        )
     if bias is not None:
-        _check_tensor("bias", bias, shape=((weight.shape[0],), "weight's V"), device=dev,
-                      floating=True)
+        _check_tensor("bias", bias, shape=((weight.shape[0],), "weight's V"), device=dev, floating=True)
         if bias.dtype != weight.dtype and not autocast:
             raise ValueError(f"bias: dtype {bias.dtype} differs from weight's {weight.dtype}")
     _check_tensor("labels", labels, device=dev)
@@ -282,10 +285,17 @@ def _validate(hidden, weight, labels, mask, bias, logit_scale, final_logit_softc
     return mask, scale, cap
 
 
-def hidden_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                 mask: torch.Tensor, *, bias: torch.Tensor | None = None,
-                 logit_scale: float | None = None, final_logit_softcap: float | None = None,
-                 chunk_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor]:
+def hidden_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    logit_scale: float | None = None,
+    final_logit_softcap: float | None = None,
+    chunk_elements: int = 2**22,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Summed label log-probs of each sequence from hidden states and LM-head weight, and counts.
 
     .. math::
@@ -366,8 +376,7 @@ def hidden_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
             dtype, shape or device, ``H`` mismatch, a non-0/1 integer mask, a
             used label outside ``[0, V)``, a bad scale, cap or chunk size.
     """
-    mask, scale, cap = _validate(hidden, weight, labels, mask, bias, logit_scale,
-                                 final_logit_softcap, chunk_elements)
+    mask, scale, cap = _validate(hidden, weight, labels, mask, bias, logit_scale, final_logit_softcap, chunk_elements)
     batch, vocab = hidden.shape[0], weight.shape[0]
     counts = mask.sum(dim=1, dtype=torch.long)
     b_idx, t_idx = mask.nonzero(as_tuple=True)
@@ -376,14 +385,12 @@ def hidden_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     if bool(out_of_range.any()):
         bad = int(out_of_range.nonzero()[0, 0])
         pos = (int(b_idx[bad]), int(t_idx[bad]))
-        raise ValueError(f"labels: value {int(lab[bad])} at masked-in position {pos} "
-                         f"is outside [0, {vocab})")
+        raise ValueError(f"labels: value {int(lab[bad])} at masked-in position {pos} is outside [0, {vocab})")
     tiles = _tiles(b_idx.numel(), vocab, chunk_elements)
     mm_dtype, _ = _matmul_dtype(hidden, weight)
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
-        token_logps = _HiddenTokenLogps.apply(hidden, weight, bias, b_idx, t_idx, lab,
-                                              tiles, mm_dtype, scale, cap)
+        token_logps = _HiddenTokenLogps.apply(hidden, weight, bias, b_idx, t_idx, lab, tiles, mm_dtype, scale, cap)
     else:
         with _no_autocast(hidden.device.type):
             head = _Head(weight, bias, mm_dtype, scale, cap)

@@ -61,8 +61,7 @@ def test_values_and_grads_fp32(shape, chunk_elements, use_bias):
     hidden, weight, bias, labels, mask = make_case(*shape)
     h1, w1, b1 = leaves(hidden, weight, bias)
     h2, w2, b2 = leaves(hidden, weight, bias)
-    got, got_n = hidden_logps(h1, w1, labels, mask, bias=b1 if use_bias else None,
-                              chunk_elements=chunk_elements)
+    got, got_n = hidden_logps(h1, w1, labels, mask, bias=b1 if use_bias else None, chunk_elements=chunk_elements)
     ref, ref_n = reference(h2, w2, labels, mask, bias=b2 if use_bias else None)
     assert got.dtype == torch.float32 and got.shape == (shape[0],)
     assert got_n.dtype == torch.long and torch.equal(got_n, ref_n)
@@ -91,8 +90,9 @@ def test_logit_scale_and_softcap_fp32(scale, cap):
     hidden, weight, bias, labels, mask = make_case(4, 9, 16, 37, seed=3, spread=4.0)
     h1, w1, b1 = leaves(hidden, weight, bias)
     h2, w2, b2 = leaves(hidden, weight, bias)
-    got, _ = hidden_logps(h1, w1, labels, mask, bias=b1, logit_scale=scale,
-                          final_logit_softcap=cap, chunk_elements=37 * 3)
+    got, _ = hidden_logps(
+        h1, w1, labels, mask, bias=b1, logit_scale=scale, final_logit_softcap=cap, chunk_elements=37 * 3
+    )
     ref, _ = reference(h2, w2, labels, mask, bias=b2, scale=scale, cap=cap)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     backward_both(got, ref)
@@ -102,12 +102,12 @@ def test_logit_scale_and_softcap_fp32(scale, cap):
 
 @pytest.mark.parametrize(("scale", "cap"), [(None, None), (0.7, None), (None, 2.0), (1.3, 1.5)])
 def test_gradcheck_float64(scale, cap):
-    hidden, weight, bias, labels, mask = make_case(3, 4, 5, 7, dtype=torch.float64, seed=7,
-                                                   spread=2.0)
+    hidden, weight, bias, labels, mask = make_case(3, 4, 5, 7, dtype=torch.float64, seed=7, spread=2.0)
 
     def fn(h, w, b):
-        return hidden_logps(h, w, labels, mask, bias=b, logit_scale=scale,
-                            final_logit_softcap=cap, chunk_elements=15)[0]
+        return hidden_logps(h, w, labels, mask, bias=b, logit_scale=scale, final_logit_softcap=cap, chunk_elements=15)[
+            0
+        ]
 
     inputs = tuple(leaves(hidden, weight, bias))
     assert fn(*inputs).dtype == torch.float64
@@ -169,8 +169,7 @@ def test_empty_rows_and_unused_positions_get_zero_grad():
 def test_all_masked_out_batch_is_differentiable():
     hidden, weight, bias, _, _ = make_case(2, 4, 3, 5)
     h, w, b = leaves(hidden, weight, bias)
-    got, counts = hidden_logps(h, w, torch.full((2, 4), -100), torch.zeros(2, 4, dtype=torch.bool),
-                               bias=b)
+    got, counts = hidden_logps(h, w, torch.full((2, 4), -100), torch.zeros(2, 4, dtype=torch.bool), bias=b)
     assert torch.equal(got, torch.zeros(2)) and torch.equal(counts, torch.zeros(2, dtype=torch.long))
     got.sum().backward()
     for x in (h, w, b):
@@ -291,8 +290,7 @@ def test_tied_embeddings_accumulate_both_gradients():
 
     got_model, ref_model = TinyTiedLM(vocab, width), TinyTiedLM(vocab, width)
     assert got_model.embed.weight.requires_grad
-    got, _ = hidden_logps(got_model(input_ids), got_model.embed.weight, labels, mask,
-                          chunk_elements=vocab * 2)
+    got, _ = hidden_logps(got_model(input_ids), got_model.embed.weight, labels, mask, chunk_elements=vocab * 2)
     with torch.no_grad():
         logits = got_model(input_ids) @ got_model.embed.weight.T
     ref, _ = reference(ref_model(input_ids), ref_model.embed.weight, labels, mask)
@@ -306,8 +304,9 @@ def test_tied_embeddings_accumulate_both_gradients():
     a, _ = hidden_logps(lookup_only(input_ids), lookup_only.embed.weight.detach(), labels, mask)
     b, _ = hidden_logps(head_only(input_ids).detach(), head_only.embed.weight, labels, mask)
     backward_both(a, b)
-    torch.testing.assert_close(lookup_only.embed.weight.grad + head_only.embed.weight.grad,
-                               got_model.embed.weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        lookup_only.embed.weight.grad + head_only.embed.weight.grad, got_model.embed.weight.grad, atol=1e-5, rtol=1e-5
+    )
     assert lookup_only.embed.weight.grad.abs().max() > 1e-3 and head_only.embed.weight.grad.abs().max() > 1e-3
 
 
@@ -354,10 +353,21 @@ def _tiny_batch(vocab, seed=0):
 def _tiny_hf_model(kind, tied):
     import transformers as tf
 
-    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                  max_position_embeddings=64, tie_word_embeddings=tied, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  initializer_range=0.5)  # logits of size ~2, so a cap of 2 bends them
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.5,
+    )  # logits of size ~2, so a cap of 2 bends them
     if kind == "llama":
         config, cls, kwargs = tf.LlamaConfig(**common), tf.LlamaForCausalLM, {}
     elif kind == "gemma2":
@@ -376,8 +386,9 @@ def _tiny_hf_model(kind, tied):
     return model.float().train(False), kwargs
 
 
-@pytest.mark.parametrize(("kind", "tied"), [("llama", False), ("llama", True), ("gemma2", True),
-                                            ("cohere", True), ("granite", False)])
+@pytest.mark.parametrize(
+    ("kind", "tied"), [("llama", False), ("llama", True), ("gemma2", True), ("cohere", True), ("granite", False)]
+)
 def test_hf_model_matches_its_own_logits(kind, tied):
     """model.model(...).last_hidden_state + lm_head.weight == model(...).logits, value and every grad."""
     got_model, kwargs = _tiny_hf_model(kind, tied)
@@ -385,10 +396,8 @@ def test_hf_model_matches_its_own_logits(kind, tied):
     assert (got_model.lm_head.weight is got_model.model.embed_tokens.weight) == tied
     input_ids, attention, labels, mask = _tiny_batch(97)
 
-    hidden = got_model.model(input_ids=input_ids, attention_mask=attention,
-                             use_cache=False).last_hidden_state
-    got, got_n = hidden_logps(hidden, got_model.lm_head.weight, labels, mask, **kwargs,
-                              chunk_elements=97 * 5)
+    hidden = got_model.model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+    got, got_n = hidden_logps(hidden, got_model.lm_head.weight, labels, mask, **kwargs, chunk_elements=97 * 5)
     logits = ref_model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
     ref, ref_n = sequence_logps(logits, labels, mask)
     assert torch.equal(got_n, ref_n)
@@ -441,13 +450,16 @@ def test_hf_model_matches_its_own_logits(kind, tied):
     ],
 )
 def test_bad_arguments(kwargs, name):
-    args = {"hidden": torch.randn(3, 7, 4), "weight": torch.randn(11, 4),
-            "labels": torch.zeros(3, 7, dtype=torch.long), "mask": torch.ones(3, 7, dtype=torch.bool),
-            "bias": torch.randn(11)}
+    args = {
+        "hidden": torch.randn(3, 7, 4),
+        "weight": torch.randn(11, 4),
+        "labels": torch.zeros(3, 7, dtype=torch.long),
+        "mask": torch.ones(3, 7, dtype=torch.bool),
+        "bias": torch.randn(11),
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=f"^{name}"):
-        hidden_logps(args.pop("hidden"), args.pop("weight"), args.pop("labels"), args.pop("mask"),
-                     **args)
+        hidden_logps(args.pop("hidden"), args.pop("weight"), args.pop("labels"), args.pop("mask"), **args)
 
 
 @pytest.mark.parametrize("bad", [-100, -1, 11, 12])
