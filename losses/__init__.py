@@ -7,7 +7,15 @@ Depends on torch only, so it plugs into any trainer (plain PyTorch, HF
 
 from .hidden_logps import hidden_logps
 from .logps import sequence_logps
-from .mcpo import MCPO_KERNELS, SELECTION_KERNELS, kernel_probs, mcpo_loss, mcpo_select
+from .mcpo import mcpo_loss, mcpo_select
+from .mcpo_kernels import (
+    AVERAGING_KERNELS,
+    CHOSEN_INDEX,
+    CHOSEN_SUPPORT_KERNELS,
+    MCPO_KERNELS,
+    SELECTION_KERNELS,
+    kernel_probs,
+)
 from .mpo import mpo_loss
 from .nll import add_chosen_nll, chosen_nll
 from .output import LossOutput
@@ -15,6 +23,9 @@ from .pairwise import dpo_loss, ipo_loss, simpo_loss
 from .registry import LOSSES, get_loss
 
 __all__ = [
+    "AVERAGING_KERNELS",
+    "CHOSEN_INDEX",
+    "CHOSEN_SUPPORT_KERNELS",
     "LOSSES",
     "MCPO_KERNELS",
     "SELECTION_KERNELS",

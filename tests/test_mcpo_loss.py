@@ -3,10 +3,14 @@
 1. Against a plain float64 reference written here (Python loops, `math`), loss and gradients,
    over odd shapes, ragged masks, float32 and bfloat16; float64 `gradcheck`.
 2. Hand-computed values (arithmetic in the docstrings).
-3. Invariants: M = 1 is DPO, max/min pick by implicit reward, padding is inert, seeding.
-4. Statistics with fixed seeds: sample-kernel frequencies and mean gradients, the expectation
-   kernel as the mean contrastive-divergence gradient.
+3. Invariants: M = 1 is DPO for the pool-only kernels and listwise, max/min pick by implicit
+   reward, padding is inert, seeding.
+4. Statistics with fixed seeds: pool-only sample-kernel frequencies and mean gradients, the
+   listwise kernel as the mean (linear) contrastive-divergence gradient.
 5. Metrics. 6. Bad input -> ValueError naming the argument.
+
+The paper's {y0} ∪ pool kernel (`sample`), `rao_blackwell` and the kernel diagnostics have
+their own statistical and hand-value tests in test_mcpo_kernels.py.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import pytest
 import torch
 
 from prefpool.losses import (
+    AVERAGING_KERNELS,
+    CHOSEN_INDEX,
+    CHOSEN_SUPPORT_KERNELS,
     MCPO_KERNELS,
     SELECTION_KERNELS,
     dpo_loss,
@@ -26,6 +33,9 @@ from prefpool.losses import (
 )
 
 torch.set_num_threads(1)
+
+# The kernels that never draw y0: a rejected answer from the pool, DPO-style.
+POOL_KERNELS = tuple(k for k in SELECTION_KERNELS if k not in CHOSEN_SUPPORT_KERNELS)
 
 # ---------------------------------------------------------------------------------------------
 # Plain reference: Python floats (float64), one row at a time, gradients written out by hand.
@@ -58,11 +68,17 @@ def ref_rewards(policy_chosen, policy_cands, ref_chosen, ref_cands, mask, beta):
     return r0, pool
 
 
-def ref_kernel_probs(pool: list, kernel: str) -> list[float]:
-    """The distribution a selection kernel draws from, over one row's slots (0 on padding)."""
+def ref_kernel_probs(r0: float, pool: list, kernel: str) -> list[float]:
+    """One row's kernel distribution over [y0, slot 0, .., slot M-1] (0 on padding).
+
+    sample / listwise / rao_blackwell: softmax over {y0} ∪ valid; the others: pool only, y0 0.
+    """
     valid = [i for i, r in enumerate(pool) if r is not None]
+    if kernel in ("sample", "listwise", "rao_blackwell"):
+        z = ref_logsumexp([r0] + [pool[i] for i in valid])
+        return [math.exp(r0 - z)] + [math.exp(pool[i] - z) if i in valid else 0.0 for i in range(len(pool))]
     probs = [0.0] * len(pool)
-    if kernel == "sample":
+    if kernel == "sample_pool":
         z = ref_logsumexp([pool[i] for i in valid])
         for i in valid:
             probs[i] = math.exp(pool[i] - z)
@@ -83,7 +99,7 @@ def ref_kernel_probs(pool: list, kernel: str) -> list[float]:
         probs[best] = 1.0
     else:
         raise AssertionError(kernel)
-    return probs
+    return [0.0] + probs
 
 
 def ref_entropy(probs: list[float]) -> float:
@@ -94,7 +110,10 @@ def ref_selection_loss(r0: float, pool: list, j: int, beta: float):
     """-log σ(r0 - r_j) and its gradient w.r.t. policy_chosen and each policy candidate.
 
     d/dm softplus(-m) = -σ(-m); dm/d policy_chosen = beta, dm/d policy_cand[j] = -beta.
+    j = -1 is a draw of y0 itself: -log σ(0) = log 2, a constant, so every gradient is 0.
     """
+    if j == -1:
+        return math.log(2.0), 0.0, [0.0] * len(pool)
     m = r0 - pool[j]
     loss = ref_softplus(-m)
     grad_chosen = -beta * ref_sigmoid(-m)
@@ -103,7 +122,7 @@ def ref_selection_loss(r0: float, pool: list, j: int, beta: float):
     return loss, grad_chosen, grad_cands
 
 
-def ref_expectation_loss(r0: float, pool: list, beta: float):
+def ref_listwise_loss(r0: float, pool: list, beta: float):
     """-r0 + logsumexp({r0} ∪ valid) and its gradient; also the softmax weights (y0 first).
 
     d/d policy_chosen = beta * (w0 - 1); d/d policy_cand[i] = beta * w_i on valid slots.
@@ -118,6 +137,21 @@ def ref_expectation_loss(r0: float, pool: list, beta: float):
     grad_chosen = beta * (w0 - 1.0)
     grad_cands = [beta * w for w in weights]
     return loss, grad_chosen, grad_cands, w0, weights
+
+
+def ref_rao_blackwell_loss(r0: float, pool: list, beta: float):
+    """Σ_{j ∈ {y0} ∪ valid} K_j (-log σ(r0 - r_j)), K = softmax over {y0} ∪ valid held fixed,
+    and its gradient: Σ_j K_j times each draw's gradient (ref_selection_loss; y0's is 0)."""
+    probs = ref_kernel_probs(r0, pool, "rao_blackwell")
+    loss, grad_chosen, grad_cands = 0.0, 0.0, [0.0] * len(pool)
+    for j, k in zip(range(-1, len(pool)), probs, strict=True):
+        if k == 0.0:
+            continue
+        lj, gcj, gpj = ref_selection_loss(r0, pool, j, beta)
+        loss += k * lj
+        grad_chosen += k * gcj
+        grad_cands = [g + k * gj for g, gj in zip(grad_cands, gpj, strict=True)]
+    return loss, grad_chosen, grad_cands
 
 
 def ref_case_rows(case, beta):
@@ -253,13 +287,18 @@ def test_matches_reference(kernel, batch, pool, dtype):
     loss_ref, gc_ref, gp_ref, entropy_ref = [], [], [], []
     for b, (r0, pool_r) in enumerate(rows):
         w = float(upstream[b])
-        if kernel == "expectation":
-            loss, gc, gp, w0, weights = ref_expectation_loss(r0, pool_r, beta)
-            entropy_ref.append(ref_entropy([w0] + weights))
+        probs = ref_kernel_probs(r0, pool_r, kernel)
+        entropy_ref.append(ref_entropy(probs))
+        if kernel == "listwise":
+            loss, gc, gp, _, _ = ref_listwise_loss(r0, pool_r, beta)
+        elif kernel == "rao_blackwell":
+            loss, gc, gp = ref_rao_blackwell_loss(r0, pool_r, beta)
         else:
             j = selected[b]
-            assert case["mask"][b, j], f"row {b}: picked padded slot {j}"
-            probs = ref_kernel_probs(pool_r, kernel)
+            if j == CHOSEN_INDEX:
+                assert kernel == "sample", f"row {b}: {kernel} drew y0"
+            else:
+                assert case["mask"][b, j], f"row {b}: picked padded slot {j}"
             if kernel in ("max", "min"):
                 # The picked reward is the extreme one (up to float32-vs-float64 near-ties).
                 best = (
@@ -269,7 +308,6 @@ def test_matches_reference(kernel, batch, pool, dtype):
                 )
                 assert abs(pool_r[j] - best) < 1e-5, (b, j, pool_r)
             loss, gc, gp = ref_selection_loss(r0, pool_r, j, beta)
-            entropy_ref.append(ref_entropy(probs))
         loss_ref.append(loss)
         gc_ref.append(w * gc)
         gp_ref.append([w * g for g in gp])
@@ -283,15 +321,24 @@ def test_matches_reference(kernel, batch, pool, dtype):
     assert_close_ref(out.metrics["rewards/chosen"], [r0 for r0, _ in rows], 1e-5, 1e-5, "rewards/chosen")
 
 
-@pytest.mark.parametrize("kernel", SELECTION_KERNELS)
+@pytest.mark.parametrize("kernel", MCPO_KERNELS)
 def test_kernel_probs_match_reference(kernel):
-    """`kernel_probs` on given rewards equals the reference distribution (float64 in, out)."""
+    """`kernel_probs` on given rewards equals the reference distribution (float64 in, out),
+    laid out (B, 1 + M) with y0 in column 0 (0 for the pool-only kernels)."""
     case = make_case(5, 7, seed=3)
     rows = ref_case_rows(case, 0.3)
     rewards = torch.tensor([[0.0 if r is None else r for r in pool] for _, pool in rows], dtype=torch.float64)
-    probs = kernel_probs(rewards, case["mask"], kernel)
-    expected = [ref_kernel_probs(pool, kernel) for _, pool in rows]
+    chosen = torch.tensor([r0 for r0, _ in rows], dtype=torch.float64)
+    probs = kernel_probs(rewards, case["mask"], kernel, chosen)
+    expected = [ref_kernel_probs(r0, pool, kernel) for r0, pool in rows]
+    assert probs.shape == (5, 8)
     assert_close_ref(probs, expected, 1e-12, 1e-12, f"kernel_probs[{kernel}]")
+
+
+@pytest.mark.parametrize("kernel", CHOSEN_SUPPORT_KERNELS)
+def test_kernel_probs_needs_chosen_rewards(kernel):
+    with pytest.raises(ValueError, match=r"^chosen_rewards\b"):
+        kernel_probs(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), kernel)
 
 
 def _gradcheck_inputs():
@@ -309,12 +356,14 @@ def _gradcheck_inputs():
     return leaves, mask
 
 
-@pytest.mark.parametrize("kernel", MCPO_KERNELS)
+@pytest.mark.parametrize("kernel", [k for k in MCPO_KERNELS if k != "rao_blackwell"])
 def test_gradcheck_float64(kernel):
     """Finite differences in float64 w.r.t. all four log-prob tensors.
 
     Random kernels re-seed their generator inside the function, so every evaluation draws the
     same negatives (the +-1e-6 perturbations are far too small to move a draw here).
+    rao_blackwell's gradient is by design not the derivative of its value (the kernel weights
+    are detached); test_mcpo_kernels.py checks it against per-draw gradcheck-ed gradients.
     """
     leaves, mask = _gradcheck_inputs()
 
@@ -334,10 +383,12 @@ def test_gradcheck_float64(kernel):
 def test_policy_equals_reference(kernel):
     """policy == reference ⇒ every reward is 0.
 
-    Selection kernels: -log σ(0 - 0) = ln 2 = 0.693147...
-    Expectation with n valid candidates: -0 + log((n + 1) e^0) = ln(n + 1):
+    Selection kernels: -log σ(0 - 0) = ln 2 = 0.693147... (a draw of y0 gives ln 2 as well),
+    and rao_blackwell averages ln 2 terms: ln 2.
+    Listwise with n valid candidates: -0 + log((n + 1) e^0) = ln(n + 1):
     rows with n = 1, 2, 4 give ln 2 = 0.693147, ln 3 = 1.098612, ln 5 = 1.609438.
-    Sample entropy is that of the uniform distribution over the n valid: ln 1, ln 2, ln 4.
+    sample_pool entropy is that of the uniform distribution over the n valid: ln 1, ln 2, ln 4;
+    sample's (over {y0} ∪ pool) that of uniform over n + 1: ln 2, ln 3, ln 5.
     """
     logps = torch.tensor([-12.0, -7.5, -40.0])
     cands = torch.tensor([[-3.0, -9.0, -1.0, -2.0], [-3.0, -9.0, -1.0, -2.0], [-3.0, -9.0, -1.0, -2.0]])
@@ -352,13 +403,15 @@ def test_policy_equals_reference(kernel):
         kernel=kernel,
         generator=torch.Generator().manual_seed(0),
     )
-    if kernel == "expectation":
+    if kernel == "listwise":
         expected = torch.tensor([0.6931471805599453, 1.0986122886681098, 1.6094379124341003])
     else:
         expected = torch.full((3,), 0.6931471805599453)
     torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
-    if kernel == "sample":
+    if kernel == "sample_pool":
         torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.tensor([0.0, math.log(2), math.log(4)]))
+    if kernel == "sample":
+        torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.tensor([math.log(2), math.log(3), math.log(5)]))
 
 
 def two_candidate_case():
@@ -381,11 +434,16 @@ def two_candidate_case():
         # min picks y2 (r = -0.5): loss = log(1 + e^-1.5) = 0.201413; σ(-1.5) = 0.182426,
         # d/d policy_chosen = -0.5 * 0.182426 = -0.091213 = -d/d cand2.
         ("min", 0.2014132779827524, -0.09121276, [0.0, 0.09121276], 1),
-        # expectation: -1 + log(e^1 + e^0.5 + e^-0.5) = log(1 + e^-0.5 + e^-1.5)
+        # listwise: -1 + log(e^1 + e^0.5 + e^-0.5) = log(1 + e^-0.5 + e^-1.5)
         #   = log(1 + 0.606531 + 0.223130) = log(1.829661) = 0.604131.
         # weights softmax(1, 0.5, -0.5) = (0.546549, 0.331499, 0.121952):
         # d/d policy_chosen = 0.5 * (0.546549 - 1) = -0.226725; d/d cand = 0.5 * w.
-        ("expectation", 0.6041306053367284, -0.22672531, [0.16574948, 0.06097583], 0),
+        ("listwise", 0.6041306053367284, -0.22672531, [0.16574948, 0.06097583], 0),
+        # rao_blackwell: the same weights K on the three draws' losses (ln 2, 0.474077, 0.201413):
+        # 0.546549 * 0.693147 + 0.331499 * 0.474077 + 0.121952 * 0.201413 = 0.560558.
+        # d/d cand_i = 0.5 K_i σ(r_i - r0): 0.5 * 0.331499 * 0.377541 = 0.062577,
+        # 0.5 * 0.121952 * 0.182426 = 0.011124; d/d policy_chosen = -(sum) = -0.073701.
+        ("rao_blackwell", 0.5605578762841275, -0.07370072, [0.06257717, 0.01112355], 0),
     ],
 )
 def test_two_candidates_by_hand(kernel, loss, grad_chosen, grad_cands, selected):
@@ -401,10 +459,35 @@ def test_two_candidates_by_hand(kernel, loss, grad_chosen, grad_cands, selected)
     assert out.metrics["rewards/chosen"].tolist() == [1.0]
 
 
-def test_two_candidates_sample_kernel_by_hand():
-    """sample: P(y1) = e^0.5 / (e^0.5 + e^-0.5) = 1 / (1 + e^-1) = 0.731059, P(y2) = 0.268941;
+def test_two_candidates_sample_pool_kernel_by_hand():
+    """sample_pool: P(y1) = e^0.5 / (e^0.5 + e^-0.5) = 1 / (1 + e^-1) = 0.731059, P(y2) = 0.268941;
     entropy = -(0.731059 ln 0.731059 + 0.268941 ln 0.268941) = 0.582203 nats.
     Per draw the loss is 0.474077 (y1) or 0.201413 (y2), never anything else."""
+    pc, pcand, rc, rcand = two_candidate_case()
+    n = 4000
+    out = mcpo_loss(
+        pc.expand(n),
+        pcand.expand(n, 2),
+        rc.expand(n),
+        rcand.expand(n, 2),
+        beta=0.5,
+        kernel="sample_pool",
+        generator=torch.Generator().manual_seed(5),
+    )
+    sel = out.metrics["mcpo/selected"]
+    assert bool((sel >= 0).all()), "sample_pool drew y0"
+    expected = torch.where(sel == 0, 0.4740769841801067, 0.2014132779827524)
+    torch.testing.assert_close(out.loss, expected.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.full((n,), 0.5822031088882179))
+    freq = (sel == 0).double().mean().item()
+    p = 0.7310585786300049
+    assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_two_candidates_sample_kernel_by_hand():
+    """sample (the paper's kernel, over {y0} ∪ pool): P(y0, y1, y2) = softmax(1, 0.5, -0.5)
+    = (0.546549, 0.331499, 0.121952); entropy 0.952808 nats. Per draw the loss is ln 2
+    (y0, mcpo/selected = -1, mcpo/chosen_drawn = 1), 0.474077 (y1) or 0.201413 (y2)."""
     pc, pcand, rc, rcand = two_candidate_case()
     n = 4000
     out = mcpo_loss(
@@ -417,25 +500,26 @@ def test_two_candidates_sample_kernel_by_hand():
         generator=torch.Generator().manual_seed(5),
     )
     sel = out.metrics["mcpo/selected"]
-    expected = torch.where(sel == 0, 0.4740769841801067, 0.2014132779827524)
-    torch.testing.assert_close(out.loss, expected.float(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.full((n,), 0.5822031088882179))
-    freq = (sel == 0).double().mean().item()
-    p = 0.7310585786300049
-    assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n)
+    expected = torch.tensor([0.6931471805599453, 0.4740769841801067, 0.2014132779827524])[sel + 1]
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
+    assert torch.equal(out.metrics["mcpo/chosen_drawn"], (sel == CHOSEN_INDEX).float())
+    torch.testing.assert_close(out.metrics["mcpo/entropy"], torch.full((n,), 0.9528075640133673))
+    for j, p in zip((-1, 0, 1), (0.5465493872661797, 0.33149896042409155, 0.12195165230972888), strict=True):
+        freq = (sel == j).double().mean().item()
+        assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n), (j, freq, p)
 
 
-def test_expectation_metrics_by_hand():
-    """expectation: mcpo/selected and rewards/rejected report the highest-reward candidate
-    (y1, r = 0.5, margin 0.5); mcpo/chosen_weight = e^1 / (e^1 + e^0.5 + e^-0.5) = 0.546549;
-    entropy of (0.546549, 0.331499, 0.121952) = 0.960... nats (computed below)."""
-    out = mcpo_loss(*two_candidate_case(), beta=0.5, kernel="expectation")
+def test_listwise_metrics_by_hand():
+    """listwise: mcpo/selected and rewards/rejected report the highest-reward candidate
+    (y1, r = 0.5, margin 0.5); mcpo/kernel_chosen_prob = e^1 / (e^1 + e^0.5 + e^-0.5) = 0.546549;
+    entropy of (0.546549, 0.331499, 0.121952) = 0.952808 nats (computed below)."""
+    out = mcpo_loss(*two_candidate_case(), beta=0.5, kernel="listwise")
     w = [0.5465493872661796, 0.3314989604240915, 0.12195165230972885]
     m = out.metrics
     assert m["mcpo/selected"].tolist() == [0]
     torch.testing.assert_close(m["rewards/rejected"], torch.tensor([0.5]))
     torch.testing.assert_close(m["rewards/margins"], torch.tensor([0.5]))
-    torch.testing.assert_close(m["mcpo/chosen_weight"], torch.tensor([w[0]]))
+    torch.testing.assert_close(m["mcpo/kernel_chosen_prob"], torch.tensor([w[0]]))
     torch.testing.assert_close(m["mcpo/entropy"], torch.tensor([ref_entropy(w)]))
 
 
@@ -445,10 +529,11 @@ def test_expectation_metrics_by_hand():
 
 
 @pytest.mark.parametrize("use_mask", [False, True], ids=["no_mask", "all_true_mask"])
-@pytest.mark.parametrize("kernel", MCPO_KERNELS)
+@pytest.mark.parametrize("kernel", POOL_KERNELS + ("listwise",))
 def test_one_candidate_is_dpo(kernel, use_mask):
-    """M = 1: every kernel must pick the only candidate, and the expectation form
-    -r0 + log(e^r0 + e^r1) = log(1 + e^(r1 - r0)) = -log σ(r0 - r1) is DPO as well."""
+    """M = 1: every pool-only kernel must pick the only candidate, and the listwise form
+    -r0 + log(e^r0 + e^r1) = log(1 + e^(r1 - r0)) = -log σ(r0 - r1) is DPO as well.
+    (sample and rao_blackwell are not: see test_one_candidate_chosen_support_kernels.)"""
     case = make_case(5, 1, seed=21)
     beta = 0.25
     out, gc, gp = run_mcpo(case, kernel=kernel, beta=beta, mask=use_mask)
@@ -462,6 +547,27 @@ def test_one_candidate_is_dpo(kernel, use_mask):
     torch.testing.assert_close(gp[:, 0], dpr.grad, atol=1e-6, rtol=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         torch.testing.assert_close(out.metrics[key], dpo.metrics[key], atol=1e-6, rtol=1e-6)
+
+
+def test_one_candidate_chosen_support_kernels():
+    """M = 1 with y0 in the support: K = (σ(m), σ(-m)) over (y0, y1), m = r0 - r1.
+    sample: each row is DPO's -log σ(m) (y1 drawn) or ln 2 (y0 drawn), and with 5 rows x 400
+    copies both happen. rao_blackwell: σ(m) ln 2 + σ(-m) (-log σ(m)), which is not DPO."""
+    case = {k: v.repeat(400, *([1] * (v.dim() - 1))) for k, v in make_case(5, 1, seed=21).items()}
+    beta = 0.25
+    dpo = dpo_loss(
+        case["policy_chosen"], case["policy_cands"][:, 0], case["ref_chosen"], case["ref_cands"][:, 0], beta=beta
+    ).loss
+    out, _, _ = run_mcpo(case, kernel="sample", beta=beta, seed=8)
+    drawn = out.metrics["mcpo/chosen_drawn"].bool()
+    assert bool(drawn.any()) and not bool(drawn.all())
+    torch.testing.assert_close(out.loss, torch.where(drawn, math.log(2), dpo), atol=1e-6, rtol=0)
+
+    rb, _, _ = run_mcpo(case, kernel="rao_blackwell", beta=beta)
+    m = out.metrics["rewards/chosen"] - beta * (case["policy_cands"][:, 0] - case["ref_cands"][:, 0])
+    expected = torch.sigmoid(m) * math.log(2) + torch.sigmoid(-m) * dpo
+    torch.testing.assert_close(rb.loss, expected, atol=1e-6, rtol=1e-6)
+    assert bool(((rb.loss - dpo).abs() > 1e-3).all())
 
 
 @pytest.mark.parametrize("kernel", ["max", "min"])
@@ -505,7 +611,8 @@ def test_padding_is_inert(kernel, pad_value):
     out0, gc0, gp0 = run_mcpo(base, kernel=kernel, beta=0.5, seed=9)
     out1, gc1, gp1 = run_mcpo(dirty, kernel=kernel, beta=0.5, seed=9)
     sel = out1.metrics["mcpo/selected"]
-    assert bool(base["mask"].gather(1, sel[:, None]).all()), "a padded slot was picked"
+    in_pool = sel != CHOSEN_INDEX  # sample may draw y0 itself
+    assert bool(base["mask"].gather(1, sel.clamp(min=0)[:, None])[in_pool].all()), "a padded slot was picked"
     assert bool(torch.isfinite(out1.loss).all())
     assert bool(torch.isfinite(gc1).all()) and bool(torch.isfinite(gp1).all())
     assert bool((gp1[~base["mask"]] == 0).all())
@@ -516,7 +623,7 @@ def test_padding_is_inert(kernel, pad_value):
         torch.testing.assert_close(out1.metrics[key], value, atol=0, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("kernel", ["sample", "uniform"])
+@pytest.mark.parametrize("kernel", ["sample", "sample_pool", "uniform"])
 def test_seeding(kernel):
     """Same seed ⇒ same picks; another seed ⇒ different picks. With 64 rows of 7 candidates
     of near-equal reward, two independent draws agree on a row with probability
@@ -536,33 +643,63 @@ def test_seeding(kernel):
 
 @pytest.mark.parametrize("kernel", SELECTION_KERNELS)
 def test_select_agrees_with_loss(kernel):
+    """Same seed, same picks; and `mcpo_loss(selected=...)` with those picks reproduces the
+    one-call loss exactly (two-pass training), y0 draws (-1) included."""
     case = make_case(9, 7, seed=51)
+    args = (case["policy_chosen"], case["policy_cands"], case["ref_chosen"], case["ref_cands"])
     out = mcpo_loss(
-        case["policy_chosen"],
-        case["policy_cands"],
-        case["ref_chosen"],
-        case["ref_cands"],
-        candidate_mask=case["mask"],
-        beta=0.3,
-        kernel=kernel,
-        generator=torch.Generator().manual_seed(77),
+        *args, candidate_mask=case["mask"], beta=0.3, kernel=kernel, generator=torch.Generator().manual_seed(77)
     )
     sel = mcpo_select(
         case["policy_cands"],
         case["ref_cands"],
         candidate_mask=case["mask"],
+        policy_chosen_logps=case["policy_chosen"],
+        ref_chosen_logps=case["ref_chosen"],
         beta=0.3,
         kernel=kernel,
         generator=torch.Generator().manual_seed(77),
     )
     assert sel.dtype == torch.long and sel.shape == (9,)
     assert torch.equal(sel, out.metrics["mcpo/selected"])
+    again = mcpo_loss(*args, candidate_mask=case["mask"], beta=0.3, kernel=kernel, selected=sel)
+    assert torch.equal(again.loss, out.loss)
+    for key, value in out.metrics.items():
+        assert torch.equal(again.metrics[key], value), key
 
 
-def test_select_rejects_expectation():
+@pytest.mark.parametrize("kernel", POOL_KERNELS)
+def test_select_pool_kernels_need_no_chosen(kernel):
+    """Pool-only kernels ignore y0: the picks are the same with or without the chosen log-probs."""
+    case = make_case(9, 7, seed=52)
+    common = {"candidate_mask": case["mask"], "beta": 0.3, "kernel": kernel}
+    without = mcpo_select(case["policy_cands"], case["ref_cands"], **common, generator=torch.Generator().manual_seed(5))
+    with_chosen = mcpo_select(
+        case["policy_cands"],
+        case["ref_cands"],
+        **common,
+        policy_chosen_logps=case["policy_chosen"],
+        ref_chosen_logps=case["ref_chosen"],
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert torch.equal(without, with_chosen)
+    assert bool((without >= 0).all())
+
+
+@pytest.mark.parametrize("kernel", AVERAGING_KERNELS + ("expectation",))
+def test_select_rejects_averaging_kernels(kernel):
     case = make_case(2, 3)
-    with pytest.raises(ValueError, match=r"^kernel"):
-        mcpo_select(case["policy_cands"], case["ref_cands"], candidate_mask=case["mask"], kernel="expectation")
+    with pytest.raises(ValueError, match=r"^kernel") as info:
+        mcpo_select(
+            case["policy_cands"],
+            case["ref_cands"],
+            candidate_mask=case["mask"],
+            policy_chosen_logps=case["policy_chosen"],
+            ref_chosen_logps=case["ref_chosen"],
+            kernel=kernel,
+        )
+    if kernel == "expectation":
+        assert "listwise" in str(info.value) and "rao_blackwell" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,12 +712,15 @@ N_DRAWS = 20000
 CHI2_CRIT_DF3_P001 = 16.266
 
 
-def test_chi2_critical_value():
-    """The hard-coded critical value: P(chi2_3 > 16.266) = Q(3/2, 16.266/2) ≈ 0.001."""
-    sf = torch.special.gammaincc(
-        torch.tensor(1.5, dtype=torch.float64), torch.tensor(CHI2_CRIT_DF3_P001 / 2, dtype=torch.float64)
-    )
-    assert abs(sf.item() - 0.001) < 1e-6
+# The same with 4 degrees of freedom (y0 and the 4 valid candidates - 1): 18.467.
+CHI2_CRIT_DF4_P001 = 18.467
+
+
+@pytest.mark.parametrize(("df", "crit"), [(3, CHI2_CRIT_DF3_P001), (4, CHI2_CRIT_DF4_P001)])
+def test_chi2_critical_value(df, crit):
+    """The hard-coded critical values: P(chi2_df > crit) = Q(df/2, crit/2) ≈ 0.001."""
+    sf = torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(crit / 2, dtype=torch.float64))
+    assert abs(sf.item() - 0.001) < 1e-5
 
 
 def chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -589,22 +729,26 @@ def chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 def draw_counts(kernel, seed):
+    """Counts over [y0, slot 0, .., slot 4] of N draws from one_row_pool's row."""
     case = repeat_case(one_row_pool(), N_DRAWS)
     sel = mcpo_select(
         case["policy_cands"],
         case["ref_cands"],
         candidate_mask=case["mask"],
+        policy_chosen_logps=case["policy_chosen"],
+        ref_chosen_logps=case["ref_chosen"],
         beta=0.5,
         kernel=kernel,
         generator=torch.Generator().manual_seed(seed),
     )
-    return torch.bincount(sel, minlength=5).double()
+    return torch.bincount(sel - CHOSEN_INDEX, minlength=6).double()
 
 
-def test_sample_kernel_frequencies_are_softmax():
-    counts = draw_counts("sample", seed=2024)
-    assert counts[2] == 0, "padded slot drawn"
-    valid = torch.tensor([0, 1, 3, 4])
+def test_sample_pool_kernel_frequencies_are_softmax():
+    counts = draw_counts("sample_pool", seed=2024)
+    assert counts[0] == 0, "y0 drawn by a pool-only kernel"
+    assert counts[3] == 0, "padded slot drawn"
+    valid = torch.tensor([1, 2, 4, 5])
     counts = counts[valid]
     p = torch.softmax(torch.tensor([1.0, -0.5, 0.0, -1.5], dtype=torch.float64), 0)
     assert chi2(counts, p) < CHI2_CRIT_DF3_P001
@@ -615,10 +759,47 @@ def test_sample_kernel_frequencies_are_softmax():
     assert chi2(counts, torch.full((4,), 0.25, dtype=torch.float64)) > 10 * CHI2_CRIT_DF3_P001
 
 
+def test_sample_kernel_frequencies_are_softmax_over_chosen_and_pool():
+    """The paper's kernel: y0 (r0 = 0.5) and the valid slots (1, -0.5, 0, -1.5) are drawn with
+    probability softmax(0.5, 1, -0.5, 0, -1.5) ≈ (0.266, 0.439, 0.098, 0.161, 0.036); the
+    padded slot never."""
+    counts = draw_counts("sample", seed=2024)
+    assert counts[3] == 0, "padded slot drawn"
+    counts = counts[torch.tensor([0, 1, 2, 4, 5])]
+    p = torch.softmax(torch.tensor([0.5, 1.0, -0.5, 0.0, -1.5], dtype=torch.float64), 0)
+    assert chi2(counts, p) < CHI2_CRIT_DF4_P001
+    freq = counts / N_DRAWS
+    sigma = (p * (1 - p) / N_DRAWS).sqrt()
+    assert bool(((freq - p).abs() < 5 * sigma).all()), (freq, p)
+    # Power: the pool-only softmax (y0 never drawn, the rest rescaled by 1 / (1 - K0)).
+    p_pool = torch.cat([torch.zeros(1, dtype=torch.float64), p[1:] / p[1:].sum()])
+    assert bool(((freq - p_pool).abs() > 5 * sigma).any())
+
+
+def test_sample_pool_reproduces_the_old_sample_draws():
+    """sample_pool draws with the very call the pool-only `sample` kernel made (multinomial on
+    the pool softmax, one row at a time), so a seed reproduces earlier runs' picks."""
+    case = make_case(64, 7, seed=12)
+    probs = torch.softmax(
+        (0.3 * (case["policy_cands"] - case["ref_cands"])).masked_fill(~case["mask"], float("-inf")), dim=-1
+    )
+    old = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
+    new = mcpo_select(
+        case["policy_cands"],
+        case["ref_cands"],
+        candidate_mask=case["mask"],
+        beta=0.3,
+        kernel="sample_pool",
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert torch.equal(new, old)
+
+
 def test_uniform_kernel_frequencies_are_uniform():
     counts = draw_counts("uniform", seed=2025)
-    assert counts[2] == 0, "padded slot drawn"
-    counts = counts[torch.tensor([0, 1, 3, 4])]
+    assert counts[0] == 0, "y0 drawn by a pool-only kernel"
+    assert counts[3] == 0, "padded slot drawn"
+    counts = counts[torch.tensor([1, 2, 4, 5])]
     assert chi2(counts, torch.full((4,), 0.25, dtype=torch.float64)) < CHI2_CRIT_DF3_P001
     sigma = math.sqrt(0.25 * 0.75 / N_DRAWS)
     assert bool(((counts / N_DRAWS - 0.25).abs() < 5 * sigma).all())
@@ -630,41 +811,57 @@ def per_row_grads(case, kernel, seed):
 
 
 def mixture_of_dpo_grads(weights: list[float]) -> torch.Tensor:
-    """Σ_j weights_j ∇[-log σ(r0 - r_j)] (weights fixed numbers), from the reference."""
+    """Σ_j weights_j ∇[-log σ(r0 - r_j)] (weights fixed numbers over [y0, slot 0, ..]; a y0
+    draw's gradient is 0), from the reference."""
     case = one_row_pool()
     ((r0, pool),) = ref_case_rows(case, 0.5)
     total = torch.zeros(1 + len(pool), dtype=torch.float64)
-    for j, w in enumerate(weights):
+    for j, w in zip(range(-1, len(pool)), weights, strict=True):
         if w:
             _, gc, gp = ref_selection_loss(r0, pool, j, 0.5)
             total += w * torch.tensor([gc] + gp, dtype=torch.float64)
     return total
 
 
-def test_sample_kernel_mean_gradient():
+def test_sample_pool_kernel_mean_gradient():
     """E_{j ~ softmax(r)}[∇ -log σ(r0 - r_j)] = Σ_j softmax(r)_j ∇ dpo_j (weights detached:
     no gradient through the choice). The batch mean of N per-draw gradients must agree within
     5 standard errors (per-draw std / sqrt(N)) in every coordinate."""
-    grads = per_row_grads(repeat_case(one_row_pool(), N_DRAWS), "sample", seed=99)
+    grads = per_row_grads(repeat_case(one_row_pool(), N_DRAWS), "sample_pool", seed=99)
     mean, std = grads.mean(0), grads.std(0)
     tol = 5 * std / math.sqrt(N_DRAWS) + 1e-7
     case = one_row_pool()
-    ((_, pool),) = ref_case_rows(case, 0.5)
-    softmax_w = ref_kernel_probs(pool, "sample")
+    ((r0, pool),) = ref_case_rows(case, 0.5)
+    softmax_w = ref_kernel_probs(r0, pool, "sample_pool")
     expected = mixture_of_dpo_grads(softmax_w)
     assert bool(((mean - expected).abs() <= tol).all()), (mean, expected, tol)
     assert grads[:, 3].eq(0).all(), "padded slot got gradient"  # column 3 = pool slot 2
     # Power: the uniform-weighted mixture is far outside the tolerance.
-    uniform = mixture_of_dpo_grads(ref_kernel_probs(pool, "uniform"))
+    uniform = mixture_of_dpo_grads(ref_kernel_probs(r0, pool, "uniform"))
     assert bool(((mean - uniform).abs() > tol).any())
 
 
+def test_sample_kernel_mean_gradient():
+    """The paper's kernel: the mean per-draw gradient is Σ_{j ∈ {y0} ∪ valid} K_j ∇ dpo_j with
+    K = softmax(r0, r) and y0's term 0, i.e. (1 - K0) times sample_pool's. Within 5 standard
+    errors; and sample_pool's mean (the 1 / (1 - K0) reweighting) is detectably different."""
+    grads = per_row_grads(repeat_case(one_row_pool(), N_DRAWS), "sample", seed=98)
+    mean, std = grads.mean(0), grads.std(0)
+    tol = 5 * std / math.sqrt(N_DRAWS) + 1e-7
+    ((r0, pool),) = ref_case_rows(one_row_pool(), 0.5)
+    expected = mixture_of_dpo_grads(ref_kernel_probs(r0, pool, "sample"))
+    assert bool(((mean - expected).abs() <= tol).all()), (mean, expected, tol)
+    assert grads[:, 3].eq(0).all(), "padded slot got gradient"
+    pool_only = mixture_of_dpo_grads(ref_kernel_probs(r0, pool, "sample_pool"))
+    assert bool(((mean - pool_only).abs() > tol).any())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_expectation_gradient_is_softmax_weighted(dtype):
+def test_listwise_gradient_is_softmax_weighted(dtype):
     """∇ loss = -∇r0 + Σ_{i ∈ {0} ∪ valid} softmax(r)_i ∇r_i, with ∇r = beta on its own log-prob:
     d/d policy_chosen = beta (w0 - 1), d/d policy_cand[i] = beta w_i, 0 on padding."""
     case = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in one_row_pool().items()}
-    _, gc, gp = run_mcpo(case, kernel="expectation", beta=0.5)
+    _, gc, gp = run_mcpo(case, kernel="listwise", beta=0.5)
     r = torch.tensor([0.5, 1.0, -0.5, 0.0, -1.5], dtype=torch.float64)  # y0, then valid slots
     w = torch.softmax(r, 0)
     expected_gp = torch.zeros(5, dtype=torch.float64)
@@ -673,12 +870,12 @@ def test_expectation_gradient_is_softmax_weighted(dtype):
     torch.testing.assert_close(gp.double(), expected_gp[None], atol=1e-6, rtol=0)
 
 
-def test_expectation_gradient_is_mean_cd_gradient():
-    """Draw j from softmax over {y0} ∪ valid (with mcpo_select on a pool that has y0 prepended);
-    the contrastive-divergence gradient of a draw is ∇(r_j - r0), zero when j = 0. Its mean over
-    N draws equals the expectation kernel's gradient within 5 standard errors."""
+def test_listwise_gradient_is_mean_cd_gradient():
+    """Draw j from softmax over {y0} ∪ valid (with the pool-only mcpo_select on a pool that has
+    y0 prepended); the linear contrastive-divergence gradient of a draw is ∇(r_j - r0), zero when
+    j = 0. Its mean over N draws equals the listwise kernel's gradient within 5 standard errors."""
     one = one_row_pool()
-    _, gc, gp = run_mcpo(one, kernel="expectation", beta=0.5)
+    _, gc, gp = run_mcpo(one, kernel="listwise", beta=0.5)
     exact = torch.cat([gc, gp[0]]).double()
 
     case = repeat_case(one, N_DRAWS)
@@ -690,7 +887,7 @@ def test_expectation_gradient_is_mean_cd_gradient():
         aug_ref,
         candidate_mask=aug_mask,
         beta=0.5,
-        kernel="sample",
+        kernel="sample_pool",
         generator=torch.Generator().manual_seed(4242),
     )
     assert bool((j == 0).any()), "y0 should be drawn sometimes (weight ≈ 0.27)"
@@ -710,6 +907,36 @@ def test_expectation_gradient_is_mean_cd_gradient():
     assert bool(((mean - wrong).abs() > tol).any())
 
 
+def test_listwise_gradient_is_mean_cd_gradient_of_sample_draws():
+    """The same with the paper's kernel itself: mcpo_select(kernel="sample") returns -1 for a
+    draw of y0, whose linear CD gradient ∇(r0 - r0) is 0."""
+    one = one_row_pool()
+    _, gc, gp = run_mcpo(one, kernel="listwise", beta=0.5)
+    exact = torch.cat([gc, gp[0]]).double()
+    case = repeat_case(one, N_DRAWS)
+    j = mcpo_select(
+        case["policy_cands"],
+        case["ref_cands"],
+        candidate_mask=case["mask"],
+        policy_chosen_logps=case["policy_chosen"],
+        ref_chosen_logps=case["ref_chosen"],
+        beta=0.5,
+        kernel="sample",
+        generator=torch.Generator().manual_seed(4243),
+    )
+    assert bool((j == CHOSEN_INDEX).any())
+    chosen = case["policy_chosen"].double().clone().requires_grad_(True)
+    cands = case["policy_cands"].double().clone().requires_grad_(True)
+    r0 = 0.5 * (chosen - case["ref_chosen"].double())
+    r = 0.5 * (cands - case["ref_cands"].double())
+    drawn = torch.where(j == CHOSEN_INDEX, r0, r.gather(1, j.clamp(min=0)[:, None]).squeeze(1))
+    (drawn - r0).sum().backward()
+    grads = torch.cat([chosen.grad[:, None], cands.grad], 1)
+    mean, std = grads.mean(0), grads.std(0)
+    tol = 5 * std / math.sqrt(N_DRAWS) + 1e-7
+    assert bool(((mean - exact).abs() <= tol).all()), (mean, exact, tol)
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Metrics
 # ---------------------------------------------------------------------------------------------
@@ -720,10 +947,22 @@ METRIC_KEYS = {
     "rewards/margins",
     "rewards/accuracies",
     "mcpo/selected",
-    "mcpo/entropy",
+    "mcpo/chosen_drawn",
     "mcpo/pool_accuracy",
     "mcpo/num_candidates",
+    "mcpo/entropy",
+    "mcpo/kernel_kl_uniform",
+    "mcpo/kernel_top_prob",
+    "mcpo/kernel_chosen_prob",
+    "mcpo/pool_reward_std",
 }
+
+
+def ref_pool_std(pool: list) -> float:
+    """Population standard deviation (divisor n) of a row's valid rewards."""
+    valid = [r for r in pool if r is not None]
+    mean = sum(valid) / len(valid)
+    return math.sqrt(sum((r - mean) ** 2 for r in valid) / len(valid))
 
 
 @pytest.mark.parametrize("kernel", MCPO_KERNELS)
@@ -731,8 +970,7 @@ def test_metrics_shapes_detached_and_consistent(kernel):
     case = make_case(5, 7, seed=61)
     out, _, _ = run_mcpo(case, kernel=kernel, beta=0.3, seed=3)
     m = out.metrics
-    expected_keys = METRIC_KEYS | ({"mcpo/chosen_weight"} if kernel == "expectation" else set())
-    assert expected_keys <= set(m)
+    assert set(m) == METRIC_KEYS
     for key, value in m.items():
         assert value.shape == (5,), key
         assert value.grad_fn is None and not value.requires_grad, key
@@ -741,8 +979,12 @@ def test_metrics_shapes_detached_and_consistent(kernel):
 
     rows = ref_case_rows(case, 0.3)
     sel = m["mcpo/selected"].tolist()
-    rejected = [pool[j] for (_, pool), j in zip(rows, sel, strict=True)]
+    # A draw of y0 (sample only) reports y0's own reward as the rejected one: margin 0.
+    rejected = [r0 if j == CHOSEN_INDEX else pool[j] for (r0, pool), j in zip(rows, sel, strict=True)]
     assert_close_ref(m["rewards/rejected"], rejected, 1e-5, 1e-5, "rewards/rejected")
+    assert torch.equal(m["mcpo/chosen_drawn"], (m["mcpo/selected"] == CHOSEN_INDEX).float())
+    if kernel != "sample":
+        assert bool((m["mcpo/chosen_drawn"] == 0).all())
     torch.testing.assert_close(m["rewards/margins"], m["rewards/chosen"] - m["rewards/rejected"])
     assert torch.equal(m["rewards/accuracies"], (m["rewards/margins"] > 0).float())
 
@@ -752,12 +994,24 @@ def test_metrics_shapes_detached_and_consistent(kernel):
         assert bool((entropy == 0).all())
     elif kernel == "uniform":
         torch.testing.assert_close(entropy.double(), n_valid.log(), atol=1e-6, rtol=0)
-    elif kernel == "sample":
-        expected = [ref_entropy(ref_kernel_probs(pool, "sample")) for _, pool in rows]
-        assert_close_ref(entropy, expected, 1e-5, 1e-5, "sample entropy")
-    if kernel == "expectation":
-        w0 = [ref_expectation_loss(r0, pool, 0.3)[3] for r0, pool in rows]
-        assert_close_ref(m["mcpo/chosen_weight"], w0, 1e-6, 1e-5, "mcpo/chosen_weight")
+    elif kernel in ("sample", "sample_pool"):
+        expected = [ref_entropy(ref_kernel_probs(r0, pool, kernel)) for r0, pool in rows]
+        assert_close_ref(entropy, expected, 1e-5, 1e-5, f"{kernel} entropy")
+    if kernel == "listwise":
+        w0 = [ref_listwise_loss(r0, pool, 0.3)[3] for r0, pool in rows]
+        assert_close_ref(m["mcpo/kernel_chosen_prob"], w0, 1e-6, 1e-5, "mcpo/kernel_chosen_prob")
+
+    # Diagnostics against the reference: the support has n + 1 answers when it includes y0.
+    probs = [ref_kernel_probs(r0, pool, kernel) for r0, pool in rows]
+    support = n_valid + (1 if kernel in CHOSEN_SUPPORT_KERNELS else 0)
+    kl = [math.log(n) - ref_entropy(p) for n, p in zip(support.tolist(), probs, strict=True)]
+    assert_close_ref(entropy, [ref_entropy(p) for p in probs], 1e-5, 1e-5, "mcpo/entropy")
+    assert_close_ref(m["mcpo/kernel_kl_uniform"], kl, 1e-5, 1e-5, "mcpo/kernel_kl_uniform")
+    assert_close_ref(m["mcpo/kernel_top_prob"], [max(p) for p in probs], 1e-6, 1e-5, "top prob")
+    assert_close_ref(m["mcpo/kernel_chosen_prob"], [p[0] for p in probs], 1e-6, 1e-5, "K0")
+    assert_close_ref(
+        m["mcpo/pool_reward_std"], [ref_pool_std(pool) for _, pool in rows], 1e-5, 1e-5, "mcpo/pool_reward_std"
+    )
 
 
 @pytest.mark.parametrize("kernel", MCPO_KERNELS)
@@ -844,12 +1098,13 @@ BAD_INPUTS = [
     ("beta_nan", None, {"beta": float("nan")}, "beta"),
     ("beta_inf", None, {"beta": float("inf")}, "beta"),
     ("unknown_kernel", None, {"kernel": "softmax"}, "kernel"),
+    ("renamed_kernel", None, {"kernel": "expectation"}, "kernel"),
     ("int_mask", _set("candidate_mask", torch.ones(2, 3, dtype=torch.long)), {}, "candidate_mask"),
     ("float_mask", _set("candidate_mask", torch.ones(2, 3)), {}, "candidate_mask"),
 ]
 
 
-@pytest.mark.parametrize("kernel", ["sample", "expectation"])
+@pytest.mark.parametrize("kernel", MCPO_KERNELS)
 @pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_loss(edit, kwargs, name, kernel):
     args = good_args()
@@ -867,19 +1122,126 @@ def test_bad_input_loss(edit, kwargs, name, kernel):
         )
 
 
-# mcpo_select has no chosen tensors, and a policy pool with a different B from the mask is
-# (rightly) a candidate_mask shape error there, so those cases are loss-only.
-SELECT_BAD = [b for b in BAD_INPUTS if "chosen" not in b[0] and b[0] != "pool_batch_mismatch"]
+# In mcpo_select a policy pool with a different B from the mask is (rightly) a candidate_mask
+# shape error, so that case is loss-only.
+SELECT_BAD = [b for b in BAD_INPUTS if b[0] != "pool_batch_mismatch"]
 
 
+@pytest.mark.parametrize("kernel", SELECTION_KERNELS)
 @pytest.mark.parametrize(("edit", "kwargs", "name"), [b[1:] for b in SELECT_BAD], ids=[b[0] for b in SELECT_BAD])
-def test_bad_input_select(edit, kwargs, name):
+def test_bad_input_select(edit, kwargs, name, kernel):
     args = good_args()
     if edit is not None:
         edit(args)
+    kwargs = {"kernel": kernel, **kwargs}
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         mcpo_select(
-            args["policy_candidate_logps"], args["ref_candidate_logps"], candidate_mask=args["candidate_mask"], **kwargs
+            args["policy_candidate_logps"],
+            args["ref_candidate_logps"],
+            policy_chosen_logps=args["policy_chosen_logps"],
+            ref_chosen_logps=args["ref_chosen_logps"],
+            candidate_mask=args["candidate_mask"],
+            **kwargs,
+        )
+
+
+@pytest.mark.parametrize("missing", ["policy_chosen_logps", "ref_chosen_logps"])
+@pytest.mark.parametrize("kernel", SELECTION_KERNELS)
+def test_select_chosen_logps_required_or_paired(kernel, missing):
+    """sample needs r0 (both chosen tensors); a pool-only kernel takes both or neither."""
+    args = good_args()
+    kwargs = {k: args[k] for k in ("policy_chosen_logps", "ref_chosen_logps") if k != missing}
+    with pytest.raises(ValueError, match=rf"^{missing}\b"):
+        mcpo_select(
+            args["policy_candidate_logps"],
+            args["ref_candidate_logps"],
+            candidate_mask=args["candidate_mask"],
+            kernel=kernel,
+            **kwargs,
+        )
+    if kernel == "sample":
+        with pytest.raises(ValueError, match=r"^policy_chosen_logps\b.*sample_pool"):
+            mcpo_select(
+                args["policy_candidate_logps"],
+                args["ref_candidate_logps"],
+                candidate_mask=args["candidate_mask"],
+                kernel=kernel,
+            )
+
+
+@pytest.mark.parametrize("fn", ["loss", "select"])
+def test_unknown_kernel_lists_valid_names(fn):
+    args = good_args()
+    with pytest.raises(ValueError, match=r"^kernel\b") as info:
+        if fn == "loss":
+            mcpo_loss(
+                args.pop("policy_chosen_logps"),
+                args.pop("policy_candidate_logps"),
+                args.pop("ref_chosen_logps"),
+                args.pop("ref_candidate_logps"),
+                **args,
+                kernel="softmax",
+            )
+        else:
+            mcpo_select(args["policy_candidate_logps"], args["ref_candidate_logps"], kernel="softmax")
+    for name in MCPO_KERNELS if fn == "loss" else SELECTION_KERNELS:
+        assert name in str(info.value), (name, str(info.value))
+
+
+@pytest.mark.parametrize("kernel", MCPO_KERNELS)
+def test_row_without_candidates_names_the_row(kernel):
+    args = good_args()
+    args["candidate_mask"] = torch.tensor([[True, False, False], [False, False, False]])
+    with pytest.raises(ValueError, match=r"^candidate_mask: row 1 has no valid candidate"):
+        mcpo_loss(
+            args.pop("policy_chosen_logps"),
+            args.pop("policy_candidate_logps"),
+            args.pop("ref_chosen_logps"),
+            args.pop("ref_candidate_logps"),
+            **args,
+            kernel=kernel,
+        )
+
+
+BAD_SELECTED = [
+    # (id, kernel, selected for good_args' mask [[T, T, F], [T, F, T]])
+    ("minus_one_pool_kernel", "sample_pool", [CHOSEN_INDEX, 0]),
+    ("minus_one_max", "max", [0, CHOSEN_INDEX]),
+    ("below_minus_one", "sample", [-2, 0]),
+    ("past_the_pool", "sample", [0, 3]),
+    ("padded_slot", "sample", [CHOSEN_INDEX, 1]),
+    ("padded_slot_pool_kernel", "uniform", [2, 0]),
+    ("wrong_shape", "sample", [0, 0, 0]),
+    ("averaging_kernel", "listwise", [0, 0]),
+    ("averaging_kernel_rb", "rao_blackwell", [CHOSEN_INDEX, 0]),
+]
+
+
+@pytest.mark.parametrize(("kernel", "selected"), [b[1:] for b in BAD_SELECTED], ids=[b[0] for b in BAD_SELECTED])
+def test_bad_selected(kernel, selected):
+    args = good_args()
+    with pytest.raises(ValueError, match=r"^selected\b"):
+        mcpo_loss(
+            args.pop("policy_chosen_logps"),
+            args.pop("policy_candidate_logps"),
+            args.pop("ref_chosen_logps"),
+            args.pop("ref_candidate_logps"),
+            **args,
+            kernel=kernel,
+            selected=torch.tensor(selected),
+        )
+
+
+def test_bad_selected_dtype():
+    args = good_args()
+    with pytest.raises(ValueError, match=r"^selected\b"):
+        mcpo_loss(
+            args.pop("policy_chosen_logps"),
+            args.pop("policy_candidate_logps"),
+            args.pop("ref_chosen_logps"),
+            args.pop("ref_candidate_logps"),
+            **args,
+            selected=torch.tensor([0.0, 0.0]),
         )
 
 
