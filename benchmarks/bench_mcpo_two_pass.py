@@ -9,7 +9,7 @@ Optional: ``--pools 1,2,4,8 --batch 4 --steps 3 --hidden 256 --layers 4 --vocab 
 Both variants compute the same loss and gradient (tests/train/test_mcpo_step.py
 checks this), with the ``sample`` kernel:
 
-- ``two-pass`` (``prefpool.train.mcpo_step.mcpo_step_loss``): the pool is scored
+- ``two-pass`` (``prefpool.train.kinds.mcpo.mcpo_step_loss``): the pool is scored
   without gradient, ``mcpo_select`` picks one negative per prompt, and only the
   preferred and the picked answers are forwarded with gradient.
 - ``one-pass``: all ``1 + M`` answers are forwarded with gradient (activations
@@ -39,7 +39,7 @@ from peak_memory import PeakMemory
 
 
 def _batch(torch, batch_size: int, pool: int, vocab: int, seed: int):
-    from prefpool.train.mcpo_step import PoolBatch
+    from prefpool.train.kinds.mcpo import PoolBatch
 
     gen = torch.Generator().manual_seed(seed)
 
@@ -81,7 +81,7 @@ def child(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from prefpool.train.mcpo_step import mcpo_step_loss
+    from prefpool.train.kinds.mcpo import mcpo_step_loss
 
     model = AutoModelForCausalLM.from_pretrained(args.model_dir).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)

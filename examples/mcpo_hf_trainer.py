@@ -42,24 +42,28 @@ class MCPOTrainer(Trainer):
         # gradient-accumulation steps as it does for losses that take no item count.
         self.model_accepts_loss_kwargs = False
         self._reward_acc: list[float] = []
+        self._pool_acc: list[float] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = mcpo_batch_loss(model, inputs, beta=self.beta, generator=self.kernel_rng)
         loss = out.loss.mean()
         self._reward_acc.append(out.metrics["rewards/accuracies"].mean().item())
+        self._pool_acc.append(out.metrics["mcpo/pool_accuracy"].mean().item())
         return (loss, out.metrics) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # Add the reward accuracy of the steps since the last log to the training logs.
         if "loss" in logs and self._reward_acc:
             logs["rewards/accuracies"] = sum(self._reward_acc) / len(self._reward_acc)
+            logs["pool_accuracy"] = sum(self._pool_acc) / len(self._pool_acc)
             self._reward_acc.clear()
+            self._pool_acc.clear()
         super().log(logs, *args, **kwargs)
 
 
 def train(
     model_dir: Path, output_dir: Path, *, steps: int, seed: int, batch_size: int, lr: float, beta: float
-) -> list[float]:
+) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id
@@ -93,7 +97,8 @@ def train(
         kernel_seed=seed,
     )
     trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    keys = ("loss", "pool_accuracy")
+    return [{k: entry[k] for k in keys} for entry in trainer.state.log_history if "loss" in entry]
 
 
 def main(
@@ -104,8 +109,8 @@ def main(
     batch_size: int = 4,
     lr: float = 1e-3,
     beta: float = 0.3,
-) -> list[float]:
-    """Build the tiny model under ``out_dir`` (a temp dir if None), train, return the logged losses."""
+) -> list[dict]:
+    """Build the tiny model under ``out_dir`` (a temp dir if None), train; per logged step: loss, pool accuracy."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_dir or tmp)
         model_dir = build_tiny_llama(root / "tiny-llama", seed=seed)

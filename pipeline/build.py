@@ -79,8 +79,8 @@ from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
 from prefpool.pipeline.io.progress import summary_line
 from prefpool.pipeline.io.read import scan
-from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.kinds import KINDS, get_kind
 from prefpool.pipeline.kinds import select as sel
 from prefpool.pipeline.kinds.inputs import (
     fingerprint,
@@ -90,7 +90,6 @@ from prefpool.pipeline.kinds.inputs import (
 )
 
 STAGE = "build"
-KINDS = ("pairwise", "mcpo", "mpo")
 ROWS_PER_UNIT = 100_000
 
 
@@ -112,7 +111,7 @@ class BuildConfig:
     )
 
     def check(self) -> None:
-        sel.check_choice("kind", self.kind, KINDS)
+        sel.check_choice("kind", self.kind, tuple(KINDS))
         sel.check_choice("missing", self.missing, ("error", "drop"))
         sel.check_choice("empty_pool", self.empty_pool, ("drop", "error"))
         sel.check_choice("rank_by", self.rank_by, ("rank", "score"))
@@ -287,7 +286,7 @@ def _candidates_long(candidates: pl.LazyFrame) -> pl.LazyFrame:
     return with_completion_id(long)
 
 
-def _pairs(ctx: _Context) -> pl.LazyFrame:
+def _pairs(ctx: _Context, candidates: pl.LazyFrame | None = None) -> pl.LazyFrame:
     explicit = sel.explicit_pairs(ctx.examples)
     derived = sel.derived_pairs(ctx.examples, ctx.answers, ctx.config.pair_mode, ctx.config.best_ties)
     if ctx.config.pair_mode == "best-vs-rest" and ctx.config.best_ties == "drop":
@@ -372,7 +371,8 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
     )
 
 
-def _mpo(ctx: _Context, candidates: pl.LazyFrame) -> pl.LazyFrame:
+def _mpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
+    assert candidates is not None  # BuildConfig.check: mpo needs candidates
     pairs = _pairs(ctx)
     samples = ctx.pool(_candidates_long(candidates), "sample")
     rows = ctx.attach_pool(pairs, samples, "samples")
@@ -382,6 +382,10 @@ def _mpo(ctx: _Context, candidates: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("ids").alias("ref_sample_ids"),
         pl.col("logps").alias("ref_sample_logps"),
     )
+
+
+# One polars plan per table kind; the kinds' schemas and decoders are in pipeline/kinds/.
+_BUILDERS = {"pairwise": _pairs, "mcpo": _mcpo, "mpo": _mpo}
 
 
 def build(
@@ -477,14 +481,8 @@ def build(
     scores_frame = None if scores_frame is None else owned(scores_frame)
     ex = owned(scan(examples, schema="examples"))
     ctx = _Context(config, ex, logprobs_lookup(lp_dirs, keep=keep), ", ".join(map(str, lp_dirs)), scores_frame, cand)
-    if kind == "pairwise":
-        frame = _pairs(ctx)
-    elif kind == "mcpo":
-        frame = _mcpo(ctx, cand)
-    else:
-        assert cand is not None
-        frame = _mpo(ctx, cand)
-    schema = get_schema(kind)
+    frame = _BUILDERS[kind](ctx, cand)
+    schema = get_kind(kind).schema
     # The one collect of the stage (see the module docstring).
     table = frame.sort("prompt_id", "_k1", "_k2").select(schema.names).collect(engine="streaming").to_arrow()
     table = table.cast(schema)

@@ -11,16 +11,10 @@ from typing import Literal
 
 from prefpool.core.errors import ConfigError
 from prefpool.losses import LOSSES, MCPO_KERNELS
+from prefpool.pipeline.kinds import get_kind, kind_for_loss
 
 # Trackers `report_to` accepts: accelerate's names for those prefpool sets up (log dir, offline mode).
 TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
-
-# Which losses fit which training table (the table kind is read from the data's manifest).
-LOSSES_FOR_TABLE: dict[str, tuple[str, ...]] = {
-    "pairwise": ("dpo", "ipo", "simpo"),
-    "mcpo": ("mcpo",),
-    "mpo": ("mpo",),
-}
 
 
 def _help(text: str) -> dict:
@@ -35,12 +29,22 @@ class TrainConfig:
     data: str = field(metadata=_help("A `build` output folder (pairwise, mcpo or mpo table)."))
     output_dir: str = field(metadata=_help("Where metrics.jsonl, checkpoints/ and the final model go."))
 
-    loss: str = field(default="dpo", metadata=_help("Loss name from prefpool.losses.LOSSES; must fit the table kind."))
+    loss: Literal["dpo", "ipo", "simpo", "mcpo", "mpo"] = field(
+        default="dpo", metadata=_help("Loss name from prefpool.losses.LOSSES; must fit the table kind.")
+    )
     beta: float = field(default=0.1, metadata=_help("KL strength (dpo/ipo/mcpo/mpo) or reward scale (simpo)."))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo/simpo: assumed label-flip probability, [0, 0.5)."))
     gamma: float = field(default=1.0, metadata=_help("simpo: target reward margin."))
     tau: float = field(default=0.0, metadata=_help("mpo: weight of the NLL on reference samples (0 skips them)."))
-    kernel: str = field(default="sample", metadata=_help("mcpo: sample | max | min | uniform | expectation."))
+    kernel: Literal["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"] = field(
+        default="sample",
+        metadata=_help(
+            "mcpo: sample (the paper's kernel, Chen et al. 2025 Sec. 3: a draw from the preferred answer and the "
+            "pool, prob. ∝ exp(reward)) | sample_pool (the same over the pool only) | max | min | uniform (DPO with "
+            "the hardest / easiest / a random pool answer) | rao_blackwell (the sample kernel's expected loss) | "
+            "listwise (-r0 + logsumexp; formerly 'expectation')."
+        ),
+    )
     nll_alpha: float = field(
         default=0.0, metadata=_help("Weight of the per-token NLL on the preferred answer (RPO); 0 = off.")
     )
@@ -66,7 +70,9 @@ class TrainConfig:
             "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it."
         ),
     )
-    truncation: str = field(default="completion", metadata=_help("Truncation policy; must equal the cache's."))
+    truncation: Literal["completion"] = field(
+        default="completion", metadata=_help("Truncation policy; must equal the cache's.")
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata=_help("Dtype the policy's weights are loaded in; must equal the cache's.")
     )
@@ -105,7 +111,7 @@ class TrainConfig:
     )
 
     logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl line every N optimizer steps."))
-    report_to: tuple[str, ...] = field(
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = field(
         default=(),
         metadata=_help(
             "Also log metrics.jsonl's numeric scalars to these accelerate trackers: "
@@ -153,10 +159,10 @@ class TrainConfig:
             raise ConfigError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
 
     def check_table(self, kind: str) -> None:
-        """Refuse a loss that does not fit the table kind."""
-        allowed = LOSSES_FOR_TABLE.get(kind, ())
+        """Refuse a loss that does not fit the table kind (the kinds' specs say which fit)."""
+        allowed = get_kind(kind).losses
         if self.loss not in allowed:
-            fits = next((k for k, names in LOSSES_FOR_TABLE.items() if self.loss in names), None)
+            fits = kind_for_loss(self.loss)
             hint = f"; {self.loss} trains on a {fits!r} table (build --kind {fits})" if fits else ""
             raise ConfigError(
                 f"loss: {self.loss!r} does not fit the {kind!r} table in {self.data} "

@@ -1,10 +1,12 @@
 """The training table in memory: every text tokenized once, batches in a (seed, epoch) order.
 
-Texts are tokenized with ``pipeline.tokenize.encode_pair`` and the
+Rows are decoded by their kind's spec (``pipeline.kinds``) and every answer is
+tokenized with ``pipeline.model.tokenize.encode_pair`` and the
 ``max_length``/``truncation`` the reference log-probs were cached with, so the
-policy scores exactly the tokens the cache scored. Each tokenized answer's
-length is compared with the cached ``*_num_tokens``: a difference means the
-cache was made with another tokenization, and is refused.
+policy scores exactly the tokens the cache scored (``encode_row``). Each
+tokenized answer's length is compared with the cached token count: a
+difference means the cache was made with another tokenization, and is refused.
+``eval`` tokenizes through the same function.
 
 Batches: the row order of epoch ``e`` is a shuffle seeded by ``(seed, e)``;
 an epoch has ``rows // global_batch`` micro-batches (the remainder is skipped,
@@ -16,43 +18,56 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-import torch
+from pathlib import Path
 
 from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.kinds import TableRow
 from prefpool.pipeline.model.scoring import TokenPair
 from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.train.cache_check import CacheMismatchError
+from prefpool.train.kinds import Example, PairBatch, PoolBatch, train_kind
 
-from .mcpo_step import PoolBatch
-
-
-@dataclass(frozen=True)
-class Example:
-    """One row, tokenized. ``answers[0]`` is the preferred answer; the rest depend on the kind:
-    pairwise/mpo: ``[chosen, rejected]``; mcpo: ``[preferred, *pool]``."""
-
-    answers: tuple[TokenPair, ...]
-    ref_logps: tuple[float, ...]  # cached reference log-prob of each answer
-    label: float = 1.0  # mpo: preference label
-    samples: tuple[TokenPair, ...] = ()  # mpo: reference samples (tokenized only when tau > 0)
+__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row"]
 
 
-@dataclass(frozen=True)
-class PairBatch:
-    """``B`` pairs. Log-prob tensors are ``(B,)`` float64 (cached reference values)."""
-
-    chosen: Sequence[TokenPair]
-    rejected: Sequence[TokenPair]
-    ref_chosen_logps: torch.Tensor
-    ref_rejected_logps: torch.Tensor
-    label: torch.Tensor  # (B,)
-    samples: Sequence[Sequence[TokenPair]]  # B lists (empty unless mpo with tau > 0)
+def decoded_rows(folder: str | Path, kind: str) -> list[TableRow]:
+    """Every row of the ``kind`` build table in ``folder``, decoded by the kind's spec."""
+    decode = train_kind(kind).table.decode
+    return [decode(row) for row in read_table(folder, schema=kind).to_pylist()]
 
 
-def _answer_text(turn) -> str:
-    return turn[0]["content"] if isinstance(turn, list) else turn
+def encode_row(
+    tokenizer,
+    row: TableRow,
+    *,
+    max_length: int | None,
+    truncation: str = "completion",
+    with_samples: bool = False,
+    cache: dict | None = None,
+) -> tuple[tuple[TokenPair, ...], tuple[TokenPair, ...]]:
+    """The row's answers (and samples) as ``(prompt_ids, completion_ids)``, each answer checked against
+    the token count the reference cache scored. ``cache`` reuses encodings of repeated texts."""
+    cache = {} if cache is None else cache
+
+    def encode(text: str) -> TokenPair:
+        key = (row.prompt_id, text)
+        if key not in cache:
+            pair = encode_pair(tokenizer, row.prompt, text, max_length=max_length, truncation=truncation)
+            cache[key] = (pair.prompt_ids, pair.completion_ids)
+        return cache[key]
+
+    answers = []
+    for answer in row.answers:
+        pair = encode(answer.text)
+        if len(pair[1]) != answer.num_tokens:
+            raise CacheMismatchError(
+                f"prompt_id {row.prompt_id}, {answer.role}: {len(pair[1])} completion tokens here, "
+                f"{answer.num_tokens} when the reference was scored: the reference log-probs were made with "
+                "another tokenizer, chat template, max_length or truncation"
+            )
+        answers.append(pair)
+    samples = tuple(encode(text) for text in row.samples) if with_samples else ()
+    return tuple(answers), samples
 
 
 class TrainingTable:
@@ -62,43 +77,21 @@ class TrainingTable:
         self, folder, kind: str, tokenizer, *, max_length: int, truncation: str, with_samples: bool = False
     ) -> None:
         self.kind = kind
-        table = read_table(folder, schema=kind)
         self.examples: list[Example] = []
-        encoded: dict[tuple[str, str], TokenPair] = {}
-
-        def encode(row: dict, text: str, cached_tokens: int | None, role: str) -> TokenPair:
-            key = (row["prompt_id"], text)
-            if key not in encoded:
-                pair = encode_pair(tokenizer, row["prompt"], text, max_length=max_length, truncation=truncation)
-                encoded[key] = (pair.prompt_ids, pair.completion_ids)
-            pair = encoded[key]
-            if cached_tokens is not None and len(pair[1]) != cached_tokens:
-                raise CacheMismatchError(
-                    f"{folder}: prompt_id {row['prompt_id']}: the {role} answer tokenizes to {len(pair[1])} "
-                    f"completion tokens, the cache scored {cached_tokens}: the reference log-probs were made "
-                    "with another tokenizer, chat template, max_length or truncation"
+        encoded: dict = {}
+        for row in decoded_rows(folder, kind):
+            try:
+                answers, samples = encode_row(
+                    tokenizer,
+                    row,
+                    max_length=max_length,
+                    truncation=truncation,
+                    with_samples=with_samples,
+                    cache=encoded,
                 )
-            return pair
-
-        for row in table.to_pylist():
-            if kind == "mcpo":
-                answers = [encode(row, row["preferred"], row["preferred_num_tokens"], "preferred")]
-                answers += [encode(row, t, n, "pool") for t, n in zip(row["pool"], row["pool_num_tokens"], strict=True)]
-                self.examples.append(Example(tuple(answers), (row["ref_preferred_logp"], *row["ref_pool_logps"])))
-                continue
-            chosen = encode(row, _answer_text(row["chosen"]), row["chosen_num_tokens"], "chosen")
-            rejected = encode(row, _answer_text(row["rejected"]), row["rejected_num_tokens"], "rejected")
-            samples: tuple[TokenPair, ...] = ()
-            if kind == "mpo" and with_samples:
-                samples = tuple(encode(row, t, None, "sample") for t in row["ref_samples"])
-            self.examples.append(
-                Example(
-                    (chosen, rejected),
-                    (row["ref_chosen_logps"], row["ref_rejected_logps"]),
-                    label=row.get("label", 1.0),
-                    samples=samples,
-                )
-            )
+            except CacheMismatchError as exc:
+                raise CacheMismatchError(f"{folder}: {exc}") from None
+            self.examples.append(Example(answers, tuple(a.ref_logp for a in row.answers), row.label, samples))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -124,27 +117,5 @@ class TrainingTable:
 
 
 def collate(kind: str, examples: Sequence[Example]) -> PairBatch | PoolBatch:
-    """A ``PoolBatch`` (mcpo) or ``PairBatch`` (pairwise, mpo) of ``examples``."""
-    if kind == "mcpo":
-        width = max(len(e.answers) - 1 for e in examples)
-        ref_pool = torch.zeros(len(examples), width, dtype=torch.float64)
-        mask = torch.zeros(len(examples), width, dtype=torch.bool)
-        for b, e in enumerate(examples):
-            m = len(e.answers) - 1
-            ref_pool[b, :m] = torch.tensor(e.ref_logps[1:], dtype=torch.float64)
-            mask[b, :m] = True
-        return PoolBatch(
-            chosen=[e.answers[0] for e in examples],
-            pools=[list(e.answers[1:]) for e in examples],
-            ref_chosen_logps=torch.tensor([e.ref_logps[0] for e in examples], dtype=torch.float64),
-            ref_pool_logps=ref_pool,
-            pool_mask=mask,
-        )
-    return PairBatch(
-        chosen=[e.answers[0] for e in examples],
-        rejected=[e.answers[1] for e in examples],
-        ref_chosen_logps=torch.tensor([e.ref_logps[0] for e in examples], dtype=torch.float64),
-        ref_rejected_logps=torch.tensor([e.ref_logps[1] for e in examples], dtype=torch.float64),
-        label=torch.tensor([e.label for e in examples], dtype=torch.float64),
-        samples=[list(e.samples) for e in examples],
-    )
+    """The batch of ``examples`` as the kind's spec makes it (``PoolBatch`` for mcpo, ``PairBatch`` else)."""
+    return train_kind(kind).collate(examples)

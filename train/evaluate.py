@@ -26,12 +26,11 @@ from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
-from prefpool.pipeline.model.scoring import score_pairs
-from prefpool.pipeline.model.tokenize import encode_pair
+from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
-from .eval_ranking import pairwise_metrics, pool_metrics
-
-KINDS = ("pairwise", "mcpo", "mpo")
+from .data import decoded_rows, encode_row
+from .kinds import TRAIN_KINDS
 
 
 def cache_max_length(data: str | Path) -> int:
@@ -71,49 +70,25 @@ def _load(model, tokenizer, device: str):
     return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).to(device), tok
 
 
-def _completions(rows: list[dict], kind: str) -> list[tuple[str, list[dict], list[tuple[str, str, float, int]]]]:
-    """Per row: (prompt_id, prompt, [(role, text, ref_logp, cached num_tokens)]), chosen/preferred first."""
-    out = []
-    for row in rows:
-        if kind == "mcpo":
-            items = [("preferred", row["preferred"], row["ref_preferred_logp"], row["preferred_num_tokens"])]
-            items += [
-                ("pool", t, lp, nt)
-                for t, lp, nt in zip(row["pool"], row["ref_pool_logps"], row["pool_num_tokens"], strict=True)
-            ]
-        else:
-            items = [
-                (side, row[side][0]["content"], row[f"ref_{side}_logps"], row[f"{side}_num_tokens"])
-                for side in ("chosen", "rejected")
-            ]
-        out.append((row["prompt_id"], row["prompt"], items))
-    return out
-
-
 def table_logratios(
-    model: torch.nn.Module, tokenizer, rows: list[dict], kind: str, *, max_length: int | None, max_tokens: int = 16384
+    model: torch.nn.Module,
+    tokenizer,
+    rows: list[TableRow],
+    *,
+    max_length: int | None,
+    max_tokens: int = 16384,
 ) -> list[torch.Tensor]:
-    """Per row, ``log pi - log pi_ref`` of its completions, float64 ``(1 + M,)``, chosen/preferred first."""
+    """Per row, ``log pi - log pi_ref`` of its answers, float64 ``(1 + M,)``, the preferred answer first."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     flat, refs, sizes = [], [], []
-    for pid, prompt, items in _completions(rows, kind):
-        for role, text, ref, cached_tokens in items:
-            enc = encode_pair(tokenizer, prompt, text, max_length=max_length)
-            if len(enc.completion_ids) != cached_tokens:
-                raise PipelineInputError(
-                    f"prompt_id {pid}, {role}: {len(enc.completion_ids)} completion tokens here, "
-                    f"{cached_tokens} when the reference was scored (another tokenizer, chat template "
-                    "or max_length?)"
-                )
-            flat.append((enc.prompt_ids, enc.completion_ids))
-            refs.append(ref)
-        sizes.append(len(items))
-    was_training = model.training
-    model.eval()
-    try:
+    encoded: dict = {}
+    for row in rows:
+        answers, _ = encode_row(tokenizer, row, max_length=max_length, cache=encoded)
+        flat.extend(answers)
+        refs.extend(a.ref_logp for a in row.answers)
+        sizes.append(len(answers))
+    with eval_mode(model):
         logps = score_pairs(model, flat, pad, max_tokens=max_tokens).double()
-    finally:
-        model.train(was_training)
     ratios = logps - torch.tensor(refs, dtype=torch.float64)
     return list(ratios.split(sizes))
 
@@ -133,20 +108,13 @@ def ranking_metrics(
     if manifest is None:
         raise PipelineInputError("no manifest.json: not a finished build output", file=data)
     kind = manifest.identity.schema
-    if kind not in KINDS:
-        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(KINDS)}", file=data)
+    if kind not in TRAIN_KINDS:
+        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(TRAIN_KINDS)}", file=data)
     if max_length is None:
         max_length = cache_max_length(data)
-    rows = read_table(data, schema=kind).to_pylist()
-    ratios = table_logratios(model, tokenizer, rows, kind, max_length=max_length, max_tokens=max_tokens)
-    if kind == "mcpo":
-        metrics = pool_metrics(
-            torch.stack([r[0] for r in ratios]), [r[1:] for r in ratios], beta=beta, tie_atol=tie_atol
-        )
-    else:
-        metrics = pairwise_metrics(
-            torch.stack([r[0] for r in ratios]), torch.stack([r[1] for r in ratios]), beta=beta, tie_atol=tie_atol
-        )
+    rows = decoded_rows(data, kind)
+    ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
+    metrics = TRAIN_KINDS[kind].ranking(ratios, beta=beta, tie_atol=tie_atol)
     return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
 
 

@@ -18,15 +18,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def reduce_step(losses: torch.Tensor, metrics: dict[str, torch.Tensor], pool_width: int | None) -> dict:
+def reduce_step(losses: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict:
     """Means of the per-example ``losses`` ``(N,)`` and ``metrics`` (each ``(N,)``) over one optimizer step.
 
-    ``mcpo/selected`` becomes a histogram of picked pool indices (``pool_width`` bins).
+    ``mcpo/selected`` becomes ``mcpo/selected_hist``, a histogram of the picked pool slots (one bin per
+    slot of the widest pool); draws of the preferred answer itself (index -1, the paper's kernel) are
+    not in it: ``mcpo/chosen_drawn`` is their rate.
     """
     record: dict[str, object] = {"loss": losses.double().mean().item()}
     for name, values in metrics.items():
         if name == "mcpo/selected":
-            record["mcpo/selected_hist"] = torch.bincount(values.long().cpu(), minlength=pool_width or 0).tolist()
+            width = int(metrics["mcpo/num_candidates"].max()) if "mcpo/num_candidates" in metrics else 0
+            picks = values.long().cpu()
+            record["mcpo/selected_hist"] = torch.bincount(picks[picks >= 0], minlength=width).tolist()
             continue
         record[name] = values.double().mean().item()
     return record

@@ -30,7 +30,7 @@ processes draw independently; process ``p > 0`` saves its generator in the check
 as ``kernel_generator_{p}.pt`` (accelerate saves registered objects from the main
 process only). The draws depend on the number of processes (a process draws for its
 ``B`` rows only), so only the deterministic kernels (``max``, ``min``,
-``expectation``) give identical runs for any ``N``.
+``listwise``, ``rao_blackwell``) give identical runs for any ``N``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from .cache_check import cache_parts, check_cache
 from .card import model_card
 from .config import TrainConfig
 from .data import TrainingTable, collate
-from .mcpo_step import PoolBatch
+from .kinds import train_kind
 from .metrics import MetricsLog, peak_memory_mb, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
 
@@ -133,15 +133,6 @@ def _linear_warmup_decay(warmup: int, total: int):
     return factor
 
 
-def _tokens(batch) -> int:
-    pairs = (
-        [*batch.chosen, *(p for pool in batch.pools for p in pool)]
-        if isinstance(batch, PoolBatch)
-        else [*batch.chosen, *batch.rejected, *(s for row in batch.samples for s in row)]
-    )
-    return sum(len(p) + len(c) for p, c in pairs)
-
-
 TRACKER_DIR = "runs"  # output_dir/runs/<tracker_project>/: tensorboard's event files
 
 
@@ -197,6 +188,7 @@ class Trainer:
         self.manifest, _ = checked_shards(cfg.data)
         self.kind = self.manifest.identity.schema
         cfg.check_table(self.kind)
+        self.spec = train_kind(self.kind)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         self.cache = cache_parts(self.manifest, cfg.data)
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
@@ -225,7 +217,7 @@ class Trainer:
             self.tokenizer,
             max_length=self.max_length,
             truncation=cfg.truncation,
-            with_samples=self.kind == "mpo" and cfg.tau > 0,
+            with_samples=self.spec.needs_samples(cfg),
         )
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
@@ -328,13 +320,10 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         start, tokens = time.perf_counter(), 0
         losses, metrics = [], {}
-        pool_width = None
         for k in range(cfg.gradient_accumulation_steps):
             batch = self._next_batch()
             if self.check_step0 and self.state.step == 0 and k == 0 and self.step0_diff is None:
                 self._step0(batch)
-            if isinstance(batch, PoolBatch):
-                pool_width = max(pool_width or 0, batch.pool_mask.shape[1])
             last = k == cfg.gradient_accumulation_steps - 1
             with nullcontext() if last else acc.no_sync(self.model):
                 out = batch_loss(
@@ -347,7 +336,7 @@ class Trainer:
                 )
                 # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
                 acc.backward(out.loss.sum() / cfg.batch_size)
-            tokens += _tokens(batch)
+            tokens += sum(len(p) + len(c) for p, c in self.spec.scored(batch))
             losses.append(out.loss.detach())
             for name, value in out.metrics.items():
                 metrics.setdefault(name, []).append(value.detach())
@@ -365,7 +354,7 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.epoch,
             "lr": lr,
-            **reduce_step(acc.gather(torch.cat(losses)), gathered, pool_width),
+            **reduce_step(acc.gather(torch.cat(losses)), gathered),
             "grad_norm": grad_norm,
             "tokens_per_s": tokens * acc.num_processes / seconds,
             "peak_memory_mb": peak_memory_mb(acc.device),

@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from prefpool.losses import MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
-from prefpool.pipeline.io.read import read_table
-from prefpool.pipeline.model.scoring import pad_pairs
+from prefpool.losses import AVERAGING_KERNELS, CHOSEN_SUPPORT_KERNELS, MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
+from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
+
+from .data import decoded_rows
 
 
 def _turn(text: str) -> list[dict]:
@@ -51,17 +52,17 @@ def mcpo_dataset(data: str | Path):
     """A ``datasets.Dataset`` for ``MCPODPOTrainer`` from a ``build --kind mcpo`` folder."""
     from datasets import Dataset
 
-    rows = read_table(data, schema="mcpo").to_pylist()
+    rows = decoded_rows(data, "mcpo")
     return Dataset.from_list(
         [
             {
-                "prompt": r["prompt"],
-                "chosen": _turn(r["preferred"]),
-                "rejected": _turn(r["pool"][0]),
-                "ref_chosen_logps": r["ref_preferred_logp"],
-                "ref_rejected_logps": r["ref_pool_logps"][0],
-                "pool": r["pool"],
-                "ref_pool_logps": r["ref_pool_logps"],
+                "prompt": r.prompt,
+                "chosen": _turn(r.answers[0].text),
+                "rejected": _turn(r.answers[1].text),
+                "ref_chosen_logps": r.answers[0].ref_logp,
+                "ref_rejected_logps": r.answers[1].ref_logp,
+                "pool": [a.text for a in r.answers[1:]],
+                "ref_pool_logps": [a.ref_logp for a in r.answers[1:]],
             }
             for r in rows
         ]
@@ -72,9 +73,21 @@ def mpo_dataset(data: str | Path):
     """A ``datasets.Dataset`` for ``MPODPOTrainer`` from a ``build --kind mpo`` folder."""
     from datasets import Dataset
 
-    rows = read_table(data, schema="mpo").to_pylist()
-    keys = ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps", "label", "ref_samples")
-    return Dataset.from_list([{k: r[k] for k in keys} for r in rows])
+    rows = decoded_rows(data, "mpo")
+    return Dataset.from_list(
+        [
+            {
+                "prompt": r.prompt,
+                "chosen": _turn(r.answers[0].text),
+                "rejected": _turn(r.answers[1].text),
+                "ref_chosen_logps": r.answers[0].ref_logp,
+                "ref_rejected_logps": r.answers[1].ref_logp,
+                "label": r.label,
+                "ref_samples": list(r.samples),
+            }
+            for r in rows
+        ]
+    )
 
 
 @dataclass
@@ -120,7 +133,7 @@ class PoolCollator(DataCollatorForPreference):
 class MCPOConfig(DPOConfig):
     """``DPOConfig`` plus MC-PO's options. ``beta`` is MC-PO's beta."""
 
-    mcpo_kernel: str = field(default="sample", metadata={"help": "sample | max | min | uniform | expectation"})
+    mcpo_kernel: str = field(default="sample", metadata={"help": " | ".join(MCPO_KERNELS)})
     precompute_ref_log_probs: bool = field(
         default=True, metadata={"help": "must stay True: the reference values come from the dataset"}
     )
@@ -258,8 +271,10 @@ class MCPODPOTrainer(_CachedRefTrainer):
 
     Selection kernels run two passes: the pool is scored without gradient, one
     negative per prompt is picked by ``mcpo_select``, then one forward/backward
-    runs through the preferred and the picked answers. ``expectation`` runs one
-    forward through the preferred answers and the whole pool.
+    runs through the preferred and the picked answers (the paper's ``sample``
+    kernel may draw the preferred answer itself: that row's loss is log 2, with
+    no gradient). The averaging kernels (``listwise``, ``rao_blackwell``) run
+    one forward through the preferred answers and the whole pool.
     """
 
     def _draw_generator(self, device: torch.device) -> torch.Generator:
@@ -273,28 +288,35 @@ class MCPODPOTrainer(_CachedRefTrainer):
         mask, slot = inputs["extra_mask"], inputs["extra_slot"]
         ref_chosen = inputs["ref_chosen_logps"]
         ref_pool = inputs["ref_extra_logps"].to(ref_chosen.dtype)
-        if kernel == "expectation":
+        if kernel in AVERAGING_KERNELS:
             rows = slot[mask]  # slot order = row order
             logps = self._logps_of_rows(model, inputs, batch, rows)
             pool = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps[batch:])
             return mcpo_loss(logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
-        with torch.no_grad():
+        # Pass 1 without gradient or dropout: the kernel samples from the policy itself.
+        with_chosen = kernel in CHOSEN_SUPPORT_KERNELS  # the paper's kernel may draw the preferred answer
+        with torch.no_grad(), eval_mode(model):
             scores = self._logps(
                 model, inputs["extra_input_ids"], inputs["extra_attention_mask"], inputs["extra_completion_mask"]
             )  # (N,)
+            chosen_scores = self._logps_of_rows(model, inputs, batch, None) if with_chosen else None
         pool_scores = scores[slot.clamp(min=0)].masked_fill(~mask, 0.0)  # (B, M)
         selected = mcpo_select(
             pool_scores,
             ref_pool,
+            policy_chosen_logps=chosen_scores,
+            ref_chosen_logps=ref_chosen if with_chosen else None,
             candidate_mask=mask,
             beta=beta,
             kernel=kernel,
             generator=self._draw_generator(pool_scores.device),
-        )
-        picked = slot.gather(1, selected[:, None]).squeeze(1)  # (B,) extra rows
+        )  # (B,), -1 where the preferred answer was drawn
+        in_pool = selected >= 0
+        picked = slot.gather(1, selected.clamp(min=0)[:, None]).squeeze(1)[in_pool]  # extra rows of the picks
         logps = self._logps_of_rows(model, inputs, batch, picked)
-        one_hot = F.one_hot(selected, mask.shape[1]).bool()
-        pool = torch.where(one_hot, logps[batch:, None], pool_scores.to(logps.dtype))
+        picked_logps = torch.zeros(batch, dtype=logps.dtype, device=logps.device).masked_scatter(in_pool, logps[batch:])
+        one_hot = F.one_hot(selected.clamp(min=0), mask.shape[1]).bool() & in_pool[:, None]
+        pool = torch.where(one_hot, picked_logps[:, None], pool_scores.to(logps.dtype))
         return mcpo_loss(
             logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel, selected=selected
         )

@@ -7,13 +7,25 @@ the tokens whose reference log-probs were cached.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from prefpool.losses import sequence_logps
 
 TokenPair = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, completion_ids)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside (dropout off, LoRA dropout included), back in its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def pad_pairs(

@@ -20,7 +20,6 @@ The reference model is held here, for measurement only; training never sees it.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,20 +28,9 @@ from prefpool.pipeline.engines.hf_generation import HFEngine
 from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.io.ids import prompt_id
 from prefpool.pipeline.model.info import load_model_info
-from prefpool.pipeline.model.scoring import completion_logps
+from prefpool.pipeline.model.scoring import completion_logps, eval_mode
 
 from .task import in_language, true_reward
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """``model`` in eval mode inside, back in the mode it came in after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -90,7 +78,7 @@ class Probe:
         """``(prompt ids, completion ids with the eos that ended it, text)`` of every probe sample."""
         from prefpool.pipeline.engines.generation import Request
 
-        with _eval_mode(policy):
+        with eval_mode(policy):
             engine = HFEngine(self.info, batch_size=self.batch_size, device="cpu", model=policy)
             completions = engine.generate(
                 [Request(p, s) for p, s in self.requests], self.params, on_done=lambda _tokens: None
@@ -109,7 +97,7 @@ class Probe:
         """Sample from ``policy`` (left in the mode it came in) and measure; see the module docstring."""
         drawn = self.samples(policy)
         seqs = [(prompt, completion) for prompt, completion, _ in drawn]
-        with _eval_mode(policy):
+        with eval_mode(policy):
             policy_logps = self._logps(policy, seqs)
         reference_logps = self._logps(self.reference, seqs)
         texts = [text for _, _, text in drawn]

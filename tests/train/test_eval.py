@@ -15,8 +15,8 @@ import torch
 from test_eval_support import MAX_LENGTH, mcpo_row, pairwise_row, write_table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.testing import build_tiny_llama
+from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.eval_ranking import pool_metrics
 from prefpool.train.evaluate import cache_max_length, evaluate
 
@@ -114,7 +114,7 @@ def test_max_length_is_read_from_the_manifest_and_checked(tiny, tmp_path):
     assert cache_max_length(data) == 16
     r = evaluate(model, data, tokenizer=tok)["ranking"]
     assert r["max_length"] == 16 and r["tie_rate"] == 1.0
-    with pytest.raises(PipelineInputError, match="completion tokens here"):
+    with pytest.raises(CacheMismatchError, match="completion tokens here"):
         evaluate(model, data, tokenizer=tok, max_length=64)
 
 

@@ -205,8 +205,9 @@ def test_mcpo_sample_kernel_fsdp_equals_ddp_and_resumes(world, tmp_path):
         fsdp=True,
     )
     assert_same_training(tmp_path / "ddp", tmp_path / "fsdp")
-    hists = [r["mcpo/selected_hist"] for r in read_metrics(tmp_path / "fsdp" / "metrics.jsonl")]
-    assert all(sum(h) == 4 for h in hists)  # the picks of both processes were gathered
+    records = read_metrics(tmp_path / "fsdp" / "metrics.jsonl")
+    # the draws of both processes were gathered: pool slots in the histogram, the preferred answer in chosen_drawn
+    assert all(sum(r["mcpo/selected_hist"]) + round(r["mcpo/chosen_drawn"] * 4) == 4 for r in records)
 
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert (step2 / "pytorch_model_fsdp_0" / ".metadata").exists()  # sharded (DCP), not a full file

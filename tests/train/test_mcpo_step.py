@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from prefpool.losses import mcpo_loss
 from prefpool.pipeline.model.scoring import completion_logps, pad_pairs, score_pairs
 from prefpool.testing import build_tiny_llama
-from prefpool.train.mcpo_step import PoolBatch, mcpo_step_loss
+from prefpool.train.kinds.mcpo import PoolBatch, mcpo_step_loss
 
 torch.set_num_threads(1)
 
@@ -82,7 +82,7 @@ def _grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("kernel", ["sample", "max", "min", "uniform", "expectation"])
+@pytest.mark.parametrize("kernel", ["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"])
 def test_two_pass_equals_one_pass(model, kernel):
     batch = _batch([3, 1, 4, 2])
     seed = 11

@@ -3,7 +3,7 @@
 Step-0 checks compare the trainer's loss on its first batch with our loss computed
 independently: policy log-probs from ``score_pairs`` on ``encode_pair`` tokens, the
 reference values from the table. With reference = policy every log-ratio is 0, so a
-selection kernel gives ln 2 = 0.6931 and ``expectation`` gives ln(1 + M).
+selection kernel (and ``rao_blackwell``) gives ln 2 = 0.6931 and ``listwise`` gives ln(1 + M).
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def _rows_of_batch(batch, rows, tok):
     return out
 
 
-@pytest.mark.parametrize("kernel", ["sample", "expectation"])
+@pytest.mark.parametrize("kernel", ["sample", "sample_pool", "rao_blackwell", "listwise"])
 def test_mcpo_step0_policy_is_reference(tiny, tmp_path, kernel):
-    """Reference = policy: every reward 0; selection kernel loss ln 2, expectation mean ln(1 + M)."""
+    """Reference = policy: every reward 0; selection kernels and rao_blackwell ln 2, listwise mean ln(1 + M)."""
     path, tok = tiny
     data, rows = _mcpo_table(path, tok, tmp_path)
     trainer = MCPODPOTrainer(
@@ -129,7 +129,7 @@ def test_mcpo_step0_policy_is_reference(tiny, tmp_path, kernel):
     )
     loss, batch = _first_batch_loss(trainer)
     sizes = [len(r["pool"]) for r in _rows_of_batch(batch, rows, tok)]
-    want = math.log(2) if kernel == "sample" else sum(math.log(1 + m) for m in sizes) / len(sizes)
+    want = math.log(2) if kernel != "listwise" else sum(math.log(1 + m) for m in sizes) / len(sizes)
     assert loss == pytest.approx(want, abs=1e-5)
 
 
