@@ -72,24 +72,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from harness import small_llama
 
     from prefpool.pipeline.engines.generation import Request
     from prefpool.pipeline.engines.hf_generation import HFEngine
     from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
     from prefpool.pipeline.engines.vllm_generation import VLLMEngine
     from prefpool.pipeline.model.info import load_model_info
-    from prefpool.testing import build_tiny_llama
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_llama(
-            Path(tmp) / "model",
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=args.hidden // 64,
-            intermediate_size=4 * args.hidden,
-            max_position_embeddings=512,
-        )
+        folder = small_llama(Path(tmp) / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers)
         info = load_model_info(folder)
         requests = [
             Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, i))

@@ -32,13 +32,11 @@ log-probs and of ``hidden.grad`` between the two variants.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
+from harness import dispatch, emit, run_child
 from peak_memory import PeakMemory
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -120,18 +118,16 @@ def child(args) -> None:
             seconds = time.perf_counter() - start
         extra_mib, method = memory.extra_mib, memory.method
     torch.save({"logps": logps.cpu(), "grad": hidden.grad[:, ::7].float().cpu()}, args.out)
-    print(
-        json.dumps(
-            {
-                "variant": args.variant,
-                "peak_extra_mib": extra_mib,
-                "saved_mib": saved.bytes / 2**20,
-                "seconds": seconds,
-                "method": method,
-                "device": device,
-                "tokens": int(inputs[3].sum()),
-            }
-        )
+    emit(
+        {
+            "variant": args.variant,
+            "peak_extra_mib": extra_mib,
+            "saved_mib": saved.bytes / 2**20,
+            "seconds": seconds,
+            "method": method,
+            "device": device,
+            "tokens": int(inputs[3].sum()),
+        }
     )
 
 
@@ -144,30 +140,16 @@ def parent(args) -> None:
             results = {}
             for variant in VARIANTS:
                 out = os.path.join(tmp, f"{vocab}-{variant}.pt")
-                cmd = [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--child",
-                    "--variant",
-                    variant,
-                    "--out",
-                    out,
-                    "--batch",
-                    str(args.batch),
-                    "--seq",
-                    str(args.seq),
-                    "--width",
-                    str(args.width),
-                    "--vocab",
-                    str(vocab),
-                    "--dtype",
-                    args.dtype,
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr)
-                    raise SystemExit(f"{vocab}/{variant}: child failed with exit code {proc.returncode}")
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row = run_child(
+                    __file__,
+                    variant=variant,
+                    out=out,
+                    batch=args.batch,
+                    seq=args.seq,
+                    width=args.width,
+                    vocab=vocab,
+                    dtype=args.dtype,
+                )
                 row["vocab"] = vocab
                 results[variant] = torch.load(out)
                 rows.append(row)
@@ -209,14 +191,9 @@ def main() -> None:
     parser.add_argument("--vocabs", default="8192,49152,151936")
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-    else:
-        parent(args)
+    dispatch(parser, parent, child)
 
 
 if __name__ == "__main__":

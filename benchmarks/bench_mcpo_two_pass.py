@@ -28,13 +28,11 @@ the ratios one-pass/two-pass.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import dispatch, emit, run_child, small_llama
 from peak_memory import PeakMemory
 
 
@@ -103,58 +101,34 @@ def child(args) -> None:
         for i in range(args.steps):
             step(i + 1)
         seconds = time.perf_counter() - start
-    print(
-        json.dumps(
-            {
-                "steps_per_s": args.steps / seconds,
-                "peak_extra_mib": memory.extra_mib,
-                "method": memory.method,
-                "threads": torch.get_num_threads(),
-            }
-        )
+    emit(
+        {
+            "steps_per_s": args.steps / seconds,
+            "peak_extra_mib": memory.extra_mib,
+            "method": memory.method,
+            "threads": torch.get_num_threads(),
+        }
     )
 
 
 def parent(args) -> None:
-    from prefpool.testing import build_tiny_llama
-
     pools = [int(m) for m in args.pools.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_llama(
-            Path(tmp) / "model",
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=args.hidden // 64,
-            intermediate_size=4 * args.hidden,
-            max_position_embeddings=512,
-        )
+        model_dir = small_llama(Path(tmp) / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers)
         for pool in pools:
-            result = {}
-            for variant in ("two-pass", "one-pass"):
-                cmd = [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--child",
-                    "--variant",
-                    variant,
-                    "--model-dir",
-                    str(model_dir),
-                    "--pool",
-                    str(pool),
-                    "--batch",
-                    str(args.batch),
-                    "--steps",
-                    str(args.steps),
-                    "--vocab",
-                    str(args.vocab),
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr)
-                    raise SystemExit(f"{variant} M={pool}: child failed ({proc.returncode})")
-                result[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = {
+                variant: run_child(
+                    __file__,
+                    variant=variant,
+                    model_dir=model_dir,
+                    pool=pool,
+                    batch=args.batch,
+                    steps=args.steps,
+                    vocab=args.vocab,
+                )
+                for variant in ("two-pass", "one-pass")
+            }
             rows.append((pool, result))
 
     first = rows[0][1]["two-pass"]
@@ -185,15 +159,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--pool", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-    else:
-        parent(args)
+    dispatch(parser, parent, child)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,11 @@ between naive and each chunked variant.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
+from harness import dispatch, emit, run_child
 from peak_memory import PeakMemory
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -105,16 +103,14 @@ def child(args) -> None:
         seconds = time.perf_counter() - start
 
     torch.save({"logps": logps, "grad": logits.grad[:, ::37].clone()}, args.out)
-    print(
-        json.dumps(
-            {
-                "variant": args.variant,
-                "peak_extra_mib": memory.extra_mib,
-                "seconds": seconds,
-                "method": memory.method,
-                "tokens": int(mask[:, 1:].sum()),
-            }
-        )
+    emit(
+        {
+            "variant": args.variant,
+            "peak_extra_mib": memory.extra_mib,
+            "seconds": seconds,
+            "method": memory.method,
+            "tokens": int(mask[:, 1:].sum()),
+        }
     )
 
 
@@ -126,28 +122,9 @@ def parent(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             out = os.path.join(tmp, f"{variant}.pt")
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--child",
-                "--variant",
-                variant,
-                "--out",
-                out,
-                "--batch",
-                str(args.batch),
-                "--seq",
-                str(args.seq),
-                "--vocab",
-                str(args.vocab),
-                "--dtype",
-                args.dtype,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                raise SystemExit(f"{variant}: child failed with exit code {proc.returncode}")
-            rows[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows[variant] = run_child(
+                __file__, variant=variant, out=out, batch=args.batch, seq=args.seq, vocab=args.vocab, dtype=args.dtype
+            )
             results[variant] = torch.load(out)
 
     b, t, v = args.batch, args.seq, args.vocab
@@ -185,14 +162,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-    else:
-        parent(args)
+    dispatch(parser, parent, child)
 
 
 if __name__ == "__main__":

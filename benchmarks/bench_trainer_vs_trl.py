@@ -47,12 +47,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import dispatch, emit, run_child, small_llama
 from peak_memory import PeakMemory
 
 VARIANTS = ("prefpool", "trl-ref-model", "trl-precompute")
@@ -223,28 +222,20 @@ def child(args) -> None:
         method=memory.method,
         threads=torch.get_num_threads(),
     )
-    print(json.dumps(result))
+    emit(result)
 
 
 # -- parent -----------------------------------------------------------------------------------------
 
 
 def parent(args) -> None:
-    from prefpool.testing import build_tiny_llama
-
     words = tuple(int(w) for w in args.words.split(","))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        model_dir = build_tiny_llama(
-            root / "model",
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=args.hidden // 64,
-            intermediate_size=4 * args.hidden,
-            max_position_embeddings=MAX_LENGTH,
+        model_dir = small_llama(
+            root / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers, max_positions=MAX_LENGTH
         )
         data = make_table(root / "data", model_dir, (args.steps + 1) * args.batch, words)
         setup_s = time.perf_counter() - start
@@ -256,28 +247,16 @@ def parent(args) -> None:
             "TRANSFORMERS_VERBOSITY": "error",
         }
         for variant in VARIANTS:
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--child",
-                "--variant",
-                variant,
-                "--model-dir",
-                str(model_dir),
-                "--data",
-                str(data),
-                "--work",
-                str(root / variant),
-                "--steps",
-                str(args.steps),
-                "--batch",
-                str(args.batch),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-                raise SystemExit(f"{variant}: child failed ({proc.returncode})")
-            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[variant] = run_child(
+                __file__,
+                env=env,
+                variant=variant,
+                model_dir=model_dir,
+                data=data,
+                work=root / variant,
+                steps=args.steps,
+                batch=args.batch,
+            )
 
     base = results["prefpool"]
     print(
@@ -317,16 +296,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--words", default="40,90", help="answer length range in words")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-    else:
-        parent(args)
+    dispatch(parser, parent, child)
 
 
 if __name__ == "__main__":

