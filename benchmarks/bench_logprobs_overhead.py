@@ -13,7 +13,7 @@ hundred distinct (prompt, answer) sequences of 1-8 sentences).
 - ``stage``: wall time of the whole ``logprobs(...)`` call into a fresh
   folder, model loading included (what a user waits for). Best of ``--repeats``.
 - ``bare``: the same sequences (``tokenize.encode_pair``, done before timing),
-  the same batches (``logprobs_engine.plan_batches`` with the same
+  the same batches (``scoring.plan_batches`` with the same
   ``batch_tokens``), right-padded; timed: ``model(...).logits``,
   ``log_softmax``, gather of the next tokens, masked sum over completion
   tokens. No I/O, model loaded before timing, one warm-up batch. Best of
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
-from prefpool.pipeline.engines.logprob_engines import plan_batches
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.logprobs import logprobs
+from prefpool.pipeline.model.scoring import plan_batches
 from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.testing import build_tiny_llama, default_corpus
 

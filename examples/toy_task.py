@@ -12,9 +12,11 @@ Data flow (the same in both examples):
 2. ``cache_reference_logps``: score the chosen answer and the pool ONCE with the
    initial model under ``torch.no_grad`` and keep the numbers in the features.
    No reference model is held after that; the trained model is the only one.
-3. ``collate``: pad the chosen rows and the candidate rows into one batch that
-   carries the cached reference log-probs.
-4. ``mcpo_batch_loss``: one forward pass, ``sequence_logps``, ``mcpo_loss``.
+3. ``collate``: the chosen rows and the candidate rows of a batch, as token
+   pairs, with the cached reference log-probs.
+4. ``mcpo_batch_loss``: one forward pass through prefpool's scoring path
+   (``prefpool.pipeline.model.scoring.completion_logps``: padded rows, log-probs
+   from the last hidden states), then ``mcpo_loss``.
 
 The reference values and the policy values come out of the same function
 (``completion_logps``), so at step 0 policy == reference and the loss is ln 2.
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prefpool.losses import LossOutput, mcpo_loss, sequence_logps
-from prefpool.pipeline.model.scoring import pad_pairs
+from prefpool.losses import LossOutput, mcpo_loss
+from prefpool.pipeline.model import scoring
 from prefpool.pipeline.model.tokenize import encode_pair
 
 WORDS = (
@@ -95,11 +97,11 @@ def encode_example(tokenizer, example: ToyExample) -> dict:
 
 
 def collate(features: list[dict], pad_token_id: int) -> dict:
-    """Pad B chosen rows then B*M candidate rows (right padding) into one batch.
+    """B chosen rows then B*M candidate rows, as ``(prompt_ids, completion_ids)`` pairs.
 
-    Returns ``input_ids`` / ``attention_mask`` / ``completion_mask`` ``(B*(1+M), T)``,
-    ``num_candidates`` M, and, when the features carry them, the cached
-    ``ref_chosen_logps`` ``(B,)`` and ``ref_candidate_logps`` ``(B, M)``.
+    Returns ``pairs`` (``B*(1+M)`` of them), ``pad_token_id``, ``num_candidates`` M,
+    and, when the features carry them, the cached ``ref_chosen_logps`` ``(B,)``
+    and ``ref_candidate_logps`` ``(B, M)``.
     """
     pool = {len(f["candidate_ids"]) for f in features}
     if len(pool) != 1:
@@ -108,7 +110,7 @@ def collate(features: list[dict], pad_token_id: int) -> dict:
         )
     rows = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
     rows += [(f["prompt_ids"], c) for f in features for c in f["candidate_ids"]]
-    batch = {**pad_pairs(rows, pad_token_id), "num_candidates": pool.pop()}
+    batch = {"pairs": rows, "pad_token_id": pad_token_id, "num_candidates": pool.pop()}
     if "ref_chosen_logps" in features[0]:
         batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features])
         batch["ref_candidate_logps"] = torch.tensor([f["ref_candidate_logps"] for f in features])
@@ -117,12 +119,7 @@ def collate(features: list[dict], pad_token_id: int) -> dict:
 
 def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs: chosen ``(B,)`` and candidates ``(B, M)``."""
-    input_ids = batch["input_ids"]
-    logits = model(
-        input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False
-    ).logits  # (B*(1+M), T, V)
-    # sequence_logps is aligned, not shifted: logits[:, t] predicts input_ids[:, t + 1].
-    logps, _ = sequence_logps(logits[:, :-1], input_ids[:, 1:], batch["completion_mask"][:, 1:])
+    logps, _ = scoring.completion_logps(model, batch["pairs"], batch["pad_token_id"])  # (B*(1+M),)
     m = batch["num_candidates"]
     b = logps.shape[0] // (1 + m)
     return logps[:b], logps[b:].view(b, m)

@@ -76,7 +76,7 @@ def test_example_learns_with_one_model(name, monkeypatch, tmp_path):
 
 
 def test_toy_task_batch_layout(tmp_path):
-    """Collated rows are B chosen then B*M candidates; masks cover exactly the completions."""
+    """Collated rows are B chosen then B*M candidates, each the example's prompt and that answer."""
     toy = _import("toy_task")
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path, num_layers=1))
     examples = toy.make_examples(seed=0)
@@ -87,14 +87,12 @@ def test_toy_task_batch_layout(tmp_path):
         f["ref_candidate_logps"] = [-2.0, -3.0, -4.0, -5.0]
     batch = toy.collate(features, tokenizer.pad_token_id)
 
-    rows = batch["input_ids"].shape[0]
-    assert rows == 3 * (1 + 4) and batch["num_candidates"] == 4
+    assert len(batch["pairs"]) == 3 * (1 + 4) and batch["num_candidates"] == 4
     assert batch["ref_chosen_logps"].shape == (3,) and batch["ref_candidate_logps"].shape == (3, 4)
     completions = [f["chosen_ids"] for f in features] + [c for f in features for c in f["candidate_ids"]]
-    for i, completion in enumerate(completions):
-        picked = batch["input_ids"][i][batch["completion_mask"][i]].tolist()
-        assert picked == completion and completion[-1] == tokenizer.eos_token_id
-    assert not (batch["completion_mask"] & ~batch["attention_mask"]).any()
+    prompts = [f["prompt_ids"] for f in features] + [f["prompt_ids"] for f in features for _ in range(4)]
+    for (prompt, completion), want_prompt, want in zip(batch["pairs"], prompts, completions, strict=True):
+        assert (prompt, completion) == (want_prompt, want) and completion[-1] == tokenizer.eos_token_id
 
     features[1] = {**features[1], "candidate_ids": features[1]["candidate_ids"][:2]}
     with pytest.raises(ValueError, match="^features"):

@@ -80,6 +80,29 @@ class TrainConfig:
         default="no", metadata=_help("accelerate autocast: no | bf16 | fp16 (raise step0_tolerance with it).")
     )
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in backward."))
+    group_by_length: bool = field(
+        default=False,
+        metadata=_help(
+            "Put rows of similar length in the same micro-batch (less padding): within windows of 16 optimizer "
+            "steps the rows are sorted by length and cut into steps, in a shuffled order; reproducible and resumable."
+        ),
+    )
+    packing: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata=_help(
+            "Gradient pass: the micro-batch's sequences end to end in one row, no padding. auto = only with "
+            "flash_attention_2/3 (varlen, CUDA) | on = also sdpa/eager (a block-diagonal mask: correct, attention "
+            "costs grow with the square of the packed length) | off."
+        ),
+    )
+    logprobs_from: Literal["auto", "hidden", "logits"] = field(
+        default="auto",
+        metadata=_help(
+            "Policy log-probs from: hidden = the last hidden states, the LM head run in tiles over the completion "
+            "positions only (no (B, T, V) logits) | logits = the model's full logits | auto = hidden where the "
+            "model's head is a plain linear layer that matches the model's own logits, else logits."
+        ),
+    )
     score_max_tokens: int = field(default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch."))
 
     lora_r: int = field(

@@ -12,6 +12,18 @@ Batches: the row order of epoch ``e`` is a shuffle seeded by ``(seed, e)``;
 an epoch has ``rows // global_batch`` micro-batches (the remainder is skipped,
 so every optimizer step holds the same number of examples). The data position
 ``(epoch, micro-batch)`` is all a resumed run needs to continue the stream.
+
+Length grouping (``group_rows``, the trainer's ``group_by_length``): the
+shuffled order is cut into windows of ``GROUP_WINDOW`` optimizer steps; in a
+window the rows are sorted by length (longest first) and cut into steps, and
+the steps are put in an order shuffled with ``(seed, epoch)``. A micro-batch
+then holds rows of similar length, so little of its forward goes to padding,
+while which rows share an optimizer step is still random at the scale of a
+window. The order stays a pure function of ``(seed, epoch)`` and the step's
+row count: resuming needs nothing more, and every process computes the same
+order. Grouping by the optimizer step's rows (not a micro-batch's) keeps
+"batch 8 x 1 step == batch 1 x 8 accumulation steps": both see the same rows
+in every step.
 """
 
 from __future__ import annotations
@@ -70,6 +82,24 @@ def encode_row(
     return tuple(answers), samples
 
 
+GROUP_WINDOW = 16  # optimizer steps whose rows are sorted together by length
+
+
+def length_grouped(order: Sequence[int], widths: Sequence[int], step_rows: int, rng: random.Random) -> list[int]:
+    """``order`` regrouped: per window of ``GROUP_WINDOW * step_rows`` rows, sorted by ``widths``
+    (longest first, ties in ``order``'s order), cut into steps of ``step_rows``, the steps shuffled
+    with ``rng``. Rows past the last whole step keep their place at the end (an epoch skips them)."""
+    whole = len(order) - len(order) % step_rows
+    out: list[int] = []
+    window = GROUP_WINDOW * step_rows
+    for start in range(0, whole, window):
+        rows = sorted(order[start : min(start + window, whole)], key=lambda i: -widths[i])
+        steps = [rows[k : k + step_rows] for k in range(0, len(rows), step_rows)]
+        rng.shuffle(steps)
+        out += [i for step in steps for i in step]
+    return out + list(order[whole:])
+
+
 class TrainingTable:
     """Rows of a ``build`` output, tokenized once with the cache's settings."""
 
@@ -78,6 +108,7 @@ class TrainingTable:
     ) -> None:
         self.kind = kind
         self.examples: list[Example] = []
+        self._order: tuple[tuple, list[int]] | None = None
         encoded: dict = {}
         for row in decoded_rows(folder, kind):
             try:
@@ -99,18 +130,38 @@ class TrainingTable:
     def batches_per_epoch(self, global_batch: int) -> int:
         return len(self.examples) // global_batch
 
-    def order(self, seed: int, epoch: int) -> list[int]:
-        """The row order of ``epoch``: the same for the same (seed, epoch), in any process."""
+    def order(self, seed: int, epoch: int, *, group_rows: int | None = None) -> list[int]:
+        """The row order of ``epoch``: the same for the same (seed, epoch), in any process.
+
+        ``group_rows``: the rows of one optimizer step; grouped by length in windows of
+        ``GROUP_WINDOW`` steps (see the module docstring). None: the plain shuffle."""
+        key = (seed, epoch, group_rows)
+        if self._order is None or self._order[0] != key:  # one epoch's order serves all its micro-batches
+            self._order = (key, self._make_order(seed, epoch, group_rows))
+        return self._order[1]
+
+    def _make_order(self, seed: int, epoch: int, group_rows: int | None) -> list[int]:
         order = list(range(len(self.examples)))
         random.Random(f"prefpool-data:{seed}:{epoch}").shuffle(order)
-        return order
+        if group_rows is None:
+            return order
+        widths = [max(len(p) + len(c) for p, c in e.answers) for e in self.examples]
+        return length_grouped(order, widths, group_rows, random.Random(f"prefpool-groups:{seed}:{epoch}"))
 
     def micro_batch(
-        self, seed: int, epoch: int, index: int, *, batch_size: int, process: int = 0, num_processes: int = 1
+        self,
+        seed: int,
+        epoch: int,
+        index: int,
+        *,
+        batch_size: int,
+        process: int = 0,
+        num_processes: int = 1,
+        group_rows: int | None = None,
     ) -> list[Example]:
-        """This process's ``batch_size`` rows of micro-batch ``index`` of ``epoch``."""
+        """This process's ``batch_size`` rows of micro-batch ``index`` of ``epoch`` (``group_rows``: see ``order``)."""
         start = (index * num_processes + process) * batch_size
-        rows = self.order(seed, epoch)[start : start + batch_size]
+        rows = self.order(seed, epoch, group_rows=group_rows)[start : start + batch_size]
         if len(rows) != batch_size:
             raise IndexError(f"epoch {epoch} has no micro-batch {index}")
         return [self.examples[i] for i in rows]

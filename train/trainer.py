@@ -3,8 +3,14 @@
 No reference model is loaded: the reference enters only as the cached numbers.
 Before training: the loss must fit the table kind, the cache key parts must
 match (``cache_check``), and on the first micro-batch the policy's log-probs
-(``scoring.completion_logps``, the training code path) must equal the cached
-values within ``step0_tolerance``.
+(``scoring.completion_logps``, the training code path, which the ``logprobs``
+stage's hf engine also runs) must equal the cached values within
+``step0_tolerance``.
+
+Scoring (``pipeline.model.scoring``): log-probs from the last hidden states,
+the LM head run in tiles over completion positions only (``logprobs_from``),
+optionally packed (``packing``); micro-batches optionally grouped by length
+(``group_by_length``, ``data.length_grouped``).
 
 Loss normalization: per-example losses are summed and divided by the number
 of examples in the optimizer step over all processes (``batch_size x
@@ -291,6 +297,7 @@ class Trainer:
         cfg = self.cfg
         if self.state.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
             self.state.epoch, self.state.micro = self.state.epoch + 1, 0
+        step_rows = cfg.batch_size * self.accelerator.num_processes * cfg.gradient_accumulation_steps
         examples = self.table.micro_batch(
             cfg.seed,
             self.state.epoch,
@@ -298,12 +305,13 @@ class Trainer:
             batch_size=cfg.batch_size,
             process=self.accelerator.process_index,
             num_processes=self.accelerator.num_processes,
+            group_rows=step_rows if cfg.group_by_length else None,
         )
         self.state.micro += 1
         return collate(self.kind, examples)
 
     def _step0(self, batch) -> None:
-        diff = step0_difference(self.model, batch, pad_token_id=self.pad)
+        diff = step0_difference(self.model, batch, self.cfg, pad_token_id=self.pad)
         self.step0_diff = diff
         self.accelerator.print(f"train: step-0 max |policy - cached reference| log-prob = {diff:.3g} nats")
         if not diff <= self.cfg.step0_tolerance:

@@ -28,7 +28,7 @@ from prefpool.pipeline.engines.hf_generation import HFEngine
 from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.io.ids import prompt_id
 from prefpool.pipeline.model.info import load_model_info
-from prefpool.pipeline.model.scoring import completion_logps, eval_mode
+from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
 from .task import in_language, true_reward
 
@@ -50,7 +50,7 @@ class Probe:
         max_new_tokens: int = 32,
         seed: int = 0,
         batch_size: int = 64,
-        score_batch_size: int = 64,
+        score_max_tokens: int = 16384,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -64,15 +64,11 @@ class Probe:
             for m in prompts
             for i in range(samples_per_prompt)
         ]
-        self.batch_size, self.score_batch_size = batch_size, score_batch_size
+        self.batch_size, self.score_max_tokens = batch_size, score_max_tokens
 
-    @torch.inference_mode()
     def _logps(self, model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(seqs), self.score_batch_size):
-            logps, _ = completion_logps(model, seqs[start : start + self.score_batch_size], self.info.pad_token_id)
-            out += logps.double().tolist()
-        return out
+        # The scoring path of the pipeline and the trainer: length-bucketed, from hidden states.
+        return score_pairs(model, seqs, self.info.pad_token_id, max_tokens=self.score_max_tokens).double().tolist()
 
     def samples(self, policy: torch.nn.Module) -> list[tuple[list[int], list[int], str]]:
         """``(prompt ids, completion ids with the eos that ended it, text)`` of every probe sample."""

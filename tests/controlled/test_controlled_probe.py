@@ -60,7 +60,7 @@ def test_kl_is_the_mean_log_ratio_of_the_sampled_tokens(task_data):
         max_new_tokens=24,
         seed=3,
         batch_size=5,
-        score_batch_size=3,
+        score_max_tokens=60,  # several scoring batches
     )
     policy, reference = _perturbed(task_data.reference), _load(task_data.reference)
     measured = probe.measure(policy)

@@ -21,6 +21,7 @@ from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.pipeline.merge import merge
+from prefpool.pipeline.model.scoring import plan_batches
 from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
@@ -130,7 +131,7 @@ def test_batching_does_not_change_values(tiny, examples, tmp_path):
 
 def test_batches_are_sorted_by_length_within_the_token_budget():
     lengths = [5, 1, 4, 4, 2, 9]
-    batches = logprobs_engine.plan_batches(lengths, batch_tokens=8)
+    batches = plan_batches(lengths, 8)
     assert batches == [[1, 4], [2, 3], [0], [5]]  # 9 > budget: a batch of its own
     for batch in batches[:-1]:
         assert max(lengths[i] for i in batch) * len(batch) <= 8

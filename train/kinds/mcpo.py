@@ -3,7 +3,10 @@
 Pass 1 scores the candidates under the current policy without gradient and
 with dropout off (``eval_mode``: the kernel must sample from the policy, not
 from a dropout-perturbed copy of it), batched by length, and picks one answer
-per prompt with ``mcpo_select``. The paper's ``sample`` kernel (Chen et al.
+per prompt with ``mcpo_select``. A row's answers share its prompt, which pass 1
+runs once and scores every answer against (``share_prompts``: its keys and
+values are cached, ``pipeline.model.prompt_cache``), so pass 1 costs about the
+answers' lengths, not ``M`` times prompt + answer. The paper's ``sample`` kernel (Chen et al.
 2025, arXiv 2502.04567, Sec. 3) draws from the preferred answer *and* the
 pool, so pass 1 scores the preferred answers too. Pass 2 runs forward/backward
 on the preferred answers and the picked pool answers only; a row whose draw
@@ -90,6 +93,9 @@ def mcpo_step_loss(
     generator: torch.Generator | None = None,
     score_max_tokens: int = 16384,
     lockstep: bool = False,
+    share_prompts: bool = True,
+    packing: bool | None = None,
+    method: str | None = None,
 ) -> LossOutput:
     """Per-example MC-PO loss ``(B,)`` for one batch, ready for ``.backward()``.
 
@@ -97,7 +103,10 @@ def mcpo_step_loss(
     ``uniform``) this runs the two passes above; with an averaging kernel, one
     pass through the whole pool. Metrics are those of ``mcpo_loss`` over the
     whole pool. ``lockstep``: see ``score_pairs`` (all processes run pass 1 in
-    as many forwards; for sharded models).
+    as many forwards; for sharded models). ``share_prompts``: pass 1 runs each
+    prompt once (False: every answer as a full sequence; the same scores up to
+    float rounding). ``packing``, ``method``: how the gradient pass scores
+    (``scoring.completion_logps``).
     """
     device = next(model.parameters()).device
     ref_chosen = batch.ref_chosen_logps.to(device)
@@ -108,8 +117,11 @@ def mcpo_step_loss(
     rows = torch.tensor([b for b, _ in slots], device=device)
     cols = torch.tensor([i for _, i in slots], device=device)
 
+    def with_grad(pairs):  # the gradient pass
+        return completion_logps(model, pairs, pad_token_id, packing=packing, method=method)[0]
+
     if kernel in AVERAGING_KERNELS:
-        logps, _ = completion_logps(model, [*batch.chosen, *(batch.pools[b][i] for b, i in slots)], pad_token_id)
+        logps = with_grad([*batch.chosen, *(batch.pools[b][i] for b, i in slots)])
         policy_pool = torch.zeros(mask.shape, dtype=logps.dtype, device=device)
         policy_pool = policy_pool.index_put((rows, cols), logps[size:])
         return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
@@ -118,7 +130,15 @@ def mcpo_step_loss(
     with_chosen = kernel in CHOSEN_SUPPORT_KERNELS  # the paper's kernel can draw the preferred answer
     scored = [batch.pools[b][i] for b, i in slots] + (list(batch.chosen) if with_chosen else [])
     with eval_mode(model):
-        scores = score_pairs(model, scored, pad_token_id, max_tokens=score_max_tokens, lockstep=lockstep).to(device)
+        scores = score_pairs(
+            model,
+            scored,
+            pad_token_id,
+            max_tokens=score_max_tokens,
+            lockstep=lockstep,
+            share_prompts=share_prompts,
+            method=method,
+        ).to(device)
     pool_scores = torch.zeros(mask.shape, dtype=torch.float32, device=device)
     pool_scores[rows, cols] = scores[: len(slots)]
     chosen_scores = scores[len(slots) :] if with_chosen else None
@@ -135,7 +155,7 @@ def mcpo_step_loss(
 
     # Pass 2: forward/backward through the preferred answers and the picked pool answers only.
     picks = [(b, i) for b, i in enumerate(selected.tolist()) if i >= 0]
-    logps, _ = completion_logps(model, [*batch.chosen, *(batch.pools[b][i] for b, i in picks)], pad_token_id)
+    logps = with_grad([*batch.chosen, *(batch.pools[b][i] for b, i in picks)])
     in_pool = selected >= 0
     picked_slot = torch.nn.functional.one_hot(selected.clamp(min=0), mask.shape[1]).bool() & in_pool[:, None]
     picked_logps = torch.zeros(size, dtype=logps.dtype, device=device)
@@ -165,6 +185,8 @@ def loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
         generator=options.generator,
         score_max_tokens=cfg.score_max_tokens,
         lockstep=options.lockstep,
+        packing=options.packing,
+        method=options.method,
     )
     return out, None, None  # the preferred answers' log-probs stay inside the step
 

@@ -34,7 +34,7 @@ def _sample_logps(logps: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, 
 
 def loss(model, batch: PairBatch, cfg, options: StepOptions) -> KindLoss:
     size = len(batch.chosen)
-    logps, counts = pairwise.pair_logps(model, batch, options.pad_token_id)
+    logps, counts = pairwise.pair_logps(model, batch, options)
     sample_logps = sample_mask = None
     if any(batch.samples):
         sample_logps, sample_mask = _sample_logps(logps, batch)

@@ -40,12 +40,17 @@ def collate(examples: Sequence[Example], kind: str = "pairwise") -> PairBatch:
     )
 
 
-def pair_logps(model, batch: PairBatch, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward over chosen + rejected + the flattened samples: ``(logps (N,), counts (N,))``
-    and the device; chosen is ``[:B]``, rejected ``[B:2B]``, samples after."""
+def pair_logps(model, batch: PairBatch, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen + rejected + the flattened samples: ``(logps (N,), counts (N,))``;
+    chosen is ``[:B]``, rejected ``[B:2B]``, samples after."""
     flat_samples = [s for row in batch.samples for s in row]
-    logps, counts = completion_logps(model, [*batch.chosen, *batch.rejected, *flat_samples], pad)
-    return logps, counts
+    return completion_logps(
+        model,
+        [*batch.chosen, *batch.rejected, *flat_samples],
+        options.pad_token_id,
+        packing=options.packing,
+        method=options.method,
+    )
 
 
 # Each pairwise loss as a function of the batch's tensors and the config; no if-chain on the name.
@@ -60,7 +65,7 @@ _LOSSES: dict[str, Callable[..., LossOutput]] = {
 
 def loss(model, batch: PairBatch, cfg, options: StepOptions) -> KindLoss:
     size = len(batch.chosen)
-    logps, counts = pair_logps(model, batch, options.pad_token_id)
+    logps, counts = pair_logps(model, batch, options)
     chosen, rejected = logps[:size], logps[size : 2 * size]  # (B,)
     chosen_tokens, rejected_tokens = counts[:size], counts[size : 2 * size]
     ref_chosen = batch.ref_chosen_logps.to(logps.device)

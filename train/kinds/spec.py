@@ -32,13 +32,16 @@ class Example:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """How one micro-batch is run, beside the config: the pad id, the kernel's generator, lockstep."""
+    """How one micro-batch is run, beside the config: the pad id, the kernel's generator, lockstep,
+    and how sequences are scored (``pipeline.model.scoring``)."""
 
     pad_token_id: int
     generator: torch.Generator | None = None
     # MC-PO's pass 1 runs the same number of forwards in every process (``score_pairs``); needed when
     # the model is sharded over the processes (FSDP, DeepSpeed ZeRO-3).
     lockstep: bool = False
+    packing: bool | None = None  # the gradient pass's rows packed end to end (None: where attention is varlen)
+    method: str | None = None  # log-probs from "hidden" states or full "logits" (None: hidden where possible)
 
 
 # (per-example LossOutput, the chosen answers' log-probs with gradient (B,) or None, their token counts)
