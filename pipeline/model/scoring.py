@@ -48,6 +48,7 @@ __all__ = [
     "packing_default",
     "pad_pairs",
     "plan_batches",
+    "plan_scoring",
     "score_pairs",
     "score_tokens",
 ]
@@ -119,6 +120,32 @@ def completion_logps(
     return logps, counts
 
 
+def plan_scoring(
+    pairs: Sequence[TokenPair], max_tokens: int, *, share_prompts: bool
+) -> tuple[list[list[int]], list[list[int]]]:
+    """``score_tokens``' batches: ``(shared, plain)`` lists of pair indices. A shared batch costs two
+    forwards (its prompts, then its answers against their cache), a plain one one forward.
+
+    Widths are prompt + completion tokens. Shared batches are ordered by prompt length, then prompt,
+    then width, so the answers of a prompt are consecutive and usually share one batch."""
+    widths = [len(p) + len(c) for p, c in pairs]
+    shared = [i for i, pair in enumerate(pairs) if share_prompts and shareable(pair)]
+    plain = sorted(set(range(len(pairs))) - set(shared))
+    prompt_of: dict[tuple[int, ...], int] = {}
+    for i in shared:
+        prompt_of.setdefault(tuple(pairs[i][0]), len(prompt_of))
+
+    def by_prompt(j: int):
+        prompt = pairs[shared[j]][0]
+        return (len(prompt), prompt_of[tuple(prompt)], widths[shared[j]], j)
+
+    shared_batches = [
+        [shared[j] for j in b] for b in plan_batches([widths[i] for i in shared], max_tokens, key=by_prompt)
+    ]
+    plain_batches = [[plain[j] for j in b] for b in plan_batches([widths[i] for i in plain], max_tokens)]
+    return shared_batches, plain_batches
+
+
 def _dummy(model, pad_token_id: int, method: Method | None) -> None:
     """One forward on a two-token sequence, result dropped (lockstep)."""
     _forward_pairs(model, [((pad_token_id,), (pad_token_id,))], pad_token_id, packing=False, method=method)
@@ -151,21 +178,7 @@ def score_tokens(
     """
     if packing is None:
         packing = packing_default(model)
-    widths = [len(p) + len(c) for p, c in pairs]
-    shared = [i for i, pair in enumerate(pairs) if share_prompts and shareable(pair)]
-    plain = sorted(set(range(len(pairs))) - set(shared))
-    prompt_of: dict[tuple[int, ...], int] = {}
-    for i in shared:
-        prompt_of.setdefault(tuple(pairs[i][0]), len(prompt_of))
-
-    def by_prompt(j: int):
-        prompt = pairs[shared[j]][0]
-        return (len(prompt), prompt_of[tuple(prompt)], widths[shared[j]], j)
-
-    shared_batches = [
-        [shared[j] for j in b] for b in plan_batches([widths[i] for i in shared], max_tokens, key=by_prompt)
-    ]
-    plain_batches = [[plain[j] for j in b] for b in plan_batches([widths[i] for i in plain], max_tokens)]
+    shared_batches, plain_batches = plan_scoring(pairs, max_tokens, share_prompts=share_prompts)
     forwards = 2 * len(shared_batches) + len(plain_batches)
     extra = 0
     if lockstep:

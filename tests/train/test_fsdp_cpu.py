@@ -14,7 +14,10 @@ run that fell back to DDP fails the test. (FSDP1 does not run on the CPU: torch'
 ``FullyShardedDataParallel`` rejects ``device_id=cpu``, "Inconsistent compute device and
 `device_id`: cpu vs cpu:0".)
 
-DPO with gradient accumulation is compared with one process at the same global batch. MC-PO with
+Both runs go through this file as the launched program (``_report_scoring``: how often the log-probs
+came from hidden states, through the swapped head inside the sharded or DDP module's forward, and how
+often from full logits: only the one-time head check may). DPO with gradient accumulation is compared
+with one process at the same global batch. MC-PO with
 the ``sample`` kernel is compared with DDP on two processes: each process draws from its own
 generator seeded by ``(seed, process)``, so FSDP and DDP draw the same numbers while one process
 would not. Its pool-scoring budget (``score_max_tokens``) packs the two processes' pools into
@@ -35,7 +38,7 @@ import torch
 
 torch.set_num_threads(1)
 
-SCORE_MAX_TOKENS = 84  # step 1: process 0 scores its 6 pool answers in 1 forward, process 1 in 2
+SCORE_MAX_TOKENS = 56  # step 1, prompts shared: process 0 scores its 8 answers in 4 forwards, process 1 in 6
 
 
 def _force_fsdp_on_cpu() -> None:
@@ -75,9 +78,31 @@ def _report_shards() -> None:
     Trainer.__init__ = init
 
 
-if __name__ == "__main__":  # launched by torch.distributed.run: one training process
-    _force_fsdp_on_cpu()
-    _report_shards()
+def _report_scoring() -> None:
+    """At exit, print how often each scoring path ran: log-probs from hidden states through the swapped
+    head (inside the sharded/DDP module's forward), or from full logits (only the one-time check)."""
+    import atexit
+
+    from prefpool.pipeline.model import lm_head
+
+    counts = {"hidden": 0, "logits": 0}
+    for name in counts:
+        real = getattr(lm_head, f"_{name}_values")
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        setattr(lm_head, f"_{name}_values", counted)
+    rank = os.environ.get("RANK", "?")
+    atexit.register(lambda: print(f"scoring process {rank}: hidden {counts['hidden']} logits {counts['logits']}"))
+
+
+if __name__ == "__main__":  # launched by torch.distributed.run: one training process (FSDP2 or DDP)
+    _report_scoring()
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        _force_fsdp_on_cpu()
+        _report_shards()
     from prefpool.cli import main
 
     sys.argv = ["prefpool", "train", *sys.argv[1:]]
@@ -86,7 +111,7 @@ if __name__ == "__main__":  # launched by torch.distributed.run: one training pr
 
 from trainer_tables import MAX_LENGTH, assert_same_training, distributed_settings  # noqa: E402
 
-from prefpool.pipeline.model.scoring import completion_logps  # noqa: E402
+from prefpool.pipeline.model.scoring import completion_logps, plan_scoring  # noqa: E402
 from prefpool.train.config import TrainConfig  # noqa: E402
 from prefpool.train.data import TrainingTable, collate  # noqa: E402
 from prefpool.train.metrics import read_metrics  # noqa: E402
@@ -108,7 +133,7 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))  # JSON is YAML
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    program = ["-m", "prefpool.cli", "train"]
+    env.pop("ACCELERATE_USE_FSDP", None)
     if fsdp:
         env.update(
             ACCELERATE_USE_FSDP="true",
@@ -117,7 +142,6 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
             FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",  # one unit per LlamaDecoderLayer
             FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT",
         )
-        program = [__file__]
     cmd = [
         sys.executable,
         "-m",
@@ -125,7 +149,7 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
         "--standalone",
         "--nproc_per_node",
         "2",
-        *program,
+        __file__,
         str(config),
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,6 +164,11 @@ def _launch(settings: dict, folder, *, fsdp: bool) -> str:
         shards = sorted(re.findall(r"fsdp2 process (\d): (\d+) of (\d+) parameters", stdout))
         assert [process for process, _, _ in shards] == ["0", "1"], stdout[-3000:]
         assert all(int(local) < 0.6 * int(full) for _, local, full in shards), shards
+    # Every forward took its log-probs from the hidden states, the head's sharded weight gathered inside
+    # the module's forward; full logits only in the one-time check of the head.
+    paths = sorted(re.findall(r"scoring process (\d): hidden (\d+) logits (\d+)", stdout))
+    assert [process for process, _, _ in paths] == ["0", "1"], stdout[-3000:]
+    assert all(int(hidden) > 0 and int(logits) == 1 for _, hidden, logits in paths), paths
     return stdout
 
 
@@ -153,17 +182,13 @@ def _saved_logps(folder, pairs) -> torch.Tensor:
 
 
 def _scoring_forwards(world, tokenizer, batch_size: int, process: int) -> int:
-    """Forwards ``score_pairs`` runs for this process's pools of step 1 (its packing rule)."""
+    """Forwards MC-PO's pass 1 runs for this process's answers of step 1 (the ``sample`` kernel scores
+    the pool and the preferred answers, prompts shared: ``scoring.plan_scoring``'s batches)."""
     table = TrainingTable(world["mcpo"], "mcpo", tokenizer, max_length=MAX_LENGTH, truncation="completion")
     batch = collate("mcpo", table.micro_batch(0, 0, 0, batch_size=batch_size, process=process, num_processes=2))
-    lengths = sorted(len(p) + len(c) for pool in batch.pools for p, c in pool)
-    forwards, start = 0, 0
-    while start < len(lengths):
-        stop = start + 1
-        while stop < len(lengths) and lengths[stop] * (stop + 1 - start) <= SCORE_MAX_TOKENS:
-            stop += 1
-        forwards, start = forwards + 1, stop
-    return forwards
+    scored = [*(p for pool in batch.pools for p in pool), *batch.chosen]
+    shared, plain = plan_scoring(scored, SCORE_MAX_TOKENS, share_prompts=True)
+    return 2 * len(shared) + len(plain)
 
 
 def test_dpo_fsdp_with_accumulation_equals_one_process(world, tmp_path):

@@ -108,6 +108,31 @@ def test_two_pass_equals_one_pass(model, kernel):
         torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("kernel", ["sample", "max"])
+def test_shared_prompt_pool_pass_equals_the_unshared_one(model, kernel):
+    """Pass 1 with each prompt run once (its keys and values cached) picks the same answers, with the
+    same pool scores up to float rounding, as pass 1 over full sequences; eval mode in both."""
+    batch = _batch([3, 1, 4, 2], seed=7)
+    model.train()
+    out = {}
+    for share in (True, False):
+        out[share] = mcpo_step_loss(
+            model,
+            batch,
+            pad_token_id=PAD,
+            beta=BETA,
+            kernel=kernel,
+            generator=torch.Generator().manual_seed(3),
+            score_max_tokens=40,
+            share_prompts=share,
+        )
+    assert model.training  # pass 1 ran in eval mode and left the mode as it was
+    assert torch.equal(out[True].metrics["mcpo/selected"], out[False].metrics["mcpo/selected"])
+    torch.testing.assert_close(out[True].loss, out[False].loss, rtol=1e-5, atol=1e-6)
+    for name in ("mcpo/entropy", "mcpo/pool_accuracy", "mcpo/kernel_top_prob"):
+        torch.testing.assert_close(out[True].metrics[name], out[False].metrics[name], rtol=1e-5, atol=1e-6)
+
+
 def test_two_pass_gradient_reaches_only_the_picked_answers(model):
     """With the ``max`` kernel the gradient equals that of DPO on (chosen, picked) alone."""
     batch = _batch([4, 4], seed=5)

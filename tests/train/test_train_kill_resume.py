@@ -149,6 +149,7 @@ def _assert_same_training(got: Path, want: Path, steps: int) -> None:
 
 def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
     """MC-PO, ``sample`` kernel, AdamW with warmup, batch 2 over 8 rows (an epoch every 4 steps),
+    rows grouped by length (``group_by_length``: the order is recomputed from the data position),
     a checkpoint every step and only the newest two kept (the kill may land in a prune)."""
 
     def config(name: str) -> Path:
@@ -164,6 +165,7 @@ def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
                 "lr": 1e-3,
                 "beta": 0.5,
                 "batch_size": 2,
+                "group_by_length": True,
                 "max_steps": TRAIN_STEPS,
                 "warmup_steps": 2,
                 "save_steps": 1,

@@ -94,6 +94,15 @@ def test_loss_decreases_on_learnable_table(world, tmp_path, kind, loss, extra):
     assert str(world[kind]) in card and f"- {loss}" in card and "toy.jsonl" in card
 
 
+@pytest.mark.parametrize("kind,loss,batch_size", [("pairwise", "dpo", 4), ("mcpo", "mcpo", 3)])
+def test_step0_of_the_logprobs_stage_cache_is_exactly_zero(world, tmp_path, kind, loss, batch_size):
+    """The ``logprobs`` stage (hf engine) and the trainer's step-0 check run one function
+    (``scoring``: log-probs from hidden states, float32 on the CPU), on other batches and paddings:
+    on the tiny model the cached values and the policy's agree to the last bit."""
+    trainer = Trainer(_cfg(world, kind, loss, tmp_path / "run", batch_size=batch_size, max_steps=1))
+    assert trainer.run()["step0_max_abs_diff"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def other_cache(world):
     """A pairwise table whose reference log-probs come from another seed's model."""
