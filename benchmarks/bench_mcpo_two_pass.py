@@ -7,13 +7,16 @@ Run:
 Optional: ``--pools 1,2,4,8 --batch 4 --steps 3 --prompt 128 --answers 64,128 --hidden 256
 --layers 4 --vocab 8192 --variants dpo,mcpo,mcpo-unshared,one-pass``.
 
-Variants, on the same ``--batch`` prompts per step (the ``sample`` kernel for MC-PO):
+Variants, on the same ``--batch`` prompts per step (MC-PO's kernel: ``--kernel``, default
+``sample_pool``, which always picks a pool answer, so pass 2 has exactly the DPO step's pairs;
+the paper's ``sample`` kernel also draws the preferred answer itself, and a row that draws it
+needs no pass-2 forward, so it is cheaper still):
 
 - ``dpo``: one forward/backward through each prompt's preferred answer and one pool answer
   (``completion_logps`` with gradient, ``dpo_loss``): the DPO step MC-PO is measured against
   (the same pair count in the gradient pass).
 - ``mcpo`` (``prefpool.train.kinds.mcpo.mcpo_step_loss``, the trainer's step): pass 1 scores the
-  pool and the preferred answers without gradient, each prompt run once and its keys/values cached
+  pool (and, for ``sample``, the preferred answers) without gradient, each prompt run once and its keys/values cached
   (``share_prompts``); ``mcpo_select`` picks one answer per prompt; pass 2 is a DPO step on the
   preferred and the picked answers.
 - ``mcpo-unshared``: the same with pass 1 over full sequences (``share_prompts=False``).
@@ -65,7 +68,7 @@ def _batch(torch, args, seed: int):
     return PoolBatch(chosen, pools, ref_chosen, ref_pool, mask)
 
 
-def _one_pass_loss(torch, model, batch, beta, generator):
+def _one_pass_loss(torch, model, batch, beta, generator, kernel):
     from prefpool.losses import mcpo_loss
     from prefpool.pipeline.model.scoring import completion_logps
 
@@ -79,7 +82,7 @@ def _one_pass_loss(torch, model, batch, beta, generator):
         batch.ref_pool_logps,
         candidate_mask=batch.pool_mask,
         beta=beta,
-        kernel="sample",
+        kernel=kernel,
         generator=generator,
     )
 
@@ -111,14 +114,14 @@ def child(args) -> None:
                 batch,
                 pad_token_id=0,
                 beta=0.1,
-                kernel="sample",
+                kernel=args.kernel,
                 generator=generator,
                 share_prompts=args.variant == "mcpo",
             )
         elif args.variant == "dpo":
             out = _dpo_loss(torch, model, batch, 0.1)
         else:
-            out = _one_pass_loss(torch, model, batch, 0.1, generator)
+            out = _one_pass_loss(torch, model, batch, 0.1, generator, args.kernel)
         optimizer.zero_grad(set_to_none=False)
         out.loss.mean().backward()
         optimizer.step()
@@ -161,6 +164,7 @@ def parent(args) -> None:
                         vocab=args.vocab,
                         prompt=args.prompt,
                         answers=args.answers,
+                        kernel=args.kernel,
                     )
                     runs.setdefault((variant, pool), []).append(r)
                     print(
@@ -177,7 +181,8 @@ def parent(args) -> None:
     print(
         f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, float32, CPU, "
         f"{first['threads']} thread(s); batch {args.batch} prompts, prompt {args.prompt} tokens, answers "
-        f"{args.answers}; {args.steps} timed steps; medians of {args.repeats} run(s); memory: {first['method']}"
+        f"{args.answers}; kernel {args.kernel}; {args.steps} timed steps; medians of {args.repeats} run(s); "
+        f"memory: {first['method']}"
     )
     print()
     others = [v for v in variants if v != "dpo"]
@@ -205,6 +210,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     parser.add_argument("--answers", default="64,128", help="answer length range in tokens")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--kernel", default="sample_pool", help="MC-PO's selection kernel (sample_pool, sample, max, ...)"
+    )
     parser.add_argument("--variants", default="dpo,mcpo,mcpo-unshared", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)

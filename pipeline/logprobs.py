@@ -19,9 +19,10 @@ run's identity (they decide how, not what, is computed; options that would
 change the values, ``dtype`` included, are refused: see ``engine_args``);
 the manifest's provenance records them.
 
-Tokens come from ``tokenize.encode_pair`` and values from
-``losses.sequence_logps``, the trainer's own functions, so a cached reference
-value equals the policy's value at step 0. Pairs whose prompt alone fills
+Tokens come from ``tokenize.encode_pair`` and values (hf engine) from
+``model.scoring.score_tokens``, the trainer's own functions: log-probs from the
+last hidden states, the LM head run over completion positions only, so a
+cached reference value equals the policy's value at step 0. Pairs whose prompt alone fills
 ``max_length`` are dropped and counted (``long_prompts="drop"``, the default)
 or stop the run (``"error"``); a completion too long is cut at its tail and
 flagged ``truncated``.
