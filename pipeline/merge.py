@@ -17,7 +17,6 @@ for shards of one run), never summed or concatenated.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.layout import find_meta, read_meta
 from prefpool.pipeline.io.manifest import Manifest
 from prefpool.pipeline.io.read import checked_shards, read_table
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
@@ -106,7 +106,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
         run.write(unit, table.take(list(unit.items)))
     sidecars = {}
     for name in runs[0][2].sidecars:
-        parts = [json.loads((folder / name).read_text()) for _, folder, _ in runs if (folder / name).exists()]
+        parts = [read_meta(folder, name) for _, folder, _ in runs if find_meta(folder, name) is not None]
         sidecars[name] = combine_sidecar(parts) if all(isinstance(p, dict) for p in parts) else combine_json(parts)
     summary = combine_json([manifest.summary for _, _, manifest in runs])
     return run.finish(sidecars=sidecars, summary={**summary, "merged_from": [str(f) for _, f, _ in runs]})

@@ -248,15 +248,16 @@ def run_pipeline(
 def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     """Run push unless its record says this exact push is done; replace only a folder it made."""
     from prefpool.pipeline.io.atomic import write_json
-    from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
+    from prefpool.pipeline.io.layout import MANIFEST, find_meta
+    from prefpool.pipeline.io.manifest import file_sha256
     from prefpool.pipeline.push import PushSummary, push
 
     out = Path(kwargs["out"])
     record_path = out.with_name(out.name + ".push.json")
-    manifest = Path(kwargs["source"]) / MANIFEST_NAME
+    manifest = find_meta(kwargs["source"], MANIFEST)
     wanted = {
         "arguments": {k: str(v) for k, v in sorted(kwargs.items())},
-        "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None,
+        "source_manifest_sha256": file_sha256(manifest) if manifest is not None else None,
     }
     record = json.loads(record_path.read_text()) if record_path.exists() else None
     if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():

@@ -44,6 +44,8 @@ from common import (
     train_config,
 )
 
+from prefpool.pipeline.io.layout import REPORT, read_meta
+
 HERE = Path(__file__).resolve().parent
 DATA = REPO.parent / "shared" / "data" / "alpaca_eval" / "alpaca_eval_ranked_pools.jsonl"
 HELDOUT_BUCKETS = 10  # held-out = stable_bucket(prompt_id, 10) == 0: about 80 of the 805 prompts
@@ -106,7 +108,7 @@ def trim(candidates: list[dict], max_pool: int | None) -> list[dict]:
     """The answers ``build --kind mcpo --max-pool K`` uses: the best (lowest rank; the first on a
     tie, as ``best_ties=first``) and the first K answers ranked strictly below it, in answer order.
     Trimming before ``logprobs`` only saves scoring answers the table would drop; build's own
-    ``max_pool`` is still passed (and then drops nothing, see build/*/report.json)."""
+    ``max_pool`` is still passed (and then drops nothing, see build/*/.prefpool/report.json)."""
     if max_pool is None:
         return candidates
     best = min(range(len(candidates)), key=lambda i: (candidates[i]["rank"], i))
@@ -174,8 +176,8 @@ def check_split(tables: dict[str, Path], info: dict) -> dict:
         ids = {r["prompt_id"] for r in t}
         if not ids <= set(info[f"{side}_prompt_ids"]):
             raise SystemExit(f"{table}: prompt ids outside the {side} split")
-        lp_report = json.loads((table.parent / "logprobs" / "report.json").read_text())
-        build_report = json.loads((table / "report.json").read_text())
+        lp_report = read_meta(table.parent / "logprobs", REPORT)
+        build_report = read_meta(table, REPORT)
         stats[side] = {
             "rows": len(t),
             "prompts_in_split": info[f"{side}_prompts"],

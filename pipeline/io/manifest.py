@@ -1,4 +1,5 @@
-"""``manifest.json``: the last file a stage writes, and the proof its output is complete.
+"""``manifest.json`` (in the output's ``.prefpool/``, see ``layout``): the last file a stage writes,
+and the proof its output is complete.
 
 A folder without a manifest is an unfinished run. The manifest records the run's
 identity (stage, config, input fingerprint, shard, unit size), every shard with
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, find_meta, meta_path
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
@@ -69,7 +70,7 @@ class Manifest:
     identity: RunIdentity
     shards: tuple[ShardEntry, ...]
     provenance: dict
-    sidecars: tuple[str, ...] = ()  # other files of the output, e.g. report.json
+    sidecars: tuple[str, ...] = ()  # other files of the output in .prefpool/, e.g. report.json
     summary: dict = field(default_factory=dict)
 
     @property
@@ -101,13 +102,15 @@ class Manifest:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    write_json(folder / MANIFEST_NAME, manifest.to_json())
+    meta_path(folder, MANIFEST).parent.mkdir(exist_ok=True)
+    write_json(meta_path(folder, MANIFEST), manifest.to_json())
 
 
 def load_manifest(folder: str | Path) -> Manifest | None:
-    """The folder's manifest, or None when there is none (an unfinished run)."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.exists():
+    """The folder's manifest (``.prefpool/manifest.json``, or ``manifest.json`` at the top in a folder
+    written before that layout), or None when there is none (an unfinished run)."""
+    path = find_meta(folder, MANIFEST)
+    if path is None:
         return None
     try:
         obj = json.loads(path.read_text())

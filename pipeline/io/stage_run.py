@@ -11,7 +11,8 @@ The model every stage follows:
    atomic) and its metadata carries the unit's key.
 3. ``StageRun.write(unit, table)`` writes one shard per unit, atomically.
 4. ``StageRun.finish()`` writes sidecar files, then ``manifest.json`` last
-   (``run.json``, the run's identity, was written first).
+   (``run.json``, the run's identity, was written first); all three in the
+   output's ``.prefpool/`` (``layout``), so the folder holds only Parquet.
 
 Rerunning with the same identity (stage, config, input fingerprint, shard,
 unit size) resumes, or returns at once if the output is complete. A different
@@ -38,8 +39,8 @@ from prefpool.pipeline.io import provenance as prov
 from prefpool.pipeline.io.atomic import is_temp_name, write_json
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.layout import MANIFEST, RUN_MARKER, find_meta, meta_dir, meta_path, migrate_legacy
 from prefpool.pipeline.io.manifest import (
-    MANIFEST_NAME,
     Manifest,
     RunIdentity,
     ShardEntry,
@@ -50,9 +51,8 @@ from prefpool.pipeline.io.manifest import (
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.shards import ShardName, open_shard, shard_metadata, write_shard
 
-# The run's identity, written first and kept: it marks the folder as a run's output
-# even when the manifest (written last) is missing, so that the run can resume.
-RUN_MARKER = "run.json"
+# The run's identity (``layout.RUN_MARKER``) is written first and kept: it marks the folder as a
+# run's output even when the manifest (written last) is missing, so that the run can resume.
 
 T = TypeVar("T")
 
@@ -123,15 +123,18 @@ class StageRun:
         existing = self._identity_in(out)
         if existing is None:
             raise OutputConflictError(
-                f"{out} is not empty and holds no prefpool output ({MANIFEST_NAME} or {RUN_MARKER}); "
+                f"{out} is not empty and holds no prefpool output ({MANIFEST} or {RUN_MARKER}); "
                 "choose an empty or new --out folder"
             )
         kind, identity = existing
         if identity == self.identity.to_json():
             if kind == "complete" and self._output_ok(out):
+                migrate_legacy(out)  # a folder of the layout before: the same output, its files moved
                 self.complete = True
                 return out
-            (out / MANIFEST_NAME).unlink(missing_ok=True)  # damaged output: resume it
+            damaged = find_meta(out, MANIFEST)
+            if damaged is not None:
+                damaged.unlink()  # damaged output: resume it
             return self._start(out)
         if kind == "unfinished" and not any(ShardName.parse(p.name) for p in out.iterdir()):
             return self._start(out)  # a run that failed before writing any shard: nothing to keep
@@ -155,8 +158,8 @@ class StageRun:
         manifest = load_manifest(folder)
         if manifest is not None:
             return "complete", manifest.identity.to_json()
-        marker = folder / RUN_MARKER
-        if marker.exists():
+        marker = find_meta(folder, RUN_MARKER)
+        if marker is not None:
             return "unfinished", json.loads(marker.read_text())
         return None
 
@@ -168,7 +171,9 @@ class StageRun:
         return True
 
     def _start(self, folder: Path) -> Path:
-        write_json(folder / RUN_MARKER, self.identity.to_json())
+        migrate_legacy(folder)  # nothing of prefpool's own stays beside the shards
+        meta_dir(folder).mkdir(exist_ok=True)
+        write_json(meta_path(folder, RUN_MARKER), self.identity.to_json())
         return folder
 
     # -- units ----------------------------------------------------------------
@@ -221,20 +226,21 @@ class StageRun:
             return manifest
         if self._planned is None:
             raise RuntimeError("call pending(units) with every unit before finish()")
-        keep = {self.shard_path(u).name for u in self._planned} | {RUN_MARKER}
-        for path in self.work.iterdir():
+        units = self._planned
+        keep = {self.shard_path(u).name for u in units}
+        for path in [*self.work.iterdir(), *meta_dir(self.work).iterdir()]:
             # leftovers of a crash (temp files) or of units that no longer exist
             if is_temp_name(path) or (ShardName.parse(path.name) and path.name not in keep):
                 path.unlink()
         entries = []
-        for unit in self._planned:
+        for unit in units:
             path = self.shard_path(unit)
             entries.append(
                 ShardEntry(path.name, open_shard(path).metadata.num_rows, path.stat().st_size, file_sha256(path))
             )
         names = []
         for name, obj in (sidecars or {}).items():
-            write_json(self.work / name, obj)
+            write_json(meta_path(self.work, name), obj)
             names.append(name)
         manifest = Manifest(self.identity, tuple(entries), self.provenance, tuple(names), summary or {})
         write_manifest(self.work, manifest)

@@ -20,6 +20,7 @@ from prefpool.pipeline.engines.engine_args import parse_engine_args, resolve_eng
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.io.layout import RUN_MARKER, read_meta
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.logprobs import logprobs, resolve_max_length
 from prefpool.testing import build_tiny_llama
@@ -105,7 +106,7 @@ def test_cli_engine_args_reach_vllm_llm_merged_over_the_env(stage, model, exampl
     assert first["gpu_memory_utilization"] == 0.5 and first["model"] == model and first["dtype"] == "float32"
     if stage == "logprobs":
         assert first["enable_prefix_caching"] is False
-    identity = json.loads((out / "run.json").read_text())
+    identity = read_meta(out, RUN_MARKER)
     assert "tensor_parallel_size" not in json.dumps(identity)
 
 

@@ -14,6 +14,7 @@ from pipeline_helpers import rows_by_id
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
+from prefpool.pipeline.io.layout import REPORT, read_meta
 
 
 def pid(prompt) -> str:
@@ -21,7 +22,7 @@ def pid(prompt) -> str:
 
 
 def report(out) -> dict:
-    return json.loads((out / "report.json").read_text())
+    return read_meta(out, REPORT)
 
 
 def test_pairwise_strings_merge_duplicates_and_report_drops(tmp_path, fixtures):

@@ -9,6 +9,7 @@ from pipeline_helpers import SHARED_DATA, rows_by_id
 
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
+from prefpool.pipeline.io.layout import REPORT, read_meta
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (a fresh clone)")
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA}
 def test_ultrafeedback_pairwise(tmp_path):
     out = tmp_path / "uf"
     summary = ingest(SHARED_DATA / "ultrafeedback", format="pairwise", out=out)
-    report = json.loads((out / "report.json").read_text())
+    report = read_meta(out, REPORT)
     assert report["rows_read"] == 1200
     assert summary.rows_written + report["rows_dropped"] + report["duplicate_rows_merged"] == 1200
     # the slice has 5 rows whose chosen and rejected are the same text
@@ -36,5 +37,5 @@ def test_alpaca_eval_ranked_pools_join_the_prompts(tmp_path):
     row = pools[prompt_id(normalize_messages(first["instruction"]))]
     assert {a["source"] for a in row["answers"]} >= {"gpt4_1106_preview"}
     assert all(a["rank"] is not None and a["score"] is not None for a in row["answers"])
-    report = json.loads((ranked / "report.json").read_text())
+    report = read_meta(ranked, REPORT)
     assert report["dropped_answers"] == {"empty_completion": 22}

@@ -16,6 +16,7 @@ from prefpool.pipeline.engines import logprob_engines as logprobs_engine
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
@@ -119,7 +120,7 @@ def test_values_equal_a_direct_forward_and_log_softmax(tiny, examples, tmp_path)
 
 
 def summary_key(folder) -> str:
-    return json.loads((folder / "manifest.json").read_text())["identity"]["config"]["cache_key"]
+    return read_meta(folder, MANIFEST)["identity"]["config"]["cache_key"]
 
 
 def test_batching_does_not_change_values(tiny, examples, tmp_path):
@@ -147,7 +148,7 @@ def test_truncation_and_long_prompts(tiny, examples, tmp_path):
     for r in rows:
         whole = full[(r["prompt_id"], r["completion_id"])]
         assert r["truncated"] == (r["num_tokens"] < whole["num_tokens"])
-    report = json.loads((tmp_path / "lp" / "report.json").read_text())
+    report = read_meta(tmp_path / "lp", REPORT)
     assert (report["dropped_long_prompt"], report["truncated"]) == (2, len(truncated))
     with pytest.raises(PipelineInputError, match="prompt_id .* no completion token within max_length=24"):
         logprobs(examples, model=tiny, out=tmp_path / "strict", max_length=24, long_prompts="error")

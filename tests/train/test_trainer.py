@@ -16,6 +16,7 @@ from trainer_tables import MAX_LENGTH
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build
+from prefpool.pipeline.io.layout import MANIFEST, meta_path, read_meta
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.testing import build_tiny_llama
 from prefpool.train.cache_check import CacheMismatchError
@@ -127,11 +128,11 @@ def test_step0_check_catches_a_wrong_cache(world, other_cache, tmp_path):
     """The other model's values, with the manifest edited to claim our weights: only step 0 can tell."""
     data = tmp_path / "relabelled"
     shutil.copytree(other_cache, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    ours = json.loads((world["pairwise"] / "manifest.json").read_text())
+    manifest = read_meta(data, MANIFEST)
+    ours = read_meta(world["pairwise"], MANIFEST)
     cache = ours["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"]
     manifest["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"] = cache
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(data, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(Step0MismatchError, match="another model, tokenizer, chat template or max_length"):
         Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "run", data=str(data))).run()
     assert not (tmp_path / "run" / "model.safetensors").exists()
