@@ -51,12 +51,13 @@ from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
 from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.layout import RUN_MARKER, find_meta
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
-from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
@@ -290,8 +291,8 @@ def _existing_config(out: Path) -> dict | None:
     manifest = load_manifest(out) if out.is_dir() else None
     if manifest is not None:
         return manifest.identity.to_json()
-    marker = out / RUN_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
+    marker = find_meta(out, RUN_MARKER) if out.is_dir() else None
+    return json.loads(marker.read_text()) if marker is not None else None
 
 
 def _check_existing(out: Path, components: dict, overwrite: bool) -> bool:

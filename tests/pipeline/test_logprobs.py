@@ -172,6 +172,9 @@ def test_resume_after_a_crash_equals_one_run(tiny, examples, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="simulated crash"):
         logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=256, rows_per_unit=4)
     monkeypatch.setattr(StageRun, "write", real_write)
+    # the unfinished run is known by its run marker (.prefpool/run.json): another cache key is refused
+    with pytest.raises(OutputConflictError, match="different max_length"):
+        logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=128, rows_per_unit=4)
     spy.clear()
     resumed = logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=256, rows_per_unit=4)
     assert (resumed.units_skipped, resumed.units_written) == (1, 3)
