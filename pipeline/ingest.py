@@ -33,6 +33,7 @@ from prefpool.pipeline.formats.readers import (
 )
 from prefpool.pipeline.formats.report import IngestReport
 from prefpool.pipeline.formats.rows import BadRow, Columns, MissingColumn
+from prefpool.pipeline.io.card_fields import check_languages, check_license, check_repo_id
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec, prompt_id
 from prefpool.pipeline.io.progress import progress, summary_line
@@ -53,6 +54,23 @@ class IngestConfig:
     config_name: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
     columns: Columns = field(default_factory=Columns, metadata={"help": "input column names"})
     strict: bool = field(default=False, metadata={"help": "raise on the first bad row instead of dropping it"})
+    # What the rows are, for the dataset card `push` writes; kept in the identity only when given, so
+    # outputs made before these fields existed still match a rerun that gives none.
+    source_dataset: str | None = field(default=None, metadata={"help": "Hub id the rows come from"})
+    license: str | None = field(default=None, metadata={"help": "licence of the source data"})
+    language: tuple[str, ...] = field(default=(), metadata={"help": "language codes of the texts"})
+
+    def identity(self) -> dict:
+        config = asdict(self)
+        for key in CARD_KEYS:
+            if not config[key]:
+                del config[key]
+        if "language" in config:
+            config["language"] = list(config["language"])
+        return config
+
+
+CARD_KEYS = ("source_dataset", "license", "language")
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,9 @@ def ingest(
     score_key: str = "score",
     model_key: str | None = None,
     strict: bool = False,
+    source_dataset: str | None = None,
+    license: str | None = None,
+    language: list[str] | None = None,
     overwrite: bool = False,
     shard: str | ShardSpec | None = None,
     rows_per_unit: int = ROWS_PER_UNIT,
@@ -122,6 +143,11 @@ def ingest(
         score_key: ranked: score key in each answer.
         model_key: ranked: generator key in each answer (default: detected).
         strict: Stop at the first bad row instead of dropping it.
+        source_dataset: Hub id the rows come from (owner/name), for the card `push` writes (a Hub SOURCE
+            names itself).
+        license: Licence of the source data (e.g. mit, cc-by-4.0), for the card `push` writes (default: the
+            Hub dataset's own, when SOURCE is one).
+        language: Language code of the texts (e.g. en), for the card `push` writes; repeat for several.
         overwrite: Replace an existing output made with different settings.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
@@ -141,13 +167,23 @@ def ingest(
         score_key=score_key,
         model_key=model_key,
     )
-    config = IngestConfig(str(source), format, split, config_name, columns, strict)
+    config = IngestConfig(
+        str(source),
+        format,
+        split,
+        config_name,
+        columns,
+        strict,
+        check_repo_id(source_dataset, "source_dataset"),
+        check_license(license),
+        tuple(check_languages(language)),
+    )
     records, inputs = _open_source(config)
     run = StageRun(
         out,
         stage=STAGE,
         schema="examples",
-        config=asdict(config),
+        config=config.identity(),
         inputs=inputs,
         shard=spec,
         rows_per_unit=rows_per_unit,
@@ -199,7 +235,8 @@ def ingest(
 
 
 def _open_source(config: IngestConfig) -> tuple[Iterator[Record], object]:
-    """The records and a fingerprint of the input (so a changed input is not resumed)."""
+    """The records and a fingerprint of the input (so a changed input is not resumed). A Hub dataset's
+    fingerprint also holds the licence its card declares, which the card ``push`` writes carries."""
     path = Path(config.source)
     if path.exists():
         files = local_files(path)
@@ -207,7 +244,11 @@ def _open_source(config: IngestConfig) -> tuple[Iterator[Record], object]:
         return records, fingerprint(files, path)
     dataset = load_hub(config.source, name=config.config_name, split=config.split)
     label = f"{config.source}:{config.config_name or 'default'}:{config.split}"
-    return read_hub(dataset, label), {"hub": label, "fingerprint": getattr(dataset, "_fingerprint", None)}
+    inputs = {"hub": label, "fingerprint": getattr(dataset, "_fingerprint", None)}
+    declared = getattr(getattr(dataset, "info", None), "license", None)
+    if isinstance(declared, str) and declared:
+        inputs["license"] = declared
+    return read_hub(dataset, label), inputs
 
 
 def _with_columns(records: Iterator[Record], fmt: Format, columns: Columns, report: IngestReport):

@@ -248,24 +248,38 @@ def run_pipeline(
 def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     """Run push unless its record says this exact push is done; replace only a folder it made."""
     from prefpool.pipeline.io.atomic import write_json
+    from prefpool.pipeline.io.errors import OutputConflictError
     from prefpool.pipeline.io.layout import MANIFEST, find_meta
     from prefpool.pipeline.io.manifest import file_sha256
     from prefpool.pipeline.push import PushSummary, push
 
     out = Path(kwargs["out"])
     record_path = out.with_name(out.name + ".push.json")
-    manifest = find_meta(kwargs["source"], MANIFEST)
+    sources = [kwargs["source"]] if isinstance(kwargs["source"], (str, Path)) else list(kwargs["source"])
+    manifests = [find_meta(source, MANIFEST) for source in sources]
     wanted = {
         "arguments": {k: str(v) for k, v in sorted(kwargs.items())},
-        "source_manifest_sha256": file_sha256(manifest) if manifest is not None else None,
+        "source_manifest_sha256": [file_sha256(m) if m is not None else None for m in manifests],
     }
     record = json.loads(record_path.read_text()) if record_path.exists() else None
     if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():
         s = record["summary"]
-        summary = PushSummary(out, s["files"], s["rows"], s["uploaded"], s["repo_id"])
+        summary = PushSummary(
+            out,
+            s["files"],
+            s["rows"],
+            s["uploaded"],
+            s["repo_id"],
+            tuple(s.get("splits", ())),
+            tuple(s.get("pushed", ())),
+        )
         return summary, f"push: up to date, {summary.rows} rows in {len(summary.files)} files -> {out}"
     if record is None and out.exists() and any(out.iterdir()):
-        push(**kwargs)  # refuses the non-empty folder it did not make, with push's own message
+        # push itself would add splits to a pushed folder; the pipeline replaces only a folder it made
+        raise OutputConflictError(
+            f"{out} is not empty and was not written by this pipeline's push (no {record_path.name}); "
+            "choose another push.out folder"
+        )
     # From here the folder is ours: mark it before touching it, so a crash leaves it replaceable.
     write_json(record_path, {"complete": False, "push": wanted})
     staging = out.with_name(out.name + ".staging")
@@ -273,7 +287,9 @@ def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
     summary = push(**{**kwargs, "out": staging})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    summary = PushSummary(out, summary.files, summary.rows, summary.uploaded, summary.repo_id)
+    summary = PushSummary(
+        out, summary.files, summary.rows, summary.uploaded, summary.repo_id, summary.splits, summary.pushed
+    )
     write_json(
         record_path,
         {
@@ -284,6 +300,8 @@ def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
                 "rows": summary.rows,
                 "uploaded": summary.uploaded,
                 "repo_id": summary.repo_id,
+                "splits": list(summary.splits),
+                "pushed": list(summary.pushed),
             },
         },
     )

@@ -114,12 +114,20 @@ def build() -> click.Command:
 
 def _push_line(result: Any, kwargs: dict) -> str:
     where = f"uploaded to {result.repo_id}" if result.uploaded else f"written to {result.folder}"
-    return f"push: {result.rows} rows in {len(result.files)} files, {where}"
+    return (
+        f"push: {result.rows} rows in {len(result.files)} files (split {', '.join(result.pushed)}), {where}; "
+        f"the card lists {', '.join(result.splits)}"
+    )
 
 
 def push() -> click.Command:
     return function_command(
-        "push", "prefpool.pipeline.push:push", arguments=("source",), short={"out": "-o"}, report=_push_line
+        "push",
+        "prefpool.pipeline.push:push",
+        arguments=("source",),
+        short={"out": "-o"},
+        rename={"tags": "tag", "task_categories": "task_category"},
+        report=_push_line,
     )
 
 

@@ -9,7 +9,6 @@ with no rows has no shard: ``datasets`` 5.2 loads no empty split, "corresponds t
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -17,7 +16,6 @@ from pipeline_helpers import assert_loads_with_datasets
 
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.layout import MANIFEST, META_DIR, REPORT, RUN_MARKER, find_meta, meta_path, read_meta
-from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
 from prefpool.pipeline.score import score
