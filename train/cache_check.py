@@ -1,7 +1,8 @@
 """Refuse a training table whose cached reference log-probs were made under other settings.
 
 The ``build`` manifest carries the fingerprints of its ``logprobs`` inputs,
-whose identity holds the cache-key parts (``pipeline.model.cache_key.cache_components``):
+whose identity holds the cache-key parts (``pipeline.model.cache_key.cache_components``;
+a pushed table's card keeps them, ``pipeline.kinds.source``):
 weights hash, tokenizer/template hash, max_length, truncation, dtype. The
 trainer's tokenizer, ``max_length``, ``truncation`` and ``dtype`` must equal
 them. The weights must too, unless ``reference_is_policy_init`` is false (a
@@ -16,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from prefpool.core.errors import UserError
-from prefpool.pipeline.io.manifest import Manifest
+from prefpool.pipeline.kinds.source import TableSource
 from prefpool.pipeline.model.cache_key import weights_hash
 from prefpool.pipeline.model.tokenize import template_hash
 
@@ -25,21 +26,16 @@ class CacheMismatchError(UserError, ValueError):
     """The cached reference values do not belong to this policy/tokenizer/settings."""
 
 
-def cache_parts(manifest: Manifest, data: str | Path) -> dict:
+def cache_parts(table: TableSource) -> dict:
     """The cache-key parts of the table's reference log-probs (one set; build refuses mixed keys)."""
-    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
-    parts = []
-    for fp in inputs.get("logprobs", []):
-        cache = fp.get("identity", {}).get("config", {}).get("cache")
-        if cache is not None and cache not in parts:
-            parts.append(cache)
+    parts = [p for _, p in table.caches]
     if not parts:
         raise CacheMismatchError(
-            f"{data}: the manifest records no logprobs cache key; "
+            f"{table.label}: no logprobs cache key recorded (manifest or card); "
             "train reads tables made by `prefpool build` from `prefpool logprobs` output"
         )
     if len(parts) > 1:
-        raise CacheMismatchError(f"{data}: reference log-probs from {len(parts)} different cache keys")
+        raise CacheMismatchError(f"{table.label}: reference log-probs from {len(parts)} different cache keys")
     return parts[0]
 
 

@@ -26,8 +26,16 @@ class TrainConfig:
     """Settings of one training run. Paths are local folders."""
 
     model: str = field(metadata=_help("Initial policy: a local save_pretrained folder (model + tokenizer)."))
-    data: str = field(metadata=_help("A `build` output folder (pairwise, mcpo or mpo table)."))
+    data: str = field(
+        metadata=_help(
+            "The table: a `build` output folder (pairwise, mcpo or mpo), a folder `prefpool push` wrote, or a Hub "
+            "dataset id it was pushed to (offline: from the local HF cache)."
+        )
+    )
     output_dir: str = field(metadata=_help("Where metrics.jsonl, checkpoints/ and the final model go."))
+    data_split: str | None = field(
+        default=None, metadata=_help("Split of a pushed folder or Hub id; null = its only split, else train.")
+    )
 
     loss: Literal["dpo", "ipo", "simpo", "mcpo", "mpo"] = field(
         default="dpo", metadata=_help("Loss name from prefpool.losses.LOSSES; must fit the table kind.")

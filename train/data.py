@@ -20,8 +20,9 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import TokenPair
 from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.train.cache_check import CacheMismatchError
@@ -30,10 +31,14 @@ from prefpool.train.kinds import Example, PairBatch, PoolBatch, train_kind
 __all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row"]
 
 
-def decoded_rows(folder: str | Path, kind: str) -> list[TableRow]:
-    """Every row of the ``kind`` build table in ``folder``, decoded by the kind's spec."""
-    decode = train_kind(kind).table.decode
-    return [decode(row) for row in read_table(folder, schema=kind).to_pylist()]
+def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> list[TableRow]:
+    """Every row of the build table ``data`` (a folder, a pushed folder, a Hub id or an opened
+    ``TableSource``), decoded by its kind's spec; ``kind`` given: the table must be of that kind."""
+    table = open_table(data)
+    if kind is not None and table.kind != kind:
+        raise PipelineInputError(f"holds a {table.kind!r} table, expected {kind!r}", file=table.label)
+    decode = train_kind(table.kind).table.decode
+    return [decode(row) for row in table.read().to_pylist()]
 
 
 def encode_row(
@@ -90,7 +95,8 @@ class TrainingTable:
                     cache=encoded,
                 )
             except CacheMismatchError as exc:
-                raise CacheMismatchError(f"{folder}: {exc}") from None
+                label = folder.label if isinstance(folder, TableSource) else folder
+                raise CacheMismatchError(f"{label}: {exc}") from None
             self.examples.append(Example(answers, tuple(a.ref_logp for a in row.answers), row.label, samples))
 
     def __len__(self) -> int:

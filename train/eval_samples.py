@@ -65,7 +65,7 @@ def sample_texts(
 
 def sample_metrics(
     model: str | Path,
-    data: str | Path,
+    data,  # a build table: folder, pushed folder, Hub id or TableSource
     *,
     reward_fn: str | RewardFn,
     ref_model: str | Path | None = None,

@@ -24,34 +24,32 @@ import torch
 from prefpool.core.errors import ConfigError
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.manifest import load_manifest
-from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
 from .data import decoded_rows, encode_row
 from .kinds import TRAIN_KINDS
 
 
-def cache_max_length(data: str | Path) -> int:
+def cache_max_length(data: str | Path | TableSource) -> int:
     """The ``max_length`` the table's reference log-probs were computed with.
 
-    Read from the build manifest's inputs: every ``logprobs`` input records its
-    cache components; they must agree (build already refuses mixed cache keys).
+    Read from the table's reference caches (the build manifest's ``logprobs`` inputs, or a pushed
+    table's card); they must agree (build already refuses mixed cache keys).
     """
-    manifest = load_manifest(data)
-    if manifest is None:
-        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
-    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
+    table = open_table(data)
     found = set()
-    for lp in inputs.get("logprobs") or []:
+    for _, parts in table.caches:
         try:
-            found.add(int(lp["identity"]["config"]["cache"]["max_length"]))
-        except (KeyError, TypeError):
+            found.add(int(parts["max_length"]))
+        except (KeyError, TypeError, ValueError):
             continue
     if len(found) != 1:
         what = "no logprobs input with a cache max_length" if not found else f"several: {sorted(found)}"
-        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length", file=data)
+        raise PipelineInputError(
+            f"cannot tell the reference cache's max_length ({what}); pass max_length", file=table.label
+        )
     return found.pop()
 
 
@@ -96,23 +94,21 @@ def table_logratios(
 def ranking_metrics(
     model: torch.nn.Module,
     tokenizer,
-    data: str | Path,
+    data: str | Path | TableSource,
     *,
     max_length: int | None = None,
     beta: float = 0.1,
     tie_atol: float = 1e-4,
     max_tokens: int = 16384,
 ) -> dict:
-    """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring)."""
-    manifest = load_manifest(data)
-    if manifest is None:
-        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
-    kind = manifest.identity.schema
+    """Ranking metrics of ``model`` on the build table ``data`` (see the module docstring)."""
+    table = open_table(data)
+    kind = table.kind
     if kind not in TRAIN_KINDS:
-        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(TRAIN_KINDS)}", file=data)
+        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(TRAIN_KINDS)}", file=table.label)
     if max_length is None:
-        max_length = cache_max_length(data)
-    rows = decoded_rows(data, kind)
+        max_length = cache_max_length(table)
+    rows = decoded_rows(table)
     ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
     metrics = TRAIN_KINDS[kind].ranking(ratios, beta=beta, tie_atol=tie_atol)
     return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
@@ -123,6 +119,7 @@ def evaluate(
     data: str | Path,
     *,
     tokenizer=None,
+    split: str | None = None,
     max_length: int | None = None,
     beta: float = 0.1,
     tie_atol: float = 1e-4,
@@ -147,8 +144,10 @@ def evaluate(
 
     Args:
         model: Policy: a local save_pretrained folder.
-        data: A held-out `build` output folder (pairwise, mcpo or mpo).
+        data: A held-out `build` output folder (pairwise, mcpo or mpo), a folder `prefpool push` wrote, or the
+            Hub dataset id it was pushed to (offline: from the local HF cache).
         tokenizer: With a module as ``model``: its tokenizer (Python only).
+        split: Split of a pushed folder or Hub id. Default: its only split, else test.
         max_length: Default: the reference cache's, read from the manifests.
         beta: Scales the reported margins only; ranks do not depend on it.
         tie_atol: Log-ratios within this many nats tie (a tie is not a win).
@@ -166,12 +165,13 @@ def evaluate(
     """
     start = time.perf_counter()
     device = device or default_device()  # a module given as ``model`` stays where it is
+    table = open_table(data, split=split, default_split="test")
     module, tok = _load(model, tokenizer, device)
     summary: dict = {
         "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
-        "data": str(data),
+        "data": table.label,
         "ranking": ranking_metrics(
-            module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol, max_tokens=max_tokens
+            module, tok, table, max_length=max_length, beta=beta, tie_atol=tie_atol, max_tokens=max_tokens
         ),
     }
     if reward_fn is not None:
@@ -181,7 +181,7 @@ def evaluate(
             raise ConfigError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
         summary["samples"] = sample_metrics(
             model,
-            data,
+            table,
             reward_fn=reward_fn,
             ref_model=ref_model,
             num_samples=num_samples,
@@ -199,10 +199,10 @@ def evaluate(
     return summary
 
 
-def prompts_of(data: str | Path, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
+def prompts_of(data: str | Path | TableSource, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
     """Distinct ``(prompt_id, prompt)`` of a build table, in table (prompt_id) order."""
     seen, out = set(), []
-    for row in read_table(data).select(["prompt_id", "prompt"]).to_pylist():
+    for row in open_table(data).read().select(["prompt_id", "prompt"]).to_pylist():
         if row["prompt_id"] not in seen:
             seen.add(row["prompt_id"])
             out.append((row["prompt_id"], row["prompt"]))

@@ -50,7 +50,7 @@ from prefpool.core.errors import ConfigError, UserError
 from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.progress import progress
-from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.kinds.source import open_table
 
 from .cache_check import cache_parts, check_cache
 from .card import model_card
@@ -185,12 +185,12 @@ class Trainer:
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.manifest, _ = checked_shards(cfg.data)
-        self.kind = self.manifest.identity.schema
+        self.source = open_table(cfg.data, split=cfg.data_split)  # a build folder, a pushed folder or Hub id
+        self.kind = self.source.kind
         cfg.check_table(self.kind)
         self.spec = train_kind(self.kind)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self.cache = cache_parts(self.manifest, cfg.data)
+        self.cache = cache_parts(self.source)
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
         self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
         self.check_step0 = check_cache(
@@ -212,7 +212,7 @@ class Trainer:
         )
         set_seed(cfg.seed)
         self.table = TrainingTable(
-            cfg.data,
+            self.source,
             self.kind,
             self.tokenizer,
             max_length=self.max_length,
@@ -445,7 +445,7 @@ class Trainer:
             return
         acc.unwrap_model(self.model).save_pretrained(self.out, state_dict=weights)
         self.tokenizer.save_pretrained(self.out)
-        (self.out / "README.md").write_text(model_card(self.cfg, self.manifest, summary, self.cache))
+        (self.out / "README.md").write_text(model_card(self.cfg, self.source, summary, self.cache))
         write_json(self.out / "train_summary.json", summary)  # atomic: online treats its presence as "trained"
 
 

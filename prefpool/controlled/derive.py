@@ -118,9 +118,10 @@ class GarbageAdder:
         """``table``: the mcpo table it will extend; its reference cache gives max_length and truncation."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from prefpool.pipeline.kinds.source import open_table
         from prefpool.train.cache_check import cache_parts
 
-        cache = cache_parts(load_manifest(table), table)
+        cache = cache_parts(open_table(table))
         self.max_length, self.truncation = int(cache["max_length"]), str(cache["truncation"])
         self.tokenizer = AutoTokenizer.from_pretrained(reference)
         self.model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
