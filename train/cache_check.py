@@ -42,14 +42,17 @@ def cache_parts(table: TableSource) -> dict:
 def check_cache(
     parts: dict,
     *,
-    model: str | Path,
+    model: str | Path | None,
     tokenizer,
     max_length: int,
     truncation: str,
     dtype: str,
     reference_is_policy_init: bool,
 ) -> bool:
-    """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check."""
+    """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check.
+
+    ``model`` None: the policy's weights cannot be hashed (not a local folder, e.g. a model given as a
+    module to the TRL plug-ins); only the step-0 check then compares them with the reference's."""
     mine = {
         "tokenizer_sha256": template_hash(tokenizer),
         "max_length": max_length,
@@ -64,6 +67,13 @@ def check_cache(
             + ". Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
             "or train with the cache's max_length/truncation/dtype"
         )
+    if model is None:
+        warnings.warn(
+            "the policy's weights cannot be hashed (no local save_pretrained folder): only the step-0 check "
+            "compares them with the reference the log-probs were cached with",
+            stacklevel=2,
+        )
+        return reference_is_policy_init
     if weights_hash(model) == parts.get("weights_sha256"):
         if not reference_is_policy_init:
             warnings.warn("reference_is_policy_init is false: skipping the step-0 check", stacklevel=2)

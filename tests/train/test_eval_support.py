@@ -17,6 +17,7 @@ import pyarrow as pa
 from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
 from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.scoring import score_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
@@ -29,8 +30,21 @@ def own_logps(model, tokenizer, prompt: list[dict], texts: list[str], max_length
     return logps.double().tolist(), [len(e.completion_ids) for e in encs]
 
 
-def write_table(folder: Path, schema: str, rows: list[dict], *, max_length: int = MAX_LENGTH) -> Path:
-    inputs = {"logprobs": [{"identity": {"config": {"cache": {"max_length": max_length}}}}]}
+def full_cache(model_dir: Path, tokenizer, max_length: int = MAX_LENGTH) -> dict:
+    """The cache-key parts the ``logprobs`` stage records for ``model_dir`` scored in float32."""
+    return cache_components(
+        weights_hash(model_dir), tokenizer, max_length=max_length, truncation="completion", dtype="float32"
+    )
+
+
+def write_table(
+    folder: Path, schema: str, rows: list[dict], *, max_length: int = MAX_LENGTH, cache: dict | None = None
+) -> Path:
+    """``cache``: the full cache-key parts (``full_cache``) to record; default only the max_length."""
+    config = (
+        {"cache": {"max_length": max_length}} if cache is None else {"cache": cache, "cache_key": cache_key_of(cache)}
+    )
+    inputs = {"logprobs": [{"identity": {"config": config}}]}
     run = StageRun(folder, stage="build", schema=schema, config={"kind": schema}, inputs=inputs, rows_per_unit=2)
     units = plan_units(rows, key_of=lambda r: r["prompt_id"] + repr(r.get("rejected")), rows_per_unit=2)
     for unit in run.pending(units):

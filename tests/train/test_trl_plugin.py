@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from test_eval_support import MAX_LENGTH, mcpo_row, own_logps, write_table  # noqa: E402
+from test_eval_support import MAX_LENGTH, full_cache, mcpo_row, own_logps, write_table  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from prefpool.losses import mcpo_loss, mpo_loss  # noqa: E402
@@ -72,7 +72,7 @@ def _mcpo_table(path, tok, tmp_path, shifts=None):
         mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
         for i, (q, pref, pool) in enumerate(PROMPTS)
     ]
-    return write_table(tmp_path / "mcpo", "mcpo", rows), rows
+    return write_table(tmp_path / "mcpo", "mcpo", rows, cache=full_cache(path, tok)), rows
 
 
 def _first_batch_loss(trainer):
@@ -135,13 +135,14 @@ def test_mcpo_step0_policy_is_reference(tiny, tmp_path, kernel):
 
 def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
     """Shifted reference values, kernel ``max`` (deterministic): the trainer's first-batch loss equals
-    mcpo_loss on score_pairs log-probs; then 3 training steps run and change the parameters."""
+    mcpo_loss on score_pairs log-probs; then 3 training steps run and change the parameters. The step-0
+    check measures the largest shift (2 nats; allowed here by step0_tolerance)."""
     path, tok = tiny
     shifts = [[0.0, 1.0, -2.0], [0.5, 0.0, 1.5, -1.0], [-1.0, 0.3]]
     data, rows = _mcpo_table(path, tok, tmp_path, shifts)
     model = _model(path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = _args(MCPOConfig, tmp_path, mcpo_kernel="max", beta=0.5)
+    args = _args(MCPOConfig, tmp_path, mcpo_kernel="max", beta=0.5, step0_tolerance=3.0)
     trainer = MCPODPOTrainer(model, args=args, train_dataset=mcpo_dataset(data), processing_class=tok)
     loss, batch = _first_batch_loss(trainer)
     want = _independent_mcpo(path, tok, _rows_of_batch(batch, rows, tok), "max", 0.5)
@@ -149,6 +150,7 @@ def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
     trainer.model.train()
     result = trainer.train()
     assert result.global_step == 3 and math.isfinite(result.training_loss)
+    assert trainer.step0_max_abs_diff == pytest.approx(2.0, abs=1e-4)
     changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())
     assert changed > 0
     logged = [h for h in trainer.state.log_history if "loss" in h]
@@ -172,7 +174,7 @@ def _mpo_table(path, tok, tmp_path):
             }
         )
         rows.append(row)
-    return write_table(tmp_path / "mpo", "mpo", rows), rows
+    return write_table(tmp_path / "mpo", "mpo", rows, cache=full_cache(path, tok)), rows
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5])
@@ -223,3 +225,29 @@ def test_example_script_runs(tiny, tmp_path):
     spec.loader.exec_module(module)
     summary = module.main(["--work-dir", str(tmp_path), "--max-steps", "2"])
     assert summary["global_step"] == 2 and math.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize("which", ["mcpo", "mpo"])
+def test_mcpo_and_mpo_trainers_check_the_cache_and_step0(tiny, tmp_path, which):
+    """The checks CachedRefDPOTrainer runs (tests/train/test_trl_cached_ref.py), in the MC-PO and MPO trainers:
+    another max_length than the cache's is refused before training; bf16 autocast at step 0."""
+    from prefpool.train.cache_check import CacheMismatchError
+    from prefpool.train.trainer import Step0MismatchError
+
+    path, tok = tiny
+    data = _mcpo_table(path, tok, tmp_path)[0] if which == "mcpo" else _mpo_table(path, tok, tmp_path)[0]
+    cls, config, dataset = (
+        (MCPODPOTrainer, MCPOConfig, mcpo_dataset) if which == "mcpo" else (MPODPOTrainer, MPOConfig, mpo_dataset)
+    )
+    args = _args(config, tmp_path)
+    args.max_length = 24
+    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, train 24\)"):
+        cls(_model(path), args=args, train_dataset=dataset(data), processing_class=tok)
+    trainer = cls(
+        _model(path), args=_args(config, tmp_path, bf16=True), train_dataset=dataset(data), processing_class=tok
+    )
+    with pytest.raises(Step0MismatchError, match="bf16/fp16 is on"):
+        trainer.train()
+    other = {"mcpo": "mpo", "mpo": "mcpo"}[which]
+    with pytest.raises(CacheMismatchError, match=f"holds a {which!r} table; this trainer takes a {other!r} table"):
+        (mpo_dataset if which == "mcpo" else mcpo_dataset)(data)
