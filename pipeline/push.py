@@ -34,7 +34,9 @@ from prefpool.pipeline.io.card_fields import (
     check_license,
     check_repo_id,
     check_split,
+    check_tags,
     check_task_categories,
+    check_title,
 )
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
 from prefpool.pipeline.io.layout import MANIFEST, REPORT, find_meta, read_meta
@@ -293,6 +295,8 @@ def push(
     check_license(license)
     check_languages(language)
     check_task_categories(task_categories)
+    check_tags(tags)
+    check_title(pretty_name)
     if dry_run and out is None:
         raise PipelineConfigError("push --dry-run needs --out FOLDER to write the Hub folder to")
     options = dict(

@@ -177,6 +177,11 @@ class CachedRefConfig(DPOConfig):
         metadata={"help": "the cache was made with the initial policy's weights; False skips the step-0 check"},
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.step0_tolerance >= 0:
+            raise ConfigError(f"step0_tolerance: must be >= 0 nats, got {self.step0_tolerance}")
+
 
 @dataclass
 class MCPOConfig(CachedRefConfig):

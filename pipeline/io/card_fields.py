@@ -23,6 +23,8 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-zA-Z0-9]{2,8})*$")  # en, zh, pt-br, gs
 _TASK = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # text-generation
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPLIT = re.compile(r"^\w+$")  # datasets' own split-name rule
+_TAG = re.compile(r"^\S(?:[^\n\r]{0,98}\S)?$")
+_TITLE = re.compile(r"^\S(?:[^\n\r]{0,198}\S)?$")
 
 # The Hub's size buckets, upper bounds exclusive (its card metadata spec).
 _SIZES = (
@@ -70,6 +72,16 @@ def check_task_categories(values: Sequence[str] | None, option: str = "task_cate
     return _check(
         option, values or [], _TASK, "a Hub task category (lowercase words joined by '-', e.g. text-generation)"
     )
+
+
+def check_tags(values: Sequence[str] | None, option: str = "tag") -> list[str]:
+    return _check(option, values or [], _TAG, "a tag (one line, no surrounding spaces, at most 100 characters)")
+
+
+def check_title(value: str | None, option: str = "pretty_name") -> str | None:
+    if value is None:
+        return None
+    return _check(option, [value], _TITLE, "a title (one line, not empty, at most 200 characters)")[0]
 
 
 def check_repo_id(value: str | None, option: str = "repo_id") -> str | None:

@@ -272,6 +272,9 @@ def test_cli_push_dry_run_tags_and_title(tmp_path, table):
         (["--language", "English"], "language: 'English' is not an ISO 639 language code"),
         (["--task-category", "Text Generation"], "task_category: 'Text Generation' is not a Hub task category"),
         (["--tag", "x", "--repo-id", "no-owner"], "repo_id: 'no-owner' is not a Hub repo id"),
+        (["--tag", " spaced "], "tag: ' spaced ' is not a tag"),
+        (["--pretty-name", "two\nlines"], "pretty_name: 'two\\nlines' is not a title"),
+        (["--pretty-name", ""], "pretty_name: '' is not a title"),
     ],
 )
 def test_bad_options_exit_2_with_the_option_named(tmp_path, table, args, match):

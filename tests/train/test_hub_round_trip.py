@@ -139,3 +139,5 @@ def test_hub_id_not_in_the_cache_and_bad_splits_are_clear_errors(world, pushed, 
     assert result.exit_code == 2 and "a build output folder (one table, no splits)" in result.output
     result = CliRunner().invoke(app, ["train", str(config), "data=not a folder or id"])
     assert result.exit_code == 2 and "nor a Hub dataset id" in result.output
+    result = CliRunner().invoke(app, ["eval", "--model", str(world["model"]), "--data", str(out), "--split", "dev"])
+    assert result.exit_code == 2 and "split 'dev'" in result.output and "has the splits train, test" in result.output

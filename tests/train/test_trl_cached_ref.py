@@ -218,6 +218,11 @@ def test_datasets_without_a_prefpool_record_or_of_another_kind_are_refused(tiny,
         _trainer(tiny, _table(tiny, tmp_path / "pw2"), tmp_path, precompute_ref_log_probs=False)
 
 
+def test_a_negative_step0_tolerance_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="step0_tolerance: must be >= 0 nats, got -1"):
+        CachedRefConfig(**_kw(tmp_path, step0_tolerance=-1.0))
+
+
 def test_an_untested_trl_version_is_a_clear_error(tiny, tmp_path, monkeypatch):
     check_trl_version("1.16.0")
     check_trl_version("1.16.7")
