@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 pytest.importorskip("trl")
 pytest.importorskip("gguf")
@@ -124,6 +125,8 @@ def test_cached_ref_trainer_float32_and_bf16(smollm2_table, tmp_path):
     assert trainer.ref_model is None
     result = trainer.train()
     assert result.global_step == 1 and trainer.step0_max_abs_diff < 1e-4, trainer.step0_max_abs_diff
+    AcceleratorState._reset_state(reset_partial_state=True)  # the bf16 run is another "process"
+    GradientState._reset_state()
     bf16 = CachedRefDPOTrainer(
         AutoModelForCausalLM.from_pretrained(model),
         args=DPOConfig(**_kw(tmp_path / "bf16", per_device_train_batch_size=2)),  # TRL's default bf16=True
