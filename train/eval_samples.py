@@ -21,6 +21,8 @@ from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.generate import resolve_params
 from prefpool.pipeline.model.info import load_model_info
 
+from .data import prompts_of
+
 RewardFn = Callable[[list[dict], str], float]
 
 
@@ -78,8 +80,6 @@ def sample_metrics(
     device: str = "cpu",
 ) -> dict:
     """Mean reward of ``model``'s samples on the table's prompts; with ``ref_model`` also the win-rate."""
-    from .evaluate import prompts_of
-
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
     fn = load_reward_fn(reward_fn)

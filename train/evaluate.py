@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +25,6 @@ from prefpool.core.errors import ConfigError
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
-from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.kinds import TableRow
 from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
@@ -197,13 +196,3 @@ def evaluate(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(out), json.loads(json.dumps(summary)))
     return summary
-
-
-def prompts_of(data: str | Path, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
-    """Distinct ``(prompt_id, prompt)`` of a build table, in table (prompt_id) order."""
-    seen, out = set(), []
-    for row in read_table(data).select(["prompt_id", "prompt"]).to_pylist():
-        if row["prompt_id"] not in seen:
-            seen.add(row["prompt_id"])
-            out.append((row["prompt_id"], row["prompt"]))
-    return out if max_prompts is None else out[:max_prompts]
