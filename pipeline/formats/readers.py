@@ -84,9 +84,11 @@ def read_file(path: str, short: str) -> Iterator[Record]:
 @contextmanager
 def _open(path: str, compression: str | None) -> Iterator[BinaryIO]:
     try:
-        opened = fsspec.open(path, "rb", compression=compression)
-        handle = opened.open()
-    except (OSError, ValueError) as exc:  # fsspec: a missing file, or a codec it lacks (zstd without zstandard)
+        if compression is None and "://" not in path:
+            handle = open(path, "rb")  # closed below; a plain file reads faster than fsspec's wrapper
+        else:
+            handle = fsspec.open(path, "rb", compression=compression).open()
+    except OSError as exc:
         raise PipelineInputError(f"cannot open: {exc}", file=path) from exc
     try:
         # the zstd reader has no readline; a buffer gives every codec one

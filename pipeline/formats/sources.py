@@ -6,7 +6,9 @@
   repository (``datasets``' own rules: ``data/train-00000-of-00002.parquet``,
   ``train/``, ``test.jsonl``, ...; a ``README.md`` whose YAML has ``configs``
   comes first, its config picked by ``subset``). A folder written by
-  ``save_to_disk`` is loaded with ``datasets``.
+  ``save_to_disk`` is loaded with ``datasets``; a prefpool table (a folder with
+  ``manifest.json``, e.g. a ``build --kind pairwise`` output) is read through
+  its manifest.
 - **A glob**: the files it matches, split by the rules of their folder.
 - **A ``datasets`` object or a Hub id**: see ``hub``.
 
@@ -29,7 +31,8 @@ import yaml
 from prefpool.pipeline.formats import hub
 from prefpool.pipeline.formats.readers import SUFFIXES, Record, check_readable, file_kind, read_file
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.io.manifest import file_sha256
+from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
+from prefpool.pipeline.io.read import checked_shards
 
 DEFAULT_SPLIT = "train"
 SAVED_MARKERS = (("dataset_dict.json",), ("state.json", "dataset_info.json"))
@@ -81,6 +84,10 @@ def open_source(source: object, *, split: str | None, subset: str | None, revisi
         _no_hub_options(text, subset=subset, revision=revision)
         return _files_source(text, "file", {DEFAULT_SPLIT: [_url(fs, path)]}, (), split, fs, base=None)
     if fs.isdir(path):
+        if "://" not in text and fs.isfile(f"{path}/{MANIFEST_NAME}"):  # a prefpool table (e.g. build --kind pairwise)
+            _no_hub_options(text, subset=subset, revision=revision)
+            _, shards = checked_shards(path)
+            return _files_source(text, "table", {DEFAULT_SPLIT: [str(p) for p in shards]}, (), split, fs, base=path)
         if any(all(fs.isfile(f"{path}/{name}") for name in marker) for marker in SAVED_MARKERS):
             _no_hub_options(text, subset=None, revision=revision)
             return hub.open_saved(text, split=split)

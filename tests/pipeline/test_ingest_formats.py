@@ -15,6 +15,9 @@ from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
 
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
+
 
 def pid(prompt) -> str:
     return prompt_id(normalize_messages(prompt))

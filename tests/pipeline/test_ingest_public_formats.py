@@ -22,6 +22,7 @@ from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
 from prefpool.pipeline.io.schemas import PAIRWISE
+from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 PUBLIC = Path(__file__).parent / "fixtures" / "public"
 
@@ -103,15 +104,19 @@ def test_prefpool_pairwise_table_reads_back(tmp_path):
             "rejected_num_tokens": 4,
         }
     ]
-    source = tmp_path / "pairs.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=PAIRWISE), source)
-    out = tmp_path / "out"
-    ingest(source, out=out)
-    (row,) = rows_by_id(out).values()
-    assert row["prompt"] == [u("What color is the sky?")] and [x["text"] for x in row["answers"]] == [
-        "It is blue.",
-        "It is green.",
-    ]
+    table = tmp_path / "pairwise"  # written the way `build` writes it: shards and a manifest
+    run = StageRun(table, stage="build", schema="pairwise", config={}, inputs={}, rows_per_unit=10)
+    for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=10)):
+        run.write(unit, pa.Table.from_pylist(list(unit.items), schema=PAIRWISE))
+    run.finish(sidecars={"report.json": {"pairs": 1}})
+    single = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=PAIRWISE), single)
+    for source in (table, single):
+        out = tmp_path / f"out-{source.name}"
+        assert ingest(source, out=out).format == "pairwise"
+        (row,) = rows_by_id(out).values()
+        assert row["prompt"] == [u("What color is the sky?")]
+        assert [x["text"] for x in row["answers"]] == ["It is blue.", "It is green."]
 
 
 def _hub_folder(root: Path, splits: dict[str, list[dict]], readme: str = "") -> Path:

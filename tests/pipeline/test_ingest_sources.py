@@ -360,21 +360,43 @@ def test_hub_id_with_subset_split_and_revision(tmp_path, fake_hub):
         ingest("someone/hh-like", split="dev", out=tmp_path / "d")
 
 
-def test_hub_id_offline_is_a_clear_error(tmp_path):
-    """With HF_HUB_OFFLINE=1 and nothing cached: exit 2, a message that says what is needed, no traceback."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-    done = subprocess.run(
-        [sys.executable, "-m", "prefpool", "ingest", "someone/not-cached", "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def _offline_ingest(tmp_path: Path, repo_id: str, out: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+    }
+    command = [sys.executable, "-m", "prefpool", "ingest", repo_id, "-o", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _cache_like_a_download(tmp_path: Path, namespace: str, name: str, splits: dict[str, list[dict]]) -> None:
+    """What `load_dataset("namespace/name")` leaves in the datasets cache, made from a local folder."""
+    import datasets
+
+    folder = tmp_path / f"{namespace}___{name}"  # the cache folder name of a Hub id
+    for split, rows in splits.items():
+        _write(folder / "data" / f"{split}-00000-of-00001.jsonl", rows)
+    builder = datasets.load_dataset_builder(str(folder), cache_dir=str(tmp_path / "datasets-cache"))
+    builder.download_and_prepare()
+    for split in splits:  # the Hub id's files are named after its dataset name
+        Path(builder.cache_dir, f"{folder.name}-{split}.arrow").rename(Path(builder.cache_dir, f"{name}-{split}.arrow"))
+
+
+def test_hub_id_offline_needs_a_local_cache(tmp_path):
+    """With HF_HUB_OFFLINE=1: nothing cached is exit 2 with a message saying what is needed, no traceback;
+    a cached copy is read."""
+    done = _offline_ingest(tmp_path, "someone/not-cached", tmp_path / "o")
     assert done.returncode == 2, done.stderr
     assert "error: someone/not-cached is not a local file, folder or glob" in done.stderr
     assert "it needs the network or a local cache (HF_HUB_OFFLINE is set" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "o").exists()
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+    _cache_like_a_download(tmp_path, "someone", "cached", {"train": [_pair(0), _pair(1)], "test": [_pair(2)]})
+    cached = _offline_ingest(tmp_path, "someone/cached", tmp_path / "c")
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout.startswith("ingest: 2 rows") and "format=pairwise split=train" in cached.stdout
+    assert {r["source"] for r in rows_by_id(tmp_path / "c").values()} == {"someone/cached:default:train"}
 
 
 def test_reading_errors_keep_an_earlier_output(tmp_path, fixtures):
