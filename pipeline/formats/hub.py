@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from prefpool.pipeline.formats.readers import BATCH_ROWS, Record
@@ -120,7 +121,7 @@ def open_hub(repo_id: str, *, split: str | None, subset: str | None, revision: s
     name = f"{where}:{builder.config.name}"
     inputs = {"hub": f"{name}:{chosen}", "fingerprint": dataset._fingerprint}
     source = open_object(dataset, split=chosen, label=where, name=name, inputs=inputs)
-    return type(source)(where, "hub", chosen, tuple(splits), inputs, source.records)
+    return replace(source, kind="hub", splits=tuple(splits) or source.splits)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from prefpool.pipeline.formats.readers import SUFFIXES, Record, check_readable, 
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
 from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.io.stage_run import RUN_MARKER
 
 DEFAULT_SPLIT = "train"
 SAVED_MARKERS = (("dataset_dict.json",), ("state.json", "dataset_info.json"))
@@ -80,16 +81,21 @@ def open_source(source: object, *, split: str | None, subset: str | None, revisi
         )
     text = os.fspath(source)
     fs, path = _filesystem(text)
-    if fs.isfile(path):
+    try:
+        is_file, is_dir = fs.isfile(path), fs.isdir(path)
+    except OSError as exc:  # a URL whose server cannot be reached
+        raise PipelineInputError(f"cannot reach: {exc}", file=text) from None
+    if is_file:
         _no_hub_options(text, subset=subset, revision=revision)
         return _files_source(text, "file", {DEFAULT_SPLIT: [_url(fs, path)]}, (), split, fs, base=None)
-    if fs.isdir(path):
-        if "://" not in text and fs.isfile(f"{path}/{MANIFEST_NAME}"):  # a prefpool table (e.g. build --kind pairwise)
+    if is_dir:
+        if "://" not in text and any(fs.isfile(f"{path}/{name}") for name in (MANIFEST_NAME, RUN_MARKER)):
+            # a prefpool table (e.g. a build --kind pairwise output), read through its manifest
             _no_hub_options(text, subset=subset, revision=revision)
             _, shards = checked_shards(path)
             return _files_source(text, "table", {DEFAULT_SPLIT: [str(p) for p in shards]}, (), split, fs, base=path)
         if any(all(fs.isfile(f"{path}/{name}") for name in marker) for marker in SAVED_MARKERS):
-            _no_hub_options(text, subset=None, revision=revision)
+            _no_hub_options(text, subset=subset, revision=revision)
             return hub.open_saved(text, split=split)
         _no_hub_options(text, subset=None, revision=revision)
         base = _url(fs, path)

@@ -238,6 +238,11 @@ def test_arrow_files_and_save_to_disk_folders(tmp_path):
     summary = ingest(saved, out=tmp_path / "s")
     assert (summary.split, summary.rows_written) == ("train", 2)
     assert ingest(saved, split="test", out=tmp_path / "st").rows_written == 1
+    broken = tmp_path / "broken.arrow"
+    broken.write_bytes(stream.read_bytes()[:-40])
+    result = runner.invoke(app, ["ingest", str(broken), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "broken.arrow" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_datasets_objects(tmp_path):
@@ -292,8 +297,8 @@ def test_url_sources_through_fsspec(tmp_path):
 def test_missing_paths_and_misplaced_hub_flags(tmp_path, fixtures):
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nope.jsonl: no such file or folder" in result.output
-    with pytest.raises(PipelineConfigError, match="--revision applies to Hub dataset ids"):
-        ingest(fixtures / "prompts.jsonl", revision="v1", out=tmp_path / "o")
+    result = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "--revision", "v1", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--revision applies to Hub dataset ids" in result.output
     with pytest.raises(PipelineConfigError, match="--subset applies to Hub dataset ids and folders"):
         ingest(fixtures / "prompts.jsonl", subset="x", out=tmp_path / "o")
     with pytest.raises(PipelineInputError, match="no subset 'x': the folder has no README.md listing configs"):
