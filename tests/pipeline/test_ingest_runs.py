@@ -13,6 +13,9 @@ from prefpool.pipeline.io.errors import OutputConflictError, PipelineInputError
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
 
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
+
 
 @pytest.fixture
 def source(tmp_path, fixtures):
