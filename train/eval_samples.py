@@ -48,9 +48,12 @@ def sample_texts(
     top_p: float | None,
     device: str = "cpu",
     batch_size: int = 16,
+    what: str = "model",
 ) -> tuple[list[list[str]], dict]:
-    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used."""
-    info = load_model_info(model)
+    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used.
+
+    ``model``: a folder, a .gguf file or a Hub id (``source.resolve_model``); ``what`` names it in errors."""
+    info = load_model_info(model, what=what)
     params, record = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     requests = [
         Request(tuple(info.render(messages)), sample_seed(seed, pid, i))
@@ -107,7 +110,7 @@ def sample_metrics(
         "mean_reward": sum(flat) / len(flat),
     }
     if ref_model is not None:
-        ref = rewards(sample_texts(ref_model, prompts, **kwargs)[0])
+        ref = rewards(sample_texts(ref_model, prompts, **kwargs, what="ref_model")[0])
         ref_flat = [r for row in ref for r in row]
         scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
         out.update(
