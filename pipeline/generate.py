@@ -55,7 +55,7 @@ from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
-from prefpool.pipeline.model.device import resolve_device
+from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
@@ -157,7 +157,7 @@ def generate(
     spec = ShardSpec.parse(shard)
     check_engine(engine)
     options = resolve_engine_args(engine, engine_args)
-    device = resolve_device(device) if engine == "hf" else device
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     info = load_model_info(model)
     if engine == "vllm":
         info.source.for_vllm()  # refuse what vLLM cannot load before any work

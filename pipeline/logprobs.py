@@ -58,7 +58,7 @@ from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
 from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
-from prefpool.pipeline.model.device import resolve_device
+from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.source import ModelSource, resolve_model
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
@@ -154,7 +154,7 @@ def logprobs(
     source = resolve_model(model)
     if engine == "vllm":
         source.for_vllm()
-    device = resolve_device(device) if engine == "hf" else device
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")

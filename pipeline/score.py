@@ -34,6 +34,7 @@ from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.device import resolve_device
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
@@ -100,6 +101,7 @@ def score(
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
+    device = resolve_device(device)
     scorer = _scorer(reward_fn, reward_model, batch_size, device)
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
@@ -137,10 +139,8 @@ def _scorer(reward_fn, reward_model, batch_size, device):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
     from prefpool.pipeline.model.cache_key import weights_hash
-    from prefpool.pipeline.model.device import resolve_device
     from prefpool.pipeline.model.source import resolve_model
 
-    device = resolve_device(device)
     source = resolve_model(reward_model, what="reward_model")
     weights = weights_hash(source, what="reward_model")
     return RewardModelScorer(

@@ -20,6 +20,7 @@ from prefpool.pipeline.engines.generation import Request, load_engine
 from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.generate import resolve_params
 from prefpool.pipeline.model.info import load_model_info
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 RewardFn = Callable[[list[dict], str], float]
 
@@ -71,7 +72,7 @@ def sample_metrics(
     data: str | Path,
     *,
     reward_fn: str | RewardFn,
-    ref_model: str | Path | None = None,
+    ref_model: str | Path | ModelSource | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
@@ -115,7 +116,7 @@ def sample_metrics(
         scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
         out.update(
             {
-                "ref_model": str(ref_model),
+                "ref_model": resolve_model(ref_model).given,
                 "ref_mean_reward": sum(ref_flat) / len(ref_flat),
                 "win_rate": sum(scores) / len(scores),
             }

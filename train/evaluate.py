@@ -174,6 +174,8 @@ def evaluate(
     start = time.perf_counter()
     target = eval_file(out) if out is not None else None  # refuse a file before any work
     device = resolve_device(device)  # a module given as ``model`` stays where it is
+    if ref_model is not None:
+        ref_model = resolve_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     module, tok = _load(model, tokenizer, device)
     summary: dict = {
         "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
@@ -186,7 +188,9 @@ def evaluate(
         from .eval_samples import sample_metrics
 
         if isinstance(model, torch.nn.Module):
-            raise ConfigError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
+            raise ConfigError(
+                "reward_fn: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
+            )
         summary["samples"] = sample_metrics(
             model,
             data,

@@ -190,11 +190,11 @@ class Trainer:
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.source = resolve_model(cfg.model)  # a bad model reference fails before the data is read
         self.manifest, _ = checked_shards(cfg.data)
         self.kind = self.manifest.identity.schema
         cfg.check_table(self.kind)
         self.spec = train_kind(self.kind)
-        self.source = resolve_model(cfg.model)
         self.tokenizer = self.source.tokenizer()
         self.cache = cache_parts(self.manifest, cfg.data)
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).

@@ -16,14 +16,20 @@ DEVICES = "auto, cpu, cuda, cuda:N or mps"
 _PATTERN = re.compile(r"auto|cpu|mps|cuda(?::(?P<index>\d+))?")
 
 
+def parse_device(device: str | None = "auto", *, what: str = "device") -> str:
+    """``device`` checked for spelling only (for an engine that places itself, like vLLM): auto, cpu, ..."""
+    name = "auto" if device is None else str(device).strip().lower()
+    if _PATTERN.fullmatch(name) is None:
+        raise ConfigError(f"{what}: {device!r} is not a device; expected {DEVICES}")
+    return name
+
+
 def resolve_device(device: str | None = "auto", *, what: str = "device") -> str:
     """The torch device string for ``device`` (``None`` means ``auto``); ``what`` names the option in errors."""
     import torch
 
-    name = "auto" if device is None else str(device).strip().lower()
+    name = parse_device(device, what=what)
     match = _PATTERN.fullmatch(name)
-    if match is None:
-        raise ConfigError(f"{what}: {device!r} is not a device; expected {DEVICES}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):

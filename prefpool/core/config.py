@@ -174,12 +174,13 @@ def _translate(
                 )
                 continue
             out[name], labels[name] = item, label
-    names = sorted(fields) + sorted(aliases)
+    # suggest names that set something: a refused alias is no better a guess than the typo itself
+    names = sorted(fields) + sorted(n for n, a in aliases.items() if a.targets())
     for key in unknown:
         near = _nearest(str(key), names)
         hint = ""
         if near is not None:
-            target = aliases[near].targets() if near in aliases else ()
+            target = aliases[near].targets() if near in aliases and near not in fields else ()
             hint = f" (did you mean {near!r}" + (f", which sets {' and '.join(target)}" if target else "") + "?)"
         problems.append(f"unknown key {prefix + str(key)!r}{hint}")
     if unknown:
