@@ -27,6 +27,7 @@ the ``.gguf`` file itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,12 @@ class ModelSource:
         return AutoTokenizer.from_pretrained(str(self.folder), **self.load_kwargs)
 
     def config(self):
+        """The model's config; a GGUF's is parsed from the file once per process (read it, do not change it)."""
+        if self.gguf_file:
+            return _gguf_config(str(self.path), self.path.stat().st_mtime_ns)
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(self.folder), **self.load_kwargs)
+        return AutoConfig.from_pretrained(str(self.folder))
 
     def generation_config(self) -> dict:
         """The non-default values of ``generation_config.json`` (a GGUF: those its config implies)."""
@@ -122,6 +126,15 @@ class ModelSource:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(str(self.folder), dtype=dtype, **self.load_kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(path: str, mtime_ns: int):
+    # Reading a GGUF's metadata takes seconds (its whole vocabulary is in it), and a stage asks for the
+    # config several times (context length, generation defaults, the model class).
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
 
 
 def resolve_model(model: str | Path | ModelSource, *, what: str = "model") -> ModelSource:

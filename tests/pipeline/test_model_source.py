@@ -267,3 +267,22 @@ def test_cli_hub_id_not_cached_is_exit_2(offline, examples, tmp_path):
     result = CliRunner().invoke(app, ["logprobs", str(examples), "-m", "nobody/nothing", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "nobody/nothing is not in the local Hugging Face cache" in result.output
     assert str(offline[0]) in result.output and "Traceback" not in result.output
+
+
+SMOLLM2_GGUF = (
+    __import__("pathlib").Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    / "smollm2"
+    / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2_GGUF.is_file(), reason="the real GGUF: run ../shared/tools/get-smollm2 first")
+def test_real_quantized_smollm2_gguf_scores_through_logprobs(examples, tmp_path):
+    """A real llama.cpp file (Q4_1, SmolLM2-135M-Instruct): its own tokenizer and chat template, dequantized.
+    (The tiny F32 GGUF above checks the values exactly; this one that a real file loads at all.)"""
+    pytest.importorskip("gguf")
+    summary = logprobs(examples, model=SMOLLM2_GGUF, out=tmp_path / "lp", max_length=64, show_progress=False)
+    values = _logps(tmp_path / "lp")
+    assert summary.rows == 6 and all(v < 0 for v in values.values())
+    assert load_manifest(tmp_path / "lp").identity.config["cache"]["weights_sha256"] == weights_hash(SMOLLM2_GGUF)
