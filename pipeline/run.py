@@ -47,6 +47,7 @@ skips a push whose record matches.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import shutil
@@ -101,9 +102,15 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
 
     ``progress`` (``--progress/--no-progress``): the ``show_progress`` of every stage that has one and
     whose section does not set it."""
-    unknown = sorted(set(data) - set(TOP_KEYS) - set(STAGES))
+    unknown = [k for k in data if k not in TOP_KEYS and k not in STAGES]
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; known keys: {', '.join(TOP_KEYS + STAGES)}")
+        known = TOP_KEYS + STAGES
+        named = [
+            f"{k!r}" + (f" (did you mean {n[0]!r}?)" if (n := difflib.get_close_matches(str(k), known, 1)) else "")
+            for k in unknown
+        ]
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise ConfigError(f"{source}: unknown top-level {noun} {', '.join(named)}; known keys: {', '.join(known)}")
     workdir = data.get("workdir")
     if not isinstance(workdir, str) or not workdir:
         raise ConfigError(f"{source}: top-level key 'workdir' (a folder for the stage outputs) is required")

@@ -224,7 +224,9 @@ def _config_command(
                 formatter.write_text(keys())
             other = aliases()
             if other:
-                with formatter.section("TRL DPOConfig names also taken (others are refused with a reason)"):
+                with formatter.section(
+                    "TRL DPOConfig names: mapped to the keys above, or refused with the reason given"
+                ):
                     formatter.write_text(other)
 
     return ConfigCommand(

@@ -186,7 +186,7 @@ def test_train_help_lists_the_keys_and_the_trl_names():
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0
     assert "warmup_ratio (default 0.0): Warmup as a fraction of the run's steps" in result.output
-    assert "TRL DPOConfig names also taken" in result.output
+    assert "TRL DPOConfig names: mapped to the keys above, or refused with the reason given" in result.output
     assert "learning_rate: the peak learning rate (prefpool: lr)" in result.output
     assert "lr_scheduler_type: linear only" in result.output
     assert "--progress / --no-progress" in result.output
