@@ -139,7 +139,9 @@ def _report_to(value: Any, where: str) -> Mapping[str, Any]:
 
 def _strategy(no_effect: Mapping[Any, Mapping[str, Any]], note: str) -> Callable[[Any, str], Mapping[str, Any]]:
     def convert(value: Any, where: str) -> Mapping[str, Any]:
-        if value not in no_effect:
+        if value is False:  # YAML 1.1 reads an unquoted `no` as false
+            value = "no"
+        if not isinstance(value, str) or value not in no_effect:
             raise ConfigError(f"{where}: {value!r} is not taken; {note}")
         return no_effect[value]
 

@@ -104,6 +104,8 @@ def test_warmup_ratio_is_a_fraction_of_the_run_unless_warmup_steps_is_set(tmp_pa
         ("model_init_kwargs: {dtype: bfloat16}", {"dtype": "bfloat16"}),
         ("torch_dtype: float16", {"dtype": "float16"}),
         ("save_strategy: 'no'", {"save_steps": 0}),
+        ("save_strategy: no", {"save_steps": 0}),  # YAML 1.1: an unquoted no is false
+        ("eval_strategy: no", {}),
         ("save_strategy: steps\nsave_steps: 20", {"save_steps": 20}),
         ("max_steps: 100", {"max_steps": 100}),
         ("max_steps: null", {"max_steps": None}),  # prefpool's own spelling still works
