@@ -55,6 +55,7 @@ from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
@@ -117,7 +118,7 @@ def generate(
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
-    device: str = "cpu",
+    device: str = "auto",
     show_progress: bool | None = None,
     engine_args: dict | None = None,
 ) -> GenerateSummary:
@@ -129,7 +130,8 @@ def generate(
 
     Args:
         input_dir: An `examples` (ingest) output folder; only its prompts are used.
-        model: A local save_pretrained folder with a chat template.
+        model: A local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there); it needs
+            a chat template.
         out: Output folder (candidates shards, manifest.json, report.json).
         n: Samples per prompt.
         engine: Generation engine: hf | vllm.
@@ -142,8 +144,8 @@ def generate(
             `prefpool merge`.
         overwrite: Replace an existing output made with another model or settings.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        device: torch device for the hf engine.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
             $PREFPOOL_VLLM_ARGS.
     """
@@ -155,7 +157,10 @@ def generate(
     spec = ShardSpec.parse(shard)
     check_engine(engine)
     options = resolve_engine_args(engine, engine_args)
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     info = load_model_info(model)
+    if engine == "vllm":
+        info.source.for_vllm()  # refuse what vLLM cannot load before any work
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)
     if context is not None and params.max_new_tokens >= context:

@@ -58,6 +58,8 @@ from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
 from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
+from prefpool.pipeline.model.device import parse_device, resolve_device
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
 STAGE = "logprobs"
@@ -115,17 +117,20 @@ def logprobs(
     overwrite: bool = False,
     cache: str | Path | None = None,
     rows_per_unit: int = ROWS_PER_UNIT,
+    device: str = "auto",
     show_progress: bool | None = None,
     engine_args: dict | None = None,
 ) -> LogprobsSummary:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
-    ``model`` is a local folder (``save_pretrained`` layout). ``max_length=None``:
-    the model's context (see the module docstring).
+    ``model`` is a local folder (``save_pretrained`` layout), a ``.gguf`` file or a
+    Hub id (``source.resolve_model``). ``max_length=None``: the model's context
+    (see the module docstring).
 
     Args:
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
-        model: Reference model: a local save_pretrained folder.
+        model: Reference model: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when
+            there).
         out: Output folder (logprobs shards, manifest.json, report.json).
         engine: Scoring engine: hf | vllm.
         max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context
@@ -139,21 +144,24 @@ def logprobs(
         overwrite: Replace an existing output made with another model or settings.
         cache: A previous logprobs output whose rows (same cache key) are reused.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
             $PREFPOOL_VLLM_ARGS.
     """
     start = time.perf_counter()
-    _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)
+    _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
+    source = resolve_model(model)
+    if engine == "vllm":
+        source.for_vllm()
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
-    weights = weights_hash(model)  # before loading anything: a folder without weights fails fast
-    max_length = resolve_max_length(model, max_length, options)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
+    max_length = resolve_max_length(source, max_length, options)
+    tokenizer = source.tokenizer()
     components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
     key = cache_key_of(components)
     config = {
@@ -169,8 +177,9 @@ def logprobs(
     pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     provenance = {
-        "path": str(Path(model).resolve()),
+        **source.describe(),
         "engine": engine,
+        "device": device,
         "cache_key": key,
         **components,
         "engine_args": options,
@@ -205,7 +214,7 @@ def logprobs(
 
     todo = run.pending(units)
     cached = _load_cache(out, cache, key, per_token) if todo else {}
-    scorer = _LazyEngine(engine, model, dtype, batch_tokens, tokenizer, options)
+    scorer = _LazyEngine(engine, source, dtype, batch_tokens, tokenizer, options, device)
     counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
     with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
         for unit in todo:
@@ -245,18 +254,16 @@ def logprobs(
     )
 
 
-def model_context(model: str | Path) -> int | None:
+def model_context(model: str | Path | ModelSource) -> int | None:
     """``max_position_embeddings`` of the model's config (of its text model for a multimodal one)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model))
+    config = resolve_model(model).config()
     value = getattr(config, "max_position_embeddings", None)
     if value is None and hasattr(config, "get_text_config"):
         value = getattr(config.get_text_config(), "max_position_embeddings", None)
     return int(value) if value else None
 
 
-def resolve_max_length(model: str | Path, max_length: int | None, options: dict) -> int:
+def resolve_max_length(model: str | Path | ModelSource, max_length: int | None, options: dict) -> int:
     """The ``max_length`` the run uses: the model's context when None; refused when beyond it."""
     context = model_context(model)
     limit = context_limit(context, options)
@@ -267,13 +274,14 @@ def resolve_max_length(model: str | Path, max_length: int | None, options: dict)
         if options.get("max_model_len") is not None:
             where += f", engine option max_model_len={options['max_model_len']}"
         raise PipelineConfigError(
-            f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for {model}: "
+            f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for "
+            f"{resolve_model(model).given}: "
             f"pass max_length <= {limit}, or leave it unset to use the model's context"
         )
     return max_length
 
 
-def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) -> None:
+def _check_args(engine, max_length, batch_tokens, dtype, long_prompts) -> None:
     if engine not in ENGINES:
         raise PipelineConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
     if dtype not in DTYPES:
@@ -282,8 +290,6 @@ def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) ->
         raise PipelineConfigError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
     if (max_length is not None and max_length < 2) or batch_tokens < 1:
         raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
-    if not Path(model).is_dir():
-        raise PipelineConfigError(f"model {model}: not a local model folder (save_pretrained layout)")
 
 
 def _existing_config(out: Path) -> dict | None:
@@ -333,18 +339,19 @@ def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) 
 class _LazyEngine:
     """Loads the model on first use: a run served entirely from the cache never loads it."""
 
-    def __init__(self, engine, model, dtype, batch_tokens, tokenizer, options) -> None:
-        self.args = (engine, model, dtype, batch_tokens, tokenizer, options)
+    def __init__(self, engine, source, dtype, batch_tokens, tokenizer, options, device) -> None:
+        self.args = (engine, source, dtype, batch_tokens, tokenizer, options, device)
         self.engine = None
         self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
 
     def score(self, sequences, starts, *, per_token):
         if self.engine is None:
-            name, model, dtype, batch_tokens, tokenizer, options = self.args
+            name, source, dtype, batch_tokens, tokenizer, options, device = self.args
             # padded positions are masked out of attention and scoring: any id will do
             pad = tokenizer.pad_token_id or 0
-            extra = {"options": options} if options else {}  # only the vllm engine takes options
-            self.engine = ENGINES[name](str(model), dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
+            # only the vllm engine takes options; only the hf engine a device
+            extra = {"options": options} if name == "vllm" else {"device": device}
+            self.engine = ENGINES[name](source, dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
         start = time.perf_counter()
         scores = self.engine.score(sequences, starts, per_token=per_token)
         self.seconds += time.perf_counter() - start

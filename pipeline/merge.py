@@ -67,7 +67,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
 
     Args:
         dirs: Output folders of the --shard i/N runs, one per i.
-        out: Merged output folder.
+        out: Output folder: the merged shards, manifest.json and report.json, as one unsharded run writes them.
         overwrite: Replace an existing, different output.
     """
     runs = []

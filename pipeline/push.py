@@ -107,7 +107,7 @@ def push(
         source: A `build` output folder.
         repo_id: Hub dataset repo, e.g. me/my-pairs.
         dry_run: Only write the Hub folder (needs --out).
-        out: Where to write the Hub folder.
+        out: Output folder: the Hub folder, data/<split>-*.parquet and README.md (the card); must be new or empty.
         private: Create the repo as private.
         license: License id for the card.
         split: Split name of the data files.

@@ -47,6 +47,8 @@ skips a push whose record matches.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import shutil
 import typing
@@ -95,11 +97,20 @@ def stage_function(stage: str) -> Callable[..., Any]:
     return fn
 
 
-def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
-    """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments."""
-    unknown = sorted(set(data) - set(TOP_KEYS) - set(STAGES))
+def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None = None) -> list[StageCall]:
+    """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments.
+
+    ``progress`` (``--progress/--no-progress``): the ``show_progress`` of every stage that has one and
+    whose section does not set it."""
+    unknown = [k for k in data if k not in TOP_KEYS and k not in STAGES]
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; known keys: {', '.join(TOP_KEYS + STAGES)}")
+        known = TOP_KEYS + STAGES
+        named = [
+            f"{k!r}" + (f" (did you mean {n[0]!r}?)" if (n := difflib.get_close_matches(str(k), known, 1)) else "")
+            for k in unknown
+        ]
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise ConfigError(f"{source}: unknown top-level {noun} {', '.join(named)}; known keys: {', '.join(known)}")
     workdir = data.get("workdir")
     if not isinstance(workdir, str) or not workdir:
         raise ConfigError(f"{source}: top-level key 'workdir' (a folder for the stage outputs) is required")
@@ -124,6 +135,8 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
         kw.setdefault("out", str(root / stage))
         if stage in MODEL_STAGES and model is not None:
             kw.setdefault("model", model)
+        if progress is not None and "show_progress" in inspect.signature(fn).parameters:
+            kw.setdefault("show_progress", progress)
         stage_calls = _defaults(stage, kw, outputs, where)
         for call in stage_calls:
             _check_call(fn, call, where)
@@ -197,7 +210,6 @@ def _fan_out(stage: str, kw: dict[str, Any], key: str, names: list[str], where: 
 
 def _check_call(fn: Callable[..., Any], call: StageCall, where: str) -> None:
     """Refuse missing required arguments and values of the wrong type, naming the section."""
-    import inspect
 
     hints = typing.get_type_hints(fn)
     for name, param in inspect.signature(fn).parameters.items():
@@ -218,20 +230,24 @@ def _expand(value: Any, workdir: str) -> Any:
     return value
 
 
-def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> list[StageCall]:
+def load_pipeline(path: str | Path, overrides: Sequence[str] = (), *, progress: bool | None = None) -> list[StageCall]:
     """Read ``path``, apply ``section.key=value`` overrides, and plan the stage calls."""
-    return plan_pipeline(apply_overrides(read_yaml(path), overrides), source=str(path))
+    return plan_pipeline(apply_overrides(read_yaml(path), overrides), source=str(path), progress=progress)
 
 
 def run_pipeline(
-    path: str | Path, overrides: Sequence[str] = (), *, log: Callable[[str], None] | None = print
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    log: Callable[[str], None] | None = print,
+    progress: bool | None = None,
 ) -> list[tuple[StageCall, Any]]:
     """Run the stages of ``path`` in order; ``log`` gets each stage's one-line summary.
 
     Every call is planned and checked before the first stage runs, so a typo in
     the last section fails at once. Returns ``(call, summary)`` per stage call.
     """
-    calls = load_pipeline(path, overrides)
+    calls = load_pipeline(path, overrides, progress=progress)
     results = []
     for call in calls:
         if call.stage == "push":

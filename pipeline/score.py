@@ -34,6 +34,7 @@ from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.device import resolve_device
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
@@ -70,6 +71,7 @@ def score(
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
+    device: str = "auto",
     show_progress: bool | None = None,
 ) -> ScoreSummary:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`).
@@ -81,13 +83,15 @@ def score(
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
         out: Output folder (scores shards, manifest.json, report.json).
         reward_fn: module:function or path/file.py:function; called as f(prompt messages, completion) -> float.
-        reward_model: A one-label sequence-classification model folder (save_pretrained).
+        reward_model: A one-label sequence-classification model: a local folder (save_pretrained), a .gguf file or a
+            Hub id (from the local HF cache when there).
         batch_size: Reward model: sequences per forward pass; does not change values.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
         overwrite: Replace an existing output made with another scorer.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: Reward model: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps; not in the identity.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
     """
     start = time.perf_counter()
     if (reward_fn is None) == (reward_model is None):
@@ -97,7 +101,8 @@ def score(
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
-    scorer = _scorer(reward_fn, reward_model, batch_size)
+    device = resolve_device(device)
+    scorer = _scorer(reward_fn, reward_model, batch_size, device)
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
@@ -130,18 +135,17 @@ def score(
     )
 
 
-def _scorer(reward_fn, reward_model, batch_size):
+def _scorer(reward_fn, reward_model, batch_size, device):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
-    from transformers import AutoTokenizer
-
     from prefpool.pipeline.model.cache_key import weights_hash
+    from prefpool.pipeline.model.source import resolve_model
 
-    if not Path(reward_model).is_dir():
-        raise PipelineConfigError(f"reward model {reward_model}: not a local model folder (save_pretrained layout)")
-    weights = weights_hash(reward_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(reward_model))
-    return RewardModelScorer(reward_model, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer)
+    source = resolve_model(reward_model, what="reward_model")
+    weights = weights_hash(source, what="reward_model")
+    return RewardModelScorer(
+        source, batch_size=batch_size, weights_sha256=weights, tokenizer=source.tokenizer(), device=device
+    )
 
 
 def _checked(value: object, pid: str, cid: str, input_dir) -> float:

@@ -20,6 +20,7 @@ from prefpool.pipeline.engines.generation import Request, load_engine
 from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.generate import resolve_params
 from prefpool.pipeline.model.info import load_model_info
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 from .data import prompts_of
 
@@ -50,9 +51,12 @@ def sample_texts(
     top_p: float | None,
     device: str = "cpu",
     batch_size: int = 16,
+    what: str = "model",
 ) -> tuple[list[list[str]], dict]:
-    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used."""
-    info = load_model_info(model)
+    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used.
+
+    ``model``: a folder, a .gguf file or a Hub id (``source.resolve_model``); ``what`` names it in errors."""
+    info = load_model_info(model, what=what)
     params, record = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     requests = [
         Request(tuple(info.render(messages)), sample_seed(seed, pid, i))
@@ -70,7 +74,7 @@ def sample_metrics(
     data: str | Path,
     *,
     reward_fn: str | RewardFn,
-    ref_model: str | Path | None = None,
+    ref_model: str | Path | ModelSource | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
@@ -107,12 +111,12 @@ def sample_metrics(
         "mean_reward": sum(flat) / len(flat),
     }
     if ref_model is not None:
-        ref = rewards(sample_texts(ref_model, prompts, **kwargs)[0])
+        ref = rewards(sample_texts(ref_model, prompts, **kwargs, what="ref_model")[0])
         ref_flat = [r for row in ref for r in row]
         scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
         out.update(
             {
-                "ref_model": str(ref_model),
+                "ref_model": resolve_model(ref_model).given,
                 "ref_mean_reward": sum(ref_flat) / len(ref_flat),
                 "win_rate": sum(scores) / len(scores),
             }

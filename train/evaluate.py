@@ -25,8 +25,11 @@ from prefpool.core.errors import ConfigError
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.out_folder import file_in_folder
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.model.device import resolve_device
 from prefpool.pipeline.model.scoring import eval_mode, score_pairs
+from prefpool.pipeline.model.source import resolve_model
 
 from .data import decoded_rows, encode_row
 from .kinds import TRAIN_KINDS
@@ -54,8 +57,7 @@ def cache_max_length(data: str | Path) -> int:
     return found.pop()
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+EVAL_FILE = "eval.json"  # what `eval --out FOLDER` writes into FOLDER
 
 
 def _load(model, tokenizer, device: str):
@@ -63,10 +65,14 @@ def _load(model, tokenizer, device: str):
         if tokenizer is None:
             raise ValueError("tokenizer: required when model is a module, not a folder")
         return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    source = resolve_model(model)
+    tok = tokenizer or source.tokenizer()
+    return source.causal_lm(torch.float32).to(device), tok
 
-    tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
-    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).to(device), tok
+
+def eval_file(out: str | Path) -> Path:
+    """``OUT/eval.json`` (``out``: a folder, or a new folder's name)."""
+    return file_in_folder(out, EVAL_FILE, command="eval")
 
 
 def table_logratios(
@@ -135,36 +141,40 @@ def evaluate(
     top_p: float | None = None,
     seed: int = 0,
     max_prompts: int | None = None,
-    device: str | None = None,
+    device: str = "auto",
 ) -> dict:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate).
 
-    ``model`` is a local folder, or a module given with ``tokenizer``. Returns
-    (and writes to ``out`` as JSON, atomically) ``{"ranking": {...}}`` plus
+    ``model`` is a local folder, a ``.gguf`` file, a Hub id, or a module given
+    with ``tokenizer``. Returns (and writes to ``out/eval.json``, atomically)
+    ``{"ranking": {...}}`` plus
     ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
     (needs ``model`` and ``ref_model`` as folders).
 
     Args:
-        model: Policy: a local save_pretrained folder.
+        model: Policy: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there).
         data: A held-out `build` output folder (pairwise, mcpo or mpo).
         tokenizer: With a module as ``model``: its tokenizer (Python only).
         max_length: Default: the reference cache's, read from the manifests.
         beta: Scales the reported margins only; ranks do not depend on it.
         tie_atol: Log-ratios within this many nats tie (a tie is not a win).
         max_tokens: Padded-token budget of one scoring batch; does not change the values.
-        out: Write the JSON summary here.
+        out: Output folder: the JSON summary goes to OUT/eval.json (the folder is made; the file replaced).
         reward_fn: module:function(prompt messages, completion) -> float.
-        ref_model: With --reward-fn: win-rate against this model's samples.
+        ref_model: With --reward-fn: win-rate against this model's samples (a folder, a .gguf file or a Hub id).
         num_samples: With --reward-fn: samples per prompt.
         max_new_tokens: With --reward-fn. Default: generation_config, else 256.
         temperature: With --reward-fn. Default: generation_config, else 1.0.
         top_p: With --reward-fn. Default: generation_config, else 1.0.
         seed: With --reward-fn: sample seeds, shared by both models.
         max_prompts: With --reward-fn: sample for the first N prompts only.
-        device: cpu, cuda, cuda:1, ... Default: cuda when available.
+        device: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
     """
     start = time.perf_counter()
-    device = device or default_device()  # a module given as ``model`` stays where it is
+    target = eval_file(out) if out is not None else None  # refuse a file before any work
+    device = resolve_device(device)  # a module given as ``model`` stays where it is
+    if ref_model is not None:
+        ref_model = resolve_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     module, tok = _load(model, tokenizer, device)
     summary: dict = {
         "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
@@ -177,7 +187,9 @@ def evaluate(
         from .eval_samples import sample_metrics
 
         if isinstance(model, torch.nn.Module):
-            raise ConfigError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
+            raise ConfigError(
+                "reward_fn: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
+            )
         summary["samples"] = sample_metrics(
             model,
             data,
@@ -192,7 +204,7 @@ def evaluate(
             device=device,
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(out), json.loads(json.dumps(summary)))
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, json.loads(json.dumps(summary)))
     return summary

@@ -81,8 +81,8 @@ def online(cfg: OnlineConfig, *, log: Callable[[str], None] | None = print) -> d
     say = log or (lambda _line: None)
     out = Path(cfg.output_dir)
     initial = cfg.policy or cfg.reference
-    ref_hash = logprobs_stage.weights_hash(cfg.reference)
-    init_hash = logprobs_stage.weights_hash(initial)
+    ref_hash = logprobs_stage.weights_hash(cfg.reference, what="reference")
+    init_hash = logprobs_stage.weights_hash(initial, what="policy" if cfg.policy else "reference")
     state = OnlineState(out, cfg.identity(), {"reference": ref_hash, "initial policy": init_hash})
     examples, prompts_record = _prompts(cfg, out, state, say)
 
@@ -171,7 +171,12 @@ def _round(
         say,
         lambda: _record(
             score_stage.score(
-                gen, out=scored, reward_fn=cfg.reward_fn, reward_model=cfg.reward_model, show_progress=show
+                gen,
+                out=scored,
+                reward_fn=cfg.reward_fn,
+                reward_model=cfg.reward_model,
+                device=cfg.device,
+                show_progress=show,
             ),
             say,
             f"round {r}",
@@ -190,6 +195,7 @@ def _round(
                 engine=cfg.logprobs_engine,
                 max_length=cfg.max_length,
                 dtype=cfg.dtype,
+                device=cfg.device,
                 show_progress=show,
             ),
             say,

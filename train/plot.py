@@ -1,4 +1,4 @@
-"""``plot_run(run_dirs, out)``: training curves from ``metrics.jsonl`` to a PNG (matplotlib, Agg).
+"""``plot_run(run_dirs, out)``: training curves from ``metrics.jsonl`` to ``OUT/curves.png`` (matplotlib, Agg).
 
 One panel per quantity: loss, reward margin, reward accuracy, and for MC-PO
 runs the kernel entropy. Several run folders share the panels, one line each,
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefpool.core.errors import ConfigError, InputError, MissingInputError
+from prefpool.pipeline.io.atomic import atomic_path
+from prefpool.pipeline.io.out_folder import file_in_folder
 
 from .metrics import read_metrics
 
@@ -25,6 +27,7 @@ PANELS: tuple[tuple[str, str], ...] = (
 )
 PANEL_SIZE = (4.0, 3.0)  # inches, one panel
 DPI = 100
+PLOT_FILE = "curves.png"  # what `plot --out FOLDER` writes into FOLDER
 
 
 def _run_label(run_dir: Path) -> str:
@@ -46,11 +49,12 @@ def _load(run_dir: Path) -> list[dict]:
 def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Draw training curves (loss, reward margin/accuracy, MC-PO kernel entropy) from metrics.jsonl to a PNG.
 
-    Returns the PNG's path.
+    Returns the PNG's path, ``OUT/curves.png``.
 
     Args:
         run_dirs: `prefpool train` output folders; several share one figure.
-        out: PNG to write (default: FIRST_RUN_DIR/curves.png).
+        out: Output folder: the figure goes to OUT/curves.png (the folder is made; the file replaced). Default: the
+            first run folder.
     """
     import matplotlib
 
@@ -60,7 +64,7 @@ def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path | None
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     if not dirs:
         raise ConfigError("plot_run: give at least one run folder")
-    out = dirs[0] / "curves.png" if out is None else out
+    target = plot_file(dirs[0] if out is None else out)
     runs = [(_run_label(d), _load(d)) for d in dirs]
     panels = [(key, title) for key, title in PANELS if any(key in r for _, records in runs for r in records)]
 
@@ -78,8 +82,13 @@ def plot_run(run_dirs: str | Path | Sequence[str | Path], out: str | Path | None
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    return out
+    return target
+
+
+def plot_file(out: str | Path) -> Path:
+    """``OUT/curves.png`` (``out``: a folder, or a new folder's name)."""
+    return file_in_folder(out, PLOT_FILE, command="plot")

@@ -51,6 +51,7 @@ from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.progress import progress
 from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.model.source import resolve_model
 
 from .cache_check import cache_parts, check_cache
 from .card import model_card
@@ -124,6 +125,11 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """Warmup steps: ``warmup_steps``, else ``ceil(warmup_ratio * total)`` (TRL's and HF's rule)."""
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total)
+
+
 def _linear_warmup_decay(warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
@@ -180,16 +186,16 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, set_seed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.source = resolve_model(cfg.model)  # a bad model reference fails before the data is read
         self.manifest, _ = checked_shards(cfg.data)
         self.kind = self.manifest.identity.schema
         cfg.check_table(self.kind)
         self.spec = train_kind(self.kind)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.tokenizer = self.source.tokenizer()
         self.cache = cache_parts(self.manifest, cfg.data)
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
         self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
@@ -208,6 +214,7 @@ class Trainer:
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision,
             step_scheduler_with_optimizer=False,
+            **({"cpu": True} if cfg.device == "cpu" else {}),
             **_tracker_options(cfg, self.out),
         )
         set_seed(cfg.seed)
@@ -227,8 +234,9 @@ class Trainer:
                 f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = warmup_steps(cfg, self.total_steps)
 
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+        model = self.source.causal_lm(DTYPES[cfg.dtype])
         _disable_dropout(model)  # before LoRA: lora_dropout is the user's choice
         if cfg.lora_r:
             model = _with_lora(model, cfg)
@@ -242,7 +250,7 @@ class Trainer:
         else:
             optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _linear_warmup_decay(cfg.warmup_steps, self.total_steps)
+            optimizer, _linear_warmup_decay(self.warmup_steps, self.total_steps)
         )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").
@@ -398,8 +406,9 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         start, records = time.perf_counter(), []
         until = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
-        with progress("train", until, enabled=cfg.progress and acc.is_main_process, unit="steps") as advance:
-            advance(self.state.step)
+        # Only the main process reports; None (auto) elsewhere would print one bar or line per process.
+        shown = cfg.progress if acc.is_main_process else False
+        with progress("train", until, enabled=shown, unit="steps", initial=self.state.step) as advance:
             while self.state.step < until:
                 record = self._optimizer_step()
                 if not math.isfinite(record["loss"]):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 RewardFn = Callable[[list[dict], str], float]
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
@@ -82,17 +83,21 @@ class RewardModelScorer:
     at the last non-pad position, and attention masks the pads).
     """
 
-    def __init__(self, model: str | Path, *, batch_size: int, weights_sha256: str, tokenizer) -> None:
+    def __init__(
+        self, model: str | Path | ModelSource, *, batch_size: int, weights_sha256: str, tokenizer, device: str = "cpu"
+    ) -> None:
         from prefpool.pipeline.model.tokenize import template_hash
 
-        self.path = str(model)
+        self.source = resolve_model(model, what="reward_model")
+        self.path = self.source.given
         self.batch_size = batch_size
         self.tokenizer = tokenizer
+        self.device = device
         if tokenizer.chat_template is None:
-            raise PipelineConfigError(f"reward model {model}: its tokenizer has no chat template")
+            raise PipelineConfigError(f"reward model {self.path}: its tokenizer has no chat template")
         self.identity = {
             "kind": "model",
-            "path": str(Path(model).resolve()),
+            "path": str(self.source.path.resolve()),
             "weights_sha256": weights_sha256,
             "tokenizer_sha256": template_hash(tokenizer),
             "dtype": "float32",
@@ -102,16 +107,12 @@ class RewardModelScorer:
 
     def _load(self):
         import torch
-        from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, torch_dtype=torch.float32)
-        self._model = model.eval()
+        self._model = self.source.sequence_classifier(torch.float32).to(self.device).eval()
         return self._model
 
     def _check_config(self) -> None:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(self.path)
+        config = self.source.config()
         if config.num_labels != 1:
             raise PipelineConfigError(
                 f"reward model {self.path}: has {config.num_labels} labels, need 1 (a scalar reward)"
@@ -139,6 +140,6 @@ class RewardModelScorer:
                 ids[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = 1
             with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=mask).logits  # (B, 1)
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, 1)
             out.extend(logits[:, 0].double().tolist())
         return out

@@ -139,6 +139,7 @@ def eval_() -> click.Command:
         "prefpool.train.evaluate:evaluate",
         short={"model": "-m", "data": "-d", "out": "-o"},
         skip=("tokenizer",),
+        report=_eval_line,
     )
 
 
@@ -150,6 +151,15 @@ def plot() -> click.Command:
         short={"out": "-o"},
         report=lambda written, _: f"plot: {written}",
     )
+
+
+def _eval_line(summary: dict, kwargs: dict) -> str:
+    text = json.dumps(summary, indent=2)
+    if kwargs.get("out") is not None:
+        from prefpool.train.evaluate import EVAL_FILE
+
+        text += f"\neval: written to {Path(kwargs['out']) / EVAL_FILE}"
+    return text
 
 
 def quickstart() -> click.Command:
@@ -171,14 +181,30 @@ def quickstart() -> click.Command:
     )
 
 
-def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[Any], None]) -> click.Command:
-    """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields."""
+PROGRESS_HELP = (
+    "Progress on stderr: a bar on a terminal, else a plain line every $PREFPOOL_PROGRESS_SECONDS (30) seconds "
+    "with done/total, rate and ETA (Slurm, nohup). Default: on."
+)
 
-    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+
+def _progress_option() -> click.Option:
+    return click.Option(["--progress/--no-progress", "progress"], default=None, help=PROGRESS_HELP)
+
+
+def _config_command(
+    name: str, help_text: str, config_cls: str, run: Callable[[Any], None], *, progress_key: str
+) -> click.Command:
+    """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields.
+
+    ``--progress/--no-progress`` sets the key ``progress_key`` (after the overrides: the flag wins).
+    """
+
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
         from prefpool.core.config import load_config
 
         cls = _load(config_cls)
-        run(call(load_config, cls, config, list(overrides)))
+        flag = [f"{progress_key}={str(progress).lower()}"] if progress is not None else []
+        run(call(load_config, cls, config, [*overrides, *flag]))
 
     def keys() -> str:
         from prefpool.core.config import config_help
@@ -186,10 +212,22 @@ def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[A
         rows = config_help(_load(config_cls))
         return "Keys (YAML or key=value):\n\n" + "\n\n".join(f"{n} (default {d}): {h}" for n, d, h in rows)
 
+    def aliases() -> str:
+        from prefpool.core.config import alias_help
+
+        rows = alias_help(_load(config_cls))
+        return "\n\n".join(f"{n}: {note}" for n, note in rows)
+
     class ConfigCommand(click.Command):
         def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
             with formatter.section("Config keys"):
                 formatter.write_text(keys())
+            other = aliases()
+            if other:
+                with formatter.section(
+                    "TRL DPOConfig names: mapped to the keys above, or refused with the reason given"
+                ):
+                    formatter.write_text(other)
 
     return ConfigCommand(
         name,
@@ -197,6 +235,7 @@ def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[A
         params=[
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
+            _progress_option(),
         ],
         help=help_text,
         short_help=help_text.split("\n")[0],
@@ -219,6 +258,7 @@ def train() -> click.Command:
         "CONFIG: training YAML; OVERRIDES: key=value, e.g. lr=1e-6 max_steps=100.",
         "prefpool.train.config:TrainConfig",
         run,
+        progress_key="progress",
     )
 
 
@@ -234,14 +274,15 @@ def online() -> click.Command:
         "Rerun to resume. CONFIG: online YAML; OVERRIDES: key=value, e.g. rounds=3 train.lr=1e-6.",
         "prefpool.train.online_config:OnlineConfig",
         run,
+        progress_key="show_progress",
     )
 
 
 def run() -> click.Command:
-    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
         from prefpool.pipeline.run import run_pipeline
 
-        call(run_pipeline, config, list(overrides), log=click.echo)
+        call(run_pipeline, config, list(overrides), log=click.echo, progress=progress)
 
     return click.Command(
         "run",
@@ -249,6 +290,7 @@ def run() -> click.Command:
         params=[
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
+            _progress_option(),
         ],
         help="Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md).\n\n"
         "CONFIG: pipeline YAML (workdir, model, one section per stage); OVERRIDES: section.key=value, "

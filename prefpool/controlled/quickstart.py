@@ -43,6 +43,7 @@ from prefpool.controlled.task import held_out_topics, task_prompts
 from prefpool.controlled.training import train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.train.config import TrainConfig
+from prefpool.train.evaluate import EVAL_FILE
 
 MARKER = ".prefpool-quickstart"
 # folder name -> (label, TrainConfig overrides)
@@ -93,6 +94,7 @@ def _fresh_folder(out: Path, overwrite: bool) -> None:
 
 
 def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dict:
+    """``prefpool eval ... --out OUT``; returns OUT/eval.json."""
     args = [
         "eval",
         "--model",
@@ -111,7 +113,7 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
         str(seed),
     ]
     run_prefpool(args)
-    return json.loads(out.read_text())
+    return json.loads((out / EVAL_FILE).read_text())
 
 
 def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> dict:
@@ -162,7 +164,7 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
         runs[label] = train_with_probe(tcfg, probe, every=cfg.probe_every, log=log, label=name)
         say(f"$ prefpool eval --model {tcfg.output_dir} --data {data.heldout_table} ...")
         evaluation = _eval(
-            Path(tcfg.output_dir), data.heldout_table, data.reference, out / "runs" / f"{name}-eval.json", cfg.seed
+            Path(tcfg.output_dir), data.heldout_table, data.reference, out / "runs" / f"{name}-eval", cfg.seed
         )
         results.append({"method": name, "label": label, "final": runs[label][-1], "eval": evaluation})
 

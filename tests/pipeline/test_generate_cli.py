@@ -77,4 +77,4 @@ def test_bad_input_exits_2(tmp_path, model):
     no_model = runner.invoke(
         app, ["generate", empty, "-m", str(tmp_path / "nope"), "-n", "2", "-o", str(tmp_path / "o")]
     )
-    assert no_model.exit_code == 2 and "local folder" in no_model.output
+    assert no_model.exit_code == 2 and "no such folder; expected a local model folder" in no_model.output

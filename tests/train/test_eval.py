@@ -36,13 +36,13 @@ def test_policy_equal_reference_pairwise_is_all_ties(tiny, tmp_path):
         pairwise_row(model, tok, f"question {i}", f"the cat likes {i}", f"a dog sees the river {i}") for i in range(3)
     ]
     data = write_table(tmp_path / "pw", "pairwise", rows)
-    out = evaluate(path, data, out=tmp_path / "eval.json")
+    out = evaluate(path, data, out=tmp_path / "ev")
     ranking = out["ranking"]
     assert ranking["kind"] == "pairwise" and ranking["max_length"] == MAX_LENGTH
     assert ranking["num_pairs"] == 3
     assert ranking["accuracy"] == 0.0 and ranking["tie_rate"] == 1.0
     assert abs(ranking["mean_margin"]) < 1e-5
-    assert json.loads((tmp_path / "eval.json").read_text())["ranking"] == ranking
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["ranking"] == ranking
 
 
 def test_shifted_pairwise_reference_gives_known_accuracy_and_margin(tiny, tmp_path):
@@ -135,18 +135,29 @@ def _length_reward(prompt: list[dict], completion: str) -> float:
 
 
 def test_cli_eval_writes_the_summary(tiny, tmp_path):
-    """`prefpool eval --model M --data DIR --out FILE`, the thin wrapper over evaluate()."""
+    """`prefpool eval --model M --data DIR --out FOLDER` writes FOLDER/eval.json; --out FILE or x.json is refused."""
     from click.testing import CliRunner
 
     from prefpool.cli import app
 
     path, model, tok = tiny
     data = write_table(tmp_path / "pw", "pairwise", [pairwise_row(model, tok, "q", "the cat", "a dog", (0.0, 1.0))])
-    out = tmp_path / "not-yet" / "e.json"  # a folder that does not exist yet is made
+    out = tmp_path / "not-yet" / "ev"  # a folder that does not exist yet is made
     result = CliRunner().invoke(
         app, ["eval", "--model", str(path), "--data", str(data), "--out", str(out), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["ranking"]["accuracy"] == 1.0
+    assert json.loads((out / "eval.json").read_text())["ranking"]["accuracy"] == 1.0
+    assert f"written to {out / 'eval.json'}" in result.output
     bad = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(tmp_path / "nothing")])
     assert bad.exit_code == 2
+    (tmp_path / "taken.txt").write_text("keep me")
+    for target, message in [
+        (tmp_path / "e.json", "--out is a folder (eval writes eval.json into it), not a .json file"),
+        (tmp_path / "taken.txt", "is a file; --out is a folder"),
+    ]:
+        refused = CliRunner().invoke(app, ["eval", "-m", str(path), "-d", str(data), "-o", str(target)])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert not (tmp_path / "e.json").exists() and (tmp_path / "taken.txt").read_text() == "keep me"
+    gpu = CliRunner().invoke(app, ["eval", "-m", str(path), "-d", str(data), "--device", "gpu"])
+    assert gpu.exit_code == 2 and "'gpu' is not a device; expected auto, cpu, cuda, cuda:N or mps" in gpu.output
