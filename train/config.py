@@ -49,7 +49,12 @@ class TrainConfig:
     beta: float = field(default=0.1, metadata=_help("KL strength (dpo/ipo/mcpo/mpo) or reward scale (simpo)."))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo/simpo: assumed label-flip probability, [0, 0.5)."))
     gamma: float = field(default=1.0, metadata=_help("simpo: target reward margin."))
-    tau: float = field(default=0.0, metadata=_help("mpo: weight of the NLL on reference samples (0 skips them)."))
+    tau: float = field(
+        default=0.0,
+        metadata=_help(
+            "mpo: weight of the mean NLL of the reference samples (0 skips them); eq. 33 read literally: 2 x its tau."
+        ),
+    )
     kernel: Literal["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"] = field(
         default="sample",
         metadata=_help(

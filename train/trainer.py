@@ -85,10 +85,17 @@ class TrainerState:
         self.generator.set_state(state["generator"])
 
 
+# An odd 64-bit constant (2^64 / golden ratio): process p's seed is offset by p times it. Its low 32
+# bits are odd too, so the offset changes the low 32 bits, the only bits the CPU generator (mt19937)
+# uses: an offset of ``p << 32`` (as before) gave every CPU process the same stream.
+_PROCESS_STRIDE = 0x9E3779B97F4A7C15
+
+
 def kernel_seed(seed: int, process: int) -> int:
-    """Seed of process ``process``'s MC-PO kernel generator; process 0 keeps the single-process seed.
-    Equal seeds in all processes would give every process the same draws for different rows."""
-    return seed + 1 + (process << 32)
+    """Seed of process ``process``'s MC-PO kernel generator; process 0 keeps the single-process seed
+    (``seed + 1``). Equal streams in all processes would give every process the same draws for
+    different rows; the seeds differ in their low 32 bits, so the streams differ on CPU as on CUDA."""
+    return (seed + 1 + process * _PROCESS_STRIDE) % 2**64
 
 
 def _generator_file(folder: Path, process: int) -> Path:

@@ -20,6 +20,13 @@ Seams used (all methods of ``DPOTrainer`` a subclass may override):
 The collator (``PoolCollator``) is TRL's ``DataCollatorForPreference`` plus the
 extra completions, padded into ``(N, T)`` rows with ``(B, M)`` slot indices.
 
+- ``_save_rng_state`` / ``_load_rng_state``: MC-PO's kernel generator is saved
+  beside TRL's RNG files in every checkpoint (``kernel_generator_{process}.pt``,
+  one per process) and restored on resume, so a resumed run makes the draws an
+  uninterrupted one makes. Each process seeds its generator from ``(seed,
+  process index)`` (``trainer.kernel_seed``, as ``prefpool train`` does): equal
+  seeds would give every process the same draws for different rows.
+
 Datasets: ``mcpo_dataset`` / ``mpo_dataset`` turn a prefpool build table
 (``build --kind mcpo`` / ``--kind mpo``) into the ``datasets.Dataset`` these
 trainers take. For MC-PO, ``rejected`` is the first pool member (TRL's
@@ -28,6 +35,7 @@ tokenizer wants one); the loss does not use that row.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,9 @@ from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
 from .data import decoded_rows
+from .trainer import kernel_seed
+
+logger = logging.getLogger(__name__)
 
 
 def _turn(text: str) -> list[dict]:
@@ -277,10 +288,34 @@ class MCPODPOTrainer(_CachedRefTrainer):
     one forward through the preferred answers and the whole pool.
     """
 
+    _restored_generator: torch.Tensor | None = None  # a checkpoint's state, set on the first draw
+
     def _draw_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = torch.Generator(device=device).manual_seed(self.args.seed)
+            seed = kernel_seed(self.args.seed, self.args.process_index)
+            self._generator = torch.Generator(device=device).manual_seed(seed)
+            if self._restored_generator is not None:
+                self._generator.set_state(self._restored_generator)
+                self._restored_generator = None
         return self._generator
+
+    def _generator_file(self, folder: str | Path) -> Path:
+        return Path(folder) / f"kernel_generator_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._draw_generator(self.args.device).get_state(), self._generator_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._generator_file(checkpoint)
+        if not path.is_file():
+            logger.warning("%s: no kernel generator state; the resumed run's MC-PO draws start afresh", path)
+            return
+        self._generator = None  # recreated on the next draw, from this state
+        self._restored_generator = torch.load(path, weights_only=True)
 
     def _loss(self, model, inputs):
         kernel, beta = self.args.mcpo_kernel, self.args.beta
