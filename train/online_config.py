@@ -32,6 +32,7 @@ ROUND_OWNED = (
     "dtype",
     "resume",
     "resume_from",
+    "overwrite",
     "reference_is_policy_init",
 )
 

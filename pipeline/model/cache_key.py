@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.model.folder import check_model_folder
 from prefpool.pipeline.model.tokenize import template_hash
 
 
 def weights_hash(model: str | Path) -> str:
     """sha256 over the model folder's config.json and ``*.safetensors`` weight files."""
-    folder = Path(model)
+    folder = check_model_folder(model, weights=False)
     files = sorted(folder.glob("*.safetensors"))
     if not files or not (folder / "config.json").exists():
         raise PipelineConfigError(f"model {model}: needs config.json and *.safetensors weights (save_pretrained)")

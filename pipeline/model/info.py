@@ -11,9 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.model.folder import WEIGHT_SUFFIXES, check_model_folder, load_tokenizer
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -64,17 +63,11 @@ class ModelInfo:
 
 def load_model_info(model: str | Path) -> ModelInfo:
     """Load the tokenizer, configs and hashes of a local model folder (no hub access)."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
-    path = Path(model)
-    if not path.is_dir():
-        raise PipelineConfigError(f"model must be a local folder saved with save_pretrained: {path} is not one")
+    path = check_model_folder(model)
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    if not weights:
-        raise PipelineConfigError(f"no *.safetensors or *.bin weights in {path}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise PipelineConfigError(f"the tokenizer in {path} has no chat template")
+    tokenizer = load_tokenizer(path)
     config = AutoConfig.from_pretrained(path)
     try:
         gen = GenerationConfig.from_pretrained(path).to_diff_dict()
