@@ -72,7 +72,7 @@ def _mcpo_table(path, tok, tmp_path, shifts=None):
         mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
         for i, (q, pref, pool) in enumerate(PROMPTS)
     ]
-    return write_table(tmp_path / "mcpo", "mcpo", rows), rows
+    return write_table(tmp_path / "mcpo", "mcpo", rows, tokenizer=tok), rows
 
 
 def _first_batch_loss(trainer):
@@ -172,7 +172,7 @@ def _mpo_table(path, tok, tmp_path):
             }
         )
         rows.append(row)
-    return write_table(tmp_path / "mpo", "mpo", rows), rows
+    return write_table(tmp_path / "mpo", "mpo", rows, tokenizer=tok), rows
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5])
