@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from prefpool.core.config import ConfigError, apply_overrides, check_kwargs, coerce, read_yaml
+from prefpool.core.secrets import redact_text
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
 TOP_KEYS = ("workdir", "model")
@@ -236,7 +237,8 @@ def run_pipeline(
             summary = stage_function(call.stage)(**call.kwargs)
             line = summary.line()
         if log is not None:
-            log(line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1))
+            shown = line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1)
+            log(redact_text(shown))
         results.append((call, summary))
     return results
 

@@ -12,7 +12,7 @@ which assumes policy == reference, is skipped.
 Every user of a cache calls these same functions: ``train``, ``eval``
 (``reference_is_policy_init=None``: the weights decide whether the step-0
 comparison runs, a trained policy is not expected to equal the reference),
-``online`` (``reference=``: each round's cache must be the frozen reference's)
+``online`` (``reference_weights=``: each round's cache must be the frozen reference's)
 and the TRL plug-ins (``check_dataset_cache``). ``check_step0`` is the one
 comparison of the policy's values with the cached ones where they must agree.
 """
@@ -78,15 +78,15 @@ def check_cache(
     truncation: str,
     dtype: str,
     reference_is_policy_init: bool | None,
-    reference: str | Path | None = None,
+    reference_weights: str | None = None,
 ) -> bool:
     """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check.
 
     ``model``: the policy's folder (None: a module with no folder, its weights are not compared).
     ``reference_is_policy_init``: True (train's default) refuses other weights than the cache's; False
     allows them, with a warning that the step-0 check is skipped; None (eval) runs the step-0 check
-    exactly when the weights are the cache's, silently otherwise. ``reference``: a folder whose weights
-    the cache must have been made with (online's frozen reference), checked whatever the policy is.
+    exactly when the weights are the cache's, silently otherwise. ``reference_weights``: the weights
+    hash the cache must have been made with (online's frozen reference), checked whatever the policy is.
     """
     mine = {
         "tokenizer_sha256": template_hash(tokenizer),
@@ -107,10 +107,11 @@ def check_cache(
             + f"{template}. Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
             "or use the cache's max_length/truncation/dtype"
         )
-    if reference is not None and weights_hash(reference) != parts.get("weights_sha256"):
+    if reference_weights is not None and reference_weights != parts.get("weights_sha256"):
         raise CacheMismatchError(
-            f"the reference log-probs were not cached with the reference {reference} (weights_sha256 differs): "
-            "rerun `prefpool logprobs` with it"
+            f"the reference log-probs were cached with other weights than the reference's (weights_sha256 "
+            f"{str(parts.get('weights_sha256'))[:12]} vs {reference_weights[:12]}): rerun `prefpool logprobs` "
+            "with the reference"
         )
     if model is None:
         return False  # a module: its weights cannot be compared, nor the step-0 check be trusted to apply
@@ -133,3 +134,53 @@ def check_cache(
         stacklevel=2,
     )
     return False
+
+
+def dataset_info(manifest: Manifest, data: str | Path):
+    """A ``datasets.DatasetInfo`` carrying the table's cache-key parts, for ``mcpo_dataset`` / ``mpo_dataset``."""
+    import json
+
+    from datasets import DatasetInfo
+
+    return DatasetInfo(description=json.dumps({DATASET_INFO_KEY: cache_parts(manifest, data)}))
+
+
+def _dataset_parts(dataset) -> dict | None:
+    import json
+
+    text = getattr(getattr(dataset, "info", None), "description", None) or ""
+    try:
+        found = json.loads(text)
+    except ValueError:  # a description that is plain text: a dataset prefpool did not make
+        return None
+    return found.get(DATASET_INFO_KEY) if isinstance(found, dict) else None
+
+
+def check_dataset_cache(dataset, *, model, tokenizer, max_length: int | None, truncation_mode: str) -> bool:
+    """The TRL plug-ins' check of a ``mcpo_dataset`` / ``mpo_dataset``: its cache key against TRL's settings.
+
+    TRL's tokenizer, ``max_length`` (must be the cache's) and ``truncation_mode`` (``keep_start``: the
+    completion's tail is cut, as the cache did) and the model's dtype must be the cache's. Returns whether
+    to run the step-0 comparison: the model was loaded from a folder with the cache's weights. A dataset
+    prefpool did not make carries no cache key and is not checked.
+    """
+    parts = _dataset_parts(dataset)
+    if parts is None:
+        return False
+    if truncation_mode != "keep_start":
+        raise CacheMismatchError(
+            f"truncation_mode={truncation_mode!r}: the reference log-probs were cached cutting the completion's "
+            "tail (truncation 'completion'); use truncation_mode='keep_start'"
+        )
+    folder = getattr(getattr(model, "config", None), "_name_or_path", None)
+    folder = folder if folder and (Path(folder) / "config.json").is_file() else None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return check_cache(
+        parts,
+        model=folder,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        truncation="completion",
+        dtype=dtype,
+        reference_is_policy_init=None,
+    )

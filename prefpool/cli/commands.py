@@ -138,10 +138,9 @@ def eval_() -> click.Command:
 def plot() -> click.Command:
     return function_command(
         "plot",
-        "prefpool.train.plot:plot_run",
+        "prefpool.train.plot:plot_curves",
         arguments=("run_dirs",),
         short={"out": "-o"},
-        report=lambda written, _: f"plot: {written}",
     )
 
 
