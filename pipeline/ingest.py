@@ -152,6 +152,7 @@ def ingest(
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
+        sources=[source] if Path(source).exists() else [],
     )
     if run.complete:
         manifest = run.finish()

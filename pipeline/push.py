@@ -68,9 +68,11 @@ def check_repo_id(repo_id: str) -> None:
 
     try:
         validate_repo_id(repo_id)
-    except HFValidationError as exc:
+    except HFValidationError:
         raise PipelineConfigError(
-            f"repo_id (--repo-id) {repo_id!r} is not a valid Hub repo id: {exc} (e.g. me/my-pairs)"
+            f"repo_id (--repo-id) {repo_id!r} is not a valid Hub repo id: give name or owner/name (e.g. "
+            "me/my-pairs) of letters, digits, '-', '_' and '.', without '--' or '..', not starting or ending "
+            "with '-' or '.', at most 96 characters"
         ) from None
 
 
@@ -186,12 +188,22 @@ def push(
         write_json(record_path, {**record, "uploaded": upload})
         return PushSummary(out, done.files, done.rows, True, repo_id)
     _check_replaceable(out, record, record_path, wanted, overwrite)
+    checked_shards(source, check_hashes=True)  # a damaged source fails before anything is written
 
     staging = out.with_name(f".{out.name}.push-staging")
+    old_record = record_path.read_text() if record_path.exists() else None
     write_json(record_path, {"complete": False, "push": wanted})  # marks the folder ours before it is touched
-    with writing(staging):
+    try:
+        with writing(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        summary = write_hub_folder(source, staging, **content)
+    except BaseException:  # a failed push leaves what was there before: the folder and its record
         shutil.rmtree(staging, ignore_errors=True)
-    summary = write_hub_folder(source, staging, **content)
+        if old_record is None:
+            record_path.unlink(missing_ok=True)
+        else:
+            write_text(record_path, old_record)
+        raise
     with writing(out):
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)

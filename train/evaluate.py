@@ -51,9 +51,14 @@ KINDS = ("pairwise", "mcpo", "mpo")
 
 
 def _manifest(data: str | Path):
+    """The manifest of a training table (pairwise, mcpo or mpo) in ``data``."""
     manifest = load_manifest(data)
     if manifest is None:
         raise PipelineInputError("no manifest.json: not a finished build output", file=data)
+    if manifest.identity.schema not in KINDS:
+        raise PipelineInputError(
+            f"holds a {manifest.identity.schema!r} table; evaluate takes {', '.join(KINDS)}", file=data
+        )
     return manifest
 
 
@@ -149,8 +154,6 @@ def ranking_metrics(
     """
     manifest = _manifest(data)
     kind = manifest.identity.schema
-    if kind not in KINDS:
-        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(KINDS)}", file=data)
     parts = cache_parts(manifest, data)
     if max_length is None:
         max_length = int(parts["max_length"])

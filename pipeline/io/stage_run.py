@@ -120,6 +120,7 @@ class StageRun:
         # What _begin does before the first write: nothing touches the disk until then, so a run that
         # fails its checks (or before its first shard) leaves no folder, run.json or staging behind.
         self._begun = False
+        self._made = False
         self._wipe = False
         self._refuse_sources(sources)
         self.work = self._open(overwrite)
@@ -184,6 +185,7 @@ class StageRun:
         """Make the work folder and write ``run.json``: the run has passed its checks and writes now."""
         if self._begun:
             return
+        self._made = not self.work.exists()
         with writing(self.work):
             if self._wipe:
                 shutil.rmtree(self.work, ignore_errors=True)
@@ -192,6 +194,15 @@ class StageRun:
             write_json(self.work / RUN_MARKER, self.identity.to_json())
         self._begun = True
         self._wipe = False
+
+    def _undo_begin(self) -> None:
+        """The first shard failed (no space, ...): leave no ``run.json`` (nor a folder this run made) behind."""
+        if self.units_written or not self._begun:
+            return
+        (self.work / RUN_MARKER).unlink(missing_ok=True)
+        if self._made and not any(self.work.iterdir()):
+            self.work.rmdir()
+        self._begun = False
 
     # -- units ----------------------------------------------------------------
 
@@ -221,17 +232,21 @@ class StageRun:
 
     def write(self, unit: Unit, table: pa.Table) -> None:
         self._begin()
-        write_shard(
-            self.shard_path(unit),
-            table,
-            schema_name=self.identity.schema,
-            metadata={
-                "stage": self.identity.stage,
-                "unit": {"seq": unit.seq, "key": unit.key, "shard": str(self.shard)},
-                "config": self.identity.config,
-                "provenance": self.provenance,
-            },
-        )
+        try:
+            write_shard(
+                self.shard_path(unit),
+                table,
+                schema_name=self.identity.schema,
+                metadata={
+                    "stage": self.identity.stage,
+                    "unit": {"seq": unit.seq, "key": unit.key, "shard": str(self.shard)},
+                    "config": self.identity.config,
+                    "provenance": self.provenance,
+                },
+            )
+        except BaseException:
+            self._undo_begin()
+            raise
         self.units_written += 1
 
     # -- the end ----------------------------------------------------------------
