@@ -65,7 +65,7 @@ from .card import model_card
 from .config import TrainConfig
 from .data import TrainingTable, collate
 from .mcpo_step import PoolBatch
-from .metrics import MetricsLog, peak_memory_mb, reduce_step, tracker_scalars
+from .metrics import MetricsLog, peak_memory_mb, read_metrics, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
 from .run_folder import CHECKPOINTS, SUMMARY_NAME, plan_run_folder, run_identity, start_folder, swap_in
 
@@ -473,6 +473,13 @@ class Trainer:
             "final_loss": records[-1]["loss"] if records else None,
             "seconds": time.perf_counter() - start,
         }
+        if self.resumed_from is not None and acc.is_main_process:
+            # A resumed run: the whole run's first and final loss and its step-0 check are in metrics.jsonl
+            # (``losses`` stays this invocation's), so the card of a run resumed at its end is complete.
+            logged = read_metrics(self.work / "metrics.jsonl")
+            if logged:
+                summary["first_loss"], summary["final_loss"] = logged[0]["loss"], logged[-1]["loss"]
+                summary["step0_max_abs_diff"] = logged[0].get("step0_max_abs_diff")
         if self.state.step >= self.total_steps:
             with writing(self.work):
                 self._save_final(summary)
