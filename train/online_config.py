@@ -141,6 +141,8 @@ class OnlineConfig:
             raise ConfigError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
+        if self.engine_args and self.engine != "vllm":
+            raise ConfigError(f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: vllm)")
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()
