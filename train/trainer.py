@@ -129,6 +129,17 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+def _reshard(model: torch.nn.Module) -> None:
+    """Shard FSDP2 parameters again after a forward with no backward (FSDP2 leaves some gathered for it)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _linear_warmup_decay(warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
@@ -345,6 +356,7 @@ class Trainer:
         )
         with torch.no_grad():
             diff = step0_difference(self.model, collate(self.kind, examples), pad_token_id=self.pad)
+        _reshard(self.model)
         diff = float(acc.gather(torch.tensor([diff], dtype=torch.float64, device=acc.device)).max())
         self.step0_diff = diff
         acc.print(f"train: step-0 max |policy - cached reference| log-prob = {diff:.3g} nats")

@@ -31,6 +31,8 @@ from prefpool.train.trl_plugin import (  # noqa: E402
 )
 
 torch.set_num_threads(1)
+# TRL's trainer makes an Accelerator (bf16 on CPU): reset it, or a later trainer in this process fails
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 PROMPTS = [
     ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
