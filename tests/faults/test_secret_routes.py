@@ -6,7 +6,9 @@ token file under ``HF_HOME``, and for the vllm engine the ``hf_token`` option
 ``$PREFPOOL_VLLM_ARGS`` and through a pipeline YAML. After a full pipeline
 (ingest, generate, score, logprobs, build, push --dry-run), train, eval and
 plot, every file under the work folder and every line printed is grepped for
-each token. The vllm test starts two real engines (a minute on 2 cores); the hf
+each token. The vllm test starts one real engine (generate); its logprobs stage
+finds every value in a cache made by the hf engine (the engines share the cache
+key), so it records its engine options without starting a second one. The hf
 test runs everywhere.
 """
 
@@ -113,10 +115,10 @@ def _cli(env: dict, *args: object) -> str:
 
 @pytest.mark.slow
 def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tmp_path):
-    """generate with ``--engine-args '{"hf_token": ...}'`` (1st engine); then ``prefpool run``: a YAML
-    generate section with its own ``hf_token`` (the run is found complete: the token is no part of its
-    identity, and no engine starts) and logprobs with the ``hf_token`` of ``$PREFPOOL_VLLM_ARGS``
-    (2nd engine), score, build, push --dry-run; then train, eval, plot."""
+    """generate with ``--engine-args '{"hf_token": ...}'`` (the one engine start); then ``prefpool run``:
+    a YAML generate section with its own ``hf_token`` (found complete: the token is no part of the run's
+    identity), logprobs with the ``hf_token`` of ``$PREFPOOL_VLLM_ARGS`` (served from an hf cache),
+    score, build, push --dry-run; then train, eval, plot."""
     _require_vllm()
     work = tmp_path / "work"
     base = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
@@ -128,6 +130,9 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
         *["generate", world["ingest"], "-m", world["model"], *generate, "-o", work / "generate"],
         *["--engine-args", json.dumps({"hf_token": token("cli")})],
     )
+    from prefpool.pipeline.logprobs import logprobs
+
+    hf_cache = logprobs(work / "generate", model=world["model"], out=work / "lp-hf", max_length=64).out
     env["PREFPOOL_VLLM_ARGS"] = json.dumps({**vllm_args, "hf_token": token("vllm_env")})
     config = tmp_path / "pipeline.yaml"
     config.write_text(
@@ -143,7 +148,12 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
                     "engine_args": {"hf_token": token("yaml")},
                 },
                 "score": {"reward_fn": f"{world['reward_length']}:reward"},
-                "logprobs": {"input_dir": [str(work / "generate")], "engine": "vllm", "max_length": 64},
+                "logprobs": {
+                    "input_dir": [str(work / "generate")],
+                    "engine": "vllm",
+                    "max_length": 64,
+                    "cache": str(hf_cache),
+                },
                 "build": {"kind": "mcpo", "examples": str(world["ingest"])},
                 "push": {"repo_id": "me/prefs", "dry_run": True},
             }
@@ -151,6 +161,7 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
     )
     printed += _cli(env, "run", config)
     assert "units_skipped=1" in printed  # generate: found complete, although its token changed
+    assert "computed=0" in printed  # logprobs: every value from the cache
     manifest = json.loads((work / "logprobs" / "generate" / "manifest.json").read_text())
     assert manifest["provenance"]["model"]["engine_args"]["hf_token"] == "<redacted>"
     for args in (
