@@ -469,6 +469,7 @@ def build(
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
+        sources=[examples, *lp_dirs, *([candidates] if candidates is not None else []), *score_dirs],
     )
     if run.complete:
         manifest = run.finish()

@@ -185,7 +185,7 @@ def logprobs(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite or replace,
         model=provenance,
-        sources=[input_dir, *([cache] if cache is not None else [])],
+        sources=[input_dir],  # cache may be the output folder itself: its rows are read before the swap
     )
     if run.complete:
         summary = run.finish().summary

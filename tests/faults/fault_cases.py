@@ -433,6 +433,11 @@ CASES: list[Case] = [
         ("not a local model folder",),
     ),
     Case(
+        "score: --out is the input folder",
+        lambda w, t: ["score", w["generate"], "--reward-fn", f"{w['reward_length']}:reward", "-o", w["generate"]],
+        ("also an input",),
+    ),
+    Case(
         "score: --out holds another scorer's scores",
         lambda w, t: ["score", w["generate"], "--reward-fn", f"{w['reward_boolean']}:reward", "-o", t / "s"],
         ("config.scorer", "--overwrite"),
@@ -545,6 +550,14 @@ CASES: list[Case] = [
         ("expected 'scores'",),
     ),
     Case(
+        "build: --out is one of its inputs",
+        lambda w, t: [
+            *["build", "--kind", "pairwise", "--examples", w["ingest"], "--logprobs", w["lp_ex"]],
+            *["-o", w["lp_ex"], "--overwrite"],
+        ],
+        ("also an input",),
+    ),
+    Case(
         "build: --out holds another table",
         lambda w, t: ["build", "--kind", "mcpo", "--examples", w["ingest"], "--logprobs", w["lp_ex"], "-o", t / "b"],
         ("different settings", "--overwrite"),
@@ -624,6 +637,12 @@ CASES: list[Case] = [
         lambda w, t: ["merge", w["shard0"], t / "e", "-o", t / "m"],
         ("no manifest.json",),
         setup=write("e/x", ""),
+    ),
+    Case(
+        "merge: --out holds another run",
+        lambda w, t: ["merge", w["shard0"], w["shard1"], "-o", t / "m"],
+        ("different settings", "--overwrite"),
+        setup=copy("pairwise", "m"),
     ),
     Case(
         "merge: --out is one of the inputs",
