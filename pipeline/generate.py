@@ -195,6 +195,7 @@ def generate(
         overwrite=overwrite,
         seed=seed,
         model={**info.describe(), "engine": engine, "device": device, "sampling": sampling, "engine_args": options},
+        sources=[input_dir],
     )
 
     owned = sorted((p for p in prompts if spec.owns(p[0])), key=lambda p: p[0])

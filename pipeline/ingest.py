@@ -179,7 +179,7 @@ def ingest(
 
     run = None
     if src.inputs is not None:
-        run, fresh = _open_run(out, config, src.inputs, spec, rows_per_unit, overwrite)
+        run, fresh = _open_run(out, config, src.inputs, spec, rows_per_unit, overwrite, source)
         if run.complete:
             return _finished(run, start)
         try:
@@ -189,7 +189,7 @@ def ingest(
             raise
     else:  # no fingerprint before reading (an IterableDataset): the rows themselves are the identity
         state = _read(src, format, cols, spec, strict, show_progress)
-        run, _ = _open_run(out, config, {"rows_sha256": state.digest}, spec, rows_per_unit, overwrite)
+        run, _ = _open_run(out, config, {"rows_sha256": state.digest}, spec, rows_per_unit, overwrite, source)
         if run.complete:
             return _finished(run, start)
 
@@ -234,7 +234,9 @@ def _columns(spec: str | dict[str, str] | None, **flags: str | None) -> Columns:
     return Columns(**names)
 
 
-def _open_run(out, config: IngestConfig, inputs: object, spec: ShardSpec, rows_per_unit: int, overwrite: bool):
+def _open_run(
+    out, config: IngestConfig, inputs: object, spec: ShardSpec, rows_per_unit: int, overwrite: bool, source: object
+):
     """The stage run, and whether this call created its folder (so a failed read can take it away)."""
     existed = Path(out).exists()
     run = StageRun(
@@ -246,6 +248,8 @@ def _open_run(out, config: IngestConfig, inputs: object, spec: ShardSpec, rows_p
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
+        # a local source must not be the output folder (a datasets object or a Hub id has no path)
+        sources=[source] if isinstance(source, (str, Path)) and Path(source).exists() else [],
     )
     return run, not existed
 

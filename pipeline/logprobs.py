@@ -36,7 +36,6 @@ refused (naming what differs) unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -46,19 +45,20 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefpool.core.errors import InputError
 from prefpool.pipeline.engines.engine_args import RESERVED, context_limit, resolve_engine_args
 from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
-from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
+from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
-from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, existing_identity, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.device import parse_device, resolve_device
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
 from prefpool.pipeline.model.source import ModelSource, resolve_model
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
@@ -151,7 +151,7 @@ def logprobs(
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
-    source = resolve_model(model)
+    source = check_model(model, weights=False)  # weights_hash checks the weights
     if engine == "vllm":
         source.for_vllm()
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
@@ -161,7 +161,7 @@ def logprobs(
 
     weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
     max_length = resolve_max_length(source, max_length, options)
-    tokenizer = source.tokenizer()
+    tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
     components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
     key = cache_key_of(components)
     config = {
@@ -175,6 +175,8 @@ def logprobs(
     replace = _check_existing(out, components, overwrite)
 
     pairs = distinct_completions(table, in_schema, spec)
+    locations = prompt_locations(input_dir)
+    check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     provenance = {
         **source.describe(),
@@ -194,6 +196,7 @@ def logprobs(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite or replace,
         model=provenance,
+        sources=[input_dir],  # cache may be the output folder itself: its rows are read before the swap
     )
     if run.complete:
         summary = run.finish().summary
@@ -228,7 +231,7 @@ def logprobs(
                 max_length=max_length,
                 per_token=per_token,
                 long_prompts=long_prompts,
-                input_dir=input_dir,
+                locations=locations,
                 model=model,
             )
             run.write(unit, pa.Table.from_pylist(rows, schema=LOGPROBS))
@@ -292,19 +295,30 @@ def _check_args(engine, max_length, batch_tokens, dtype, long_prompts) -> None:
         raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
 
 
-def _existing_config(out: Path) -> dict | None:
-    manifest = load_manifest(out) if out.is_dir() else None
-    if manifest is not None:
-        return manifest.identity.to_json()
-    marker = out / RUN_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
+def check_templates(tokenizer, pairs, locations: dict, *, max_length: int) -> None:
+    """Tokenize each prompt's first pair before any work: a prompt the chat template rejects (an unknown
+    role, a template that breaks the prompt/completion split) is an error naming its file, row and
+    column, and nothing has been written yet."""
+    seen = set()
+    for pid, _cid, prompt, text in pairs:
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            encode_pair(tokenizer, prompt, text, max_length=max_length)
+        except PromptTooLongError:
+            continue  # long_prompts decides, per pair
+        except InputError as exc:
+            file, row = locations[pid]
+            raise PipelineInputError(f"prompt_id {pid}: {exc}", file=file, row=row, column="prompt") from exc
 
 
 def _check_existing(out: Path, components: dict, overwrite: bool) -> bool:
     """Refuse an output made under another cache key; True when an existing output may be updated in place."""
-    identity = _existing_config(out)
-    if identity is None or identity.get("stage") != STAGE:
-        return False  # empty, or not ours: StageRun decides
+    found = existing_identity(out) if out.is_dir() else None
+    if found is None or found[0] == "damaged" or found[1].get("stage") != STAGE:
+        return False  # empty, unreadable or not ours: StageRun decides
+    identity = found[1]
     theirs = identity["config"].get("cache", {})
     differ = [k for k in components if theirs.get(k) != components[k]]
     if not differ:
@@ -359,7 +373,7 @@ class _LazyEngine:
 
 
 def _unit_rows(
-    items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts, input_dir, model
+    items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts, locations, model
 ) -> list[dict]:
     rows: dict[int, dict] = {}
     todo = []  # (index in unit, pid, cid, encoded pair)
@@ -373,9 +387,12 @@ def _unit_rows(
             pair = encode_pair(tokenizer, prompt, text, max_length=max_length)
         except PromptTooLongError as exc:
             if long_prompts == "error":
+                file, row = locations[pid]
                 raise PipelineInputError(
                     f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
-                    file=input_dir,
+                    file=file,
+                    row=row,
+                    column="prompt",
                 ) from None
             continue
         todo.append((index, pid, cid, pair))
@@ -389,10 +406,12 @@ def _unit_rows(
             logp = scores.logps[j]
             per = scores.token_logps[j] if scores.token_logps is not None else None
             if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
+                file, row = locations[pid]
                 raise PipelineInputError(
                     f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {model} "
                     "(NaN/inf: try dtype='float32', or check the weights)",
-                    file=input_dir,
+                    file=file,
+                    row=row,
                 )
             rows[index] = {
                 "prompt_id": pid,

@@ -39,18 +39,14 @@ applied before any check. Unknown keys, missing required keys and wrongly
 typed values are ``ConfigError``s naming the file and the section.
 
 Every stage resumes or returns at once when its output is complete, so
-rerunning the same command after a crash continues where it stopped. ``push``
-writes a fresh folder each time, so the run keeps a record next to its output
-(``<out>.push.json``: the push arguments and the source manifest's hash) and
-skips a push whose record matches.
+rerunning the same command after a crash continues where it stopped; ``push``
+keeps a record next to its folder (``<out>.push.json``) for the same purpose.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import json
-import shutil
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from prefpool.core.config import ConfigError, apply_overrides, check_kwargs, coerce, read_yaml
+from prefpool.core.secrets import redact_text
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
 TOP_KEYS = ("workdir", "model")
@@ -256,51 +253,15 @@ def run_pipeline(
             summary = stage_function(call.stage)(**call.kwargs)
             line = summary.line()
         if log is not None:
-            log(line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1))
+            shown = line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1)
+            log(redact_text(shown))
         results.append((call, summary))
     return results
 
 
 def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
-    """Run push unless its record says this exact push is done; replace only a folder it made."""
-    from prefpool.pipeline.io.atomic import write_json
-    from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
-    from prefpool.pipeline.push import PushSummary, push
+    """Run push; it keeps its own record next to its folder, so a rerun of the same push is a no-op."""
+    from prefpool.pipeline.push import push
 
-    out = Path(kwargs["out"])
-    record_path = out.with_name(out.name + ".push.json")
-    manifest = Path(kwargs["source"]) / MANIFEST_NAME
-    wanted = {
-        "arguments": {k: str(v) for k, v in sorted(kwargs.items())},
-        "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None,
-    }
-    record = json.loads(record_path.read_text()) if record_path.exists() else None
-    if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():
-        s = record["summary"]
-        summary = PushSummary(out, s["files"], s["rows"], s["uploaded"], s["repo_id"])
-        return summary, f"push: up to date, {summary.rows} rows in {len(summary.files)} files -> {out}"
-    if record is None and out.exists() and any(out.iterdir()):
-        push(**kwargs)  # refuses the non-empty folder it did not make, with push's own message
-    # From here the folder is ours: mark it before touching it, so a crash leaves it replaceable.
-    write_json(record_path, {"complete": False, "push": wanted})
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    summary = push(**{**kwargs, "out": staging})
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    summary = PushSummary(out, summary.files, summary.rows, summary.uploaded, summary.repo_id)
-    write_json(
-        record_path,
-        {
-            "complete": True,
-            "push": wanted,
-            "summary": {
-                "files": summary.files,
-                "rows": summary.rows,
-                "uploaded": summary.uploaded,
-                "repo_id": summary.repo_id,
-            },
-        },
-    )
-    where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {out}"
-    return summary, f"push: {summary.rows} rows in {len(summary.files)} files, {where}"
+    summary = push(**kwargs)
+    return summary, summary.line()

@@ -19,17 +19,20 @@ completion_id and input folder. ``build --scores`` ranks by this table.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer
-from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
-from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer, checked_score
+from prefpool.pipeline.io.completions import (
+    TEXT_COLUMNS,
+    distinct_completions,
+    prompt_locations,
+    read_completion_table,
+)
+from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
@@ -105,6 +108,8 @@ def score(
     scorer = _scorer(reward_fn, reward_model, batch_size, device)
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
+    locations = prompt_locations(input_dir)
+    column = TEXT_COLUMNS[in_schema]
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     run = StageRun(
         out,
@@ -116,15 +121,17 @@ def score(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
         model=scorer.identity,
+        sources=[input_dir],
     )
     todo = run.pending(units)
     computed = 0
     with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress) as advance:
         for unit in todo:
-            values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items])
+            where = [_where(pid, cid, locations, column) for pid, cid, _, _ in unit.items]
+            values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items], where)
             rows = []
-            for (pid, cid, _, _), value in zip(unit.items, values, strict=True):
-                rows.append({"prompt_id": pid, "completion_id": cid, "score": _checked(value, pid, cid, input_dir)})
+            for (pid, cid, _, _), value, label in zip(unit.items, values, where, strict=True):
+                rows.append({"prompt_id": pid, "completion_id": cid, "score": checked_score(value, label)})
             run.write(unit, pa.Table.from_pylist(rows, schema=SCORES))
             computed += len(rows)
             advance(len(rows))
@@ -139,19 +146,15 @@ def _scorer(reward_fn, reward_model, batch_size, device):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
     from prefpool.pipeline.model.cache_key import weights_hash
-    from prefpool.pipeline.model.source import resolve_model
+    from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
-    source = resolve_model(reward_model, what="reward_model")
+    source = check_model(reward_model, what="reward_model")
     weights = weights_hash(source, what="reward_model")
-    return RewardModelScorer(
-        source, batch_size=batch_size, weights_sha256=weights, tokenizer=source.tokenizer(), device=device
-    )
+    tokenizer = load_tokenizer(source, what="reward_model")
+    return RewardModelScorer(source, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer, device=device)
 
 
-def _checked(value: object, pid: str, cid: str, input_dir) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise PipelineInputError(
-            f"score is {value!r} for prompt_id {pid}, completion_id {cid} (a score must be a finite real number)",
-            file=input_dir,
-        )
-    return float(value)
+def _where(pid: str, cid: str, locations: dict, column: str) -> str:
+    """Where a completion is, for error messages: its ids, and the file, row and column of its prompt's row."""
+    file, row = locations[pid]
+    return f"prompt_id {pid}, completion_id {cid} ({file}, row {row} (0-based), column {column!r})"

@@ -94,7 +94,9 @@ def test_user_error_exits_2_without_traceback_and_debug_shows_it(tmp_path):
     debug = subprocess.run(
         [sys.executable, "-m", "prefpool", "--debug", *args], capture_output=True, text=True, timeout=120
     )
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "PipelineInputError" in debug.stderr
+    # --debug adds the traceback; a user error still exits 2, as the option's help says
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "PipelineInputError" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("error: ")
 
 
 def test_a_programming_error_keeps_its_traceback(tmp_path, monkeypatch):

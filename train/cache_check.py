@@ -8,6 +8,13 @@ them. The weights must too, unless ``reference_is_policy_init`` is false (a
 policy initialised from other weights than the reference, e.g. a DPO run on
 top of an SFT model whose parent made the cache); then the step-0 check,
 which assumes policy == reference, is skipped.
+
+Every user of a cache calls these same functions: ``train``, ``eval``
+(``reference_is_policy_init=None``: the weights decide whether the step-0
+comparison runs, a trained policy is not expected to equal the reference),
+``online`` (``reference_weights=``: each round's cache must be the frozen reference's)
+and the TRL plug-ins (``check_dataset_cache``). ``check_step0`` is the one
+comparison of the policy's values with the cached ones where they must agree.
 """
 
 from __future__ import annotations
@@ -25,6 +32,25 @@ class CacheMismatchError(UserError, ValueError):
     """The cached reference values do not belong to this policy/tokenizer/settings."""
 
 
+class Step0MismatchError(UserError, RuntimeError):
+    """The policy's step-0 log-probs differ from the cached reference values."""
+
+
+DATASET_INFO_KEY = "prefpool_reference_cache"  # how mcpo_dataset / mpo_dataset carry the cache key parts
+
+
+def check_step0(diff: float, tolerance: float, *, data: str | Path, model: str | Path, hint: str = "") -> None:
+    """Refuse ``diff`` = max |policy - cached reference| log-prob (nats) above ``tolerance``: the policy is
+    the reference here, so the values must agree; when they do not, the cache is another model's."""
+    if not diff <= tolerance:
+        raise Step0MismatchError(
+            f"step-0 check: the policy's log-probs differ from the cached reference values by up to {diff:.4g} "
+            f"nats (tolerance {tolerance}). The cache in {data} was probably made with another model, "
+            f"tokenizer, chat template or max_length than {model}; rerun `prefpool logprobs` + `prefpool build` "
+            f"with it. {hint}".rstrip()
+        )
+
+
 def cache_parts(manifest: Manifest, data: str | Path) -> dict:
     """The cache-key parts of the table's reference log-probs (one set; build refuses mixed keys)."""
     inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
@@ -36,7 +62,7 @@ def cache_parts(manifest: Manifest, data: str | Path) -> dict:
     if not parts:
         raise CacheMismatchError(
             f"{data}: the manifest records no logprobs cache key; "
-            "train reads tables made by `prefpool build` from `prefpool logprobs` output"
+            "train and eval read tables made by `prefpool build` from `prefpool logprobs` output"
         )
     if len(parts) > 1:
         raise CacheMismatchError(f"{data}: reference log-probs from {len(parts)} different cache keys")
@@ -46,29 +72,53 @@ def cache_parts(manifest: Manifest, data: str | Path) -> dict:
 def check_cache(
     parts: dict,
     *,
-    model: str | Path,
+    model: str | Path | None,
     tokenizer,
     max_length: int,
     truncation: str,
     dtype: str,
-    reference_is_policy_init: bool,
+    reference_is_policy_init: bool | None,
+    reference_weights: str | None = None,
 ) -> bool:
-    """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check."""
+    """Raise ``CacheMismatchError`` naming every part that differs; return whether to run the step-0 check.
+
+    ``model``: the policy's folder (None: a module with no folder, its weights are not compared).
+    ``reference_is_policy_init``: True (train's default) refuses other weights than the cache's; False
+    allows them, with a warning that the step-0 check is skipped; None (eval) runs the step-0 check
+    exactly when the weights are the cache's, silently otherwise. ``reference_weights``: the weights
+    hash the cache must have been made with (online's frozen reference), checked whatever the policy is.
+    """
     mine = {
         "tokenizer_sha256": template_hash(tokenizer),
         "max_length": max_length,
         "truncation": truncation,
         "dtype": dtype,
     }
-    differ = [f"{k} (cache {parts.get(k)!r}, train {v!r})" for k, v in mine.items() if parts.get(k) != v]
+    differ = [f"{k} (cache {parts.get(k)!r}, here {v!r})" for k, v in mine.items() if parts.get(k) != v]
     if differ:
+        template = (
+            " (the tokenizer or its chat template differs)"
+            if mine["tokenizer_sha256"] != parts.get("tokenizer_sha256")
+            else ""
+        )
         raise CacheMismatchError(
             "the reference log-probs were cached with a different "
             + "; ".join(differ)
-            + ". Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
-            "or train with the cache's max_length/truncation/dtype"
+            + f"{template}. Rerun `prefpool logprobs` + `prefpool build` with this tokenizer and settings, "
+            "or use the cache's max_length/truncation/dtype"
         )
-    if weights_hash(model) == parts.get("weights_sha256"):
+    if reference_weights is not None and reference_weights != parts.get("weights_sha256"):
+        raise CacheMismatchError(
+            f"the reference log-probs were cached with other weights than the reference's (weights_sha256 "
+            f"{str(parts.get('weights_sha256'))[:12]} vs {reference_weights[:12]}): rerun `prefpool logprobs` "
+            "with the reference"
+        )
+    if model is None:
+        return False  # a module: its weights cannot be compared, nor the step-0 check be trusted to apply
+    same = weights_hash(model) == parts.get("weights_sha256")
+    if reference_is_policy_init is None:
+        return same
+    if same:
         if not reference_is_policy_init:
             warnings.warn("reference_is_policy_init is false: skipping the step-0 check", stacklevel=2)
         return reference_is_policy_init
@@ -84,3 +134,53 @@ def check_cache(
         stacklevel=2,
     )
     return False
+
+
+def dataset_info(manifest: Manifest, data: str | Path):
+    """A ``datasets.DatasetInfo`` carrying the table's cache-key parts, for ``mcpo_dataset`` / ``mpo_dataset``."""
+    import json
+
+    from datasets import DatasetInfo
+
+    return DatasetInfo(description=json.dumps({DATASET_INFO_KEY: cache_parts(manifest, data)}))
+
+
+def _dataset_parts(dataset) -> dict | None:
+    import json
+
+    text = getattr(getattr(dataset, "info", None), "description", None) or ""
+    try:
+        found = json.loads(text)
+    except ValueError:  # a description that is plain text: a dataset prefpool did not make
+        return None
+    return found.get(DATASET_INFO_KEY) if isinstance(found, dict) else None
+
+
+def check_dataset_cache(dataset, *, model, tokenizer, max_length: int | None, truncation_mode: str) -> bool:
+    """The TRL plug-ins' check of a ``mcpo_dataset`` / ``mpo_dataset``: its cache key against TRL's settings.
+
+    TRL's tokenizer, ``max_length`` (must be the cache's) and ``truncation_mode`` (``keep_start``: the
+    completion's tail is cut, as the cache did) and the model's dtype must be the cache's. Returns whether
+    to run the step-0 comparison: the model was loaded from a folder with the cache's weights. A dataset
+    prefpool did not make carries no cache key and is not checked.
+    """
+    parts = _dataset_parts(dataset)
+    if parts is None:
+        return False
+    if truncation_mode != "keep_start":
+        raise CacheMismatchError(
+            f"truncation_mode={truncation_mode!r}: the reference log-probs were cached cutting the completion's "
+            "tail (truncation 'completion'); use truncation_mode='keep_start'"
+        )
+    folder = getattr(getattr(model, "config", None), "_name_or_path", None)
+    folder = folder if folder and (Path(folder) / "config.json").is_file() else None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return check_cache(
+        parts,
+        model=folder,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        truncation="completion",
+        dtype=dtype,
+        reference_is_policy_init=None,
+    )

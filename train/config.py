@@ -155,6 +155,13 @@ class TrainConfig:
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the newest N checkpoints."))
     resume: bool = field(default=False, metadata=_help("Continue from the newest checkpoint in output_dir."))
     resume_from: str | None = field(default=None, metadata=_help("Continue from this checkpoint folder."))
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "Replace a finished (or unfinished) run in output_dir with other settings; the old one is "
+            "kept until the new run has finished. The same settings again are a no-op."
+        ),
+    )
     progress: bool | None = field(
         default=None,
         metadata=_help(

@@ -4,8 +4,18 @@ The reference log-probs come from the table (cached by the ``logprobs`` stage);
 the model's are computed here without gradient by ``scoring.score_pairs`` on
 the tokens of ``encode_pair`` with the same ``max_length`` as the cache (read
 from the table's manifest chain), so both sides score exactly the same tokens.
-Each pair's token count is checked against the cached one: a mismatch means a
-different tokenizer, chat template or max length, and the metrics would be wrong.
+Before any scoring, the cache key is checked as ``train`` checks it
+(``cache_check``): the model's tokenizer and chat template, ``max_length``,
+truncation and dtype must be the cache's, else the log-ratios would compare
+different token sequences and the metrics would be silently wrong. When the
+model's weights are the cache's (the reference itself), every log-ratio must be
+0: the step-0 comparison runs (``step0_max_abs_diff`` in the result). Each
+pair's token count is also checked against the cached one.
+
+``out``: the JSON result, written atomically; it records the evaluation's
+identity (model and data hashes, settings), so the same evaluation again is a
+no-op returning the stored result, and another one over it is refused unless
+``overwrite``.
 
 Metrics and the tie rule are in ``eval_ranking``; beta scales the margins only.
 Optionally (``reward_fn``) also the mean reward of fresh samples and their
@@ -21,53 +31,60 @@ from pathlib import Path
 
 import torch
 
-from prefpool.core.errors import ConfigError
+from prefpool.core.errors import ConfigError, OutputExistsError
+from prefpool.core.outputs import check_file, writing
+from prefpool.pipeline.engines.logprob_engines import DTYPES
+from prefpool.pipeline.engines.scorers import FunctionScorer
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256, load_manifest, read_json_file
 from prefpool.pipeline.io.out_folder import file_in_folder
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.model.cache_key import weights_hash
 from prefpool.pipeline.model.device import resolve_device
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
 from prefpool.pipeline.model.scoring import eval_mode, score_pairs
-from prefpool.pipeline.model.source import resolve_model
 
+from .cache_check import cache_parts, check_cache, check_step0
 from .data import decoded_rows, encode_row
 from .kinds import TRAIN_KINDS
 
+KINDS = tuple(TRAIN_KINDS)
 
-def cache_max_length(data: str | Path) -> int:
-    """The ``max_length`` the table's reference log-probs were computed with.
 
-    Read from the build manifest's inputs: every ``logprobs`` input records its
-    cache components; they must agree (build already refuses mixed cache keys).
-    """
+def _manifest(data: str | Path):
+    """The manifest of a training table (pairwise, mcpo or mpo) in ``data``."""
     manifest = load_manifest(data)
     if manifest is None:
         raise PipelineInputError("no manifest.json: not a finished build output", file=data)
-    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
-    found = set()
-    for lp in inputs.get("logprobs") or []:
-        try:
-            found.add(int(lp["identity"]["config"]["cache"]["max_length"]))
-        except (KeyError, TypeError):
-            continue
-    if len(found) != 1:
-        what = "no logprobs input with a cache max_length" if not found else f"several: {sorted(found)}"
-        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length", file=data)
-    return found.pop()
+    if manifest.identity.schema not in KINDS:
+        raise PipelineInputError(
+            f"holds a {manifest.identity.schema!r} table; evaluate takes {', '.join(KINDS)}", file=data
+        )
+    return manifest
+
+
+def cache_max_length(data: str | Path) -> int:
+    """The ``max_length`` the table's reference log-probs were computed with (from the build manifest)."""
+    return int(cache_parts(_manifest(data), data)["max_length"])
 
 
 EVAL_FILE = "eval.json"  # what `eval --out FOLDER` writes into FOLDER
 
 
-def _load(model, tokenizer, device: str):
+def _load(model, tokenizer, device: str, dtype: str):
+    """The model in the cache's dtype, and its tokenizer (the folder's, unless one is given)."""
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
-            raise ValueError("tokenizer: required when model is a module, not a folder")
+            raise ConfigError("tokenizer: required when model is a module, not a folder")
         return model, tokenizer
-    source = resolve_model(model)
-    tok = tokenizer or source.tokenizer()
-    return source.causal_lm(torch.float32).to(device), tok
+    source = check_model(model)
+    tok = tokenizer or load_tokenizer(source)
+    return source.causal_lm(DTYPES[dtype]).to(device), tok
+
+
+def _dtype_of(module: torch.nn.Module) -> str:
+    return str(next(module.parameters()).dtype).removeprefix("torch.")
 
 
 def eval_file(out: str | Path) -> Path:
@@ -107,20 +124,43 @@ def ranking_metrics(
     beta: float = 0.1,
     tie_atol: float = 1e-4,
     max_tokens: int = 16384,
+    model_path: str | Path | None = None,
+    step0_tolerance: float = 1e-3,
 ) -> dict:
-    """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring)."""
-    manifest = load_manifest(data)
-    if manifest is None:
-        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
+    """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring).
+
+    ``model_path``: the folder ``model`` was loaded from; its weights hash decides whether the model is
+    the reference (then the step-0 comparison runs). None (a module built in memory): it does not run.
+    """
+    manifest = _manifest(data)
     kind = manifest.identity.schema
-    if kind not in TRAIN_KINDS:
-        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(TRAIN_KINDS)}", file=data)
+    parts = cache_parts(manifest, data)
     if max_length is None:
-        max_length = cache_max_length(data)
+        max_length = int(parts["max_length"])
+    is_reference = check_cache(
+        parts,
+        model=model_path,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        truncation="completion",
+        dtype=_dtype_of(model),
+        reference_is_policy_init=None,
+    )
     rows = decoded_rows(data, kind)
     ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
+    step0 = None
+    if is_reference:  # the reference itself: every log-ratio must be 0
+        step0 = float(torch.cat(ratios).abs().max())
+        check_step0(step0, step0_tolerance, data=data, model=model_path)
     metrics = TRAIN_KINDS[kind].ranking(ratios, beta=beta, tie_atol=tie_atol)
-    return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
+    return {
+        "kind": kind,
+        "max_length": max_length,
+        "beta": beta,
+        "tie_atol": tie_atol,
+        "step0_max_abs_diff": step0,
+        **metrics,
+    }
 
 
 def evaluate(
@@ -142,6 +182,8 @@ def evaluate(
     seed: int = 0,
     max_prompts: int | None = None,
     device: str = "auto",
+    step0_tolerance: float = 1e-3,
+    overwrite: bool = False,
 ) -> dict:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate).
 
@@ -169,18 +211,57 @@ def evaluate(
         seed: With --reward-fn: sample seeds, shared by both models.
         max_prompts: With --reward-fn: sample for the first N prompts only.
         device: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        step0_tolerance: When the model is the reference (same weights as the cache's): the largest allowed
+            |log-ratio|, in nats.
+        overwrite: Replace an OUT/eval.json holding another evaluation (another model, table or settings).
     """
     start = time.perf_counter()
     target = eval_file(out) if out is not None else None  # refuse a file before any work
+    _check_settings(tie_atol=tie_atol, max_tokens=max_tokens, num_samples=num_samples, tolerance=step0_tolerance)
     device = resolve_device(device)  # a module given as ``model`` stays where it is
+    is_folder = not isinstance(model, torch.nn.Module)
+    if is_folder:
+        model = check_model(model)
     if ref_model is not None:
-        ref_model = resolve_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
-    module, tok = _load(model, tokenizer, device)
+        ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
+    parts = cache_parts(_manifest(data), data)
+    settings = {
+        "max_length": max_length,
+        "beta": beta,
+        "tie_atol": tie_atol,
+        "reward_fn": FunctionScorer(reward_fn).identity if isinstance(reward_fn, str) else repr(reward_fn),
+        "ref_model": None if ref_model is None else weights_hash(ref_model),
+        "num_samples": num_samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "max_prompts": max_prompts,
+        "step0_tolerance": step0_tolerance,
+    }
+    identity = {
+        "model": weights_hash(model) if is_folder else None,
+        "data": file_sha256(Path(data) / MANIFEST_NAME),
+        "settings": settings,
+    }
+    if target is not None:
+        done = _earlier_result(check_file(target), identity, overwrite)
+        if done is not None:
+            return done
+    module, tok = _load(model, tokenizer, device, str(parts["dtype"]))
     summary: dict = {
-        "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
+        "model": model.given if is_folder else type(model).__name__,
         "data": str(data),
         "ranking": ranking_metrics(
-            module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol, max_tokens=max_tokens
+            module,
+            tok,
+            data,
+            max_length=max_length,
+            beta=beta,
+            tie_atol=tie_atol,
+            max_tokens=max_tokens,
+            model_path=model if is_folder else None,
+            step0_tolerance=step0_tolerance,
         ),
     }
     if reward_fn is not None:
@@ -205,6 +286,38 @@ def evaluate(
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(target, json.loads(json.dumps(summary)))
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # identity: only rerunning a model unknown by hash (a module) always recomputes
+        write_json(target, json.loads(json.dumps({**summary, "identity": identity if is_folder else None})))
     return summary
+
+
+def _check_settings(*, tie_atol: float, max_tokens: int, num_samples: int, tolerance: float) -> None:
+    if not tie_atol >= 0:
+        raise ConfigError(f"tie_atol (--tie-atol): must be >= 0 nats, got {tie_atol}")
+    if max_tokens < 1 or num_samples < 1:
+        raise ConfigError(f"max_tokens and num_samples must be >= 1, got {max_tokens} and {num_samples}")
+    if not tolerance >= 0:
+        raise ConfigError(f"step0_tolerance (--step0-tolerance): must be >= 0 nats, got {tolerance}")
+
+
+def _earlier_result(out: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The stored result when ``out`` holds this very evaluation; refuse replacing another one."""
+    if not out.exists():
+        return None
+    try:
+        earlier = read_json_file(out, "eval result")
+    except PipelineInputError:
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("identity") == identity:
+        return {**earlier, "status": "done earlier"}
+    if overwrite:
+        return None
+    what = (
+        "another evaluation" if isinstance(earlier, dict) and "ranking" in earlier else "a file that is no eval result"
+    )
+    raise OutputExistsError(
+        f"--out {out.parent} holds {what} in {out.name} (another model, table or settings); pass --overwrite to "
+        "replace it, or choose another --out folder"
+    )

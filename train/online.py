@@ -53,6 +53,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefpool.core.outputs import check_folder
+from prefpool.core.secrets import redact_text
 from prefpool.pipeline import build as build_stage
 from prefpool.pipeline import generate as generate_stage
 from prefpool.pipeline import ingest as ingest_stage
@@ -61,8 +63,10 @@ from prefpool.pipeline import score as score_stage
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
 from . import trainer as trainer_module
+from .cache_check import cache_parts, check_cache
 from .online_config import OnlineConfig
 from .online_state import OnlineState
 
@@ -78,9 +82,11 @@ def online(cfg: OnlineConfig, *, log: Callable[[str], None] | None = print) -> d
     """Run (or resume) ``cfg.rounds`` rounds of OnMC-PO; return the run's summary (also in
     ``output_dir/online_summary.json``). Each step's record says ``status``: ``ran`` or ``done earlier``."""
     cfg.check()
-    say = log or (lambda _line: None)
-    out = Path(cfg.output_dir)
+    say = (lambda line: log(redact_text(line))) if log else (lambda _line: None)
+    out = check_folder(cfg.output_dir, option="output_dir")
     initial = cfg.policy or cfg.reference
+    check_model(cfg.reference, what="reference")
+    check_model(initial, what="policy" if cfg.policy else "reference")
     ref_hash = logprobs_stage.weights_hash(cfg.reference, what="reference")
     init_hash = logprobs_stage.weights_hash(initial, what="policy" if cfg.policy else "reference")
     state = OnlineState(out, cfg.identity(), {"reference": ref_hash, "initial policy": init_hash})
@@ -88,7 +94,16 @@ def online(cfg: OnlineConfig, *, log: Callable[[str], None] | None = print) -> d
 
     rounds, policy = [], initial
     for r in range(cfg.rounds):
-        steps = _round(cfg, r, policy, examples, state, say, policy_is_reference=r == 0 and init_hash == ref_hash)
+        steps = _round(
+            cfg,
+            r,
+            policy,
+            examples,
+            state,
+            say,
+            policy_is_reference=r == 0 and init_hash == ref_hash,
+            ref_hash=ref_hash,
+        )
         rounds.append({"round": r, "policy": str(policy), "steps": steps})
         policy = str(round_dir(out, r) / "train")
     summary = {"output_dir": str(out), "final_model": policy, "prompts": prompts_record, "rounds": rounds}
@@ -132,7 +147,15 @@ def _prompts(cfg: OnlineConfig, out: Path, state: OnlineState, say) -> tuple[Pat
 
 
 def _round(
-    cfg: OnlineConfig, r: int, policy: str, examples: Path, state: OnlineState, say, *, policy_is_reference: bool
+    cfg: OnlineConfig,
+    r: int,
+    policy: str,
+    examples: Path,
+    state: OnlineState,
+    say,
+    *,
+    policy_is_reference: bool,
+    ref_hash: str,
 ) -> dict:
     rd = round_dir(cfg.output_dir, r)
     gen, scored, lp, table, train_dir = (rd / s for s in ROUND_STEPS)
@@ -204,7 +227,11 @@ def _round(
     )
     steps["build"] = _step(state, r, "build", say, lambda: _build(cfg, r, examples, gen, scored, lp, table, say))
     steps["train"] = _step(
-        state, r, "train", say, lambda: _train(cfg, r, policy, gen, lp, table, train_dir, say, policy_is_reference)
+        state,
+        r,
+        "train",
+        say,
+        lambda: _train(cfg, r, policy, gen, lp, table, train_dir, say, policy_is_reference, ref_hash),
     )
     return steps
 
@@ -240,6 +267,7 @@ def _train(
     train_dir: Path,
     say,
     policy_is_reference: bool,
+    ref_hash: str,
 ) -> dict:
     finished = train_dir / "train_summary.json"
     if finished.exists():  # the run stopped after training finished but before the state was written
@@ -247,6 +275,18 @@ def _train(
         return json.loads(finished.read_text())
     _check_on_policy(gen, policy, r)
     cache = load_manifest(lp).identity.config["cache"]
+    # The trainer checks tokenizer, max_length, truncation and dtype; the weights only when the policy is
+    # the reference (round 0). Every round's cache must be the frozen reference's: checked here.
+    check_cache(
+        cache_parts(load_manifest(table), table),
+        model=None,
+        tokenizer=load_tokenizer(policy),
+        max_length=int(cache["max_length"]),
+        truncation="completion",
+        dtype=cfg.dtype,
+        reference_is_policy_init=None,
+        reference_weights=ref_hash,
+    )
     tcfg = cfg.round_train(
         model=str(policy),
         data=str(table),

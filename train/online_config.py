@@ -33,6 +33,7 @@ ROUND_OWNED = (
     "dtype",
     "resume",
     "resume_from",
+    "overwrite",
     "reference_is_policy_init",
 )
 
@@ -162,6 +163,8 @@ class OnlineConfig:
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
         resolve_device(self.device, what="device")
+        if self.engine_args and self.engine != "vllm":
+            raise ConfigError(f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: vllm)")
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()

@@ -46,13 +46,17 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefpool.losses import AVERAGING_KERNELS, CHOSEN_SUPPORT_KERNELS, MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
+from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
+from .cache_check import check_dataset_cache, check_step0, dataset_info
 from .data import decoded_rows
 from .trainer import kernel_seed
 
 logger = logging.getLogger(__name__)
+
+STEP0_TOLERANCE = 1e-3  # nats, float32 (as train's default step0_tolerance)
 
 
 def _turn(text: str) -> list[dict]:
@@ -65,7 +69,8 @@ def mcpo_dataset(data: str | Path):
 
     rows = decoded_rows(data, "mcpo")
     return Dataset.from_list(
-        [
+        info=dataset_info(checked_shards(data)[0], data),
+        mapping=[
             {
                 "prompt": r.prompt,
                 "chosen": _turn(r.answers[0].text),
@@ -76,7 +81,7 @@ def mcpo_dataset(data: str | Path):
                 "ref_pool_logps": [a.ref_logp for a in r.answers[1:]],
             }
             for r in rows
-        ]
+        ],
     )
 
 
@@ -97,7 +102,8 @@ def mpo_dataset(data: str | Path):
                 "ref_samples": list(r.samples),
             }
             for r in rows
-        ]
+        ],
+        info=dataset_info(checked_shards(data)[0], data),
     )
 
 
@@ -203,6 +209,29 @@ class _CachedRefTrainer(DPOTrainer):
             data_collator=data_collator,
             **kwargs,
         )
+        tok = getattr(processing_class, "tokenizer", processing_class)
+        if check_dataset_cache(
+            train_dataset,
+            model=self.model,
+            tokenizer=tok,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+        ):
+            self._step0()
+
+    def _step0(self) -> None:
+        """Policy == reference (same weights as the cache's): the first rows' chosen and rejected log-probs,
+        through TRL's own tokenization and LM head, must equal the cached values."""
+        rows = min(len(self.train_dataset), self.args.per_device_train_batch_size)
+        batch = self._prepare_inputs(self.data_collator([self.train_dataset[i] for i in range(rows)]))
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            logps = self._logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        self.model.train(was_training)
+        ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).double().cpu()
+        diff = float((logps[: 2 * rows].double().cpu() - ref).abs().max())
+        check_step0(diff, STEP0_TOLERANCE, data="the train dataset", model=self.model.config._name_or_path)
 
     # -- data ---------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

@@ -48,13 +48,18 @@ def parse_engine_args(text: str | None, *, where: str = "--engine-args") -> dict
     """A JSON object of ``vllm.LLM`` options, or None for an empty/absent value."""
     if text is None or not text.strip():
         return None
+    # The text itself is never echoed in an error: it may hold a token (hf_token is a vllm.LLM option).
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PipelineConfigError(f"{where} is not valid JSON ({exc}): {text!r}") from None
+        raise PipelineConfigError(
+            f"{where} is not valid JSON ({exc.msg} at character {exc.pos}); give a JSON object, "
+            "e.g. '{\"tensor_parallel_size\": 2}'"
+        ) from None
     if not isinstance(parsed, dict):
         raise PipelineConfigError(
-            f"{where} must be a JSON object of vllm.LLM options, e.g. '{{\"tensor_parallel_size\": 2}}'; got {text!r}"
+            f"{where} must be a JSON object of vllm.LLM options, e.g. '{{\"tensor_parallel_size\": 2}}'; "
+            f"got a JSON {type(parsed).__name__}"
         )
     return parsed
 

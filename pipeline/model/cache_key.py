@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from prefpool.pipeline.io.errors import PipelineConfigError
-from prefpool.pipeline.model.source import ModelSource, resolve_model
+from prefpool.pipeline.model.folder import check_model
+from prefpool.pipeline.model.source import ModelSource
 from prefpool.pipeline.model.tokenize import template_hash
 
 
@@ -23,7 +24,7 @@ def weights_hash(model: str | Path | ModelSource, *, what: str = "model") -> str
     (a snapshot's links are followed, so it hashes as a folder with the same files).
     A GGUF: the ``.gguf`` file, which holds config, tokenizer and weights in one.
     """
-    source = resolve_model(model, what=what)
+    source = check_model(model, what=what, weights=False)  # a clear error for a path that is no model
     if source.kind == "gguf":
         files = source.weight_files()
     else:

@@ -13,11 +13,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefpool.pipeline.io.errors import PipelineConfigError
-from prefpool.pipeline.model.source import ModelSource, resolve_model
+from prefpool.pipeline.model.folder import WEIGHT_SUFFIXES, check_model, load_tokenizer
+from prefpool.pipeline.model.source import ModelSource
 from prefpool.pipeline.model.tokenize import template_hash
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -72,14 +71,9 @@ class ModelInfo:
 
 def load_model_info(model: str | Path | ModelSource, *, what: str = "model") -> ModelInfo:
     """Load the tokenizer, configs and hashes of a model (a folder, a Hub id, a .gguf: ``source``)."""
-    source = resolve_model(model, what=what)
-    path = source.path
+    source = check_model(model, what=what)
     weights = source.weight_files(WEIGHT_SUFFIXES)
-    if not weights:
-        raise PipelineConfigError(f"{what} {source.given}: no *.safetensors or *.bin weights in {path}")
-    tokenizer = source.tokenizer()
-    if not tokenizer.chat_template:
-        raise PipelineConfigError(f"{what} {source.given}: the tokenizer in {path} has no chat template")
+    tokenizer = load_tokenizer(source, what=what)
     config = source.config()
     gen = source.generation_config()
     eos = _ids(tokenizer.eos_token_id) + _ids(gen.get("eos_token_id"))

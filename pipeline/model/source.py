@@ -59,6 +59,9 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None  # the snapshot's commit, for a Hub id
 
+    def __str__(self) -> str:  # messages name the model as the user wrote it
+        return self.given
+
     @property
     def load_kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .app import call, register
+from .app import call, echo, register
 from .docstrings import summary
 from .params import argument_lines, click_params, dataclass_params, function_params, python_values
 
@@ -48,7 +48,7 @@ def function_command(
     def callback(**values: Any) -> None:
         kwargs = python_values(values, params, parsers)
         result = call(fn, **kwargs)
-        click.echo(report(result, kwargs) if report else _line(result))
+        echo(report(result, kwargs) if report else _line(result))
 
     doc = summary(fn)
     extra = argument_lines(params, arguments)
@@ -112,15 +112,8 @@ def build() -> click.Command:
     return function_command("build", "prefpool.pipeline.build:build", short={"out": "-o"})
 
 
-def _push_line(result: Any, kwargs: dict) -> str:
-    where = f"uploaded to {result.repo_id}" if result.uploaded else f"written to {result.folder}"
-    return f"push: {result.rows} rows in {len(result.files)} files, {where}"
-
-
 def push() -> click.Command:
-    return function_command(
-        "push", "prefpool.pipeline.push:push", arguments=("source",), short={"out": "-o"}, report=_push_line
-    )
+    return function_command("push", "prefpool.pipeline.push:push", arguments=("source",), short={"out": "-o"})
 
 
 def _merge_line(manifest: Any, kwargs: dict) -> str:
@@ -146,10 +139,9 @@ def eval_() -> click.Command:
 def plot() -> click.Command:
     return function_command(
         "plot",
-        "prefpool.train.plot:plot_run",
+        "prefpool.train.plot:plot_curves",
         arguments=("run_dirs",),
         short={"out": "-o"},
-        report=lambda written, _: f"plot: {written}",
     )
 
 
@@ -247,7 +239,13 @@ def train() -> click.Command:
         from prefpool.train.trainer import train as run_train
 
         result = call(run_train, cfg)
-        click.echo(
+        if result.get("status") == "done earlier":
+            echo(
+                f"train: {result['output_dir']} already holds a finished run of these settings "
+                f"({result['steps']} steps); nothing to do (overwrite=true trains it again)"
+            )
+            return
+        echo(
             f"train: {result['steps']} steps, final loss {result['final_loss']}, "
             f"step-0 diff {result['step0_max_abs_diff']} -> {result['output_dir']}"
         )
@@ -266,7 +264,7 @@ def online() -> click.Command:
     def run(cfg: Any) -> None:
         from prefpool.train.online import online as run_online
 
-        call(run_online, cfg, log=click.echo)
+        call(run_online, cfg, log=echo)
 
     return _config_command(
         "online",
@@ -282,7 +280,7 @@ def run() -> click.Command:
     def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
         from prefpool.pipeline.run import run_pipeline
 
-        call(run_pipeline, config, list(overrides), log=click.echo, progress=progress)
+        call(run_pipeline, config, list(overrides), log=echo, progress=progress)
 
     return click.Command(
         "run",

@@ -42,6 +42,8 @@ from prefpool.controlled.report import markdown_table, plot_probe_curves
 from prefpool.controlled.task import held_out_topics, task_prompts
 from prefpool.controlled.training import train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
+from prefpool.core.secrets import redact, redact_text
+from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.train.config import TrainConfig
 from prefpool.train.evaluate import EVAL_FILE
 
@@ -159,7 +161,7 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
             **overrides,
         )
         Path(tcfg.output_dir).mkdir(parents=True, exist_ok=True)
-        (out / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(asdict(tcfg), sort_keys=False))
+        write_text(out / "runs" / f"{name}.yaml", yaml.safe_dump(redact(asdict(tcfg)), sort_keys=False))
         say(f"$ prefpool train {out / 'runs' / f'{name}.yaml'}   # {label}, probed every {cfg.probe_every} steps")
         runs[label] = train_with_probe(tcfg, probe, every=cfg.probe_every, log=log, label=name)
         say(f"$ prefpool eval --model {tcfg.output_dir} --data {data.heldout_table} ...")
@@ -182,8 +184,8 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
         "data_seconds": round(data_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "REPORT.md").write_text(_report(summary, plot.name))
+    write_json(out / "summary.json", summary)
+    write_text(out / "REPORT.md", redact_text(_report(summary, plot.name)))
     say(f"quickstart done in {summary['seconds']:.0f} s: report {out / 'REPORT.md'}, plot {plot}")
     return summary
 

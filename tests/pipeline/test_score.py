@@ -133,9 +133,12 @@ def test_candidates_table_scores_samples(tmp_path):
 
 def test_non_finite_score_names_the_row(ex, tmp_path):
     with pytest.raises(
-        PipelineInputError, match=r"ex: score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32}"
+        PipelineInputError,
+        match=r"score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32} \(.*ex/part-\S+\.parquet, "
+        r"row \d+ \(0-based\), column 'answers'\)",
     ):
         score(ex, out=tmp_path / "s", reward_fn="test_score:not_finite")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(

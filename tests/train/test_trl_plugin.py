@@ -32,6 +32,8 @@ from prefpool.train.trl_plugin import (  # noqa: E402
 )
 
 torch.set_num_threads(1)
+# TRL's trainer makes an Accelerator (bf16 on CPU): reset it, or a later trainer in this process fails
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 PROMPTS = [
     ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
@@ -73,7 +75,7 @@ def _mcpo_table(path, tok, tmp_path, shifts=None):
         mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
         for i, (q, pref, pool) in enumerate(PROMPTS)
     ]
-    return write_table(tmp_path / "mcpo", "mcpo", rows), rows
+    return write_table(tmp_path / "mcpo", "mcpo", rows, tokenizer=tok), rows
 
 
 def _first_batch_loss(trainer):
@@ -239,7 +241,7 @@ def _mpo_table(path, tok, tmp_path):
             }
         )
         rows.append(row)
-    return write_table(tmp_path / "mpo", "mpo", rows), rows
+    return write_table(tmp_path / "mpo", "mpo", rows, tokenizer=tok), rows
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5])
