@@ -255,8 +255,10 @@ def _open_run(
 
 
 def _discard(run: StageRun, created: bool) -> None:
-    """After a failed read: remove the run marker (and the folder this run created) if nothing else is there."""
-    if {p.name for p in run.work.iterdir()} != {RUN_MARKER}:
+    """After a failed read: remove the run marker (and the folder this run created) if nothing else is there.
+
+    ``StageRun`` writes nothing before its first shard, so usually there is nothing to remove."""
+    if not run.work.exists() or {p.name for p in run.work.iterdir()} != {RUN_MARKER}:
         return
     if created or run.work != run.out:  # a folder made by this call, or the staging folder of an overwrite
         shutil.rmtree(run.work)

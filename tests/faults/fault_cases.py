@@ -251,7 +251,7 @@ CASES: list[Case] = [
     Case(
         "ingest: the source does not exist",
         lambda w, t: ["ingest", t / "no" / "such.jsonl", "-f", "pairwise", "-o", t / "o"],
-        ("not a local file or folder",),
+        ("no such file or folder",),
     ),
     Case(
         "ingest: --out is the source folder",
@@ -294,7 +294,7 @@ CASES: list[Case] = [
     Case(
         "generate: the model folder does not exist",
         lambda w, t: ["generate", w["ingest"], "-m", t / "none", "-n", "2", "-o", t / "g"],
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case(
         "generate: the model folder has no tokenizer",
@@ -430,7 +430,7 @@ CASES: list[Case] = [
     Case(
         "score: the reward model folder does not exist",
         lambda w, t: ["score", w["generate"], "--reward-model", t / "none", "-o", t / "s"],
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case(
         "score: --out is the input folder",
@@ -457,7 +457,7 @@ CASES: list[Case] = [
     Case(
         "logprobs: the model folder does not exist",
         lambda w, t: ["logprobs", w["ingest"], "-m", t / "none", "-o", t / "lp"],
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case(
         "logprobs: the model folder has no tokenizer",
@@ -681,7 +681,7 @@ CASES: list[Case] = [
     Case(
         "train: the model folder does not exist",
         train(lambda w, t: f"model={t / 'none'}"),
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case(
         "train: the model folder has no tokenizer",
@@ -742,7 +742,7 @@ CASES: list[Case] = [
     Case(
         "eval: the model folder does not exist",
         lambda w, t: ["eval", "-m", t / "none", "-d", w["pairwise"], "--device", "cpu"],
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case(
         "eval: the data folder does not exist",
@@ -765,28 +765,34 @@ CASES: list[Case] = [
         ("step-0 check",),
     ),
     Case(
-        "eval: --out is a folder",
-        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t, "--device", "cpu"],
-        ("is a folder",),
+        "eval: --out is a file",
+        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "f", "--device", "cpu"],
+        ("is a file", "--out is a folder"),
+        setup=write("f", "x"),
+    ),
+    Case(
+        "eval: --out named like the old JSON file",
+        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "e.json", "--device", "cpu"],
+        ("--out is a folder", "not a .json file"),
     ),
     Case(
         "eval: --out holds a file that is no eval result",
-        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "e.json", "--device", "cpu"],
+        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "e", "--device", "cpu"],
         ("no eval result", "--overwrite"),
-        setup=write("e.json", "my notes"),
+        setup=write("e/eval.json", "my notes"),
     ),
     Case(
         "eval: --out holds another model's evaluation",
-        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "e.json", "--device", "cpu"],
+        lambda w, t: ["eval", "-m", w["model"], "-d", w["pairwise"], "-o", t / "e", "--device", "cpu"],
         ("another evaluation", "--overwrite"),
-        setup=copy("eval", "e.json"),
+        setup=copy("eval", "e"),
     ),
     Case(
         "eval: the same evaluation again is a no-op",
-        lambda w, t: ["eval", "-m", w["train_done"], "-d", w["pairwise"], "-o", t / "e.json", "--device", "cpu"],
+        lambda w, t: ["eval", "-m", w["train_done"], "-d", w["pairwise"], "-o", t / "e", "--device", "cpu"],
         ('"status": "done earlier"',),
         code=0,
-        setup=copy("eval", "e.json"),
+        setup=copy("eval", "e"),
     ),
     Case(
         "eval: the reward function raises",
@@ -812,41 +818,46 @@ CASES: list[Case] = [
             *["eval", "-m", w["model"], "-d", w["pairwise"], "--device", "cpu"],
             *["--reward-fn", f"{w['reward_length']}:reward", "--ref-model", t / "none"],
         ],
-        ("ref_model", "not a local model folder"),
+        ("ref_model", "no such folder; expected a local model folder"),
     ),
     # plot
     Case("plot: the run folder does not exist", lambda w, t: ["plot", t / "none"], ("no metrics.jsonl",)),
     Case(
         "plot: metrics.jsonl holds a broken line",
-        lambda w, t: ["plot", t / "run", "-o", t / "c.png"],
+        lambda w, t: ["plot", t / "run", "-o", t / "c"],
         ("line 3", "not a JSON record"),
         setup=copies(copy("train_done", "run"), edit("run/metrics.jsonl", lambda b: b + b"{oops\n")),
     ),
     Case(
         "plot: metrics.jsonl is empty",
-        lambda w, t: ["plot", t / "run", "-o", t / "c.png"],
+        lambda w, t: ["plot", t / "run", "-o", t / "c"],
         ("no logged steps",),
         setup=write("run/metrics.jsonl", ""),
     ),
-    Case("plot: --out is a folder", lambda w, t: ["plot", w["train_done"], "-o", t], ("is a folder",)),
+    Case(
+        "plot: --out is a file",
+        lambda w, t: ["plot", w["train_done"], "-o", t / "f"],
+        ("is a file", "--out is a folder"),
+        setup=write("f", "x"),
+    ),
     Case(
         "plot: --out is a file that is not a plot",
-        lambda w, t: ["plot", w["train_done"], "-o", t / "c.png"],
+        lambda w, t: ["plot", w["train_done"], "-o", t / "c"],
         ("not a prefpool plot", "--overwrite"),
-        setup=write("c.png", "my picture"),
+        setup=write("c/curves.png", "my picture"),
     ),
     Case(
         "plot: the same plot again is a no-op",
-        lambda w, t: ["plot", w["train_done"], "-o", t / "c.png"],
+        lambda w, t: ["plot", w["train_done"], "-o", t / "c"],
         ("up to date",),
         code=0,
-        setup=copy("plot", "c.png"),
+        setup=copy("plot", "c"),
     ),
     # online
     Case(
         "online: the reference folder does not exist",
         online(lambda w, t: f"reference={t / 'none'}"),
-        ("not a local model folder",),
+        ("no such folder; expected a local model folder",),
     ),
     Case("online: two scorers", online(lambda w, t: f"reward_model={w['model']}"), ("exactly one of reward_fn",)),
     Case("online: n = 1", online("n=1"), ("n: must be >= 2",)),

@@ -122,9 +122,9 @@ def build_world(root: Path) -> dict[str, Path]:
     w["train_unfinished"] = root / "train-unfinished"
     Trainer(cfg(w["train_unfinished"], max_steps=4, save_steps=1)).run(stop_after=2)
     _reset_accelerate()
-    w["eval"] = root / "eval.json"
+    w["eval"] = root / "eval"  # a folder holding eval.json
     evaluate(w["train_done"], w["pairwise"], out=w["eval"], device="cpu")
-    w["plot"] = plot_run(w["train_done"], root / "plot" / "curves.png")
+    w["plot"] = plot_run(w["train_done"], root / "plot").parent  # a folder holding curves.png
     return w
 
 

@@ -90,10 +90,10 @@ def test_eval_refuses_a_cache_made_under_another_chat_template(world):
 def test_eval_of_the_reference_itself_is_all_ties(world, tmp_path):
     """The step-0 comparison of eval: policy == reference (same weights hash) gives log-ratio 0 on
     every answer, so accuracy 0 and tie rate 1; it passes, and says so in the result."""
-    out = tmp_path / "ref.json"
+    out = tmp_path / "ref"
     result = invoke("eval", "--model", world["model"], "--data", world["pairwise"], "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    ranking = json.loads(out.read_text())["ranking"]
+    ranking = json.loads((out / "eval.json").read_text())["ranking"]
     assert ranking["accuracy"] == 0.0 and ranking["tie_rate"] == 1.0
     assert ranking["step0_max_abs_diff"] is not None and ranking["step0_max_abs_diff"] < 1e-4
 

@@ -63,7 +63,7 @@ def _train_eval_plot(world, work: Path, table: Path, loss: str) -> str:
             *["train", "/dev/null", f"model={world['model']}", f"data={table}", f"output_dir={work / 'train'}"],
             *[f"loss={loss}", "batch_size=2", "max_steps=2", "progress=false", "report_to=[tensorboard]"],
         ],
-        ["eval", "-m", work / "train", "-d", table, "-o", work / "eval.json", "--device", "cpu"],
+        ["eval", "-m", work / "train", "-d", table, "-o", work / "eval", "--device", "cpu"],
         ["plot", work / "train"],
     ):
         result = CliRunner().invoke(app, [str(a) for a in args])
@@ -169,7 +169,7 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
             *["train", "/dev/null", f"model={world['model']}", f"data={work / 'build'}"],
             *[f"output_dir={work / 'train'}", "loss=mcpo", "batch_size=2", "max_steps=2", "progress=false"],
         ],
-        ["eval", "-m", work / "train", "-d", work / "build", "-o", work / "eval.json", "--device", "cpu"],
+        ["eval", "-m", work / "train", "-d", work / "build", "-o", work / "eval", "--device", "cpu"],
         ["plot", work / "train"],
     ):
         printed += _cli(env, *args)
