@@ -13,8 +13,14 @@ scoring the chat-templated conversation. The scorer's identity (function name
 and source hash, or weights/tokenizer hashes) is the run's config, so it is in
 the manifest and another scorer over the same output is refused.
 
-A score that is not a finite real number is an error naming the prompt_id,
-completion_id and input folder. ``build --scores`` ranks by this table.
+A score that is not a finite real number, or a reward function that raises,
+is an error naming the prompt_id, completion_id and input folder (exit code 2;
+``--debug`` shows the function's traceback). ``build --scores`` ranks by this table.
+
+Executors: ``executor="ray"`` scores the units on Ray actors (one CPU each;
+a reward model is loaded once per actor); the reward function travels to the
+actors with the scorer (a function from a ``.py`` path by value, one from an
+importable module by name: the module must be importable on every node).
 """
 
 from __future__ import annotations
@@ -23,17 +29,19 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer
+from prefpool.pipeline.engines.scorers import FunctionScorer, RewardFunctionError, RewardModelScorer
+from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
-from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
@@ -71,6 +79,9 @@ def score(
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
+    executor: ExecutorName = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> ScoreSummary:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`).
 
@@ -88,6 +99,10 @@ def score(
         overwrite: Replace an existing output made with another scorer.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
         show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        executor: Where the units run: local (this process) | ray (Ray actors, each loading the scorer once; this
+            process writes every shard). Does not change the rows.
+        workers: ray: number of actors. Default: as many as the cluster's CPUs hold.
+        ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
     if (reward_fn is None) == (reward_model is None):
@@ -97,6 +112,7 @@ def score(
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
+    pool = make_executor(executor, workers=workers, address=ray_address)
     scorer = _scorer(reward_fn, reward_model, batch_size)
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
@@ -114,20 +130,50 @@ def score(
     )
     todo = run.pending(units)
     computed = 0
-    with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress) as advance:
-        for unit in todo:
-            values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items])
-            rows = []
-            for (pid, cid, _, _), value in zip(unit.items, values, strict=True):
-                rows.append({"prompt_id": pid, "completion_id": cid, "score": _checked(value, pid, cid, input_dir)})
-            run.write(unit, pa.Table.from_pylist(rows, schema=SCORES))
-            computed += len(rows)
-            advance(len(rows))
+    with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress, units=len(todo)) as bar:
+
+        def write(unit: Unit, table: pa.Table) -> None:
+            nonlocal computed
+            run.write(unit, table)
+            computed += table.num_rows
+            bar.unit_done()
+
+        pool.map(ScoreTask(scorer, str(input_dir)), todo, write, advance=bar)
     summary = {"rows": len(pairs), "input_schema": in_schema}
     run.finish(sidecars={"report.json": {**summary, "scorer": scorer.identity}}, summary={"rows": len(pairs)})
     return ScoreSummary(
         run.out, len(pairs), computed, run.units_written, run.units_skipped, time.perf_counter() - start
     )
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """A unit of (prompt_id, completion_id, prompt, text) -> its scores table; the scorer loads once per worker."""
+
+    scorer: FunctionScorer | RewardModelScorer
+    input_dir: str
+    needs: WorkerNeeds = WorkerNeeds()  # the reward model scores on the CPU
+
+    def load(self):
+        return partial(score_unit, scorer=self.scorer, input_dir=self.input_dir)
+
+
+def score_unit(unit: Unit, advance: Advance, *, scorer, input_dir: str) -> pa.Table:
+    """The scores table of one unit; ``advance`` by its rows at the end."""
+    try:
+        values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items])
+    except RewardFunctionError as exc:
+        pid, cid = unit.items[exc.index][:2]
+        raise PipelineInputError(
+            f"reward_fn {scorer.identity['name']} raised {type(exc.cause).__name__}: {exc.cause} "
+            f"for prompt_id {pid}, completion_id {cid}",
+            file=input_dir,
+        ) from exc.cause
+    rows = []
+    for (pid, cid, _, _), value in zip(unit.items, values, strict=True):
+        rows.append({"prompt_id": pid, "completion_id": cid, "score": _checked(value, pid, cid, input_dir)})
+    advance(len(rows))
+    return pa.Table.from_pylist(rows, schema=SCORES)
 
 
 def _scorer(reward_fn, reward_model, batch_size):

@@ -28,6 +28,15 @@ RewardFn = Callable[[list[dict], str], float]
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
 
 
+class RewardFunctionError(Exception):
+    """The reward function raised on ``items[index]``; the stage names that row in its error."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(index, cause)
+        self.index = index
+        self.cause = cause
+
+
 def _file_sha256(path: str | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None
@@ -69,7 +78,13 @@ class FunctionScorer:
         self.identity = {"kind": "function", "name": spec, "source_sha256": _file_sha256(source)}
 
     def score(self, items: Sequence[Item]) -> list[object]:
-        return [self.fn(prompt, text) for prompt, text in items]
+        values = []
+        for index, (prompt, text) in enumerate(items):
+            try:
+                values.append(self.fn(prompt, text))
+            except Exception as exc:  # the user's function raises whatever its author chose
+                raise RewardFunctionError(index, exc) from exc
+        return values
 
 
 class RewardModelScorer:
