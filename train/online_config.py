@@ -126,6 +126,17 @@ class OnlineConfig:
         metadata=_help("Which sample is preferred when several share the best score (build's best_ties)."),
     )
     show_progress: bool | None = field(default=None, metadata=_help("Progress bars; null = when on a terminal."))
+    executor: Literal["local", "ray"] = field(
+        default="local",
+        metadata=_help(
+            "Where generate, score and logprobs run their units: local | ray (one Ray for the whole run); "
+            "not in the run's identity."
+        ),
+    )
+    workers: int | None = field(default=None, metadata=_help("ray: actors per stage; null = as the cluster holds."))
+    ray_address: str | None = field(
+        default=None, metadata=_help("ray: the cluster; null = $RAY_ADDRESS, else a local Ray on this machine.")
+    )
 
     train: RoundTrainConfig = field(  # type: ignore[valid-type]
         default_factory=RoundTrainConfig,
@@ -170,9 +181,17 @@ class OnlineConfig:
         )
 
     def identity(self) -> dict:
-        """What decides the run's output: everything but the round count and display settings."""
+        """What decides the run's output: everything but the round count, display and where the stages run."""
         data = dataclasses.asdict(self)
-        for key in ("output_dir", "rounds", "show_progress", "generate_batch_size"):
+        for key in (
+            "output_dir",
+            "rounds",
+            "show_progress",
+            "generate_batch_size",
+            "executor",
+            "workers",
+            "ray_address",
+        ):
             data.pop(key)
         for key in ("progress", "report_to", "tracker_project"):  # display and logging only
             data["train"].pop(key, None)
