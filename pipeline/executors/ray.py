@@ -293,13 +293,20 @@ class _Pool:
                 if unit is None:  # setup
                     if outcome.error is not None:
                         raise_outcome(outcome)  # the engine cannot load: every worker would fail alike
-                    ready_s = time.perf_counter() - self.born.pop(ref)
+                    now = time.perf_counter()
+                    ready_s = now - self.born.pop(ref)
                     LOG.info(
                         "ray: worker pid %s ready %.1f s after it was asked for (engine load %.1f s)",
                         outcome.value["pid"],
                         ready_s,
                         outcome.value["seconds"],
-                        extra={"timing": {"worker_ready_s": ready_s, "engine_load_s": outcome.value["seconds"]}},
+                        extra={
+                            "timing": {
+                                "worker_ready_s": ready_s,
+                                "engine_load_s": outcome.value["seconds"],
+                                "ready_at": now,
+                            }
+                        },
                     )
                     continue
                 if outcome.error is not None:
@@ -310,6 +317,7 @@ class _Pool:
                     on_result(unit, outcome.value)
                     advance(outcome.advanced)
                     done += 1
+                    LOG.debug("ray: unit %d done", unit.seq, extra={"timing": {"unit_done_at": time.perf_counter()}})
                 self._give(actor)
             if self.failed:
                 raise_outcome(self.failed[min(self.failed)])
