@@ -155,6 +155,7 @@ class ScoreTask:
     needs: WorkerNeeds = WorkerNeeds()  # the reward model scores on the CPU
 
     def load(self):
+        self.scorer.load()
         return partial(score_unit, scorer=self.scorer, input_dir=self.input_dir)
 
 

@@ -77,6 +77,9 @@ class FunctionScorer:
             source = None
         self.identity = {"kind": "function", "name": spec, "source_sha256": _file_sha256(source)}
 
+    def load(self) -> None:
+        """Nothing to load: the function was imported when the scorer was made."""
+
     def score(self, items: Sequence[Item]) -> list[object]:
         values = []
         for index, (prompt, text) in enumerate(items):
@@ -115,6 +118,10 @@ class RewardModelScorer:
         self._model = None
         self._check_config()  # fail before any work
 
+    def load(self):
+        """The model, loaded on first use (a scorer made on the driver and sent to workers loads there)."""
+        return self._model or self._load()
+
     def _load(self):
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -142,7 +149,7 @@ class RewardModelScorer:
     def score(self, items: Sequence[Item]) -> list[float]:
         import torch
 
-        model = self._model or self._load()
+        model = self.load()
         pad = model.config.pad_token_id
         out: list[float] = []
         for start in range(0, len(items), self.batch_size):

@@ -58,6 +58,7 @@ from prefpool.pipeline.io.stage_run import Unit
 LOG = logging.getLogger("prefpool.executors.ray")
 ATTEMPTS = 3  # workers a unit may be lost with before the run stops
 CONNECT_TIMEOUT_S = 5.0
+WAIT_NOTE_S = 120  # a warning when no worker has reported for this long while some have not started
 INSTALL = "pip install 'prefpool[ray]'"
 
 
@@ -284,7 +285,10 @@ class _Pool:
             for _ in range(self.plan.count):
                 self._give(self._start_actor())
             while self.inflight:
-                ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+                ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=WAIT_NOTE_S)
+                if not ready:
+                    self._note_waiting()
+                    continue
                 ref = ready[0]
                 actor, unit = self.inflight.pop(ref)
                 outcome = self._get(ref, actor, unit)
@@ -333,6 +337,18 @@ class _Pool:
             extra={"timing": {"units": done, "units_s": seconds}},
         )
 
+    def _note_waiting(self) -> None:
+        starting = sum(1 for _, unit in self.inflight.values() if unit is None)
+        if starting:  # Ray queues an actor until the cluster has room for it: say so instead of looking hung
+            LOG.warning(
+                "ray: %d worker(s) not ready after another %d s: still loading their engine, or queued until "
+                "the cluster has %d free CPU and %d free GPU for each; waiting",
+                starting,
+                WAIT_NOTE_S,
+                self.plan.cpus,
+                self.plan.gpus,
+            )
+
     def _start_actor(self):
         actor = self.actor_class.remote(self.task_ref)
         self.actors.append(actor)
@@ -342,10 +358,14 @@ class _Pool:
         return actor
 
     def _give(self, actor) -> None:
-        """The next unit to the actor (queued behind its setup when it has just started)."""
+        """The next unit to the actor (queued behind its setup when it has just started); an actor with
+        nothing left to do is stopped at once, so its GPUs go back to the cluster while others finish."""
         if self.queue:
             unit = self.queue.popleft()
             self.inflight[actor.run.remote(unit)] = (actor, unit)
+        elif actor in self.actors:
+            self.actors.remove(actor)
+            self.ray.kill(actor, no_restart=True)
 
     def _get(self, ref, actor, unit: Unit | None) -> Outcome | None:
         """The outcome of ``ref``, or None when its worker died (then its unit is queued again)."""
@@ -356,6 +376,7 @@ class _Pool:
         except (RayActorError, ObjectLostError) as exc:
             if actor in self.actors:
                 self.actors.remove(actor)
+                self.ray.kill(actor, no_restart=True)  # dead already, or alive without its result: not used again
             if unit is None:
                 return None  # died while loading: the unit queued behind the setup is requeued below
             self.lost[unit.seq] += 1

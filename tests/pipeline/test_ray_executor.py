@@ -142,11 +142,18 @@ def test_worker_killed_from_outside_is_retried_with_identical_output(cluster, wo
 
     def kill_one_running_worker() -> None:
         while not stop.is_set() and not killed:
-            running = [pid for pid, cmd in worker_processes(cluster["tmp"]) if cmd.startswith(WORKER_RUN)]
-            if running:
-                os.kill(running[0], signal.SIGKILL)
-                killed.append(running[0])
-            time.sleep(0.005)
+            actors = [pid for pid, _ in worker_processes(cluster["tmp"])]  # a scan of /proc: not too often
+            for _ in range(100):  # then watch just these for the title of a running unit
+                for pid in actors:
+                    try:
+                        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    except OSError:
+                        continue
+                    if title.startswith(WORKER_RUN):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                        return
+                time.sleep(0.002)
 
     killer = threading.Thread(target=kill_one_running_worker)
     killer.start()
