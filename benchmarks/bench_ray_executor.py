@@ -130,7 +130,7 @@ def _prepare(args, root: Path) -> None:
     words = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()
     rows = [
         {
-            "prompt": " ".join(words[(i + k) % len(words)] for k in range(4 + i % 9)) + "?",
+            "prompt": f"Q{i}: " + " ".join(words[(i + k) % len(words)] for k in range(4 + i % 9)) + "?",
             "chosen": "a",
             "rejected": "b",
         }
