@@ -170,6 +170,7 @@ def test_worker_killed_from_outside_is_retried_with_identical_output(cluster, wo
     _no_workers_left(cluster)
 
 
+@pytest.mark.slow  # a fresh interpreter and two rounds of actors (~20 s on 2 idle cores)
 def test_driver_killed_then_rerun_resumes_with_finished_units_skipped(cluster, world, tmp_path):
     """``prefpool logprobs --executor ray`` (RAY_ADDRESS: this cluster) gets SIGKILL once a shard exists;
     its actors go with it, and the same command run again skips the finished units."""

@@ -36,7 +36,8 @@ from prefpool.testing import build_tiny_llama
 
 pytest.importorskip("ray")
 torch.set_num_threads(1)
-pytestmark = pytest.mark.xdist_group("ray")
+# slow: a fresh interpreter, a Ray start and three stages' actors (~25 s on 2 idle cores)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 PROMPTS = 12
 SCORE = {"rows_per_unit": 4}
 LOGPROBS = {"max_length": 128, "rows_per_unit": 4}
