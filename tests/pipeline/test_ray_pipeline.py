@@ -43,7 +43,7 @@ SCORE = {"rows_per_unit": 4}
 LOGPROBS = {"max_length": 128, "rows_per_unit": 4}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # files only: kept for the session even if xdist interleaves other modules
 def ray_run(tmp_path_factory):
     """The subprocess run: (its workdir, the model, the source file, the reward function, its RAY_TMPDIR)."""
     root = tmp_path_factory.mktemp("ray-pipeline")
