@@ -19,9 +19,11 @@ Reported per variant: the stage's wall time; for Ray its start (``ray.init``), e
 being asked for to ready (process start, imports, the task's unpickling and the engine load) and
 the engine load alone; and units/s in the steady state: units finished after the last worker was
 ready, over the time from then to the last unit (for local, after the engine load). Timings come from
-the executors' ``prefpool.executors.*`` log records. The model is a randomly initialised Llama
-(``build_tiny_llama``, float32, hf engine); sampling at temperature 1 draws the same samples in every
-variant (per-sample seeds), so every variant does the same work.
+the executors' ``prefpool.executors.*`` log records. Each variant runs in a session of its own, as
+Ray runs each actor (Linux's autogroup scheduler shares a busy CPU between sessions, so on a loaded
+machine a process that shares its session gets less of it); the load average is printed. The model
+is a randomly initialised Llama (``build_tiny_llama``, float32, hf engine); sampling at temperature 1
+draws the same samples in every variant (per-sample seeds), so every variant does the same work.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def main() -> None:
         _child(args)
         return
 
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(prefix="rb-", dir="/tmp") as ray_tmp:
         root = Path(tmp)
         _prepare(args, root)
@@ -179,12 +182,15 @@ def main() -> None:
             for name in VARIANTS:
                 shutil.rmtree(root / name, ignore_errors=True)
                 cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--root", str(root)]
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                # its own session, as Ray starts each actor: with the kernel's autogroup scheduling a process
+                # sharing its session with others gets less of a loaded machine than one alone in its own
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, start_new_session=True)
                 if done.returncode != 0:
                     raise SystemExit(f"{name} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
                 runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
     # the best of the repeats: on shared cores, the run least slowed down by other jobs
     results = [max(rs, key=lambda r: r["steady_units_per_s"]) for rs in runs.values()]
+    print(f"load average (1 min) before / after: {load[0]:.1f} / {os.getloadavg()[0]:.1f}")
     print(
         f"stage {args.stage}: {args.prompts} prompts, {args.rows_per_unit} per unit, n={args.n}, "
         f"max_new_tokens {args.max_new_tokens}; model hidden {args.hidden}, layers {args.layers}, "
