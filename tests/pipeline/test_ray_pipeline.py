@@ -43,7 +43,7 @@ SCORE = {"rows_per_unit": 4}
 LOGPROBS = {"max_length": 128, "rows_per_unit": 4}
 
 
-@pytest.fixture(scope="session")  # files only: kept for the session even if xdist interleaves other modules
+@pytest.fixture(scope="module")
 def ray_run(tmp_path_factory):
     """The subprocess run: (its workdir, the model, the source file, the reward function, its RAY_TMPDIR)."""
     root = tmp_path_factory.mktemp("ray-pipeline")
@@ -77,7 +77,7 @@ def ray_run(tmp_path_factory):
     return {"work": root / "ray", "model": model, "source": source, "reward": reward, "tmp": tmp, "stdout": done.stdout}
 
 
-def test_one_ray_for_the_run_and_no_ray_process_left(ray_run):
+def _one_ray_and_no_ray_process_left(ray_run):
     sessions = [p for p in (Path(ray_run["tmp"]) / "ray").glob("session_*") if not p.is_symlink()]
     assert len(sessions) == 1, sessions  # generate, score and logprobs shared one Ray
     wait_until(lambda: not ray_processes(ray_run["tmp"]), 30, "the run's Ray processes to exit")
@@ -89,7 +89,7 @@ def test_one_ray_for_the_run_and_no_ray_process_left(ray_run):
     ]
 
 
-def test_generate_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
+def _generate_equal(ray_run, tmp_path):
     examples = ingest(ray_run["source"], format="pairwise", out=tmp_path / "examples").out
     args = {"model": ray_run["model"], "rows_per_unit": 2, "show_progress": False, **GENERATE}
     local = generate(examples, out=tmp_path / "local", **args).out
@@ -99,7 +99,7 @@ def test_generate_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
     assert_same_output(tmp_path / "merged", local, merged=True)
 
 
-def test_score_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
+def _score_equal(ray_run, tmp_path):
     cands = ray_run["work"] / "generate"
     args = {"reward_fn": f"{ray_run['reward']}:reward", "show_progress": False, **SCORE}
     local = score(cands, out=tmp_path / "local", **args).out
@@ -109,7 +109,7 @@ def test_score_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
     assert_same_output(tmp_path / "merged", local, merged=True)
 
 
-def test_logprobs_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
+def _logprobs_equal(ray_run, tmp_path):
     cands = ray_run["work"] / "generate"
     args = {"model": ray_run["model"], "show_progress": False, **LOGPROBS}
     local = logprobs(cands, out=tmp_path / "local", **args).out
@@ -117,3 +117,12 @@ def test_logprobs_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
     parts = [logprobs(cands, out=tmp_path / f"part{i}", shard=f"{i}/2", **args).out for i in range(2)]
     merge(parts, tmp_path / "merged")
     assert_same_output(tmp_path / "merged", local, merged=True, logp_abs=1e-5)
+
+
+def test_run_on_ray_equals_local_and_shards_merged(ray_run, tmp_path):
+    """One test for the whole check, so the subprocess run is made once even where pytest-xdist does not
+    keep a module's tests on one worker (pytest 9 with xdist 3.8 ignores xdist_group)."""
+    _one_ray_and_no_ray_process_left(ray_run)
+    for stage, check in (("generate", _generate_equal), ("score", _score_equal), ("logprobs", _logprobs_equal)):
+        (tmp_path / stage).mkdir()
+        check(ray_run, tmp_path / stage)
