@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def cluster():
         else:
             os.environ["RAY_TMPDIR"] = old
     wait_until(lambda: not ray_processes(tmp), 30, "the cluster's processes to exit")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def _one_ray_and_no_ray_process_left(ray_run):
     sessions = [p for p in (Path(ray_run["tmp"]) / "ray").glob("session_*") if not p.is_symlink()]
     assert len(sessions) == 1, sessions  # generate, score and logprobs shared one Ray
     wait_until(lambda: not ray_processes(ray_run["tmp"]), 30, "the run's Ray processes to exit")
+    shutil.rmtree(ray_run["tmp"], ignore_errors=True)
     assert [line.split(":")[0] for line in ray_run["stdout"].splitlines()] == [
         "ingest",
         "generate",

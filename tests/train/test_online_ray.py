@@ -9,6 +9,7 @@ training on them logs the same losses, and no Ray process is left.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -82,3 +83,4 @@ def test_online_round_on_ray_equals_the_local_round(tmp_path, monkeypatch):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_with(marker)
+    shutil.rmtree(marker, ignore_errors=True)
