@@ -32,6 +32,11 @@ policy, dtype). Rows found under the same key in ``cache=DIR`` or in the output
 folder itself are copied, not recomputed, so rerunning on a grown input into
 the same folder scores only the new pairs. An output made under another key is
 refused (naming what differs) unless ``overwrite=True``.
+
+Executors: ``executor="ray"`` scores the units on Ray actors, each loading the
+model once; a worker holds one GPU for the hf engine and ``tensor_parallel_size
+x pipeline_parallel_size`` for vllm (none on a cluster without GPUs). The
+driver looks rows up in the cache and sends only the pairs to compute.
 """
 
 from __future__ import annotations
@@ -46,8 +51,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefpool.core.errors import InputError
-from prefpool.pipeline.engines.engine_args import RESERVED, context_limit, resolve_engine_args
+from prefpool.pipeline.engines.engine_args import (
+    RESERVED,
+    context_limit,
+    engine_gpus,
+    resolve_engine_args,
+    vllm_gpus_why,
+)
 from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
+from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
@@ -55,7 +67,7 @@ from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
-from prefpool.pipeline.io.stage_run import StageRun, existing_identity, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, Unit, existing_identity, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
@@ -120,6 +132,9 @@ def logprobs(
     device: str = "auto",
     show_progress: bool | None = None,
     engine_args: dict | None = None,
+    executor: ExecutorName = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> LogprobsSummary:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
@@ -148,6 +163,10 @@ def logprobs(
         show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
             $PREFPOOL_VLLM_ARGS.
+        executor: Where the units run: local (this process) | ray (Ray actors, each loading the model once; this
+            process writes every shard). Does not change the rows.
+        workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
+        ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
@@ -156,6 +175,7 @@ def logprobs(
         source.for_vllm()
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
+    pool = make_executor(executor, workers=workers, address=ray_address)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
@@ -217,30 +237,43 @@ def logprobs(
 
     todo = run.pending(units)
     cached = _load_cache(out, cache, key, per_token) if todo else {}
-    scorer = _LazyEngine(engine, source, dtype, batch_tokens, tokenizer, options, device)
-    counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
-    with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
+    task = LogprobsTask(
+        _LazyEngine(engine, source, dtype, batch_tokens, tokenizer, options, device),
+        tokenizer,
+        key=key,
+        max_length=max_length,
+        per_token=per_token,
+        long_prompts=long_prompts,
+        locations=locations,
+        model=str(model),
+        needs=_needs(engine, options),
+    )
+    counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0, "seconds": 0.0}
+    with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress, units=len(todo)) as bar:
+        found: dict[int, dict[int, dict]] = {}  # unit seq -> the unit's cached rows, by index in the unit
+        work = []  # the units with pairs to compute, holding only those pairs
         for unit in todo:
-            rows = _unit_rows(
-                unit.items,
-                tokenizer,
-                scorer,
-                cached,
-                counts,
-                key=key,
-                max_length=max_length,
-                per_token=per_token,
-                long_prompts=long_prompts,
-                locations=locations,
-                model=model,
-            )
-            run.write(unit, pa.Table.from_pylist(rows, schema=LOGPROBS))
-            advance(len(unit.items))
+            hits, rest = _split_cached(unit.items, cached, per_token)
+            counts["cache_hits"] += len(hits)
+            found[unit.seq] = hits
+            if rest:
+                work.append(Unit(unit.seq, unit.key, tuple(rest)))
+            else:
+                _write_unit(run, unit, hits, bar, len(hits))
+
+        def write(unit: Unit, result: tuple[dict[int, dict], dict]) -> None:
+            rows, unit_counts = result
+            for name, value in unit_counts.items():
+                counts[name] += value
+            hits = found.pop(unit.seq)
+            _write_unit(run, unit, {**hits, **rows}, bar, len(hits))
+
+        pool.map(task, work, write, advance=bar)
 
     totals = _totals(run, units)
     summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
     run.finish(sidecars={"report.json": summary}, summary=summary)
-    rate = counts["tokens_scored"] / scorer.seconds if scorer.seconds > 0 else 0.0
+    rate = counts["tokens_scored"] / counts["seconds"] if counts["seconds"] > 0 else 0.0
     return LogprobsSummary(
         run.out,
         len(pairs),
@@ -351,14 +384,14 @@ def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) 
 
 
 class _LazyEngine:
-    """Loads the model on first use: a run served entirely from the cache never loads it."""
+    """Loads the model when first needed: a run served entirely from the cache never loads it."""
 
     def __init__(self, engine, source, dtype, batch_tokens, tokenizer, options, device) -> None:
         self.args = (engine, source, dtype, batch_tokens, tokenizer, options, device)
         self.engine = None
         self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
 
-    def score(self, sequences, starts, *, per_token):
+    def load(self) -> None:
         if self.engine is None:
             name, source, dtype, batch_tokens, tokenizer, options, device = self.args
             # padded positions are masked out of attention and scoring: any id will do
@@ -366,65 +399,113 @@ class _LazyEngine:
             # only the vllm engine takes options; only the hf engine a device
             extra = {"options": options} if name == "vllm" else {"device": device}
             self.engine = ENGINES[name](source, dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
+
+    def score(self, sequences, starts, *, per_token):
+        self.load()
         start = time.perf_counter()
         scores = self.engine.score(sequences, starts, per_token=per_token)
         self.seconds += time.perf_counter() - start
         return scores
 
 
-def _unit_rows(
-    items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts, locations, model
-) -> list[dict]:
-    rows: dict[int, dict] = {}
-    todo = []  # (index in unit, pid, cid, encoded pair)
+def _needs(engine: str, options: dict) -> WorkerNeeds:
+    if engine == "vllm":
+        return WorkerNeeds(gpus=engine_gpus(options), gpu_optional=True, why=vllm_gpus_why(options))
+    return WorkerNeeds(gpus=1, gpu_optional=True, why="hf engine, on the GPU when the node has one")
+
+
+def _split_cached(items, cached, per_token) -> tuple[dict[int, dict], list[tuple]]:
+    """The unit's cached rows (by index in the unit), and ``(index, pid, cid, prompt, text)`` of the others."""
+    hits, rest = {}, []
     for index, (pid, cid, prompt, text) in enumerate(items):
         hit = cached.get((pid, cid))
         if hit is not None:
-            rows[index] = {**hit, "token_logps": hit["token_logps"] if per_token else None}
-            counts["cache_hits"] += 1
-            continue
-        try:
-            pair = encode_pair(tokenizer, prompt, text, max_length=max_length)
-        except PromptTooLongError as exc:
-            if long_prompts == "error":
-                file, row = locations[pid]
-                raise PipelineInputError(
-                    f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
-                    file=file,
-                    row=row,
-                    column="prompt",
-                ) from None
-            continue
-        todo.append((index, pid, cid, pair))
-    if todo:
-        scores = scorer.score(
-            [p.prompt_ids + p.completion_ids for *_, p in todo],
-            [len(p.prompt_ids) for *_, p in todo],
-            per_token=per_token,
-        )
-        for j, (index, pid, cid, pair) in enumerate(todo):
-            logp = scores.logps[j]
-            per = scores.token_logps[j] if scores.token_logps is not None else None
-            if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
-                file, row = locations[pid]
-                raise PipelineInputError(
-                    f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {model} "
-                    "(NaN/inf: try dtype='float32', or check the weights)",
-                    file=file,
-                    row=row,
-                )
-            rows[index] = {
-                "prompt_id": pid,
-                "completion_id": cid,
-                "logp": logp,
-                "num_tokens": scores.counts[j],
-                "truncated": pair.truncated,
-                "token_logps": per,
-                "cache_key": key,
-            }
-            counts["computed"] += 1
-            counts["tokens_scored"] += scores.counts[j]
-    return [rows[i] for i in sorted(rows)]
+            hits[index] = {**hit, "token_logps": hit["token_logps"] if per_token else None}
+        else:
+            rest.append((index, pid, cid, prompt, text))
+    return hits, rest
+
+
+def _write_unit(run: StageRun, unit: Unit, rows: dict[int, dict], bar, cached: int) -> None:
+    """Write a unit's rows in the unit's order (dropped pairs have no row); ``cached`` rows count as progress here."""
+    run.write(unit, pa.Table.from_pylist([rows[i] for i in sorted(rows)], schema=LOGPROBS))
+    bar(cached)
+    bar.unit_done()
+
+
+@dataclass(frozen=True)
+class LogprobsTask:
+    """The pairs of a unit still to compute -> their rows; the model loads once per worker, on first use."""
+
+    scorer: _LazyEngine
+    tokenizer: object
+    key: str
+    max_length: int
+    per_token: bool
+    long_prompts: str
+    locations: dict  # prompt_id -> (file, row) of its prompt in the input
+    model: str
+    needs: WorkerNeeds
+
+    def load(self):
+        """Load the model (an executor calls this only when some unit has a pair to compute)."""
+        self.scorer.load()
+        return self.unit_rows
+
+    def unit_rows(self, unit: Unit, advance: Advance) -> tuple[dict[int, dict], dict]:
+        """``({index in the unit: row}, counts)`` for ``unit.items = (index, pid, cid, prompt, text), ...``.
+
+        Pairs whose prompt fills ``max_length`` get no row (``long_prompts="drop"``) or stop the run.
+        """
+        todo = []  # (index in unit, pid, cid, encoded pair)
+        for index, pid, cid, prompt, text in unit.items:
+            try:
+                pair = encode_pair(self.tokenizer, prompt, text, max_length=self.max_length)
+            except PromptTooLongError as exc:
+                if self.long_prompts == "error":
+                    file, row = self.locations[pid]
+                    raise PipelineInputError(
+                        f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
+                        file=file,
+                        row=row,
+                        column="prompt",
+                    ) from None
+                continue
+            todo.append((index, pid, cid, pair))
+        rows: dict[int, dict] = {}
+        counts = {"computed": 0, "tokens_scored": 0, "seconds": 0.0}
+        if todo:
+            before = self.scorer.seconds
+            scores = self.scorer.score(
+                [p.prompt_ids + p.completion_ids for *_, p in todo],
+                [len(p.prompt_ids) for *_, p in todo],
+                per_token=self.per_token,
+            )
+            counts["seconds"] = self.scorer.seconds - before
+            for j, (index, pid, cid, pair) in enumerate(todo):
+                logp = scores.logps[j]
+                per = scores.token_logps[j] if scores.token_logps is not None else None
+                if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
+                    file, row = self.locations[pid]
+                    raise PipelineInputError(
+                        f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {self.model} "
+                        "(NaN/inf: try dtype='float32', or check the weights)",
+                        file=file,
+                        row=row,
+                    )
+                rows[index] = {
+                    "prompt_id": pid,
+                    "completion_id": cid,
+                    "logp": logp,
+                    "num_tokens": scores.counts[j],
+                    "truncated": pair.truncated,
+                    "token_logps": per,
+                    "cache_key": self.key,
+                }
+                counts["computed"] += 1
+                counts["tokens_scored"] += scores.counts[j]
+        advance(len(unit.items))
+        return rows, counts
 
 
 def _totals(run: StageRun, units) -> dict:

@@ -2,10 +2,12 @@
 
 The file has one section per stage (``ingest``, ``generate``, ``score``,
 ``logprobs``, ``build``, ``push``; any subset, always run in that order) whose keys are that
-stage function's keyword arguments, plus two top-level keys::
+stage function's keyword arguments, plus these top-level keys::
 
     workdir: runs/tiny          # required: each stage writes to workdir/<stage>
     model: runs/tiny-llama      # optional: `model` of generate and logprobs
+    executor: ray               # optional: `executor` of generate, score and logprobs (local | ray)
+    ray_address: 10.0.0.1:6379  # optional: their `ray_address` (default $RAY_ADDRESS, else a local Ray)
     ingest:   {source: data.jsonl, format: ranked}
     generate: {n: 4, max_new_tokens: 64}
     logprobs: {}
@@ -25,6 +27,12 @@ Defaults, each replaced by a key given in the section:
   (``scores``, plus ``candidates`` when score read generate's samples); push
   publishes the build output.
 - ``model`` is the top-level ``model``.
+- ``executor`` and ``ray_address`` of generate, score and logprobs are the
+  top-level ones. ingest, build and push always run in this process (they
+  read and write whole tables and load no model: Ray would only add start-up
+  time); an ``executor`` key in their sections is refused. When any stage
+  runs on Ray, one Ray (connected or started) serves every stage of the run;
+  all of them must name the same ``ray_address``.
 
 Two keys fan out: a list in ``logprobs.input_dir`` or ``build.kind`` runs the
 stage once per item, into ``out/<item folder name>`` and ``out/<kind>``. The
@@ -45,6 +53,7 @@ keeps a record next to its folder (``<out>.push.json``) for the same purpose.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import typing
@@ -57,9 +66,12 @@ from prefpool.core.config import ConfigError, apply_overrides, check_kwargs, coe
 from prefpool.core.secrets import redact_text
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
-TOP_KEYS = ("workdir", "model")
+TOP_KEYS = ("workdir", "model", "executor", "ray_address")
 # Stages whose `model` defaults to the top-level one.
 MODEL_STAGES = ("generate", "logprobs")
+# Stages whose units may run on Ray (`executor`, `workers`, `ray_address`); the others run here.
+RAY_STAGES = ("generate", "score", "logprobs")
+EXECUTOR_KEYS = ("executor", "workers", "ray_address")
 # Build kinds that read a candidates table by default.
 CANDIDATE_KINDS = ("mcpo", "mpo")
 # Build kinds that rank by the score stage's output by default.
@@ -114,6 +126,12 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{source}: model: expected a path string, got {model!r}")
+    executor = data.get("executor")
+    if executor is not None and executor not in ("local", "ray"):
+        raise ConfigError(f"{source}: executor: expected local or ray, got {executor!r}")
+    ray_address = data.get("ray_address")
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise ConfigError(f"{source}: ray_address: expected host:port, got {ray_address!r}")
     present = [s for s in STAGES if s in data]
     if not present:
         raise ConfigError(f"{source}: no stage section; give at least one of {', '.join(STAGES)}")
@@ -127,6 +145,12 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
         if not isinstance(section, Mapping):
             raise ConfigError(f"{where}: expected a mapping of {stage} arguments, got {section!r}")
         fn = stage_function(stage)
+        local_only = sorted(set(section) & set(EXECUTOR_KEYS)) if stage not in RAY_STAGES else []
+        if local_only:
+            raise ConfigError(
+                f"{where}: {local_only[0]}: {stage} runs in this process (it reads and writes whole tables and "
+                f"loads no model); only {', '.join(RAY_STAGES)} run on Ray"
+            )
         check_kwargs(fn, section, source=where)
         kw = {k: _expand(v, workdir) for k, v in section.items()}
         kw.setdefault("out", str(root / stage))
@@ -134,6 +158,10 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
             kw.setdefault("model", model)
         if progress is not None and "show_progress" in inspect.signature(fn).parameters:
             kw.setdefault("show_progress", progress)
+        if stage in RAY_STAGES:
+            for key, value in (("executor", executor), ("ray_address", ray_address)):
+                if value is not None:
+                    kw.setdefault(key, value)
         stage_calls = _defaults(stage, kw, outputs, where)
         for call in stage_calls:
             _check_call(fn, call, where)
@@ -141,6 +169,12 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
         if stage == "score":  # which table was scored decides what build needs with it
             outputs["score_input"] = [Path(stage_calls[0].kwargs["input_dir"])]
         calls.extend(stage_calls)
+    addresses = {c.kwargs.get("ray_address") for c in calls if c.kwargs.get("executor") == "ray"}
+    if len(addresses) > 1:
+        raise ConfigError(
+            f"{source}: the stages on Ray name different clusters ({', '.join(sorted(map(str, addresses)))}); "
+            "one run uses one Ray: set the top-level ray_address"
+        )
     return calls
 
 
@@ -246,17 +280,27 @@ def run_pipeline(
     """
     calls = load_pipeline(path, overrides, progress=progress)
     results = []
-    for call in calls:
-        if call.stage == "push":
-            summary, line = _push(call.kwargs)
-        else:
-            summary = stage_function(call.stage)(**call.kwargs)
-            line = summary.line()
-        if log is not None:
-            shown = line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1)
-            log(redact_text(shown))
-        results.append((call, summary))
+    with _one_ray(calls):
+        for call in calls:
+            if call.stage == "push":
+                summary, line = _push(call.kwargs)
+            else:
+                summary = stage_function(call.stage)(**call.kwargs)
+                line = summary.line()
+            if log is not None:
+                shown = line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1)
+                log(redact_text(shown))
+            results.append((call, summary))
     return results
+
+
+def _one_ray(calls: list[StageCall]):
+    """A scope in which the Ray the first Ray stage starts serves the later ones (shut down at its end)."""
+    if not any(c.kwargs.get("executor") == "ray" for c in calls):
+        return contextlib.nullcontext()
+    from prefpool.pipeline.executors.ray import ray_scope
+
+    return ray_scope()
 
 
 def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:

@@ -148,6 +148,17 @@ class OnlineConfig:
             "on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30) seconds; false = none."
         ),
     )
+    executor: Literal["local", "ray"] = field(
+        default="local",
+        metadata=_help(
+            "Where generate, score and logprobs run their units: local | ray (one Ray for the whole run); "
+            "not in the run's identity."
+        ),
+    )
+    workers: int | None = field(default=None, metadata=_help("ray: actors per stage; null = as the cluster holds."))
+    ray_address: str | None = field(
+        default=None, metadata=_help("ray: the cluster; null = $RAY_ADDRESS, else a local Ray on this machine.")
+    )
 
     train: RoundTrainConfig = field(  # type: ignore[valid-type]
         default_factory=RoundTrainConfig,
@@ -197,10 +208,19 @@ class OnlineConfig:
         )
 
     def identity(self) -> dict:
-        """What decides the run's output: everything but the round count and display settings."""
+        """What decides the run's output: everything but the round count, display and where the stages run."""
         data = dataclasses.asdict(self)
         # where and how fast it runs, not what it computes (as generate leaves batch_size and device out)
-        for key in ("output_dir", "rounds", "show_progress", "generate_batch_size", "device"):
+        for key in (
+            "output_dir",
+            "rounds",
+            "show_progress",
+            "generate_batch_size",
+            "device",
+            "executor",
+            "workers",
+            "ray_address",
+        ):
             data.pop(key)
         for key in ("progress", "report_to", "tracker_project", "device"):  # display, logging, placement only
             data["train"].pop(key, None)

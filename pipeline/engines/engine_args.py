@@ -99,3 +99,14 @@ def context_limit(max_position_embeddings: int | None, options: Mapping) -> int 
     """Tokens one sequence may hold: the model's context, lowered by vllm's ``max_model_len`` if set."""
     limits = [v for v in (max_position_embeddings, options.get("max_model_len")) if v is not None]
     return min(limits) if limits else None
+
+
+def engine_gpus(options: Mapping) -> int:
+    """GPUs one vLLM engine spans: ``tensor_parallel_size`` x ``pipeline_parallel_size`` (each 1 when unset)."""
+    return int(options.get("tensor_parallel_size") or 1) * int(options.get("pipeline_parallel_size") or 1)
+
+
+def vllm_gpus_why(options: Mapping) -> str:
+    """Where ``engine_gpus`` comes from, for messages (``vllm tensor_parallel_size=4 x pipeline_parallel_size=1``)."""
+    tp, pp = (int(options.get(k) or 1) for k in ("tensor_parallel_size", "pipeline_parallel_size"))
+    return f"vllm tensor_parallel_size={tp} x pipeline_parallel_size={pp}"

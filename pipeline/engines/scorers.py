@@ -120,6 +120,9 @@ class FunctionScorer:
             source = None
         self.identity = {"kind": "function", "name": spec, "source_sha256": _file_sha256(source)}
 
+    def load(self) -> None:
+        """Nothing to load: the function was imported when the scorer was made."""
+
     def score(self, items: Sequence[Item], where: Sequence[str] | None = None) -> list[object]:
         """The function's value for each item; ``where[i]`` names item ``i`` in an error."""
         labels = where or [f"item {i}" for i in range(len(items))]
@@ -158,6 +161,10 @@ class RewardModelScorer:
         self._model = None
         self._check_config()  # fail before any work
 
+    def load(self):
+        """The model, loaded on first use (a scorer made on the driver and sent to workers loads there)."""
+        return self._model or self._load()
+
     def _load(self):
         import torch
 
@@ -181,7 +188,7 @@ class RewardModelScorer:
     def score(self, items: Sequence[Item], where: Sequence[str] | None = None) -> list[float]:
         import torch
 
-        model = self._model or self._load()
+        model = self.load()
         pad = model.config.pad_token_id
         out: list[float] = []
         for start in range(0, len(items), self.batch_size):

@@ -35,6 +35,12 @@ def not_finite(prompt: list[dict], text: str) -> float:
     return math.nan if "good" in text else 1.0
 
 
+def raises_on_good_good(prompt: list[dict], text: str) -> float:
+    if text.startswith("good good"):
+        raise KeyError("no rule for repeats")
+    return 1.0
+
+
 FN = "test_score:count_good"
 EXAMPLES = [
     example(
@@ -139,6 +145,22 @@ def test_non_finite_score_names_the_row(ex, tmp_path):
     ):
         score(ex, out=tmp_path / "s", reward_fn="test_score:not_finite")
     assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_reward_function_that_raises_names_the_row_and_exits_2(ex, tmp_path):
+    """The user's function raising is the user's error: the pair it raised on, the exception, exit 2."""
+    with pytest.raises(PipelineInputError) as err:
+        score(ex, out=tmp_path / "s", reward_fn="test_score:raises_on_good_good", rows_per_unit=5)
+    text = str(err.value)
+    assert "reward_fn test_score:raises_on_good_good raised KeyError: 'no rule for repeats'" in text
+    pid, cid = text.split("for prompt_id ")[1].split(", completion_id ")
+    row = next(r for r in EXAMPLES if r["prompt_id"] == pid)
+    assert completion_id(f"good good {row['prompt'][0]['content'].split()[1]}") == cid  # the pair it raised on
+    assert isinstance(err.value.__cause__, KeyError)  # --debug shows the function's own traceback
+    result = CliRunner().invoke(
+        app, ["score", str(ex), "--reward-fn", "test_score:raises_on_good_good", "--out", str(tmp_path / "c")]
+    )
+    assert result.exit_code == 2 and "raised KeyError" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(
