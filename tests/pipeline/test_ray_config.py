@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import socket
 import sys
 import time
@@ -147,13 +148,24 @@ def test_run_refuses_ray_for_a_stage_that_runs_here_and_bad_executor_keys(tmp_pa
     assert result.exit_code == 2 and "only generate, score, logprobs run on Ray" in result.output
 
 
-def test_progress_shows_units_done():
-    with progress("x", 10, enabled=True, units=4) as bar:
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_units_done(monkeypatch):
+    with progress("x", 10, enabled=True, units=4, stream=_Terminal()) as bar:  # the bar of a terminal
         bar(3)
         bar.unit_done()
         bar.unit_done()
         task = bar.bar.tasks[0]
         assert (task.completed, task.fields["units"]) == (3, "2/4 units")
+    monkeypatch.setenv("PREFPOOL_PROGRESS_SECONDS", "1e-9")  # a log: a line at every advance
+    log = io.StringIO()
+    with progress("x", 10, enabled=True, units=4, stream=log) as bar:
+        bar.unit_done()
+        bar(3)
+    assert log.getvalue().splitlines()[0].startswith("x: 3/10 rows (30%), 1/4 units, ")
     with progress("x", 10, enabled=False, units=4) as bar:
         bar(3)
         bar.unit_done()  # no display: counts only

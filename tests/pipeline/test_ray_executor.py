@@ -32,9 +32,10 @@ from ray_helpers import (
 )
 
 from prefpool.cli import app
+from prefpool.core.errors import ConfigError, UserCodeError
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.io.atomic import is_temp_name
-from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.shards import ShardName, open_shard
 from prefpool.pipeline.logprobs import logprobs
@@ -82,7 +83,10 @@ def _no_workers_left(cluster) -> None:
 
 
 def _clean(folder: Path) -> None:
-    """What a stopped run leaves: no manifest, no temporary file, only complete shards."""
+    """What a stopped run leaves: no manifest, no temporary file, only complete shards (or no folder at all:
+    a run writes nothing before its first shard)."""
+    if not folder.exists():
+        return
     assert load_manifest(folder) is None
     assert not [p for p in folder.iterdir() if is_temp_name(p)]
     for path in folder.iterdir():
@@ -237,20 +241,22 @@ def test_reward_function_that_raises_gives_the_local_error(cluster, world, tmp_p
         "def reward(prompt, text):\n    if len(text) % 2 == 0:\n        raise KeyError(text[:8])\n    return 1.0\n"
     )
     args = {"reward_fn": f"{fn}:reward", "rows_per_unit": 3, "show_progress": False}
-    with pytest.raises(PipelineInputError) as local:
+    with pytest.raises(UserCodeError) as local:
         score(world["candidates"], out=tmp_path / "local", **args)
-    with pytest.raises(PipelineInputError) as remote:
+    with pytest.raises(UserCodeError) as remote:
         score(world["candidates"], out=tmp_path / "ray", executor="ray", **args)
     assert str(remote.value) == str(local.value)
     assert "raised KeyError" in str(local.value) and "completion_id" in str(local.value)
-    assert remote.value.file == local.value.file == str(world["candidates"])
+    assert str(world["candidates"]) in str(local.value) and "row " in str(local.value)  # file and row named
     _clean(tmp_path / "ray")
     _no_workers_left(cluster)
 
 
 def test_more_than_the_cluster_holds_is_refused_before_any_work(cluster, world, tmp_path):
     args = {"model": world["model"], "show_progress": False, "executor": "ray", "rows_per_unit": 2, **GEN}
-    with pytest.raises(PipelineConfigError, match=r"needs 1 GPU\(s\) \(hf engine on device=cuda\).* has 0"):
+    # No CUDA on this machine: device=cuda is refused before Ray plans any actor (the GPU-per-actor check
+    # itself is tested on made-up clusters in test_ray_config.py).
+    with pytest.raises(ConfigError, match="torch sees no CUDA device"):
         generate(world["examples"], out=tmp_path / "gpu", device="cuda", **args)
     with pytest.raises(PipelineConfigError, match="workers=3, but the Ray cluster .* holds 2 worker"):
         generate(world["examples"], out=tmp_path / "many", workers=3, **args)
@@ -292,10 +298,10 @@ def test_the_error_raised_is_the_first_failing_unit_in_unit_order(cluster, world
     fn.write_text(ORDERED.format(first=pairs[0][3], later=pairs[3 * 2][3], flag=str(flag)))
     args = {"reward_fn": f"{fn}:reward", "rows_per_unit": 2, "show_progress": False}
     flag.touch()  # the local run reaches unit 0 first: no need to wait
-    with pytest.raises(PipelineInputError, match="the first bad pair") as local:
+    with pytest.raises(UserCodeError, match="the first bad pair") as local:
         score(world["candidates"], out=tmp_path / "local", **args)
     flag.unlink()
-    with pytest.raises(PipelineInputError, match="the first bad pair") as remote:
+    with pytest.raises(UserCodeError, match="the first bad pair") as remote:
         score(world["candidates"], out=tmp_path / "ray", executor="ray", workers=2, **args)
     assert flag.exists()  # unit 3 did fail first
     assert str(remote.value) == str(local.value)

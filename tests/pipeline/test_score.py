@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from test_build_helpers import candidates_row, example, write_rows
 
 from prefpool.cli import app
+from prefpool.core.errors import UserCodeError
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.manifest import load_manifest
@@ -149,11 +150,11 @@ def test_non_finite_score_names_the_row(ex, tmp_path):
 
 def test_reward_function_that_raises_names_the_row_and_exits_2(ex, tmp_path):
     """The user's function raising is the user's error: the pair it raised on, the exception, exit 2."""
-    with pytest.raises(PipelineInputError) as err:
+    with pytest.raises(UserCodeError) as err:
         score(ex, out=tmp_path / "s", reward_fn="test_score:raises_on_good_good", rows_per_unit=5)
     text = str(err.value)
-    assert "reward_fn test_score:raises_on_good_good raised KeyError: 'no rule for repeats'" in text
-    pid, cid = text.split("for prompt_id ")[1].split(", completion_id ")
+    assert "reward_fn 'test_score:raises_on_good_good' raised KeyError: 'no rule for repeats'" in text
+    pid, cid = text.split("on prompt_id ")[1].split(" (")[0].split(", completion_id ")
     row = next(r for r in EXAMPLES if r["prompt_id"] == pid)
     assert completion_id(f"good good {row['prompt'][0]['content'].split()[1]}") == cid  # the pair it raised on
     assert isinstance(err.value.__cause__, KeyError)  # --debug shows the function's own traceback
