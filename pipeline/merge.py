@@ -22,8 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.layout import find_meta, read_meta
 from prefpool.pipeline.io.manifest import Manifest
@@ -67,9 +68,11 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
 
     Args:
         dirs: Output folders of the --shard i/N runs, one per i.
-        out: Merged output folder.
+        out: Output folder: the merged shards, manifest.json and report.json, as one unsharded run writes them.
         overwrite: Replace an existing, different output.
     """
+    if not dirs:
+        raise PipelineConfigError("merge needs the output folders of the --shard i/N runs, one per i")
     runs = []
     for folder in dirs:
         manifest, _ = checked_shards(folder)
@@ -89,7 +92,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
             + ", ".join(str(spec) for spec, _, _ in runs)
         )
     table = pa.concat_tables([read_table(folder) for _, folder, _ in runs])
-    table = table.take(pa.compute.sort_indices(table, [("prompt_id", "ascending")]))  # stable
+    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))  # stable
     run = StageRun(
         out,
         stage=first.stage,
@@ -99,6 +102,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
         shard=None,
         rows_per_unit=first.rows_per_unit,
         overwrite=overwrite,
+        sources=[folder for _, folder, _ in runs],
     )
     ids = table.column("prompt_id").to_pylist()
     units = plan_units(list(range(table.num_rows)), key_of=lambda i: ids[i], rows_per_unit=first.rows_per_unit)

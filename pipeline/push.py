@@ -3,29 +3,46 @@
 Each source (a ``build`` output) becomes one split: ``data/<split>-NNNNN-of-NNNNN.parquet`` (one
 file per source shard, rows in the same order, cast to the code's schema). ``README.md`` is the
 card (``io.card``) for every split of the repo: the splits pushed now and those already there, so
-pushing ``test`` after ``train`` keeps ``train`` (its files and its card entry). A split pushed
-again is replaced. All splits of a repo hold one table kind.
+pushing ``test`` after ``train`` keeps ``train`` (its files and its card entry). All splits of a
+repo hold one table kind. The card is redacted (``prefpool.core.secrets``) like every other file.
 
-``dry_run`` writes the folder to ``out`` only: an ``out`` that already holds a pushed folder gets
-the new splits beside its others, rebuilt in a staging folder and swapped in when complete. Without
-``dry_run`` the card already on the Hub is read back (``hf_hub_download``), and one commit uploads
-the new files and card and deletes the old files of the replaced splits only. The token is
+Every option is checked (the repo id by the Hub client's own rules, ``validate_repo_id``) and every
+source against its manifest before anything is written, in a dry run too.
+
+``out`` (needed by ``dry_run``) is rebuilt as a whole in a sibling staging folder and swapped in
+when complete, so a killed or failed push never leaves a half-written folder under the final name.
+Beside it, ``<out>.push.json`` records what the folder holds (each split's source manifest sha256
+and the push's settings), written before the build (``complete: false``) and after it:
+
+- the same push again over a complete folder is a no-op that says so (``PushSummary.up_to_date``);
+- a new split goes beside the splits already there;
+- a split already there, pushed again from another source or with other settings, is replaced only
+  with ``overwrite`` (so is a folder pushed to another repo id); an unfinished push (killed mid-way)
+  is redone by the same push;
+- a non-empty folder without a record is not replaced (``overwrite`` replaces only a folder that
+  holds nothing but ``README.md`` and ``data/*.parquet``; the other splits of its card stay).
+
+Without ``dry_run`` the card already on the Hub is read back (``hf_hub_download``), and one commit
+uploads the new files and card and deletes the old files of the replaced splits only. The token is
 whatever huggingface_hub resolves itself (``HF_TOKEN``, ``huggingface-cli login``): prefpool never
 reads, prints or writes it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 import prefpool
-from prefpool.pipeline.io.atomic import atomic_path
+from prefpool.core.outputs import check_folder, writing
+from prefpool.core.secrets import redact_text
+from prefpool.pipeline.io.atomic import atomic_path, write_json, write_text
 from prefpool.pipeline.io.card import CARD, card_metadata, read_card, render_card, split_entry
 from prefpool.pipeline.io.card_fields import (
     DEFAULT_TASK_CATEGORIES,
@@ -38,15 +55,16 @@ from prefpool.pipeline.io.card_fields import (
     check_task_categories,
     check_title,
 )
-from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
-from prefpool.pipeline.io.layout import MANIFEST, REPORT, find_meta, read_meta
-from prefpool.pipeline.io.manifest import Manifest, file_sha256
+from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, META_DIR, REPORT, find_meta, read_meta
+from prefpool.pipeline.io.manifest import Manifest, file_sha256, read_json_file
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.shards import COMPRESSION, ROW_GROUP_ROWS, read_shard
 from prefpool.pipeline.kinds.inputs import reference_caches
 
 TRAINING_TABLES = ("pairwise", "mcpo", "mpo")
+RECORD_SUFFIX = ".push.json"
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,16 @@ class PushSummary:
     repo_id: str
     splits: tuple[str, ...] = ()  # every split of the card, the kept ones too
     pushed: tuple[str, ...] = ()  # the splits written by this push
+    up_to_date: bool = False  # the folder (and upload) were already done: nothing was written
+
+    def line(self) -> str:
+        where = f"uploaded to {self.repo_id}" if self.uploaded else f"written to {self.folder}"
+        if self.up_to_date:
+            return f"push: up to date, {self.rows} rows in {len(self.files)} files {where} earlier; nothing to do"
+        return (
+            f"push: {self.rows} rows in {len(self.files)} files (split {', '.join(self.pushed)}), {where}; "
+            f"the card lists {', '.join(self.splits)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +96,8 @@ class _Source:
     shards: list[Path]
 
 
-def _sources(source, split) -> list[_Source]:
+def _planned(source, split) -> list[tuple[str, Path]]:
+    """(split name, source folder) pairs, the names checked; nothing is read yet."""
     folders = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else list(source))]
     if not folders:
         raise PipelineConfigError("push needs at least one source folder")
@@ -86,8 +115,20 @@ def _sources(source, split) -> list[_Source]:
         check_split(name)
     if len(set(names)) != len(names):
         raise PipelineConfigError(f"split names repeat: {names}")
+    return list(zip(names, folders, strict=True))
+
+
+def _manifest_sha(folder: Path) -> str:
+    manifest = find_meta(folder, MANIFEST)
+    if manifest is None:
+        raise PipelineInputError(f"no {MANIFEST} (in {META_DIR}/): not a finished `prefpool build` output", file=folder)
+    return file_sha256(manifest)
+
+
+def _sources(planned: list[tuple[str, Path]]) -> list[_Source]:
+    """Every source checked against its manifest (sha256 of each shard); one table kind for all."""
     out = []
-    for name, folder in zip(names, folders, strict=True):
+    for name, folder in planned:
         manifest, shards = checked_shards(folder, check_hashes=True)
         out.append(_Source(name, folder, manifest, shards))
     kinds = {s.manifest.identity.schema for s in out}
@@ -101,8 +142,9 @@ def _sources(source, split) -> list[_Source]:
 def _report(folder: Path) -> dict | None:
     if find_meta(folder, REPORT) is None:
         return None
+    report = read_meta(folder, REPORT)
     # counts only: the report's local input paths stay local
-    return {k: v for k, v in read_meta(folder, REPORT).items() if isinstance(v, int)}
+    return {k: v for k, v in report.items() if isinstance(v, int)} if isinstance(report, dict) else None
 
 
 def _write_split(src: _Source, dest: Path) -> tuple[list[str], dict]:
@@ -123,22 +165,9 @@ def _write_split(src: _Source, dest: Path) -> tuple[list[str], dict]:
         num_bytes=num_bytes,
         report=_report(src.folder),
         caches=reference_caches(src.manifest),
-        manifest_sha256=file_sha256(find_meta(src.folder, MANIFEST)),
+        manifest_sha256=_manifest_sha(src.folder),
     )
     return files, entry
-
-
-def _existing_card(out: Path) -> dict | None:
-    """The card of a pushed folder at ``out`` (None when ``out`` is new or empty); refuses other folders."""
-    if not out.exists() or not any(out.iterdir()):
-        return None
-    card = read_card(out)
-    if card is None:
-        raise OutputConflictError(
-            f"{out} is not empty and holds no folder `prefpool push` wrote (no {CARD} with a prefpool block); "
-            "choose a new --out folder"
-        )
-    return card
 
 
 def _card(
@@ -179,15 +208,14 @@ def _card(
         meta["license"] = old["license"]
     if not languages and "language" not in meta and old.get("language"):
         meta = {"license": meta["license"], "language": old["language"], **meta}
-    return render_card(meta, repo_id=repo_id), list(meta["prefpool"]["splits"])
+    return redact_text(render_card(meta, repo_id=repo_id)), list(meta["prefpool"]["splits"])
 
 
 def write_hub_folder(
-    source,
+    sources: list[_Source],
     out: str | Path,
     *,
     repo_id: str,
-    split=None,
     license: str | None = None,
     language: list[str] | None = None,
     task_categories: list[str] | None = None,
@@ -196,14 +224,13 @@ def write_hub_folder(
     existing: dict | None = None,
     keep_from: Path | None = None,
 ) -> PushSummary:
-    """Write the Hub folder ``out`` (new or empty) for the sources; ``existing``: the card already in the
-    repo, whose other splits stay in the new card; ``keep_from``: a local folder holding their files."""
-    sources = _sources(source, split)
-    languages = check_languages(language)
+    """Write the Hub folder ``out`` (new or empty) for the checked ``sources``; ``existing``: the card already
+    in the repo, whose other splits stay in the new card; ``keep_from``: a local folder holding their files."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputConflictError(f"{out} is not empty; choose a new --out folder")
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        (out / "data").mkdir(parents=True, exist_ok=True)
     files, entries = [], {}
     for src in sources:
         written, entries[src.split] = _write_split(src, out)
@@ -214,7 +241,7 @@ def write_hub_folder(
         existing,
         repo_id=repo_id,
         license=license,
-        languages=languages,
+        languages=check_languages(language),
         task_categories=check_task_categories(task_categories),
         pretty_name=pretty_name,
         tags=tags,
@@ -225,10 +252,184 @@ def write_hub_folder(
                 continue
             for path in sorted((keep_from / "data").glob(f"{name}-*.parquet")):
                 shutil.copy2(path, out / "data" / path.name)
-    with atomic_path(out / CARD) as tmp:
-        tmp.write_text(card, encoding="utf-8")
+    write_text(out / CARD, card)
     rows = sum(s.manifest.total_rows for s in sources)
     return PushSummary(out, files, rows, False, repo_id, tuple(names), tuple(entries))
+
+
+def push(
+    source: str | Path | list[str | Path],
+    *,
+    repo_id: str,
+    split: str | list[str] | None = None,
+    dry_run: bool = False,
+    out: str | Path | None = None,
+    private: bool = False,
+    license: str | None = None,
+    language: list[str] | None = None,
+    task_categories: list[str] | None = None,
+    pretty_name: str | None = None,
+    tags: list[str] | None = None,
+    overwrite: bool = False,
+) -> PushSummary:
+    """Write data/<split>-*.parquet + README.md (one dataset card for every split) and upload them to the Hub.
+
+    The Hub folder is written to ``out`` (or a temporary folder) and, unless
+    ``dry_run``, uploaded. Splits already in ``out`` (dry run) or in the repo stay.
+    The same push again is a no-op (see the module docstring).
+
+    Args:
+        source: `build` output folders, one per split.
+        repo_id: Hub dataset repo, e.g. me/my-pairs.
+        split: Split name of each source, in order (default: train for one source); repeat for several.
+        dry_run: Only write the Hub folder (needs --out).
+        out: Output folder: the Hub folder, data/<split>-*.parquet and README.md (the card); a folder an earlier
+            push wrote keeps its other splits.
+        private: Create the repo as private.
+        license: Licence id for the card (default: the one ingest recorded for the source, else unknown).
+        language: Language code of the texts, e.g. en (default: the one ingest recorded); repeat for several.
+        task_categories: Hub task category (default: text-generation); repeat for several.
+        pretty_name: Title of the dataset card (default: the earlier card's, else prefpool <kind> table).
+        tags: Tag of the dataset card (default: prefpool, preference-optimization, <kind>); repeat for several.
+        overwrite: Replace a split of --out that an earlier push wrote from another source or with other
+            settings (or a Hub folder without a push record).
+    """
+    check_repo_id(repo_id)
+    check_license(license)
+    check_languages(language)
+    check_task_categories(task_categories)
+    check_tags(tags)
+    check_title(pretty_name)
+    planned = _planned(source, split)
+    if dry_run and out is None:
+        raise PipelineConfigError("push --dry-run needs --out FOLDER to write the Hub folder to")
+    options = dict(
+        license=license, language=language, task_categories=task_categories, pretty_name=pretty_name, tags=tags
+    )
+    upload = None if dry_run else {"repo_id": repo_id, "private": private}
+    if out is None:
+        sources = _sources(planned)
+        summary = _upload(sources, repo_id=repo_id, private=private, options=options)
+        return replace(summary, folder=Path(f"hf://datasets/{repo_id}"))
+
+    out = check_folder(out)
+    record_path = out.with_name(out.name + RECORD_SUFFIX)
+    settings = json.loads(json.dumps({"repo_id": repo_id, **options}))  # as the record reads back
+    shas = [_manifest_sha(folder) for _, folder in planned]
+    wanted = {"arguments": {**settings, "split": [name for name, _ in planned]}, "source_manifest_sha256": shas}
+    splits_wanted = {
+        name: {"arguments": settings, "source_manifest_sha256": sha}
+        for (name, _), sha in zip(planned, shas, strict=True)
+    }
+    record = _read_record(record_path)
+    if record is not None and record.get("push") == wanted and record.get("complete") and out.is_dir():
+        s = record["summary"]
+        done = PushSummary(
+            out, s["files"], s["rows"], False, repo_id, tuple(s["splits"]), tuple(s["pushed"]), up_to_date=True
+        )
+        if upload is None or record.get("uploaded") == upload:
+            return replace(done, uploaded=upload is not None)
+        uploaded = _upload(_sources(planned), repo_id=repo_id, private=private, options=options)
+        write_json(record_path, {**record, "uploaded": upload})
+        return replace(uploaded, folder=out)
+    existing = _check_replaceable(out, record, record_path, wanted, splits_wanted, repo_id, overwrite)
+    sources = _sources(planned)  # a damaged source fails before anything is written
+
+    kept_splits = {k: v for k, v in ((record or {}).get("splits") or {}).items() if isinstance(v, dict)}
+    staging = out.with_name(f".{out.name}.push-staging")
+    old_record = record_path.read_text() if record_path.exists() else None
+    # marks the folder ours before it is touched
+    write_json(record_path, {"complete": False, "push": wanted, "splits": kept_splits})
+    try:
+        with writing(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        summary = write_hub_folder(
+            sources, staging, repo_id=repo_id, existing=existing, keep_from=out if existing else None, **options
+        )
+    except BaseException:  # a failed push leaves what was there before: the folder and its record
+        shutil.rmtree(staging, ignore_errors=True)
+        if old_record is None:
+            record_path.unlink(missing_ok=True)
+        else:
+            write_text(record_path, old_record)
+        raise
+    with writing(out):
+        _swap(staging, out)
+    summary = replace(summary, folder=out)
+    done = {
+        "complete": True,
+        "push": wanted,
+        "repo_id": repo_id,
+        "splits": {k: v for k, v in {**kept_splits, **splits_wanted}.items() if k in summary.splits},
+        "summary": {
+            "files": summary.files,
+            "rows": summary.rows,
+            "splits": list(summary.splits),
+            "pushed": list(summary.pushed),
+        },
+    }
+    write_json(record_path, done)
+    if upload is not None:
+        uploaded = _upload(sources, repo_id=repo_id, private=private, options=options)
+        write_json(record_path, {**done, "uploaded": upload})
+        return replace(uploaded, folder=out)
+    return summary
+
+
+def _read_record(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        record = read_json_file(path, "push record")
+    except PipelineInputError:
+        return {"damaged": True}
+    return record if isinstance(record, dict) else {"damaged": True}
+
+
+def _is_hub_folder(folder: Path) -> bool:
+    """Holds nothing but what ``write_hub_folder`` writes: README.md and data/*.parquet."""
+    names = {p.name for p in folder.iterdir()}
+    data = folder / "data"
+    return names <= {"README.md", "data"} and (not data.exists() or all(p.suffix == ".parquet" for p in data.iterdir()))
+
+
+def _check_replaceable(
+    out: Path, record: dict | None, record_path: Path, wanted: dict, splits_wanted: dict, repo_id: str, overwrite: bool
+) -> dict | None:
+    """Refuse to rebuild a folder that holds something else than pushed splits this push may keep or replace;
+    return the folder's card (its other splits stay), None for a new or empty folder."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    hub = _is_hub_folder(out)
+    card = read_card(out) if hub else None
+    if record is None or card is None:
+        if overwrite and hub:
+            return card  # a Hub folder replaced; the other splits of a prefpool card stay
+        raise OutputConflictError(
+            f"{out} is not empty and holds no folder `prefpool push` wrote (no {record_path.name} record of a "
+            f"prefpool push, or files other than {CARD} and data/*.parquet): not replacing it (overwrite replaces "
+            f"only a Hub folder, {CARD} and data/*.parquet); choose a new --out folder"
+        )
+    if overwrite:
+        return card
+    if record.get("damaged"):
+        what = "an unreadable record"
+    elif not record.get("complete"):
+        if record.get("push") == wanted:
+            return card  # this push, unfinished (killed): redo it
+        what = "a push that did not finish, with another source or other settings"
+    elif record.get("repo_id") != repo_id:
+        what = f"another repo id ({record.get('repo_id')!r})"
+    else:
+        recorded = record.get("splits") or {}
+        changed = [name for name, want in splits_wanted.items() if name in recorded and recorded[name] != want]
+        if not changed:
+            return card  # new splits beside the others, or the same splits again
+        what = f"another source or other settings (split {', '.join(changed)})"
+    raise OutputConflictError(
+        f"{out} holds a Hub folder pushed with {what} ({record_path}); pass overwrite=True (--overwrite) to "
+        "replace it, or choose a new --out folder"
+    )
 
 
 def _swap(staging: Path, out: Path) -> None:
@@ -259,71 +460,8 @@ def _remote_card(api, repo_id: str) -> dict | None:
         return card
 
 
-def push(
-    source: str | Path | list[str | Path],
-    *,
-    repo_id: str,
-    split: str | list[str] | None = None,
-    dry_run: bool = False,
-    out: str | Path | None = None,
-    private: bool = False,
-    license: str | None = None,
-    language: list[str] | None = None,
-    task_categories: list[str] | None = None,
-    pretty_name: str | None = None,
-    tags: list[str] | None = None,
-) -> PushSummary:
-    """Write data/<split>-*.parquet + README.md (one dataset card for every split) and upload them to the Hub.
-
-    The Hub folder is written to ``out`` (or a temporary folder) and, unless
-    ``dry_run``, uploaded. Splits already in ``out`` (dry run) or in the repo stay.
-
-    Args:
-        source: `build` output folders, one per split.
-        repo_id: Hub dataset repo, e.g. me/my-pairs.
-        split: Split name of each source, in order (default: train for one source); repeat for several.
-        dry_run: Only write the Hub folder (needs --out).
-        out: Where to write the Hub folder; a folder an earlier push wrote keeps its other splits.
-        private: Create the repo as private.
-        license: Licence id for the card (default: the one ingest recorded for the source, else unknown).
-        language: Language code of the texts, e.g. en (default: the one ingest recorded); repeat for several.
-        task_categories: Hub task category (default: text-generation); repeat for several.
-        pretty_name: Title of the dataset card (default: the earlier card's, else prefpool <kind> table).
-        tags: Tag of the dataset card (default: prefpool, preference-optimization, <kind>); repeat for several.
-    """
-    check_repo_id(repo_id)
-    check_license(license)
-    check_languages(language)
-    check_task_categories(task_categories)
-    check_tags(tags)
-    check_title(pretty_name)
-    if dry_run and out is None:
-        raise PipelineConfigError("push --dry-run needs --out FOLDER to write the Hub folder to")
-    options = dict(
-        repo_id=repo_id,
-        split=split,
-        license=license,
-        language=language,
-        task_categories=task_categories,
-        pretty_name=pretty_name,
-        tags=tags,
-    )
-    if out is not None:
-        out = Path(out)
-        existing = _existing_card(out)
-        staging = out.parent / f".{out.name}.push-staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            summary = write_hub_folder(
-                source, staging, existing=existing, keep_from=out if existing else None, **options
-            )
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        _swap(staging, out)
-        summary = PushSummary(out, summary.files, summary.rows, False, repo_id, summary.splits, summary.pushed)
-        if dry_run:
-            return summary
+def _upload(sources: list[_Source], *, repo_id: str, private: bool, options: dict) -> PushSummary:
+    """One commit to the Hub repo: the sources' splits and the card of every split (the repo's kept ones too)."""
     from huggingface_hub import HfApi
 
     api = HfApi()  # token: huggingface_hub's own resolution
@@ -331,24 +469,15 @@ def push(
     remote = _remote_card(api, repo_id)
     tmp = Path(tempfile.mkdtemp(prefix="prefpool-push-"))
     try:
-        summary = write_hub_folder(source, tmp / "hub", existing=remote, **options)
-        new_splits = summary.pushed
+        summary = write_hub_folder(sources, tmp / "hub", repo_id=repo_id, existing=remote, **options)
         api.upload_folder(
             repo_id=repo_id,
             repo_type="dataset",
             folder_path=str(summary.folder),
             # the old files of the splits pushed now go; the other splits' files stay
-            delete_patterns=[f"data/{name}-*" for name in new_splits],
-            commit_message=f"prefpool push: {summary.rows} rows ({', '.join(new_splits)})",
+            delete_patterns=[f"data/{name}-*" for name in summary.pushed],
+            commit_message=f"prefpool push: {summary.rows} rows ({', '.join(summary.pushed)})",
         )
-        return PushSummary(
-            out if out is not None else Path(f"hf://datasets/{repo_id}"),
-            summary.files,
-            summary.rows,
-            True,
-            repo_id,
-            summary.splits,
-            summary.pushed,
-        )
+        return replace(summary, uploaded=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from prefpool.core.secrets import redact
 from prefpool.pipeline.kinds.source import TableSource
 
 from .config import TrainConfig
@@ -12,7 +13,7 @@ from .config import TrainConfig
 
 def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict) -> str:
     """YAML front matter, then what was trained on what, with which loss and settings."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")}
+    settings = redact({k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")})
     lines = [
         "---",
         f"library_name: {'peft' if cfg.lora_r else 'transformers'}",

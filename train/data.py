@@ -28,7 +28,7 @@ from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.kinds import Example, PairBatch, PoolBatch, train_kind
 
-__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row"]
+__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row", "prompts_of"]
 
 
 def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> list[TableRow]:
@@ -73,6 +73,17 @@ def encode_row(
         answers.append(pair)
     samples = tuple(encode(text) for text in row.samples) if with_samples else ()
     return tuple(answers), samples
+
+
+def prompts_of(data: str | Path | TableSource, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
+    """Distinct ``(prompt_id, prompt)`` of a build table (a folder, a pushed folder, a Hub id or an opened
+    ``TableSource``), in table (prompt_id) order."""
+    seen, out = set(), []
+    for row in open_table(data).read().select(["prompt_id", "prompt"]).to_pylist():
+        if row["prompt_id"] not in seen:
+            seen.add(row["prompt_id"])
+            out.append((row["prompt_id"], row["prompt"]))
+    return out if max_prompts is None else out[:max_prompts]
 
 
 class TrainingTable:

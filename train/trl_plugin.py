@@ -40,6 +40,12 @@ TRL outside the tested range, since these are internals):
 The collator (``PoolCollator``) is TRL's ``DataCollatorForPreference`` plus the extra completions,
 padded into ``(N, T)`` rows with ``(B, M)`` slot indices. For MC-PO, ``rejected`` is the first pool
 member (TRL's tokenizer wants one); the loss does not use that row.
+
+``_save_rng_state`` / ``_load_rng_state``: MC-PO's kernel generator is saved beside TRL's RNG files in
+every checkpoint (``kernel_generator_{process}.pt``, one per process) and restored on resume, so a
+resumed run makes the draws an uninterrupted one makes. Each process seeds its generator from
+``(seed, process index)`` (``trainer.kernel_seed``, as ``prefpool train`` does): equal seeds would
+give every process the same draws for different rows.
 """
 
 from __future__ import annotations
@@ -64,8 +70,8 @@ from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
-from .cache_check import CacheMismatchError, check_cache
-from .trainer import Step0MismatchError
+from .cache_check import CacheMismatchError, Step0MismatchError, check_cache
+from .trainer import kernel_seed
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +287,11 @@ class _CachedRefTrainer(DPOTrainer):
     def _check_cache(self) -> bool:
         """``prefpool train``'s cache check with this trainer's settings; whether to run the step-0 check."""
         parts = self._table["caches"][0][1]
+        if self.args.truncation_mode not in TRUNCATION:
+            raise CacheMismatchError(
+                f"truncation_mode={self.args.truncation_mode!r}: the reference log-probs were cached cutting the "
+                f"completion's tail (truncation {parts.get('truncation')!r}); use truncation_mode='keep_start'"
+            )
         tok = getattr(self.processing_class, "tokenizer", self.processing_class)
         dtype = next(self.model.parameters()).dtype
         path = Path(str(getattr(self.model.config, "_name_or_path", "") or "."))
@@ -456,11 +467,34 @@ class MCPODPOTrainer(_PrefpoolLossTrainer):
     table_kind = "mcpo"
     extra_column = "pool"
     ref_extra_column = "ref_pool_logps"
+    _restored_generator: torch.Tensor | None = None  # a checkpoint's state, set on the first draw
 
     def _draw_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = torch.Generator(device=device).manual_seed(self.args.seed)
+            seed = kernel_seed(self.args.seed, self.args.process_index)
+            self._generator = torch.Generator(device=device).manual_seed(seed)
+            if self._restored_generator is not None:
+                self._generator.set_state(self._restored_generator)
+                self._restored_generator = None
         return self._generator
+
+    def _generator_file(self, folder: str | Path) -> Path:
+        return Path(folder) / f"kernel_generator_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._draw_generator(self.args.device).get_state(), self._generator_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._generator_file(checkpoint)
+        if not path.is_file():
+            logger.warning("%s: no kernel generator state; the resumed run's MC-PO draws start afresh", path)
+            return
+        self._generator = None  # recreated on the next draw, from this state
+        self._restored_generator = torch.load(path, weights_only=True)
 
     def _loss(self, model, inputs):
         kernel, beta = self.args.mcpo_kernel, self.args.beta

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from prefpool.train.evaluate import EVAL_FILE
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -209,14 +211,14 @@ def train_config(
 
 
 def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, extra: tuple = ()) -> dict:
-    """``prefpool eval`` into DEST (skipped when DEST exists).
+    """``prefpool eval --out DEST``; returns DEST/eval.json (the eval is skipped when that file exists).
 
     ``extra``: more eval options, e.g. ``("--device", "cpu")``.
     """
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
+    result = dest / EVAL_FILE
+    if not result.exists():
         prefpool("eval", "--model", model, "--data", heldout, "--out", dest, *extra, timer=timer, name=name)
-    return json.loads(dest.read_text())
+    return json.loads(result.read_text())
 
 
 def mean_std(values: list[float]) -> str:

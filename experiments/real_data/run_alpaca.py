@@ -304,7 +304,7 @@ def main() -> None:
         "1 + M/2",
         "runs": {},
     }
-    ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference")
+    ref = run_eval(model, tables["heldout"], out / "evals" / "reference", timer, "eval_reference")
     results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
 
     for seed in args.seeds:
@@ -318,7 +318,7 @@ def main() -> None:
             ev = run_eval(
                 run_dir,
                 tables["heldout"],
-                out / "evals" / f"{method}-seed{seed}.json",
+                out / "evals" / f"{method}-seed{seed}",
                 timer,
                 f"eval_{method}_seed{seed}",
             )

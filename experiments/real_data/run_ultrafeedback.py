@@ -287,7 +287,7 @@ def main() -> None:
         "log-ratio 0) scores accuracy 0 with tie rate 1",
         "runs": {},
     }
-    ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference", eval_opts)
+    ref = run_eval(model, tables["heldout"], out / "evals" / "reference", timer, "eval_reference", eval_opts)
     results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
 
     for seed in args.seeds:
@@ -301,7 +301,7 @@ def main() -> None:
             ev = run_eval(
                 run_dir,
                 tables["heldout"],
-                out / "evals" / f"{method}-seed{seed}.json",
+                out / "evals" / f"{method}-seed{seed}",
                 timer,
                 f"eval_{method}_seed{seed}",
                 eval_opts,

@@ -25,7 +25,7 @@ from string import Template
 import pyarrow as pa
 import yaml
 
-from prefpool.pipeline.io.card_fields import UNKNOWN_LICENSE, size_category
+from prefpool.pipeline.io.card_fields import UNKNOWN_LICENSE, is_repo_id, size_category
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import Manifest
 
@@ -118,7 +118,8 @@ def source_info(chain: list[dict]) -> dict:
         if node["stage"] != "ingest":
             continue
         config, source = node["config"], node["source"] if isinstance(node["source"], dict) else {}
-        dataset = config.get("source_dataset") or (config.get("source") if "hub" in source else None)
+        hub_id = str(config.get("source", "")).split("@")[0]  # "owner/name" or "owner/name@revision"
+        dataset = config.get("source_dataset") or (hub_id if "hub" in source and is_repo_id(hub_id) else None)
         for value, into in ((dataset, datasets), (config.get("license") or source.get("license"), licenses)):
             if value and value not in into:
                 into.append(value)
@@ -286,7 +287,10 @@ def read_card(folder: str | Path) -> dict | None:
     path = Path(folder) / CARD
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineInputError(f"the card is not UTF-8 text ({exc})", file=path) from exc
     if not text.startswith("---\n") or "\n---\n" not in text[3:]:
         return None
     try:

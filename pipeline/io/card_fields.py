@@ -84,13 +84,29 @@ def check_title(value: str | None, option: str = "pretty_name") -> str | None:
     return _check(option, [value], _TITLE, "a title (one line, not empty, at most 200 characters)")[0]
 
 
-def check_repo_id(value: str | None, option: str = "repo_id") -> str | None:
+def check_repo_id(value: str | None, option: str = "repo_id", *, owner: bool = False) -> str | None:
+    """A Hub repo id by ``huggingface_hub``'s own rules (``validate_repo_id``): ``name`` or ``owner/name``;
+    ``owner=True`` asks for ``owner/name`` (a dataset the rows come from is always someone's)."""
     if value is None:
         return None
-    return _check(option, [value], _REPO_ID, "a Hub repo id (owner/name)")[0]
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+        valid = not owner or bool(_REPO_ID.match(value))
+    except HFValidationError:
+        valid = False
+    if not valid:
+        form = "owner/name (e.g. me/my-pairs)" if owner else "name or owner/name (e.g. me/my-pairs)"
+        raise PipelineConfigError(
+            f"{option}: {value!r} is not a valid Hub repo id: give {form} of letters, digits, '-', '_' and '.', "
+            "without '--' or '..', not starting or ending with '-' or '.', at most 96 characters"
+        )
+    return value
 
 
 def is_repo_id(value: str) -> bool:
+    """Whether ``value`` has the form ``owner/name`` (what a dataset location names on the Hub)."""
     return bool(_REPO_ID.match(value))
 
 

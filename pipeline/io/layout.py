@@ -50,15 +50,20 @@ def find_meta(folder: str | Path, name: str) -> Path | None:
     return None
 
 
-def read_meta(folder: str | Path, name: str) -> dict:
+def read_meta(folder: str | Path, name: str) -> object:
     """The JSON file ``name`` of the output ``folder`` (e.g. ``read_meta(out, REPORT)``)."""
     path = find_meta(folder, name)
     if path is None:
         raise PipelineInputError(f"no {name} (looked in {META_DIR}/ and at the top)", file=folder)
+    return read_json_file(path, name)
+
+
+def read_json_file(path: Path, what: str) -> object:
+    """The JSON in ``path``; a file that is not UTF-8 JSON is a ``PipelineInputError`` naming it."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PipelineInputError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineInputError(f"unreadable {what} (not UTF-8 JSON: {exc})", file=path) from exc
 
 
 def legacy_files(folder: str | Path) -> list[Path]:
@@ -68,7 +73,7 @@ def legacy_files(folder: str | Path) -> list[Path]:
     if (folder / MANIFEST).is_file():
         try:
             names[2:2] = json.loads((folder / MANIFEST).read_text()).get("sidecars", [])
-        except (json.JSONDecodeError, AttributeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
             pass
     return [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]
 

@@ -15,6 +15,8 @@ the build config and provenance, and reads the rows in the table's order. So ``p
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from prefpool.core.errors import ConfigError, MissingInputError
 from prefpool.pipeline.io.card import CARD, read_card, split_order, stage_chain
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.hub import dataset_snapshot
-from prefpool.pipeline.io.manifest import Manifest, load_manifest
+from prefpool.pipeline.io.layout import MANIFEST, find_meta
+from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.schemas import check_schema
 from prefpool.pipeline.io.shards import open_shard, read_shard
@@ -48,6 +51,7 @@ class TableSource:
     provenance: dict  # the build stage's provenance
     examples_source: str  # what the examples were ingested from
     manifest: Manifest | None = None  # a build output folder's manifest
+    fingerprint: str = ""  # sha256 of what the table holds: the manifest file, or the split's card entry
 
     @property
     def label(self) -> str:
@@ -93,6 +97,7 @@ def _from_build_folder(location: str, folder: Path, manifest: Manifest, split: s
         provenance=manifest.provenance,
         examples_source=_first_ingest_source(stage_chain(manifest)),
         manifest=manifest,
+        fingerprint=file_sha256(find_meta(folder, MANIFEST)),
     )
 
 
@@ -130,6 +135,8 @@ def _from_pushed_folder(location: str, folder: Path, card: dict, split: str | No
         config=stages[0].get("config") or {},
         provenance=stages[0].get("provenance") or {},
         examples_source=_first_ingest_source(stages),
+        # the entry holds the pushed build's manifest sha256, the rows and the cache key
+        fingerprint=hashlib.sha256(json.dumps([split, entry], sort_keys=True).encode("utf-8")).hexdigest(),
     )
 
 

@@ -19,6 +19,7 @@ from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.layout import MANIFEST, REPORT, find_meta, read_meta
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.stage_run import StageRun
 from prefpool.pipeline.merge import merge
 from prefpool.pipeline.model.info import load_model_info
 from prefpool.testing import build_tiny_llama
@@ -264,8 +265,10 @@ def test_too_long_prompts_are_dropped_and_reported(model, tmp_path):
 
 
 def test_bad_inputs_and_arguments(model, examples, tmp_path):
-    empty = _write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
-    ingest(empty, format="prompts", out=tmp_path / "ex_empty")
+    # an examples table with no rows (ingest refuses to write one; another producer might)
+    empty = StageRun(tmp_path / "ex_empty", stage="ingest", schema="examples", config={}, inputs={}, rows_per_unit=1)
+    empty.pending([])
+    empty.finish()
     with pytest.raises(PipelineInputError, match="no rows"):
         generate(tmp_path / "ex_empty", model=model, out=tmp_path / "o1", n=2)
     role = tmp_path / "role.jsonl"

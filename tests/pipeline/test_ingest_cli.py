@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.io.read import read_table
+
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
+
 
 runner = CliRunner()
 
@@ -36,7 +41,7 @@ def test_bad_line_bad_shard_and_conflict_exit_2(tmp_path, fixtures):
     )
     assert shard.exit_code == 2 and "shard must be i/N" in shard.output
     fmt = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "nope", "-o", out])
-    assert fmt.exit_code == 2 and "'nope' is not one of 'pairwise', 'hh-rlhf'" in fmt.output
+    assert fmt.exit_code == 2 and "'nope' is not one of 'auto', 'pairwise', 'hh-rlhf'" in fmt.output
     assert runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out]).exit_code == 0
     clash = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out])
     assert clash.exit_code == 2 and "--overwrite" in clash.output

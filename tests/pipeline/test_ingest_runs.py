@@ -10,9 +10,12 @@ import pytest
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io import shards
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineInputError
-from prefpool.pipeline.io.layout import MANIFEST, META_DIR, REPORT, RUN_MARKER, meta_path, read_meta
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, RUN_MARKER, meta_path, read_meta
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
+
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
 
 
 @pytest.fixture
@@ -161,8 +164,7 @@ def test_crash_in_a_fresh_folder_leaves_no_final_shard(tmp_path, source, monkeyp
     out = tmp_path / "out"
     with pytest.raises(OSError):
         ingest(source, format="pairwise", out=out)
-    assert sorted(p.name for p in out.iterdir()) == [META_DIR]
-    assert sorted(p.name for p in meta_path(out, "").iterdir()) == [RUN_MARKER]
+    assert not out.exists()  # the first shard failed: no final shard, no run.json, no temporary file
     with pytest.raises(PipelineInputError, match="no manifest.json"):
         read_table(out)
 

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from prefpool.cli import app
+from prefpool.core.errors import MissingInputError
 from prefpool.pipeline.engines import logprob_engines as logprobs_engine
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
@@ -300,7 +301,7 @@ def test_model_folder_without_weights_is_refused(tiny, examples, tmp_path):
     shutil.copytree(tiny, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(PipelineConfigError, match="needs config.json and \\*.safetensors"):
         logprobs(examples, model=tmp_path / "m", out=tmp_path / "lp")
-    with pytest.raises(PipelineConfigError, match="not a local model folder"):
+    with pytest.raises(MissingInputError, match="no such folder; expected a local model folder"):
         logprobs(examples, model=tmp_path / "missing", out=tmp_path / "lp")
 
 

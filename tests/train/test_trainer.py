@@ -221,17 +221,23 @@ def test_gradient_checkpointing_and_bf16(world, tmp_path):
     assert 0 < bf16["step0_max_abs_diff"] <= 1.0 and all(math.isfinite(x) for x in bf16["losses"])
 
 
-def test_cli_train(world, tmp_path):
+def test_cli_train(world, tmp_path, monkeypatch):
     config = tmp_path / "train.yaml"
     config.write_text(
         f"model: {world['model']}\ndata: {world['pairwise']}\noutput_dir: {tmp_path / 'out'}\n"
         f"loss: dpo\nmax_length: {MAX_LENGTH}\nlr: 1.0e-3\nbatch_size: 4\n"
     )
+    monkeypatch.setenv("PREFPOOL_PROGRESS_SECONDS", "1e-9")  # a log (not a terminal): a line per step
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(config), "max_steps=2"])
     assert result.exit_code == 0, result.output
     assert len(read_metrics(tmp_path / "out" / "metrics.jsonl")) == 2
+    assert "train: 1/2 steps (50%)" in result.output and "train: 2/2 steps (100%)" in result.output
     AcceleratorState._reset_state(reset_partial_state=True)
-    bad = runner.invoke(app, ["train", str(config), "learning_rate=1"])
+    quiet = runner.invoke(app, ["train", str(config), "max_steps=1", f"output_dir={tmp_path / 'q'}", "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "steps (" not in quiet.output
+    AcceleratorState._reset_state(reset_partial_state=True)
+    bad = runner.invoke(app, ["train", str(config), "learnig_rate=1"])
     assert bad.exit_code == 2
-    assert "unknown key 'learning_rate'" in bad.output
+    assert "unknown key 'learnig_rate' (did you mean 'learning_rate', which sets lr?)" in bad.output

@@ -18,9 +18,10 @@ pytest.importorskip("trl")
 from test_eval_support import MAX_LENGTH, full_cache, mcpo_row, own_logps, write_table  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from prefpool.losses import mcpo_loss, mpo_loss  # noqa: E402
+from prefpool.losses import mcpo_loss, mcpo_select, mpo_loss  # noqa: E402
 from prefpool.pipeline.io.ids import completion_id  # noqa: E402
 from prefpool.testing import build_tiny_llama  # noqa: E402
+from prefpool.train.trainer import kernel_seed  # noqa: E402
 from prefpool.train.trl_plugin import (  # noqa: E402
     MCPOConfig,
     MCPODPOTrainer,
@@ -31,6 +32,8 @@ from prefpool.train.trl_plugin import (  # noqa: E402
 )
 
 torch.set_num_threads(1)
+# TRL's trainer makes an Accelerator (bf16 on CPU): reset it, or a later trainer in this process fails
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 PROMPTS = [
     ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
@@ -50,7 +53,7 @@ def _model(path):
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(
+    base = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=3,
         max_steps=3,
@@ -62,8 +65,8 @@ def _args(cls, tmp_path, **kw):
         max_length=MAX_LENGTH,
         dataloader_num_workers=0,
         seed=0,
-        **kw,
     )
+    return cls(**{**base, **kw})
 
 
 def _mcpo_table(path, tok, tmp_path, shifts=None):
@@ -155,6 +158,72 @@ def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
     assert changed > 0
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and "mcpo/entropy" in logged[0] and "rewards/accuracies" in logged[0]
+
+
+def _record_draws(monkeypatch) -> list[dict]:
+    """Spy on the plug-in's ``mcpo_select``: each call's generator seed and picks."""
+    from prefpool.train import trl_plugin
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        selected = mcpo_select(*args, **kwargs)
+        calls.append({"seed": kwargs["generator"].initial_seed(), "selected": selected.tolist()})
+        return selected
+
+    monkeypatch.setattr(trl_plugin, "mcpo_select", spy)
+    return calls
+
+
+def test_mcpo_kernel_generator_is_seeded_per_process(tiny, tmp_path, monkeypatch):
+    """Process ``p`` draws from a generator seeded ``kernel_seed(seed, p)``, as ``prefpool train``'s
+    processes do: processes 0 and 1 get different streams (one seed for all would give every process
+    the same draws for its different rows)."""
+    path, tok = tiny
+    data, _ = _mcpo_table(path, tok, tmp_path)
+    calls = _record_draws(monkeypatch)
+    streams = {}
+    for process in (0, 1):
+        monkeypatch.setattr(MCPOConfig, "process_index", property(lambda self, p=process: p))
+        trainer = MCPODPOTrainer(
+            _model(path),
+            args=_args(MCPOConfig, tmp_path, mcpo_kernel="sample", seed=7),
+            train_dataset=mcpo_dataset(data),
+            processing_class=tok,
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer._loss(trainer.model, batch)
+        assert calls[-1]["seed"] == kernel_seed(7, process)
+        streams[process] = torch.rand(64, generator=trainer._generator)
+    assert kernel_seed(7, 0) != kernel_seed(7, 1)
+    assert not torch.equal(streams[0], streams[1])
+
+
+def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
+    """A run resumed from its step-2 checkpoint makes the kernel draws of steps 3-4 that the
+    uninterrupted run made: the checkpoint holds the generator (``kernel_generator_0.pt``) and
+    resuming restores it. Without the restore the resumed draws restart the stream."""
+    path, tok = tiny
+    data, _ = _mcpo_table(path, tok, tmp_path)
+    calls = _record_draws(monkeypatch)
+    kw = dict(mcpo_kernel="sample", max_steps=4, save_strategy="steps", save_steps=2, seed=3)
+    whole = MCPODPOTrainer(
+        _model(path), args=_args(MCPOConfig, tmp_path, **kw), train_dataset=mcpo_dataset(data), processing_class=tok
+    )
+    whole.train()
+    uninterrupted = [c["selected"] for c in calls]
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert len(uninterrupted) == 4 and (checkpoint / "kernel_generator_0.pt").is_file()
+
+    calls.clear()
+    resumed = MCPODPOTrainer(
+        _model(path),
+        args=_args(MCPOConfig, tmp_path, **{**kw, "output_dir": str(tmp_path / "resumed")}),
+        train_dataset=mcpo_dataset(data),
+        processing_class=tok,
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert [c["selected"] for c in calls] == uninterrupted[2:]
 
 
 def _mpo_table(path, tok, tmp_path):
