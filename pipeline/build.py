@@ -423,7 +423,7 @@ def build(
         kind: pairwise | mcpo | mpo.
         examples: `examples` folder (from ingest).
         logprobs: `logprobs` folder; repeat for several.
-        out: Output folder (shards, manifest.json, report.json).
+        out: Output folder (shards; manifest.json and report.json in its .prefpool/).
         candidates: `candidates` folder: mcpo pool / mpo reference samples.
         scores: `scores` folder (from `prefpool score`): rank by these scores; repeat for several.
         rank_by: rank (lower is better) | score (higher is better).

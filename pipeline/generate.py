@@ -145,7 +145,7 @@ def generate(
         input_dir: An `examples` (ingest) output folder; only its prompts are used.
         model: A local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there); it needs
             a chat template.
-        out: Output folder (candidates shards, manifest.json, report.json).
+        out: Output folder (candidates shards; manifest.json and report.json in its .prefpool/).
         n: Samples per prompt.
         engine: Generation engine: hf | vllm.
         temperature: 0 = greedy. Default: generation_config, else 1.0.

@@ -144,7 +144,7 @@ def ingest(
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
 ) -> IngestSummary:
-    """Read preference data into the `examples` table (Parquet shards, manifest.json, report.json).
+    """Read preference data into the `examples` table (Parquet shards; manifest.json, report.json in .prefpool/).
 
     The format and the column names default to detection from the input's first
     record (see the format modules). Rows that cannot be used are dropped and
@@ -154,7 +154,7 @@ def ingest(
     Args:
         source: A data file (.jsonl/.json/.csv, also .gz/.bz2/.xz/.zst; .parquet/.arrow), a folder (read
             recursively, Hub split naming), a glob, a URL, a Hub dataset id, or (from Python) a datasets object.
-        out: Output folder (shards, manifest.json, report.json).
+        out: Output folder (shards; manifest.json and report.json in its .prefpool/).
         format: The input format; auto: told from the first record (the summary and report.json name it).
         split: Split to read; default: the only one, else train.
         subset: Hub dataset config (datasets' name=), or a config of a folder's README.md.

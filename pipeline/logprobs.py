@@ -146,7 +146,7 @@ def logprobs(
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
         model: Reference model: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when
             there).
-        out: Output folder (logprobs shards, manifest.json, report.json).
+        out: Output folder (logprobs shards; manifest.json and report.json in its .prefpool/).
         engine: Scoring engine: hf | vllm.
         max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context
             (max_position_embeddings).

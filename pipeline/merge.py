@@ -68,7 +68,8 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
 
     Args:
         dirs: Output folders of the --shard i/N runs, one per i.
-        out: Output folder: the merged shards, manifest.json and report.json, as one unsharded run writes them.
+        out: Output folder: the merged shards (manifest.json and report.json in .prefpool/), as one unsharded run
+            writes them.
         overwrite: Replace an existing, different output.
     """
     if not dirs:

@@ -95,7 +95,7 @@ def score(
 
     Args:
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
-        out: Output folder (scores shards, manifest.json, report.json).
+        out: Output folder (scores shards; manifest.json and report.json in its .prefpool/).
         reward_fn: module:function or path/file.py:function; called as f(prompt messages, completion) -> float.
         reward_model: A one-label sequence-classification model: a local folder (save_pretrained), a .gguf file or a
             Hub id (from the local HF cache when there).

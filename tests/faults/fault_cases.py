@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefpool.pipeline.io.layout import MANIFEST, META_DIR, RUN_MARKER, meta_path
+
 W = dict  # the world: name -> path (fault_world.build_world)
 TOKEN = "hf_" + "Xy9" * 12  # shaped like a Hugging Face access token
 
@@ -234,7 +236,11 @@ CASES: list[Case] = [
         "ingest: --out holds an unreadable run.json beside shards",
         lambda w, t: [*ingest("--strict")(w, t), "-o", t / "o"],
         ("cannot be read", "run.json"),
-        setup=copies(copy("ingest", "o"), lambda w, t: (t / "o" / "manifest.json").unlink(), write("o/run.json", "{x")),
+        setup=copies(
+            copy("ingest", "o"),
+            lambda w, t: meta_path(t / "o", MANIFEST).unlink(),
+            write(f"o/{META_DIR}/{RUN_MARKER}", "{x"),
+        ),
     ),
     Case(
         "ingest: --rows-per-unit 0",
@@ -288,7 +294,13 @@ CASES: list[Case] = [
         lambda w, t: [*ingest("--rows-per-unit", "2")(w, t), "-o", t / "o"],
         ("no space left",),
         fault=shard_write_fails(3),
-        leaves=("o", "o/run.json", "o/part-00000-of-00001-00000.parquet", "o/part-00000-of-00001-00001.parquet"),
+        leaves=(
+            "o",
+            f"o/{META_DIR}",
+            f"o/{META_DIR}/{RUN_MARKER}",
+            "o/part-00000-of-00001-00000.parquet",
+            "o/part-00000-of-00001-00001.parquet",
+        ),
     ),
     # generate
     Case(
@@ -326,13 +338,13 @@ CASES: list[Case] = [
         "generate: the manifest is JSON but not an object",
         lambda w, t: ["generate", t / "in", "-m", w["model"], "-n", "2", "-o", t / "g"],
         ("a JSON list, not an object",),
-        setup=copies(copy("ingest", "in"), write("in/manifest.json", "[1, 2]")),
+        setup=copies(copy("ingest", "in"), write(f"in/{META_DIR}/{MANIFEST}", "[1, 2]")),
     ),
     Case(
         "generate: the manifest is cut short",
         lambda w, t: ["generate", t / "in", "-m", w["model"], "-n", "2", "-o", t / "g"],
         ("not UTF-8 JSON",),
-        setup=copies(copy("ingest", "in"), edit("in/manifest.json", lambda b: b[: len(b) // 2])),
+        setup=copies(copy("ingest", "in"), edit(f"in/{META_DIR}/{MANIFEST}", lambda b: b[: len(b) // 2])),
     ),
     Case(
         "generate: a shard is truncated",
@@ -605,7 +617,7 @@ CASES: list[Case] = [
     Case(
         "push: --split with a dash",
         lambda w, t: ["push", w["mcpo"], "--repo-id", "me/x", "--dry-run", "--split", "a-b", "-o", t / "h"],
-        ("split must be",),
+        ("is not a split name",),
     ),
     Case(
         "push: a source shard differs from its manifest",
@@ -688,7 +700,7 @@ CASES: list[Case] = [
         train(lambda w, t: f"model={w['model_no_tokenizer']}"),
         ("no tokenizer files",),
     ),
-    Case("train: the data folder does not exist", train(lambda w, t: f"data={t / 'none'}"), ("no manifest.json",)),
+    Case("train: the data folder does not exist", train(lambda w, t: f"data={t / 'none'}"), ("not a local folder",)),
     Case("train: a loss that does not fit the table", train("loss=mcpo"), ("does not fit",)),
     Case("train: an unknown key", train("lrr=1"), ("unknown key 'lrr'",)),
     Case("train: a value of the wrong type", train("lr=fast"), ("expected float",)),
@@ -747,7 +759,7 @@ CASES: list[Case] = [
     Case(
         "eval: the data folder does not exist",
         lambda w, t: ["eval", "-m", w["model"], "-d", t / "none", "--device", "cpu"],
-        ("no manifest.json",),
+        ("not a local folder",),
     ),
     Case(
         "eval: the data is not a training table",

@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from prefpool.pipeline.io.layout import MANIFEST, meta_path, read_meta
 from prefpool.testing import build_tiny_llama
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music")
@@ -137,10 +138,10 @@ def _relabelled_table(root: Path, w: dict[str, Path]) -> Path:
     other = build_tiny_llama(root / "model-seed-1", num_layers=1, seed=1)
     lp = logprobs(w["ingest"], model=other, out=root / "lp-seed-1", max_length=MAX_LENGTH).out
     table = build("pairwise", examples=w["ingest"], logprobs=lp, out=root / "pairwise-seed-1").out
-    manifest = json.loads((table / "manifest.json").read_text())
-    ours = json.loads((w["pairwise"] / "manifest.json").read_text())["identity"]["inputs"]["logprobs"][0]
+    manifest = read_meta(table, MANIFEST)
+    ours = read_meta(w["pairwise"], MANIFEST)["identity"]["inputs"]["logprobs"][0]
     manifest["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"] = ours["identity"]["config"]["cache"]
-    (table / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(table, MANIFEST).write_text(json.dumps(manifest))
     return table
 
 

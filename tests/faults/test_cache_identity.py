@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefpool.pipeline.build import build
+from prefpool.pipeline.io.layout import MANIFEST, meta_path, read_meta
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.train.cache_check import CacheMismatchError, Step0MismatchError, cache_parts, check_cache
 
@@ -39,10 +40,10 @@ def relabelled_mcpo(world, tmp_path_factory):
     """An mcpo table of another model's values whose manifest claims the reference's cache key."""
     root = tmp_path_factory.mktemp("relabelled")
     table = build("mcpo", examples=world["ingest"], logprobs=world["root"] / "lp-seed-1", out=root / "mcpo").out
-    manifest = json.loads((table / "manifest.json").read_text())
-    ours = json.loads((world["mcpo"] / "manifest.json").read_text())["identity"]["inputs"]["logprobs"][0]
+    manifest = read_meta(table, MANIFEST)
+    ours = read_meta(world["mcpo"], MANIFEST)["identity"]["inputs"]["logprobs"][0]
     manifest["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"] = ours["identity"]["config"]["cache"]
-    (table / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(table, MANIFEST).write_text(json.dumps(manifest))
     return table
 
 

@@ -20,6 +20,7 @@ from fault_world import tree_digest
 
 from prefpool.cli import app
 from prefpool.core.errors import UserCodeError
+from prefpool.pipeline.io.layout import MANIFEST, read_meta
 from prefpool.pipeline.io.read import read_table
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -62,7 +63,7 @@ def test_an_engine_token_in_provenance_reaches_no_manifest_and_no_card(world, tm
         lp,
         stage="logprobs",
         schema="logprobs",
-        config=json.loads((world["lp_ex"] / "manifest.json").read_text())["identity"]["config"],
+        config=read_meta(world["lp_ex"], MANIFEST)["identity"]["config"],
         inputs={"made_by": "test"},
         rows_per_unit=64,
         model={"engine": "vllm", "engine_args": {"hf_token": TOKEN, "tensor_parallel_size": 1}},
@@ -74,7 +75,7 @@ def test_an_engine_token_in_provenance_reaches_no_manifest_and_no_card(world, tm
     table = build("pairwise", examples=world["ingest"], logprobs=lp, out=tmp_path / "pairwise").out
     push(table, repo_id="me/prefs", dry_run=True, out=tmp_path / "hub")
     assert _files_holding(tmp_path, TOKEN) == []
-    provenance = json.loads((lp / "manifest.json").read_text())["provenance"]["model"]
+    provenance = read_meta(lp, MANIFEST)["provenance"]["model"]
     assert provenance["engine_args"] == {"hf_token": "<redacted>", "tensor_parallel_size": 1}
     assert "<redacted>" in (tmp_path / "hub" / "README.md").read_text()
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.io.atomic import is_temp_name
+from prefpool.pipeline.io.layout import RUN_MARKER, meta_dir, meta_path
 from prefpool.pipeline.io.read import read_table
 
 
@@ -51,12 +52,14 @@ def test_a_full_disk_keeps_finished_shards_and_the_rerun_completes(world, tmpfs)
     args = ["ingest", str(world["source"]), "-f", "ranked", "-o", str(disk / "o"), "--rows-per-unit", "1"]
     full = CliRunner().invoke(app, args)
     assert full.exit_code == 2 and "no space left on the device" in full.output, full.output
-    kept = sorted(p.name for p in (disk / "o").iterdir())
-    assert kept[-1] == "run.json" and len(kept) >= 2 and not any(is_temp_name(p) for p in (disk / "o").iterdir())
+    out = disk / "o"
+    kept = sorted(p.name for p in out.iterdir() if p.suffix == ".parquet")
+    assert meta_path(out, RUN_MARKER).is_file() and len(kept) >= 1
+    assert not any(is_temp_name(p) for p in [*out.iterdir(), *meta_dir(out).iterdir()])
     subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert f"units_skipped={len(kept) - 1}" in again.output
+    assert f"units_skipped={len(kept)}" in again.output
     assert read_table(disk / "o").to_pylist() == read_table(world["ingest"]).to_pylist()
 
 

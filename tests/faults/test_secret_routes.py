@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from prefpool.cli import app
+from prefpool.pipeline.io.layout import MANIFEST, read_meta
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -162,7 +163,7 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
     printed += _cli(env, "run", config)
     assert "units_skipped=1" in printed  # generate: found complete, although its token changed
     assert "computed=0" in printed  # logprobs: every value from the cache
-    manifest = json.loads((work / "logprobs" / "generate" / "manifest.json").read_text())
+    manifest = read_meta(work / "logprobs" / "generate", MANIFEST)
     assert manifest["provenance"]["model"]["engine_args"]["hf_token"] == "<redacted>"
     for args in (
         [

@@ -79,7 +79,7 @@ def test_card_fields_are_recorded_and_bad_ones_exit_2(tmp_path, fixtures):
     config = load_manifest(out).identity.config
     assert (config["source_dataset"], config["license"], config["language"]) == ("me/prefs", "cc-by-4.0", ["en", "fr"])
     for args, match in (
-        (["--source-dataset", "just-a-name"], "source_dataset: 'just-a-name' is not a Hub repo id"),
+        (["--source-dataset", "just-a-name"], "source_dataset: 'just-a-name' is not a valid Hub repo id"),
         (["--license", "Apache 2"], "license: 'Apache 2' is not a licence id"),
         (["--language", "EN_us"], "language: 'EN_us' is not an ISO 639 language code"),
     ):

@@ -17,6 +17,7 @@ from prefpool.cli import app
 from prefpool.pipeline.formats.report import DroppedRowsWarning
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 def report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
+    return read_meta(out, REPORT)
 
 
 def pair(i: int, **extra) -> dict:

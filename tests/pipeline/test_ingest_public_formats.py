@@ -21,6 +21,7 @@ from prefpool.pipeline.formats.report import DroppedRowsWarning
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.schemas import PAIRWISE
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
@@ -32,7 +33,7 @@ def pid(prompt) -> str:
 
 
 def report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
+    return read_meta(out, REPORT)
 
 
 def records(name: str) -> list[dict]:
@@ -108,7 +109,7 @@ def test_prefpool_pairwise_table_reads_back(tmp_path):
     run = StageRun(table, stage="build", schema="pairwise", config={}, inputs={}, rows_per_unit=10)
     for unit in run.pending(plan_units(rows, key_of=lambda r: r["prompt_id"], rows_per_unit=10)):
         run.write(unit, pa.Table.from_pylist(list(unit.items), schema=PAIRWISE))
-    run.finish(sidecars={"report.json": {"pairs": 1}})
+    run.finish(sidecars={REPORT: {"pairs": 1}})
     single = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=PAIRWISE), single)
     for source in (table, single):

@@ -23,6 +23,7 @@ from pipeline_helpers import rows_by_id
 from prefpool.cli import app
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
 
 runner = CliRunner()
@@ -105,7 +106,7 @@ def test_csv_with_a_byte_order_mark(tmp_path):
 
 
 def report_columns(out: Path) -> dict:
-    return next(iter(json.loads((out / "report.json").read_text())["columns"].values()))
+    return next(iter(read_meta(out, REPORT)["columns"].values()))
 
 
 def test_bom_on_a_jsonl_file_is_skipped(tmp_path):

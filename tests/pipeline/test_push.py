@@ -109,8 +109,12 @@ def test_two_splits_in_one_card_and_a_second_push_keeps_the_first(tmp_path, tabl
         {"split": "test", "path": "data/test-*"},
     ]
     assert meta["language"] == ["en"] and meta["pretty_name"] == "P"  # kept from the first push
-    # pushing train again replaces train only
-    again = push(table["pairwise-test"], split="train", repo_id="me/prefs", dry_run=True, out=out)
+    # train from another source: refused unless overwrite (the folder as it was), then it replaces train only
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(OutputConflictError, match=r"another source or other settings \(split train\).*--overwrite"):
+        push(table["pairwise-test"], split="train", repo_id="me/prefs", dry_run=True, out=out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    again = push(table["pairwise-test"], split="train", repo_id="me/prefs", dry_run=True, out=out, overwrite=True)
     assert again.splits == ("train", "test")
     reloaded = load_dataset(str(out))
     assert reloaded["train"].to_list() == reloaded["test"].to_list() == rows_of(table["pairwise-test"])
@@ -271,7 +275,7 @@ def test_cli_push_dry_run_tags_and_title(tmp_path, table):
         (["--license", "MIT License"], "license: 'MIT License' is not a licence id"),
         (["--language", "English"], "language: 'English' is not an ISO 639 language code"),
         (["--task-category", "Text Generation"], "task_category: 'Text Generation' is not a Hub task category"),
-        (["--tag", "x", "--repo-id", "no-owner"], "repo_id: 'no-owner' is not a Hub repo id"),
+        (["--tag", "x", "--repo-id", "me/bad--name"], "repo_id: 'me/bad--name' is not a valid Hub repo id"),
         (["--tag", " spaced "], "tag: ' spaced ' is not a tag"),
         (["--pretty-name", "two\nlines"], "pretty_name: 'two\\nlines' is not a title"),
         (["--pretty-name", ""], "pretty_name: '' is not a title"),

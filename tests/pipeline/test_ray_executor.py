@@ -36,6 +36,7 @@ from prefpool.core.errors import ConfigError, UserCodeError
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.io.atomic import is_temp_name
 from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.io.layout import meta_dir
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.shards import ShardName, open_shard
 from prefpool.pipeline.logprobs import logprobs
@@ -88,7 +89,7 @@ def _clean(folder: Path) -> None:
     if not folder.exists():
         return
     assert load_manifest(folder) is None
-    assert not [p for p in folder.iterdir() if is_temp_name(p)]
+    assert not [p for p in [*folder.iterdir(), *meta_dir(folder).glob("*")] if is_temp_name(p)]
     for path in folder.iterdir():
         if ShardName.parse(path.name):
             assert open_shard(path).metadata.num_rows > 0
