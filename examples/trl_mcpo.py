@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
 from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.scoring import score_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.testing import build_tiny_llama
@@ -56,7 +57,11 @@ def demo_table(model_dir: Path, out: Path, max_length: int) -> Path:
                 "pool_num_tokens": [len(e.completion_ids) for e in encs[1:]],
             }
         )
-    inputs = {"logprobs": [{"identity": {"config": {"cache": {"max_length": max_length}}}}]}
+    # What the logprobs stage records, so the trainer's cache check has every part to compare.
+    cache = cache_components(
+        weights_hash(model_dir), tok, max_length=max_length, truncation="completion", dtype="float32"
+    )
+    inputs = {"logprobs": [{"identity": {"config": {"cache": cache, "cache_key": cache_key_of(cache)}}}]}
     run = StageRun(
         out,
         stage="build",

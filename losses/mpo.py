@@ -86,7 +86,16 @@ def mpo_loss(
           gradient flows through ``p`` in both terms, ``p_ref`` is a constant.
         - The tau term averages over each row's valid samples (a mean, not a
           sum, so tau does not scale with K); a row with none is an error when
-          ``tau > 0``.
+          ``tau > 0``. Exactly: ``tau * (-1/K_b) Σ_k log pi(y_k|x_b)`` per row
+          ``b``, with ``K_b`` its valid samples. Relation to eq. 33's τ: read
+          literally, eq. 33 takes the reference term over records of *two*
+          actions ``(y, y') ~ pi_ref`` and adds both log-probs, i.e. twice a
+          per-sample mean; so this ``tau`` is the paper's ``2τ`` (pass
+          ``tau = 2 * τ_paper`` to reproduce eq. 33 as written).
+        - The samples must be i.i.d. draws from the reference (the KL the tau
+          term estimates is to ``pi_ref``): e.g. every sample ``generate`` drew
+          for the prompt, not a subset filtered by reward such as the
+          rejected answers of a pool.
         - ``p`` uses raw summed log-prob differences, as in the paper. With
           ``length_normalize=True``, ``p`` and ``p_ref`` use per-token means
           (``log pi(y)/|y|``) instead; the tau term always uses what it is given.

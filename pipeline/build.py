@@ -68,6 +68,7 @@ build whose output does not fit.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,11 @@ class BuildConfig:
         sel.check_choice("best_ties", self.best_ties, ("first", "drop"))
         if self.max_pool is not None and self.max_pool < 1:
             raise PipelineConfigError(f"max_pool must be >= 1, got {self.max_pool}")
+        if not (math.isfinite(self.label) and 0.0 <= self.label <= 1.0):
+            raise PipelineConfigError(
+                f"label (--label) must be a probability in [0, 1] (MPO's preference I; 1 = the chosen answer is "
+                f"preferred), got {self.label!r}"
+            )
         if self.kind == "mpo" and not self.with_candidates:
             raise PipelineConfigError("build --kind mpo needs --candidates (samples from the reference model)")
         if self.scores == "candidates" and (self.kind == "mpo" or not self.with_candidates):
@@ -417,7 +423,7 @@ def build(
         kind: pairwise | mcpo | mpo.
         examples: `examples` folder (from ingest).
         logprobs: `logprobs` folder; repeat for several.
-        out: Output folder (shards, manifest.json, report.json).
+        out: Output folder (shards; manifest.json and report.json in its .prefpool/).
         candidates: `candidates` folder: mcpo pool / mpo reference samples.
         scores: `scores` folder (from `prefpool score`): rank by these scores; repeat for several.
         rank_by: rank (lower is better) | score (higher is better).
@@ -467,6 +473,7 @@ def build(
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
+        sources=[examples, *lp_dirs, *([candidates] if candidates is not None else []), *score_dirs],
     )
     if run.complete:
         manifest = run.finish()

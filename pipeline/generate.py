@@ -32,6 +32,14 @@ leaves no room for any prompt in that context is refused up front
 
 Engine options: ``engine_args`` (vllm only; see ``engine_args`` for why they
 are not part of the run's identity and which ones are refused).
+
+Executors: ``executor="ray"`` runs the units on Ray actors, each loading the
+engine once (see ``executors.ray``); a worker holds ``tensor_parallel_size x
+pipeline_parallel_size`` GPUs for vllm (none on a cluster without GPUs: the
+CPU build), one for the hf engine on ``device="cuda"``, else one CPU. The
+rows, shards and manifest are the local run's: the samples depend only on
+their seeds, and the driver writes every shard. Neither the executor nor the
+worker count is part of the run's identity, so a run may resume under another.
 """
 
 from __future__ import annotations
@@ -40,14 +48,16 @@ import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.engine_args import context_limit, resolve_engine_args
+from prefpool.pipeline.engines.engine_args import context_limit, engine_gpus, resolve_engine_args, vllm_gpus_why
 from prefpool.pipeline.engines.generation import Engine, Request, check_engine, load_engine
 from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
+from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
@@ -55,6 +65,7 @@ from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
@@ -117,9 +128,12 @@ def generate(
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
-    device: str = "cpu",
+    device: str = "auto",
     show_progress: bool | None = None,
     engine_args: dict | None = None,
+    executor: ExecutorName = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> GenerateSummary:
     """N sampled completions per prompt with the model's chat template: the `candidates` table.
 
@@ -129,8 +143,9 @@ def generate(
 
     Args:
         input_dir: An `examples` (ingest) output folder; only its prompts are used.
-        model: A local save_pretrained folder with a chat template.
-        out: Output folder (candidates shards, manifest.json, report.json).
+        model: A local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there); it needs
+            a chat template.
+        out: Output folder (candidates shards; manifest.json and report.json in its .prefpool/).
         n: Samples per prompt.
         engine: Generation engine: hf | vllm.
         temperature: 0 = greedy. Default: generation_config, else 1.0.
@@ -142,10 +157,14 @@ def generate(
             `prefpool merge`.
         overwrite: Replace an existing output made with another model or settings.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        device: torch device for the hf engine.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
             $PREFPOOL_VLLM_ARGS.
+        executor: Where the units run: local (this process) | ray (Ray actors, each loading the engine once; this
+            process writes every shard). Does not change the rows.
+        workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
+        ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
     if n < 1:
@@ -155,7 +174,11 @@ def generate(
     spec = ShardSpec.parse(shard)
     check_engine(engine)
     options = resolve_engine_args(engine, engine_args)
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
+    pool = make_executor(executor, workers=workers, address=ray_address)
     info = load_model_info(model)
+    if engine == "vllm":
+        info.source.for_vllm()  # refuse what vLLM cannot load before any work
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)
     if context is not None and params.max_new_tokens >= context:
@@ -190,6 +213,7 @@ def generate(
         overwrite=overwrite,
         seed=seed,
         model={**info.describe(), "engine": engine, "device": device, "sampling": sampling, "engine_args": options},
+        sources=[input_dir],
     )
 
     owned = sorted((p for p in prompts if spec.owns(p[0])), key=lambda p: p[0])
@@ -198,13 +222,17 @@ def generate(
     todo = run.pending(units)
     tokens = 0
     if todo:
-        backend = load_engine(engine, info, batch_size=batch_size, device=device, options=options)
+        task = GenerateTask(info, engine, batch_size, device, options, params, n, seed, _needs(engine, device, options))
         total = sum(len(u.items) for u in todo) * n
-        with progress("generate", total, enabled=show_progress, unit="samples") as advance:
-            for unit in todo:
-                table, unit_tokens = _generate_unit(unit, backend, info, params, n=n, seed=seed, advance=advance)
-                run.write(unit, table)
-                tokens += unit_tokens
+        with progress("generate", total, enabled=show_progress, unit="samples", units=len(todo)) as bar:
+
+            def write(unit: Unit, result: tuple[pa.Table, int]) -> None:
+                nonlocal tokens
+                run.write(unit, result[0])
+                tokens += result[1]
+                bar.unit_done()
+
+            pool.map(task, todo, write, advance=bar)
     finish = _finish_counts(run, units)
     report = {
         "rows_read": len(owned),
@@ -316,16 +344,46 @@ def _render(
     return rows, dropped
 
 
-def _generate_unit(
+@dataclass(frozen=True)
+class GenerateTask:
+    """A unit of prompts -> its candidates table; ``load`` loads the engine (once per worker)."""
+
+    info: ModelInfo
+    engine: str
+    batch_size: int
+    device: str
+    options: dict
+    params: SamplingParams
+    n: int
+    seed: int
+    needs: WorkerNeeds
+
+    def load(self):
+        backend = load_engine(
+            self.engine, self.info, batch_size=self.batch_size, device=self.device, options=self.options
+        )
+        return partial(generate_unit, engine=backend, info=self.info, params=self.params, n=self.n, seed=self.seed)
+
+
+def _needs(engine: str, device: str, options: dict) -> WorkerNeeds:
+    if engine == "vllm":
+        return WorkerNeeds(gpus=engine_gpus(options), gpu_optional=True, why=vllm_gpus_why(options))
+    if device.startswith("cuda"):
+        return WorkerNeeds(gpus=1, why=f"hf engine on device={device}")
+    return WorkerNeeds()
+
+
+def generate_unit(
     unit: Unit[PromptRow],
+    advance: Advance,
+    *,
     engine: Engine,
     info: ModelInfo,
     params: SamplingParams,
-    *,
     n: int,
     seed: int,
-    advance,
 ) -> tuple[pa.Table, int]:
+    """``(candidates table, completion tokens)`` of one unit; ``advance(1)`` per sample."""
     requests = [Request(row.tokens, sample_seed(seed, row.prompt_id, i)) for row in unit.items for i in range(n)]
     completions = engine.generate(requests, params, on_done=lambda _tokens: advance(1))
     out, tokens = [], 0

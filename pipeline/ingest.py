@@ -1,9 +1,18 @@
-"""The ``ingest`` stage: preference data in a known format -> the ``examples`` table.
+"""The ``ingest`` stage: preference data in any common shape -> the ``examples`` table.
 
-Reads a local file, a folder of files (sorted by name) or a Hub dataset;
-parses each record with the chosen format; drops bad rows with a reason
+Reads a data file (JSON Lines, JSON, CSV, Parquet, Arrow; text formats also
+``.gz``/``.bz2``/``.xz``/``.zst``), a folder (recursively, split as the Hub
+splits a dataset repository), a glob, a URL, a Hub dataset id, or a
+``datasets`` object (see ``formats/sources.py``); picks one split; tells the
+format from the first record unless it is given (``formats/detect.py``);
+parses each record (``formats/<format>.py``); drops bad rows with a reason
 (``report.json``) or, with ``strict``, stops at the first; merges rows that
 share a ``prompt_id``; writes shards sorted by ``prompt_id``, then the manifest.
+
+Loss is never silent: when no row can be used, nothing is written and the
+error names the top reasons; when more than 10 % of the rows are dropped, or
+score-like columns or data files are left unread, a ``DroppedRowsWarning``
+says so.
 
 The whole input (or, with ``shard="i/N"``, this shard's rows) is held in
 memory, since duplicates must be merged across files; split a source larger
@@ -12,47 +21,71 @@ than memory with ``--shard`` and ``prefpool merge``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shutil
 import time
-from collections.abc import Iterator
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import pyarrow as pa
 
-from prefpool.pipeline.formats import Format, get_format
+from prefpool.core.errors import UserError
+from prefpool.pipeline.formats import AUTO, FORMATS, Format, get_format
 from prefpool.pipeline.formats.dedupe import ExampleMerger
-from prefpool.pipeline.formats.readers import (
-    Record,
-    fingerprint,
-    load_hub,
-    local_files,
-    read_hub,
-    read_local,
-)
-from prefpool.pipeline.formats.report import IngestReport
-from prefpool.pipeline.formats.rows import BadRow, Columns, MissingColumn
-from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.formats.detect import UnclearFormat, detect
+from prefpool.pipeline.formats.readers import Record
+from prefpool.pipeline.formats.report import DroppedRowsWarning, IngestReport
+from prefpool.pipeline.formats.rows import BadRow, Columns, MissingColumn, parse_columns
+from prefpool.pipeline.formats.sources import Source, open_source
+from prefpool.pipeline.io.card_fields import check_languages, check_license, check_repo_id
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec, prompt_id
+from prefpool.pipeline.io.layout import META_DIR, RUN_MARKER, meta_dir
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import EXAMPLES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
 
 STAGE = "ingest"
 ROWS_PER_UNIT = 50_000  # ingest is fast; units matter for resuming slow stages
+# Unread columns with these words in their names probably hold preferences: say so.
+SCORE_LIKE = re.compile(r"score|rating|reward|rank|label|prefer", re.IGNORECASE)
+
+# A datasets.Dataset, DatasetDict, IterableDataset or IterableDatasetDict (datasets is imported only for one).
+DatasetObject = Any
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     """What decides ingest's output (stored in the manifest; a rerun must match it)."""
 
-    source: str = field(metadata={"help": "file, folder of files, or Hub dataset id"})
-    format: str = field(metadata={"help": "pairwise | hh-rlhf | ranked | prompts"})
-    split: str = field(default="train", metadata={"help": "Hub split"})
-    config_name: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
+    source: str = field(metadata={"help": "file, folder, glob, URL, Hub dataset id, or datasets object"})
+    format: str = field(metadata={"help": "auto | " + " | ".join(FORMATS)})
+    split: str | None = field(default=None, metadata={"help": "the split asked for (None: the default)"})
+    subset: str | None = field(default=None, metadata={"help": "Hub dataset config / README subset"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision"})
     columns: Columns = field(default_factory=Columns, metadata={"help": "input column names"})
     strict: bool = field(default=False, metadata={"help": "raise on the first bad row instead of dropping it"})
+    # What the rows are, for the dataset card `push` writes; kept in the identity only when given, so
+    # outputs made before these fields existed still match a rerun that gives none.
+    source_dataset: str | None = field(default=None, metadata={"help": "Hub id the rows come from"})
+    license: str | None = field(default=None, metadata={"help": "licence of the source data"})
+    language: tuple[str, ...] = field(default=(), metadata={"help": "language codes of the texts"})
+
+    def identity(self) -> dict:
+        config = asdict(self)
+        for key in CARD_KEYS:
+            if not config[key]:
+                del config[key]
+        if "language" in config:
+            config["language"] = list(config["language"])
+        return config
+
+
+CARD_KEYS = ("source_dataset", "license", "language")
 
 
 @dataclass(frozen=True)
@@ -65,6 +98,8 @@ class IngestSummary:
     units_written: int
     units_skipped: int
     seconds: float
+    format: str = ""  # the format read (detected, for format="auto")
+    split: str | None = None
 
     def line(self) -> str:
         return summary_line(
@@ -72,6 +107,8 @@ class IngestSummary:
             rows=self.rows_written,
             seconds=self.seconds,
             out=self.out,
+            format=self.format,
+            split=self.split,
             read=self.rows_read,
             dropped=self.rows_dropped,
             merged=self.duplicate_rows_merged,
@@ -81,47 +118,65 @@ class IngestSummary:
 
 
 def ingest(
-    source: str | Path,
+    source: str | Path | DatasetObject,
     *,
-    format: Literal["pairwise", "hh-rlhf", "ranked", "prompts"],
     out: str | Path,
-    split: str = "train",
+    format: Literal["auto", "pairwise", "hh-rlhf", "ranked", "ultrafeedback", "prompts"] = "auto",
+    split: str | None = None,
+    subset: str | None = None,
+    revision: str | None = None,
+    columns: str | dict[str, str] | None = None,
     config_name: str | None = None,
     prompt_column: str | None = None,
-    chosen_column: str = "chosen",
-    rejected_column: str = "rejected",
+    chosen_column: str | None = None,
+    rejected_column: str | None = None,
     answers_column: str | None = None,
     text_key: str | None = None,
-    rank_key: str = "rank",
-    score_key: str = "score",
+    rank_key: str | None = None,
+    score_key: str | None = None,
     model_key: str | None = None,
     strict: bool = False,
+    source_dataset: str | None = None,
+    license: str | None = None,
+    language: list[str] | None = None,
     overwrite: bool = False,
     shard: str | ShardSpec | None = None,
     rows_per_unit: int = ROWS_PER_UNIT,
     show_progress: bool | None = None,
 ) -> IngestSummary:
-    """Read preference data into the `examples` table (Parquet shards, manifest.json, report.json).
+    """Read preference data into the `examples` table (Parquet shards; manifest.json, report.json in .prefpool/).
 
-    Column and key names default to detection from each file's first record
-    (see the format modules). Rows that cannot be used are dropped and counted
-    in ``report.json`` (``strict=True`` stops at the first one instead).
+    The format and the column names default to detection from the input's first
+    record (see the format modules). Rows that cannot be used are dropped and
+    counted in ``report.json`` (``strict=True`` stops at the first one instead);
+    when none can be used, nothing is written and the error names the reasons.
 
     Args:
-        source: A .jsonl/.json/.parquet/.csv file, a folder of them, or a Hub dataset id.
-        format: pairwise | hh-rlhf | ranked | prompts.
-        out: Output folder (shards, manifest.json, report.json).
-        split: Hub dataset split.
-        config_name: Hub dataset config name.
-        prompt_column: Prompt column (default: detected).
-        chosen_column: pairwise/hh-rlhf: chosen column.
-        rejected_column: pairwise/hh-rlhf: rejected column.
-        answers_column: ranked: answer list column (default: detected).
-        text_key: ranked: text key in each answer (default: detected).
-        rank_key: ranked: rank key in each answer.
-        score_key: ranked: score key in each answer.
-        model_key: ranked: generator key in each answer (default: detected).
-        strict: Stop at the first bad row instead of dropping it.
+        source: A data file (.jsonl/.json/.csv, also .gz/.bz2/.xz/.zst; .parquet/.arrow), a folder (read
+            recursively, Hub split naming), a glob, a URL, a Hub dataset id, or (from Python) a datasets object.
+        out: Output folder (shards; manifest.json and report.json in its .prefpool/).
+        format: The input format; auto: told from the first record (the summary and report.json name it).
+        split: Split to read; default: the only one, else train.
+        subset: Hub dataset config (datasets' name=), or a config of a folder's README.md.
+        revision: Hub dataset revision (branch, tag or commit).
+        columns: Column names as KEY=COLUMN,... with keys prompt, chosen, rejected, answers, text, rank,
+            score, model, score_chosen, score_rejected, model_chosen, model_rejected, metadata.
+        config_name: Same as --subset (kept for older callers).
+        prompt_column: Same as --columns prompt=NAME.
+        chosen_column: Same as --columns chosen=NAME.
+        rejected_column: Same as --columns rejected=NAME.
+        answers_column: Same as --columns answers=NAME (ranked: the answer list).
+        text_key: Same as --columns text=KEY (the text key in each answer).
+        rank_key: Same as --columns rank=KEY (the rank key in each answer).
+        score_key: Same as --columns score=KEY (the score key in each answer; ultrafeedback: overall_score,
+            fine-grained_score or an aspect such as helpfulness).
+        model_key: Same as --columns model=KEY (the generator key in each answer).
+        strict: Stop at the first bad row (or NaN/infinite score) instead of dropping it.
+        source_dataset: Hub id the rows come from (owner/name), for the card `push` writes (a Hub SOURCE
+            names itself).
+        license: Licence of the source data (e.g. mit, cc-by-4.0), for the card `push` writes (default: the
+            Hub dataset's own, when SOURCE is one).
+        language: Language code of the texts (e.g. en), for the card `push` writes; repeat for several.
         overwrite: Replace an existing output made with different settings.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
@@ -129,53 +184,50 @@ def ingest(
         show_progress: Progress bar on stderr; default: when stderr is a terminal.
     """
     start = time.perf_counter()
-    fmt = get_format(format)
+    if format != AUTO:
+        get_format(format)
     spec = ShardSpec.parse(shard)
-    columns = Columns(
+    if config_name is not None and subset is not None and config_name != subset:
+        raise PipelineConfigError(f"subset={subset!r} and config_name={config_name!r} disagree; give one")
+    subset = subset if subset is not None else config_name
+    cols = _columns(
+        columns,
         prompt=prompt_column,
         chosen=chosen_column,
         rejected=rejected_column,
         answers=answers_column,
-        text_key=text_key,
-        rank_key=rank_key,
-        score_key=score_key,
-        model_key=model_key,
+        text=text_key,
+        rank=rank_key,
+        score=score_key,
+        model=model_key,
     )
-    config = IngestConfig(str(source), format, split, config_name, columns, strict)
-    records, inputs = _open_source(config)
-    run = StageRun(
-        out,
-        stage=STAGE,
-        schema="examples",
-        config=asdict(config),
-        inputs=inputs,
-        shard=spec,
-        rows_per_unit=rows_per_unit,
-        overwrite=overwrite,
+    card = (
+        check_repo_id(source_dataset, "source_dataset", owner=True),
+        check_license(license),
+        tuple(check_languages(language)),
     )
-    if run.complete:
-        manifest = run.finish()
-        report = manifest.summary
-        return IngestSummary(
-            run.out,
-            manifest.total_rows,
-            report.get("rows_read", 0),
-            report.get("rows_dropped", 0),
-            report.get("duplicate_rows_merged", 0),
-            0,
-            len(manifest.shards),
-            time.perf_counter() - start,
-        )
+    src = open_source(source, split=split, subset=subset, revision=revision)
+    config = IngestConfig(src.label, format, split, subset, revision, cols, strict, *card)
 
-    report = IngestReport()
-    merger = ExampleMerger()
-    with progress("ingest: reading", enabled=show_progress) as advance:
-        for record in _with_columns(records, fmt, config.columns, report):
-            advance(1)
-            _ingest_record(record, fmt, report.columns[record.file], spec, strict, report, merger)
+    run = None
+    if src.inputs is not None:
+        run, fresh = _open_run(out, config, src.inputs, spec, rows_per_unit, overwrite, source)
+        if run.complete:
+            return _finished(run, start)
+        try:
+            state = _read(src, format, cols, spec, strict, show_progress)
+        except UserError:
+            _discard(run, fresh)
+            raise
+    else:  # no fingerprint before reading (an IterableDataset): the rows themselves are the identity
+        state = _read(src, format, cols, spec, strict, show_progress)
+        run, _ = _open_run(out, config, {"rows_sha256": state.digest}, spec, rows_per_unit, overwrite, source)
+        if run.complete:
+            return _finished(run, start)
+
+    report, merger = state.report, state.merger
     report.duplicate_rows_merged = merger.rows_merged
     report.duplicate_answers_removed = merger.answers_removed
-
     rows = merger.rows()
     units = plan_units(rows, key_of=lambda r: json.dumps(r, sort_keys=True), rows_per_unit=rows_per_unit)
     todo = run.pending(units)
@@ -185,7 +237,9 @@ def ingest(
             advance(1)
     report_json = report.to_json(rows_written=len(rows))
     counts = {k: report_json[k] for k in ("rows_read", "rows_dropped", "duplicate_rows_merged")}
-    run.finish(sidecars={"report.json": report_json}, summary=counts)
+    run.finish(sidecars={"report.json": report_json}, summary={**counts, "format": state.format, "split": src.split})
+    for message in state.warnings:
+        warnings.warn(message, DroppedRowsWarning, stacklevel=2)
     return IngestSummary(
         run.out,
         len(rows),
@@ -195,34 +249,149 @@ def ingest(
         run.units_written,
         run.units_skipped,
         time.perf_counter() - start,
+        state.format,
+        src.split,
     )
 
 
-def _open_source(config: IngestConfig) -> tuple[Iterator[Record], object]:
-    """The records and a fingerprint of the input (so a changed input is not resumed)."""
-    path = Path(config.source)
-    if path.exists():
-        files = local_files(path)
-        records = (record for f in files for record in read_local(f, path))
-        return records, fingerprint(files, path)
-    dataset = load_hub(config.source, name=config.config_name, split=config.split)
-    label = f"{config.source}:{config.config_name or 'default'}:{config.split}"
-    return read_hub(dataset, label), {"hub": label, "fingerprint": getattr(dataset, "_fingerprint", None)}
+def _columns(spec: str | dict[str, str] | None, **flags: str | None) -> Columns:
+    """``--columns`` and the older one-name flags, which must agree where both are given."""
+    names = parse_columns(spec)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if names.get(key, value) != value:
+            raise PipelineConfigError(f"--columns {key}={names[key]} and the {key} flag ({value!r}) disagree")
+        names[key] = value
+    return Columns(**names)
 
 
-def _with_columns(records: Iterator[Record], fmt: Format, columns: Columns, report: IngestReport):
-    """Resolve each file's column names from its first record; a missing column is an error."""
-    for record in records:
-        if record.file not in report.columns:
-            try:
-                resolved = fmt.resolve(record.data, columns)
-            except MissingColumn as missing:
-                hint = f" ({missing.hint})" if missing.hint else ""
-                raise PipelineInputError(
-                    f"missing column for format {fmt.name!r}{hint}", file=record.file, column=missing.column
-                ) from None
-            report.columns[record.file] = resolved
-        yield record
+def _open_run(
+    out, config: IngestConfig, inputs: object, spec: ShardSpec, rows_per_unit: int, overwrite: bool, source: object
+):
+    """The stage run, and whether this call created its folder (so a failed read can take it away)."""
+    existed = Path(out).exists()
+    run = StageRun(
+        out,
+        stage=STAGE,
+        schema="examples",
+        config=config.identity(),
+        inputs=inputs,
+        shard=spec,
+        rows_per_unit=rows_per_unit,
+        overwrite=overwrite,
+        # a local source must not be the output folder (a datasets object or a Hub id has no path)
+        sources=[source] if isinstance(source, (str, Path)) and Path(source).exists() else [],
+    )
+    return run, not existed
+
+
+def _discard(run: StageRun, created: bool) -> None:
+    """After a failed read: remove the run marker (and the folder this run created) if nothing else is there.
+
+    ``StageRun`` writes nothing before its first shard, so usually there is nothing to remove."""
+    if not run.work.exists() or {p.name for p in run.work.iterdir()} != {META_DIR}:
+        return
+    if {p.name for p in meta_dir(run.work).iterdir()} != {RUN_MARKER}:
+        return
+    if created or run.work != run.out:  # a folder made by this call, or the staging folder of an overwrite
+        shutil.rmtree(run.work)
+    else:
+        shutil.rmtree(meta_dir(run.work))
+
+
+def _finished(run: StageRun, start: float) -> IngestSummary:
+    manifest = run.finish()
+    report = manifest.summary
+    return IngestSummary(
+        run.out,
+        manifest.total_rows,
+        report.get("rows_read", 0),
+        report.get("rows_dropped", 0),
+        report.get("duplicate_rows_merged", 0),
+        0,
+        len(manifest.shards),
+        time.perf_counter() - start,
+        report.get("format", ""),
+        report.get("split"),
+    )
+
+
+@dataclass
+class _ReadState:
+    report: IngestReport
+    merger: ExampleMerger
+    format: str
+    digest: str
+    warnings: list[str]
+
+
+def _read(src: Source, requested: str, cols: Columns, spec: ShardSpec, strict: bool, show_progress) -> _ReadState:
+    """Parse every record of the source; raise when none can be used."""
+    report, merger = IngestReport(), ExampleMerger()
+    digest = hashlib.sha256()
+    fmt: Format | None = None
+    usable = 0
+    with progress("ingest: reading", enabled=show_progress) as advance:
+        for record in src.records():
+            advance(1)
+            if src.inputs is None:
+                digest.update(json.dumps(record.data, sort_keys=True, default=str).encode("utf-8") + b"\n")
+            if fmt is None:
+                fmt = _choose_format(requested, record, cols)
+            if record.file not in report.columns:
+                _resolve(record, fmt, cols, report)
+            usable += _ingest_record(record, fmt, report.columns[record.file], spec, strict, report, merger)
+    report.inputs = {
+        "format": fmt.name if fmt else requested,
+        "format_requested": requested,
+        "split": src.split,
+        "splits_found": list(src.splits),
+        "files_in_no_split": list(src.ignored),
+    }
+    if usable == 0:
+        raise PipelineInputError(report.no_rows_message(), file=src.label)
+    assert fmt is not None
+    return _ReadState(report, merger, fmt.name, digest.hexdigest(), _warnings(report, src))
+
+
+def _choose_format(requested: str, record: Record, cols: Columns) -> Format:
+    if requested != AUTO:
+        return get_format(requested)
+    try:
+        return get_format(detect(record.data, cols))
+    except UnclearFormat as unclear:
+        raise PipelineInputError(f"cannot tell the input format: {unclear}", file=record.file) from None
+
+
+def _resolve(record: Record, fmt: Format, cols: Columns, report: IngestReport) -> None:
+    """Resolve a file's column names from its first record; a missing column is an error naming the file."""
+    try:
+        resolved = fmt.resolve(record.data, cols)
+    except MissingColumn as missing:
+        hint = f" ({missing.hint})" if missing.hint else ""
+        raise PipelineInputError(
+            f"missing column for format {fmt.name!r}{hint}", file=record.file, column=missing.column
+        ) from None
+    report.columns[record.file] = resolved
+    report.unused_columns[record.file] = sorted(set(record.data) - resolved.top_level())
+
+
+def _warnings(report: IngestReport, src: Source) -> list[str]:
+    messages = []
+    dropped = report.dropped_warning()
+    if dropped:
+        messages.append(dropped)
+    score_like = sorted({c for cs in report.unused_columns.values() for c in cs if SCORE_LIKE.search(c)})
+    if score_like:
+        messages.append(
+            f"columns that look like scores or preferences were not read: {', '.join(score_like)}; "
+            "map them with --columns (e.g. score_chosen=NAME,score_rejected=NAME)"
+        )
+    if src.ignored:
+        shown = ", ".join(src.ignored[:5]) + (", ..." if len(src.ignored) > 5 else "")
+        messages.append(f"{len(src.ignored)} data files of {src.label} are in no split and were not read: {shown}")
+    return messages
 
 
 def _ingest_record(
@@ -233,7 +402,8 @@ def _ingest_record(
     strict: bool,
     report: IngestReport,
     merger: ExampleMerger,
-) -> None:
+) -> int:
+    """Parse one record into the merger (if this shard owns it); 1 if it was usable, in any shard."""
     try:
         parsed = fmt.parse(record.data, columns)
     except BadRow as bad:
@@ -243,16 +413,19 @@ def _ingest_record(
         if spec.owns(f"{record.source}:{record.row}"):
             report.rows_read += 1
             report.drop(bad, record)
-        return
+        return 0
+    if strict and (parsed.dropped_answers or parsed.issues):
+        _raise((parsed.dropped_answers or parsed.issues)[0], record)
     pid = prompt_id(parsed.prompt)
-    if strict and parsed.dropped_answers:
-        _raise(parsed.dropped_answers[0], record)
     if not spec.owns(pid):
-        return
+        return 1
     report.rows_read += 1
     for bad in parsed.dropped_answers:
-        report.drop(bad, record, answer=True)
+        report.drop(bad, record, what="answer")
+    for bad in parsed.issues:
+        report.drop(bad, record, what="value")
     merger.add(pid, parsed, record.source)
+    return 1
 
 
 def _raise(bad: BadRow, record: Record) -> NoReturn:

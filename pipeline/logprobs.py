@@ -33,11 +33,15 @@ policy, dtype). Rows found under the same key in ``cache=DIR`` or in the output
 folder itself are copied, not recomputed, so rerunning on a grown input into
 the same folder scores only the new pairs. An output made under another key is
 refused (naming what differs) unless ``overwrite=True``.
+
+Executors: ``executor="ray"`` scores the units on Ray actors, each loading the
+model once; a worker holds one GPU for the hf engine and ``tensor_parallel_size
+x pipeline_parallel_size`` for vllm (none on a cluster without GPUs). The
+driver looks rows up in the cache and sends only the pairs to compute.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -47,18 +51,28 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefpool.pipeline.engines.engine_args import RESERVED, context_limit, resolve_engine_args
+from prefpool.core.errors import InputError
+from prefpool.pipeline.engines.engine_args import (
+    RESERVED,
+    context_limit,
+    engine_gpus,
+    resolve_engine_args,
+    vllm_gpus_why,
+)
 from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
-from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
+from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
+from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
-from prefpool.pipeline.io.stage_run import RUN_MARKER, StageRun, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, Unit, existing_identity, plan_units
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
+from prefpool.pipeline.model.device import parse_device, resolve_device
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 
 STAGE = "logprobs"
@@ -116,18 +130,24 @@ def logprobs(
     overwrite: bool = False,
     cache: str | Path | None = None,
     rows_per_unit: int = ROWS_PER_UNIT,
+    device: str = "auto",
     show_progress: bool | None = None,
     engine_args: dict | None = None,
+    executor: ExecutorName = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> LogprobsSummary:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
-    ``model`` is a local folder (``save_pretrained`` layout). ``max_length=None``:
-    the model's context (see the module docstring).
+    ``model`` is a local folder (``save_pretrained`` layout), a ``.gguf`` file or a
+    Hub id (``source.resolve_model``). ``max_length=None``: the model's context
+    (see the module docstring).
 
     Args:
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
-        model: Reference model: a local save_pretrained folder.
-        out: Output folder (logprobs shards, manifest.json, report.json).
+        model: Reference model: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when
+            there).
+        out: Output folder (logprobs shards; manifest.json and report.json in its .prefpool/).
         engine: Scoring engine: hf | vllm.
         max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context
             (max_position_embeddings).
@@ -140,21 +160,29 @@ def logprobs(
         overwrite: Replace an existing output made with another model or settings.
         cache: A previous logprobs output whose rows (same cache key) are reused.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
             $PREFPOOL_VLLM_ARGS.
+        executor: Where the units run: local (this process) | ray (Ray actors, each loading the model once; this
+            process writes every shard). Does not change the rows.
+        workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
+        ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
-    _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model)
+    _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
+    source = check_model(model, weights=False)  # weights_hash checks the weights
+    if engine == "vllm":
+        source.for_vllm()
+    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
+    pool = make_executor(executor, workers=workers, address=ray_address)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
-    weights = weights_hash(model)  # before loading anything: a folder without weights fails fast
-    max_length = resolve_max_length(model, max_length, options)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
+    max_length = resolve_max_length(source, max_length, options)
+    tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
     components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
     key = cache_key_of(components)
     config = {
@@ -168,10 +196,13 @@ def logprobs(
     replace = _check_existing(out, components, overwrite)
 
     pairs = distinct_completions(table, in_schema, spec)
+    locations = prompt_locations(input_dir)
+    check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     provenance = {
-        "path": str(Path(model).resolve()),
+        **source.describe(),
         "engine": engine,
+        "device": device,
         "cache_key": key,
         **components,
         "engine_args": options,
@@ -186,6 +217,7 @@ def logprobs(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite or replace,
         model=provenance,
+        sources=[input_dir],  # cache may be the output folder itself: its rows are read before the swap
     )
     if run.complete:
         summary = run.finish().summary
@@ -206,30 +238,43 @@ def logprobs(
 
     todo = run.pending(units)
     cached = _load_cache(out, cache, key, per_token) if todo else {}
-    scorer = _LazyEngine(engine, model, dtype, batch_tokens, tokenizer, options)
-    counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0}
-    with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress) as advance:
+    task = LogprobsTask(
+        _LazyEngine(engine, source, dtype, batch_tokens, tokenizer, options, device),
+        tokenizer,
+        key=key,
+        max_length=max_length,
+        per_token=per_token,
+        long_prompts=long_prompts,
+        locations=locations,
+        model=str(model),
+        needs=_needs(engine, options),
+    )
+    counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0, "seconds": 0.0}
+    with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress, units=len(todo)) as bar:
+        found: dict[int, dict[int, dict]] = {}  # unit seq -> the unit's cached rows, by index in the unit
+        work = []  # the units with pairs to compute, holding only those pairs
         for unit in todo:
-            rows = _unit_rows(
-                unit.items,
-                tokenizer,
-                scorer,
-                cached,
-                counts,
-                key=key,
-                max_length=max_length,
-                per_token=per_token,
-                long_prompts=long_prompts,
-                input_dir=input_dir,
-                model=model,
-            )
-            run.write(unit, pa.Table.from_pylist(rows, schema=LOGPROBS))
-            advance(len(unit.items))
+            hits, rest = _split_cached(unit.items, cached, per_token)
+            counts["cache_hits"] += len(hits)
+            found[unit.seq] = hits
+            if rest:
+                work.append(Unit(unit.seq, unit.key, tuple(rest)))
+            else:
+                _write_unit(run, unit, hits, bar, len(hits))
+
+        def write(unit: Unit, result: tuple[dict[int, dict], dict]) -> None:
+            rows, unit_counts = result
+            for name, value in unit_counts.items():
+                counts[name] += value
+            hits = found.pop(unit.seq)
+            _write_unit(run, unit, {**hits, **rows}, bar, len(hits))
+
+        pool.map(task, work, write, advance=bar)
 
     totals = _totals(run, units)
     summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
     run.finish(sidecars={"report.json": summary}, summary=summary)
-    rate = counts["tokens_scored"] / scorer.seconds if scorer.seconds > 0 else 0.0
+    rate = counts["tokens_scored"] / counts["seconds"] if counts["seconds"] > 0 else 0.0
     return LogprobsSummary(
         run.out,
         len(pairs),
@@ -246,18 +291,16 @@ def logprobs(
     )
 
 
-def model_context(model: str | Path) -> int | None:
+def model_context(model: str | Path | ModelSource) -> int | None:
     """``max_position_embeddings`` of the model's config (of its text model for a multimodal one)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model))
+    config = resolve_model(model).config()
     value = getattr(config, "max_position_embeddings", None)
     if value is None and hasattr(config, "get_text_config"):
         value = getattr(config.get_text_config(), "max_position_embeddings", None)
     return int(value) if value else None
 
 
-def resolve_max_length(model: str | Path, max_length: int | None, options: dict) -> int:
+def resolve_max_length(model: str | Path | ModelSource, max_length: int | None, options: dict) -> int:
     """The ``max_length`` the run uses: the model's context when None; refused when beyond it."""
     context = model_context(model)
     limit = context_limit(context, options)
@@ -268,13 +311,14 @@ def resolve_max_length(model: str | Path, max_length: int | None, options: dict)
         if options.get("max_model_len") is not None:
             where += f", engine option max_model_len={options['max_model_len']}"
         raise PipelineConfigError(
-            f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for {model}: "
+            f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for "
+            f"{resolve_model(model).given}: "
             f"pass max_length <= {limit}, or leave it unset to use the model's context"
         )
     return max_length
 
 
-def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) -> None:
+def _check_args(engine, max_length, batch_tokens, dtype, long_prompts) -> None:
     if engine not in ENGINES:
         raise PipelineConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
     if dtype not in DTYPES:
@@ -283,23 +327,32 @@ def _check_args(engine, max_length, batch_tokens, dtype, long_prompts, model) ->
         raise PipelineConfigError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
     if (max_length is not None and max_length < 2) or batch_tokens < 1:
         raise PipelineConfigError(f"need max_length >= 2 and batch_tokens >= 1, got {max_length}, {batch_tokens}")
-    if not Path(model).is_dir():
-        raise PipelineConfigError(f"model {model}: not a local model folder (save_pretrained layout)")
 
 
-def _existing_config(out: Path) -> dict | None:
-    manifest = load_manifest(out) if out.is_dir() else None
-    if manifest is not None:
-        return manifest.identity.to_json()
-    marker = out / RUN_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
+def check_templates(tokenizer, pairs, locations: dict, *, max_length: int) -> None:
+    """Tokenize each prompt's first pair before any work: a prompt the chat template rejects (an unknown
+    role, a template that breaks the prompt/completion split) is an error naming its file, row and
+    column, and nothing has been written yet."""
+    seen = set()
+    for pid, _cid, prompt, text in pairs:
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            encode_pair(tokenizer, prompt, text, max_length=max_length)
+        except PromptTooLongError:
+            continue  # long_prompts decides, per pair
+        except InputError as exc:
+            file, row = locations[pid]
+            raise PipelineInputError(f"prompt_id {pid}: {exc}", file=file, row=row, column="prompt") from exc
 
 
 def _check_existing(out: Path, components: dict, overwrite: bool) -> bool:
     """Refuse an output made under another cache key; True when an existing output may be updated in place."""
-    identity = _existing_config(out)
-    if identity is None or identity.get("stage") != STAGE:
-        return False  # empty, or not ours: StageRun decides
+    found = existing_identity(out) if out.is_dir() else None
+    if found is None or found[0] == "damaged" or found[1].get("stage") != STAGE:
+        return False  # empty, unreadable or not ours: StageRun decides
+    identity = found[1]
     theirs = identity["config"].get("cache", {})
     differ = [k for k in components if theirs.get(k) != components[k]]
     if not differ:
@@ -332,74 +385,128 @@ def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) 
 
 
 class _LazyEngine:
-    """Loads the model on first use: a run served entirely from the cache never loads it."""
+    """Loads the model when first needed: a run served entirely from the cache never loads it."""
 
-    def __init__(self, engine, model, dtype, batch_tokens, tokenizer, options) -> None:
-        self.args = (engine, model, dtype, batch_tokens, tokenizer, options)
+    def __init__(self, engine, source, dtype, batch_tokens, tokenizer, options, device) -> None:
+        self.args = (engine, source, dtype, batch_tokens, tokenizer, options, device)
         self.engine = None
         self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
 
-    def score(self, sequences, starts, *, per_token):
+    def load(self) -> None:
         if self.engine is None:
-            name, model, dtype, batch_tokens, tokenizer, options = self.args
+            name, source, dtype, batch_tokens, tokenizer, options, device = self.args
             # padded positions are masked out of attention and scoring: any id will do
             pad = tokenizer.pad_token_id or 0
-            extra = {"options": options} if options else {}  # only the vllm engine takes options
-            self.engine = ENGINES[name](str(model), dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
+            # only the vllm engine takes options; only the hf engine a device
+            extra = {"options": options} if name == "vllm" else {"device": device}
+            self.engine = ENGINES[name](source, dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
+
+    def score(self, sequences, starts, *, per_token):
+        self.load()
         start = time.perf_counter()
         scores = self.engine.score(sequences, starts, per_token=per_token)
         self.seconds += time.perf_counter() - start
         return scores
 
 
-def _unit_rows(
-    items, tokenizer, scorer, cached, counts, *, key, max_length, per_token, long_prompts, input_dir, model
-) -> list[dict]:
-    rows: dict[int, dict] = {}
-    todo = []  # (index in unit, pid, cid, encoded pair)
+def _needs(engine: str, options: dict) -> WorkerNeeds:
+    if engine == "vllm":
+        return WorkerNeeds(gpus=engine_gpus(options), gpu_optional=True, why=vllm_gpus_why(options))
+    return WorkerNeeds(gpus=1, gpu_optional=True, why="hf engine, on the GPU when the node has one")
+
+
+def _split_cached(items, cached, per_token) -> tuple[dict[int, dict], list[tuple]]:
+    """The unit's cached rows (by index in the unit), and ``(index, pid, cid, prompt, text)`` of the others."""
+    hits, rest = {}, []
     for index, (pid, cid, prompt, text) in enumerate(items):
         hit = cached.get((pid, cid))
         if hit is not None:
-            rows[index] = {**hit, "token_logps": hit["token_logps"] if per_token else None}
-            counts["cache_hits"] += 1
-            continue
-        try:
-            pair = encode_pair(tokenizer, prompt, text, max_length=max_length)
-        except PromptTooLongError as exc:
-            if long_prompts == "error":
-                raise PipelineInputError(
-                    f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
-                    file=input_dir,
-                ) from None
-            continue
-        todo.append((index, pid, cid, pair))
-    if todo:
-        scores = scorer.score(
-            [p.prompt_ids + p.completion_ids for *_, p in todo],
-            [len(p.prompt_ids) for *_, p in todo],
-            per_token=per_token,
-        )
-        for j, (index, pid, cid, pair) in enumerate(todo):
-            logp = scores.logps[j]
-            per = scores.token_logps[j] if scores.token_logps is not None else None
-            if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
-                raise PipelineInputError(
-                    f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {model} "
-                    "(NaN/inf: try dtype='float32', or check the weights)",
-                    file=input_dir,
-                )
-            rows[index] = {
-                "prompt_id": pid,
-                "completion_id": cid,
-                "logp": logp,
-                "num_tokens": scores.counts[j],
-                "truncated": pair.truncated,
-                "token_logps": per,
-                "cache_key": key,
-            }
-            counts["computed"] += 1
-            counts["tokens_scored"] += scores.counts[j]
-    return [rows[i] for i in sorted(rows)]
+            hits[index] = {**hit, "token_logps": hit["token_logps"] if per_token else None}
+        else:
+            rest.append((index, pid, cid, prompt, text))
+    return hits, rest
+
+
+def _write_unit(run: StageRun, unit: Unit, rows: dict[int, dict], bar, cached: int) -> None:
+    """Write a unit's rows in the unit's order (dropped pairs have no row); ``cached`` rows count as progress here."""
+    run.write(unit, pa.Table.from_pylist([rows[i] for i in sorted(rows)], schema=LOGPROBS))
+    bar(cached)
+    bar.unit_done()
+
+
+@dataclass(frozen=True)
+class LogprobsTask:
+    """The pairs of a unit still to compute -> their rows; the model loads once per worker, on first use."""
+
+    scorer: _LazyEngine
+    tokenizer: object
+    key: str
+    max_length: int
+    per_token: bool
+    long_prompts: str
+    locations: dict  # prompt_id -> (file, row) of its prompt in the input
+    model: str
+    needs: WorkerNeeds
+
+    def load(self):
+        """Load the model (an executor calls this only when some unit has a pair to compute)."""
+        self.scorer.load()
+        return self.unit_rows
+
+    def unit_rows(self, unit: Unit, advance: Advance) -> tuple[dict[int, dict], dict]:
+        """``({index in the unit: row}, counts)`` for ``unit.items = (index, pid, cid, prompt, text), ...``.
+
+        Pairs whose prompt fills ``max_length`` get no row (``long_prompts="drop"``) or stop the run.
+        """
+        todo = []  # (index in unit, pid, cid, encoded pair)
+        for index, pid, cid, prompt, text in unit.items:
+            try:
+                pair = encode_pair(self.tokenizer, prompt, text, max_length=self.max_length)
+            except PromptTooLongError as exc:
+                if self.long_prompts == "error":
+                    file, row = self.locations[pid]
+                    raise PipelineInputError(
+                        f"prompt_id {pid}, completion_id {cid}: {exc} (long_prompts='drop' skips such pairs)",
+                        file=file,
+                        row=row,
+                        column="prompt",
+                    ) from None
+                continue
+            todo.append((index, pid, cid, pair))
+        rows: dict[int, dict] = {}
+        counts = {"computed": 0, "tokens_scored": 0, "seconds": 0.0}
+        if todo:
+            before = self.scorer.seconds
+            scores = self.scorer.score(
+                [p.prompt_ids + p.completion_ids for *_, p in todo],
+                [len(p.prompt_ids) for *_, p in todo],
+                per_token=self.per_token,
+            )
+            counts["seconds"] = self.scorer.seconds - before
+            for j, (index, pid, cid, pair) in enumerate(todo):
+                logp = scores.logps[j]
+                per = scores.token_logps[j] if scores.token_logps is not None else None
+                if not math.isfinite(logp) or (per is not None and not all(math.isfinite(v) for v in per)):
+                    file, row = self.locations[pid]
+                    raise PipelineInputError(
+                        f"log-prob is {logp} for prompt_id {pid}, completion_id {cid} under model {self.model} "
+                        "(NaN/inf: try dtype='float32', or check the weights)",
+                        file=file,
+                        row=row,
+                    )
+                rows[index] = {
+                    "prompt_id": pid,
+                    "completion_id": cid,
+                    "logp": logp,
+                    "num_tokens": scores.counts[j],
+                    "truncated": pair.truncated,
+                    "token_logps": per,
+                    "cache_key": self.key,
+                }
+                counts["computed"] += 1
+                counts["tokens_scored"] += scores.counts[j]
+        advance(len(unit.items))
+        return rows, counts
 
 
 def _totals(run: StageRun, units) -> dict:

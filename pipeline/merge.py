@@ -17,15 +17,16 @@ for shards of one run), never summed or concatenated.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
+from prefpool.pipeline.io.layout import find_meta, read_meta
 from prefpool.pipeline.io.manifest import Manifest
 from prefpool.pipeline.io.read import checked_shards, read_table
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
@@ -67,9 +68,12 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
 
     Args:
         dirs: Output folders of the --shard i/N runs, one per i.
-        out: Merged output folder.
+        out: Output folder: the merged shards (manifest.json and report.json in .prefpool/), as one unsharded run
+            writes them.
         overwrite: Replace an existing, different output.
     """
+    if not dirs:
+        raise PipelineConfigError("merge needs the output folders of the --shard i/N runs, one per i")
     runs = []
     for folder in dirs:
         manifest, _ = checked_shards(folder)
@@ -89,7 +93,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
             + ", ".join(str(spec) for spec, _, _ in runs)
         )
     table = pa.concat_tables([read_table(folder) for _, folder, _ in runs])
-    table = table.take(pa.compute.sort_indices(table, [("prompt_id", "ascending")]))  # stable
+    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))  # stable
     run = StageRun(
         out,
         stage=first.stage,
@@ -99,6 +103,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
         shard=None,
         rows_per_unit=first.rows_per_unit,
         overwrite=overwrite,
+        sources=[folder for _, folder, _ in runs],
     )
     ids = table.column("prompt_id").to_pylist()
     units = plan_units(list(range(table.num_rows)), key_of=lambda i: ids[i], rows_per_unit=first.rows_per_unit)
@@ -106,7 +111,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = Fals
         run.write(unit, table.take(list(unit.items)))
     sidecars = {}
     for name in runs[0][2].sidecars:
-        parts = [json.loads((folder / name).read_text()) for _, folder, _ in runs if (folder / name).exists()]
+        parts = [read_meta(folder, name) for _, folder, _ in runs if find_meta(folder, name) is not None]
         sidecars[name] = combine_sidecar(parts) if all(isinstance(p, dict) for p in parts) else combine_json(parts)
     summary = combine_json([manifest.summary for _, _, manifest in runs])
     return run.finish(sidecars=sidecars, summary={**summary, "merged_from": [str(f) for _, f, _ in runs]})

@@ -2,10 +2,12 @@
 
 The file has one section per stage (``ingest``, ``generate``, ``score``,
 ``logprobs``, ``build``, ``push``; any subset, always run in that order) whose keys are that
-stage function's keyword arguments, plus two top-level keys::
+stage function's keyword arguments, plus these top-level keys::
 
     workdir: runs/tiny          # required: each stage writes to workdir/<stage>
     model: runs/tiny-llama      # optional: `model` of generate and logprobs
+    executor: ray               # optional: `executor` of generate, score and logprobs (local | ray)
+    ray_address: 10.0.0.1:6379  # optional: their `ray_address` (default $RAY_ADDRESS, else a local Ray)
     ingest:   {source: data.jsonl, format: ranked}
     generate: {n: 4, max_new_tokens: 64}
     logprobs: {}
@@ -25,6 +27,12 @@ Defaults, each replaced by a key given in the section:
   (``scores``, plus ``candidates`` when score read generate's samples); push
   publishes the build output.
 - ``model`` is the top-level ``model``.
+- ``executor`` and ``ray_address`` of generate, score and logprobs are the
+  top-level ones. ingest, build and push always run in this process (they
+  read and write whole tables and load no model: Ray would only add start-up
+  time); an ``executor`` key in their sections is refused. When any stage
+  runs on Ray, one Ray (connected or started) serves every stage of the run;
+  all of them must name the same ``ray_address``.
 
 Two keys fan out: a list in ``logprobs.input_dir`` or ``build.kind`` runs the
 stage once per item, into ``out/<item folder name>`` and ``out/<kind>``. The
@@ -39,16 +47,15 @@ applied before any check. Unknown keys, missing required keys and wrongly
 typed values are ``ConfigError``s naming the file and the section.
 
 Every stage resumes or returns at once when its output is complete, so
-rerunning the same command after a crash continues where it stopped. ``push``
-writes a fresh folder each time, so the run keeps a record next to its output
-(``<out>.push.json``: the push arguments and the source manifest's hash) and
-skips a push whose record matches.
+rerunning the same command after a crash continues where it stopped; ``push``
+keeps a record next to its folder (``<out>.push.json``) for the same purpose.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import contextlib
+import difflib
+import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,11 +63,15 @@ from pathlib import Path
 from typing import Any
 
 from prefpool.core.config import ConfigError, apply_overrides, check_kwargs, coerce, read_yaml
+from prefpool.core.secrets import redact_text
 
 STAGES = ("ingest", "generate", "score", "logprobs", "build", "push")
-TOP_KEYS = ("workdir", "model")
+TOP_KEYS = ("workdir", "model", "executor", "ray_address")
 # Stages whose `model` defaults to the top-level one.
 MODEL_STAGES = ("generate", "logprobs")
+# Stages whose units may run on Ray (`executor`, `workers`, `ray_address`); the others run here.
+RAY_STAGES = ("generate", "score", "logprobs")
+EXECUTOR_KEYS = ("executor", "workers", "ray_address")
 # Build kinds that read a candidates table by default.
 CANDIDATE_KINDS = ("mcpo", "mpo")
 # Build kinds that rank by the score stage's output by default.
@@ -95,17 +106,32 @@ def stage_function(stage: str) -> Callable[..., Any]:
     return fn
 
 
-def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
-    """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments."""
-    unknown = sorted(set(data) - set(TOP_KEYS) - set(STAGES))
+def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None = None) -> list[StageCall]:
+    """Check a pipeline mapping (overrides already applied) and resolve every stage call's arguments.
+
+    ``progress`` (``--progress/--no-progress``): the ``show_progress`` of every stage that has one and
+    whose section does not set it."""
+    unknown = [k for k in data if k not in TOP_KEYS and k not in STAGES]
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; known keys: {', '.join(TOP_KEYS + STAGES)}")
+        known = TOP_KEYS + STAGES
+        named = [
+            f"{k!r}" + (f" (did you mean {n[0]!r}?)" if (n := difflib.get_close_matches(str(k), known, 1)) else "")
+            for k in unknown
+        ]
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise ConfigError(f"{source}: unknown top-level {noun} {', '.join(named)}; known keys: {', '.join(known)}")
     workdir = data.get("workdir")
     if not isinstance(workdir, str) or not workdir:
         raise ConfigError(f"{source}: top-level key 'workdir' (a folder for the stage outputs) is required")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{source}: model: expected a path string, got {model!r}")
+    executor = data.get("executor")
+    if executor is not None and executor not in ("local", "ray"):
+        raise ConfigError(f"{source}: executor: expected local or ray, got {executor!r}")
+    ray_address = data.get("ray_address")
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise ConfigError(f"{source}: ray_address: expected host:port, got {ray_address!r}")
     present = [s for s in STAGES if s in data]
     if not present:
         raise ConfigError(f"{source}: no stage section; give at least one of {', '.join(STAGES)}")
@@ -119,11 +145,23 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
         if not isinstance(section, Mapping):
             raise ConfigError(f"{where}: expected a mapping of {stage} arguments, got {section!r}")
         fn = stage_function(stage)
+        local_only = sorted(set(section) & set(EXECUTOR_KEYS)) if stage not in RAY_STAGES else []
+        if local_only:
+            raise ConfigError(
+                f"{where}: {local_only[0]}: {stage} runs in this process (it reads and writes whole tables and "
+                f"loads no model); only {', '.join(RAY_STAGES)} run on Ray"
+            )
         check_kwargs(fn, section, source=where)
         kw = {k: _expand(v, workdir) for k, v in section.items()}
         kw.setdefault("out", str(root / stage))
         if stage in MODEL_STAGES and model is not None:
             kw.setdefault("model", model)
+        if progress is not None and "show_progress" in inspect.signature(fn).parameters:
+            kw.setdefault("show_progress", progress)
+        if stage in RAY_STAGES:
+            for key, value in (("executor", executor), ("ray_address", ray_address)):
+                if value is not None:
+                    kw.setdefault(key, value)
         stage_calls = _defaults(stage, kw, outputs, where)
         for call in stage_calls:
             _check_call(fn, call, where)
@@ -131,6 +169,12 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str) -> list[StageCall]:
         if stage == "score":  # which table was scored decides what build needs with it
             outputs["score_input"] = [Path(stage_calls[0].kwargs["input_dir"])]
         calls.extend(stage_calls)
+    addresses = {c.kwargs.get("ray_address") for c in calls if c.kwargs.get("executor") == "ray"}
+    if len(addresses) > 1:
+        raise ConfigError(
+            f"{source}: the stages on Ray name different clusters ({', '.join(sorted(map(str, addresses)))}); "
+            "one run uses one Ray: set the top-level ray_address"
+        )
     return calls
 
 
@@ -197,7 +241,6 @@ def _fan_out(stage: str, kw: dict[str, Any], key: str, names: list[str], where: 
 
 def _check_call(fn: Callable[..., Any], call: StageCall, where: str) -> None:
     """Refuse missing required arguments and values of the wrong type, naming the section."""
-    import inspect
 
     hints = typing.get_type_hints(fn)
     for name, param in inspect.signature(fn).parameters.items():
@@ -218,73 +261,51 @@ def _expand(value: Any, workdir: str) -> Any:
     return value
 
 
-def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> list[StageCall]:
+def load_pipeline(path: str | Path, overrides: Sequence[str] = (), *, progress: bool | None = None) -> list[StageCall]:
     """Read ``path``, apply ``section.key=value`` overrides, and plan the stage calls."""
-    return plan_pipeline(apply_overrides(read_yaml(path), overrides), source=str(path))
+    return plan_pipeline(apply_overrides(read_yaml(path), overrides), source=str(path), progress=progress)
 
 
 def run_pipeline(
-    path: str | Path, overrides: Sequence[str] = (), *, log: Callable[[str], None] | None = print
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    log: Callable[[str], None] | None = print,
+    progress: bool | None = None,
 ) -> list[tuple[StageCall, Any]]:
     """Run the stages of ``path`` in order; ``log`` gets each stage's one-line summary.
 
     Every call is planned and checked before the first stage runs, so a typo in
     the last section fails at once. Returns ``(call, summary)`` per stage call.
     """
-    calls = load_pipeline(path, overrides)
+    calls = load_pipeline(path, overrides, progress=progress)
     results = []
-    for call in calls:
-        if call.stage == "push":
-            summary, line = _push(call.kwargs)
-        else:
-            summary = stage_function(call.stage)(**call.kwargs)
-            line = summary.line()
-        if log is not None:
-            log(line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1))
-        results.append((call, summary))
+    with _one_ray(calls):
+        for call in calls:
+            if call.stage == "push":
+                summary, line = _push(call.kwargs)
+            else:
+                summary = stage_function(call.stage)(**call.kwargs)
+                line = summary.line()
+            if log is not None:
+                shown = line if call.label == call.stage else line.replace(f"{call.stage}:", f"{call.label}:", 1)
+                log(redact_text(shown))
+            results.append((call, summary))
     return results
 
 
-def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
-    """Run push unless its record says this exact push is done; replace only a folder it made."""
-    from prefpool.pipeline.io.atomic import write_json
-    from prefpool.pipeline.io.manifest import MANIFEST_NAME, file_sha256
-    from prefpool.pipeline.push import PushSummary, push
+def _one_ray(calls: list[StageCall]):
+    """A scope in which the Ray the first Ray stage starts serves the later ones (shut down at its end)."""
+    if not any(c.kwargs.get("executor") == "ray" for c in calls):
+        return contextlib.nullcontext()
+    from prefpool.pipeline.executors.ray import ray_scope
 
-    out = Path(kwargs["out"])
-    record_path = out.with_name(out.name + ".push.json")
-    manifest = Path(kwargs["source"]) / MANIFEST_NAME
-    wanted = {
-        "arguments": {k: str(v) for k, v in sorted(kwargs.items())},
-        "source_manifest_sha256": file_sha256(manifest) if manifest.exists() else None,
-    }
-    record = json.loads(record_path.read_text()) if record_path.exists() else None
-    if record is not None and record.get("complete") and record.get("push") == wanted and out.exists():
-        s = record["summary"]
-        summary = PushSummary(out, s["files"], s["rows"], s["uploaded"], s["repo_id"])
-        return summary, f"push: up to date, {summary.rows} rows in {len(summary.files)} files -> {out}"
-    if record is None and out.exists() and any(out.iterdir()):
-        push(**kwargs)  # refuses the non-empty folder it did not make, with push's own message
-    # From here the folder is ours: mark it before touching it, so a crash leaves it replaceable.
-    write_json(record_path, {"complete": False, "push": wanted})
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    summary = push(**{**kwargs, "out": staging})
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    summary = PushSummary(out, summary.files, summary.rows, summary.uploaded, summary.repo_id)
-    write_json(
-        record_path,
-        {
-            "complete": True,
-            "push": wanted,
-            "summary": {
-                "files": summary.files,
-                "rows": summary.rows,
-                "uploaded": summary.uploaded,
-                "repo_id": summary.repo_id,
-            },
-        },
-    )
-    where = f"uploaded to {summary.repo_id}" if summary.uploaded else f"written to {out}"
-    return summary, f"push: {summary.rows} rows in {len(summary.files)} files, {where}"
+    return ray_scope()
+
+
+def _push(kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """Run push; it keeps its own record next to its folder, so a rerun of the same push is a no-op."""
+    from prefpool.pipeline.push import push
+
+    summary = push(**kwargs)
+    return summary, summary.line()

@@ -13,27 +13,39 @@ scoring the chat-templated conversation. The scorer's identity (function name
 and source hash, or weights/tokenizer hashes) is the run's config, so it is in
 the manifest and another scorer over the same output is refused.
 
-A score that is not a finite real number is an error naming the prompt_id,
-completion_id and input folder. ``build --scores`` ranks by this table.
+A score that is not a finite real number, or a reward function that raises,
+is an error naming the prompt_id, completion_id and input folder (exit code 2;
+``--debug`` shows the function's traceback). ``build --scores`` ranks by this table.
+
+Executors: ``executor="ray"`` scores the units on Ray actors (one CPU each;
+a reward model is loaded once per actor); the reward function travels to the
+actors with the scorer (a function from a ``.py`` path by value, one from an
+importable module by name: the module must be importable on every node).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer
-from prefpool.pipeline.io.completions import distinct_completions, read_completion_table
-from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer, checked_score
+from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
+from prefpool.pipeline.io.completions import (
+    TEXT_COLUMNS,
+    distinct_completions,
+    prompt_locations,
+    read_completion_table,
+)
+from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
-from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.model.device import resolve_device
 
 STAGE = "score"
 ROWS_PER_UNIT = 1024
@@ -70,7 +82,11 @@ def score(
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
+    device: str = "auto",
     show_progress: bool | None = None,
+    executor: ExecutorName = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> ScoreSummary:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`).
 
@@ -79,15 +95,21 @@ def score(
 
     Args:
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
-        out: Output folder (scores shards, manifest.json, report.json).
+        out: Output folder (scores shards; manifest.json and report.json in its .prefpool/).
         reward_fn: module:function or path/file.py:function; called as f(prompt messages, completion) -> float.
-        reward_model: A one-label sequence-classification model folder (save_pretrained).
+        reward_model: A one-label sequence-classification model: a local folder (save_pretrained), a .gguf file or a
+            Hub id (from the local HF cache when there).
         batch_size: Reward model: sequences per forward pass; does not change values.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
         overwrite: Replace an existing output made with another scorer.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
-        show_progress: Progress bar on stderr; default: when stderr is a terminal.
+        device: Reward model: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps; not in the identity.
+        show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
+        executor: Where the units run: local (this process) | ray (Ray actors, each loading the scorer once; this
+            process writes every shard). Does not change the rows.
+        workers: ray: number of actors. Default: as many as the cluster's CPUs hold.
+        ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
     if (reward_fn is None) == (reward_model is None):
@@ -97,9 +119,13 @@ def score(
     if batch_size < 1:
         raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
     spec = ShardSpec.parse(shard)
-    scorer = _scorer(reward_fn, reward_model, batch_size)
+    device = resolve_device(device)
+    pool = make_executor(executor, workers=workers, address=ray_address)
+    scorer = _scorer(reward_fn, reward_model, batch_size, device)
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
+    locations = prompt_locations(input_dir)
+    column = TEXT_COLUMNS[in_schema]
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
     run = StageRun(
         out,
@@ -111,18 +137,19 @@ def score(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
         model=scorer.identity,
+        sources=[input_dir],
     )
     todo = run.pending(units)
     computed = 0
-    with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress) as advance:
-        for unit in todo:
-            values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items])
-            rows = []
-            for (pid, cid, _, _), value in zip(unit.items, values, strict=True):
-                rows.append({"prompt_id": pid, "completion_id": cid, "score": _checked(value, pid, cid, input_dir)})
-            run.write(unit, pa.Table.from_pylist(rows, schema=SCORES))
-            computed += len(rows)
-            advance(len(rows))
+    with progress(STAGE, sum(len(u.items) for u in todo), enabled=show_progress, units=len(todo)) as bar:
+
+        def write(unit: Unit, table: pa.Table) -> None:
+            nonlocal computed
+            run.write(unit, table)
+            computed += table.num_rows
+            bar.unit_done()
+
+        pool.map(ScoreTask(scorer, locations, column), todo, write, advance=bar)
     summary = {"rows": len(pairs), "input_schema": in_schema}
     run.finish(sidecars={"report.json": {**summary, "scorer": scorer.identity}}, summary={"rows": len(pairs)})
     return ScoreSummary(
@@ -130,24 +157,47 @@ def score(
     )
 
 
-def _scorer(reward_fn, reward_model, batch_size):
+@dataclass(frozen=True)
+class ScoreTask:
+    """A unit of (prompt_id, completion_id, prompt, text) -> its scores table; the scorer loads once per worker.
+
+    ``locations`` (prompt_id -> the input file and row of its prompt) and ``column`` name a completion in
+    an error raised on a worker as a local run names it."""
+
+    scorer: FunctionScorer | RewardModelScorer
+    locations: dict
+    column: str
+    needs: WorkerNeeds = WorkerNeeds()  # the reward model scores on the CPU
+
+    def load(self):
+        self.scorer.load()
+        return partial(score_unit, scorer=self.scorer, locations=self.locations, column=self.column)
+
+
+def score_unit(unit: Unit, advance: Advance, *, scorer, locations: dict, column: str) -> pa.Table:
+    """The scores table of one unit; ``advance`` by its rows at the end."""
+    where = [_where(pid, cid, locations, column) for pid, cid, _, _ in unit.items]
+    values = scorer.score([(prompt, text) for _, _, prompt, text in unit.items], where)
+    rows = []
+    for (pid, cid, _, _), value, label in zip(unit.items, values, where, strict=True):
+        rows.append({"prompt_id": pid, "completion_id": cid, "score": checked_score(value, label)})
+    advance(len(rows))
+    return pa.Table.from_pylist(rows, schema=SCORES)
+
+
+def _scorer(reward_fn, reward_model, batch_size, device):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
-    from transformers import AutoTokenizer
-
     from prefpool.pipeline.model.cache_key import weights_hash
+    from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
-    if not Path(reward_model).is_dir():
-        raise PipelineConfigError(f"reward model {reward_model}: not a local model folder (save_pretrained layout)")
-    weights = weights_hash(reward_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(reward_model))
-    return RewardModelScorer(reward_model, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer)
+    source = check_model(reward_model, what="reward_model")
+    weights = weights_hash(source, what="reward_model")
+    tokenizer = load_tokenizer(source, what="reward_model")
+    return RewardModelScorer(source, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer, device=device)
 
 
-def _checked(value: object, pid: str, cid: str, input_dir) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise PipelineInputError(
-            f"score is {value!r} for prompt_id {pid}, completion_id {cid} (a score must be a finite real number)",
-            file=input_dir,
-        )
-    return float(value)
+def _where(pid: str, cid: str, locations: dict, column: str) -> str:
+    """Where a completion is, for error messages: its ids, and the file, row and column of its prompt's row."""
+    file, row = locations[pid]
+    return f"prompt_id {pid}, completion_id {cid} ({file}, row {row} (0-based), column {column!r})"

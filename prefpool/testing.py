@@ -247,3 +247,139 @@ def build_tiny_llama(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# transformers' Llama parameter -> llama.cpp's GGUF tensor name (per layer, after "model.layers.N.")
+_GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_GGUF_TOP_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def _llama_cpp_permute(weight, heads: int):
+    """llama.cpp stores q/k rows interleaved per rotary pair; transformers' GGUF loader undoes this."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
+def write_tiny_gguf(model_dir: str | Path, path: str | Path) -> Path:
+    """Write a ``build_tiny_llama`` folder as an unquantized (F32) llama.cpp GGUF file at ``path``.
+
+    The file holds what a real GGUF does: the config as ``llama.*`` metadata, the
+    byte-level BPE vocabulary and merges (``tokenizer.ggml.*``, special tokens as
+    control tokens), the chat template, and the tensors under llama.cpp's names.
+    ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)`` gives back the
+    same weights and the tokenizer the same token ids, so a test can check that a
+    ``.gguf`` model scores exactly as its folder does. Needs the ``gguf`` package.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    folder, path = Path(model_dir), Path(path)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    rope = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(folder.name)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(config["head_dim"])
+    writer.add_rope_freq_base(float(rope))
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    rows = state["model.embed_tokens.weight"].shape[0]  # may exceed the tokenizer's size: unused ids
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    special = set(tokenizer.all_special_ids)
+    tokens = [by_id.get(i, f"<|unused{i}|>") for i in range(rows)]
+    types = [
+        gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+        for i in range(rows)
+    ]
+    merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)  # the chat template writes bos
+    writer.add_chat_template(tokenizer.chat_template)
+
+    for name, tensor in state.items():
+        array = tensor.float().numpy()
+        if name in _GGUF_TOP_NAMES:
+            gguf_name = _GGUF_TOP_NAMES[name]
+        else:
+            layer, rest = name.split(".")[2], ".".join(name.split(".")[3:])
+            gguf_name = f"blk.{layer}.{_GGUF_LAYER_NAMES[rest]}"
+            if rest == "self_attn.q_proj.weight":
+                array = _llama_cpp_permute(array, heads)
+            elif rest == "self_attn.k_proj.weight":
+                array = _llama_cpp_permute(array, kv_heads)
+        writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def cache_as_hub_model(model_dir: str | Path, repo_id: str, cache_dir: str | Path, *, revision: str = "main") -> Path:
+    """Put a model folder into ``cache_dir`` exactly as ``huggingface_hub`` lays out a download; return the snapshot.
+
+    ``models--OWNER--NAME/blobs/<sha256>`` holds each file's bytes,
+    ``snapshots/<commit>/<file>`` links to its blob and ``refs/<revision>``
+    names the commit, so ``snapshot_download(repo_id, local_files_only=True)``
+    (and ``from_pretrained(repo_id)`` offline) find it with no network: a Hub id
+    that tests can use. The commit is a hash of the files, so the same folder
+    gives the same snapshot.
+    """
+    import hashlib
+    import os
+    import shutil
+
+    source, cache = Path(model_dir), Path(cache_dir)
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in source.iterdir() if p.is_file())
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    commit = hashlib.sha1("".join(f"{n}:{d}\n" for n, d in digests.items()).encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        blob = repo / "blobs" / digests[path.name]
+        if not blob.exists():
+            shutil.copyfile(path, blob)
+        link = snapshot / path.name
+        if not link.is_symlink():
+            os.symlink(os.path.relpath(blob, snapshot), link)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot

@@ -94,7 +94,9 @@ def test_user_error_exits_2_without_traceback_and_debug_shows_it(tmp_path):
     debug = subprocess.run(
         [sys.executable, "-m", "prefpool", "--debug", *args], capture_output=True, text=True, timeout=120
     )
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "PipelineInputError" in debug.stderr
+    # --debug adds the traceback; a user error still exits 2, as the option's help says
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "PipelineInputError" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("error: ")
 
 
 def test_a_programming_error_keeps_its_traceback(tmp_path, monkeypatch):
@@ -135,3 +137,18 @@ def test_engine_args_json_is_parsed_and_checked(tmp_path):
     result = CliRunner().invoke(app, ["logprobs", str(tmp_path), "-m", "m", "-o", "o", "--engine-args", "[1]"])
     assert result.exit_code == 2 and "must be a JSON object" in result.output
     assert json.loads('{"a": 1}') == {"a": 1}
+
+
+def test_out_is_a_folder_in_every_command_and_its_help_says_what_lands_inside():
+    ctx = click.Context(app)
+    for name in COMMANDS:
+        for param in app.get_command(ctx, name).params:
+            if isinstance(param, click.Option) and "--out" in param.opts:
+                assert param.help.startswith(("Output folder", "Report folder")), (name, param.help)
+
+
+def test_progress_flags_on_every_command_that_reports_progress():
+    ctx = click.Context(app)
+    for name in ("ingest", "generate", "score", "logprobs", "run", "train", "online"):
+        flags = [p for p in app.get_command(ctx, name).params if "--progress" in getattr(p, "opts", [])]
+        assert flags and flags[0].secondary_opts == ["--no-progress"], name

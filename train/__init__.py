@@ -6,7 +6,8 @@
   tokenized once, batches), ``cache_check``, ``objective`` (a micro-batch's loss for any kind, step-0
   values), ``metrics``, ``card`` and ``trainer`` (``train(config)``).
 - ``evaluate`` / ``eval_ranking`` / ``eval_samples`` (``prefpool eval``), ``plot``, ``online``
-  (OnMC-PO), ``trl_plugin`` (MC-PO and MPO inside TRL's ``DPOTrainer``).
+  (OnMC-PO), ``trl_plugin`` (TRL's DPO losses, MC-PO and MPO inside TRL's ``DPOTrainer``, on the cached
+  reference log-probs).
 
 Policy log-probs come from ``prefpool.pipeline.model.scoring``, the same function the ``logprobs``
 stage uses, so cached reference values and the policy's agree at step 0.

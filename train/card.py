@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from prefpool.pipeline.io.manifest import Manifest
+from prefpool.core.secrets import redact
+from prefpool.pipeline.kinds.source import TableSource
 
 from .config import TrainConfig
 
 
-def _examples_source(manifest: Manifest) -> str:
-    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
-    config = inputs.get("examples", {}).get("identity", {}).get("config", {})
-    return str(config.get("source") or config.get("path") or "unknown")
-
-
-def model_card(cfg: TrainConfig, manifest: Manifest, summary: dict, cache: dict) -> str:
+def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict) -> str:
     """YAML front matter, then what was trained on what, with which loss and settings."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")}
+    settings = redact({k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")})
     lines = [
         "---",
         f"library_name: {'peft' if cfg.lora_r else 'transformers'}",
@@ -30,18 +25,18 @@ def model_card(cfg: TrainConfig, manifest: Manifest, summary: dict, cache: dict)
         "",
         f"# {cfg.loss.upper()} policy trained with prefpool",
         "",
-        f"Initial policy: `{cfg.model}`. Trained with `prefpool train` on the `{manifest.identity.schema}` "
-        f"table `{cfg.data}` ({manifest.total_rows} rows) against cached reference log-probs; no reference "
+        f"Initial policy: `{cfg.model}`. Trained with `prefpool train` on the `{table.kind}` "
+        f"table `{table.label}` ({table.rows} rows) against cached reference log-probs; no reference "
         "model was held during training.",
         "",
         "## Data",
         "",
-        f"- examples source: `{_examples_source(manifest)}`",
-        f"- build config: `{json.dumps(manifest.identity.config, sort_keys=True)}`",
+        f"- examples source: `{table.examples_source}`",
+        f"- build config: `{json.dumps(table.config, sort_keys=True)}`",
         f"- reference cache: weights sha256 `{cache.get('weights_sha256')}`, tokenizer/template sha256 "
         f"`{cache.get('tokenizer_sha256')}`, max_length {cache.get('max_length')}, "
         f"truncation `{cache.get('truncation')}`, dtype `{cache.get('dtype')}`",
-        f"- build provenance: `{json.dumps(manifest.provenance, sort_keys=True)}`",
+        f"- build provenance: `{json.dumps(table.provenance, sort_keys=True)}`",
         "",
         "## Training",
         "",

@@ -2,16 +2,22 @@
 
 Load with ``prefpool.core.config.load_config(TrainConfig, path, overrides)``; unknown
 keys and wrongly typed values are errors. ``check()`` adds the cross-field rules.
+TRL ``DPOConfig`` names are accepted where they mean the same (``ALIASES``, from ``trl_names``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from prefpool.core.config import Alias
 from prefpool.core.errors import ConfigError
 from prefpool.losses import LOSSES, MCPO_KERNELS
 from prefpool.pipeline.kinds import get_kind, kind_for_loss
+from prefpool.pipeline.model.device import resolve_device
+
+from .trl_names import TRL_ALIASES
 
 # Trackers `report_to` accepts: accelerate's names for those prefpool sets up (log dir, offline mode).
 TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
@@ -25,9 +31,25 @@ def _help(text: str) -> dict:
 class TrainConfig:
     """Settings of one training run. Paths are local folders."""
 
-    model: str = field(metadata=_help("Initial policy: a local save_pretrained folder (model + tokenizer)."))
-    data: str = field(metadata=_help("A `build` output folder (pairwise, mcpo or mpo table)."))
+    # TRL DPOConfig / ModelConfig names -> these keys (or refused with what prefpool does instead)
+    ALIASES: ClassVar[Mapping[str, Alias]] = TRL_ALIASES
+
+    model: str = field(
+        metadata=_help(
+            "Initial policy: a local save_pretrained folder (model + tokenizer), a .gguf file, or a Hub id "
+            "(from the local HF cache when there)."
+        )
+    )
+    data: str = field(
+        metadata=_help(
+            "The table: a `build` output folder (pairwise, mcpo or mpo), a folder `prefpool push` wrote, or a Hub "
+            "dataset id it was pushed to (offline: from the local HF cache)."
+        )
+    )
     output_dir: str = field(metadata=_help("Where metrics.jsonl, checkpoints/ and the final model go."))
+    data_split: str | None = field(
+        default=None, metadata=_help("Split of a pushed folder or Hub id; null = its only split, else train.")
+    )
 
     loss: Literal["dpo", "ipo", "simpo", "mcpo", "mpo"] = field(
         default="dpo", metadata=_help("Loss name from prefpool.losses.LOSSES; must fit the table kind.")
@@ -35,7 +57,12 @@ class TrainConfig:
     beta: float = field(default=0.1, metadata=_help("KL strength (dpo/ipo/mcpo/mpo) or reward scale (simpo)."))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo/simpo: assumed label-flip probability, [0, 0.5)."))
     gamma: float = field(default=1.0, metadata=_help("simpo: target reward margin."))
-    tau: float = field(default=0.0, metadata=_help("mpo: weight of the NLL on reference samples (0 skips them)."))
+    tau: float = field(
+        default=0.0,
+        metadata=_help(
+            "mpo: weight of the mean NLL of the reference samples (0 skips them); eq. 33 read literally: 2 x its tau."
+        ),
+    )
     kernel: Literal["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"] = field(
         default="sample",
         metadata=_help(
@@ -55,6 +82,9 @@ class TrainConfig:
     lr: float = field(default=1e-6, metadata=_help("Peak learning rate."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     warmup_steps: int = field(default=0, metadata=_help("Linear warmup from 0 to lr, then linear decay to 0."))
+    warmup_ratio: float = field(
+        default=0.0, metadata=_help("Warmup as a fraction of the run's steps, [0, 1); used when warmup_steps is 0.")
+    )
     max_grad_norm: float | None = field(
         default=1.0, metadata=_help("Clip the global gradient norm; null = no clipping.")
     )
@@ -101,6 +131,12 @@ class TrainConfig:
             "Policy log-probs from: hidden = the last hidden states, the LM head run in tiles over the completion "
             "positions only (no (B, T, V) logits) | logits = the model's full logits | auto = hidden where the "
             "model's head is a plain linear layer that matches the model's own logits, else logits."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto",
+        metadata=_help(
+            "auto: each process on its GPU when there are GPUs (accelerate's placement), else the CPU | cpu | cuda."
         ),
     )
     score_max_tokens: int = field(default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch."))
@@ -150,7 +186,20 @@ class TrainConfig:
     save_total_limit: int | None = field(default=None, metadata=_help("Keep only the newest N checkpoints."))
     resume: bool = field(default=False, metadata=_help("Continue from the newest checkpoint in output_dir."))
     resume_from: str | None = field(default=None, metadata=_help("Continue from this checkpoint folder."))
-    progress: bool | None = field(default=None, metadata=_help("Progress bar on stderr; null = when it is a terminal."))
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "Replace a finished (or unfinished) run in output_dir with other settings; the old one is "
+            "kept until the new run has finished. The same settings again are a no-op."
+        ),
+    )
+    progress: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Progress on stderr: null or true = a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS "
+            "(30) seconds; false = none."
+        ),
+    )
 
     def check(self) -> None:
         """Cross-field checks that do not need the data (the table kind is checked later)."""
@@ -166,6 +215,9 @@ class TrainConfig:
         for name in ("lr", "warmup_steps", "save_steps", "nll_alpha", "tau", "step0_tolerance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        resolve_device(self.device, what="device")  # cuda asked for on a machine without it: an error here
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ConfigError(
                 f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "

@@ -32,20 +32,25 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import TokenPair
 from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.kinds import Example, PairBatch, PoolBatch, train_kind
 
-__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row"]
+__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row", "prompts_of"]
 
 
-def decoded_rows(folder: str | Path, kind: str) -> list[TableRow]:
-    """Every row of the ``kind`` build table in ``folder``, decoded by the kind's spec."""
-    decode = train_kind(kind).table.decode
-    return [decode(row) for row in read_table(folder, schema=kind).to_pylist()]
+def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> list[TableRow]:
+    """Every row of the build table ``data`` (a folder, a pushed folder, a Hub id or an opened
+    ``TableSource``), decoded by its kind's spec; ``kind`` given: the table must be of that kind."""
+    table = open_table(data)
+    if kind is not None and table.kind != kind:
+        raise PipelineInputError(f"holds a {table.kind!r} table, expected {kind!r}", file=table.label)
+    decode = train_kind(table.kind).table.decode
+    return [decode(row) for row in table.read().to_pylist()]
 
 
 def encode_row(
@@ -100,6 +105,17 @@ def length_grouped(order: Sequence[int], widths: Sequence[int], step_rows: int, 
     return out + list(order[whole:])
 
 
+def prompts_of(data: str | Path | TableSource, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
+    """Distinct ``(prompt_id, prompt)`` of a build table (a folder, a pushed folder, a Hub id or an opened
+    ``TableSource``), in table (prompt_id) order."""
+    seen, out = set(), []
+    for row in open_table(data).read().select(["prompt_id", "prompt"]).to_pylist():
+        if row["prompt_id"] not in seen:
+            seen.add(row["prompt_id"])
+            out.append((row["prompt_id"], row["prompt"]))
+    return out if max_prompts is None else out[:max_prompts]
+
+
 class TrainingTable:
     """Rows of a ``build`` output, tokenized once with the cache's settings."""
 
@@ -121,7 +137,8 @@ class TrainingTable:
                     cache=encoded,
                 )
             except CacheMismatchError as exc:
-                raise CacheMismatchError(f"{folder}: {exc}") from None
+                label = folder.label if isinstance(folder, TableSource) else folder
+                raise CacheMismatchError(f"{label}: {exc}") from None
             self.examples.append(Example(answers, tuple(a.ref_logp for a in row.answers), row.label, samples))
 
     def __len__(self) -> int:

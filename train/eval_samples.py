@@ -11,30 +11,20 @@ or loses (0) against the reference's sample of the same index, by the reward.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 from prefpool.core.errors import ConfigError
 from prefpool.pipeline.engines.generation import Request, load_engine
 from prefpool.pipeline.engines.sampling import sample_seed
+from prefpool.pipeline.engines.scorers import call_reward, checked_score, load_reward_fn
 from prefpool.pipeline.generate import resolve_params
 from prefpool.pipeline.model.info import load_model_info
+from prefpool.pipeline.model.source import ModelSource, resolve_model
+
+from .data import prompts_of
 
 RewardFn = Callable[[list[dict], str], float]
-
-
-def load_reward_fn(spec: str | RewardFn) -> RewardFn:
-    """``"package.module:function"`` -> the function (a callable is returned as is)."""
-    if callable(spec):
-        return spec
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ConfigError(f"reward_fn: expected 'module:function', got {spec!r}")
-    fn = getattr(importlib.import_module(module), name, None)
-    if not callable(fn):
-        raise ConfigError(f"reward_fn: {spec!r} is not a callable")
-    return fn
 
 
 def sample_texts(
@@ -48,9 +38,12 @@ def sample_texts(
     top_p: float | None,
     device: str = "cpu",
     batch_size: int = 16,
+    what: str = "model",
 ) -> tuple[list[list[str]], dict]:
-    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used."""
-    info = load_model_info(model)
+    """``num_samples`` completions per prompt from ``model``, and the sampling parameters used.
+
+    ``model``: a folder, a .gguf file or a Hub id (``source.resolve_model``); ``what`` names it in errors."""
+    info = load_model_info(model, what=what)
     params, record = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     requests = [
         Request(tuple(info.render(messages)), sample_seed(seed, pid, i))
@@ -65,10 +58,10 @@ def sample_texts(
 
 def sample_metrics(
     model: str | Path,
-    data: str | Path,
+    data,  # a build table: folder, pushed folder, Hub id or TableSource
     *,
     reward_fn: str | RewardFn,
-    ref_model: str | Path | None = None,
+    ref_model: str | Path | ModelSource | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
@@ -78,11 +71,9 @@ def sample_metrics(
     device: str = "cpu",
 ) -> dict:
     """Mean reward of ``model``'s samples on the table's prompts; with ``ref_model`` also the win-rate."""
-    from .evaluate import prompts_of
-
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
-    fn = load_reward_fn(reward_fn)
+    fn, name = load_reward_fn(reward_fn)
     prompts = list(prompts_of(data, max_prompts))
     kwargs = {
         "num_samples": num_samples,
@@ -93,11 +84,18 @@ def sample_metrics(
         "device": device,
     }
 
-    def rewards(texts: list[list[str]]) -> list[list[float]]:
-        return [[float(fn(messages, t)) for t in row] for (_, messages), row in zip(prompts, texts, strict=True)]
+    def rewards(texts: list[list[str]], who: str | Path) -> list[list[float]]:
+        out = []
+        for (pid, messages), row in zip(prompts, texts, strict=True):
+            values = []
+            for i, text in enumerate(row):
+                where = f"prompt_id {pid}, sample {i} of {who} (prompts of {data})"
+                values.append(checked_score(call_reward(fn, name, messages, text, where=where), where))
+            out.append(values)
+        return out
 
     texts, record = sample_texts(model, prompts, **kwargs)
-    policy = rewards(texts)
+    policy = rewards(texts, model)
     flat = [r for row in policy for r in row]
     out = {
         "num_prompts": len(prompts),
@@ -107,12 +105,12 @@ def sample_metrics(
         "mean_reward": sum(flat) / len(flat),
     }
     if ref_model is not None:
-        ref = rewards(sample_texts(ref_model, prompts, **kwargs)[0])
+        ref = rewards(sample_texts(ref_model, prompts, **kwargs, what="ref_model")[0], ref_model)
         ref_flat = [r for row in ref for r in row]
         scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
         out.update(
             {
-                "ref_model": str(ref_model),
+                "ref_model": resolve_model(ref_model).given,
                 "ref_mean_reward": sum(ref_flat) / len(ref_flat),
                 "win_rate": sum(scores) / len(scores),
             }

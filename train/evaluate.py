@@ -3,9 +3,22 @@
 The reference log-probs come from the table (cached by the ``logprobs`` stage);
 the model's are computed here without gradient by ``scoring.score_pairs`` on
 the tokens of ``encode_pair`` with the same ``max_length`` as the cache (read
-from the table's manifest chain), so both sides score exactly the same tokens.
-Each pair's token count is checked against the cached one: a mismatch means a
-different tokenizer, chat template or max length, and the metrics would be wrong.
+from the table's reference cache: the manifest chain of a build folder, or a
+pushed table's card), so both sides score exactly the same tokens. ``data`` is a
+build folder, a folder ``prefpool push`` wrote or the Hub id it was pushed to
+(``pipeline.kinds.source``).
+Before any scoring, the cache key is checked as ``train`` checks it
+(``cache_check``): the model's tokenizer and chat template, ``max_length``,
+truncation and dtype must be the cache's, else the log-ratios would compare
+different token sequences and the metrics would be silently wrong. When the
+model's weights are the cache's (the reference itself), every log-ratio must be
+0: the step-0 comparison runs (``step0_max_abs_diff`` in the result). Each
+pair's token count is also checked against the cached one.
+
+``out``: the JSON result, written atomically; it records the evaluation's
+identity (model and table hashes, settings), so the same evaluation again is a
+no-op returning the stored result, and another one over it is refused unless
+``overwrite``.
 
 Metrics and the tie rule are in ``eval_ranking``; beta scales the margins only.
 Optionally (``reward_fn``) also the mean reward of fresh samples and their
@@ -16,58 +29,68 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from prefpool.core.errors import ConfigError
+from prefpool.core.errors import ConfigError, OutputExistsError
+from prefpool.core.outputs import check_file, writing
+from prefpool.pipeline.engines.logprob_engines import DTYPES
+from prefpool.pipeline.engines.scorers import FunctionScorer
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.manifest import load_manifest
-from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.manifest import read_json_file
+from prefpool.pipeline.io.out_folder import file_in_folder
 from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.kinds.source import TableSource, open_table
+from prefpool.pipeline.model.cache_key import weights_hash
+from prefpool.pipeline.model.device import resolve_device
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
 from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
+from .cache_check import cache_parts, check_cache, check_step0
 from .data import decoded_rows, encode_row
 from .kinds import TRAIN_KINDS
 
-
-def cache_max_length(data: str | Path) -> int:
-    """The ``max_length`` the table's reference log-probs were computed with.
-
-    Read from the build manifest's inputs: every ``logprobs`` input records its
-    cache components; they must agree (build already refuses mixed cache keys).
-    """
-    manifest = load_manifest(data)
-    if manifest is None:
-        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
-    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
-    found = set()
-    for lp in inputs.get("logprobs") or []:
-        try:
-            found.add(int(lp["identity"]["config"]["cache"]["max_length"]))
-        except (KeyError, TypeError):
-            continue
-    if len(found) != 1:
-        what = "no logprobs input with a cache max_length" if not found else f"several: {sorted(found)}"
-        raise PipelineInputError(f"cannot tell the reference cache's max_length ({what}); pass max_length", file=data)
-    return found.pop()
+KINDS = tuple(TRAIN_KINDS)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _table(data: str | Path | TableSource, split: str | None = None) -> TableSource:
+    """A training table (pairwise, mcpo or mpo): a build folder, a pushed folder or a Hub id (default split:
+    the only one, else test)."""
+    table = open_table(data, split=split, default_split="test")
+    if table.kind not in KINDS:
+        raise PipelineInputError(f"holds a {table.kind!r} table; evaluate takes {', '.join(KINDS)}", file=table.label)
+    return table
 
 
-def _load(model, tokenizer, device: str):
+def cache_max_length(data: str | Path | TableSource) -> int:
+    """The ``max_length`` the table's reference log-probs were computed with (from its reference cache)."""
+    return int(cache_parts(_table(data))["max_length"])
+
+
+EVAL_FILE = "eval.json"  # what `eval --out FOLDER` writes into FOLDER
+
+
+def _load(model, tokenizer, device: str, dtype: str):
+    """The model in the cache's dtype, and its tokenizer (the folder's, unless one is given)."""
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
-            raise ValueError("tokenizer: required when model is a module, not a folder")
+            raise ConfigError("tokenizer: required when model is a module, not a folder")
         return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    source = check_model(model)
+    tok = tokenizer or load_tokenizer(source)
+    return source.causal_lm(DTYPES[dtype]).to(device), tok
 
-    tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
-    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).to(device), tok
+
+def _dtype_of(module: torch.nn.Module) -> str:
+    return str(next(module.parameters()).dtype).removeprefix("torch.")
+
+
+def eval_file(out: str | Path) -> Path:
+    """``OUT/eval.json`` (``out``: a folder, or a new folder's name)."""
+    return file_in_folder(out, EVAL_FILE, command="eval")
 
 
 def table_logratios(
@@ -96,26 +119,49 @@ def table_logratios(
 def ranking_metrics(
     model: torch.nn.Module,
     tokenizer,
-    data: str | Path,
+    data: str | Path | TableSource,
     *,
     max_length: int | None = None,
     beta: float = 0.1,
     tie_atol: float = 1e-4,
     max_tokens: int = 16384,
+    model_path: str | Path | None = None,
+    step0_tolerance: float = 1e-3,
 ) -> dict:
-    """Ranking metrics of ``model`` on the build table in ``data`` (see the module docstring)."""
-    manifest = load_manifest(data)
-    if manifest is None:
-        raise PipelineInputError("no manifest.json: not a finished build output", file=data)
-    kind = manifest.identity.schema
-    if kind not in TRAIN_KINDS:
-        raise PipelineInputError(f"holds a {kind!r} table; evaluate takes {', '.join(TRAIN_KINDS)}", file=data)
+    """Ranking metrics of ``model`` on the build table ``data`` (see the module docstring).
+
+    ``model_path``: the folder ``model`` was loaded from; its weights hash decides whether the model is
+    the reference (then the step-0 comparison runs). None (a module built in memory): it does not run.
+    """
+    table = _table(data)
+    kind = table.kind
+    parts = cache_parts(table)
     if max_length is None:
-        max_length = cache_max_length(data)
-    rows = decoded_rows(data, kind)
+        max_length = int(parts["max_length"])
+    is_reference = check_cache(
+        parts,
+        model=model_path,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        truncation="completion",
+        dtype=_dtype_of(model),
+        reference_is_policy_init=None,
+    )
+    rows = decoded_rows(table)
     ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
+    step0 = None
+    if is_reference:  # the reference itself: every log-ratio must be 0
+        step0 = float(torch.cat(ratios).abs().max())
+        check_step0(step0, step0_tolerance, data=table.label, model=model_path)
     metrics = TRAIN_KINDS[kind].ranking(ratios, beta=beta, tie_atol=tie_atol)
-    return {"kind": kind, "max_length": max_length, "beta": beta, "tie_atol": tie_atol, **metrics}
+    return {
+        "kind": kind,
+        "max_length": max_length,
+        "beta": beta,
+        "tie_atol": tie_atol,
+        "step0_max_abs_diff": step0,
+        **metrics,
+    }
 
 
 def evaluate(
@@ -123,6 +169,7 @@ def evaluate(
     data: str | Path,
     *,
     tokenizer=None,
+    split: str | None = None,
     max_length: int | None = None,
     beta: float = 0.1,
     tie_atol: float = 1e-4,
@@ -136,52 +183,102 @@ def evaluate(
     top_p: float | None = None,
     seed: int = 0,
     max_prompts: int | None = None,
-    device: str | None = None,
+    device: str = "auto",
+    step0_tolerance: float = 1e-3,
+    overwrite: bool = False,
 ) -> dict:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate).
 
-    ``model`` is a local folder, or a module given with ``tokenizer``. Returns
-    (and writes to ``out`` as JSON, atomically) ``{"ranking": {...}}`` plus
+    ``model`` is a local folder, a ``.gguf`` file, a Hub id, or a module given
+    with ``tokenizer``. Returns (and writes to ``out/eval.json``, atomically)
+    ``{"ranking": {...}}`` plus
     ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
     (needs ``model`` and ``ref_model`` as folders).
 
     Args:
-        model: Policy: a local save_pretrained folder.
-        data: A held-out `build` output folder (pairwise, mcpo or mpo).
+        model: Policy: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there).
+        data: A held-out `build` output folder (pairwise, mcpo or mpo), a folder `prefpool push` wrote, or the
+            Hub dataset id it was pushed to (offline: from the local HF cache).
         tokenizer: With a module as ``model``: its tokenizer (Python only).
+        split: Split of a pushed folder or Hub id. Default: its only split, else test.
         max_length: Default: the reference cache's, read from the manifests.
         beta: Scales the reported margins only; ranks do not depend on it.
         tie_atol: Log-ratios within this many nats tie (a tie is not a win).
         max_tokens: Padded-token budget of one scoring batch; does not change the values.
-        out: Write the JSON summary here.
+        out: Output folder: the JSON summary goes to OUT/eval.json (the folder is made; the file replaced).
         reward_fn: module:function(prompt messages, completion) -> float.
-        ref_model: With --reward-fn: win-rate against this model's samples.
+        ref_model: With --reward-fn: win-rate against this model's samples (a folder, a .gguf file or a Hub id).
         num_samples: With --reward-fn: samples per prompt.
         max_new_tokens: With --reward-fn. Default: generation_config, else 256.
         temperature: With --reward-fn. Default: generation_config, else 1.0.
         top_p: With --reward-fn. Default: generation_config, else 1.0.
         seed: With --reward-fn: sample seeds, shared by both models.
         max_prompts: With --reward-fn: sample for the first N prompts only.
-        device: cpu, cuda, cuda:1, ... Default: cuda when available.
+        device: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
+        step0_tolerance: When the model is the reference (same weights as the cache's): the largest allowed
+            |log-ratio|, in nats.
+        overwrite: Replace an OUT/eval.json holding another evaluation (another model, table or settings).
     """
     start = time.perf_counter()
-    device = device or default_device()  # a module given as ``model`` stays where it is
-    module, tok = _load(model, tokenizer, device)
+    target = eval_file(out) if out is not None else None  # refuse a file before any work
+    _check_settings(tie_atol=tie_atol, max_tokens=max_tokens, num_samples=num_samples, tolerance=step0_tolerance)
+    device = resolve_device(device)  # a module given as ``model`` stays where it is
+    is_folder = not isinstance(model, torch.nn.Module)
+    if is_folder:
+        model = check_model(model)
+    if ref_model is not None:
+        ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
+    table = _table(data, split)
+    parts = cache_parts(table)
+    settings = {
+        "max_length": max_length,
+        "beta": beta,
+        "tie_atol": tie_atol,
+        "reward_fn": FunctionScorer(reward_fn).identity if isinstance(reward_fn, str) else repr(reward_fn),
+        "ref_model": None if ref_model is None else weights_hash(ref_model),
+        "num_samples": num_samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "max_prompts": max_prompts,
+        "step0_tolerance": step0_tolerance,
+    }
+    identity = {
+        "model": weights_hash(model) if is_folder else None,
+        "data": table.fingerprint,
+        "settings": settings,
+    }
+    if target is not None:
+        done = _earlier_result(check_file(target), identity, overwrite)
+        if done is not None:
+            return done
+    module, tok = _load(model, tokenizer, device, str(parts["dtype"]))
     summary: dict = {
-        "model": str(model) if not isinstance(model, torch.nn.Module) else type(model).__name__,
-        "data": str(data),
+        "model": model.given if is_folder else type(model).__name__,
+        "data": table.label,
         "ranking": ranking_metrics(
-            module, tok, data, max_length=max_length, beta=beta, tie_atol=tie_atol, max_tokens=max_tokens
+            module,
+            tok,
+            table,
+            max_length=max_length,
+            beta=beta,
+            tie_atol=tie_atol,
+            max_tokens=max_tokens,
+            model_path=model if is_folder else None,
+            step0_tolerance=step0_tolerance,
         ),
     }
     if reward_fn is not None:
         from .eval_samples import sample_metrics
 
         if isinstance(model, torch.nn.Module):
-            raise ConfigError("reward_fn: sampling needs model as a local folder (the generate engine loads it)")
+            raise ConfigError(
+                "reward_fn: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
+            )
         summary["samples"] = sample_metrics(
             model,
-            data,
+            table,
             reward_fn=reward_fn,
             ref_model=ref_model,
             num_samples=num_samples,
@@ -193,17 +290,39 @@ def evaluate(
             device=device,
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(out), json.loads(json.dumps(summary)))
+    if target is not None:
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # identity: only rerunning a model unknown by hash (a module) always recomputes
+        write_json(target, json.loads(json.dumps({**summary, "identity": identity if is_folder else None})))
     return summary
 
 
-def prompts_of(data: str | Path, max_prompts: int | None = None) -> Sequence[tuple[str, list[dict]]]:
-    """Distinct ``(prompt_id, prompt)`` of a build table, in table (prompt_id) order."""
-    seen, out = set(), []
-    for row in read_table(data).select(["prompt_id", "prompt"]).to_pylist():
-        if row["prompt_id"] not in seen:
-            seen.add(row["prompt_id"])
-            out.append((row["prompt_id"], row["prompt"]))
-    return out if max_prompts is None else out[:max_prompts]
+def _check_settings(*, tie_atol: float, max_tokens: int, num_samples: int, tolerance: float) -> None:
+    if not tie_atol >= 0:
+        raise ConfigError(f"tie_atol (--tie-atol): must be >= 0 nats, got {tie_atol}")
+    if max_tokens < 1 or num_samples < 1:
+        raise ConfigError(f"max_tokens and num_samples must be >= 1, got {max_tokens} and {num_samples}")
+    if not tolerance >= 0:
+        raise ConfigError(f"step0_tolerance (--step0-tolerance): must be >= 0 nats, got {tolerance}")
+
+
+def _earlier_result(out: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The stored result when ``out`` holds this very evaluation; refuse replacing another one."""
+    if not out.exists():
+        return None
+    try:
+        earlier = read_json_file(out, "eval result")
+    except PipelineInputError:
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("identity") == identity:
+        return {**earlier, "status": "done earlier"}
+    if overwrite:
+        return None
+    what = (
+        "another evaluation" if isinstance(earlier, dict) and "ranking" in earlier else "a file that is no eval result"
+    )
+    raise OutputExistsError(
+        f"--out {out.parent} holds {what} in {out.name} (another model, table or settings); pass --overwrite to "
+        "replace it, or choose another --out folder"
+    )

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from prefpool.core.errors import InputError
+from prefpool.core.secrets import redact
+from prefpool.pipeline.io.atomic import write_text
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated GPU memory on CUDA; the process's RSS high-water mark on CPU, in MiB."""
@@ -50,20 +54,46 @@ def tracker_scalars(record: dict) -> dict[str, float]:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step; a resumed run drops lines after its start step."""
+    """``metrics.jsonl``: one JSON object per logged step; a resumed run drops lines after its start step.
+
+    The file is (re)started atomically; a line cut short by a kill (the last one) is dropped on resume.
+    Records are redacted like every file prefpool writes.
+    """
 
     def __init__(self, path: Path, *, resume_step: int | None) -> None:
         self.path = path
         if resume_step is None:
-            path.write_text("")
+            write_text(path, "")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text().splitlines() if _step_of(line, resume_step)]
+            write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(redact(record)) + "\n")
+
+
+def _step_of(line: str, resume_step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False  # cut short by a kill
+    return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= resume_step
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """The records of a ``metrics.jsonl``; a line that is not a JSON object is an ``InputError`` naming it."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                f"{path}, line {number}: not a JSON record ({exc.msg}): not a metrics.jsonl line"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise InputError(f"{path}, line {number}: a metrics record must be a JSON object with an integer 'step'")
+        records.append(record)
+    return records

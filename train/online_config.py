@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefpool.core.errors import ConfigError
+from prefpool.pipeline.model.device import resolve_device
 
 from .config import TrainConfig
 
@@ -32,6 +33,7 @@ ROUND_OWNED = (
     "dtype",
     "resume",
     "resume_from",
+    "overwrite",
     "reference_is_policy_init",
 )
 
@@ -43,11 +45,16 @@ def _round_train_class() -> type:
         for f in dataclasses.fields(TrainConfig)
         if f.name not in ROUND_OWNED
     ]
+    # TRL names, but not those that would set a key online owns (`model_name_or_path` is the round's policy)
+    aliases = {k: a for k, a in TrainConfig.ALIASES.items() if not set(a.targets()) & set(ROUND_OWNED)}
     cls = dataclasses.make_dataclass(
         "RoundTrainConfig",
         fields,
         frozen=True,
-        namespace={"__doc__": "TrainConfig's fields minus those online fills in each round (ROUND_OWNED)."},
+        namespace={
+            "__doc__": "TrainConfig's fields minus those online fills in each round (ROUND_OWNED).",
+            "ALIASES": aliases,
+        },
     )
     cls.__module__ = __name__
     return cls
@@ -69,7 +76,8 @@ class OnlineConfig:
     )
     reference: str = field(
         metadata=_help(
-            "Frozen reference model folder (save_pretrained); only the logprobs stage loads it, never the trainer."
+            "Frozen reference model: a folder (save_pretrained), a .gguf file or a Hub id (from the local HF cache "
+            "when there); only the logprobs stage loads it, never the trainer."
         )
     )
     prompts: str = field(
@@ -79,7 +87,9 @@ class OnlineConfig:
         )
     )
     prompts_format: str = field(default="prompts", metadata=_help("Ingest format when `prompts` is a file."))
-    policy: str | None = field(default=None, metadata=_help("Initial policy folder; null = the reference."))
+    policy: str | None = field(
+        default=None, metadata=_help("Initial policy (a folder, a .gguf file or a Hub id); null = the reference.")
+    )
     rounds: int = field(
         default=2,
         metadata=_help(
@@ -99,7 +109,13 @@ class OnlineConfig:
     generate_batch_size: int = field(
         default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.")
     )
-    device: str = field(default="cpu", metadata=_help("Device of the hf generation engine."))
+    device: str = field(
+        default="auto",
+        metadata=_help(
+            "Device of the hf engines (generate, logprobs) and the reward model: auto (CUDA when present) | cpu | "
+            "cuda | cuda:N | mps. Training places itself (train.device)."
+        ),
+    )
 
     reward_fn: str | None = field(
         default=None,
@@ -125,7 +141,24 @@ class OnlineConfig:
         default="first",
         metadata=_help("Which sample is preferred when several share the best score (build's best_ties)."),
     )
-    show_progress: bool | None = field(default=None, metadata=_help("Progress bars; null = when on a terminal."))
+    show_progress: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Progress of every stage and of training (unless train.progress says otherwise): null or true = a bar "
+            "on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30) seconds; false = none."
+        ),
+    )
+    executor: Literal["local", "ray"] = field(
+        default="local",
+        metadata=_help(
+            "Where generate, score and logprobs run their units: local | ray (one Ray for the whole run); "
+            "not in the run's identity."
+        ),
+    )
+    workers: int | None = field(default=None, metadata=_help("ray: actors per stage; null = as the cluster holds."))
+    ray_address: str | None = field(
+        default=None, metadata=_help("ray: the cluster; null = $RAY_ADDRESS, else a local Ray on this machine.")
+    )
 
     train: RoundTrainConfig = field(  # type: ignore[valid-type]
         default_factory=RoundTrainConfig,
@@ -140,6 +173,9 @@ class OnlineConfig:
             raise ConfigError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
+        resolve_device(self.device, what="device")
+        if self.engine_args and self.engine != "vllm":
+            raise ConfigError(f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: vllm)")
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()
@@ -156,6 +192,8 @@ class OnlineConfig:
     ) -> TrainConfig:
         """The TrainConfig of one round (``resume``: continue from the newest checkpoint in output_dir)."""
         settings: dict[str, Any] = dataclasses.asdict(self.train)
+        if settings["progress"] is None:
+            settings["progress"] = self.show_progress
         return TrainConfig(
             **settings,
             model=model,
@@ -170,10 +208,20 @@ class OnlineConfig:
         )
 
     def identity(self) -> dict:
-        """What decides the run's output: everything but the round count and display settings."""
+        """What decides the run's output: everything but the round count, display and where the stages run."""
         data = dataclasses.asdict(self)
-        for key in ("output_dir", "rounds", "show_progress", "generate_batch_size"):
+        # where and how fast it runs, not what it computes (as generate leaves batch_size and device out)
+        for key in (
+            "output_dir",
+            "rounds",
+            "show_progress",
+            "generate_batch_size",
+            "device",
+            "executor",
+            "workers",
+            "ray_address",
+        ):
             data.pop(key)
-        for key in ("progress", "report_to", "tracker_project"):  # display and logging only
+        for key in ("progress", "report_to", "tracker_project", "device"):  # display, logging, placement only
             data["train"].pop(key, None)
         return data

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from prefpool.core.config import ConfigError
+from prefpool.core.outputs import writing
+from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.manifest import read_json_file
 
 STATE_NAME = "online_state.json"
 VERSION = 1
@@ -25,13 +28,20 @@ class OnlineState:
 
     def __init__(self, output_dir: Path, identity: dict, hashes: dict[str, str]) -> None:
         self.path = output_dir / STATE_NAME
-        identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from disk
+        # tuples -> lists, as read back from disk; secrets redacted, as written (a new token is the same run)
+        identity = json.loads(json.dumps(redact(identity)))
         if self.path.exists():
-            data = json.loads(self.path.read_text())
+            data = read_json_file(self.path, STATE_NAME)
+            if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+                raise ConfigError(
+                    f"{self.path}: not an online state file (a JSON object with 'steps'); it was damaged: "
+                    "remove it to start the run again, or use another output_dir"
+                )
             _refuse_other_run(self.path, data, identity, hashes)
             self.data = data
         else:
-            output_dir.mkdir(parents=True, exist_ok=True)
+            with writing(output_dir):
+                output_dir.mkdir(parents=True, exist_ok=True)
             self.data = {"version": VERSION, "identity": identity, "hashes": hashes, "steps": {}}
             write_json(self.path, self.data)
 
@@ -51,14 +61,14 @@ def _key(round_: int | None, step: str) -> str:
 def _refuse_other_run(path: Path, data: dict, identity: dict, hashes: dict[str, str]) -> None:
     if data.get("version") != VERSION:
         raise ConfigError(f"{path}: state version {data.get('version')!r}, expected {VERSION}")
-    old = data["identity"]
+    old = data.get("identity")
     differ = _differences(old, identity)
     if differ:
         raise ConfigError(
             f"{path.parent} holds an online run made with other settings ({', '.join(differ)}); "
             "rerun with the same config (only `rounds` may change) or use another output_dir"
         )
-    changed = [k for k, v in hashes.items() if data["hashes"].get(k) != v]
+    changed = [k for k, v in hashes.items() if (data.get("hashes") or {}).get(k) != v]
     if changed:
         raise ConfigError(
             f"{path.parent}: the {' and '.join(changed)} model's weights changed since this run "

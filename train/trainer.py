@@ -22,6 +22,12 @@ over processes.
 Metrics: one ``metrics.jsonl`` line per logged step (main process); with ``report_to`` the same
 numeric values also go to accelerate's trackers (tensorboard under ``output_dir/runs/``, wandb).
 
+The output folder (``run_folder``): nothing is written before every check has
+passed, step-0 included; a finished run of the same settings is a no-op
+(``train()`` returns its summary), other settings over a finished or
+unfinished run are refused unless ``overwrite`` (then the new run is staged
+beside it and swapped in when complete) or ``resume``.
+
 Checkpoints (``output_dir/checkpoints/step-N``) hold model, optimizer,
 scheduler, every RNG (``accelerator.save_state``) and the ``TrainerState``
 (step, data position, the MC-PO kernel's generator), plus ``trainer_state.json``
@@ -41,7 +47,6 @@ process only). The draws depend on the number of processes (a process draws for 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -52,25 +57,25 @@ from pathlib import Path
 
 import torch
 
-from prefpool.core.errors import ConfigError, UserError
+from prefpool.core.errors import ConfigError, OutputExistsError
+from prefpool.core.outputs import writing
+from prefpool.core.secrets import redact, redact_text
 from prefpool.pipeline.engines.logprob_engines import DTYPES
-from prefpool.pipeline.io.atomic import write_json
+from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.pipeline.io.progress import progress
-from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.kinds.source import open_table
+from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
-from .cache_check import cache_parts, check_cache
+from .cache_check import Step0MismatchError, cache_parts, check_cache, check_step0
 from .card import model_card
 from .config import TrainConfig
 from .data import TrainingTable, collate
 from .kinds import train_kind
-from .metrics import MetricsLog, peak_memory_mb, reduce_step, tracker_scalars
+from .metrics import MetricsLog, peak_memory_mb, read_metrics, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
+from .run_folder import CHECKPOINTS, SUMMARY_NAME, plan_run_folder, run_identity, start_folder, swap_in
 
-CHECKPOINTS = "checkpoints"
-
-
-class Step0MismatchError(UserError, RuntimeError):
-    """The policy's step-0 log-probs differ from the cached reference values."""
+__all__ = ["CHECKPOINTS", "Step0MismatchError", "Trainer", "TrainerState", "latest_checkpoint", "train"]
 
 
 class TrainerState:
@@ -90,10 +95,17 @@ class TrainerState:
         self.generator.set_state(state["generator"])
 
 
+# An odd 64-bit constant (2^64 / golden ratio): process p's seed is offset by p times it. Its low 32
+# bits are odd too, so the offset changes the low 32 bits, the only bits the CPU generator (mt19937)
+# uses: an offset of ``p << 32`` (as before) gave every CPU process the same stream.
+_PROCESS_STRIDE = 0x9E3779B97F4A7C15
+
+
 def kernel_seed(seed: int, process: int) -> int:
-    """Seed of process ``process``'s MC-PO kernel generator; process 0 keeps the single-process seed.
-    Equal seeds in all processes would give every process the same draws for different rows."""
-    return seed + 1 + (process << 32)
+    """Seed of process ``process``'s MC-PO kernel generator; process 0 keeps the single-process seed
+    (``seed + 1``). Equal streams in all processes would give every process the same draws for
+    different rows; the seeds differ in their low 32 bits, so the streams differ on CPU as on CUDA."""
+    return (seed + 1 + process * _PROCESS_STRIDE) % 2**64
 
 
 def _generator_file(folder: Path, process: int) -> Path:
@@ -114,8 +126,8 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     wrapped policy equals the base at step 0 and the step-0 check against the cache still holds."""
     try:
         from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise ImportError("lora_r > 0 needs peft: pip install 'prefpool[lora]'") from exc
+    except ImportError:
+        raise ConfigError("lora_r > 0 needs peft, which is not installed: pip install 'prefpool[lora]'") from None
     targets = cfg.lora_target_modules
     if targets == ("all-linear",):
         targets = "all-linear"  # peft's own shorthand is a string, not a list
@@ -128,6 +140,22 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """Warmup steps: ``warmup_steps``, else ``ceil(warmup_ratio * total)`` (TRL's and HF's rule)."""
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total)
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Shard FSDP2 parameters again after a forward with no backward (FSDP2 leaves some gathered for it)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _linear_warmup_decay(warmup: int, total: int):
@@ -156,7 +184,7 @@ def _tracker_options(cfg: TrainConfig, out: Path) -> dict:
     for name in cfg.report_to:
         available, hint = installed[name]
         if not available():
-            raise ImportError(f"report_to: {name} is not installed ({hint})")
+            raise ConfigError(f"report_to: {name} is not installed ({hint})")
     return {
         "log_with": list(cfg.report_to),
         "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKER_DIR)),
@@ -166,7 +194,7 @@ def _tracker_options(cfg: TrainConfig, out: Path) -> dict:
 def _hparams(cfg: TrainConfig) -> dict:
     # Trackers' hyperparameter tables take scalars and strings only (tensorboard's add_hparams).
     flat = {}
-    for name, value in asdict(cfg).items():
+    for name, value in redact(asdict(cfg)).items():
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
         if value is not None:
@@ -186,17 +214,23 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, set_seed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg.check()
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.manifest, _ = checked_shards(cfg.data)
-        self.kind = self.manifest.identity.schema
+        self.folder = plan_run_folder(cfg)  # refuses before any loading what would replace an earlier run
+        if self.folder.finished is not None:
+            raise OutputExistsError(
+                f"output_dir {cfg.output_dir} holds a finished run of these settings; train() returns its summary "
+                "without training (overwrite: true trains it again)"
+            )
+        self.out, self.work = self.folder.out, self.folder.work
+        self.source = check_model(cfg.model)  # a bad model reference fails before the data is read
+        self.data = open_table(cfg.data, split=cfg.data_split)  # a build folder, a pushed folder or Hub id
+        self.kind = self.data.kind
         cfg.check_table(self.kind)
         self.spec = train_kind(self.kind)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self.cache = cache_parts(self.manifest, cfg.data)
+        self.tokenizer = load_tokenizer(self.source)
+        self.cache = cache_parts(self.data)
         # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
         self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
         self.check_step0 = check_cache(
@@ -214,11 +248,12 @@ class Trainer:
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision,
             step_scheduler_with_optimizer=False,
-            **_tracker_options(cfg, self.out),
+            **({"cpu": True} if cfg.device == "cpu" else {}),
+            **_tracker_options(cfg, self.work),
         )
         set_seed(cfg.seed)
         self.table = TrainingTable(
-            cfg.data,
+            self.data,
             self.kind,
             self.tokenizer,
             max_length=self.max_length,
@@ -233,8 +268,9 @@ class Trainer:
                 f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = warmup_steps(cfg, self.total_steps)
 
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+        model = self.source.causal_lm(DTYPES[cfg.dtype])
         _disable_dropout(model)  # before LoRA: lora_dropout is the user's choice
         if cfg.lora_r:
             model = _with_lora(model, cfg)
@@ -248,7 +284,7 @@ class Trainer:
         else:
             optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _linear_warmup_decay(cfg.warmup_steps, self.total_steps)
+            optimizer, _linear_warmup_decay(self.warmup_steps, self.total_steps)
         )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").
@@ -265,7 +301,7 @@ class Trainer:
         self.state = TrainerState(generator)
         self.accelerator.register_for_checkpointing(self.state)
 
-        resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.out) if cfg.resume else None
+        resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.work) if cfg.resume else None
         if cfg.resume_from and not (resume_dir / "trainer_state.json").exists():
             raise ConfigError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
         if resume_dir is not None:
@@ -273,23 +309,33 @@ class Trainer:
             if process > 0:  # the registered TrainerState holds the main process's generator
                 generator.set_state(torch.load(_generator_file(resume_dir, process)))
         elif cfg.resume:
-            self.accelerator.print(f"train: resume: no checkpoint in {self.out / CHECKPOINTS}; starting at step 0")
+            self.accelerator.print(f"train: resume: no checkpoint in {self.work / CHECKPOINTS}; starting at step 0")
         self.resumed_from = resume_dir
-        self.out.mkdir(parents=True, exist_ok=True)
-        # Only the main process writes metrics.jsonl; another one truncating it would race with the writes.
-        self.log = (
-            MetricsLog(self.out / "metrics.jsonl", resume_step=self.state.step if resume_dir else None)
-            if self.accelerator.is_main_process
-            else None
-        )
         self.step0_diff: float | None = None
-        if cfg.report_to:
-            # A resumed run hides the events past its checkpoint, as MetricsLog drops those lines.
-            tensorboard = {"purge_step": self.state.step + 1} if resume_dir else {}
-            wandb = {"dir": str(self.out), "mode": os.environ.get("WANDB_MODE", "offline")}
-            self.accelerator.init_trackers(
-                cfg.tracker_project, config=_hparams(cfg), init_kwargs={"tensorboard": tensorboard, "wandb": wandb}
+        if self.check_step0 and self.state.step == 0:
+            self._step0()  # the last check: only then does the run write anything
+        self._commit(resumed=resume_dir is not None)
+
+    def _commit(self, *, resumed: bool) -> None:
+        """Every check has passed: make the output folder, ``train_run.json``, metrics, trackers."""
+        cfg, acc = self.cfg, self.accelerator
+        with writing(self.work):
+            if acc.is_main_process:
+                start_folder(self.folder, run_identity(cfg))
+            acc.wait_for_everyone()
+            # Only the main process writes metrics.jsonl; another one truncating it would race with the writes.
+            self.log = (
+                MetricsLog(self.work / "metrics.jsonl", resume_step=self.state.step if resumed else None)
+                if acc.is_main_process
+                else None
             )
+            if cfg.report_to:
+                # A resumed run hides the events past its checkpoint, as MetricsLog drops those lines.
+                tensorboard = {"purge_step": self.state.step + 1} if resumed else {}
+                wandb = {"dir": str(self.work), "mode": os.environ.get("WANDB_MODE", "offline")}
+                acc.init_trackers(
+                    cfg.tracker_project, config=_hparams(cfg), init_kwargs={"tensorboard": tensorboard, "wandb": wandb}
+                )
 
     # -- one optimizer step -------------------------------------------------------------------------
 
@@ -297,32 +343,48 @@ class Trainer:
         cfg = self.cfg
         if self.state.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
             self.state.epoch, self.state.micro = self.state.epoch + 1, 0
-        step_rows = cfg.batch_size * self.accelerator.num_processes * cfg.gradient_accumulation_steps
-        examples = self.table.micro_batch(
-            cfg.seed,
-            self.state.epoch,
-            self.state.micro,
-            batch_size=cfg.batch_size,
-            process=self.accelerator.process_index,
-            num_processes=self.accelerator.num_processes,
-            group_rows=step_rows if cfg.group_by_length else None,
-        )
+        examples = self._micro_batch(self.state.epoch, self.state.micro)
         self.state.micro += 1
         return collate(self.kind, examples)
 
-    def _step0(self, batch) -> None:
-        diff = step0_difference(self.model, batch, self.cfg, pad_token_id=self.pad)
+    def _micro_batch(self, epoch: int, micro: int):
+        """This process's rows of micro-batch ``micro`` of ``epoch`` (length-grouped per optimizer step
+        when ``group_by_length``)."""
+        cfg, acc = self.cfg, self.accelerator
+        step_rows = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+        return self.table.micro_batch(
+            cfg.seed,
+            epoch,
+            micro,
+            batch_size=cfg.batch_size,
+            process=acc.process_index,
+            num_processes=acc.num_processes,
+            group_rows=step_rows if cfg.group_by_length else None,
+        )
+
+    def _step0(self) -> None:
+        """Compare the policy's log-probs on the first micro-batch with the cached reference values.
+
+        The batch is the one the first optimizer step will take (epoch 0, micro-batch 0); it is scored
+        here without gradient, before anything is written. Every process checks its rows and they agree
+        on the largest difference, so all stop or none does.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        examples = self._micro_batch(0, 0)
+        with torch.no_grad():
+            diff = step0_difference(self.model, collate(self.kind, examples), cfg, pad_token_id=self.pad)
+        _reshard(self.model)
+        diff = float(acc.gather(torch.tensor([diff], dtype=torch.float64, device=acc.device)).max())
         self.step0_diff = diff
-        self.accelerator.print(f"train: step-0 max |policy - cached reference| log-prob = {diff:.3g} nats")
-        if not diff <= self.cfg.step0_tolerance:
-            raise Step0MismatchError(
-                f"step-0 check: the policy's log-probs differ from the cached reference values by up to "
-                f"{diff:.4g} nats (tolerance {self.cfg.step0_tolerance}). The cache in {self.cfg.data} was "
-                "probably made with another model, tokenizer, chat template or max_length than "
-                f"{self.cfg.model}; rerun `prefpool logprobs` + `prefpool build` with it. (Under bf16/fp16 "
-                "raise step0_tolerance; for a reference other than the initial policy set "
-                "reference_is_policy_init: false.)"
-            )
+        acc.print(f"train: step-0 max |policy - cached reference| log-prob = {diff:.3g} nats")
+        check_step0(
+            diff,
+            cfg.step0_tolerance,
+            data=cfg.data,
+            model=cfg.model,
+            hint="(Under bf16/fp16 raise step0_tolerance; for a reference other than the initial policy set "
+            "reference_is_policy_init: false.)",
+        )
 
     def _optimizer_step(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
@@ -330,8 +392,6 @@ class Trainer:
         losses, metrics = [], {}
         for k in range(cfg.gradient_accumulation_steps):
             batch = self._next_batch()
-            if self.check_step0 and self.state.step == 0 and k == 0 and self.step0_diff is None:
-                self._step0(batch)
             last = k == cfg.gradient_accumulation_steps - 1
             with nullcontext() if last else acc.no_sync(self.model):
                 out = batch_loss(
@@ -374,7 +434,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        folder = self.out / CHECKPOINTS / f"step-{self.state.step}"
+        folder = self.work / CHECKPOINTS / f"step-{self.state.step}"
         self.accelerator.save_state(str(folder))
         if not self.accelerator.is_main_process:
             torch.save(self.state.generator.get_state(), _generator_file(folder, self.accelerator.process_index))
@@ -386,7 +446,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "config": asdict(self.cfg),
             }
-            (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n")
+            write_json(folder / "trainer_state.json", info)  # atomic: it marks the checkpoint complete
             self._prune_checkpoints()
         return folder
 
@@ -394,7 +454,7 @@ class Trainer:
         limit = self.cfg.save_total_limit
         if not limit:
             return
-        found = sorted((self.out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        found = sorted((self.work / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in found[:-limit]:
             shutil.rmtree(old)
 
@@ -406,8 +466,12 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         start, records = time.perf_counter(), []
         until = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
-        with progress("train", until, enabled=cfg.progress and acc.is_main_process, unit="steps") as advance:
-            advance(self.state.step)
+        # Only the main process reports; None (auto) elsewhere would print one bar or line per process.
+        shown = cfg.progress if acc.is_main_process else False
+        with (
+            writing(self.work),
+            progress("train", until, enabled=shown, unit="steps", initial=self.state.step) as advance,
+        ):
             while self.state.step < until:
                 record = self._optimizer_step()
                 if not math.isfinite(record["loss"]):
@@ -436,8 +500,16 @@ class Trainer:
             "final_loss": records[-1]["loss"] if records else None,
             "seconds": time.perf_counter() - start,
         }
+        if self.resumed_from is not None and acc.is_main_process:
+            # A resumed run: the whole run's first and final loss and its step-0 check are in metrics.jsonl
+            # (``losses`` stays this invocation's), so the card of a run resumed at its end is complete.
+            logged = read_metrics(self.work / "metrics.jsonl")
+            if logged:
+                summary["first_loss"], summary["final_loss"] = logged[0]["loss"], logged[-1]["loss"]
+                summary["step0_max_abs_diff"] = logged[0].get("step0_max_abs_diff")
         if self.state.step >= self.total_steps:
-            self._save_final(summary)
+            with writing(self.work):
+                self._save_final(summary)
         return summary
 
     def _save_final(self, summary: dict) -> None:
@@ -451,12 +523,22 @@ class Trainer:
         weights = acc.get_state_dict(self.model)
         if not acc.is_main_process:
             return
-        acc.unwrap_model(self.model).save_pretrained(self.out, state_dict=weights)
-        self.tokenizer.save_pretrained(self.out)
-        (self.out / "README.md").write_text(model_card(self.cfg, self.manifest, summary, self.cache))
-        write_json(self.out / "train_summary.json", summary)  # atomic: online treats its presence as "trained"
+        acc.unwrap_model(self.model).save_pretrained(self.work, state_dict=weights)
+        self.tokenizer.save_pretrained(self.work)
+        write_text(self.work / "README.md", redact_text(model_card(self.cfg, self.data, summary, self.cache)))
+        write_json(self.work / SUMMARY_NAME, summary)  # last, atomic: online treats its presence as "trained"
+        swap_in(self.folder)
+        self.work = self.out
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train a policy as ``cfg`` says; return the run's summary (also in ``output_dir/train_summary.json``)."""
+    """Train a policy as ``cfg`` says; return the run's summary (also in ``output_dir/train_summary.json``).
+
+    A finished run of the same settings in ``output_dir`` is not trained again: its stored summary is
+    returned with ``"status": "done earlier"`` and nothing is written.
+    """
+    cfg.check()
+    folder = plan_run_folder(cfg)
+    if folder.finished is not None:
+        return {**folder.finished, "status": "done earlier"}
     return Trainer(cfg).run()

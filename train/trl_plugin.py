@@ -1,93 +1,120 @@
-"""MC-PO and MPO inside TRL 1.16's ``DPOTrainer``, with prefpool's cached reference log-probs.
+"""TRL 1.16's ``DPOTrainer`` on prefpool tables, with prefpool's cached reference log-probs.
 
-Seams used (all methods of ``DPOTrainer`` a subclass may override):
+Three trainers, none of which loads a reference model:
 
-- ``_prepare_dataset``: TRL tokenizes ``prompt``/``chosen``/``rejected`` its own
-  way; we then add ``<extra>_ids`` for the extra completions (the MC-PO pool, or
-  MPO's reference samples), tokenized like TRL tokenizes ``chosen`` (chat
-  template of prompt + answer, minus the prompt's tokens, cut to ``max_length``
-  keeping the start) via ``encode_pair``, and check that the prompt tokens agree.
-- ``_set_signature_columns_if_needed``: keeps our columns through
-  ``remove_unused_columns``.
-- ``_precompute_ref_logps``: the reference values are already in the dataset
-  (from ``build``), so this returns the dataset as is; it refuses a dataset
-  without them. ``precompute_ref_log_probs=True`` is required: it is what makes
-  TRL skip loading a reference model.
-- ``compute_loss``: per-sequence log-probs come from the model's TRL-fused LM
-  head (``fused_lm_head=True``, as ``DPOTrainer`` does); the loss is
-  ``prefpool.losses.mcpo_loss`` / ``mpo_loss``, averaged over the batch.
+- ``CachedRefDPOTrainer``: TRL's own DPO-family losses (``loss_type``: sigmoid, ipo, hinge, robust,
+  ...) on a ``pairwise`` table, reading ``ref_chosen_logps``/``ref_rejected_logps`` from it. Plain
+  ``DPOTrainer`` does not: by default it loads a second copy of the model and recomputes them, and
+  with ``precompute_ref_log_probs=True`` it recomputes them too and fails on the table's columns
+  ("columns are duplicated").
+- ``MCPODPOTrainer`` / ``MPODPOTrainer``: MC-PO / MPO (``prefpool.losses``) on an ``mcpo`` / ``mpo`` table.
 
-The collator (``PoolCollator``) is TRL's ``DataCollatorForPreference`` plus the
-extra completions, padded into ``(N, T)`` rows with ``(B, M)`` slot indices.
+The dataset comes from ``prefpool_dataset(data)`` (``pipeline.kinds.hf.table_dataset``: a build
+folder, a pushed folder or a Hub id, in TRL's column names), which records the table's reference
+cache. Before training each trainer checks that cache against its own settings, with the errors
+``prefpool train`` raises (``CacheMismatchError``): tokenizer and chat-template hash, ``max_length``,
+truncation (TRL's ``keep_start`` is prefpool's ``completion``), the dtype of the policy's weights and,
+when the model was loaded from a local folder, the weights hash. On the first training step it
+compares the policy's log-probs (TRL's fused LM head, under the trainer's own autocast) with the
+cached values (``Step0MismatchError`` beyond ``step0_tolerance``). So a precision that changes the
+values, such as ``DPOConfig``'s default ``bf16=True`` against a float32 cache, is refused with a
+message; ``CachedRefConfig`` (and ``MCPOConfig``, ``MPOConfig``) default to ``bf16=False``.
 
-Datasets: ``mcpo_dataset`` / ``mpo_dataset`` turn a prefpool build table
-(``build --kind mcpo`` / ``--kind mpo``) into the ``datasets.Dataset`` these
-trainers take. For MC-PO, ``rejected`` is the first pool member (TRL's
-tokenizer wants one); the loss does not use that row.
+Seams used (all methods of ``DPOTrainer`` a subclass may override; ``check_trl_version`` refuses a
+TRL outside the tested range, since these are internals):
+
+- ``_prepare_dataset``: TRL tokenizes ``prompt``/``chosen``/``rejected`` its own way; the MC-PO
+  and MPO trainers then add ``<extra>_ids`` for the extra completions (the MC-PO pool, or MPO's
+  reference samples), tokenized like TRL tokenizes ``chosen`` (chat template of prompt + answer,
+  minus the prompt's tokens, cut to ``max_length`` keeping the start) via ``encode_pair``, and
+  check that the prompt tokens agree.
+- ``_set_signature_columns_if_needed``: keeps our columns through ``remove_unused_columns``.
+- ``_precompute_ref_logps``: the reference values are already in the dataset, so this returns it
+  as is; it refuses a dataset without them. ``precompute_ref_log_probs=True`` is what makes TRL
+  skip loading a reference model (it is switched on, with a message, for a plain ``DPOConfig``).
+- ``compute_loss``: the step-0 check on the first training batch; then TRL's own loss
+  (``CachedRefDPOTrainer``) or ours: per-sequence log-probs from the model's TRL-fused LM head
+  (``fused_lm_head=True``, as ``DPOTrainer`` does) into ``mcpo_loss`` / ``mpo_loss``, averaged
+  over the batch.
+
+The collator (``PoolCollator``) is TRL's ``DataCollatorForPreference`` plus the extra completions,
+padded into ``(N, T)`` rows with ``(B, M)`` slot indices. For MC-PO, ``rejected`` is the first pool
+member (TRL's tokenizer wants one); the loss does not use that row.
+
+``_save_rng_state`` / ``_load_rng_state``: MC-PO's kernel generator is saved beside TRL's RNG files in
+every checkpoint (``kernel_generator_{process}.pt``, one per process) and restored on resume, so a
+resumed run makes the draws an uninterrupted one makes. Each process seeds its generator from
+``(seed, process index)`` (``trainer.kernel_seed``, as ``prefpool train`` does): equal seeds would
+give every process the same draws for different rows.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import trl
+from packaging.version import Version
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from prefpool.core.errors import ConfigError, UserError
 from prefpool.losses import AVERAGING_KERNELS, CHOSEN_SUPPORT_KERNELS, MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
+from prefpool.pipeline.kinds.hf import table_dataset, table_info
+from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
-from .data import decoded_rows
+from .cache_check import CacheMismatchError, Step0MismatchError, check_cache
+from .trainer import kernel_seed
+
+logger = logging.getLogger(__name__)
+
+# The TRL releases these subclasses were tested with (they override DPOTrainer internals); pyproject's
+# `prefpool[trl]` extra pins the same range.
+TESTED_TRL = (Version("1.16"), Version("1.17"))  # [low, high)
+# TRL's truncation of prompt + completion to max_length that equals prefpool's (encode_pair's) policy.
+TRUNCATION = {"keep_start": "completion"}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def _turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
+class TRLVersionError(UserError, ImportError):
+    """The installed TRL is outside the range the plug-in was tested with."""
 
 
-def mcpo_dataset(data: str | Path):
-    """A ``datasets.Dataset`` for ``MCPODPOTrainer`` from a ``build --kind mcpo`` folder."""
-    from datasets import Dataset
-
-    rows = decoded_rows(data, "mcpo")
-    return Dataset.from_list(
-        [
-            {
-                "prompt": r.prompt,
-                "chosen": _turn(r.answers[0].text),
-                "rejected": _turn(r.answers[1].text),
-                "ref_chosen_logps": r.answers[0].ref_logp,
-                "ref_rejected_logps": r.answers[1].ref_logp,
-                "pool": [a.text for a in r.answers[1:]],
-                "ref_pool_logps": [a.ref_logp for a in r.answers[1:]],
-            }
-            for r in rows
-        ]
-    )
+def check_trl_version(version: str | None = None) -> None:
+    """Refuse a TRL release outside ``TESTED_TRL``: the trainers override its internals."""
+    found = Version(version or trl.__version__)
+    low, high = TESTED_TRL
+    if not low <= found < high:
+        raise TRLVersionError(
+            f"prefpool.train.trl_plugin overrides DPOTrainer internals and was tested with trl>={low},<{high}; "
+            f"trl {found} is installed. Install the tested range: pip install 'prefpool[trl]'"
+        )
 
 
-def mpo_dataset(data: str | Path):
-    """A ``datasets.Dataset`` for ``MPODPOTrainer`` from a ``build --kind mpo`` folder."""
-    from datasets import Dataset
+def prefpool_dataset(data: str | Path | TableSource, *, split: str | None = None, kind: str | None = None):
+    """A prefpool build table (a build folder, a pushed folder or a Hub id) as the ``datasets.Dataset`` these
+    trainers take: TRL's column names, and the table's reference cache in ``info`` (``kinds.hf``)."""
+    table = open_table(data, split=split)
+    if kind is not None and table.kind != kind:
+        raise CacheMismatchError(f"{table.label} holds a {table.kind!r} table; this trainer takes a {kind!r} table")
+    return table_dataset(table)
 
-    rows = decoded_rows(data, "mpo")
-    return Dataset.from_list(
-        [
-            {
-                "prompt": r.prompt,
-                "chosen": _turn(r.answers[0].text),
-                "rejected": _turn(r.answers[1].text),
-                "ref_chosen_logps": r.answers[0].ref_logp,
-                "ref_rejected_logps": r.answers[1].ref_logp,
-                "label": r.label,
-                "ref_samples": list(r.samples),
-            }
-            for r in rows
-        ]
-    )
+
+def mcpo_dataset(data: str | Path, *, split: str | None = None):
+    """A ``datasets.Dataset`` for ``MCPODPOTrainer`` from a ``build --kind mcpo`` table."""
+    return prefpool_dataset(data, split=split, kind="mcpo")
+
+
+def mpo_dataset(data: str | Path, *, split: str | None = None):
+    """A ``datasets.Dataset`` for ``MPODPOTrainer`` from a ``build --kind mpo`` table."""
+    return prefpool_dataset(data, split=split, kind="mpo")
 
 
 @dataclass
@@ -130,13 +157,43 @@ class PoolCollator(DataCollatorForPreference):
 
 
 @dataclass
-class MCPOConfig(DPOConfig):
-    """``DPOConfig`` plus MC-PO's options. ``beta`` is MC-PO's beta."""
+class CachedRefConfig(DPOConfig):
+    """``DPOConfig`` for training against a prefpool table's cached reference log-probs.
 
-    mcpo_kernel: str = field(default="sample", metadata={"help": " | ".join(MCPO_KERNELS)})
+    Differs from ``DPOConfig`` in ``precompute_ref_log_probs=True`` (no reference model) and
+    ``bf16=False`` (autocast would change the policy's log-probs away from a float32 cache: the step-0
+    check refuses it), and adds ``step0_tolerance`` and ``reference_is_policy_init`` (as ``prefpool train``).
+    """
+
     precompute_ref_log_probs: bool = field(
         default=True, metadata={"help": "must stay True: the reference values come from the dataset"}
     )
+    bf16: bool | None = field(
+        default=False,
+        metadata={"help": "bf16 autocast; off by default: the cached reference values are usually float32"},
+    )
+    step0_tolerance: float = field(
+        default=1e-3,
+        metadata={
+            "help": "largest |policy - cached reference| log-prob at the first step, in nats (as prefpool train)"
+        },
+    )
+    reference_is_policy_init: bool = field(
+        default=True,
+        metadata={"help": "the cache was made with the initial policy's weights; False skips the step-0 check"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.step0_tolerance >= 0:
+            raise ConfigError(f"step0_tolerance: must be >= 0 nats, got {self.step0_tolerance}")
+
+
+@dataclass
+class MCPOConfig(CachedRefConfig):
+    """``CachedRefConfig`` plus MC-PO's options. ``beta`` is MC-PO's beta."""
+
+    mcpo_kernel: str = field(default="sample", metadata={"help": " | ".join(MCPO_KERNELS)})
 
     def __post_init__(self):
         super().__post_init__()
@@ -145,34 +202,43 @@ class MCPOConfig(DPOConfig):
 
 
 @dataclass
-class MPOConfig(DPOConfig):
-    """``DPOConfig`` plus MPO's options (Jiang et al. 2023, arXiv 2312.16430, eq. 33).
+class MPOConfig(CachedRefConfig):
+    """``CachedRefConfig`` plus MPO's options (Jiang et al. 2023, arXiv 2312.16430, eq. 33).
 
     ``beta`` is MPO's KL weight; ``mpo_tau`` weights the reference-sample NLL term.
     """
 
     mpo_tau: float = field(default=0.0, metadata={"help": "weight of the reference-sample NLL term"})
     mpo_length_normalize: bool = field(default=False, metadata={"help": "p from per-token log-probs"})
-    precompute_ref_log_probs: bool = field(
-        default=True, metadata={"help": "must stay True: the reference values come from the dataset"}
-    )
 
 
 class _CachedRefTrainer(DPOTrainer):
-    """What MC-PO and MPO share: cached reference values, extra completions, our loss."""
+    """What the three trainers share: the table's cache checked, its reference values used as they are,
+    the step-0 check; for MC-PO and MPO also the extra completions (``extra_column``) and our loss."""
 
-    extra_column = "pool"
-    ref_extra_column: str | None = "ref_pool_logps"
+    table_kind = "pairwise"  # the build table kind the trainer takes
+    extra_column: str | None = None
+    ref_extra_column: str | None = None
 
-    def __init__(self, model, args: DPOConfig, train_dataset, processing_class, data_collator=None, **kwargs):
+    def __init__(self, model, args: DPOConfig, train_dataset, processing_class=None, data_collator=None, **kwargs):
+        check_trl_version()
         if not args.precompute_ref_log_probs:
-            raise ValueError(
-                "precompute_ref_log_probs: must be True; the reference log-probs come from the "
-                "dataset (prefpool build tables), and no reference model is loaded"
-            )
+            if isinstance(args, CachedRefConfig):
+                raise ConfigError(
+                    "precompute_ref_log_probs: must be True; the reference log-probs come from the "
+                    "dataset (prefpool build tables), and no reference model is loaded"
+                )
+            # DPOConfig's default: with it TRL would load a second model. The values are in the table.
+            logger.warning("precompute_ref_log_probs switched on: the reference log-probs come from the prefpool table")
+            args.precompute_ref_log_probs = True
         if kwargs.get("ref_model") is not None:
-            raise ValueError("ref_model: not used; the reference log-probs come from the dataset")
-        if data_collator is None:
+            raise ConfigError("ref_model: not used; the reference log-probs come from the dataset")
+        self._table = self._table_of(train_dataset, "train_dataset")
+        evals = kwargs.get("eval_dataset")
+        for name, dataset in evals.items() if isinstance(evals, dict) else [("eval_dataset", evals)]:
+            if dataset is not None and self._table_of(dataset, name)["caches"] != self._table["caches"]:
+                raise CacheMismatchError(f"{name}: its reference log-probs were cached under another key than train's")
+        if data_collator is None and self.extra_column is not None:
             tok = getattr(processing_class, "tokenizer", processing_class)
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             data_collator = PoolCollator(
@@ -184,6 +250,8 @@ class _CachedRefTrainer(DPOTrainer):
                 ref_extra=self.ref_extra_column,
             )
         self._generator: torch.Generator | None = None
+        self._step0_pending = True
+        self.step0_max_abs_diff: float | None = None
         super().__init__(
             model,
             args=args,
@@ -192,14 +260,118 @@ class _CachedRefTrainer(DPOTrainer):
             data_collator=data_collator,
             **kwargs,
         )
+        self._check_step0 = self._check_cache()
+
+    # -- the table's reference cache ------------------------------------------------------------
+    def _table_of(self, dataset, name: str) -> dict:
+        info = table_info(dataset)
+        if info is None:
+            raise CacheMismatchError(
+                f"{name}: not a prefpool table (no record of its reference cache); make it with "
+                "prefpool.train.trl_plugin.prefpool_dataset(DATA) from a build folder, a pushed folder or a Hub id, "
+                "so the trainer can check how its reference log-probs were made"
+            )
+        if info["kind"] != self.table_kind:
+            raise CacheMismatchError(
+                f"{name}: a {info['kind']!r} table ({info['location']}); {type(self).__name__} trains on a "
+                f"{self.table_kind!r} table"
+            )
+        if len(info["caches"]) != 1:
+            what = "no logprobs cache key" if not info["caches"] else f"{len(info['caches'])} cache keys"
+            raise CacheMismatchError(
+                f"{name}: {info['location']} records {what}; the plug-ins train on tables made by "
+                "`prefpool build` from `prefpool logprobs` output"
+            )
+        return info
+
+    def _check_cache(self) -> bool:
+        """``prefpool train``'s cache check with this trainer's settings; whether to run the step-0 check."""
+        parts = self._table["caches"][0][1]
+        if self.args.truncation_mode not in TRUNCATION:
+            raise CacheMismatchError(
+                f"truncation_mode={self.args.truncation_mode!r}: the reference log-probs were cached cutting the "
+                f"completion's tail (truncation {parts.get('truncation')!r}); use truncation_mode='keep_start'"
+            )
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        dtype = next(self.model.parameters()).dtype
+        path = Path(str(getattr(self.model.config, "_name_or_path", "") or "."))
+        check = check_cache(
+            parts,
+            model=path if path.is_dir() and any(path.glob("*.safetensors")) else None,
+            tokenizer=tok,
+            max_length=self.args.max_length,
+            truncation=TRUNCATION.get(self.args.truncation_mode, self.args.truncation_mode),
+            dtype=_DTYPE_NAMES.get(dtype, str(dtype)),
+            reference_is_policy_init=getattr(self.args, "reference_is_policy_init", True),
+        )
+        if not check and (self.args.bf16 or self.args.fp16):
+            warnings.warn(
+                "bf16/fp16 autocast with the step-0 check skipped: nothing verifies that the policy's log-probs "
+                f"match the {parts.get('dtype')} reference cache",
+                stacklevel=3,
+            )
+        return check
+
+    # -- the step-0 check -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _step0_difference(self, model, inputs) -> float:
+        """max |policy - cached reference| log-prob over the batch's cached sequences (chosen, rejected and,
+        for MC-PO, the pool), through TRL's fused LM head and the trainer's own autocast."""
+        with eval_mode(model):
+            ids, mask, completion = (inputs[k] for k in ("input_ids", "attention_mask", "completion_mask"))
+            policy = [self._logps(model, ids, mask, completion)]  # (2B,): chosen then rejected
+            refs = [inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]
+            if self.ref_extra_column is not None and "extra_input_ids" in inputs:
+                keys = ("extra_input_ids", "extra_attention_mask", "extra_completion_mask")
+                policy.append(self._logps(model, *(inputs[k] for k in keys)))  # (N,) in slot order
+                refs.append(inputs["ref_extra_logps"][inputs["extra_mask"]])
+        ours = torch.cat([p.double().flatten() for p in policy])
+        cached = torch.cat([r.double().flatten().to(ours.device) for r in refs])
+        return float((ours - cached).abs().max())
+
+    def _step0(self, model, inputs) -> None:
+        """On the first training batch: refuse a cache the policy does not reproduce (``prefpool train``'s check)."""
+        if not self._step0_pending or not model.training:
+            return
+        self._step0_pending = False
+        if not self._check_step0 or self.state.global_step > 0:
+            return
+        diff = self._step0_difference(model, inputs)
+        self.step0_max_abs_diff = diff
+        self._metrics["train"]["step0_max_abs_diff"].append(diff)
+        tolerance = getattr(self.args, "step0_tolerance", 1e-3)
+        logger.info("step-0 max |policy - cached reference| log-prob = %.3g nats", diff)
+        if not diff <= tolerance:
+            precision = (
+                " bf16/fp16 is on (bf16=True is DPOConfig's default): autocast changes the policy's log-probs away "
+                f"from the {self._table['caches'][0][1].get('dtype')} cache; set bf16=False (CachedRefConfig's "
+                "default), or raise step0_tolerance to accept the difference."
+                if self.args.bf16 or self.args.fp16
+                else ""
+            )
+            raise Step0MismatchError(
+                f"step-0 check: the policy's log-probs differ from the cached reference values by up to "
+                f"{diff:.4g} nats (tolerance {tolerance}).{precision} Otherwise the cache in "
+                f"{self._table['location']} was probably made with another model, tokenizer, chat template or "
+                "max_length; rerun `prefpool logprobs` + `prefpool build` with this model. (For a reference other "
+                "than the initial policy set reference_is_policy_init=False.)"
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._step0(model, inputs)
+        return self._compute_loss_of_batch(model, inputs, return_outputs, num_items_in_batch)
+
+    def _compute_loss_of_batch(self, model, inputs, return_outputs, num_items_in_batch):
+        """TRL's own loss (``loss_type``), with the batch's cached ``ref_*_logps``."""
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # -- data ---------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        if f"{self.extra_column}_ids" in dataset.column_names or self.extra_column not in dataset.column_names:
+        column = self.extra_column
+        if column is None or f"{column}_ids" in dataset.column_names or column not in dataset.column_names:
             return dataset
         tok = getattr(processing_class, "tokenizer", processing_class)
-        column = self.extra_column
 
         def tokenize_extra(example):
             ids = []
@@ -214,15 +386,17 @@ class _CachedRefTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
+        if self.extra_column is None:
+            return
         extra = [f"{self.extra_column}_ids", "label"] + ([self.ref_extra_column] if self.ref_extra_column else [])
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         missing = {"ref_chosen_logps", "ref_rejected_logps"} - set(dataset.column_names)
         if missing:
-            raise ValueError(
+            raise CacheMismatchError(
                 f"{name} dataset: no {sorted(missing)} columns; this trainer reads cached reference "
-                "log-probs (build the dataset with mcpo_dataset / mpo_dataset from a build table)"
+                "log-probs (build the dataset with prefpool_dataset from a build table)"
             )
         return dataset
 
@@ -235,6 +409,19 @@ class _CachedRefTrainer(DPOTrainer):
             input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, use_cache=False
         )
         return out.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1)
+
+
+class CachedRefDPOTrainer(_CachedRefTrainer):
+    """TRL's ``DPOTrainer`` with its own losses (``loss_type``: sigmoid = DPO, ipo, hinge, robust, ...) on a
+    prefpool ``pairwise`` table, the reference log-probs read from the table; no reference model is loaded.
+
+    ``DPOTrainer(model, args=DPOConfig(...), train_dataset=prefpool_dataset(folder), ...)`` with these
+    differences only: the table's cache is checked, the first step checks the policy against the cache.
+    """
+
+
+class _PrefpoolLossTrainer(_CachedRefTrainer):
+    """MC-PO and MPO: extra completions per example and a loss from ``prefpool.losses``."""
 
     def _logps_of_rows(self, model, inputs, chosen_rows: int, extra_rows: torch.Tensor | None) -> torch.Tensor:
         """Log-probs of TRL's first ``chosen_rows`` rows and of the given extra rows, one forward."""
@@ -259,14 +446,14 @@ class _CachedRefTrainer(DPOTrainer):
             value = self.accelerator.gather_for_metrics(value.detach().double())
             self._metrics[mode][name].append(value.mean().item())
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def _compute_loss_of_batch(self, model, inputs, return_outputs, num_items_in_batch):
         out = self._loss(model, inputs)
         loss = out.loss.mean()
         self._log_metrics(out.metrics, loss)
         return (loss, None) if return_outputs else loss
 
 
-class MCPODPOTrainer(_CachedRefTrainer):
+class MCPODPOTrainer(_PrefpoolLossTrainer):
     """MC-PO (Chen et al. 2025, arXiv 2502.04567) as a ``DPOTrainer``; see the module docstring.
 
     Selection kernels run two passes: the pool is scored without gradient, one
@@ -277,10 +464,37 @@ class MCPODPOTrainer(_CachedRefTrainer):
     one forward through the preferred answers and the whole pool.
     """
 
+    table_kind = "mcpo"
+    extra_column = "pool"
+    ref_extra_column = "ref_pool_logps"
+    _restored_generator: torch.Tensor | None = None  # a checkpoint's state, set on the first draw
+
     def _draw_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = torch.Generator(device=device).manual_seed(self.args.seed)
+            seed = kernel_seed(self.args.seed, self.args.process_index)
+            self._generator = torch.Generator(device=device).manual_seed(seed)
+            if self._restored_generator is not None:
+                self._generator.set_state(self._restored_generator)
+                self._restored_generator = None
         return self._generator
+
+    def _generator_file(self, folder: str | Path) -> Path:
+        return Path(folder) / f"kernel_generator_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._draw_generator(self.args.device).get_state(), self._generator_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._generator_file(checkpoint)
+        if not path.is_file():
+            logger.warning("%s: no kernel generator state; the resumed run's MC-PO draws start afresh", path)
+            return
+        self._generator = None  # recreated on the next draw, from this state
+        self._restored_generator = torch.load(path, weights_only=True)
 
     def _loss(self, model, inputs):
         kernel, beta = self.args.mcpo_kernel, self.args.beta
@@ -322,7 +536,7 @@ class MCPODPOTrainer(_CachedRefTrainer):
         )
 
 
-class MPODPOTrainer(_CachedRefTrainer):
+class MPODPOTrainer(_PrefpoolLossTrainer):
     """MPO (Jiang et al. 2023, arXiv 2312.16430, eq. 33) as a ``DPOTrainer``.
 
     Chosen/rejected go through TRL's own collation; ``label`` is the preference
@@ -330,6 +544,7 @@ class MPODPOTrainer(_CachedRefTrainer):
     from the reference by the pipeline) enter the NLL term.
     """
 
+    table_kind = "mpo"
     extra_column = "ref_samples"
     ref_extra_column = None
 

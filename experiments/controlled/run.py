@@ -16,21 +16,26 @@ rerun, so an interrupted sweep continues where it stopped.
 
 Experiments (name: runs):
 
-- ``kernels``: MC-PO kernels sample / uniform (= DPO, random rejected) / max / min /
-  expectation on the full pools (up to 8), and DPO with the max-margin rejected
-  answer (lowest true reward in the pool).
+- ``kernels``: MC-PO's kernels on the full pools (up to 8): ``sample`` (the
+  paper's, over the preferred answer and the pool), ``sample_pool`` (the same
+  softmax over the pool alone), ``uniform`` (= DPO, random rejected), ``max``,
+  ``min``, ``listwise``, ``rao_blackwell``; and DPO with the max-margin
+  rejected answer (lowest true reward in the pool).
 - ``pool_size``: the sample kernel with pools cut to M = 1, 2, 4 (M = 8 is
-  ``kernels/sample``; M = 1 is DPO with a random rejected answer).
+  ``kernels/sample``).
 - ``garbage``: one garbage answer added to every pool: DPO using it as the
   rejected answer, DPO random (uniform kernel), MC-PO (sample kernel).
 - ``mpo``: near-deterministic labels (``sharp``), pairs = preferred vs one fixed
-  random pool member: MPO (the pool as reference samples, tau), MPO without the
-  tau term, DPO, IPO, all at MPO's learning rate; trained ``--long-steps``
+  random pool member: MPO (tau; its reference samples are every sample the
+  generate stage drew for the prompt, i.i.d. from the reference), MPO without
+  the tau term, DPO, IPO, all at MPO's learning rate; trained ``--long-steps``
   steps to see whether the KL stays bounded.
 - ``online``: OnMC-PO (``prefpool.train.online``), 2 rounds of half the steps,
   the second round's pool sampled from the first round's policy; against
   offline MC-PO (``kernels/sample``) at equal total steps.
-- ``frontier``: beta in --betas for DPO (uniform kernel), MC-PO (sample), MPO (at its learning rate).
+- ``frontier``: beta in --betas for the kernels in ``FRONTIER_KERNELS`` and MPO
+  (at its learning rate); the runs at beta = ``Settings.beta`` are the
+  ``kernels`` experiment's (same table, seed and settings), not rerun.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ from prefpool.pipeline.build import build
 from prefpool.train.config import TrainConfig
 
 EXPERIMENTS = ("kernels", "pool_size", "garbage", "mpo", "online", "frontier")
+KERNELS = ("sample", "sample_pool", "uniform", "max", "min", "listwise", "rao_blackwell")
+FRONTIER_KERNELS = ("sample", "sample_pool", "uniform", "rao_blackwell", "listwise")
 SHARP = "prefpool.controlled.task:sharp_annotator"
 
 
@@ -68,7 +75,7 @@ class Settings:
     mpo_lr: float = 2e-3  # MPO's gradient is bounded (it rewards p, not log p): it needs a larger step
     beta: float = 0.1
     tau: float = 0.1
-    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
     probe_samples: int = 8
     n: int = 9
 
@@ -83,7 +90,7 @@ class Run:
 
 
 def planned_runs(s: Settings) -> list[Run]:
-    runs = [Run("kernels", k, "mcpo", {"kernel": k}) for k in ("sample", "uniform", "max", "min", "expectation")]
+    runs = [Run("kernels", k, "mcpo", {"kernel": k}) for k in KERNELS]
     runs.append(Run("kernels", "max-margin", "max_margin", {"kernel": "uniform"}))
     runs += [Run("pool_size", f"M={m}", f"pool{m}", {"kernel": "sample"}) for m in (1, 2, 4)]
     runs += [
@@ -99,11 +106,9 @@ def planned_runs(s: Settings) -> list[Run]:
         Run("mpo", "ipo", "sharp_pairwise", {"loss": "ipo", "lr": s.mpo_lr}, long=True),
     ]
     for b in s.betas:
-        runs += [
-            Run("frontier", f"dpo-random beta={b}", "mcpo", {"kernel": "uniform", "beta": b}),
-            Run("frontier", f"mcpo beta={b}", "mcpo", {"kernel": "sample", "beta": b}),
-            Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau, "lr": s.mpo_lr}),
-        ]
+        if b != s.beta:  # at the default beta these are the kernels experiment's runs
+            runs += [Run("frontier", f"{k} beta={b}", "mcpo", {"kernel": k, "beta": b}) for k in FRONTIER_KERNELS]
+        runs.append(Run("frontier", f"mpo beta={b}", "mpo", {"loss": "mpo", "beta": b, "tau": s.tau, "lr": s.mpo_lr}))
     return runs
 
 
@@ -157,21 +162,15 @@ class Seed:
             return derive.derive_table(
                 self.table("garbage"), tables / key, kind="mcpo", name="garbage_only", transform=derive.garbage_only
             )
-        if key == "mpo":
+        if key in ("mpo", "sharp_mpo"):
+            data = self.std if key == "mpo" else self.sharp
+            samples = self.reference_samples(data)
             return derive.derive_table(
-                self.std.train_table,
+                data.train_table,
                 tables / key,
                 kind="mpo",
-                name="as_mpo",
-                transform=lambda r: derive.as_mpo(r, self.seed),
-            )
-        if key == "sharp_mpo":
-            return derive.derive_table(
-                self.sharp.train_table,
-                tables / key,
-                kind="mpo",
-                name="as_mpo",
-                transform=lambda r: derive.as_mpo(r, self.seed),
+                name="as_mpo(iid reference samples)",
+                transform=lambda r: derive.as_mpo(r, self.seed, samples),
             )
         if key == "sharp_pairwise":
             return derive.derive_table(
@@ -182,6 +181,11 @@ class Seed:
                 transform=lambda r: derive.as_pair(r, self.seed),
             )
         raise KeyError(key)
+
+    def reference_samples(self, data: TaskData) -> dict:
+        """The generate stage's samples (i.i.d. from the reference) of every training prompt."""
+        train = data.train_table.parent.parent  # data/train
+        return derive.reference_samples(train / "generate", train / "logprobs")
 
     def run(self, run: Run) -> list[dict]:
         s = self.s

@@ -6,7 +6,11 @@ Reads ``OUT/seed-*/runs/<experiment>/<run>/probe.jsonl`` (made by ``run.py``)
 and prints one markdown table per experiment: the final true reward and KL to
 the reference of fresh samples for the held-out topics, the training time, and
 the true reward at equal wall time (interpolated at the shortest run's training
-time in that experiment). Plots go to ``OUT/figures/``.
+time in that experiment). Then the MC-PO kernel's diagnostics from each run's
+``metrics.jsonl`` (the trainer logs them every step), and for the beta sweep
+(``frontier``) the reward-KL frontier read at matched KL: per seed, the best
+true reward of any probe point (any beta, any step) whose KL is at most k.
+Plots go to ``OUT/figures/`` (or ``--figures``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,19 @@ from pathlib import Path
 
 from prefpool.controlled.report import markdown_table, plot_probe_curves
 
+# Kernels of the beta sweep (run.py's FRONTIER_KERNELS), and MPO beside them.
+FRONTIER_METHODS = ["sample", "sample_pool", "uniform", "rao_blackwell", "listwise", "mpo"]
+MATCHED_KL = (1.0, 2.0, 5.0, 10.0, 20.0)
+DIAGNOSTICS = {  # metrics.jsonl key -> column
+    "mcpo/kernel_kl_uniform": "KL(K ‖ uniform)",
+    "mcpo/kernel_top_prob": "top prob",
+    "mcpo/kernel_chosen_prob": "K_0",
+    "mcpo/chosen_drawn": "y_0 drawn",
+    "mcpo/pool_reward_std": "β·std(log-ratio)",
+    "mcpo/entropy": "entropy",
+}
 ORDER = {
-    "kernels": ["sample", "uniform", "max-margin", "max", "min", "expectation"],
+    "kernels": ["sample", "sample_pool", "uniform", "max-margin", "max", "min", "listwise", "rao_blackwell"],
     "pool_size": ["M1", "M2", "M4", "M8"],
     "garbage": ["dpo-garbage", "dpo-random", "mcpo"],
     "mpo": ["mpo", "mpo-tau0", "dpo", "ipo"],
@@ -27,12 +42,14 @@ ORDER = {
 }
 LABELS = {
     "kernels": {
-        "sample": "MC-PO, sample kernel",
+        "sample": "MC-PO, sample kernel (paper's: {y0} ∪ pool)",
+        "sample_pool": "MC-PO, sample_pool (pool only)",
         "uniform": "DPO, random rejected (uniform)",
         "max-margin": "DPO, max-margin rejected (lowest true reward)",
         "max": "MC-PO, max kernel",
         "min": "MC-PO, min kernel",
-        "expectation": "MC-PO, expectation (listwise)",
+        "listwise": "MC-PO, listwise",
+        "rao_blackwell": "MC-PO, rao_blackwell",
     },
     "garbage": {
         "dpo-garbage": "DPO, garbage as rejected",
@@ -55,13 +72,37 @@ def load_runs(out: Path) -> dict[str, dict[str, dict[int, list[dict]]]]:
         steps = settings["long_steps"] if experiment == "mpo" else settings["steps"]
         if records and records[-1]["step"] >= steps:
             runs.setdefault(experiment, {}).setdefault(name, {})[seed] = records
-    # shared runs: M=8 is kernels/sample; offline MC-PO of the online experiment too
-    if "kernels" in runs and "sample" in runs["kernels"]:
+    # shared runs: M=8 is kernels/sample; offline MC-PO of the online experiment too; the beta sweep
+    # at the default beta is the kernels experiment (run.py does not rerun it)
+    kernels = runs.get("kernels", {})
+    if "sample" in kernels:
         if "pool_size" in runs:
-            runs["pool_size"]["M8"] = runs["kernels"]["sample"]
+            runs["pool_size"]["M8"] = kernels["sample"]
         if "online" in runs:
-            runs["online"]["offline-mcpo"] = runs["kernels"]["sample"]
+            runs["online"]["offline-mcpo"] = kernels["sample"]
+    if "frontier" in runs:
+        for kernel in FRONTIER_METHODS:
+            if kernel in kernels:
+                runs["frontier"].setdefault(f"{kernel}_beta{settings['beta']}", kernels[kernel])
     return runs
+
+
+def load_diagnostics(out: Path, last: int = 10) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """experiment -> run -> seed -> the kernel diagnostics (``DIAGNOSTICS``) averaged over the last
+    ``last`` logged steps of ``metrics.jsonl``, plus ``log_support`` (log of the kernel's support
+    size: pool width, + 1 for the kernels that can draw y0), for every run that logged them."""
+    found: dict = {}
+    for path in sorted(out.glob("seed-*/runs/*/*/metrics.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        tail = [r for r in records[-last:] if r.get("mcpo/kernel_kl_uniform") is not None]
+        if not tail:
+            continue
+        seed, experiment, name = int(path.parts[-5].split("-")[1]), path.parts[-3], path.parts[-2]
+        values = {key: sum(r[key] for r in tail) / len(tail) for key in DIAGNOSTICS}
+        # KL to uniform = log|support| - entropy, so the support size is recovered from the two
+        values["log_support"] = values["mcpo/kernel_kl_uniform"] + values["mcpo/entropy"]
+        found.setdefault(experiment, {}).setdefault(name, {})[seed] = values
+    return found
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -144,54 +185,134 @@ def kl_trajectory_table(runs: dict[str, dict[int, list[dict]]], names: list[str]
     return markdown_table(["KL / true reward at step"] + [str(s) for s in steps], rows)
 
 
-def frontier_plot(runs: dict[str, dict[int, list[dict]]], out: Path) -> Path:
+def _beta(name: str) -> float:
+    return float(name.split("_beta")[1])
+
+
+def _method(name: str) -> str:
+    return name.split("_beta")[0]
+
+
+def _frontier_names(runs: dict[str, dict[int, list[dict]]]) -> list[str]:
+    return sorted(
+        (n for n in runs if _method(n) in FRONTIER_METHODS),
+        key=lambda n: (FRONTIER_METHODS.index(_method(n)), _beta(n)),
+    )
+
+
+def best_reward_within(records: list[dict], kl: float) -> float:
+    """The highest true reward among ``records`` whose KL is at most ``kl`` (step 0, KL 0, always is)."""
+    return max(r["reward"] for r in records if r["kl"] <= kl)
+
+
+def matched_kl_table(runs: dict[str, dict[int, list[dict]]]) -> str:
+    """Per method: mean ± std over seeds of the best true reward reached within each KL budget, over
+    every probe point of every beta (each method has the same number of points per seed)."""
+    rows = []
+    for method in FRONTIER_METHODS:
+        names = [n for n in _frontier_names(runs) if _method(n) == method]
+        if not names:
+            continue
+        seeds = sorted(set.intersection(*(set(runs[n]) for n in names)))
+        cells = []
+        for kl in MATCHED_KL:
+            cells.append(fmt([best_reward_within([r for n in names for r in runs[n][s]], kl) for s in seeds]))
+        rows.append([method, len(seeds), len(names), *cells])
+    header = ["method", "seeds", "betas", *(f"best reward, KL ≤ {k:g}" for k in MATCHED_KL)]
+    return markdown_table(header, rows)
+
+
+def frontier_table(runs: dict[str, dict[int, list[dict]]], diagnostics: dict[str, dict[int, dict]]) -> str:
+    """Per method and beta: final true reward and KL (mean ± std over seeds) and the kernel's
+    diagnostics over the last 10 steps (seed means)."""
+    rows = []
+    for name in _frontier_names(runs):
+        finals = [recs[-1] for recs in runs[name].values()]
+        diag = diagnostics.get(name, {})
+        cells = [
+            f"{sum(d[key] for d in diag.values()) / len(diag):.3f}" if diag else "-"
+            for key in ("mcpo/kernel_kl_uniform", "mcpo/kernel_top_prob", "mcpo/chosen_drawn", "mcpo/pool_reward_std")
+        ]
+        rows.append(
+            [
+                _method(name),
+                f"{_beta(name):g}",
+                fmt([f["reward"] for f in finals]),
+                fmt([f["kl"] for f in finals], sign=False),
+                *cells,
+            ]
+        )
+    header = [
+        "method",
+        "β",
+        "true reward",
+        "KL to reference",
+        "KL(K ‖ uniform)",
+        "top prob",
+        "y_0 drawn",
+        "β·std(log-ratio)",
+    ]
+    return markdown_table(header, rows)
+
+
+def diagnostics_table(diagnostics: dict[str, dict[str, dict[int, dict[str, float]]]], experiments: list[str]) -> str:
+    """Every MC-PO run's kernel diagnostics over its last 10 steps: mean ± std over seeds."""
+    rows = []
+    for experiment in experiments:
+        for name, by_seed in sorted(diagnostics.get(experiment, {}).items()):
+            values = list(by_seed.values())
+            rows.append(
+                [f"{experiment}/{name}", len(values), f"{sum(v['log_support'] for v in values) / len(values):.3f}"]
+                + [fmt([v[key] for v in values], digits=3, sign=False) for key in DIAGNOSTICS]
+            )
+    return markdown_table(["run", "seeds", "log|support|", *DIAGNOSTICS.values()], rows)
+
+
+def frontier_plot(runs: dict[str, dict[int, list[dict]]], diagnostics: dict[str, dict[int, dict]], out: Path) -> Path:
+    """Left: every probe point (seed means) of every beta, per method, and the seed-mean best reward
+    within a KL budget (lines). Right: the kernel's KL to uniform and top probability against beta."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    colors = {"dpo-random": "tab:blue", "mcpo": "tab:orange", "mpo": "tab:green"}
-    for method, color in colors.items():
-        xs, ys = [], []
-        for name, by_seed in runs.items():
-            if name.split("_beta")[0] != method:
-                continue
-            for r in averaged(by_seed)[1:]:
-                xs.append(r["kl"])
-                ys.append(r["reward"])
-        ax.scatter(xs, ys, s=14, color=color, label=method, alpha=0.8)
+    fig, (ax, ax_kl, ax_top) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    colors = dict(zip(FRONTIER_METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    budgets = [0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50]
+    for method in FRONTIER_METHODS:
+        names = [n for n in _frontier_names(runs) if _method(n) == method]
+        if not names:
+            continue
+        points = [r for n in names for r in averaged(runs[n])[1:]]
+        ax.scatter([r["kl"] for r in points], [r["reward"] for r in points], s=10, alpha=0.5, color=colors[method])
+        seeds = sorted(set.intersection(*(set(runs[n]) for n in names)))
+        envelope = [
+            mean_std([best_reward_within([r for n in names for r in runs[n][s]], k) for s in seeds])[0] for k in budgets
+        ]
+        ax.plot(budgets, envelope, color=colors[method], label=method)
+        if method == "mpo":
+            continue
+        betas = [_beta(n) for n in names if n in diagnostics]
+        for axis, key in ((ax_kl, "mcpo/kernel_kl_uniform"), (ax_top, "mcpo/kernel_top_prob")):
+            means = [mean_std([d[key] for d in diagnostics[n].values()])[0] for n in names if n in diagnostics]
+            axis.plot(betas, means, marker="o", color=colors[method], label=method)
     ax.set(
         xscale="symlog",
         xlabel="KL(policy ‖ reference), nats (symlog)",
         ylabel="true reward of fresh samples",
-        title="reward-KL frontier: every probe point, every beta (seed means)",
+        title="points: every probe, every β (seed means); lines: best reward within KL",
     )
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_kl.set(xscale="log", xlabel="β", ylabel="nats", title="kernel KL to uniform, last 10 steps")
+    ax_top.set(xscale="log", xlabel="β", ylabel="max_i K_i", title="kernel top probability, last 10 steps")
+    for axis in (ax, ax_kl, ax_top):
+        axis.grid(alpha=0.3)
+        axis.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    ax_kl.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def kernel_entropy_table(out: Path, last: int = 10) -> str:
-    """The MC-PO kernel's entropy (``mcpo/entropy`` in the trainer's metrics.jsonl), mean over the
-    last ``last`` steps, per seed, for every run that logged it; and log(pool width), a uniform pick's."""
-    found: dict[str, dict[int, tuple[float, float]]] = {}
-    for path in sorted(out.glob("seed-*/runs/*/*/metrics.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        tail = [r for r in records[-last:] if r.get("mcpo/entropy") is not None]
-        if not tail:
-            continue
-        seed, run = int(path.parts[-5].split("-")[1]), f"{path.parts[-3]}/{path.parts[-2]}"
-        entropy = sum(r["mcpo/entropy"] for r in tail) / len(tail)
-        found.setdefault(run, {})[seed] = (entropy, math.log(max(r["mcpo/num_candidates"] for r in tail)))
-    rows = [
-        [run, ", ".join(f"{by_seed[s][0]:.3f}" for s in sorted(by_seed)), f"{max(v[1] for v in by_seed.values()):.3f}"]
-        for run, by_seed in sorted(found.items())
-    ]
-    return markdown_table(["run", f"kernel entropy, last {last} steps, per seed (nats)", "log(pool width)"], rows)
 
 
 def main() -> None:
@@ -201,25 +322,33 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=None, help="Plot folder (default OUT/figures).")
     args = parser.parse_args()
     runs = load_runs(args.out)
+    diagnostics = load_diagnostics(args.out)
+    beta = json.loads((args.out / "settings.json").read_text())["beta"]
+    for kernel in FRONTIER_METHODS:  # the sweep's runs at the default beta are the kernels experiment's
+        if kernel in diagnostics.get("kernels", {}):
+            diagnostics.setdefault("frontier", {}).setdefault(f"{kernel}_beta{beta}", diagnostics["kernels"][kernel])
     figures = args.figures or args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     parts = []
     for experiment in ("kernels", "pool_size", "garbage", "mpo", "online", "frontier"):
         if experiment not in runs:
             continue
+        if experiment == "frontier":
+            parts.append("### frontier: matched KL\n\n" + matched_kl_table(runs[experiment]))
+            parts.append(frontier_table(runs[experiment], diagnostics.get("frontier", {})))
+            frontier_plot(runs[experiment], diagnostics.get("frontier", {}), figures / "frontier.png")
+            continue
         parts.append(f"### {experiment}\n\n" + experiment_table(experiment, runs[experiment]))
         if experiment == "mpo":
             parts.append(kl_trajectory_table(runs[experiment], [n for n in ORDER["mpo"] if n in runs["mpo"]]))
-        if experiment == "frontier":
-            frontier_plot(runs[experiment], figures / "frontier.png")
-        else:
-            curves = {
-                LABELS.get(experiment, {}).get(n, n): averaged(by_seed) for n, by_seed in runs[experiment].items()
-            }
-            plot_probe_curves(
-                curves, figures / f"{experiment}.png", title=f"{experiment}: seed means, band = ± std error over seeds"
-            )
-    parts.append("### MC-PO kernel entropy\n\n" + kernel_entropy_table(args.out))
+        curves = {LABELS.get(experiment, {}).get(n, n): averaged(by_seed) for n, by_seed in runs[experiment].items()}
+        plot_probe_curves(
+            curves, figures / f"{experiment}.png", title=f"{experiment}: seed means, band = ± std error over seeds"
+        )
+    parts.append(
+        "### MC-PO kernel diagnostics (last 10 steps; mean ± std over seeds)\n\n"
+        + diagnostics_table(diagnostics, ["kernels", "pool_size", "garbage"])
+    )
     text = "\n".join(parts)
     print(text)
     if args.write:

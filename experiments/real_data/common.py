@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from prefpool.train.evaluate import EVAL_FILE
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -58,10 +60,11 @@ def prefpool(*args: str, timer: Timer | None = None, name: str | None = None) ->
         timer.record(name, time.perf_counter() - start)
 
 
-def prepare_model(cache: Path) -> Path:
+def prepare_model(cache: Path, gguf_dir: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as a float32 ``save_pretrained`` folder with its chat template.
 
-    The GGUF (Q4_1) is dequantized by transformers; the folder is written once
+    ``gguf_dir``: a folder already holding the GGUF (default: fetched by ``get-smollm2`` into
+    ``cache/gguf``). The GGUF (Q4_1) is dequantized by transformers; the folder is written once
     (to a temporary name, renamed when complete) and checked on every call:
     it must load, have a chat template, and render the same prompt as the GGUF's tokenizer.
     """
@@ -69,11 +72,12 @@ def prepare_model(cache: Path) -> Path:
 
     dest = cache / "smollm2-135m-instruct-f32"
     if not (dest / "prefpool_convert.json").exists():
-        gguf_dir = Path(
-            subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        if gguf_dir is None:
+            gguf_dir = Path(
+                subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
         import torch
 
         log(f"converting {gguf_dir / GGUF_NAME} -> {dest} (dequantized float32)")
@@ -207,14 +211,14 @@ def train_config(
 
 
 def run_eval(model: Path, heldout: Path, dest: Path, timer: Timer, name: str, extra: tuple = ()) -> dict:
-    """``prefpool eval`` into DEST (skipped when DEST exists).
+    """``prefpool eval --out DEST``; returns DEST/eval.json (the eval is skipped when that file exists).
 
     ``extra``: more eval options, e.g. ``("--device", "cpu")``.
     """
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)  # prefpool eval --out does not create it
+    result = dest / EVAL_FILE
+    if not result.exists():
         prefpool("eval", "--model", model, "--data", heldout, "--out", dest, *extra, timer=timer, name=name)
-    return json.loads(dest.read_text())
+    return json.loads(result.read_text())
 
 
 def mean_std(values: list[float]) -> str:

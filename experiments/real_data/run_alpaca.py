@@ -44,6 +44,8 @@ from common import (
     train_config,
 )
 
+from prefpool.pipeline.io.layout import REPORT, read_meta
+
 HERE = Path(__file__).resolve().parent
 DATA = REPO.parent / "shared" / "data" / "alpaca_eval" / "alpaca_eval_ranked_pools.jsonl"
 HELDOUT_BUCKETS = 10  # held-out = stable_bucket(prompt_id, 10) == 0: about 80 of the 805 prompts
@@ -106,7 +108,7 @@ def trim(candidates: list[dict], max_pool: int | None) -> list[dict]:
     """The answers ``build --kind mcpo --max-pool K`` uses: the best (lowest rank; the first on a
     tie, as ``best_ties=first``) and the first K answers ranked strictly below it, in answer order.
     Trimming before ``logprobs`` only saves scoring answers the table would drop; build's own
-    ``max_pool`` is still passed (and then drops nothing, see build/*/report.json)."""
+    ``max_pool`` is still passed (and then drops nothing, see build/*/.prefpool/report.json)."""
     if max_pool is None:
         return candidates
     best = min(range(len(candidates)), key=lambda i: (candidates[i]["rank"], i))
@@ -174,8 +176,8 @@ def check_split(tables: dict[str, Path], info: dict) -> dict:
         ids = {r["prompt_id"] for r in t}
         if not ids <= set(info[f"{side}_prompt_ids"]):
             raise SystemExit(f"{table}: prompt ids outside the {side} split")
-        lp_report = json.loads((table.parent / "logprobs" / "report.json").read_text())
-        build_report = json.loads((table / "report.json").read_text())
+        lp_report = read_meta(table.parent / "logprobs", REPORT)
+        build_report = read_meta(table, REPORT)
         stats[side] = {
             "rows": len(t),
             "prompts_in_split": info[f"{side}_prompts"],
@@ -302,7 +304,7 @@ def main() -> None:
         "1 + M/2",
         "runs": {},
     }
-    ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference")
+    ref = run_eval(model, tables["heldout"], out / "evals" / "reference", timer, "eval_reference")
     results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
 
     for seed in args.seeds:
@@ -316,7 +318,7 @@ def main() -> None:
             ev = run_eval(
                 run_dir,
                 tables["heldout"],
-                out / "evals" / f"{method}-seed{seed}.json",
+                out / "evals" / f"{method}-seed{seed}",
                 timer,
                 f"eval_{method}_seed{seed}",
             )

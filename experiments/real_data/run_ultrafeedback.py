@@ -44,6 +44,8 @@ from common import (
     train_config,
 )
 
+from prefpool.pipeline.io.layout import REPORT, read_meta
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA = REPO.parent / "shared" / "data" / "ultrafeedback"
@@ -197,9 +199,9 @@ def data_stats(tables: dict[str, Path], info: dict, model: Path, max_length: int
             "answers_truncated": round(cut / max(1, 2 * len(rows)), 3),
             "pairs_identical_after_truncation": same,
             "answer_tokens_median": statistics.median(lengths) if lengths else None,
-            "ingest_report": json.loads((table.parent / "ingest" / "report.json").read_text()),
-            "logprobs_report": json.loads((table.parent / "logprobs" / "report.json").read_text()),
-            "build_report": json.loads((table / "report.json").read_text()),
+            "ingest_report": read_meta(table.parent / "ingest", REPORT),
+            "logprobs_report": read_meta(table.parent / "logprobs", REPORT),
+            "build_report": read_meta(table, REPORT),
         }
     return stats
 
@@ -285,7 +287,7 @@ def main() -> None:
         "log-ratio 0) scores accuracy 0 with tie rate 1",
         "runs": {},
     }
-    ref = run_eval(model, tables["heldout"], out / "evals" / "reference.json", timer, "eval_reference", eval_opts)
+    ref = run_eval(model, tables["heldout"], out / "evals" / "reference", timer, "eval_reference", eval_opts)
     results["reference"] = {**summarize(ref["ranking"]), "eval_seconds": ref["seconds"]}
 
     for seed in args.seeds:
@@ -299,7 +301,7 @@ def main() -> None:
             ev = run_eval(
                 run_dir,
                 tables["heldout"],
-                out / "evals" / f"{method}-seed{seed}.json",
+                out / "evals" / f"{method}-seed{seed}",
                 timer,
                 f"eval_{method}_seed{seed}",
                 eval_opts,

@@ -48,13 +48,18 @@ def parse_engine_args(text: str | None, *, where: str = "--engine-args") -> dict
     """A JSON object of ``vllm.LLM`` options, or None for an empty/absent value."""
     if text is None or not text.strip():
         return None
+    # The text itself is never echoed in an error: it may hold a token (hf_token is a vllm.LLM option).
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PipelineConfigError(f"{where} is not valid JSON ({exc}): {text!r}") from None
+        raise PipelineConfigError(
+            f"{where} is not valid JSON ({exc.msg} at character {exc.pos}); give a JSON object, "
+            "e.g. '{\"tensor_parallel_size\": 2}'"
+        ) from None
     if not isinstance(parsed, dict):
         raise PipelineConfigError(
-            f"{where} must be a JSON object of vllm.LLM options, e.g. '{{\"tensor_parallel_size\": 2}}'; got {text!r}"
+            f"{where} must be a JSON object of vllm.LLM options, e.g. '{{\"tensor_parallel_size\": 2}}'; "
+            f"got a JSON {type(parsed).__name__}"
         )
     return parsed
 
@@ -94,3 +99,14 @@ def context_limit(max_position_embeddings: int | None, options: Mapping) -> int 
     """Tokens one sequence may hold: the model's context, lowered by vllm's ``max_model_len`` if set."""
     limits = [v for v in (max_position_embeddings, options.get("max_model_len")) if v is not None]
     return min(limits) if limits else None
+
+
+def engine_gpus(options: Mapping) -> int:
+    """GPUs one vLLM engine spans: ``tensor_parallel_size`` x ``pipeline_parallel_size`` (each 1 when unset)."""
+    return int(options.get("tensor_parallel_size") or 1) * int(options.get("pipeline_parallel_size") or 1)
+
+
+def vllm_gpus_why(options: Mapping) -> str:
+    """Where ``engine_gpus`` comes from, for messages (``vllm tensor_parallel_size=4 x pipeline_parallel_size=1``)."""
+    tp, pp = (int(options.get(k) or 1) for k in ("tensor_parallel_size", "pipeline_parallel_size"))
+    return f"vllm tensor_parallel_size={tp} x pipeline_parallel_size={pp}"

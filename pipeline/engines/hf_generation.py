@@ -23,16 +23,15 @@ class HFEngine:
 
     def __init__(self, info: ModelInfo, *, batch_size: int, device: str, model: torch.nn.Module | None = None) -> None:
         """``model``: an already loaded model to sample from (e.g. a policy during training, probed
-        without saving it); it must be in eval mode or have no dropout. Default: load ``info.path``."""
-        from transformers import AutoModelForCausalLM
-
+        without saving it); it must be in eval mode or have no dropout. Default: load ``info.source``
+        (in the weights' own dtype). ``device``: a torch device string (``device.resolve_device``'s)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.info = info
         self.batch_size = batch_size
         self.device = torch.device(device)
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(info.path, dtype="auto").to(self.device).eval()
+            model = info.source.causal_lm(dtype="auto").to(self.device).eval()
         self.model = model
 
     def generate(

@@ -20,7 +20,9 @@ from typing import Protocol
 
 import torch
 
+from prefpool.pipeline.model.device import resolve_device
 from prefpool.pipeline.model.scoring import score_tokens
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,13 +43,13 @@ class Engine(Protocol):
 
 
 class HFEngine:
-    """``transformers`` causal LM on the GPU when there is one, else the CPU."""
+    """``transformers`` causal LM on ``device`` (``"auto"``: the GPU when there is one, else the CPU)."""
 
-    def __init__(self, model: str, *, dtype: str, batch_tokens: int, pad_token_id: int) -> None:
-        from transformers import AutoModelForCausalLM
-
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype]).to(self.device).eval()
+    def __init__(
+        self, model: str | ModelSource, *, dtype: str, batch_tokens: int, pad_token_id: int, device: str = "auto"
+    ) -> None:
+        self.device = torch.device(resolve_device(device))
+        self.model = resolve_model(model).causal_lm(DTYPES[dtype]).to(self.device).eval()
         self.batch_tokens = batch_tokens
         self.pad_token_id = pad_token_id
 
@@ -61,10 +63,10 @@ class HFEngine:
         )
 
 
-def _vllm(model: str, **kwargs) -> Engine:
+def _vllm(model: str | ModelSource, **kwargs) -> Engine:
     from prefpool.pipeline.engines.vllm_logprobs import VLLMEngine  # imports vllm only when chosen
 
-    return VLLMEngine(model, **kwargs)
+    return VLLMEngine(resolve_model(model).for_vllm(), **kwargs)
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine, "vllm": _vllm}

@@ -19,10 +19,14 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.core.errors import UserCodeError
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 RewardFn = Callable[[list[dict], str], float]
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
@@ -34,42 +38,95 @@ def _file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _import(module: str):
+def _import(module: str, spec: str):
+    """The user's module. Importing it runs the user's code: whatever it raises (a syntax error, a
+    missing dependency) is a ``UserCodeError`` naming the module, the cause chained."""
     if module.endswith(".py") or "/" in module:
         path = Path(module)
         if not path.is_file():
             raise PipelineConfigError(f"reward_fn: no such file {module!r}")
         name = "prefpool_reward_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        assert loader_spec is not None and loader_spec.loader is not None
+        mod = importlib.util.module_from_spec(loader_spec)
+        load = lambda: loader_spec.loader.exec_module(mod)  # noqa: E731
+    else:
+        if importlib.util.find_spec(module.partition(".")[0]) is None:
+            raise PipelineConfigError(
+                f"reward_fn {spec!r}: cannot import module {module!r}: no module named "
+                f"{module.partition('.')[0]!r} on the Python path (set PYTHONPATH, or give a file: "
+                "path/to/rewards.py:function)"
+            )
+        mod = None
+        load = None
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise PipelineConfigError(f"reward_fn: cannot import module {module!r}: {exc}") from None
+        if load is None:
+            return importlib.import_module(module)
+        load()
+        return mod
+    except Exception as exc:  # the user's module raised while importing: see the docstring
+        raise UserCodeError(
+            f"reward_fn {spec!r}: importing {module!r} failed with {type(exc).__name__}: {exc}; fix the module "
+            "(rerun with --debug for its traceback)"
+        ) from exc
+
+
+def load_reward_fn(spec: str | RewardFn) -> tuple[RewardFn, str]:
+    """``"module:function"`` or ``"path/file.py:function"`` -> (the function, its name); a callable as is."""
+    if callable(spec):
+        return spec, getattr(spec, "__qualname__", repr(spec))
+    module, sep, name = spec.rpartition(":")
+    if not sep or not module or not name:
+        raise PipelineConfigError(f"reward_fn: expected 'module:function' or 'file.py:function', got {spec!r}")
+    fn = getattr(_import(module, spec), name, None)
+    if not callable(fn):
+        raise PipelineConfigError(f"reward_fn: {spec!r} is not a callable (the module has no function {name!r})")
+    return fn, spec
+
+
+def call_reward(fn: RewardFn, name: str, prompt: list[dict], text: str, *, where: str) -> object:
+    """``fn(prompt, text)``; an exception it raises becomes a ``UserCodeError`` naming ``where`` (the
+    prompt id, file and row) with the original chained, so the user can reproduce the call."""
+    try:
+        return fn(prompt, text)
+    except Exception as exc:  # the user's function raised: see the docstring
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise UserCodeError(
+            f"reward_fn {name!r} raised {type(exc).__name__}: {exc}, on {where} (completion {shown!r}); fix the "
+            "function (rerun with --debug for its traceback)"
+        ) from exc
+
+
+def checked_score(value: object, where: str) -> float:
+    """``value`` as a float; anything but a finite real number (NaN, inf, a bool, None, text) is an error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise PipelineInputError(
+            f"score is {value!r} for {where}: a score must be a finite real number (not NaN, inf, a bool or "
+            "None); fix the reward function or model"
+        )
+    return float(value)
 
 
 class FunctionScorer:
     """Calls ``fn(prompt_messages, completion_text)`` once per completion."""
 
     def __init__(self, spec: str) -> None:
-        module, sep, name = spec.rpartition(":")
-        if not sep or not module or not name:
-            raise PipelineConfigError(f"reward_fn: expected 'module:function', got {spec!r}")
-        fn = getattr(_import(module), name, None)
-        if not callable(fn):
-            raise PipelineConfigError(f"reward_fn: {spec!r} is not a callable")
+        fn, name = load_reward_fn(spec)
         self.fn: RewardFn = fn
+        self.name = name
         try:
             source = inspect.getsourcefile(fn)
         except TypeError:
             source = None
         self.identity = {"kind": "function", "name": spec, "source_sha256": _file_sha256(source)}
 
-    def score(self, items: Sequence[Item]) -> list[object]:
-        return [self.fn(prompt, text) for prompt, text in items]
+    def load(self) -> None:
+        """Nothing to load: the function was imported when the scorer was made."""
+
+    def score(self, items: Sequence[Item], where: Sequence[str] | None = None) -> list[object]:
+        """The function's value for each item; ``where[i]`` names item ``i`` in an error."""
+        labels = where or [f"item {i}" for i in range(len(items))]
+        return [call_reward(self.fn, self.name, p, t, where=w) for (p, t), w in zip(items, labels, strict=True)]
 
 
 class RewardModelScorer:
@@ -82,17 +139,21 @@ class RewardModelScorer:
     at the last non-pad position, and attention masks the pads).
     """
 
-    def __init__(self, model: str | Path, *, batch_size: int, weights_sha256: str, tokenizer) -> None:
+    def __init__(
+        self, model: str | Path | ModelSource, *, batch_size: int, weights_sha256: str, tokenizer, device: str = "cpu"
+    ) -> None:
         from prefpool.pipeline.model.tokenize import template_hash
 
-        self.path = str(model)
+        self.source = resolve_model(model, what="reward_model")
+        self.path = self.source.given
         self.batch_size = batch_size
         self.tokenizer = tokenizer
+        self.device = device
         if tokenizer.chat_template is None:
-            raise PipelineConfigError(f"reward model {model}: its tokenizer has no chat template")
+            raise PipelineConfigError(f"reward model {self.path}: its tokenizer has no chat template")
         self.identity = {
             "kind": "model",
-            "path": str(Path(model).resolve()),
+            "path": str(self.source.path.resolve()),
             "weights_sha256": weights_sha256,
             "tokenizer_sha256": template_hash(tokenizer),
             "dtype": "float32",
@@ -100,18 +161,18 @@ class RewardModelScorer:
         self._model = None
         self._check_config()  # fail before any work
 
+    def load(self):
+        """The model, loaded on first use (a scorer made on the driver and sent to workers loads there)."""
+        return self._model or self._load()
+
     def _load(self):
         import torch
-        from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, torch_dtype=torch.float32)
-        self._model = model.eval()
+        self._model = self.source.sequence_classifier(torch.float32).to(self.device).eval()
         return self._model
 
     def _check_config(self) -> None:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(self.path)
+        config = self.source.config()
         if config.num_labels != 1:
             raise PipelineConfigError(
                 f"reward model {self.path}: has {config.num_labels} labels, need 1 (a scalar reward)"
@@ -124,10 +185,10 @@ class RewardModelScorer:
         ids = self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
-    def score(self, items: Sequence[Item]) -> list[float]:
+    def score(self, items: Sequence[Item], where: Sequence[str] | None = None) -> list[float]:
         import torch
 
-        model = self._model or self._load()
+        model = self.load()
         pad = model.config.pad_token_id
         out: list[float] = []
         for start in range(0, len(items), self.batch_size):
@@ -139,6 +200,6 @@ class RewardModelScorer:
                 ids[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = 1
             with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=mask).logits  # (B, 1)
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, 1)
             out.extend(logits[:, 0].double().tolist())
         return out

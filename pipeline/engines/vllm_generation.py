@@ -66,7 +66,7 @@ class VLLMEngine:
     def __init__(self, info: ModelInfo, *, options: dict | None = None) -> None:
         self.info = info
         # seed: vLLM's global seed; every request still brings its own
-        self.llm = load_llm(str(info.path), engine_options(options), dtype=info.dtype, seed=0)
+        self.llm = load_llm(info.source.for_vllm(), engine_options(options), dtype=info.dtype, seed=0)
 
     def generate(
         self, requests: Sequence[Request], params: SamplingParams, *, on_done: Callable[[int], None]

@@ -1,4 +1,4 @@
-"""The input formats ingest understands, by name.
+"""The input formats ingest understands, by name (``auto``: told from the first record, see ``detect``).
 
 Each format is a module with ``resolve(first_record, columns) -> columns`` (fill
 in detected column names, or raise ``MissingColumn``) and
@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prefpool.pipeline.formats import hh_rlhf, pairwise, prompts, ranked
+from prefpool.pipeline.formats import hh_rlhf, pairwise, prompts, ranked, ultrafeedback
 from prefpool.pipeline.formats.rows import Columns, ParsedRow
 from prefpool.pipeline.io.errors import PipelineConfigError
+
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ FORMATS: dict[str, Format] = {
         "pairwise": pairwise,
         "hh-rlhf": hh_rlhf,
         "ranked": ranked,
+        "ultrafeedback": ultrafeedback,
         "prompts": prompts,
     }.items()
 }
@@ -37,4 +40,4 @@ def get_format(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise PipelineConfigError(f"unknown format {name!r}; choose one of {sorted(FORMATS)}") from None
+        raise PipelineConfigError(f"unknown format {name!r}; choose one of {[AUTO, *FORMATS]}") from None

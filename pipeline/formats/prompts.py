@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from prefpool.pipeline.formats.ranked import PROMPT_NAMES, prompt_messages
-from prefpool.pipeline.formats.rows import (
-    Columns,
-    MissingColumn,
-    ParsedRow,
-    field_of,
-    first_present,
-    require,
-)
+from prefpool.pipeline.formats.hh_rlhf import prompt_messages
+from prefpool.pipeline.formats.ranked import PROMPT_NAMES
+from prefpool.pipeline.formats.rows import Columns, MissingColumn, ParsedRow, field_of, first_present, require
 
 
 def resolve(first: dict, cols: Columns) -> Columns:
     prompt = cols.prompt or first_present(first, PROMPT_NAMES)
     if prompt is None:
-        raise MissingColumn("prompt", f"none of {PROMPT_NAMES} found; pass --prompt-column")
+        raise MissingColumn("prompt", f"none of {PROMPT_NAMES} found; pass --columns prompt=NAME")
     require(first, prompt)
-    return Columns(**{**cols.__dict__, "prompt": prompt})
+    return Columns(prompt=prompt)
 
 
 def parse(record: dict, cols: Columns) -> ParsedRow:

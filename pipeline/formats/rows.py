@@ -2,13 +2,18 @@
 
 A format turns one input record into a ``ParsedRow`` or raises ``BadRow``;
 ingest drops bad rows and counts them by reason (or raises under ``strict``).
+A value that is unusable but not fatal to the row (a NaN or infinite score) is
+set to null and listed in ``ParsedRow.issues``: counted in the report, an
+error under ``strict``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
+from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.ids import normalize_messages
 
 
@@ -24,19 +29,62 @@ class BadRow(Exception):
 
 @dataclass(frozen=True)
 class Columns:
-    """Input column names; ``None`` means: detect from the file's first record."""
+    """Input column names; ``None``: the format's default, or detected from a file's first record.
+
+    ``text``, ``rank``, ``score`` and ``model`` are keys inside each item of the
+    ``answers`` list (a dotted path reaches into nested objects); the others are
+    top-level columns.
+    """
 
     prompt: str | None = None
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    answers: str | None = None  # ranked: the list of answers
-    text_key: str | None = None  # ranked: key of the text inside each answer
-    rank_key: str = "rank"
-    score_key: str = "score"
-    model_key: str | None = None  # ranked: key naming the answer's generator
-    score_chosen: str = "score_chosen"
-    score_rejected: str = "score_rejected"
-    metadata: str = "metadata"  # pairwise: may hold the scores (dict or Python-repr string)
+    chosen: str | None = None
+    rejected: str | None = None
+    answers: str | None = None  # ranked, ultrafeedback: the list of answers
+    text: str | None = None
+    rank: str | None = None
+    score: str | None = None  # ultrafeedback: a completion field or an annotation aspect
+    model: str | None = None
+    score_chosen: str | None = None  # pairwise: score or rating columns of the two answers
+    score_rejected: str | None = None
+    model_chosen: str | None = None  # pairwise: the models that wrote the two answers
+    model_rejected: str | None = None
+    metadata: str | None = None  # pairwise: may hold the scores (dict or Python-repr string)
+
+    def but(self, **names: str | None) -> Columns:
+        return replace(self, **names)
+
+    def top_level(self) -> set[str]:
+        """The record columns these names use (not the keys inside answers)."""
+        inner = {"text", "rank", "score", "model"}
+        return {v for k, v in self.__dict__.items() if v is not None and k not in inner}
+
+
+COLUMN_KEYS = tuple(f.name for f in fields(Columns))
+
+
+def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``"prompt=instruction,chosen=good"`` (or a dict) -> ``{"prompt": "instruction", "chosen": "good"}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        pairs = {}
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise PipelineConfigError(f"--columns: expected KEY=COLUMN pairs separated by commas, got {part!r}")
+            if key.strip() in pairs:
+                raise PipelineConfigError(f"--columns: {key.strip()!r} is given twice")
+            pairs[key.strip()] = value.strip()
+        spec = pairs
+    unknown = sorted(set(spec) - set(COLUMN_KEYS))
+    if unknown:
+        raise PipelineConfigError(f"--columns: unknown key {unknown[0]!r}; known keys: {', '.join(COLUMN_KEYS)}")
+    bad = [k for k, v in spec.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise PipelineConfigError(f"--columns: {bad[0]!r} needs a column name")
+    return dict(spec)
 
 
 @dataclass
@@ -45,20 +93,33 @@ class ParsedRow:
     answers: list[dict]  # {text, score, rank, source}
     pairs: list[tuple[int, int]] = field(default_factory=list)
     dropped_answers: list[BadRow] = field(default_factory=list)
+    issues: list[BadRow] = field(default_factory=list)  # values set to null (e.g. a NaN score)
 
 
 def answer(text: str, *, score: float | None = None, rank: int | None = None, source: str | None = None) -> dict:
     return {"text": text, "score": score, "rank": rank, "source": source}
 
 
-def first_present(record: dict, names: tuple[str, ...]) -> str | None:
+def first_present(record: Mapping, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in record), None)
 
 
-def field_of(record: dict, column: str) -> object:
+def field_of(record: Mapping, column: str) -> object:
     if column not in record:
         raise BadRow("missing_field", column)
     return record[column]
+
+
+def lookup(item: Mapping, key: str) -> object:
+    """``item[key]``, or for a dotted key absent as such, the nested value (``"a.b"`` -> ``item["a"]["b"]``)."""
+    if key in item or "." not in key:
+        return item.get(key)
+    value: object = item
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def to_messages(raw: object, column: str) -> list[dict[str, str]]:
@@ -86,17 +147,23 @@ def check_text(text: object, column: str) -> str:
     return text
 
 
-def to_score(value: object, column: str) -> float | None:
-    """A float, or None for missing/NaN; strings are parsed because CSV cells are strings."""
+def to_score(value: object, column: str, issues: list[BadRow]) -> float | None:
+    """A finite float, or None when missing; strings are parsed because CSV cells are strings.
+
+    A NaN or infinite value becomes None and is listed in ``issues`` (an error under ``strict``).
+    """
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise BadRow("bad_score", column, f"got {value!r}")
     try:
         score = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRow("bad_score", column, f"got {value!r}") from None
-    return None if math.isnan(score) else score
+    if not math.isfinite(score):
+        issues.append(BadRow("nonfinite_score", column, f"got {value!r}; a missing score is null"))
+        return None
+    return score
 
 
 def to_rank(value: object, column: str) -> int | None:
@@ -105,7 +172,7 @@ def to_rank(value: object, column: str) -> int | None:
         return None
     try:
         rank = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRow("bad_rank", column, f"got {value!r}") from None
     if isinstance(value, bool) or not rank.is_integer() or not -(2**31) <= rank < 2**31:
         raise BadRow("bad_rank", column, f"got {value!r}")
@@ -121,7 +188,7 @@ class MissingColumn(Exception):
         self.hint = hint
 
 
-def require(record: dict, *columns: str, hint: str = "") -> None:
+def require(record: Mapping, *columns: str, hint: str = "") -> None:
     for column in columns:
         if column not in record:
             raise MissingColumn(column, hint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec, completion_id
@@ -33,6 +34,17 @@ def read_completion_table(input_dir: str | Path, *, stage: str) -> tuple[str, pa
         "shards": [entry.sha256 for entry in manifest.shards],
     }
     return name, table, inputs
+
+
+def prompt_locations(input_dir: str | Path) -> dict[str, tuple[Path, int]]:
+    """``prompt_id -> (shard file, row)`` of its first row in a checked input folder, for error messages."""
+    _, paths = checked_shards(input_dir)
+    found: dict[str, tuple[Path, int]] = {}
+    for path in paths:
+        ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()
+        for row, pid in enumerate(ids):
+            found.setdefault(pid, (path, row))
+    return found
 
 
 def distinct_completions(table: pa.Table, schema: str, spec: ShardSpec) -> list[tuple[str, str, list, str]]:

@@ -1,4 +1,5 @@
-"""``manifest.json``: the last file a stage writes, and the proof its output is complete.
+"""``manifest.json`` (in the output's ``.prefpool/``, see ``layout``): the last file a stage writes,
+and the proof its output is complete.
 
 A folder without a manifest is an unfinished run. The manifest records the run's
 identity (stage, config, input fingerprint, shard, unit size), every shard with
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, find_meta, meta_path, read_json_file
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
@@ -48,8 +50,9 @@ class RunIdentity:
     rows_per_unit: int
 
     def to_json(self) -> dict:
-        # A JSON round trip, so identities compare equal to ones loaded from disk
-        return json.loads(json.dumps(asdict(self), ensure_ascii=False))
+        # A JSON round trip, so identities compare equal to ones loaded from disk; secrets redacted, so a
+        # new token (an engine option, say) neither changes the identity nor is ever written with it.
+        return json.loads(json.dumps(redact(asdict(self)), ensure_ascii=False))
 
     def differences(self, other: RunIdentity) -> list[str]:
         """Names of the fields (``config.<key>`` for config keys) that differ."""
@@ -69,7 +72,7 @@ class Manifest:
     identity: RunIdentity
     shards: tuple[ShardEntry, ...]
     provenance: dict
-    sidecars: tuple[str, ...] = ()  # other files of the output, e.g. report.json
+    sidecars: tuple[str, ...] = ()  # other files of the output in .prefpool/, e.g. report.json
     summary: dict = field(default_factory=dict)
 
     @property
@@ -101,18 +104,47 @@ class Manifest:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    write_json(folder / MANIFEST_NAME, manifest.to_json())
+    meta_path(folder, MANIFEST).parent.mkdir(exist_ok=True)
+    write_json(meta_path(folder, MANIFEST), manifest.to_json())
+
+
+IDENTITY_FIELDS = tuple(f.name for f in fields(RunIdentity))
+SHARD_FIELDS = tuple(f.name for f in fields(ShardEntry))
+
+
+def check_identity(obj: object, path: Path) -> dict:
+    """``obj`` (read from ``path``) as a run identity's JSON: a mapping with exactly its fields."""
+    if not isinstance(obj, dict) or set(obj) != set(IDENTITY_FIELDS) or not isinstance(obj.get("config"), dict):
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise PipelineInputError(
+            f"not a run identity (expected a JSON object with keys {', '.join(IDENTITY_FIELDS)}; got {got}): "
+            "the folder was not written by prefpool, or was damaged",
+            file=path,
+        )
+    return obj
 
 
 def load_manifest(folder: str | Path) -> Manifest | None:
-    """The folder's manifest, or None when there is none (an unfinished run)."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.exists():
+    """The folder's manifest (``.prefpool/manifest.json``, or ``manifest.json`` at the top in a folder
+    written before that layout), or None when there is none (an unfinished run)."""
+    path = find_meta(folder, MANIFEST)
+    if path is None:
         return None
-    try:
-        obj = json.loads(path.read_text())
-        if obj.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format_version {obj.get('format_version')!r}, expected {FORMAT_VERSION}")
-        return Manifest.from_json(obj)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PipelineInputError(f"unreadable manifest: {exc}", file=path) from exc
+    obj = read_json_file(path, "manifest")
+    hint = "rerun the stage that made this folder (with --overwrite), or point to another folder"
+    if not isinstance(obj, dict):
+        raise PipelineInputError(f"unreadable manifest: a JSON {type(obj).__name__}, not an object; {hint}", file=path)
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise PipelineInputError(
+            f"unreadable manifest: format_version {obj.get('format_version')!r}, expected {FORMAT_VERSION}; {hint}",
+            file=path,
+        )
+    check_identity(obj.get("identity"), path)
+    shards = obj.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and set(s) == set(SHARD_FIELDS) for s in shards):
+        raise PipelineInputError(
+            f"unreadable manifest: 'shards' must list {', '.join(SHARD_FIELDS)}; {hint}", file=path
+        )
+    if not isinstance(obj.get("provenance"), dict) or not isinstance(obj.get("summary", {}), dict):
+        raise PipelineInputError(f"unreadable manifest: 'provenance' and 'summary' must be objects; {hint}", file=path)
+    return Manifest.from_json(obj)

@@ -14,7 +14,8 @@ import polars as pl
 import pyarrow as pa
 
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.manifest import MANIFEST_NAME, Manifest, file_sha256, load_manifest
+from prefpool.pipeline.io.layout import MANIFEST, META_DIR
+from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.schemas import check_schema, get_schema
 from prefpool.pipeline.io.shards import open_shard, read_shard
 
@@ -30,7 +31,7 @@ def checked_shards(
     manifest = load_manifest(folder)
     if manifest is None:
         raise PipelineInputError(
-            f"no {MANIFEST_NAME}: not a pipeline output, or a run that did not finish "
+            f"no {MANIFEST} (in {META_DIR}/): not a pipeline output, or a run that did not finish "
             "(rerun the stage with the same arguments to resume it)",
             file=folder,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import atomic_path
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
@@ -61,13 +62,13 @@ def write_shard(
     metadata: dict[str, object],
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> None:
-    """Write ``table`` cast to the named schema; ``metadata`` values are stored as JSON.
+    """Write ``table`` cast to the named schema; ``metadata`` values are stored as JSON, secrets redacted.
 
     The file appears under ``path`` only once it is complete.
     """
     schema = get_schema(schema_name)
     kv = {f"{META_PREFIX}schema": schema_name}
-    kv.update({f"{META_PREFIX}{k}": json.dumps(v, ensure_ascii=False) for k, v in metadata.items()})
+    kv.update({f"{META_PREFIX}{k}": json.dumps(v, ensure_ascii=False) for k, v in redact(metadata).items()})
     table = table.select(schema.names).cast(schema).replace_schema_metadata(kv)
     with atomic_path(path) as tmp:
         _write_parquet(tmp, table, row_group_rows)

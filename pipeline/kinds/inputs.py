@@ -17,6 +17,7 @@ import polars as pl
 
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.manifest import Manifest
 from prefpool.pipeline.io.read import checked_shards, scan
 
 
@@ -31,6 +32,23 @@ def fingerprint(folder: str | Path, schema: str) -> dict:
         "shards": [entry.sha256 for entry in manifest.shards],
         "provenance": manifest.provenance,
     }
+
+
+def reference_caches(manifest: Manifest) -> list[tuple[str | None, dict]]:
+    """``(cache_key, cache parts)`` of the reference log-probs a build table was made from, one per distinct
+    key (``build`` refuses mixed keys, so a build table has one; a hand-made table may have none).
+
+    Read from the ``logprobs`` fingerprints in the build manifest's inputs; the parts are
+    ``pipeline.model.cache_key.cache_components`` (weights, tokenizer/template, max_length, truncation, dtype).
+    """
+    inputs = manifest.identity.inputs if isinstance(manifest.identity.inputs, dict) else {}
+    found: list[tuple[str | None, dict]] = []
+    for fp in inputs.get("logprobs") or []:
+        config = (fp.get("identity") or {}).get("config") or {} if isinstance(fp, dict) else {}
+        cache = config.get("cache")
+        if isinstance(cache, dict) and (config.get("cache_key"), cache) not in found:
+            found.append((config.get("cache_key"), cache))
+    return found
 
 
 def with_completion_id(frame: pl.LazyFrame, text: str = "text", out: str = "cid") -> pl.LazyFrame:

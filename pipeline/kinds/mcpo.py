@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from prefpool.pipeline.io.schemas import MCPO
 
-from .spec import Answer, TableKind, TableRow
+from .spec import TRL_PAIR_FIELDS, Answer, TableKind, TableRow, trl_pair
 
 
 def decode(row: dict) -> TableRow:
@@ -16,10 +18,32 @@ def decode(row: dict) -> TableRow:
     return TableRow(row["prompt_id"], row["prompt"], (preferred, *pool))
 
 
+def to_trl(row: TableRow) -> dict:
+    """TRL's columns (``rejected`` = the first pool member, TRL's tokenizer wants one) and the whole pool."""
+    pool = row.answers[1:]
+    return {
+        **trl_pair(row),
+        "pool": [a.text for a in pool],
+        "ref_pool_logps": [a.ref_logp for a in pool],
+        "pool_num_tokens": [a.num_tokens for a in pool],
+    }
+
+
+TRL_SCHEMA = pa.schema(
+    TRL_PAIR_FIELDS
+    + [
+        pa.field("pool", pa.list_(pa.string()), nullable=False),
+        pa.field("ref_pool_logps", pa.list_(pa.float64()), nullable=False),
+        pa.field("pool_num_tokens", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
 KIND = TableKind(
     name="mcpo",
     schema=MCPO,
     decode=decode,
     losses=("mcpo",),
     summary="one row per prompt: the preferred answer and a pool of candidates, with cached reference log-probs",
+    trl_schema=TRL_SCHEMA,
+    to_trl=to_trl,
 )

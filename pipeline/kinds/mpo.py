@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from prefpool.pipeline.io.schemas import MPO
 
 from .pairwise import pair_answers
-from .spec import TableKind, TableRow
+from .spec import TRL_PAIR_FIELDS, TableKind, TableRow, trl_pair
 
 
 def decode(row: dict) -> TableRow:
@@ -14,10 +16,24 @@ def decode(row: dict) -> TableRow:
     )
 
 
+def to_trl(row: TableRow) -> dict:
+    return {**trl_pair(row), "label": row.label, "ref_samples": list(row.samples)}
+
+
+TRL_SCHEMA = pa.schema(
+    TRL_PAIR_FIELDS
+    + [
+        pa.field("label", pa.float64(), nullable=False),
+        pa.field("ref_samples", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
 KIND = TableKind(
     name="mpo",
     schema=MPO,
     decode=decode,
     losses=("mpo",),
     summary="a pair with its preference label and i.i.d. samples from the reference, with cached log-probs",
+    trl_schema=TRL_SCHEMA,
+    to_trl=to_trl,
 )

@@ -5,6 +5,11 @@ the prompt and its answers, the preferred (chosen) answer first, each with the
 reference log-prob and the token count the ``logprobs`` stage cached. The
 trainer, ``eval`` and the TRL plug-ins read rows through ``TableKind.decode``
 and never branch on a kind's column names.
+
+Each kind also says how a row looks in TRL's names (``trl_schema``, ``to_trl``):
+``prompt``, ``chosen``, ``rejected`` (conversational: one assistant message) and
+``ref_chosen_logps``/``ref_rejected_logps``, the columns ``DPOTrainer`` reads, plus
+the kind's own (``pool``..., ``label``, ``ref_samples``) where TRL has no name.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+
+from prefpool.pipeline.io.schemas import ASSISTANT_TURN, MESSAGE
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,47 @@ class TableRow:
     samples: tuple[str, ...] = ()  # mpo: texts sampled from the reference (the tau term)
 
 
+# The columns of a row in TRL's names, common to every kind (``trl_pair``).
+TRL_PAIR_FIELDS = [
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("prompt", pa.list_(MESSAGE), nullable=False),
+    pa.field("chosen", ASSISTANT_TURN, nullable=False),
+    pa.field("rejected", ASSISTANT_TURN, nullable=False),
+    pa.field("ref_chosen_logps", pa.float64(), nullable=False),
+    pa.field("ref_rejected_logps", pa.float64(), nullable=False),
+    pa.field("chosen_num_tokens", pa.int32(), nullable=False),
+    pa.field("rejected_num_tokens", pa.int32(), nullable=False),
+]
+
+
+def assistant_turn(text: str) -> list[dict]:
+    """TRL's conversational completion: one assistant message."""
+    return [{"role": "assistant", "content": text}]
+
+
+def trl_pair(row: TableRow) -> dict:
+    """The ``TRL_PAIR_FIELDS`` of ``row``: ``answers[0]`` chosen, ``answers[1]`` rejected."""
+    chosen, rejected = row.answers[0], row.answers[1]
+    return {
+        "prompt_id": row.prompt_id,
+        "prompt": row.prompt,
+        "chosen": assistant_turn(chosen.text),
+        "rejected": assistant_turn(rejected.text),
+        "ref_chosen_logps": chosen.ref_logp,
+        "ref_rejected_logps": rejected.ref_logp,
+        "chosen_num_tokens": chosen.num_tokens,
+        "rejected_num_tokens": rejected.num_tokens,
+    }
+
+
 @dataclass(frozen=True)
 class TableKind:
-    """A training-table kind: its schema, how a row decodes, which losses train on it."""
+    """A training-table kind: its schema, how a row decodes, which losses train on it, its TRL view."""
 
     name: str
     schema: pa.Schema
     decode: Callable[[dict], TableRow]
     losses: tuple[str, ...]  # names in prefpool.losses.LOSSES
     summary: str  # one line for docs and errors
+    trl_schema: pa.Schema = pa.schema(TRL_PAIR_FIELDS)  # a row in TRL's column names
+    to_trl: Callable[[TableRow], dict] = trl_pair

@@ -12,17 +12,31 @@ import json
 from pathlib import Path
 
 from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.model.folder import check_model
+from prefpool.pipeline.model.source import ModelSource
 from prefpool.pipeline.model.tokenize import template_hash
 
 
-def weights_hash(model: str | Path) -> str:
-    """sha256 over the model folder's config.json and ``*.safetensors`` weight files."""
-    folder = Path(model)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files or not (folder / "config.json").exists():
-        raise PipelineConfigError(f"model {model}: needs config.json and *.safetensors weights (save_pretrained)")
+def weights_hash(model: str | Path | ModelSource, *, what: str = "model") -> str:
+    """sha256 over what holds the weights (each file's name, then its bytes).
+
+    A folder or a Hub snapshot: ``config.json`` and the ``*.safetensors`` files
+    (a snapshot's links are followed, so it hashes as a folder with the same files).
+    A GGUF: the ``.gguf`` file, which holds config, tokenizer and weights in one.
+    """
+    source = check_model(model, what=what, weights=False)  # a clear error for a path that is no model
+    if source.kind == "gguf":
+        files = source.weight_files()
+    else:
+        weights = source.weight_files()
+        config = source.folder / "config.json"
+        if not weights or not config.exists():
+            raise PipelineConfigError(
+                f"{what} {source.given}: needs config.json and *.safetensors weights (save_pretrained layout)"
+            )
+        files = [config, *weights]
     digest = hashlib.sha256()
-    for path in [folder / "config.json", *files]:
+    for path in files:
         digest.update(path.name.encode("utf-8") + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -1,5 +1,7 @@
 """The model side every generate engine shares: tokenizer, chat template, eos ids, hashes.
 
+The model is anything ``source.resolve_model`` takes: a folder, a Hub id, a .gguf file.
+
 Engines take prompt token ids and return completion token ids; rendering the
 chat template and decoding stay here, so an hf and a vLLM run of the same model
 see the same prompt tokens and record the same fingerprints.
@@ -11,9 +13,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.model.folder import WEIGHT_SUFFIXES, check_model, load_tokenizer
+from prefpool.pipeline.model.source import ModelSource
+from prefpool.pipeline.model.tokenize import template_hash
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -41,7 +44,7 @@ def files_sha256(paths: list[Path]) -> str:
 
 @dataclass
 class ModelInfo:
-    path: Path
+    source: ModelSource  # where the files are, and how transformers loads them
     tokenizer: object  # a transformers tokenizer
     generation_config: dict  # the non-default values of generation_config.json
     eos_token_ids: tuple[int, ...]
@@ -58,28 +61,21 @@ class ModelInfo:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
     def describe(self) -> dict:
-        return {"path": str(self.path.resolve()), **self.fingerprint}
+        return {**self.source.describe(), **self.fingerprint}
 
 
-def load_model_info(model: str | Path) -> ModelInfo:
-    """Load the tokenizer, configs and hashes of a local model folder (no hub access)."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    path = Path(model)
-    if not path.is_dir():
-        raise PipelineConfigError(f"model must be a local folder saved with save_pretrained: {path} is not one")
-    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    if not weights:
-        raise PipelineConfigError(f"no *.safetensors or *.bin weights in {path}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise PipelineConfigError(f"the tokenizer in {path} has no chat template")
-    config = AutoConfig.from_pretrained(path)
-    try:
-        gen = GenerationConfig.from_pretrained(path).to_diff_dict()
-    except OSError:
-        gen = {}  # no generation_config.json
+def load_model_info(model: str | Path | ModelSource, *, what: str = "model") -> ModelInfo:
+    """Load the tokenizer, configs and hashes of a model (a folder, a Hub id, a .gguf: ``source``)."""
+    source = check_model(model, what=what)
+    weights = source.weight_files(WEIGHT_SUFFIXES)
+    tokenizer = load_tokenizer(source, what=what)
+    config = source.config()
+    gen = source.generation_config()
     eos = _ids(tokenizer.eos_token_id) + _ids(gen.get("eos_token_id"))
     eos_ids = tuple(dict.fromkeys(eos))  # union, order kept
     pad = tokenizer.pad_token_id
@@ -88,8 +84,12 @@ def load_model_info(model: str | Path) -> ModelInfo:
     if pad is None and eos_ids:
         pad = eos_ids[0]  # only ever fed under a zero attention mask
     template = tokenizer.chat_template
+    if source.gguf_file:  # the tokenizer is in the .gguf: its files beside it are not this model's
+        tokenizer_sha256 = template_hash(tokenizer)
+    else:
+        tokenizer_sha256 = files_sha256([source.folder / f for f in TOKENIZER_FILES if (source.folder / f).exists()])
     return ModelInfo(
-        path=path,
+        source=source,
         tokenizer=tokenizer,
         generation_config={k: v for k, v in gen.items() if k not in METADATA_KEYS},
         eos_token_ids=eos_ids,
@@ -98,7 +98,7 @@ def load_model_info(model: str | Path) -> ModelInfo:
         dtype=str(getattr(config, "dtype", None) or "float32").removeprefix("torch."),
         fingerprint={
             "weights_sha256": files_sha256(weights),
-            "tokenizer_sha256": files_sha256([path / f for f in TOKENIZER_FILES if (path / f).exists()]),
+            "tokenizer_sha256": tokenizer_sha256,
             "chat_template_sha256": hashlib.sha256(str(template).encode("utf-8")).hexdigest(),
         },
     )

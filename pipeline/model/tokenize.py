@@ -35,6 +35,10 @@ class PromptTooLongError(ValueError):
     """The prompt alone leaves no room for a single completion token within ``max_length``."""
 
 
+class ChatTemplateError(InputError):
+    """The tokenizer's chat template raised on these messages; its own exception is chained."""
+
+
 @dataclass(frozen=True)
 class EncodedPair:
     prompt_ids: list[int]
@@ -47,8 +51,20 @@ def _tokenizer_name(tokenizer) -> str:
 
 
 def chat_ids(tokenizer, messages: Sequence[dict], **kwargs) -> list[int]:
-    # return_dict=False: transformers 5 returns a BatchEncoding by default, 4.x a list.
-    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False, **kwargs))
+    """Token ids of ``messages`` rendered with the tokenizer's chat template.
+
+    The template is the model author's code and raises whatever they chose (an unknown role, no
+    template at all): that becomes ``ChatTemplateError`` naming the tokenizer, the cause chained.
+    """
+    try:
+        # return_dict=False: transformers 5 returns a BatchEncoding by default, 4.x a list.
+        ids = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False, **kwargs)
+    except Exception as exc:  # the template's own error, see the docstring
+        raise ChatTemplateError(
+            f"the chat template of tokenizer {_tokenizer_name(tokenizer)!r} rejects this prompt: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return list(ids)
 
 
 def encode_pair(

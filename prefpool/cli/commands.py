@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .app import call, register
+from .app import call, echo, register
 from .docstrings import summary
 from .params import argument_lines, click_params, dataclass_params, function_params, python_values
 
@@ -48,7 +48,7 @@ def function_command(
     def callback(**values: Any) -> None:
         kwargs = python_values(values, params, parsers)
         result = call(fn, **kwargs)
-        click.echo(report(result, kwargs) if report else _line(result))
+        echo(report(result, kwargs) if report else _line(result))
 
     doc = summary(fn)
     extra = argument_lines(params, arguments)
@@ -112,14 +112,13 @@ def build() -> click.Command:
     return function_command("build", "prefpool.pipeline.build:build", short={"out": "-o"})
 
 
-def _push_line(result: Any, kwargs: dict) -> str:
-    where = f"uploaded to {result.repo_id}" if result.uploaded else f"written to {result.folder}"
-    return f"push: {result.rows} rows in {len(result.files)} files, {where}"
-
-
 def push() -> click.Command:
     return function_command(
-        "push", "prefpool.pipeline.push:push", arguments=("source",), short={"out": "-o"}, report=_push_line
+        "push",
+        "prefpool.pipeline.push:push",
+        arguments=("source",),
+        short={"out": "-o"},
+        rename={"tags": "tag", "task_categories": "task_category"},
     )
 
 
@@ -139,17 +138,26 @@ def eval_() -> click.Command:
         "prefpool.train.evaluate:evaluate",
         short={"model": "-m", "data": "-d", "out": "-o"},
         skip=("tokenizer",),
+        report=_eval_line,
     )
 
 
 def plot() -> click.Command:
     return function_command(
         "plot",
-        "prefpool.train.plot:plot_run",
+        "prefpool.train.plot:plot_curves",
         arguments=("run_dirs",),
         short={"out": "-o"},
-        report=lambda written, _: f"plot: {written}",
     )
+
+
+def _eval_line(summary: dict, kwargs: dict) -> str:
+    text = json.dumps(summary, indent=2)
+    if kwargs.get("out") is not None:
+        from prefpool.train.evaluate import EVAL_FILE
+
+        text += f"\neval: written to {Path(kwargs['out']) / EVAL_FILE}"
+    return text
 
 
 def quickstart() -> click.Command:
@@ -171,14 +179,30 @@ def quickstart() -> click.Command:
     )
 
 
-def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[Any], None]) -> click.Command:
-    """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields."""
+PROGRESS_HELP = (
+    "Progress on stderr: a bar on a terminal, else a plain line every $PREFPOOL_PROGRESS_SECONDS (30) seconds "
+    "with done/total, rate and ETA (Slurm, nohup). Default: on."
+)
 
-    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+
+def _progress_option() -> click.Option:
+    return click.Option(["--progress/--no-progress", "progress"], default=None, help=PROGRESS_HELP)
+
+
+def _config_command(
+    name: str, help_text: str, config_cls: str, run: Callable[[Any], None], *, progress_key: str
+) -> click.Command:
+    """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields.
+
+    ``--progress/--no-progress`` sets the key ``progress_key`` (after the overrides: the flag wins).
+    """
+
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
         from prefpool.core.config import load_config
 
         cls = _load(config_cls)
-        run(call(load_config, cls, config, list(overrides)))
+        flag = [f"{progress_key}={str(progress).lower()}"] if progress is not None else []
+        run(call(load_config, cls, config, [*overrides, *flag]))
 
     def keys() -> str:
         from prefpool.core.config import config_help
@@ -186,10 +210,22 @@ def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[A
         rows = config_help(_load(config_cls))
         return "Keys (YAML or key=value):\n\n" + "\n\n".join(f"{n} (default {d}): {h}" for n, d, h in rows)
 
+    def aliases() -> str:
+        from prefpool.core.config import alias_help
+
+        rows = alias_help(_load(config_cls))
+        return "\n\n".join(f"{n}: {note}" for n, note in rows)
+
     class ConfigCommand(click.Command):
         def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
             with formatter.section("Config keys"):
                 formatter.write_text(keys())
+            other = aliases()
+            if other:
+                with formatter.section(
+                    "TRL DPOConfig names: mapped to the keys above, or refused with the reason given"
+                ):
+                    formatter.write_text(other)
 
     return ConfigCommand(
         name,
@@ -197,6 +233,7 @@ def _config_command(name: str, help_text: str, config_cls: str, run: Callable[[A
         params=[
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
+            _progress_option(),
         ],
         help=help_text,
         short_help=help_text.split("\n")[0],
@@ -208,7 +245,13 @@ def train() -> click.Command:
         from prefpool.train.trainer import train as run_train
 
         result = call(run_train, cfg)
-        click.echo(
+        if result.get("status") == "done earlier":
+            echo(
+                f"train: {result['output_dir']} already holds a finished run of these settings "
+                f"({result['steps']} steps); nothing to do (overwrite=true trains it again)"
+            )
+            return
+        echo(
             f"train: {result['steps']} steps, final loss {result['final_loss']}, "
             f"step-0 diff {result['step0_max_abs_diff']} -> {result['output_dir']}"
         )
@@ -219,6 +262,7 @@ def train() -> click.Command:
         "CONFIG: training YAML; OVERRIDES: key=value, e.g. lr=1e-6 max_steps=100.",
         "prefpool.train.config:TrainConfig",
         run,
+        progress_key="progress",
     )
 
 
@@ -226,7 +270,7 @@ def online() -> click.Command:
     def run(cfg: Any) -> None:
         from prefpool.train.online import online as run_online
 
-        call(run_online, cfg, log=click.echo)
+        call(run_online, cfg, log=echo)
 
     return _config_command(
         "online",
@@ -234,14 +278,15 @@ def online() -> click.Command:
         "Rerun to resume. CONFIG: online YAML; OVERRIDES: key=value, e.g. rounds=3 train.lr=1e-6.",
         "prefpool.train.online_config:OnlineConfig",
         run,
+        progress_key="show_progress",
     )
 
 
 def run() -> click.Command:
-    def callback(config: Path, overrides: tuple[str, ...]) -> None:
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
         from prefpool.pipeline.run import run_pipeline
 
-        call(run_pipeline, config, list(overrides), log=click.echo)
+        call(run_pipeline, config, list(overrides), log=echo, progress=progress)
 
     return click.Command(
         "run",
@@ -249,6 +294,7 @@ def run() -> click.Command:
         params=[
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
+            _progress_option(),
         ],
         help="Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md).\n\n"
         "CONFIG: pipeline YAML (workdir, model, one section per stage); OVERRIDES: section.key=value, "

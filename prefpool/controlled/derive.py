@@ -4,7 +4,12 @@ Some baselines need a table the ``build`` stage has no policy for: DPO with
 the max-margin rejected answer (lowest *true* reward in the pool, which only
 this task knows), a pool with a garbage answer added, and pairwise / MPO
 tables whose pairs are the mcpo table's preferred answer against one fixed
-random pool member. ``derive_table`` writes such a table as a stage output
+random pool member. MPO's reference samples are not taken from the mcpo
+table: its pool is the samples ranked *below* the annotator's pick, with
+duplicates merged (filtered by reward, not i.i.d.), whereas MPO's tau term
+(Jiang et al. 2023, eq. 33) needs ``y ~ pi_ref``; ``reference_samples`` reads
+every sample the ``generate`` stage drew for each prompt, in draw order,
+duplicates kept, preferred answer included. ``derive_table`` writes such a table as a stage output
 (shards + manifest through ``StageRun``) whose manifest keeps the source's
 logprobs inputs, so ``prefpool train`` checks its cache key as for any built
 table, and its step-0 check compares the policy with every reference
@@ -96,15 +101,42 @@ def as_pair(row: Row, seed: int) -> Row:
     }
 
 
-def as_mpo(row: Row, seed: int) -> Row:
-    """An MPO row: ``as_pair``'s pair, label 1, and the whole pool (samples from the reference) as
-    the reference samples of the τ term."""
+Sample = tuple[str, str, float]  # (text, completion_id, reference log-prob)
+
+
+def reference_samples(generate: str | Path, logprobs: str | Path) -> dict[str, list[Sample]]:
+    """``prompt_id`` -> every sample the ``generate`` stage drew from the reference for it, in draw
+    order, as ``(text, completion_id, reference log-prob)``: i.i.d. draws from ``pi_ref``, so
+    duplicates are kept and nothing is filtered by reward. The log-probs come from the ``logprobs``
+    stage's output over that ``generate`` folder (joined by prompt_id and completion_id)."""
+    cached = {
+        (r["prompt_id"], r["completion_id"]): r["logp"]
+        for r in read_table(logprobs, schema="logprobs").select(["prompt_id", "completion_id", "logp"]).to_pylist()
+    }
+    out: dict[str, list[Sample]] = {}
+    for row in read_table(generate, schema="candidates").select(["prompt_id", "samples"]).to_pylist():
+        samples = []
+        for sample in row["samples"]:
+            cid = completion_id(sample["text"])
+            if (row["prompt_id"], cid) not in cached:
+                raise InputError(f"{logprobs}: no reference log-prob for a sample of prompt_id {row['prompt_id']}")
+            samples.append((sample["text"], cid, cached[(row["prompt_id"], cid)]))
+        out[row["prompt_id"]] = samples
+    return out
+
+
+def as_mpo(row: Row, seed: int, samples: dict[str, list[Sample]]) -> Row:
+    """An MPO row: ``as_pair``'s pair, label 1, and as the reference samples of the tau term the
+    prompt's i.i.d. samples from the reference (``reference_samples``), not the mcpo pool."""
+    drawn = samples.get(row["prompt_id"])
+    if not drawn:
+        raise InputError(f"prompt_id {row['prompt_id']}: no reference samples in the generate output")
     return {
         **as_pair(row, seed),
         "label": 1.0,
-        "ref_samples": list(row["pool"]),
-        "ref_sample_ids": list(row["pool_ids"]),
-        "ref_sample_logps": list(row["ref_pool_logps"]),
+        "ref_samples": [text for text, _, _ in drawn],
+        "ref_sample_ids": [cid for _, cid, _ in drawn],
+        "ref_sample_logps": [logp for _, _, logp in drawn],
     }
 
 
@@ -118,9 +150,10 @@ class GarbageAdder:
         """``table``: the mcpo table it will extend; its reference cache gives max_length and truncation."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from prefpool.pipeline.kinds.source import open_table
         from prefpool.train.cache_check import cache_parts
 
-        cache = cache_parts(load_manifest(table), table)
+        cache = cache_parts(open_table(table))
         self.max_length, self.truncation = int(cache["max_length"]), str(cache["truncation"])
         self.tokenizer = AutoTokenizer.from_pretrained(reference)
         self.model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()

@@ -42,7 +42,10 @@ from prefpool.controlled.report import markdown_table, plot_probe_curves
 from prefpool.controlled.task import held_out_topics, task_prompts
 from prefpool.controlled.training import train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
+from prefpool.core.secrets import redact, redact_text
+from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.train.config import TrainConfig
+from prefpool.train.evaluate import EVAL_FILE
 
 MARKER = ".prefpool-quickstart"
 # folder name -> (label, TrainConfig overrides)
@@ -93,6 +96,7 @@ def _fresh_folder(out: Path, overwrite: bool) -> None:
 
 
 def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dict:
+    """``prefpool eval ... --out OUT``; returns OUT/eval.json."""
     args = [
         "eval",
         "--model",
@@ -111,7 +115,7 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
         str(seed),
     ]
     run_prefpool(args)
-    return json.loads(out.read_text())
+    return json.loads((out / EVAL_FILE).read_text())
 
 
 def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> dict:
@@ -157,12 +161,12 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
             **overrides,
         )
         Path(tcfg.output_dir).mkdir(parents=True, exist_ok=True)
-        (out / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(asdict(tcfg), sort_keys=False))
+        write_text(out / "runs" / f"{name}.yaml", yaml.safe_dump(redact(asdict(tcfg)), sort_keys=False))
         say(f"$ prefpool train {out / 'runs' / f'{name}.yaml'}   # {label}, probed every {cfg.probe_every} steps")
         runs[label] = train_with_probe(tcfg, probe, every=cfg.probe_every, log=log, label=name)
         say(f"$ prefpool eval --model {tcfg.output_dir} --data {data.heldout_table} ...")
         evaluation = _eval(
-            Path(tcfg.output_dir), data.heldout_table, data.reference, out / "runs" / f"{name}-eval.json", cfg.seed
+            Path(tcfg.output_dir), data.heldout_table, data.reference, out / "runs" / f"{name}-eval", cfg.seed
         )
         results.append({"method": name, "label": label, "final": runs[label][-1], "eval": evaluation})
 
@@ -180,8 +184,8 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
         "data_seconds": round(data_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "REPORT.md").write_text(_report(summary, plot.name))
+    write_json(out / "summary.json", summary)
+    write_text(out / "REPORT.md", redact_text(_report(summary, plot.name)))
     say(f"quickstart done in {summary['seconds']:.0f} s: report {out / 'REPORT.md'}, plot {plot}")
     return summary
 

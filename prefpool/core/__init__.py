@@ -1,1 +1,2 @@
-"""The bottom layer that ``pipeline``, ``train`` and the CLI share: configuration and user errors."""
+"""The bottom layer that ``pipeline``, ``train`` and the CLI share: configuration, user errors, output
+paths and the redaction of secrets."""

@@ -6,15 +6,24 @@ applies command-line overrides (``train.lr=1e-5``, nested with dots; values
 parsed as YAML, so ``true``, ``3``, ``[a, b]`` work), and builds the dataclass.
 Unknown keys and wrongly typed values are errors that name the key and the
 file, never silently ignored.
+
+Another library's spellings of the same settings (TRL's ``learning_rate`` for
+``lr``) are accepted where a config class lists them in its ``ALIASES`` class
+attribute: ``{name: Alias}``. An alias renames a key, converts a value
+(``bf16: true`` -> ``mixed_precision: bf16``), or refuses the key with a note
+saying what the config does instead. Every unknown or refused key of a file is
+reported in one error, each unknown one with its nearest known name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,12 +32,14 @@ import yaml
 from prefpool.core.errors import ConfigError
 
 __all__ = [
+    "Alias",
     "ConfigError",
     "apply_overrides",
     "build_dataclass",
     "check_kwargs",
     "coerce",
     "config_help",
+    "alias_help",
     "load_config",
     "read_yaml",
 ]
@@ -40,10 +51,23 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file (an empty file is an empty mapping)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file; give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); make it readable") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -79,23 +103,136 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+@dataclass(frozen=True)
+class Alias:
+    """Another library's name for a setting: a rename (``key``), a conversion (``convert``), or a refusal.
+
+    ``convert(value, where)`` returns the canonical ``{key: value}`` items the
+    alias sets (none: the value changes nothing here) and raises ``ConfigError``
+    (its message prefixed with ``where``) for a value the config cannot honour.
+    With neither ``key`` nor ``convert`` the alias is refused, whatever its value.
+    ``note`` says what the name means here (``--help``) or, for a refusal, what
+    to do instead. ``sets``: the keys a ``convert`` may set.
+    """
+
+    note: str
+    key: str | None = None
+    convert: Callable[[Any, str], Mapping[str, Any]] | None = None
+    sets: tuple[str, ...] = ()
+
+    def targets(self) -> tuple[str, ...]:
+        return (self.key,) if self.key else self.sets
+
+    def apply(self, value: Any, where: str) -> dict[str, Any]:
+        if self.convert is not None:
+            return dict(self.convert(value, where))
+        if self.key is not None:
+            return {self.key: value}
+        raise ConfigError(f"{where}: not taken here: {self.note}")
+
+
+def _aliases(cls: type) -> Mapping[str, Alias]:
+    return getattr(cls, "ALIASES", None) or {}
+
+
+def _nested_class(hint: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), else None."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    found = [o for o in options if dataclasses.is_dataclass(o)]
+    return found[0] if found else None
+
+
+def _nearest(key: str, names: Sequence[str]) -> str | None:
+    found = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _translate(
+    cls: type, data: Mapping[str, Any], *, source: str, prefix: str
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """``data`` in ``cls``'s own keys: ``(values, label of each key, problems)``.
+
+    A label is the name the user wrote (``learning_rate (lr)`` for an alias), for
+    later error messages. Problems are the unknown keys (with the nearest known
+    name), refused aliases and conflicts, for this level and every nested
+    dataclass below it, so one error can list them all.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    aliases = _aliases(cls)
+    out: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    problems: list[str] = []
+    unknown: list[str] = []
+    for key, value in data.items():
+        if key in aliases:
+            where = f"{prefix}{key}"
+            try:
+                items = aliases[key].apply(value, where)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+        elif key in fields:
+            items = {key: value}
+        else:
+            unknown.append(key)
+            continue
+        for name, item in items.items():
+            if name not in fields:
+                raise TypeError(f"{cls.__name__}.ALIASES[{key!r}] sets {name!r}, which is not a field")
+            label = key if key == name else f"{key} ({name})"
+            if name in out and out[name] != item:
+                problems.append(
+                    f"{prefix}{labels[name]} and {prefix}{label} both set {prefix}{name}, to "
+                    f"{out[name]!r} and {item!r}; give one"
+                )
+                continue
+            out[name], labels[name] = item, label
+    # suggest names that set something: a refused alias is no better a guess than the typo itself
+    names = sorted(fields) + sorted(n for n, a in aliases.items() if a.targets())
+    for key in unknown:
+        near = _nearest(str(key), names)
+        hint = ""
+        if near is not None:
+            target = aliases[near].targets() if near in aliases and near not in fields else ()
+            hint = f" (did you mean {near!r}" + (f", which sets {' and '.join(target)}" if target else "") + "?)"
+        problems.append(f"unknown key {prefix + str(key)!r}{hint}")
+    if unknown:
+        problems.append(f"known keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    for name, value in out.items():
+        nested = _nested_class(hints[name])
+        if nested is not None and isinstance(value, Mapping):
+            problems += _translate(nested, value, source=source, prefix=f"{prefix}{name}.")[2]
+    return out, labels, problems
+
+
 def build_dataclass(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: str = "") -> T:
-    """Build ``cls`` from ``data``: unknown keys, missing required keys and bad types are errors."""
+    """Build ``cls`` from ``data``: unknown keys, missing required keys and bad types are errors.
+
+    Keys in ``cls.ALIASES`` are translated first (see ``Alias``); all unknown and
+    refused keys, nested ones included, are reported in one ``ConfigError``.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping")
+    values, labels, problems = _translate(cls, data, source=source, prefix=prefix)
+    if len(problems) == 1 or (len(problems) == 2 and problems[1].startswith("known keys")):
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    if problems:
+        count = sum(not p.startswith("known keys") for p in problems)
+        raise ConfigError(f"{source}: {count} keys cannot be used:\n  " + "\n  ".join(problems))
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r}; known keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
-    values = {}
+    out = {}
     for name, f in fields.items():
-        if name not in data:
+        if name not in values:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{source}: missing required key {prefix + name!r}")
             continue
-        values[name] = coerce(hints[name], data[name], source=source, key=f"{prefix}{name}")
-    return cls(**values)
+        key = f"{prefix}{labels[name]}" if labels[name] != name else f"{prefix}{name}"
+        if _nested_class(hints[name]) is not None and isinstance(values[name], Mapping):
+            key = f"{prefix}{name}"  # a nested mapping's keys are reported under the field's own name
+        out[name] = coerce(hints[name], values[name], source=source, key=key)
+    return cls(**out)
 
 
 def coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
@@ -150,15 +287,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 
 def check_kwargs(function: Callable[..., Any], data: Mapping[str, Any], *, source: str) -> None:
-    """Refuse keys that are not keyword parameters of ``function`` (for stage sections of a YAML file)."""
+    """Refuse keys that are not keyword parameters of ``function`` (for stage sections of a YAML file).
+
+    All unknown keys are named at once, each with the nearest known one.
+    """
     import inspect
 
     params = inspect.signature(function).parameters
-    known = {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    unknown = sorted(set(data) - known)
+    known = sorted(n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    unknown = [k for k in data if k not in known]
     if unknown:
+        named = []
+        for key in unknown:
+            near = _nearest(str(key), known)
+            named.append(f"{key!r}" + (f" (did you mean {near!r}?)" if near else ""))
+        noun = "key" if len(unknown) == 1 else "keys"
         raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r} for {function.__name__}; known keys: {', '.join(sorted(known))}"
+            f"{source}: unknown {noun} {', '.join(named)} for {function.__name__}; known keys: {', '.join(known)}"
         )
 
 
@@ -174,3 +319,8 @@ def config_help(cls: type) -> list[tuple[str, str, str]]:
             default = "(required)"
         rows.append((f.name, default, f.metadata.get("help", "")))
     return rows
+
+
+def alias_help(cls: type) -> list[tuple[str, str]]:
+    """``(alias, note)`` for each of ``cls.ALIASES``, for ``--help`` output."""
+    return [(name, alias.note) for name, alias in _aliases(cls).items()]

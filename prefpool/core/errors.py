@@ -32,3 +32,19 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output path holds something that must not be replaced (pass the overwrite flag, or another path)."""
+
+
+class OutputPathError(UserError, ValueError):
+    """An output path of the wrong kind: a file where a folder is wanted, or a folder where a file is."""
+
+
+class OutputError(UserError, OSError):
+    """The machine refused a write (no space, read-only, no permission); the ``OSError`` is chained."""
+
+
+class UserCodeError(UserError):
+    """The user's own code (a reward function) raised or did not import; its exception is chained.
+
+    The message names the function and the input it was called on (prompt id, file, row), so the
+    user can reproduce the call; ``--debug`` shows the function's own traceback.
+    """

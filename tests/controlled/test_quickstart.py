@@ -52,7 +52,7 @@ def test_quickstart_writes_the_report_and_is_deterministic(tmp_path, fresh_accel
         assert records == _probe_records(tmp_path / "b", method)
         assert _losses(out, method) == _losses(tmp_path / "b", method) and len(_losses(out, method)) == 4
         assert (out / "runs" / method / "model.safetensors").is_file()
-        evaluation = json.loads((out / "runs" / f"{method}-eval.json").read_text())
+        evaluation = json.loads((out / "runs" / f"{method}-eval" / "eval.json").read_text())
         assert 0 <= evaluation["samples"]["win_rate"] <= 1 and 0 < evaluation["ranking"]["num_prompts"] <= 24
     assert [r["final"] for r in a["runs"]] != [] and a["runs"][0]["final"]["reward"] == b["runs"][0]["final"]["reward"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -20,6 +19,7 @@ from test_build_helpers import (
 from prefpool.cli import app
 from prefpool.pipeline.build import build
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.schemas import MCPO, PAIRWISE
 
@@ -64,7 +64,7 @@ def test_pairwise_has_trl_columns_and_the_expected_pairs(tmp_path):
         "ranked": [("best one", "mid"), ("best one", "worst answer")],
         "tied": [("t1", "t3")],
     }
-    report = json.loads((summary.out / "report.json").read_text())
+    report = read_meta(summary.out, REPORT)
     assert report["pairs_explicit"] == 1 and report["pairs_derived"] == 3 and report["rows_written"] == 4
 
 
@@ -235,8 +235,8 @@ def test_shard_runs_merged_equal_one_run(tmp_path, kind, with_candidates):
         assert {stable_bucket(r["prompt_id"], 3) for r in rows_of(part.out)} == {i}
     merged = merge([p.out for p in reversed(parts)], tmp_path / "merged")
     assert read_table(tmp_path / "merged").equals(read_table(one.out))
-    report = json.loads((tmp_path / "merged" / "report.json").read_text())
-    assert report == json.loads((one.out / "report.json").read_text())
+    report = read_meta(tmp_path / "merged", REPORT)
+    assert report == read_meta(one.out, REPORT)
     assert (
         report["examples_rows"] == len(examples)
         and report["dropped_missing_logp_" + ("rejected" if kind in ("pairwise", "mpo") else "pool")] == 1

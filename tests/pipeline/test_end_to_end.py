@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from datasets import load_dataset
-from pipeline_helpers import rows_by_id
+from pipeline_helpers import assert_loads_with_datasets, rows_by_id
 
 from prefpool.pipeline.io.errors import PipelineError
 from prefpool.pipeline.io.ids import completion_id
@@ -105,6 +105,15 @@ def test_mcpo_reference_logps_are_the_logprobs_values(pipeline):
         assert row["pool_ids"] == [completion_id(t) for t in samples]
     for row in read_table(work / "build" / "mpo").to_pylist():
         assert row["ref_sample_logps"] == [logps[(row["prompt_id"], c)] for c in row["ref_sample_ids"]]
+
+
+def test_every_stage_output_loads_with_datasets(pipeline, monkeypatch, tmp_path):
+    """``load_dataset(folder)`` and ``load_dataset("parquet", data_dir=folder)`` give each stage's table."""
+    work, *_ = pipeline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    stages = ["ingest", "generate", "logprobs/ingest", "logprobs/generate", "build/mcpo", "build/pairwise", "build/mpo"]
+    for stage in stages:
+        assert_loads_with_datasets(work / stage, tmp_path / "hf-cache")
 
 
 def test_pushed_folder_loads_with_datasets(pipeline, monkeypatch, tmp_path):

@@ -16,8 +16,10 @@ from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, find_meta, read_meta
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.stage_run import StageRun
 from prefpool.pipeline.merge import merge
 from prefpool.pipeline.model.info import load_model_info
 from prefpool.testing import build_tiny_llama
@@ -85,7 +87,7 @@ def test_schema_counts_seeds_and_manifest(reference, examples):
     assert sampling["source"] == {"temperature": "default", "top_p": "default", "max_new_tokens": "argument"}
     assert sampling["generation_config"]["max_new_tokens"] == 64  # recorded, overridden by the argument
     assert manifest.provenance["seed"] == 7
-    report = json.loads((reference / "report.json").read_text())
+    report = read_meta(reference, REPORT)
     assert (report["rows_read"], report["rows_written"], report["rows_dropped"]) == (6, 6, 0)
     assert sum(report["finish_reasons"].values()) == report["samples"] == 6 * N
 
@@ -139,7 +141,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(reference, model, exam
     with pytest.raises(RuntimeError, match="simulated crash"):
         generate(examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4, rows_per_unit=2)
     monkeypatch.setattr(generate_module.StageRun, "write", real_write)
-    assert not (out / "manifest.json").exists()
+    assert find_meta(out, MANIFEST) is None
     resumed = generate(
         examples, model=model, out=out, n=N, max_new_tokens=MAX_NEW, seed=7, batch_size=4, rows_per_unit=2
     )
@@ -167,7 +169,7 @@ def test_two_shards_merged_equal_one_run(reference, model, examples, tmp_path):
     assert 0 < read_table(parts[0]).num_rows < 6
     merge(parts, tmp_path / "merged")
     assert read_table(tmp_path / "merged").equals(read_table(reference))
-    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    report = read_meta(tmp_path / "merged", REPORT)
     assert (report["rows_written"], report["samples"]) == (6, 6 * N)
     # the merged folder has the unsharded identity: rerunning without --shard finds it complete
     again = generate(
@@ -194,7 +196,7 @@ def test_stop_at_any_eos_id_from_generation_config(model, examples, tmp_path):
     manifest = load_manifest(out)
     assert manifest.identity.config["eos_token_ids"][:2] == [2, 7]
     assert manifest.provenance["model"]["sampling"]["ignored_generation_config"] == {"top_k": 20}
-    assert json.loads((out / "report.json").read_text())["finish_reasons"]["stop"] == len(stopped)
+    assert read_meta(out, REPORT)["finish_reasons"]["stop"] == len(stopped)
 
 
 def test_engine_token_ids_do_not_depend_on_the_batch(model):
@@ -257,14 +259,16 @@ def test_too_long_prompts_are_dropped_and_reported(model, tmp_path):
     out = tmp_path / "out"
     summary = generate(tmp_path / "ex", model=model, out=out, n=2, max_new_tokens=4)
     assert (summary.rows_written, summary.rows_dropped) == (1, 1)
-    report = json.loads((out / "report.json").read_text())
+    report = read_meta(out, REPORT)
     assert report["dropped_rows"] == {"prompt_too_long": 1} and len(report["examples"]) == 1
     assert read_table(out).num_rows == 1
 
 
 def test_bad_inputs_and_arguments(model, examples, tmp_path):
-    empty = _write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
-    ingest(empty, format="prompts", out=tmp_path / "ex_empty")
+    # an examples table with no rows (ingest refuses to write one; another producer might)
+    empty = StageRun(tmp_path / "ex_empty", stage="ingest", schema="examples", config={}, inputs={}, rows_per_unit=1)
+    empty.pending([])
+    empty.finish()
     with pytest.raises(PipelineInputError, match="no rows"):
         generate(tmp_path / "ex_empty", model=model, out=tmp_path / "o1", n=2)
     role = tmp_path / "role.jsonl"

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from prefpool.cli import app
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.io.stage_run import StageRun
 from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
@@ -59,7 +60,11 @@ def test_generate_prints_a_summary(tmp_path, model):
 
 
 def test_bad_input_exits_2(tmp_path, model):
-    empty = _examples(tmp_path, [""])
+    # an examples table with no rows (ingest refuses to write one; another producer might)
+    run = StageRun(tmp_path / "ex", stage="ingest", schema="examples", config={}, inputs={}, rows_per_unit=1)
+    run.pending([])
+    run.finish()
+    empty = str(tmp_path / "ex")
     result = runner.invoke(app, ["generate", empty, "-m", model, "-n", "2", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "error:" in result.output and "no rows" in result.output
     assert str(tmp_path / "ex") in result.output and "Traceback" not in result.output
@@ -72,4 +77,4 @@ def test_bad_input_exits_2(tmp_path, model):
     no_model = runner.invoke(
         app, ["generate", empty, "-m", str(tmp_path / "nope"), "-n", "2", "-o", str(tmp_path / "o")]
     )
-    assert no_model.exit_code == 2 and "local folder" in no_model.output
+    assert no_model.exit_code == 2 and "no such folder; expected a local model folder" in no_model.output

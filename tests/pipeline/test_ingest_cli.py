@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from prefpool.cli import app
 from prefpool.pipeline.io.read import read_table
+
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
+
 
 runner = CliRunner()
 
@@ -36,7 +41,7 @@ def test_bad_line_bad_shard_and_conflict_exit_2(tmp_path, fixtures):
     )
     assert shard.exit_code == 2 and "shard must be i/N" in shard.output
     fmt = runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "nope", "-o", out])
-    assert fmt.exit_code == 2 and "'nope' is not one of 'pairwise', 'hh-rlhf'" in fmt.output
+    assert fmt.exit_code == 2 and "'nope' is not one of 'auto', 'pairwise', 'hh-rlhf'" in fmt.output
     assert runner.invoke(app, ["ingest", str(fixtures / "prompts.jsonl"), "-f", "prompts", "-o", out]).exit_code == 0
     clash = runner.invoke(app, ["ingest", str(fixtures / "alpaca_ranked.jsonl"), "-f", "ranked", "-o", out])
     assert clash.exit_code == 2 and "--overwrite" in clash.output
@@ -56,3 +61,28 @@ def test_merge_command(tmp_path, fixtures):
     assert result.exit_code == 0 and "merge: 2 rows from 2 shard runs" in result.output
     missing = runner.invoke(app, ["merge", parts[0], "--out", str(tmp_path / "m2")])
     assert missing.exit_code == 2 and "exactly once" in missing.output
+
+
+def test_card_fields_are_recorded_and_bad_ones_exit_2(tmp_path, fixtures):
+    """--source-dataset/--license/--language go into the identity (for push's card); an output made
+    without them still matches a rerun without them (they are left out of the identity when unset)."""
+    from prefpool.pipeline.io.manifest import load_manifest
+
+    src = str(fixtures / "pairwise_strings.jsonl")
+    plain = runner.invoke(app, ["ingest", src, "-f", "pairwise", "-o", str(tmp_path / "plain")])
+    assert plain.exit_code == 0
+    assert not {"license", "language", "source_dataset"} & set(load_manifest(tmp_path / "plain").identity.config)
+    out = str(tmp_path / "o")
+    flags = ["--source-dataset", "me/prefs", "--license", "cc-by-4.0", "--language", "en", "--language", "fr"]
+    ok = runner.invoke(app, ["ingest", src, "-f", "pairwise", "-o", out, *flags])
+    assert ok.exit_code == 0, ok.output
+    config = load_manifest(out).identity.config
+    assert (config["source_dataset"], config["license"], config["language"]) == ("me/prefs", "cc-by-4.0", ["en", "fr"])
+    for args, match in (
+        (["--source-dataset", "just-a-name"], "source_dataset: 'just-a-name' is not a valid Hub repo id"),
+        (["--license", "Apache 2"], "license: 'Apache 2' is not a licence id"),
+        (["--language", "EN_us"], "language: 'EN_us' is not an ISO 639 language code"),
+    ):
+        bad = runner.invoke(app, ["ingest", src, "-f", "pairwise", "-o", str(tmp_path / "bad"), *args])
+        assert bad.exit_code == 2 and match in bad.output, bad.output
+        assert not (tmp_path / "bad").exists()

@@ -10,8 +10,12 @@ import pytest
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io import shards
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, RUN_MARKER, meta_path, read_meta
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.merge import merge
+
+# the fixtures drop rows on purpose: the warning that says so is tested in test_ingest_loss.py
+pytestmark = pytest.mark.filterwarnings("ignore::prefpool.pipeline.formats.report.DroppedRowsWarning")
 
 
 @pytest.fixture
@@ -23,6 +27,11 @@ def source(tmp_path, fixtures):
     shutil.copy(fixtures / "pairwise_chat.jsonl", folder / "b.jsonl")
     shutil.copy(fixtures / "pairwise.csv", folder / "c.csv")
     return folder
+
+
+def _files(folder):
+    """Every file under ``folder`` (the shards and ``.prefpool/``) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_rerun_with_the_same_config_is_a_no_op(tmp_path, source):
@@ -41,7 +50,7 @@ def test_resume_after_losing_a_shard_and_the_manifest(tmp_path, source):
     expected = read_table(out)
     assert first.units_written == 3
     (out / "part-00000-of-00001-00001.parquet").unlink()
-    (out / "manifest.json").unlink()
+    meta_path(out, MANIFEST).unlink()
     resumed = ingest(source, format="pairwise", out=out, rows_per_unit=2)
     assert (resumed.units_written, resumed.units_skipped) == (1, 2)
     assert read_table(out).equals(expected)
@@ -71,7 +80,7 @@ def test_shard_runs_merged_equal_one_run(tmp_path, source):
     merge(list(reversed(parts)), merged)
     assert read_table(merged).equals(read_table(whole))
     assert sorted(f.name for f in merged.glob("part-*")) == sorted(f.name for f in whole.glob("part-*"))
-    reports = [json.loads((d / "report.json").read_text()) for d in (merged, whole)]
+    reports = [read_meta(d, REPORT) for d in (merged, whole)]
     for key in ("rows_read", "rows_dropped", "dropped_rows", "duplicate_rows_merged"):
         assert reports[0][key] == reports[1][key]
     # the merged folder has the unsharded run's identity: ingest finds it complete
@@ -118,7 +127,7 @@ def test_non_pipeline_folder_is_never_used(tmp_path, source):
 def test_crash_mid_write_keeps_the_earlier_output(tmp_path, source, fixtures, monkeypatch):
     out = tmp_path / "out"
     ingest(fixtures / "pairwise_strings.jsonl", format="pairwise", out=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     real, calls = shards._write_parquet, []
 
     def crash_on_second_shard(tmp, table, row_group_rows):
@@ -131,10 +140,11 @@ def test_crash_mid_write_keeps_the_earlier_output(tmp_path, source, fixtures, mo
     monkeypatch.setattr(shards, "_write_parquet", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         ingest(source, format="pairwise", out=out, overwrite=True, rows_per_unit=2)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert _files(out) == before  # untouched
     staging = tmp_path / ".out.staging"
     finals = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
-    assert finals == ["part-00000-of-00001-00000.parquet", "run.json"]  # no half-written shard
+    assert finals == ["part-00000-of-00001-00000.parquet"]  # no half-written shard
+    assert sorted(p.name for p in meta_path(staging, "").iterdir()) == [RUN_MARKER]
     # the same command again resumes the staged run and swaps it in
     monkeypatch.setattr(shards, "_write_parquet", real)
     resumed = ingest(source, format="pairwise", out=out, overwrite=True, rows_per_unit=2)
@@ -154,7 +164,7 @@ def test_crash_in_a_fresh_folder_leaves_no_final_shard(tmp_path, source, monkeyp
     out = tmp_path / "out"
     with pytest.raises(OSError):
         ingest(source, format="pairwise", out=out)
-    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert not out.exists()  # the first shard failed: no final shard, no run.json, no temporary file
     with pytest.raises(PipelineInputError, match="no manifest.json"):
         read_table(out)
 

@@ -11,6 +11,7 @@ import pytest
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io import shards
 from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, RUN_MARKER, meta_path
 from prefpool.pipeline.io.read import read_table, scan
 from prefpool.pipeline.io.schemas import EXAMPLES
 from prefpool.pipeline.io.shards import ShardName, read_shard, shard_metadata, write_shard
@@ -70,7 +71,7 @@ def output(tmp_path, fixtures):
 
 
 def test_manifest_lists_shards_and_provenance(output):
-    manifest = json.loads((output / "manifest.json").read_text())
+    manifest = json.loads(meta_path(output, MANIFEST).read_text())
     assert manifest["stage"] == "ingest" and manifest["schema"] == "examples"
     assert manifest["total_rows"] == sum(s["rows"] for s in manifest["shards"]) == 3
     assert [s["file"] for s in manifest["shards"]] == [
@@ -82,8 +83,8 @@ def test_manifest_lists_shards_and_provenance(output):
     assert {"prefpool", "git_revision", "python", "libraries", "seed", "model", "created"} <= set(prov)
     assert {"torch", "transformers", "pyarrow", "polars"} <= set(prov["libraries"])
     assert manifest["identity"]["config"]["format"] == "pairwise"
-    assert manifest["sidecars"] == ["report.json"]
-    assert json.loads((output / "run.json").read_text()) == manifest["identity"]
+    assert manifest["sidecars"] == [REPORT]
+    assert json.loads(meta_path(output, RUN_MARKER).read_text()) == manifest["identity"]
 
 
 def test_read_table_and_scan_agree(output):
@@ -93,7 +94,7 @@ def test_read_table_and_scan_agree(output):
 
 
 def test_folder_without_manifest_is_incomplete(output):
-    (output / "manifest.json").unlink()
+    meta_path(output, MANIFEST).unlink()
     with pytest.raises(PipelineInputError, match="no manifest.json"):
         read_table(output)
 
@@ -111,17 +112,17 @@ def test_truncated_shard_is_named(output):
     with pytest.raises(PipelineInputError, match="part-00000-of-00001-00000.parquet.*truncated"):
         read_table(output)
     # a truncated file with a patched size still fails to open, naming the file
-    manifest = json.loads((output / "manifest.json").read_text())
+    manifest = json.loads(meta_path(output, MANIFEST).read_text())
     manifest["shards"][0]["bytes"] = len(data) // 2
-    (output / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(output, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PipelineInputError, match="part-00000-of-00001-00000.parquet.*not a readable Parquet"):
         read_table(output)
 
 
 def test_row_count_mismatch_is_named(output):
-    manifest = json.loads((output / "manifest.json").read_text())
+    manifest = json.loads(meta_path(output, MANIFEST).read_text())
     manifest["shards"][1]["rows"] += 1
-    (output / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(output, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PipelineInputError, match=r"00001.parquet.*rows, manifest says"):
         read_table(output)
 
@@ -131,13 +132,13 @@ def test_wrong_schema_names_file_and_column(output):
     table = pq.read_table(path)
     bad = table.set_column(table.schema.get_field_index("source"), "source", pa.array([1] * table.num_rows))
     pq.write_table(bad, path)
-    manifest = json.loads((output / "manifest.json").read_text())
+    manifest = json.loads(meta_path(output, MANIFEST).read_text())
     manifest["shards"][0]["bytes"] = path.stat().st_size
-    (output / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(output, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PipelineInputError, match=r"00000.parquet, column 'source': column has type int64"):
         read_table(output)
     pq.write_table(table.drop_columns(["answers"]), path)
     manifest["shards"][0]["bytes"] = path.stat().st_size
-    (output / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(output, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PipelineInputError, match=r"00000.parquet, column 'answers': missing column"):
         read_table(output)

@@ -12,10 +12,12 @@ import torch
 from click.testing import CliRunner
 
 from prefpool.cli import app
+from prefpool.core.errors import MissingInputError
 from prefpool.pipeline.engines import logprob_engines as logprobs_engine
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.layout import MANIFEST, REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
@@ -120,7 +122,7 @@ def test_values_equal_a_direct_forward_and_log_softmax(tiny, examples, tmp_path)
 
 
 def summary_key(folder) -> str:
-    return json.loads((folder / "manifest.json").read_text())["identity"]["config"]["cache_key"]
+    return read_meta(folder, MANIFEST)["identity"]["config"]["cache_key"]
 
 
 def test_batching_does_not_change_values(tiny, examples, tmp_path):
@@ -148,7 +150,7 @@ def test_truncation_and_long_prompts(tiny, examples, tmp_path):
     for r in rows:
         whole = full[(r["prompt_id"], r["completion_id"])]
         assert r["truncated"] == (r["num_tokens"] < whole["num_tokens"])
-    report = json.loads((tmp_path / "lp" / "report.json").read_text())
+    report = read_meta(tmp_path / "lp", REPORT)
     assert (report["dropped_long_prompt"], report["truncated"]) == (2, len(truncated))
     with pytest.raises(PipelineInputError, match="prompt_id .* no completion token within max_length=24"):
         logprobs(examples, model=tiny, out=tmp_path / "strict", max_length=24, long_prompts="error")
@@ -172,6 +174,9 @@ def test_resume_after_a_crash_equals_one_run(tiny, examples, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="simulated crash"):
         logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=256, rows_per_unit=4)
     monkeypatch.setattr(StageRun, "write", real_write)
+    # the unfinished run is known by its run marker (.prefpool/run.json): another cache key is refused
+    with pytest.raises(OutputConflictError, match="different max_length"):
+        logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=128, rows_per_unit=4)
     spy.clear()
     resumed = logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=256, rows_per_unit=4)
     assert (resumed.units_skipped, resumed.units_written) == (1, 3)
@@ -297,7 +302,7 @@ def test_model_folder_without_weights_is_refused(tiny, examples, tmp_path):
     shutil.copytree(tiny, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(PipelineConfigError, match="needs config.json and \\*.safetensors"):
         logprobs(examples, model=tmp_path / "m", out=tmp_path / "lp")
-    with pytest.raises(PipelineConfigError, match="not a local model folder"):
+    with pytest.raises(MissingInputError, match="no such folder; expected a local model folder"):
         logprobs(examples, model=tmp_path / "missing", out=tmp_path / "lp")
 
 

@@ -5,6 +5,7 @@ Nothing here loads a model: `load_pipeline` only reads and checks the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,13 +104,33 @@ def test_explicit_keys_win_over_defaults(tmp_path):
         (lambda c: c["push"].pop("source"), "set push's 'source'"),
         (lambda c: c.update(build={"kind": ["mcpo", "mcpo"]}), "same folder 'mcpo'"),
         (lambda c: c.update(push=["x"]), "section 'push': expected a mapping"),
+        (
+            lambda c: c.update(genrate={}, modle="m"),
+            "unknown top-level keys 'genrate' (did you mean 'generate'?), 'modle' (did you mean 'model'?)",
+        ),
+        (
+            lambda c: c["generate"].update(max_new_token=4, tempature=1.0),
+            "section 'generate': unknown keys 'max_new_token' (did you mean 'max_new_tokens'?), "
+            "'tempature' (did you mean 'temperature'?) for generate",
+        ),
     ],
 )
 def test_bad_files_are_refused(tmp_path, change, message):
     config = _full(tmp_path)
     change(config)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_pipeline(_write(tmp_path, config))
+
+
+def test_progress_flag_reaches_every_stage_that_reports_progress(tmp_path):
+    """`prefpool run --no-progress`: show_progress=False for the stages that have it, unless a section says."""
+    config = _full(tmp_path)
+    config["generate"]["show_progress"] = True
+    calls = {c.label: c.kwargs for c in load_pipeline(_write(tmp_path, config), progress=False)}
+    assert calls["ingest"]["show_progress"] is False and calls["logprobs[ingest]"]["show_progress"] is False
+    assert calls["generate"]["show_progress"] is True  # the section's own value wins
+    assert "show_progress" not in calls["build[mcpo]"]  # build has no progress
+    assert "show_progress" not in {c.label: c.kwargs for c in load_pipeline(_write(tmp_path, config))}["ingest"]
 
 
 def test_example_configs_plan(monkeypatch):

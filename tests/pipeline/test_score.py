@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from test_build_helpers import candidates_row, example, write_rows
 
 from prefpool.cli import app
+from prefpool.core.errors import UserCodeError
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.manifest import load_manifest
@@ -33,6 +34,12 @@ def count_good_per_prompt_word(prompt: list[dict], text: str) -> float:
 
 def not_finite(prompt: list[dict], text: str) -> float:
     return math.nan if "good" in text else 1.0
+
+
+def raises_on_good_good(prompt: list[dict], text: str) -> float:
+    if text.startswith("good good"):
+        raise KeyError("no rule for repeats")
+    return 1.0
 
 
 FN = "test_score:count_good"
@@ -133,9 +140,28 @@ def test_candidates_table_scores_samples(tmp_path):
 
 def test_non_finite_score_names_the_row(ex, tmp_path):
     with pytest.raises(
-        PipelineInputError, match=r"ex: score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32}"
+        PipelineInputError,
+        match=r"score is nan for prompt_id [0-9a-f]{32}, completion_id [0-9a-f]{32} \(.*ex/part-\S+\.parquet, "
+        r"row \d+ \(0-based\), column 'answers'\)",
     ):
         score(ex, out=tmp_path / "s", reward_fn="test_score:not_finite")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_reward_function_that_raises_names_the_row_and_exits_2(ex, tmp_path):
+    """The user's function raising is the user's error: the pair it raised on, the exception, exit 2."""
+    with pytest.raises(UserCodeError) as err:
+        score(ex, out=tmp_path / "s", reward_fn="test_score:raises_on_good_good", rows_per_unit=5)
+    text = str(err.value)
+    assert "reward_fn 'test_score:raises_on_good_good' raised KeyError: 'no rule for repeats'" in text
+    pid, cid = text.split("on prompt_id ")[1].split(" (")[0].split(", completion_id ")
+    row = next(r for r in EXAMPLES if r["prompt_id"] == pid)
+    assert completion_id(f"good good {row['prompt'][0]['content'].split()[1]}") == cid  # the pair it raised on
+    assert isinstance(err.value.__cause__, KeyError)  # --debug shows the function's own traceback
+    result = CliRunner().invoke(
+        app, ["score", str(ex), "--reward-fn", "test_score:raises_on_good_good", "--out", str(tmp_path / "c")]
+    )
+    assert result.exit_code == 2 and "raised KeyError" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(

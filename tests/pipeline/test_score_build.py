@@ -11,6 +11,7 @@ from test_build_helpers import candidates_row, example, logprob_rows, rows_of, w
 from prefpool.pipeline.build import build
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.score import score
 
 FN = "test_score:count_good"
@@ -58,7 +59,7 @@ def test_pairwise_from_answer_scores_overrides_ranks_and_explicit_pairs(tables, 
         "ranked": [("good good", "plain"), ("good good", "good")],
         "paired": [("x good", "y")],
     }
-    report = json.loads((scored.out / "report.json").read_text())
+    report = read_meta(scored.out, REPORT)
     assert report["config"]["rank_by"] == "score" and report["config"]["scores"] == "examples"
     assert report["answers_without_score"] == 0 and report["pairs_explicit"] == 0
 

@@ -20,6 +20,7 @@ from prefpool.pipeline.engines.generation import Request
 from prefpool.pipeline.engines.hf_generation import HFEngine
 from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.ingest import ingest
+from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.model.info import load_model_info
@@ -158,7 +159,7 @@ def test_schema_seeds_finish_reasons_and_manifest(runs, examples):
     config = manifest.identity.config
     assert (config["engine"], config["n"], config["seed"], config["top_p"]) == ("vllm", N, SEED, TOP_P)
     assert manifest.provenance["model"]["engine"] == "vllm"
-    report = json.loads((runs / "ref" / "report.json").read_text())
+    report = read_meta(runs / "ref", REPORT)
     assert sum(report["finish_reasons"].values()) == report["samples"] == 6 * N
 
 

@@ -15,6 +15,7 @@ import torch
 from test_eval_support import MAX_LENGTH, mcpo_row, pairwise_row, write_table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefpool.pipeline.model.cache_key import weights_hash
 from prefpool.testing import build_tiny_llama
 from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.eval_ranking import pool_metrics
@@ -35,14 +36,14 @@ def test_policy_equal_reference_pairwise_is_all_ties(tiny, tmp_path):
     rows = [
         pairwise_row(model, tok, f"question {i}", f"the cat likes {i}", f"a dog sees the river {i}") for i in range(3)
     ]
-    data = write_table(tmp_path / "pw", "pairwise", rows)
-    out = evaluate(path, data, out=tmp_path / "eval.json")
+    data = write_table(tmp_path / "pw", "pairwise", rows, tokenizer=tok, weights=weights_hash(path))
+    out = evaluate(path, data, out=tmp_path / "ev")
     ranking = out["ranking"]
     assert ranking["kind"] == "pairwise" and ranking["max_length"] == MAX_LENGTH
     assert ranking["num_pairs"] == 3
     assert ranking["accuracy"] == 0.0 and ranking["tie_rate"] == 1.0
     assert abs(ranking["mean_margin"]) < 1e-5
-    assert json.loads((tmp_path / "eval.json").read_text())["ranking"] == ranking
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["ranking"] == ranking
 
 
 def test_shifted_pairwise_reference_gives_known_accuracy_and_margin(tiny, tmp_path):
@@ -55,7 +56,7 @@ def test_shifted_pairwise_reference_gives_known_accuracy_and_margin(tiny, tmp_pa
         pairwise_row(model, tok, "q1", "the robot reads", "our team moves", shifts=(0.0, 3.0)),
         pairwise_row(model, tok, "q2", "a bird hears", "the river counts", shifts=(2.0, 0.0)),
     ]
-    data = write_table(tmp_path / "pw", "pairwise", rows)
+    data = write_table(tmp_path / "pw", "pairwise", rows, tokenizer=tok)
     for beta in (0.1, 2.0):
         r = evaluate(model, data, tokenizer=tok, beta=beta)["ranking"]
         assert r["accuracy"] == pytest.approx(2 / 3) and r["tie_rate"] == 0.0
@@ -84,7 +85,7 @@ def test_mcpo_mean_rank_by_hand(tiny, tmp_path):
         ),
         mcpo_row(model, tok, "prompt C", "our team hears", ["the river answers"], [0, 0]),
     ]
-    data = write_table(tmp_path / "mc", "mcpo", rows)
+    data = write_table(tmp_path / "mc", "mcpo", rows, tokenizer=tok)
     ranks = {}
     for beta in (0.1, 3.0):
         r = evaluate(model, data, tokenizer=tok, beta=beta)["ranking"]
@@ -110,11 +111,11 @@ def test_max_length_is_read_from_the_manifest_and_checked(tiny, tmp_path):
     _, model, tok = tiny
     long = " ".join(["the cat likes the river"] * 8)
     rows = [pairwise_row(model, tok, "q", long, "a dog", max_length=16)]
-    data = write_table(tmp_path / "pw", "pairwise", rows, max_length=16)
+    data = write_table(tmp_path / "pw", "pairwise", rows, tokenizer=tok, max_length=16)
     assert cache_max_length(data) == 16
     r = evaluate(model, data, tokenizer=tok)["ranking"]
     assert r["max_length"] == 16 and r["tie_rate"] == 1.0
-    with pytest.raises(CacheMismatchError, match="completion tokens here"):
+    with pytest.raises(CacheMismatchError, match="max_length \\(cache 16, here 64\\)"):
         evaluate(model, data, tokenizer=tok, max_length=64)
 
 
@@ -123,7 +124,7 @@ def test_reward_fn_samples_and_win_rate_against_itself(tiny, tmp_path):
     (same per-sample seeds), so every comparison ties: win-rate exactly 1/2."""
     path, model, tok = tiny
     rows = [pairwise_row(model, tok, f"q{i}", "the cat", "a dog") for i in range(2)]
-    data = write_table(tmp_path / "pw", "pairwise", rows)
+    data = write_table(tmp_path / "pw", "pairwise", rows, tokenizer=tok)
     out = evaluate(path, data, reward_fn=_length_reward, ref_model=path, num_samples=2, max_new_tokens=4, seed=7)
     s = out["samples"]
     assert s["num_prompts"] == 2 and s["num_samples"] == 2
@@ -135,18 +136,31 @@ def _length_reward(prompt: list[dict], completion: str) -> float:
 
 
 def test_cli_eval_writes_the_summary(tiny, tmp_path):
-    """`prefpool eval --model M --data DIR --out FILE`, the thin wrapper over evaluate()."""
+    """`prefpool eval --model M --data DIR --out FOLDER` writes FOLDER/eval.json; --out FILE or x.json is refused."""
     from click.testing import CliRunner
 
     from prefpool.cli import app
 
     path, model, tok = tiny
-    data = write_table(tmp_path / "pw", "pairwise", [pairwise_row(model, tok, "q", "the cat", "a dog", (0.0, 1.0))])
-    out = tmp_path / "not-yet" / "e.json"  # a folder that does not exist yet is made
+    data = write_table(
+        tmp_path / "pw", "pairwise", [pairwise_row(model, tok, "q", "the cat", "a dog", (0.0, 1.0))], tokenizer=tok
+    )
+    out = tmp_path / "not-yet" / "ev"  # a folder that does not exist yet is made
     result = CliRunner().invoke(
         app, ["eval", "--model", str(path), "--data", str(data), "--out", str(out), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["ranking"]["accuracy"] == 1.0
+    assert json.loads((out / "eval.json").read_text())["ranking"]["accuracy"] == 1.0
+    assert f"written to {out / 'eval.json'}" in result.output
     bad = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(tmp_path / "nothing")])
     assert bad.exit_code == 2
+    (tmp_path / "taken.txt").write_text("keep me")
+    for target, message in [
+        (tmp_path / "e.json", "--out is a folder (eval writes eval.json into it), not a .json file"),
+        (tmp_path / "taken.txt", "is a file; --out is a folder"),
+    ]:
+        refused = CliRunner().invoke(app, ["eval", "-m", str(path), "-d", str(data), "-o", str(target)])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert not (tmp_path / "e.json").exists() and (tmp_path / "taken.txt").read_text() == "keep me"
+    gpu = CliRunner().invoke(app, ["eval", "-m", str(path), "-d", str(data), "--device", "gpu"])
+    assert gpu.exit_code == 2 and "'gpu' is not a device; expected auto, cpu, cuda, cuda:N or mps" in gpu.output

@@ -2,7 +2,10 @@
 
 A table is written through the pipeline's real writer (``StageRun``) with the
 training-table schema, and its manifest's inputs carry a ``logprobs`` fingerprint
-with the cache's ``max_length``, as ``build`` records it. The reference values
+with the cache key parts (``cache_components``: tokenizer and chat-template hash,
+``max_length``, truncation, dtype, weights hash), as ``build`` records them. The
+weights hash is a made-up one (the values are shifted: they are no model's own)
+unless a test passes the model's, to claim the model is the reference. The reference values
 are the model's own log-probs (``score_pairs`` on ``encode_pair`` tokens) plus a
 chosen shift per completion, so every log-ratio ``log pi - log pi_ref`` is
 exactly minus that shift (up to float32 batching noise, ~1e-6).
@@ -17,6 +20,7 @@ import pyarrow as pa
 from prefpool.pipeline.io.ids import completion_id, normalize_messages, prompt_id
 from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.scoring import score_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
@@ -29,8 +33,31 @@ def own_logps(model, tokenizer, prompt: list[dict], texts: list[str], max_length
     return logps.double().tolist(), [len(e.completion_ids) for e in encs]
 
 
-def write_table(folder: Path, schema: str, rows: list[dict], *, max_length: int = MAX_LENGTH) -> Path:
-    inputs = {"logprobs": [{"identity": {"config": {"cache": {"max_length": max_length}}}}]}
+OTHER_WEIGHTS = "0" * 64  # no model's weights: the cache is "another reference's"
+
+
+def full_cache(model_dir: Path, tokenizer, max_length: int = MAX_LENGTH) -> dict:
+    """The cache-key parts the ``logprobs`` stage records for ``model_dir`` scored in float32."""
+    return cache_components(
+        weights_hash(model_dir), tokenizer, max_length=max_length, truncation="completion", dtype="float32"
+    )
+
+
+def write_table(
+    folder: Path,
+    schema: str,
+    rows: list[dict],
+    *,
+    tokenizer=None,
+    max_length: int = MAX_LENGTH,
+    weights: str = OTHER_WEIGHTS,
+    cache: dict | None = None,
+) -> Path:
+    """``cache``: the cache-key parts to record (``full_cache``: the model's own weights); default: ``tokenizer``'s
+    parts with ``weights`` (another reference's)."""
+    if cache is None:
+        cache = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype="float32")
+    inputs = {"logprobs": [{"identity": {"config": {"cache": cache, "cache_key": cache_key_of(cache)}}}]}
     run = StageRun(folder, stage="build", schema=schema, config={"kind": schema}, inputs=inputs, rows_per_unit=2)
     units = plan_units(rows, key_of=lambda r: r["prompt_id"] + repr(r.get("rejected")), rows_per_unit=2)
     for unit in run.pending(units):

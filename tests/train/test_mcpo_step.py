@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from prefpool.losses import mcpo_loss
 from prefpool.pipeline.model.scoring import completion_logps, pad_pairs, score_pairs
 from prefpool.testing import build_tiny_llama
+from prefpool.train.kinds import mcpo as mcpo_kind
 from prefpool.train.kinds.mcpo import PoolBatch, mcpo_step_loss
 
 torch.set_num_threads(1)
@@ -25,9 +26,13 @@ BETA = 0.5
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=3)
-    return AutoModelForCausalLM.from_pretrained(path).float()
+def model_path(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=3)
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return AutoModelForCausalLM.from_pretrained(model_path).float()
 
 
 def _tokens(gen: torch.Generator, n: int) -> list[int]:
@@ -165,3 +170,58 @@ def test_pad_pairs_marks_completion_tokens_only():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [5, 8, 9, 10]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["completion_mask"].tolist() == [[False, False, True, False], [False, True, True, True]]
+
+
+def _lora_with_dropout(model_path, dropout: float):
+    """The tiny Llama with LoRA adapters (``lora_dropout``) whose ``B`` is not zero: peft starts ``B``
+    at zero, and then dropout inside the adapter would change nothing."""
+    peft = pytest.importorskip("peft")
+    base = AutoModelForCausalLM.from_pretrained(model_path).float()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(base, lora)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen))
+    return model.train()
+
+
+def test_pass1_scores_are_deterministic_under_lora_dropout(model_path, monkeypatch):
+    """Pass 1 of the trainer's step (``mcpo_step_loss``) scores with dropout off: one sequence, scored
+    four times per step (three pool copies and the preferred answer, which the paper's kernel can draw)
+    over three steps of a LoRA policy with ``lora_dropout = 0.3`` in train mode, gets one value, the
+    eval-mode value; and the model is back in train mode for pass 2. Removing ``eval_mode`` from
+    ``train/kinds/mcpo.py`` fails this test (the twelve scores then spread over about 2 nats)."""
+    model = _lora_with_dropout(model_path, 0.3)
+    gen = torch.Generator().manual_seed(1)
+    prompt, answer = _tokens(gen, 5), _tokens(gen, 9)
+    pair = (prompt, answer)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    batch = PoolBatch([pair], [[pair, pair, pair]], torch.tensor([-40.0]), torch.full((1, 3), -40.0), mask)
+
+    # The set-up can fail: in train mode the adapters' dropout does change the scores.
+    noisy = score_pairs(model, [pair] * 4, PAD)
+    assert model.training and noisy.unique().numel() > 1
+
+    recorded = []
+
+    def spy(*args, **kwargs):
+        scores = score_pairs(*args, **kwargs)
+        recorded.append(scores.clone())
+        return scores
+
+    monkeypatch.setattr(mcpo_kind, "score_pairs", spy)
+    for _ in range(3):
+        out = mcpo_step_loss(
+            model, batch, pad_token_id=PAD, beta=BETA, kernel="sample", generator=torch.Generator().manual_seed(2)
+        )
+        out.loss.sum().backward()  # pass 2 runs in train mode; the backward just has to work
+        assert model.training
+    scores = torch.cat(recorded)
+    assert scores.numel() == 12
+    assert torch.equal(scores, scores[:1].expand(12)), scores
+    model.eval()
+    with torch.no_grad():
+        clean = completion_logps(model, [pair], PAD)[0]
+    torch.testing.assert_close(scores[:1], clean.to(scores.dtype), rtol=0, atol=1e-5)

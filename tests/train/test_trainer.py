@@ -16,6 +16,7 @@ from trainer_tables import MAX_LENGTH
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build
+from prefpool.pipeline.io.layout import MANIFEST, meta_path, read_meta
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.testing import build_tiny_llama
 from prefpool.train.cache_check import CacheMismatchError
@@ -136,11 +137,11 @@ def test_step0_check_catches_a_wrong_cache(world, other_cache, tmp_path):
     """The other model's values, with the manifest edited to claim our weights: only step 0 can tell."""
     data = tmp_path / "relabelled"
     shutil.copytree(other_cache, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    ours = json.loads((world["pairwise"] / "manifest.json").read_text())
+    manifest = read_meta(data, MANIFEST)
+    ours = read_meta(world["pairwise"], MANIFEST)
     cache = ours["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"]
     manifest["identity"]["inputs"]["logprobs"][0]["identity"]["config"]["cache"] = cache
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    meta_path(data, MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(Step0MismatchError, match="another model, tokenizer, chat template or max_length"):
         Trainer(_cfg(world, "pairwise", "dpo", tmp_path / "run", data=str(data))).run()
     assert not (tmp_path / "run" / "model.safetensors").exists()
@@ -229,17 +230,23 @@ def test_gradient_checkpointing_and_bf16(world, tmp_path):
     assert 0 < bf16["step0_max_abs_diff"] <= 1.0 and all(math.isfinite(x) for x in bf16["losses"])
 
 
-def test_cli_train(world, tmp_path):
+def test_cli_train(world, tmp_path, monkeypatch):
     config = tmp_path / "train.yaml"
     config.write_text(
         f"model: {world['model']}\ndata: {world['pairwise']}\noutput_dir: {tmp_path / 'out'}\n"
         f"loss: dpo\nmax_length: {MAX_LENGTH}\nlr: 1.0e-3\nbatch_size: 4\n"
     )
+    monkeypatch.setenv("PREFPOOL_PROGRESS_SECONDS", "1e-9")  # a log (not a terminal): a line per step
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(config), "max_steps=2"])
     assert result.exit_code == 0, result.output
     assert len(read_metrics(tmp_path / "out" / "metrics.jsonl")) == 2
+    assert "train: 1/2 steps (50%)" in result.output and "train: 2/2 steps (100%)" in result.output
     AcceleratorState._reset_state(reset_partial_state=True)
-    bad = runner.invoke(app, ["train", str(config), "learning_rate=1"])
+    quiet = runner.invoke(app, ["train", str(config), "max_steps=1", f"output_dir={tmp_path / 'q'}", "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "steps (" not in quiet.output
+    AcceleratorState._reset_state(reset_partial_state=True)
+    bad = runner.invoke(app, ["train", str(config), "learnig_rate=1"])
     assert bad.exit_code == 2
-    assert "unknown key 'learning_rate'" in bad.output
+    assert "unknown key 'learnig_rate' (did you mean 'learning_rate', which sets lr?)" in bad.output

@@ -91,6 +91,15 @@ def test_mcpo_max_kernel_two_processes_equal_one_process(world, tmp_path):
 
 
 def test_kernel_seeds_differ_per_process():
+    """Distinct seeds are not enough: the CPU generator (mt19937) keeps only a seed's low 32 bits, so
+    ``seed + 1 + (p << 32)`` gave every CPU process one stream. The streams themselves must differ."""
     assert kernel_seed(0, 0) == 1  # process 0 draws as a single process does (seed + 1)
-    seeds = {kernel_seed(seed, process) for seed in range(3) for process in range(4)}
-    assert len(seeds) == 12  # no two (seed, process) share a stream
+    low_bits = {kernel_seed(seed, process) % 2**32 for seed in range(50) for process in range(64)}
+    assert len(low_bits) == 50 * 64  # no two (seed, process) share a CPU stream
+    streams = {
+        tuple(torch.rand(8, generator=torch.Generator().manual_seed(kernel_seed(seed, process))).tolist())
+        for seed in range(3)
+        for process in range(4)
+    }
+    assert len(streams) == 12
+    assert all(0 <= kernel_seed(2**64 - 2, p) < 2**64 for p in range(4))  # manual_seed's range

@@ -11,6 +11,7 @@ import torch
 from trainer_tables import MAX_LENGTH
 
 from prefpool.core.config import load_config
+from prefpool.core.errors import ConfigError
 from prefpool.train.config import TrainConfig
 from prefpool.train.metrics import read_metrics, tracker_scalars
 from prefpool.train.trainer import TRACKER_DIR, Trainer
@@ -105,5 +106,5 @@ def test_wandb_missing_is_an_error_not_silence(world, tmp_path, monkeypatch):
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    with pytest.raises(ImportError, match="report_to: wandb is not installed"):
+    with pytest.raises(ConfigError, match="report_to: wandb is not installed"):
         Trainer(_cfg(world, tmp_path / "run", report_to=("wandb",)))

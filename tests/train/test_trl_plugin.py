@@ -15,12 +15,13 @@ import torch
 
 pytest.importorskip("trl")
 
-from test_eval_support import MAX_LENGTH, mcpo_row, own_logps, write_table  # noqa: E402
+from test_eval_support import MAX_LENGTH, full_cache, mcpo_row, own_logps, write_table  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from prefpool.losses import mcpo_loss, mpo_loss  # noqa: E402
+from prefpool.losses import mcpo_loss, mcpo_select, mpo_loss  # noqa: E402
 from prefpool.pipeline.io.ids import completion_id  # noqa: E402
 from prefpool.testing import build_tiny_llama  # noqa: E402
+from prefpool.train.trainer import kernel_seed  # noqa: E402
 from prefpool.train.trl_plugin import (  # noqa: E402
     MCPOConfig,
     MCPODPOTrainer,
@@ -31,6 +32,8 @@ from prefpool.train.trl_plugin import (  # noqa: E402
 )
 
 torch.set_num_threads(1)
+# TRL's trainer makes an Accelerator (bf16 on CPU): reset it, or a later trainer in this process fails
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 PROMPTS = [
     ("what does the cat do", "the cat likes the river", ["a dog sees", "the model writes a bird"]),
@@ -50,7 +53,7 @@ def _model(path):
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(
+    base = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=3,
         max_steps=3,
@@ -62,8 +65,8 @@ def _args(cls, tmp_path, **kw):
         max_length=MAX_LENGTH,
         dataloader_num_workers=0,
         seed=0,
-        **kw,
     )
+    return cls(**{**base, **kw})
 
 
 def _mcpo_table(path, tok, tmp_path, shifts=None):
@@ -72,7 +75,7 @@ def _mcpo_table(path, tok, tmp_path, shifts=None):
         mcpo_row(model, tok, q, pref, pool, None if shifts is None else shifts[i])
         for i, (q, pref, pool) in enumerate(PROMPTS)
     ]
-    return write_table(tmp_path / "mcpo", "mcpo", rows), rows
+    return write_table(tmp_path / "mcpo", "mcpo", rows, cache=full_cache(path, tok)), rows
 
 
 def _first_batch_loss(trainer):
@@ -135,13 +138,14 @@ def test_mcpo_step0_policy_is_reference(tiny, tmp_path, kernel):
 
 def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
     """Shifted reference values, kernel ``max`` (deterministic): the trainer's first-batch loss equals
-    mcpo_loss on score_pairs log-probs; then 3 training steps run and change the parameters."""
+    mcpo_loss on score_pairs log-probs; then 3 training steps run and change the parameters. The step-0
+    check measures the largest shift (2 nats; allowed here by step0_tolerance)."""
     path, tok = tiny
     shifts = [[0.0, 1.0, -2.0], [0.5, 0.0, 1.5, -1.0], [-1.0, 0.3]]
     data, rows = _mcpo_table(path, tok, tmp_path, shifts)
     model = _model(path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = _args(MCPOConfig, tmp_path, mcpo_kernel="max", beta=0.5)
+    args = _args(MCPOConfig, tmp_path, mcpo_kernel="max", beta=0.5, step0_tolerance=3.0)
     trainer = MCPODPOTrainer(model, args=args, train_dataset=mcpo_dataset(data), processing_class=tok)
     loss, batch = _first_batch_loss(trainer)
     want = _independent_mcpo(path, tok, _rows_of_batch(batch, rows, tok), "max", 0.5)
@@ -149,10 +153,77 @@ def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
     trainer.model.train()
     result = trainer.train()
     assert result.global_step == 3 and math.isfinite(result.training_loss)
+    assert trainer.step0_max_abs_diff == pytest.approx(2.0, abs=1e-4)
     changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())
     assert changed > 0
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and "mcpo/entropy" in logged[0] and "rewards/accuracies" in logged[0]
+
+
+def _record_draws(monkeypatch) -> list[dict]:
+    """Spy on the plug-in's ``mcpo_select``: each call's generator seed and picks."""
+    from prefpool.train import trl_plugin
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        selected = mcpo_select(*args, **kwargs)
+        calls.append({"seed": kwargs["generator"].initial_seed(), "selected": selected.tolist()})
+        return selected
+
+    monkeypatch.setattr(trl_plugin, "mcpo_select", spy)
+    return calls
+
+
+def test_mcpo_kernel_generator_is_seeded_per_process(tiny, tmp_path, monkeypatch):
+    """Process ``p`` draws from a generator seeded ``kernel_seed(seed, p)``, as ``prefpool train``'s
+    processes do: processes 0 and 1 get different streams (one seed for all would give every process
+    the same draws for its different rows)."""
+    path, tok = tiny
+    data, _ = _mcpo_table(path, tok, tmp_path)
+    calls = _record_draws(monkeypatch)
+    streams = {}
+    for process in (0, 1):
+        monkeypatch.setattr(MCPOConfig, "process_index", property(lambda self, p=process: p))
+        trainer = MCPODPOTrainer(
+            _model(path),
+            args=_args(MCPOConfig, tmp_path, mcpo_kernel="sample", seed=7),
+            train_dataset=mcpo_dataset(data),
+            processing_class=tok,
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer._loss(trainer.model, batch)
+        assert calls[-1]["seed"] == kernel_seed(7, process)
+        streams[process] = torch.rand(64, generator=trainer._generator)
+    assert kernel_seed(7, 0) != kernel_seed(7, 1)
+    assert not torch.equal(streams[0], streams[1])
+
+
+def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
+    """A run resumed from its step-2 checkpoint makes the kernel draws of steps 3-4 that the
+    uninterrupted run made: the checkpoint holds the generator (``kernel_generator_0.pt``) and
+    resuming restores it. Without the restore the resumed draws restart the stream."""
+    path, tok = tiny
+    data, _ = _mcpo_table(path, tok, tmp_path)
+    calls = _record_draws(monkeypatch)
+    kw = dict(mcpo_kernel="sample", max_steps=4, save_strategy="steps", save_steps=2, seed=3)
+    whole = MCPODPOTrainer(
+        _model(path), args=_args(MCPOConfig, tmp_path, **kw), train_dataset=mcpo_dataset(data), processing_class=tok
+    )
+    whole.train()
+    uninterrupted = [c["selected"] for c in calls]
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert len(uninterrupted) == 4 and (checkpoint / "kernel_generator_0.pt").is_file()
+
+    calls.clear()
+    resumed = MCPODPOTrainer(
+        _model(path),
+        args=_args(MCPOConfig, tmp_path, **{**kw, "output_dir": str(tmp_path / "resumed")}),
+        train_dataset=mcpo_dataset(data),
+        processing_class=tok,
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert [c["selected"] for c in calls] == uninterrupted[2:]
 
 
 def _mpo_table(path, tok, tmp_path):
@@ -172,7 +243,7 @@ def _mpo_table(path, tok, tmp_path):
             }
         )
         rows.append(row)
-    return write_table(tmp_path / "mpo", "mpo", rows), rows
+    return write_table(tmp_path / "mpo", "mpo", rows, cache=full_cache(path, tok)), rows
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5])
@@ -223,3 +294,29 @@ def test_example_script_runs(tiny, tmp_path):
     spec.loader.exec_module(module)
     summary = module.main(["--work-dir", str(tmp_path), "--max-steps", "2"])
     assert summary["global_step"] == 2 and math.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize("which", ["mcpo", "mpo"])
+def test_mcpo_and_mpo_trainers_check_the_cache_and_step0(tiny, tmp_path, which):
+    """The checks CachedRefDPOTrainer runs (tests/train/test_trl_cached_ref.py), in the MC-PO and MPO trainers:
+    another max_length than the cache's is refused before training; bf16 autocast at step 0."""
+    from prefpool.train.cache_check import CacheMismatchError
+    from prefpool.train.trainer import Step0MismatchError
+
+    path, tok = tiny
+    data = _mcpo_table(path, tok, tmp_path)[0] if which == "mcpo" else _mpo_table(path, tok, tmp_path)[0]
+    cls, config, dataset = (
+        (MCPODPOTrainer, MCPOConfig, mcpo_dataset) if which == "mcpo" else (MPODPOTrainer, MPOConfig, mpo_dataset)
+    )
+    args = _args(config, tmp_path)
+    args.max_length = 24
+    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, train 24\)"):
+        cls(_model(path), args=args, train_dataset=dataset(data), processing_class=tok)
+    trainer = cls(
+        _model(path), args=_args(config, tmp_path, bf16=True), train_dataset=dataset(data), processing_class=tok
+    )
+    with pytest.raises(Step0MismatchError, match="bf16/fp16 is on"):
+        trainer.train()
+    other = {"mcpo": "mpo", "mpo": "mcpo"}[which]
+    with pytest.raises(CacheMismatchError, match=f"holds a {which!r} table; this trainer takes a {other!r} table"):
+        (mpo_dataset if which == "mcpo" else mcpo_dataset)(data)
