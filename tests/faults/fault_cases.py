@@ -764,7 +764,7 @@ CASES: list[Case] = [
     Case(
         "eval: the data is not a training table",
         lambda w, t: ["eval", "-m", w["model"], "-d", w["ingest"], "--device", "cpu"],
-        ("evaluate takes",),
+        ("not a build table",),
     ),
     Case(
         "eval: the model's chat template is not the cache's",

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefpool.pipeline.build import build
 from prefpool.pipeline.io.layout import MANIFEST, meta_path, read_meta
-from prefpool.pipeline.io.read import checked_shards
+from prefpool.pipeline.kinds.source import open_table
 from prefpool.train.cache_check import CacheMismatchError, Step0MismatchError, cache_parts, check_cache
 
 pytest.importorskip("trl")
@@ -49,12 +49,15 @@ def relabelled_mcpo(world, tmp_path_factory):
 
 def test_trl_plugin_runs_step0_when_the_policy_is_the_reference(world, tmp_path):
     trainer = _trainer(world, world["mcpo"], tmp_path)
-    assert trainer.train_dataset.num_rows == 8  # built, after its step-0 check passed
+    assert trainer.train_dataset.num_rows == 8
+    trainer.train()  # the check runs on the first training batch, under the trainer's own autocast
+    assert trainer.step0_max_abs_diff is not None and trainer.step0_max_abs_diff < 1e-4
 
 
 def test_trl_plugin_step0_catches_another_models_values(world, relabelled_mcpo, tmp_path):
+    trainer = _trainer(world, relabelled_mcpo, tmp_path)  # the cache key claims the reference's: accepted
     with pytest.raises(Step0MismatchError, match="step-0 check"):
-        _trainer(world, relabelled_mcpo, tmp_path)
+        trainer.train()
 
 
 def test_trl_plugin_refuses_another_template_or_max_length(world, tmp_path):
@@ -69,7 +72,6 @@ def test_online_requires_every_rounds_cache_to_be_the_references(world):
     the frozen reference's hash instead (a cache of another model is refused)."""
     from prefpool.pipeline.model.cache_key import weights_hash
 
-    manifest, _ = checked_shards(world["pairwise_relabelled"])
     kwargs = dict(
         model=None,
         tokenizer=AutoTokenizer.from_pretrained(world["model"]),
@@ -78,7 +80,7 @@ def test_online_requires_every_rounds_cache_to_be_the_references(world):
         dtype="float32",
         reference_is_policy_init=None,
     )
-    parts = cache_parts(manifest, world["pairwise_relabelled"])
+    parts = cache_parts(open_table(world["pairwise_relabelled"]))
     assert not check_cache(parts, reference_weights=weights_hash(world["model"]), **kwargs)
     with pytest.raises(CacheMismatchError, match="other weights than the reference's"):
         check_cache(parts, reference_weights=weights_hash(world["root"] / "model-seed-1"), **kwargs)

@@ -125,7 +125,7 @@ def test_push_dry_run_killed_then_rerun_equals_one_run(table, tmp_path, where, p
     kill_at(point, nth, when, *args, log=tmp_path / "kill.log")
     assert not out.exists() or "swap" in where and (out / "README.md").exists()  # never a half folder
     output = rerun(*args)
-    assert "rows in 4 files, written to" in output
+    assert "rows in 4 files (split train), written to" in output
     assert tree_digest(out) == tree_digest(table["straight"])
     assert json.loads((tmp_path / "hub.push.json").read_text())["complete"] is True
     assert "up to date" in rerun(*args)

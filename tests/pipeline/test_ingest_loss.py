@@ -56,11 +56,11 @@ def test_zero_rows_is_an_error_naming_the_reasons(tmp_path):
 def test_zero_rows_keeps_an_earlier_output(tmp_path):
     out = tmp_path / "out"
     ingest(write(tmp_path / "good.jsonl", [pair(0), pair(1)]), out=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = write(tmp_path / "bad.jsonl", [pair(0, chosen="x", rejected="x")])
     with pytest.raises(PipelineInputError, match="no row could be used"):
         ingest(bad, out=out, overwrite=True)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     empty_folder = tmp_path / "empty-out"
     empty_folder.mkdir()
     with pytest.raises(PipelineInputError, match="no row could be used"):

@@ -408,11 +408,11 @@ def test_hub_id_offline_needs_a_local_cache(tmp_path):
 def test_reading_errors_keep_an_earlier_output(tmp_path, fixtures):
     out = tmp_path / "out"
     ingest(fixtures / "pairwise_strings.jsonl", out=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(jsonl(ROWS) + b"\xff\n")
     with pytest.raises(PipelineInputError, match="line 4: not UTF-8"):
         ingest(bad, out=out, overwrite=True)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not list(tmp_path.glob(".out.*"))  # the staging folder of the failed run is gone
     assert read_table(out).num_rows == len(rows_by_id(out))

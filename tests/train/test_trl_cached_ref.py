@@ -169,10 +169,10 @@ def test_the_cache_key_is_checked_against_the_trainer(tiny, tmp_path):
     """Before: a table cached at one max_length trained at another gave a wrong loss and no error."""
     path, tok = tiny
     data = _table(tiny, tmp_path / "pw")
-    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, train 24\)"):
+    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, here 24\)"):
         _trainer(tiny, data, tmp_path, max_length=24)
     bf16_weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    with pytest.raises(CacheMismatchError, match=r"dtype \(cache 'float32', train 'bfloat16'\)"):
+    with pytest.raises(CacheMismatchError, match=r"dtype \(cache 'float32', here 'bfloat16'\)"):
         _trainer(tiny, data, tmp_path, model=bf16_weights)
     other = build_tiny_llama(tmp_path / "other", seed=5)
     with pytest.raises(CacheMismatchError, match="not the reference weights"):

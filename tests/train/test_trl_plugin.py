@@ -310,7 +310,7 @@ def test_mcpo_and_mpo_trainers_check_the_cache_and_step0(tiny, tmp_path, which):
     )
     args = _args(config, tmp_path)
     args.max_length = 24
-    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, train 24\)"):
+    with pytest.raises(CacheMismatchError, match=r"max_length \(cache 48, here 24\)"):
         cls(_model(path), args=args, train_dataset=dataset(data), processing_class=tok)
     trainer = cls(
         _model(path), args=_args(config, tmp_path, bf16=True), train_dataset=dataset(data), processing_class=tok
