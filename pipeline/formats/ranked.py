@@ -19,6 +19,7 @@ from prefpool.pipeline.formats.rows import (
     MissingColumn,
     ParsedRow,
     answer,
+    answer_list,
     check_text,
     field_of,
     first_present,
@@ -67,20 +68,9 @@ def _answer(item: object, cols: Columns, column: str, issues: list[BadRow]) -> d
 def parse(record: dict, cols: Columns) -> ParsedRow:
     assert cols.prompt is not None and cols.answers is not None  # set by resolve()
     prompt = prompt_messages(field_of(record, cols.prompt), cols.prompt)
-    items = field_of(record, cols.answers)
-    if not isinstance(items, list):
-        raise BadRow("bad_answers", cols.answers, f"expected a list, got {type(items).__name__}")
-    answers, dropped, issues = [], [], []
-    for item in items:
-        found: list[BadRow] = []
-        try:
-            answers.append(_answer(item, cols, cols.answers, found))
-        except BadRow as bad:
-            dropped.append(bad)
-        else:
-            issues.extend(found)
-    if not answers:
-        raise BadRow("no_valid_answers", cols.answers)
+    answers, dropped, issues = answer_list(
+        record, cols.answers, lambda item, found: _answer(item, cols, cols.answers, found)
+    )
     if all(a["rank"] is None and a["score"] is None for a in answers):
         raise BadRow("unranked", cols.answers, "no answer has a rank or a score")
     return ParsedRow(prompt=prompt, answers=answers, dropped_answers=dropped, issues=issues)

@@ -10,7 +10,7 @@ error under ``strict``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from prefpool.pipeline.io.errors import PipelineConfigError
@@ -177,6 +177,31 @@ def to_rank(value: object, column: str) -> int | None:
     if isinstance(value, bool) or not rank.is_integer() or not -(2**31) <= rank < 2**31:
         raise BadRow("bad_rank", column, f"got {value!r}")
     return int(rank)
+
+
+def answer_list(
+    record: Mapping, column: str, parse_item: Callable[[object, list[BadRow]], dict]
+) -> tuple[list[dict], list[BadRow], list[BadRow]]:
+    """``(answers, dropped, issues)`` of the list in ``record[column]``: each item through ``parse_item``
+    (which raises ``BadRow`` to drop the item and appends non-fatal issues to its list); an item
+    dropped keeps none of its issues. No valid answer drops the whole row."""
+    items = field_of(record, column)
+    if not isinstance(items, list):
+        raise BadRow("bad_answers", column, f"expected a list, got {type(items).__name__}")
+    answers: list[dict] = []
+    dropped: list[BadRow] = []
+    issues: list[BadRow] = []
+    for item in items:
+        found: list[BadRow] = []
+        try:
+            answers.append(parse_item(item, found))
+        except BadRow as bad:
+            dropped.append(bad)
+        else:
+            issues.extend(found)
+    if not answers:
+        raise BadRow("no_valid_answers", column)
+    return answers, dropped, issues
 
 
 class MissingColumn(Exception):

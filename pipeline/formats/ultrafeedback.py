@@ -26,6 +26,7 @@ from prefpool.pipeline.formats.rows import (
     Columns,
     ParsedRow,
     answer,
+    answer_list,
     check_text,
     field_of,
     lookup,
@@ -84,20 +85,7 @@ def _completion(item: object, cols: Columns, issues: list[BadRow]) -> dict:
 def parse(record: dict, cols: Columns) -> ParsedRow:
     assert cols.prompt is not None and cols.answers is not None  # set by resolve()
     prompt = to_messages(field_of(record, cols.prompt), cols.prompt)
-    items = field_of(record, cols.answers)
-    if not isinstance(items, list):
-        raise BadRow("bad_answers", cols.answers, f"expected a list, got {type(items).__name__}")
-    answers, dropped, issues = [], [], []
-    for item in items:
-        found: list[BadRow] = []
-        try:
-            answers.append(_completion(item, cols, found))
-        except BadRow as bad:
-            dropped.append(bad)
-        else:
-            issues.extend(found)
-    if not answers:
-        raise BadRow("no_valid_answers", cols.answers)
+    answers, dropped, issues = answer_list(record, cols.answers, lambda item, found: _completion(item, cols, found))
     if all(a["score"] is None for a in answers):
         raise BadRow("unranked", cols.answers, f"no completion has a {cols.score} score")
     return ParsedRow(prompt=prompt, answers=answers, dropped_answers=dropped, issues=issues)
