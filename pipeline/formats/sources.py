@@ -31,6 +31,7 @@ import yaml
 from prefpool.pipeline.formats import hub
 from prefpool.pipeline.formats.readers import SUFFIXES, Record, check_readable, file_kind, read_file
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
+from prefpool.pipeline.io.inside import check_resolved_inside, inside
 from prefpool.pipeline.io.layout import MANIFEST, RUN_MARKER, find_meta
 from prefpool.pipeline.io.manifest import file_sha256
 from prefpool.pipeline.io.read import checked_shards
@@ -160,10 +161,15 @@ def _config_splits(base: str, config: dict, where: str) -> dict[str, list[str]]:
     """One config's splits: its ``data_files`` patterns, else the Hub's split naming under its ``data_dir``."""
     from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns, sanitize_patterns
 
+    card = f"{base.rstrip('/')}/README.md"
+    if config.get("data_dir"):
+        inside_folder(base, str(config["data_dir"]), card, "data_dir")
     root = f"{base.rstrip('/')}/{config['data_dir']}" if config.get("data_dir") else base
     try:
         if config.get("data_files") is not None:
             patterns = sanitize_patterns(config["data_files"])
+            for pattern in (p for split_patterns in patterns.values() for p in split_patterns):
+                inside_folder(root, str(pattern), card, "data_files pattern")
         else:
             patterns = get_data_patterns(root)
         resolved = DataFilesDict.from_patterns(patterns, base_path=root, allowed_extensions=list(SUFFIXES))
@@ -171,7 +177,18 @@ def _config_splits(base: str, config: dict, where: str) -> dict[str, list[str]]:
         raise PipelineInputError(f"folder holds no {'/'.join(SUFFIXES)} files", file=where) from None
     except FileNotFoundError as exc:  # a README config's pattern matches nothing
         raise PipelineInputError(f"cannot resolve the data files: {exc}", file=where) from None
+    if "://" not in base:
+        for file in (f for files in resolved.values() for f in files):
+            check_resolved_inside(base, file, listed_in=card, what=f"data file {file!r}")
     return {str(split): sorted(files) for split, files in resolved.items() if files}
+
+
+def inside_folder(base: str, entry: str, card: str, what: str) -> None:
+    """Refuse a README entry that points outside the folder (``io.inside``), for local and URL folders."""
+    if "://" in base:
+        inside("/", entry, listed_in=card, what=what)  # the text alone: no '..', no absolute path
+    else:
+        inside(base, entry, listed_in=card, what=what)
 
 
 def _readme_configs(base: str, where: str) -> dict[str, dict]:

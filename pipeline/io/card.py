@@ -25,7 +25,7 @@ from string import Template
 import pyarrow as pa
 import yaml
 
-from prefpool.pipeline.io.card_fields import UNKNOWN_LICENSE, is_repo_id, size_category
+from prefpool.pipeline.io.card_fields import UNKNOWN_LICENSE, is_repo_id, is_split_name, size_category
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import Manifest
 
@@ -302,4 +302,11 @@ def read_card(folder: str | Path) -> dict | None:
     block = meta["prefpool"]
     if not isinstance(block.get("splits"), dict) or not isinstance(block.get("table_kind"), str):
         raise PipelineInputError("the card's prefpool block has no table_kind or splits", file=path)
+    bad = [name for name in block["splits"] if not is_split_name(name)]
+    if bad:
+        raise PipelineInputError(
+            f"the card's prefpool block lists the split {bad[0]!r}: a split name is letters, digits and '_' "
+            "(never a path; only data/<split>-*.parquet inside the folder is read)",
+            file=path,
+        )
     return meta

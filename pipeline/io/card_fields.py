@@ -110,5 +110,10 @@ def is_repo_id(value: str) -> bool:
     return bool(_REPO_ID.match(value))
 
 
+def is_split_name(value: object) -> bool:
+    """Whether ``value`` is a split name (never a path: no '/', no '..')."""
+    return isinstance(value, str) and bool(_SPLIT.match(value))
+
+
 def check_split(value: str, option: str = "split") -> str:
     return _check(option, [value], _SPLIT, "a split name (letters, digits and '_')")[0]

@@ -31,6 +31,8 @@ META_DIR = ".prefpool"
 MANIFEST = "manifest.json"
 RUN_MARKER = "run.json"
 REPORT = "report.json"
+SIDECARS = (REPORT,)  # the only sidecar files a manifest may list
+LOCK = "lock"  # the writer's lock (``writer_lock``)
 
 
 def meta_dir(folder: str | Path) -> Path:
@@ -72,7 +74,8 @@ def legacy_files(folder: str | Path) -> list[Path]:
     names = [RUN_MARKER, REPORT, MANIFEST]
     if (folder / MANIFEST).is_file():
         try:
-            names[2:2] = json.loads((folder / MANIFEST).read_text()).get("sidecars", [])
+            listed = json.loads((folder / MANIFEST).read_text()).get("sidecars", [])
+            names[2:2] = [name for name in listed if name in SIDECARS]
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
             pass
     return [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]

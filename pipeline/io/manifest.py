@@ -17,7 +17,8 @@ from pathlib import Path
 from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.layout import MANIFEST, find_meta, meta_path, read_json_file
+from prefpool.pipeline.io.layout import MANIFEST, SIDECARS, find_meta, meta_path, read_json_file
+from prefpool.pipeline.io.shards import ShardName
 
 FORMAT_VERSION = 1
 
@@ -144,6 +145,20 @@ def load_manifest(folder: str | Path) -> Manifest | None:
     if not isinstance(shards, list) or not all(isinstance(s, dict) and set(s) == set(SHARD_FIELDS) for s in shards):
         raise PipelineInputError(
             f"unreadable manifest: 'shards' must list {', '.join(SHARD_FIELDS)}; {hint}", file=path
+        )
+    for entry in shards:
+        if not isinstance(entry["file"], str) or ShardName.parse(entry["file"]) is None:
+            raise PipelineInputError(
+                f"unreadable manifest: shard {entry['file']!r} is not a shard file name of this folder "
+                f"(part-IIIII-of-NNNNN-UUUUU.parquet, no folder part): a path outside the folder is never read; {hint}",
+                file=path,
+            )
+    sidecars = obj.get("sidecars", [])
+    if not isinstance(sidecars, list) or any(name not in SIDECARS for name in sidecars):
+        raise PipelineInputError(
+            f"unreadable manifest: sidecars {sidecars!r}; a manifest may list only {', '.join(SIDECARS)} "
+            f"(a path outside the folder is never read or written); {hint}",
+            file=path,
         )
     if not isinstance(obj.get("provenance"), dict) or not isinstance(obj.get("summary", {}), dict):
         raise PipelineInputError(f"unreadable manifest: 'provenance' and 'summary' must be objects; {hint}", file=path)

@@ -14,7 +14,8 @@ import polars as pl
 import pyarrow as pa
 
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.layout import MANIFEST, META_DIR
+from prefpool.pipeline.io.inside import inside
+from prefpool.pipeline.io.layout import MANIFEST, META_DIR, find_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.schemas import check_schema, get_schema
 from prefpool.pipeline.io.shards import open_shard, read_shard
@@ -41,7 +42,7 @@ def checked_shards(
     expected = get_schema(name)
     paths = []
     for entry in manifest.shards:
-        path = folder / entry.file
+        path = inside(folder, entry.file, listed_in=find_meta(folder, MANIFEST), what="shard")
         if not path.exists():
             raise PipelineInputError("shard listed in the manifest is missing", file=path)
         if path.stat().st_size != entry.bytes:

@@ -42,7 +42,7 @@ from prefpool.pipeline.io import provenance as prov
 from prefpool.pipeline.io.atomic import is_temp_name, write_json
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.layout import MANIFEST, RUN_MARKER, find_meta, meta_dir, meta_path, migrate_legacy
+from prefpool.pipeline.io.layout import MANIFEST, RUN_MARKER, SIDECARS, find_meta, meta_dir, meta_path, migrate_legacy
 from prefpool.pipeline.io.manifest import (
     Manifest,
     RunIdentity,
@@ -280,6 +280,8 @@ class StageRun:
             )
         names = []
         for name, obj in (sidecars or {}).items():
+            if name not in SIDECARS:
+                raise ValueError(f"sidecar {name!r} is not one of layout.SIDECARS {SIDECARS}")
             write_json(meta_path(self.work, name), obj)
             names.append(name)
         manifest = Manifest(self.identity, tuple(entries), self.provenance, tuple(names), summary or {})

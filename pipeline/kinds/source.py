@@ -26,6 +26,7 @@ from prefpool.core.errors import ConfigError, MissingInputError
 from prefpool.pipeline.io.card import CARD, read_card, split_order, stage_chain
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.hub import dataset_snapshot
+from prefpool.pipeline.io.inside import check_resolved_inside
 from prefpool.pipeline.io.layout import MANIFEST, find_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.read import read_table
@@ -115,6 +116,8 @@ def _from_pushed_folder(location: str, folder: Path, card: dict, split: str | No
         raise ConfigError(f"split {split!r}: {location} has the splits {', '.join(names)}; choose one")
     entry = splits[split]
     files = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    for file in files:
+        check_resolved_inside(folder, file, listed_in=folder / CARD, what=f"split {split!r} file {file.name!r}")
     if not files:
         raise PipelineInputError(f"no data/{split}-*.parquet files for split {split!r}", file=folder)
     if len(files) != entry.get("files", len(files)):
