@@ -45,8 +45,10 @@ class Record:
 
 
 def file_kind(name: str) -> tuple[str, str | None] | None:
-    """``"train.jsonl.gz"`` -> ``(".jsonl", "gzip")``; ``None`` for a file ingest does not read."""
-    lower = name.lower()
+    """``"train.jsonl.gz"`` -> ``(".jsonl", "gzip")``; ``None`` for a file ingest does not read.
+
+    A URL's query string (``data.jsonl?token=...``, a signed URL) is not part of its file name."""
+    lower = (name.split("?", 1)[0] if "://" in name else name).lower()
     compression = next((c for ext, c in COMPRESSIONS.items() if lower.endswith(ext)), None)
     if compression is not None:
         lower = lower.rsplit(".", 1)[0]

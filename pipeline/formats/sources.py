@@ -262,6 +262,9 @@ def _glob_base(pattern: str) -> str:
 
 
 def _short(file: str, base: str | None) -> str:
+    """The name rows and reports give ``file``: relative to ``base``; a URL's query string (a token) dropped."""
+    if "://" in file:
+        file = file.split("?", 1)[0]
     if base is None:
         return PurePosixPath(file).name
     prefix = base.rstrip("/") + "/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefpool.core.errors import UserError
+from prefpool.core.secrets import redact_text
 
 
 class PipelineError(UserError):
@@ -47,7 +48,8 @@ class PipelineInputError(PipelineError):
             where.append(f"line {self.line}")
         if self.column is not None:
             where.append(f"column {self.column!r}")
-        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+        # a file may be a URL with a password or a signed query: the message never carries them
+        return redact_text(f"{', '.join(where)}: {self.reason}" if where else self.reason)
 
 
 class OutputConflictError(PipelineError):

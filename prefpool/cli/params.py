@@ -67,6 +67,21 @@ def dataclass_params(cls: type, skip: tuple[str, ...] = ()) -> list[Param]:
     return params
 
 
+class PathOrUrl(click.ParamType):
+    """A parameter typed ``str | Path``: a ``Path``, except a URL (``scheme://...``), kept as typed, since
+    ``Path`` would collapse its ``//``."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "://" in value:
+            return value
+        return Path(value)
+
+
+PATH_OR_URL = PathOrUrl()
+
+
 @dataclass(frozen=True)
 class _Shape:
     click_type: click.ParamType
@@ -85,6 +100,8 @@ def _shape(hint: Any, where: str) -> _Shape:
     literals = [m for m in members if typing.get_origin(m) is typing.Literal]
     if literals:
         return _Shape(click.Choice([str(v) for v in typing.get_args(literals[0])]), False, False)
+    if Path in members and str in members:
+        return _Shape(PATH_OR_URL, False, False)
     if Path in members:
         return _Shape(click.Path(path_type=Path), False, False)
     for scalar in (bool, int, float, str):

@@ -18,6 +18,9 @@ What counts as a secret:
   are not credentials;
 * any substring that has the shape of a known kind of token (``TOKEN_PATTERNS``:
   Hugging Face ``hf_...``, OpenAI ``sk-...``, GitHub, Slack, AWS, ``Bearer ...``);
+* the user-info of a URL (``https://alice:PASSWORD@host/``) and the value of a
+  query-string parameter that names a credential or a signature (``?token=``,
+  ``X-Amz-Signature=``, ``X-Amz-Credential=``, ``sig=``, ``key=``);
 * any substring equal to a value seen under a secret key in this process, or
   held by an environment variable whose name is a secret key (``HF_TOKEN``,
   ``WANDB_API_KEY``), when at least ``MIN_SECRET_LENGTH`` characters long.
@@ -34,7 +37,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "TOKEN_PATTERNS", "is_secret_key", "redact", "redact_text", "remember_secret"]
+__all__ = [
+    "REDACTED",
+    "TOKEN_PATTERNS",
+    "URL_QUERY_PARAM",
+    "URL_USERINFO",
+    "is_secret_key",
+    "redact",
+    "redact_text",
+    "remember_secret",
+]
 
 REDACTED = "<redacted>"
 MIN_SECRET_LENGTH = 8  # shorter values would replace ordinary words
@@ -73,6 +85,12 @@ TOKEN_PATTERNS = (
     re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),  # an Authorization header's value
 )
+# A URL's user-info (``https://alice:PASSWORD@host/``, ``https://TOKEN@host/``): all of it is replaced.
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@]+@")
+# A query-string parameter whose name names a credential (``?token=``, ``&X-Amz-Credential=``) or a
+# signed URL's signature (``X-Amz-Signature``, ``sig``, ``X-Goog-Signature``, ``key``): its value is replaced.
+URL_QUERY_PARAM = re.compile(r"([?&;])([A-Za-z0-9_.-]+)=([^&#\s\"']+)")
+_SIGNATURE_WORDS = {"signature", "sig", "key", "code"}
 _seen: set[str] = set()  # values met under secret keys in this process
 
 
@@ -111,7 +129,18 @@ def redact_text(text: str, *, known: list[str] | None = None) -> str:
             text = text.replace(value, REDACTED)
     for pattern in TOKEN_PATTERNS:
         text = pattern.sub(REDACTED, text)
+    if "://" in text:
+        text = URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    if "=" in text:
+        text = URL_QUERY_PARAM.sub(_query_param, text)
     return text
+
+
+def _query_param(match: re.Match) -> str:
+    sep, name, value = match.groups()
+    words = _words(name)
+    secret = is_secret_key(name) or (words and words[-1] in _SIGNATURE_WORDS)
+    return f"{sep}{name}={REDACTED}" if secret and value != REDACTED else match.group(0)
 
 
 def redact(obj: Any) -> Any:
@@ -136,7 +165,10 @@ def _collect(obj: Any) -> None:
 
 def _redact(obj: Any, known: list[str]) -> Any:
     if isinstance(obj, Mapping):
-        return {k: REDACTED if is_secret_key(k) and v is not None else _redact(v, known) for k, v in obj.items()}
+        return {
+            _redact(k, known): REDACTED if is_secret_key(k) and v is not None else _redact(v, known)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [_redact(v, known) for v in obj]
     if isinstance(obj, tuple):
