@@ -81,6 +81,7 @@ from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
 from prefpool.pipeline.io.progress import summary_line
 from prefpool.pipeline.io.read import scan
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds import KINDS, get_kind
 from prefpool.pipeline.kinds import select as sel
 from prefpool.pipeline.kinds.inputs import (
@@ -394,6 +395,7 @@ def _mpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
 _BUILDERS = {"pairwise": _pairs, "mcpo": _mcpo, "mpo": _mpo}
 
 
+@writes_folder(lambda a: a["out"], command="build")
 def build(
     kind: Literal["pairwise", "mcpo", "mpo"],
     *,

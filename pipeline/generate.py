@@ -65,6 +65,7 @@ from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
@@ -113,6 +114,7 @@ class GenerateSummary:
         )
 
 
+@writes_folder(lambda a: a["out"], command="generate")
 def generate(
     input_dir: str | Path,
     *,

@@ -48,6 +48,7 @@ from prefpool.pipeline.io.layout import META_DIR, RUN_MARKER, meta_dir
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import EXAMPLES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 
 STAGE = "ingest"
 ROWS_PER_UNIT = 50_000  # ingest is fast; units matter for resuming slow stages
@@ -117,6 +118,7 @@ class IngestSummary:
         )
 
 
+@writes_folder(lambda a: a["out"], command="ingest")
 def ingest(
     source: str | Path | DatasetObject,
     *,

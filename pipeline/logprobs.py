@@ -69,6 +69,7 @@ from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, existing_identity, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
@@ -115,6 +116,7 @@ class LogprobsSummary:
         )
 
 
+@writes_folder(lambda a: a["out"], command="logprobs")
 def logprobs(
     input_dir: str | Path,
     *,

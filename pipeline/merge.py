@@ -30,6 +30,7 @@ from prefpool.pipeline.io.layout import find_meta, read_meta
 from prefpool.pipeline.io.manifest import Manifest
 from prefpool.pipeline.io.read import checked_shards, read_table
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 
 SETTINGS_KEYS = ("config", "inputs")  # top-level sidecar fields that describe the run
 
@@ -61,6 +62,7 @@ def combine_json(values: Sequence[object]) -> object:
     return first if all(v == first for v in values) else list(values)
 
 
+@writes_folder(lambda a: a["out"], command="merge")
 def merge(dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Manifest:
     """Combine `--shard i/N` outputs into one folder equal to an unsharded run.
 

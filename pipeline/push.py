@@ -31,7 +31,6 @@ reads, prints or writes it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -61,6 +60,8 @@ from prefpool.pipeline.io.manifest import Manifest, file_sha256, read_json_file
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.io.shards import COMPRESSION, ROW_GROUP_ROWS, read_shard
+from prefpool.pipeline.io.swap import real_folder, swap_in
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.inputs import reference_caches
 
 TRAINING_TABLES = ("pairwise", "mcpo", "mpo")
@@ -257,6 +258,7 @@ def write_hub_folder(
     return PushSummary(out, files, rows, False, repo_id, tuple(names), tuple(entries))
 
 
+@writes_folder(lambda a: a["out"], command="push")
 def push(
     source: str | Path | list[str | Path],
     *,
@@ -312,7 +314,7 @@ def push(
         summary = _upload(sources, repo_id=repo_id, private=private, options=options)
         return replace(summary, folder=Path(f"hf://datasets/{repo_id}"))
 
-    out = check_folder(out)
+    out = real_folder(check_folder(out))  # a link: written at its target, the link kept
     record_path = out.with_name(out.name + RECORD_SUFFIX)
     settings = json.loads(json.dumps({"repo_id": repo_id, **options}))  # as the record reads back
     shas = [_manifest_sha(folder) for _, folder in planned]
@@ -354,7 +356,7 @@ def push(
             write_text(record_path, old_record)
         raise
     with writing(out):
-        _swap(staging, out)
+        swap_in(staging, out)
     summary = replace(summary, folder=out)
     done = {
         "complete": True,
@@ -430,17 +432,6 @@ def _check_replaceable(
         f"{out} holds a Hub folder pushed with {what} ({record_path}); pass overwrite=True (--overwrite) to "
         "replace it, or choose a new --out folder"
     )
-
-
-def _swap(staging: Path, out: Path) -> None:
-    """Put the complete folder ``staging`` at ``out``: never a half-written folder under ``out``."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
 
 
 def _remote_card(api, repo_id: str) -> dict | None:

@@ -45,6 +45,7 @@ from prefpool.pipeline.io.ids import ShardSpec
 from prefpool.pipeline.io.progress import progress, summary_line
 from prefpool.pipeline.io.schemas import SCORES
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.model.device import resolve_device
 
 STAGE = "score"
@@ -72,6 +73,7 @@ class ScoreSummary:
         )
 
 
+@writes_folder(lambda a: a["out"], command="score")
 def score(
     input_dir: str | Path,
     *,

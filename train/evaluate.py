@@ -42,6 +42,7 @@ from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import read_json_file
 from prefpool.pipeline.io.out_folder import file_in_folder
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds import TableRow
 from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.cache_key import weights_hash
@@ -164,6 +165,7 @@ def ranking_metrics(
     }
 
 
+@writes_folder(lambda a: a["out"], command="eval")
 def evaluate(
     model: str | Path | torch.nn.Module,
     data: str | Path,

@@ -69,6 +69,7 @@ from prefpool.pipeline import score as score_stage
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.source import open_table
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
@@ -85,6 +86,7 @@ def round_dir(output_dir: str | Path, round_: int) -> Path:
     return Path(output_dir) / f"round-{round_}"
 
 
+@writes_folder(lambda a: a["cfg"].output_dir, command="online")
 def online(cfg: OnlineConfig, *, log: Callable[[str], None] | None = print) -> dict:
     """Run (or resume) ``cfg.rounds`` rounds of OnMC-PO; return the run's summary (also in
     ``output_dir/online_summary.json``). Each step's record says ``status``: ``ran`` or ``done earlier``."""

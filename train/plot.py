@@ -26,6 +26,7 @@ from prefpool.pipeline.io.atomic import atomic_path
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import read_json_file
 from prefpool.pipeline.io.out_folder import file_in_folder
+from prefpool.pipeline.io.writer_lock import writes_folder
 
 from .metrics import read_metrics
 
@@ -96,6 +97,7 @@ def plot_run(
     return plot_curves(run_dirs, out, overwrite=overwrite).out
 
 
+@writes_folder(lambda a: a["out"], command="plot")
 def plot_curves(
     run_dirs: str | Path | Sequence[str | Path], out: str | Path | None = None, *, overwrite: bool = False
 ) -> PlotSummary:

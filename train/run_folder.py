@@ -34,6 +34,8 @@ from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import read_json_file
+from prefpool.pipeline.io.swap import real_folder
+from prefpool.pipeline.io.swap import swap_in as swap_folder_in
 
 from .config import TrainConfig
 
@@ -93,7 +95,7 @@ def _differences(old: object, new: dict) -> str:
 
 def plan_run_folder(cfg: TrainConfig) -> RunFolder:
     """Decide what this run does with ``cfg.output_dir`` (see the module docstring); raises when refused."""
-    out = check_folder(cfg.output_dir, option="output_dir")
+    out = real_folder(check_folder(cfg.output_dir, option="output_dir"))  # a link: written at its target
     mine = run_identity(cfg)
     if not out.exists() or not any(out.iterdir()):
         return RunFolder(out, out, None, False)
@@ -147,10 +149,4 @@ def swap_in(plan: RunFolder) -> None:
     """Replace ``out`` by the complete staging folder (main process, after the summary is written)."""
     if not plan.staged:
         return
-    old = plan.out.parent / f".{plan.out.name}.train-old"
-    with writing(plan.out):
-        shutil.rmtree(old, ignore_errors=True)
-        if plan.out.exists():
-            plan.out.rename(old)
-        plan.work.rename(plan.out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder_in(plan.work, plan.out)

@@ -63,6 +63,7 @@ from prefpool.core.secrets import redact, redact_text
 from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.pipeline.io.progress import progress
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.source import open_table
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
@@ -531,6 +532,7 @@ class Trainer:
         self.work = self.out
 
 
+@writes_folder(lambda a: a["cfg"].output_dir, command="train")
 def train(cfg: TrainConfig) -> dict:
     """Train a policy as ``cfg`` says; return the run's summary (also in ``output_dir/train_summary.json``).
 

@@ -28,7 +28,6 @@ refused up front. Two runs must not write the same folder at the same time.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from prefpool.pipeline.io.manifest import (
 )
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.shards import ShardName, open_shard, shard_metadata, write_shard
+from prefpool.pipeline.io.swap import real_folder, swap_in
 
 # The run's identity (``layout.RUN_MARKER``) is written first and kept: it marks the folder as a
 # run's output even when the manifest (written last) is missing, so that the run can resume.
@@ -102,7 +102,7 @@ class StageRun:
         sources: Sequence[str | Path] = (),
     ) -> None:
         check_rows_per_unit(rows_per_unit)
-        self.out = check_folder(out)
+        self.out = real_folder(check_folder(out))  # a link: written at its target, the link kept
         self.shard = ShardSpec.parse(shard)
         self.identity = RunIdentity(
             stage=stage,
@@ -292,11 +292,7 @@ class StageRun:
         return manifest
 
     def _swap_in(self) -> None:
-        old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-        with writing(self.out):
-            os.replace(self.out, old)
-            os.replace(self.work, self.out)
-        shutil.rmtree(old)
+        swap_in(self.work, self.out)
         self.work = self.out
 
 

@@ -45,9 +45,10 @@ def function_command(
     fn = _load(target)
     params = function_params(fn, skip)
 
-    def callback(**values: Any) -> None:
+    def callback(wait: bool, **values: Any) -> None:
         kwargs = python_values(values, params, parsers)
-        result = call(fn, **kwargs)
+        with _waiting(wait):
+            result = call(fn, **kwargs)
         echo(report(result, kwargs) if report else _line(result))
 
     doc = summary(fn)
@@ -55,10 +56,29 @@ def function_command(
     return click.Command(
         name,
         callback=callback,
-        params=click_params(params, command=name, arguments=arguments, short=short, rename=rename, parsers=parsers),
+        params=[
+            *click_params(params, command=name, arguments=arguments, short=short, rename=rename, parsers=parsers),
+            _wait_option(),
+        ],
         help=f"{doc}\n\n{extra}" if extra else doc,
         short_help=doc,
     )
+
+
+WAIT_HELP = (
+    "When another prefpool process is writing the output folder, wait for it to finish instead of stopping "
+    "with an error (exit 2) that names it."
+)
+
+
+def _wait_option() -> click.Option:
+    return click.Option(["--wait", "wait"], is_flag=True, default=False, help=WAIT_HELP)
+
+
+def _waiting(wait: bool):
+    from prefpool.pipeline.io.writer_lock import waiting_for_writers
+
+    return waiting_for_writers(wait)
 
 
 def _engine_args(text: str) -> dict | None:
@@ -166,14 +186,18 @@ def quickstart() -> click.Command:
 
     params = dataclass_params(QuickstartConfig)
 
-    def callback(**values: Any) -> None:
+    def callback(wait: bool, **values: Any) -> None:
         cfg = call(build_dataclass, QuickstartConfig, python_values(values, params), source="command line")
-        call(run_quickstart, cfg)
+        with _waiting(wait):
+            call(run_quickstart, cfg)
 
     return click.Command(
         "quickstart",
         callback=callback,
-        params=click_params(params, command="quickstart", short={"out_dir": "-o"}, rename={"out_dir": "out"}),
+        params=[
+            *click_params(params, command="quickstart", short={"out_dir": "-o"}, rename={"out_dir": "out"}),
+            _wait_option(),
+        ],
         help=summary(run_quickstart),
         short_help=summary(run_quickstart),
     )
@@ -197,12 +221,14 @@ def _config_command(
     ``--progress/--no-progress`` sets the key ``progress_key`` (after the overrides: the flag wins).
     """
 
-    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None, wait: bool) -> None:
         from prefpool.core.config import load_config
 
         cls = _load(config_cls)
         flag = [f"{progress_key}={str(progress).lower()}"] if progress is not None else []
-        run(call(load_config, cls, config, [*overrides, *flag]))
+        cfg = call(load_config, cls, config, [*overrides, *flag])
+        with _waiting(wait):
+            run(cfg)
 
     def keys() -> str:
         from prefpool.core.config import config_help
@@ -234,6 +260,7 @@ def _config_command(
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
             _progress_option(),
+            _wait_option(),
         ],
         help=help_text,
         short_help=help_text.split("\n")[0],
@@ -283,10 +310,11 @@ def online() -> click.Command:
 
 
 def run() -> click.Command:
-    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None) -> None:
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None, wait: bool) -> None:
         from prefpool.pipeline.run import run_pipeline
 
-        call(run_pipeline, config, list(overrides), log=echo, progress=progress)
+        with _waiting(wait):
+            call(run_pipeline, config, list(overrides), log=echo, progress=progress)
 
     return click.Command(
         "run",
@@ -295,6 +323,7 @@ def run() -> click.Command:
             click.Argument(["config"], type=click.Path(path_type=Path)),
             click.Argument(["overrides"], nargs=-1),
             _progress_option(),
+            _wait_option(),
         ],
         help="Run the stages of a pipeline YAML in order; rerun to resume (see configs/README.md).\n\n"
         "CONFIG: pipeline YAML (workdir, model, one section per stage); OVERRIDES: section.key=value, "

@@ -44,6 +44,7 @@ from prefpool.controlled.training import train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.secrets import redact, redact_text
 from prefpool.pipeline.io.atomic import write_json, write_text
+from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.train.config import TrainConfig
 from prefpool.train.evaluate import EVAL_FILE
 
@@ -118,6 +119,7 @@ def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dic
     return json.loads((out / EVAL_FILE).read_text())
 
 
+@writes_folder(lambda a: a["cfg"].out_dir, command="quickstart")
 def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> dict:
     """The main job on a controlled task with a known reward: pools, cached reference log-probs,
     DPO and MC-PO trained without a reference model, evaluated; a report with plots (CPU, minutes).
