@@ -27,6 +27,7 @@ Deterministic for a seed on a given machine and engine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ from prefpool.train.config import TrainConfig
 from prefpool.train.evaluate import EVAL_FILE
 
 MARKER = ".prefpool-quickstart"
+REPORT = "REPORT.md"  # written last
 # folder name -> (label, TrainConfig overrides)
 METHODS = {
     "dpo-random": ("DPO (random rejected)", {"kernel": "uniform"}),
@@ -83,7 +85,26 @@ class QuickstartConfig:
     overwrite: bool = field(default=False, metadata=_help("Replace an earlier quickstart folder at --out."))
 
 
-def _fresh_folder(out: Path, overwrite: bool) -> None:
+def earlier_folder(out: Path) -> Path:
+    """Where ``--overwrite`` keeps the earlier quickstart folder until the new one is finished."""
+    return out.parent / f".{out.name}.quickstart-earlier"
+
+
+def _fresh_folder(out: Path, overwrite: bool) -> Path | None:
+    """Make ``out`` a new quickstart folder; return where the earlier one was set aside (None: there was none).
+
+    The files record absolute paths, so the new run cannot be built elsewhere and moved; ``--overwrite``
+    renames the earlier folder aside instead (never deleting it) and ``run_quickstart`` removes it only
+    once the new report is written. A run killed before that leaves the earlier folder aside; the next run
+    puts it back first, so it is never lost.
+    """
+    earlier = earlier_folder(out)
+    if earlier.is_dir() and not (out / REPORT).is_file():
+        if out.exists():  # the killed run's partial work: made by quickstart, never the user's
+            if not (out / MARKER).exists():
+                raise OutputExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
+            shutil.rmtree(out)
+        os.replace(earlier, out)  # the earlier result back under its name
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(
@@ -91,9 +112,13 @@ def _fresh_folder(out: Path, overwrite: bool) -> None:
             )
         if not (out / MARKER).exists():
             raise OutputExistsError(f"{out} is not a quickstart folder (no {MARKER}); not removing it")
-        shutil.rmtree(out)
+        shutil.rmtree(earlier, ignore_errors=True)  # a leftover older than the folder in place
+        os.replace(out, earlier)
+    else:
+        earlier = None
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by `prefpool quickstart`; --overwrite may remove this folder\n")
+    return earlier
 
 
 def _eval(model: Path, data: Path, reference: Path, out: Path, seed: int) -> dict:
@@ -138,7 +163,7 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
     if unknown:
         raise ConfigError(f"methods: unknown {unknown}; known: {list(METHODS)}")
     out = Path(cfg.out_dir)
-    _fresh_folder(out, cfg.overwrite)
+    earlier = _fresh_folder(out, cfg.overwrite)
     engine = available_engine(cfg.engine)
     data = prepare_data(out, seed=cfg.seed, engine=engine, n=cfg.n, reference_steps=cfg.reference_steps, log=log)
     data_seconds = time.perf_counter() - start
@@ -187,7 +212,9 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(out / "summary.json", summary)
-    write_text(out / "REPORT.md", redact_text(_report(summary, plot.name)))
+    write_text(out / REPORT, redact_text(_report(summary, plot.name)))  # last: the folder is complete
+    if earlier is not None:
+        shutil.rmtree(earlier)
     say(f"quickstart done in {summary['seconds']:.0f} s: report {out / 'REPORT.md'}, plot {plot}")
     return summary
 
