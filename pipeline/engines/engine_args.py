@@ -28,6 +28,7 @@ import json
 import os
 from collections.abc import Mapping
 
+from prefpool.core.bounded import BoundsError, loads_json
 from prefpool.pipeline.io.errors import PipelineConfigError
 
 OPTIONS_ENV = "PREFPOOL_VLLM_ARGS"
@@ -50,7 +51,9 @@ def parse_engine_args(text: str | None, *, where: str = "--engine-args") -> dict
         return None
     # The text itself is never echoed in an error: it may hold a token (hf_token is a vllm.LLM option).
     try:
-        parsed = json.loads(text)
+        parsed = loads_json(text)
+    except BoundsError as exc:
+        raise PipelineConfigError(f"{where}: the JSON is {exc}") from None
     except json.JSONDecodeError as exc:
         raise PipelineConfigError(
             f"{where} is not valid JSON ({exc.msg} at character {exc.pos}); give a JSON object, "

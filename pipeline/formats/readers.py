@@ -26,6 +26,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefpool.core.bounded import BoundsError, loads_json
 from prefpool.pipeline.io.errors import PipelineInputError
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -142,9 +143,11 @@ def _jsonl(stream: BinaryIO, path: str) -> Iterator[tuple[int, int | None, dict]
         if not text.strip():
             continue  # blank lines are not rows
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except json.JSONDecodeError as exc:
             raise PipelineInputError(f"invalid JSON: {exc.msg}", file=path, row=row, line=line) from None
+        except BoundsError as exc:
+            raise PipelineInputError(f"the JSON is {exc}", file=path, row=row, line=line) from None
         yield row, line, _object(data, path, row, line)
         row += 1
 
@@ -160,7 +163,9 @@ def _json(stream: BinaryIO, path: str) -> Iterator[tuple[int, int | None, dict]]
         line = raw[: exc.start].count(b"\n") + 1
         raise PipelineInputError(f"not UTF-8: byte {raw[exc.start]:#04x}", file=path, line=line) from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
+    except BoundsError as exc:
+        raise PipelineInputError(f"the JSON is {exc}", file=path) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line under a .json name
             yield from _jsonl(io.BytesIO(raw), path)

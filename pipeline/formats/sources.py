@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
+from prefpool.core.bounded import BoundsError, load_yaml
 from prefpool.pipeline.formats import hub
 from prefpool.pipeline.formats.readers import SUFFIXES, Record, check_readable, file_kind, read_file
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
@@ -206,9 +207,11 @@ def _readme_configs(base: str, where: str) -> dict[str, dict]:
     if not sep:
         return {}
     try:
-        card = yaml.safe_load(front) or {}
+        card = load_yaml(front) or {}
     except yaml.YAMLError as exc:
         raise PipelineInputError(f"README.md: the YAML front matter does not parse: {exc}", file=where) from None
+    except BoundsError as exc:
+        raise PipelineInputError(f"README.md: the YAML front matter is {exc}", file=where) from None
     configs = card.get("configs") if isinstance(card, dict) else None
     if configs is None:
         return {}

@@ -25,6 +25,7 @@ from string import Template
 import pyarrow as pa
 import yaml
 
+from prefpool.core.bounded import BoundsError, load_yaml
 from prefpool.pipeline.io.card_fields import UNKNOWN_LICENSE, is_repo_id, is_split_name, size_category
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import Manifest
@@ -294,9 +295,11 @@ def read_card(folder: str | Path) -> dict | None:
     if not text.startswith("---\n") or "\n---\n" not in text[3:]:
         return None
     try:
-        meta = yaml.safe_load(text[4 : text.index("\n---\n", 3)])
+        meta = load_yaml(text[4 : text.index("\n---\n", 3)])
     except yaml.YAMLError as exc:
         raise PipelineInputError(f"the card's YAML front matter does not parse: {exc}", file=path) from exc
+    except BoundsError as exc:
+        raise PipelineInputError(f"the card's YAML front matter is {exc}", file=path) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("prefpool"), dict):
         return None
     block = meta["prefpool"]

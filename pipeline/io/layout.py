@@ -25,6 +25,7 @@ import json
 import os
 from pathlib import Path
 
+from prefpool.core.bounded import BoundsError, loads_json
 from prefpool.pipeline.io.errors import PipelineInputError
 
 META_DIR = ".prefpool"
@@ -63,9 +64,11 @@ def read_meta(folder: str | Path, name: str) -> object:
 def read_json_file(path: Path, what: str) -> object:
     """The JSON in ``path``; a file that is not UTF-8 JSON is a ``PipelineInputError`` naming it."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return loads_json(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineInputError(f"unreadable {what} (not UTF-8 JSON: {exc})", file=path) from exc
+    except BoundsError as exc:
+        raise PipelineInputError(f"unreadable {what}: the JSON is {exc}", file=path) from None
 
 
 def legacy_files(folder: str | Path) -> list[Path]:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from prefpool.core.bounded import BoundsError, load_yaml
 from prefpool.core.errors import ConfigError
 
 __all__ = [
@@ -67,9 +68,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); save the file as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except BoundsError as exc:
+        raise ConfigError(f"{path}: the YAML is {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -85,9 +88,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except BoundsError as exc:
+            raise ConfigError(f"override {key.strip()!r}: the YAML value is {exc}") from None
         parts = key.strip().split(".")
         node = result
         for part in parts[:-1]:
