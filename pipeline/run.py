@@ -152,6 +152,14 @@ def plan_pipeline(data: Mapping[str, Any], *, source: str, progress: bool | None
                 f"loads no model); only {', '.join(RAY_STAGES)} run on Ray"
             )
         check_kwargs(fn, section, source=where)
+        if "rows_per_unit" in section:
+            from prefpool.pipeline.io.errors import PipelineConfigError
+            from prefpool.pipeline.io.stage_run import check_rows_per_unit
+
+            try:
+                check_rows_per_unit(section["rows_per_unit"])
+            except PipelineConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         kw = {k: _expand(v, workdir) for k, v in section.items()}
         kw.setdefault("out", str(root / stage))
         if stage in MODEL_STAGES and model is not None:

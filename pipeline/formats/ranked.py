@@ -27,6 +27,7 @@ from prefpool.pipeline.formats.rows import (
     require,
     to_rank,
     to_score,
+    unranked,
 )
 
 PROMPT_NAMES = ("prompt", "instruction", "question")
@@ -72,5 +73,5 @@ def parse(record: dict, cols: Columns) -> ParsedRow:
         record, cols.answers, lambda item, found: _answer(item, cols, cols.answers, found)
     )
     if all(a["rank"] is None and a["score"] is None for a in answers):
-        raise BadRow("unranked", cols.answers, "no answer has a rank or a score")
+        raise unranked(cols.answers, "no answer has a rank or a score", issues)
     return ParsedRow(prompt=prompt, answers=answers, dropped_answers=dropped, issues=issues)

@@ -166,6 +166,19 @@ def to_score(value: object, column: str, issues: list[BadRow]) -> float | None:
     return score
 
 
+def unranked(column: str, detail: str, issues: list[BadRow]) -> BadRow:
+    """The error of a row with nothing to rank by; when its scores were all NaN or infinite, it says so."""
+    nonfinite = [issue for issue in issues if issue.reason == "nonfinite_score"]
+    if nonfinite:
+        return BadRow(
+            "nonfinite_score",
+            nonfinite[0].column,
+            f"every score is NaN or infinite ({nonfinite[0].detail.split(';')[0]}, {len(nonfinite)} in all) "
+            "and no answer has a rank: nothing to rank the answers by",
+        )
+    return BadRow("unranked", column, detail)
+
+
 def to_rank(value: object, column: str) -> int | None:
     """An integer rank; Nectar stores ranks as floats (1.0), which is accepted."""
     if value is None or value == "":

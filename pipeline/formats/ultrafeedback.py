@@ -33,6 +33,7 @@ from prefpool.pipeline.formats.rows import (
     require,
     to_messages,
     to_score,
+    unranked,
 )
 from prefpool.pipeline.io.errors import PipelineConfigError
 
@@ -87,5 +88,5 @@ def parse(record: dict, cols: Columns) -> ParsedRow:
     prompt = to_messages(field_of(record, cols.prompt), cols.prompt)
     answers, dropped, issues = answer_list(record, cols.answers, lambda item, found: _completion(item, cols, found))
     if all(a["score"] is None for a in answers):
-        raise BadRow("unranked", cols.answers, f"no completion has a {cols.score} score")
+        raise unranked(cols.answers, f"no completion has a {cols.score} score", issues)
     return ParsedRow(prompt=prompt, answers=answers, dropped_answers=dropped, issues=issues)

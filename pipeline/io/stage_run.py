@@ -154,6 +154,11 @@ class StageRun:
                 self.complete = True
                 return out
             return out  # an unfinished or damaged run of these settings: resume it (its manifest is redone)
+        if kind == "damaged" and not has_shards and not overwrite:
+            raise OutputConflictError(
+                f"{out} holds prefpool files that cannot be read ({identity}) and no shard; they are not replaced "
+                "without a word: pass overwrite=True (--overwrite) to replace them, or choose another --out folder"
+            )
         if kind != "complete" and not has_shards:
             return out  # a run that failed before writing any shard: nothing to keep
         if not overwrite:

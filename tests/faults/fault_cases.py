@@ -172,6 +172,46 @@ def shard_write_fails(at: int, code: int = errno.ENOSPC) -> Callable[[object, Pa
     return fault
 
 
+# -- set-ups of the trust boundaries: planted paths, a held lock, unbounded input -------------------------
+
+
+def edit_manifest(rel: str, change: Callable[[dict], None]) -> Callable[[W, Path], None]:
+    def setup(w: W, t: Path) -> None:
+        path = meta_path(t / rel, MANIFEST)
+        obj = json.loads(path.read_text())
+        change(obj)
+        path.write_text(json.dumps(obj))
+
+    return setup
+
+
+_HELD_LOCKS: list[int] = []  # file descriptors kept open: the lock stays held for the test's command
+
+
+def hold_lock(rel: str) -> Callable[[W, Path], None]:
+    """Another writer (an open file description of this process) holds the output lock of ``T/rel``."""
+
+    def setup(w: W, t: Path) -> None:
+        import fcntl
+
+        from prefpool.pipeline.io.writer_lock import lock_path
+
+        path = lock_path(t / rel)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, json.dumps({"pid": 4242, "host": "elsewhere", "command": "ingest", "started": "x"}).encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _HELD_LOCKS.append(fd)
+
+    return setup
+
+
+def alias_bomb(head: str) -> str:
+    """``head`` then 21 lines whose anchors alias each other: 9**19 strings once expanded."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 20)]
+    return head + "\n".join([*lines, "bomb: *a19"]) + "\n"
+
+
 # -- the table ------------------------------------------------------------------------------------------
 
 
@@ -891,4 +931,104 @@ CASES: list[Case] = [
     ),
     Case("cli: an unknown command", lambda w, t: ["ingets"], ("No such command",)),
     Case("cli: an unknown option", lambda w, t: ["ingest", w["source"], "--fromat", "x"], ("No such option",)),
+    # trust at the boundaries: paths inside their folder, one writer, URL credentials, bounded input
+    Case(
+        "merge: a manifest lists a sidecar outside the folder",
+        lambda w, t: ["merge", t / "s0", t / "s1", "-o", t / "m"],
+        ("sidecars", "may list only report.json"),
+        setup=copies(
+            copy("shard0", "s0"),
+            copy("shard1", "s1"),
+            edit_manifest("s0", lambda m: m["sidecars"].append("../../victim/settings.json")),
+            edit_manifest("s1", lambda m: m["sidecars"].append("../../victim/settings.json")),
+        ),
+    ),
+    Case(
+        "build: a manifest lists a shard outside its folder",
+        lambda w, t: ["build", "--kind", "pairwise", "--examples", t / "ex", "--logprobs", w["lp_ex"], "-o", t / "b"],
+        ("manifest.json", "'../elsewhere/part-00000-of-00001-00000.parquet'", "not a shard file name"),
+        setup=copies(
+            copy("ingest", "ex"),
+            copy("ingest", "elsewhere"),
+            edit_manifest("ex", lambda m: m["shards"][0].update(file="../elsewhere/part-00000-of-00001-00000.parquet")),
+        ),
+    ),
+    Case(
+        "ingest: a README's data_files point outside the folder",
+        lambda w, t: ["ingest", t / "repo", "-f", "pairwise", "-o", t / "o"],
+        ("README.md", "data_files pattern '../private/*.jsonl'", "not a path inside"),
+        setup=copies(
+            write("repo/data/train.jsonl", json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"),
+            write("private/rows.jsonl", json.dumps({"prompt": "secret", "chosen": "a", "rejected": "b"}) + "\n"),
+            write(
+                "repo/README.md",
+                "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: ../private/*.jsonl\n"
+                "---\n",
+            ),
+        ),
+    ),
+    Case(
+        "eval: a pushed card names a split outside the folder",
+        lambda w, t: ["eval", "-m", w["train_done"], "-d", t / "hub", "--split", "../../outside/train"],
+        ("README.md", "split '../../outside/train'", "never a path"),
+        setup=copies(
+            copy("hub", "hub"),
+            edit("hub/README.md", lambda b: b.replace(b"\n    train:\n", b"\n    ../../outside/train:\n", 1)),
+        ),
+    ),
+    Case(
+        "ingest: --out is being written by another process",
+        lambda w, t: [*ingest()(w, t), "-o", t / "o"],
+        ("is being written by pid 4242 on host elsewhere", "`prefpool ingest`", "--wait"),
+        setup=hold_lock("o"),
+    ),
+    Case(
+        "ingest: a damaged run.json and no shard yet",
+        lambda w, t: [*ingest()(w, t), "-o", t / "o"],
+        ("cannot be read", "run.json", "--overwrite"),
+        setup=write(f"o/{META_DIR}/{RUN_MARKER}", "{x"),
+    ),
+    Case(
+        "run: rows_per_unit 0",
+        lambda w, t: ["run", t / "p.yaml"],
+        ("p.yaml, section 'ingest'", "rows_per_unit"),
+        setup=lambda w, t: (t / "p.yaml").write_text(
+            f"workdir: {t / 'w'}\ningest:\n  source: {w['source']}\n  format: ranked\n  rows_per_unit: 0\n"
+        ),
+    ),
+    Case(
+        "ingest: --strict and every score infinite",
+        lambda w, t: ["ingest", t / "inf.jsonl", "-f", "ranked", "--strict", "-o", t / "o"],
+        ("every score is NaN or infinite",),
+        setup=write(
+            "inf.jsonl",
+            '{"prompt": "p", "answers": [{"text": "a", "score": Infinity}, {"text": "b", "score": -Infinity}]}\n',
+        ),
+        absent=("Traceback", "unranked"),
+    ),
+    Case(
+        "ingest: a URL with a password that cannot be reached",
+        lambda w, t: ["ingest", "http://alice:PASSWORDforAlice9@127.0.0.1:9/x.jsonl?sig=SIGNATUREabc", "-o", t / "o"],
+        ("http://<redacted>@127.0.0.1:9/x.jsonl",),
+        absent=("Traceback", "PASSWORDforAlice9", "SIGNATUREabc"),
+    ),
+    Case(
+        "ingest: a JSON line nested 100,000 arrays deep",
+        lambda w, t: ["ingest", t / "deep.jsonl", "-f", "pairwise", "-o", t / "o"],
+        ("deep.jsonl, row 0 (0-based), line 1", "nested more than 100 levels"),
+        setup=write("deep.jsonl", '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+        absent=("Traceback", "RecursionError"),
+    ),
+    Case(
+        "run: a YAML alias bomb in engine_args",
+        lambda w, t: ["run", t / "p.yaml"],
+        ("p.yaml: the YAML is", "aliases (*name) expand to more than"),
+        setup=write("p.yaml", alias_bomb("workdir: w\ngenerate:\n  engine_args: {}\n")),
+    ),
+    Case(
+        "train: a YAML alias bomb in the config",
+        lambda w, t: ["train", t / "t.yaml"],
+        ("t.yaml: the YAML is", "aliases (*name) expand"),
+        setup=write("t.yaml", alias_bomb("")),
+    ),
 ]
