@@ -45,6 +45,7 @@ from prefpool.controlled.training import train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.secrets import redact, redact_text
 from prefpool.pipeline.io.atomic import write_json, write_text
+from prefpool.pipeline.io.swap import real_folder
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.train.config import TrainConfig
 from prefpool.train.evaluate import EVAL_FILE
@@ -162,7 +163,7 @@ def run_quickstart(cfg: QuickstartConfig = QuickstartConfig(), *, log=print) -> 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown {unknown}; known: {list(METHODS)}")
-    out = Path(cfg.out_dir)
+    out = real_folder(cfg.out_dir)  # a link: the folder it names is replaced, the link kept
     earlier = _fresh_folder(out, cfg.overwrite)
     engine = available_engine(cfg.engine)
     data = prepare_data(out, seed=cfg.seed, engine=engine, n=cfg.n, reference_steps=cfg.reference_steps, log=log)

@@ -57,3 +57,16 @@ def test_a_quickstart_killed_after_seconds_leaves_the_earlier_report(tmp_path):
     with pytest.raises(OutputExistsError):
         _fresh_folder(out, overwrite=False)
     assert _files(out) == EARLIER
+
+
+def test_overwrite_through_a_symlinked_out_keeps_the_link(tmp_path):
+    from prefpool.pipeline.io.swap import real_folder
+
+    target = tmp_path / "real"
+    _earlier(target)
+    link = tmp_path / "qs"
+    link.symlink_to(target, target_is_directory=True)
+    out = real_folder(link)
+    aside = _fresh_folder(out, overwrite=True)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert _files(aside) == EARLIER and sorted(p.name for p in target.iterdir()) == [MARKER]
