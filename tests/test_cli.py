@@ -33,7 +33,7 @@ def test_options_come_from_the_stage_signature():
 
     command = app.get_command(click.Context(app), "logprobs")
     names = {p.name for p in command.params}
-    assert names == {p.name for p in function_params(logprobs)}
+    assert names == {p.name for p in function_params(logprobs)} | {"wait"}  # --wait: every writing command's
     by_name = {p.name: p for p in command.params}
     assert list(by_name["dtype"].type.choices) == ["float32", "bfloat16", "float16"]  # Literal -> choice
     assert by_name["max_length"].help == argument_help(logprobs)["max_length"]

@@ -150,3 +150,14 @@ def test_overwrite_through_a_symlinked_out_replaces_the_target(tmp_path, sources
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert _rows_from(target) == {"Q"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no .old-PID, no staging, no lock
+
+
+def test_every_command_takes_wait():
+    import click
+
+    from prefpool.cli import app
+    from prefpool.cli.app import COMMANDS
+
+    for name in COMMANDS:
+        command = app.get_command(click.Context(app), name)
+        assert any("--wait" in p.opts for p in command.params), name
