@@ -26,7 +26,7 @@ from prefpool.core.errors import ConfigError, MissingInputError
 from prefpool.pipeline.io.card import CARD, read_card, split_order, stage_chain
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.hub import dataset_snapshot
-from prefpool.pipeline.io.inside import check_resolved_inside
+from prefpool.pipeline.io.inside import check_resolved_inside, inside
 from prefpool.pipeline.io.layout import MANIFEST, find_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.read import read_table
@@ -86,12 +86,13 @@ def _from_build_folder(location: str, folder: Path, manifest: Manifest, split: s
     kind = manifest.identity.schema
     if kind not in KINDS:
         raise PipelineInputError(f"holds a {kind!r} table, not a build table ({', '.join(KINDS)})", file=folder)
+    listed_in = find_meta(folder, MANIFEST)
     return TableSource(
         location=location,
         kind=kind,
         split=None,
         folder=folder,
-        files=tuple(folder / s.file for s in manifest.shards),
+        files=tuple(inside(folder, s.file, listed_in=listed_in, what="shard") for s in manifest.shards),
         rows=manifest.total_rows,
         caches=tuple(reference_caches(manifest)),
         config=manifest.identity.config,
