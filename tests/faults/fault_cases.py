@@ -1031,4 +1031,48 @@ CASES: list[Case] = [
         ("t.yaml: the YAML is", "aliases (*name) expand"),
         setup=write("t.yaml", alias_bomb("")),
     ),
+    # one writer per output: every command that writes a folder is refused while another process holds it
+    *[
+        Case(
+            f"{name}: its output folder is being written by another process",
+            args,
+            ("is being written by pid 4242 on host elsewhere", "--wait"),
+            setup=hold_lock(folder),
+        )
+        for name, folder, args in [
+            ("generate", "g", lambda w, t: ["generate", w["ingest"], "-m", w["model"], "-n", "2", "-o", t / "g"]),
+            (
+                "score",
+                "s",
+                lambda w, t: ["score", w["generate"], "--reward-fn", f"{w['reward_length']}:reward", "-o", t / "s"],
+            ),
+            ("logprobs", "l", lambda w, t: ["logprobs", w["ingest"], "-m", w["model"], "-o", t / "l"]),
+            (
+                "build",
+                "b",
+                lambda w, t: [
+                    "build",
+                    "--kind",
+                    "pairwise",
+                    "--examples",
+                    w["ingest"],
+                    "--logprobs",
+                    w["lp_ex"],
+                    "-o",
+                    t / "b",
+                ],
+            ),
+            ("push", "h", lambda w, t: ["push", w["mcpo"], "--repo-id", "me/prefs", "--dry-run", "-o", t / "h"]),
+            ("merge", "m", lambda w, t: ["merge", w["shard0"], w["shard1"], "-o", t / "m"]),
+            ("train", "run", train()),
+            ("online", "run", online()),
+            (
+                "eval",
+                "e",
+                lambda w, t: ["eval", "-m", w["train_done"], "-d", w["pairwise"], "--device", "cpu", "-o", t / "e"],
+            ),
+            ("plot", "c", lambda w, t: ["plot", w["train_done"], "-o", t / "c"]),
+            ("quickstart", "q", lambda w, t: ["quickstart", "--out", t / "q"]),
+        ]
+    ],
 ]
