@@ -191,7 +191,7 @@ def _take_over(fd: int, path: Path) -> None:
     else:
         why = "it ran on another host; flock cannot tell whether it still runs there"
     warnings.warn(
-        StaleLockWarning(f"took over the output lock {path} left by {describe(previous)}: {why}"), stacklevel=4
+        StaleLockWarning(f"took over the output lock {path} left by {describe(previous)}: {why}"), stacklevel=1
     )
 
 
