@@ -22,7 +22,8 @@ when complete, so a failing run never destroys an earlier output.
 Nothing is written before the first shard (or ``finish``): a run that fails
 its checks leaves no folder, ``run.json`` or staging folder behind. An
 ``--out`` that is a file, or one of the run's own inputs (``sources``), is
-refused up front. Two runs must not write the same folder at the same time.
+refused up front. Two runs never write the same folder at once: every stage runs under the
+folder's ``writer_lock``.
 """
 
 from __future__ import annotations
