@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,8 @@ def exo_pair_loss(
     _check_epsilon(label_smoothing)
     margin = beta * (chosen - rejected)  # (B,)
     log_qw, log_ql = F.logsigmoid(margin), F.logsigmoid(-margin)
-    log_pw, log_pl = torch.log1p(torch.tensor(-label_smoothing)), torch.log(torch.tensor(label_smoothing))
-    loss = log_qw.exp() * (log_qw - log_pw.to(margin)) + log_ql.exp() * (log_ql - log_pl.to(margin))
+    log_pw, log_pl = math.log1p(-label_smoothing), math.log(label_smoothing)
+    loss = log_qw.exp() * (log_qw - log_pw) + log_ql.exp() * (log_ql - log_pl)
     return LossOutput(loss, reward_metrics(beta * chosen, beta * rejected))
 
 
