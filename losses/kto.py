@@ -1,4 +1,9 @@
-"""KTO on paired tables: each pair is one desirable and one undesirable example."""
+"""KTO on paired tables: each pair is one desirable and one undesirable example.
+
+A library loss, not a training method of ``prefpool train``: its reference point
+needs the reference log-probs of mismatched pairs (a prompt with another row's
+answer), which no ``build`` table carries.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def kto_pair_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
 ) -> LossOutput:
-    """KTO (Ethayarajh et al. 2024, arXiv 2402.01306, Sec. 4.1, the KTO loss) with each pair's
+    """KTO (Ethayarajh et al. 2024, arXiv 2402.01306, eq. 7) with each pair's
     chosen answer desirable and its rejected answer undesirable::
 
         h = log pi(y|x) - log pi_ref(y|x)
