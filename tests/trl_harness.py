@@ -139,9 +139,17 @@ def leaves(pairs: list[dict], dtype: torch.dtype) -> dict[str, list[torch.Tensor
 
 
 def dpo_trainer_loss(
-    pairs: list[dict], dtype: torch.dtype, *, loss_type: str, beta: float, label_smoothing: float = 0.0
+    pairs: list[dict],
+    dtype: torch.dtype,
+    *,
+    loss_type: str,
+    beta: float,
+    label_smoothing: float = 0.0,
+    args: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-    """TRL's batch-mean loss on ``pairs`` with gradient to the returned per-token leaves."""
+    """TRL's batch-mean loss on ``pairs`` with gradient to the returned per-token leaves.
+
+    ``args``: the ``DPOConfig`` fields a loss type reads from ``trainer.args`` (``discopop_tau``)."""
     examples = [
         {
             "prompt_ids": p["example"]["prompt_ids"],
@@ -157,6 +165,7 @@ def dpo_trainer_loss(
     batch["ref_chosen_logps"] = seq["ref_chosen"]
     batch["ref_rejected_logps"] = seq["ref_rejected"]
     trainer = dpo_trainer(policy, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)
+    trainer.args = SimpleNamespace(**(args or {}))
     return trainer.compute_loss(policy, batch), tokens
 
 
@@ -189,6 +198,7 @@ def assert_matches_dpo_trainer(
     label_smoothing: float = 0.0,
     pairs=None,
     tol: dict | None = None,
+    args: dict | None = None,
 ) -> None:
     """``ours(seq) -> LossOutput``, with ``seq`` the ``(B,)`` tensors of ``KEYS`` (and ``n_chosen``,
     ``n_rejected`` token counts), agrees with ``DPOTrainer(loss_type=...)``: the per-example loss
@@ -210,7 +220,9 @@ def assert_matches_dpo_trainer(
     # per example
     trl_each = torch.stack(
         [
-            dpo_trainer_loss([p], dtype, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)[0].detach()
+            dpo_trainer_loss([p], dtype, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, args=args)[
+                0
+            ].detach()
             for p in pairs
         ]
     )
