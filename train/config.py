@@ -227,7 +227,6 @@ class TrainConfig:
         if self.loss not in METHODS:
             return  # check() names the known ones
         settings = self.method_settings()
-        object.__setattr__(self, "_settings", settings)
         for key in SETTING_KEYS:
             object.__setattr__(self, key, getattr(settings, key, None))
 
@@ -237,7 +236,7 @@ class TrainConfig:
         names = method.setting_names()
         given = {k: getattr(self, k) for k in SETTING_KEYS if getattr(self, k) is not None}
         extra = dict(self.loss_settings or {})
-        twice = sorted(set(given) & set(extra))
+        twice = sorted(k for k in set(given) & set(extra) if given[k] != extra[k])
         if twice:
             raise ConfigError(f"{twice[0]} and loss_settings.{twice[0]}: both set {twice[0]}; give one")
         other = [k for k in given if k not in names]
@@ -251,8 +250,8 @@ class TrainConfig:
 
     @property
     def settings(self) -> Any:
-        """The method's settings (``prefpool.losses.METHODS[loss].settings``), as resolved at construction."""
-        return self._settings
+        """The method's settings (an instance of ``prefpool.losses.METHODS[loss].settings``)."""
+        return self.method_settings()
 
     def check(self) -> None:
         """Cross-field checks that do not need the data (the table kind is checked later)."""

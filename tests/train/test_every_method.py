@@ -134,6 +134,11 @@ def test_method_settings_from_the_config(world, tmp_path):
         assert message in result.output, result.output
 
 
+def test_a_setting_given_in_loss_settings_only():
+    cfg = TrainConfig(model="m", data="d", output_dir="o", loss="exo", loss_settings={"beta": 0.3})
+    assert cfg.beta == 0.3 and cfg.settings.beta == 0.3 and cfg.settings.label_smoothing == 1e-3
+
+
 def test_simpo_defaults_are_its_own():
     cfg = TrainConfig(model="m", data="d", output_dir="o", loss="simpo")
     assert (cfg.beta, cfg.gamma) == (2.0, 1.0)
