@@ -231,7 +231,7 @@ def assert_matches_dpo_trainer(
 
     # batch mean and gradients
     trl_loss, trl_tokens = dpo_trainer_loss(
-        pairs, dtype, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing
+        pairs, dtype, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, args=args
     )
     trl_loss.backward()
     tokens = leaves(pairs, dtype)

@@ -130,7 +130,7 @@ def test_each_trl_name_maps_to_its_prefpool_key(tmp_path, line, values):
         ("lr_scheduler_type: cosine", "lr_scheduler_type: 'cosine' is not implemented; prefpool's schedule is linear"),
         ("num_train_epochs: 1.5", "num_train_epochs: 1.5 is not a whole number; prefpool trains whole epochs"),
         ("bf16: maybe", "bf16: expected true or false, got 'maybe'"),
-        ("loss_type: discopop", "loss_type: 'discopop' has no prefpool loss"),
+        ("loss_type: sft", "loss_type: 'sft' has no prefpool loss"),
         ("report_to: all", "report_to: 'all' is not taken; name the trackers"),
         ("report_to: mlflow", "report_to[0]: 'mlflow' is not one of"),
         ("logging_steps: 0.1", "logging_steps: 0.1 is a fraction of the run in TRL"),
