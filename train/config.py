@@ -42,6 +42,16 @@ def _method_line(name: str) -> str:
 LOSS_HELP = "The method; must fit the table kind. " + " | ".join(_method_line(n) for n in METHODS) + "."
 
 
+def _setting_help(key: str) -> str:
+    """The help of setting ``key`` from each method that has it (null: the method's default)."""
+    found: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for setting_name, default, text in config_help(method.settings):
+            if setting_name == key:
+                found.setdefault(f"{text} (default {default})", []).append(name)
+    return " | ".join(f"{'/'.join(names)}: {text}" for text, names in found.items()) + "; null = that default."
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run. Paths are local folders."""
@@ -73,17 +83,9 @@ class TrainConfig:
     label_smoothing: float | None = field(
         default=None, metadata=_help("dpo/simpo/cpo/robust/exo: label_smoothing; null = the method's default.")
     )
-    gamma: float | None = field(default=None, metadata=_help("simpo: target reward margin; null = 1.0."))
-    tau: float | None = field(
-        default=None,
-        metadata=_help(
-            "mpo: weight of the mean NLL of the reference samples (0 skips them); eq. 33 read literally: 2 x its "
-            "tau; null = 0."
-        ),
-    )
-    kernel: KernelName | None = field(
-        default=None, metadata=_help("mcpo: the kernel that draws the negative (see loss_settings); null = sample.")
-    )
+    gamma: float | None = field(default=None, metadata=_help(_setting_help("gamma")))
+    tau: float | None = field(default=None, metadata=_help(_setting_help("tau")))
+    kernel: KernelName | None = field(default=None, metadata=_help(_setting_help("kernel")))
     loss_settings: dict[str, Any] | None = field(
         default=None,
         metadata=_help(
