@@ -1,7 +1,7 @@
 """MC-PO's method spec; its loss is ``mcpo.mcpo_loss``, its kernels are in ``mcpo_kernels``.
 
 MC-PO trains on an ``mcpo`` table with a two-pass step (``prefpool.train.kinds.mcpo``).
-S-DPO's softmax loss (Chen et al. 2024, arXiv 2406.09215, eq. 8) over a pool of
+S-DPO's softmax loss (Chen et al. 2024, arXiv 2406.09215) over a pool of
 negatives is the ``listwise`` kernel: ``-r0 + logsumexp(r0, r_1..r_M)``.
 """
 
