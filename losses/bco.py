@@ -73,7 +73,10 @@ def update_reward_mean(state: State, rewards: torch.Tensor) -> dict[str, float]:
 
 
 def bco_step(logps: PairLogps, settings: BCOSettings, state: State) -> tuple[LossOutput, State]:
-    """Update the reward mean with this batch's rewards, then the loss with the updated mean."""
+    """Update the reward mean with this batch's rewards, then the loss with the updated mean.
+
+    The trainer keeps the state per process (each process's mean is of the rewards it saw; TRL's
+    BCO gathers them across processes) and saves it in its checkpoints."""
     chosen, rejected = log_ratios(logps.chosen, logps.rejected, logps.ref_chosen, logps.ref_rejected)
     state = update_reward_mean(state, settings.beta * torch.cat([chosen, rejected]))
     out = bco_pair_loss(
