@@ -143,3 +143,23 @@ def test_simpo_defaults_are_its_own():
     cfg = TrainConfig(model="m", data="d", output_dir="o", loss="simpo")
     assert (cfg.beta, cfg.gamma) == (2.0, 1.0)
     assert TrainConfig(model="m", data="d", output_dir="o", loss="dpo").beta == 0.1
+
+
+def test_mpo_length_normalize_reaches_the_loss(world, tmp_path):
+    """MPO's p from per-token means (length_normalize) is another loss on the same table and weights:
+    the same as mpo_loss computes with the batch's token counts."""
+    values = {}
+    for flag in (False, True):
+        cfg = TrainConfig(
+            model=str(world["model"]),
+            data=str(world["mpo"]),
+            output_dir=str(tmp_path / str(flag)),
+            loss="mpo",
+            max_length=MAX_LENGTH,
+            loss_settings={"length_normalize": flag},
+            progress=False,
+        )
+        assert cfg.settings.length_normalize is flag
+        values[flag] = _table_loss(Trainer(cfg))
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert values[False] != pytest.approx(values[True], abs=1e-6), values
