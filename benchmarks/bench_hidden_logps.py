@@ -9,7 +9,7 @@ Optional: ``--batch 8 --seq 1024 --width 576 --vocabs 8192,49152,151936 --dtype 
 
 Setup: bf16 hidden states ``(B, T, H)`` and a head weight ``(V, H)``, both leaves
 that require grad (a full fine-tune, as seen from the loss). Labels are rolled
-left the way ``prefpool.train.scoring`` does, the completion mask skips a random
+left the way ``prefpool.pipeline.model.scoring`` does, the completion mask skips a random
 prompt (T/8 to T/3) and right padding (up to T/8). Each variant computes the
 summed log-probs and calls ``.backward()`` on their sum.
 

@@ -61,6 +61,22 @@ def check_counts(name: str, counts: torch.Tensor, batch: int) -> None:
         raise ValueError(f"{name}: token counts must be positive")
 
 
+def check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None) -> int:
+    """Check the ``(B,)`` log-prob tensors of a batch of pairs (the reference ones when given) and return B."""
+    batch = check_batch("policy_chosen_logps", policy_chosen_logps)
+    check_logps("policy_rejected_logps", policy_rejected_logps, (batch,))
+    if ref_chosen_logps is not None:
+        check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))
+    if ref_rejected_logps is not None:
+        check_logps("ref_rejected_logps", ref_rejected_logps, (batch,))
+    return batch
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 0.5):
+        raise ValueError(f"label_smoothing: must be in [0, 0.5), got {label_smoothing!r}")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -315,7 +315,7 @@ def hidden_logps(
 
     Alignment is that of :func:`sequence_logps`: ``hidden[:, t]`` scores
     ``labels[:, t]``, no shift inside. For a causal LM (``hidden[:, t]``
-    predicts token ``t + 1``) roll the labels as ``prefpool.train.scoring`` does::
+    predicts token ``t + 1``) roll the labels as ``prefpool.pipeline.model.scoring`` does::
 
         labels = input_ids.roll(-1, dims=1)
         mask = completion_mask.roll(-1, dims=1); mask[:, -1] = False

@@ -7,6 +7,8 @@ preference optimization", which shares the acronym.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,7 @@ from .checks import (
     check_nonnegative,
     upcast,
 )
+from .method import Method, setting
 from .output import LossOutput
 
 
@@ -177,3 +180,25 @@ def mpo_loss(
             loss = loss + tau * nll
         metrics["mpo/ref_sample_nll"] = nll.detach()
     return LossOutput(loss, metrics)
+
+
+@dataclass(frozen=True)
+class MPOSettings:
+    beta: float = setting(0.1, "Weight of KL(Bern(p) || Bern(p_ref)), > 0.")
+    tau: float = setting(
+        0.0,
+        "Weight of the mean NLL of the reference samples (0 skips them); eq. 33 read literally: 2 x its tau.",
+    )
+    length_normalize: bool = setting(False, "p and p_ref from per-token mean log-probs instead of sums.")
+
+
+METHODS = (
+    Method(
+        "mpo",
+        mpo_loss,
+        MPOSettings,
+        kind="mpo",
+        needs_reference=True,
+        summary="MPO (Jiang, Huang, Wei 2023, eq. 33) with its reference samples",
+    ),
+)

@@ -8,33 +8,24 @@ the metrics are the implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .checks import (
-    check_batch,
     check_counts,
-    check_logps,
+    check_label_smoothing,
     check_nonnegative,
+    check_pair,
     check_positive,
     upcast,
 )
+from .method import Method, pair_step, setting
 from .output import LossOutput
 
-
-def _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None) -> int:
-    batch = check_batch("policy_chosen_logps", policy_chosen_logps)
-    check_logps("policy_rejected_logps", policy_rejected_logps, (batch,))
-    if ref_chosen_logps is not None:
-        check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))
-    if ref_rejected_logps is not None:
-        check_logps("ref_rejected_logps", ref_rejected_logps, (batch,))
-    return batch
-
-
-def _check_label_smoothing(label_smoothing: float) -> None:
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 0.5):
-        raise ValueError(f"label_smoothing: must be in [0, 0.5), got {label_smoothing!r}")
+BETA_HELP = "KL strength: rewards are beta * (log pi - log pi_ref), > 0."
+LABEL_SMOOTHING_HELP = "Assumed label-flip probability, [0, 0.5) (conservative DPO)."
 
 
 def smoothed_logistic_loss(margin: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -44,6 +35,19 @@ def smoothed_logistic_loss(margin: torch.Tensor, label_smoothing: float) -> torc
     if label_smoothing:
         loss = (1.0 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-margin)
     return loss
+
+
+def log_ratios(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l))``, each ``(B,)``, checked, float32 at least."""
+    check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen = upcast(policy_chosen_logps) - upcast(ref_chosen_logps)
+    rejected = upcast(policy_rejected_logps) - upcast(ref_rejected_logps)
+    return chosen, rejected
 
 
 def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -91,9 +95,9 @@ def dpo_loss(
         ``LossOutput`` with loss ``(B,)`` and metrics ``rewards/chosen``,
         ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies`` (each ``(B,)``).
     """
-    _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     check_positive("beta", beta)
-    _check_label_smoothing(label_smoothing)
+    check_label_smoothing(label_smoothing)
     chosen_rewards = beta * (upcast(policy_chosen_logps) - upcast(ref_chosen_logps))  # (B,)
     rejected_rewards = beta * (upcast(policy_rejected_logps) - upcast(ref_rejected_logps))  # (B,)
     loss = smoothed_logistic_loss(chosen_rewards - rejected_rewards, label_smoothing)
@@ -127,7 +131,7 @@ def ipo_loss(
     Returns:
         ``LossOutput``; rewards in the metrics are ``beta * log-ratio`` as in DPO.
     """
-    _check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    check_pair(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     check_positive("beta", beta)
     chosen_ratio = upcast(policy_chosen_logps) - upcast(ref_chosen_logps)  # (B,)
     rejected_ratio = upcast(policy_rejected_logps) - upcast(ref_rejected_logps)  # (B,)
@@ -167,13 +171,67 @@ def simpo_loss(
     Returns:
         ``LossOutput``; rewards are the length-normalized ``r_w``, ``r_l``.
     """
-    batch = _check_pair(policy_chosen_logps, policy_rejected_logps)
+    batch = check_pair(policy_chosen_logps, policy_rejected_logps)
     check_counts("chosen_tokens", chosen_tokens, batch)
     check_counts("rejected_tokens", rejected_tokens, batch)
     check_positive("beta", beta)
     check_nonnegative("gamma", gamma)
-    _check_label_smoothing(label_smoothing)
+    check_label_smoothing(label_smoothing)
     chosen_rewards = beta * upcast(policy_chosen_logps) / chosen_tokens  # (B,)
     rejected_rewards = beta * upcast(policy_rejected_logps) / rejected_tokens  # (B,)
     loss = smoothed_logistic_loss(chosen_rewards - rejected_rewards - gamma, label_smoothing)
     return LossOutput(loss, reward_metrics(chosen_rewards, rejected_rewards))
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    beta: float = setting(0.1, BETA_HELP)
+    label_smoothing: float = setting(0.0, LABEL_SMOOTHING_HELP)
+
+
+@dataclass(frozen=True)
+class IPOSettings:
+    beta: float = setting(
+        0.1, "Regularization strength (the paper's tau); the target log-ratio margin is 1 / (2 beta)."
+    )
+
+
+@dataclass(frozen=True)
+class SimPOSettings:
+    beta: float = setting(2.0, "Reward scale of the length-normalized log-probs, > 0.")
+    gamma: float = setting(1.0, "Target reward margin, >= 0 (the paper's gamma / beta is in [0.3, 1.6]).")
+    label_smoothing: float = setting(0.0, LABEL_SMOOTHING_HELP)
+
+
+_REF = ("chosen", "rejected", "ref_chosen", "ref_rejected")
+METHODS = (
+    Method(
+        "dpo",
+        dpo_loss,
+        DPOSettings,
+        kind="pairwise",
+        needs_reference=True,
+        summary="DPO (Rafailov et al. 2023); cDPO with label_smoothing",
+        step=pair_step(dpo_loss, *_REF),
+        trl_loss_type=("sigmoid",),
+    ),
+    Method(
+        "ipo",
+        ipo_loss,
+        IPOSettings,
+        kind="pairwise",
+        needs_reference=True,
+        summary="IPO (Azar et al. 2023) on sequence log-probs",
+        step=pair_step(ipo_loss, *_REF),
+        trl_loss_type=("ipo",),
+    ),
+    Method(
+        "simpo",
+        simpo_loss,
+        SimPOSettings,
+        kind="pairwise",
+        needs_reference=False,
+        summary="SimPO (Meng et al. 2024): reference-free, length-normalized, with a margin",
+        step=pair_step(simpo_loss, "chosen", "rejected", "chosen_tokens", "rejected_tokens"),
+    ),
+)

@@ -312,7 +312,7 @@ def test_tied_embeddings_accumulate_both_gradients():
 
 @pytest.mark.parametrize("chunk_elements", [2**22, 37])
 def test_agrees_with_sequence_logps_on_explicit_logits_rolled(chunk_elements):
-    # train/scoring.py's convention: labels = input_ids rolled left, mask rolled, last column off.
+    # pipeline/model/scoring.py's convention: labels = input_ids rolled left, mask rolled, last column off.
     batch, seq, width, vocab = 3, 11, 8, 37
     hidden, weight, bias, _, _ = make_case(batch, seq, width, vocab, seed=11)
     gen = torch.Generator().manual_seed(12)

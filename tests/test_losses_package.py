@@ -20,13 +20,26 @@ except ModuleNotFoundError:  # pragma: no cover
 import prefpool.losses as losses
 from prefpool.losses import (
     LOSSES,
+    METHODS,
+    apo_down_loss,
+    apo_zero_loss,
+    bco_pair_loss,
     chosen_nll,
+    cpo_loss,
     dpo_loss,
+    exo_pair_loss,
     get_loss,
+    hinge_loss,
+    infonca_loss,
     ipo_loss,
+    kto_pair_loss,
     mcpo_loss,
     mpo_loss,
+    nca_pair_loss,
+    orpo_loss,
+    robust_dpo_loss,
     simpo_loss,
+    sppo_hard_loss,
 )
 
 torch.set_num_threads(1)
@@ -54,9 +67,25 @@ def test_import_loads_no_heavy_dependency():
 
 
 def test_registry_maps_names_to_functions():
-    assert LOSSES == {"dpo": dpo_loss, "ipo": ipo_loss, "simpo": simpo_loss, "mcpo": mcpo_loss, "mpo": mpo_loss}
+    expected = {"dpo": dpo_loss, "ipo": ipo_loss, "simpo": simpo_loss, "mcpo": mcpo_loss, "mpo": mpo_loss}
+    assert {name: LOSSES[name] for name in expected} == expected
+    assert LOSSES == {name: method.function for name, method in METHODS.items()}
     for name, fn in LOSSES.items():
         assert get_loss(name) is fn
+
+
+def test_registry_collects_every_module_methods():
+    """Every ``METHODS`` entry of every module of the package is registered, under its own name."""
+    import importlib
+    import pkgutil
+
+    declared = {}
+    for info in pkgutil.iter_modules(losses.__path__):
+        if info.name == "registry":  # the collected dict itself
+            continue
+        module = importlib.import_module(f"prefpool.losses.{info.name}")
+        declared.update({m.name: m for m in getattr(module, "METHODS", ())})
+    assert declared == METHODS
 
 
 @pytest.mark.parametrize("name", ["nope", "", "DPO", "rpo"])
@@ -69,19 +98,36 @@ def test_get_loss_unknown_lists_names(name):
     assert repr(name) in message
 
 
-# The paper each public loss must cite: the arXiv id in its docstring.
+# The paper each of these public losses must cite: the arXiv id in its docstring (every registered
+# method's loss cites one: test_every_method_docstring_names_a_paper_and_shapes).
 PAPERS = {
     dpo_loss: "2305.18290",  # Rafailov et al. 2023, DPO
     ipo_loss: "2310.12036",  # Azar et al. 2023, IPO
     simpo_loss: "2405.14734",  # Meng, Xia, Chen 2024, SimPO
     mcpo_loss: "2502.04567",  # Chen et al. 2025, MC-PO
     mpo_loss: "2312.16430",  # Jiang, Huang, Wei 2023, MPO
+    exo_pair_loss: "2402.00856",  # Ji et al. 2024, EXO
+    cpo_loss: "2401.08417",  # Xu et al. 2024, CPO
+    bco_pair_loss: "2404.04656",  # Jung et al. 2024, BCO
+    kto_pair_loss: "2402.01306",  # Ethayarajh et al. 2024, KTO
+    apo_zero_loss: "2408.06266",  # D'Oosterlinck et al. 2024, APO
+    apo_down_loss: "2408.06266",
+    sppo_hard_loss: "2405.00675",  # Wu et al. 2024, SPPO
+    nca_pair_loss: "2402.05369",  # Chen et al. 2024, NCA
+    infonca_loss: "2402.05369",  # Chen et al. 2024, InfoNCA
+    hinge_loss: "2305.10425",  # Zhao et al. 2023, SLiC
+    robust_dpo_loss: "2403.00409",  # Chowdhury et al. 2024, rDPO
+    orpo_loss: "2403.07691",  # Hong, Lee, Thorne 2024, ORPO
     chosen_nll: "2404.19733",  # Pang et al. 2024, iterative RPO
 }
 
 
-def test_every_registered_loss_has_a_paper_entry():
-    assert set(LOSSES.values()) <= set(PAPERS)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_docstring_names_a_paper_and_shapes(name):
+    """A method's loss cites its paper (an arXiv id) and gives the shapes of its tensors."""
+    doc = inspect.getdoc(METHODS[name].function) or ""
+    assert re.search(r"arXiv[: ]\s*\d{4}\.\d{4,5}", doc), name
+    assert "(B,)" in doc, name
 
 
 @pytest.mark.parametrize("fn", list(PAPERS), ids=lambda f: f.__name__)

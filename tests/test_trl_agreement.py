@@ -45,24 +45,18 @@ of 27 at beta 0.1; 7e-7 on the rewards at beta 2).
 
 from __future__ import annotations
 
-from collections import defaultdict
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 pytest.importorskip("trl")
 
-from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402
-from trl.trainer.utils import FusedCausalLMOutput  # noqa: E402
+from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
+from trl_harness import KEYS, PAIRS, FusedHeadPolicy, dpo_trainer, n_tokens, seq_logps, token_logps  # noqa: E402
 
 from prefpool.losses import dpo_loss, ipo_loss  # noqa: E402
 
 torch.set_num_threads(1)
 
-B = 7
-SEED = 1234
-SCALE = 256  # per-token log-probs are integers / SCALE, so their sums are exact in float32
 BETAS = (0.1, 0.5, 1.0, 2.0)
 DTYPES = (torch.float32, torch.float64)
 TOL = {
@@ -71,113 +65,6 @@ TOL = {
 }
 # float32 IPO on token means: the means are rounded before the loss (see the module docstring)
 IPO_TOL = {**TOL, torch.float32: {"atol": 1e-5, "rtol": 1e-5}}
-KEYS = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
-
-
-def _make_pairs(seed: int = SEED) -> list[dict]:
-    """B preference pairs: token ids for TRL's collator and per-token log-probs (in 1/SCALE)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def ints(low: int, high: int, n: int) -> torch.Tensor:  # uniform on [low, high]
-        return torch.randint(low, high + 1, (n,), generator=g)
-
-    pairs = []
-    for _ in range(B):
-        n_prompt, n_chosen, n_rejected = (
-            ints(2, 5, 1).item(),
-            ints(1, 15, 1).item(),
-            ints(1, 15, 1).item(),
-        )
-        example = {
-            "prompt_ids": ints(1, 99, n_prompt).tolist(),
-            "chosen_ids": ints(1, 99, n_chosen).tolist(),
-            "rejected_ids": ints(1, 99, n_rejected).tolist(),
-        }
-        tokens = {}
-        for side, n in (("chosen", n_chosen), ("rejected", n_rejected)):
-            policy = -ints(1, 2047, n)  # log-probs in (-8, 0)
-            tokens[f"policy_{side}"] = policy
-            tokens[f"ref_{side}"] = (policy + ints(-256, 256, n)).clamp(min=-2047, max=-1)
-        pairs.append({"example": example, "tokens": tokens})
-    return pairs
-
-
-PAIRS = _make_pairs()
-
-
-def _token_logps(pair: dict, key: str, dtype: torch.dtype) -> torch.Tensor:
-    return pair["tokens"][key].to(dtype) / SCALE  # exact: SCALE is a power of two
-
-
-def _seq_logps(pairs: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Per-sequence (token-summed) log-probs, (B,) each, as our losses take them."""
-    return {k: torch.stack([_token_logps(p, k, dtype).sum() for p in pairs]) for k in KEYS}
-
-
-def _n_tokens(pairs: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {
-        side: torch.tensor([len(p["example"][f"{side}_ids"]) for p in pairs], dtype=dtype)
-        for side in ("chosen", "rejected")
-    }
-
-
-class _FusedHeadPolicy:
-    """Stands in for a causal LM patched by ``trl.trainer.utils.add_fused_lm_head``.
-
-    Called with ``labels`` and ``fused_lm_head=True``, it returns per-token log-probs of shape
-    ``(rows, T - 1)`` that are zero where the shifted label is -100, like the fused head.
-    """
-
-    training = True  # DPOTrainer._compute_loss reads model.training to pick train/eval metrics
-
-    def __init__(self, completion_logps: list[torch.Tensor]):
-        self.completion_logps = completion_logps  # one 1-D tensor per batch row, in row order
-
-    def __call__(self, *, labels: torch.Tensor, fused_lm_head: bool = False, **kwargs):
-        assert fused_lm_head, "DPOTrainer is expected to ask for the fused LM head"
-        mask = labels[:, 1:] != -100
-        lengths = [len(x) for x in self.completion_logps]
-        assert mask.sum(dim=1).tolist() == lengths, "completion tokens do not line up with the batch"
-        values = torch.cat(self.completion_logps)
-        log_probs = values.new_zeros(mask.shape).masked_scatter(mask, values)
-        zeros = torch.zeros_like(log_probs)
-        return FusedCausalLMOutput(
-            loss=-log_probs.sum() / mask.sum(),
-            log_probs=log_probs,
-            entropy=zeros,
-            mean_logits=zeros,
-            is_top1=torch.zeros_like(mask),
-            label_mask=mask,
-        )
-
-
-def _identity(x):
-    return x
-
-
-def _trl_trainer(model, *, loss_type: str, beta: float, label_smoothing: float) -> DPOTrainer:
-    """A DPOTrainer without __init__ (no model loading, tokenizer, dataset or accelerate state).
-
-    These are the attributes DPOTrainer._compute_loss reads (TRL 1.16) when the reference
-    log-probs are precomputed and no ld_alpha / f-divergence / WPO weighting / MoE aux loss is used.
-    """
-    trainer = object.__new__(DPOTrainer)
-    trainer.model = model
-    # single process: gathers are the identity
-    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), gather=_identity, gather_for_metrics=_identity)
-    trainer.aux_loss_enabled = False
-    trainer.precompute_ref_logps = True
-    trainer.ld_alpha = None
-    trainer.f_divergence_type = "reverse_kl"
-    trainer.use_weighting = False
-    trainer.loss_types = [loss_type]
-    trainer.loss_weights = [1.0]
-    trainer.beta = beta
-    trainer.label_smoothing = label_smoothing
-    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    trainer._total_train_tokens = 0
-    trainer._tp_size = 1
-    return trainer
 
 
 def _trl_step(
@@ -205,15 +92,15 @@ def _trl_step(
         for p in pairs
     ]
     batch = DataCollatorForPreference(pad_token_id=0)(examples)  # rows: [chosen..., rejected...]
-    policy = _FusedHeadPolicy(
-        [_token_logps(p, f"policy_{first}", dtype) for p in pairs]
-        + [_token_logps(p, f"policy_{second}", dtype) for p in pairs]
+    policy = FusedHeadPolicy(
+        [token_logps(p, f"policy_{first}", dtype) for p in pairs]
+        + [token_logps(p, f"policy_{second}", dtype) for p in pairs]
     )
-    seq = _seq_logps(pairs, dtype)
+    seq = seq_logps(pairs, dtype)
     batch["ref_chosen_logps"] = seq[f"ref_{first}"]
     batch["ref_rejected_logps"] = seq[f"ref_{second}"]
 
-    trainer = _trl_trainer(policy, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)
+    trainer = dpo_trainer(policy, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)
     loss = trainer.compute_loss(policy, batch)
     assert loss.dtype == dtype
     metrics = trainer._metrics["train"]
@@ -241,7 +128,7 @@ def _assert_close(
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dpo_matches_trl_sigmoid(dtype, beta):
-    seq = _seq_logps(PAIRS, dtype)
+    seq = seq_logps(PAIRS, dtype)
     ours = dpo_loss(
         seq["policy_chosen"],
         seq["policy_rejected"],
@@ -275,7 +162,7 @@ def test_dpo_matches_trl_sigmoid(dtype, beta):
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_label_smoothed_dpo_matches_trl(dtype, beta, label_smoothing):
-    seq = _seq_logps(PAIRS, dtype)
+    seq = seq_logps(PAIRS, dtype)
     ours = dpo_loss(
         seq["policy_chosen"],
         seq["policy_rejected"],
@@ -301,8 +188,8 @@ def test_label_smoothed_dpo_matches_trl(dtype, beta, label_smoothing):
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_ipo_matches_trl_with_token_mean_logps(dtype, beta):
-    seq = _seq_logps(PAIRS, dtype)
-    n = _n_tokens(PAIRS, dtype)
+    seq = seq_logps(PAIRS, dtype)
+    n = n_tokens(PAIRS, dtype)
     # TRL's IPO divides each log-ratio by its completion's token count; feed ours the token means.
     mean_logps = {k: seq[k] / n[k.split("_")[1]] for k in KEYS}
     ours = ipo_loss(

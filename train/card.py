@@ -1,63 +1,52 @@
-"""The README.md model card written next to the trained model."""
+"""The README.md model card written next to the trained model, from ``data_cards/model_card.md``."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from string import Template
 
 from prefpool.core.secrets import redact
+from prefpool.pipeline.io.card import card_template
 from prefpool.pipeline.kinds.source import TableSource
 
 from .config import TrainConfig
 
+TEMPLATE = "model_card.md"
+
 
 def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict) -> str:
-    """YAML front matter, then what was trained on what, with which loss and settings."""
+    """YAML front matter, then what was trained on what, with which loss and settings (``data_cards/model_card.md``)."""
     settings = redact({k: v for k, v in asdict(cfg).items() if k not in ("model", "data", "output_dir")})
-    lines = [
-        "---",
-        f"library_name: {'peft' if cfg.lora_r else 'transformers'}",
-        f"base_model: {json.dumps(cfg.model)}",
-        "tags:",
-        "- prefpool",
-        f"- {cfg.loss}",
-        "---",
-        "",
-        f"# {cfg.loss.upper()} policy trained with prefpool",
-        "",
-        f"Initial policy: `{cfg.model}`. Trained with `prefpool train` on the `{table.kind}` "
-        f"table `{table.label}` ({table.rows} rows) against cached reference log-probs; no reference "
-        "model was held during training.",
-        "",
-        "## Data",
-        "",
-        f"- examples source: `{table.examples_source}`",
-        f"- build config: `{json.dumps(table.config, sort_keys=True)}`",
-        f"- reference cache: weights sha256 `{cache.get('weights_sha256')}`, tokenizer/template sha256 "
-        f"`{cache.get('tokenizer_sha256')}`, max_length {cache.get('max_length')}, "
-        f"truncation `{cache.get('truncation')}`, dtype `{cache.get('dtype')}`",
-        f"- build provenance: `{json.dumps(table.provenance, sort_keys=True)}`",
-        "",
-        "## Training",
-        "",
-        f"- loss: `{cfg.loss}`; steps: {summary['steps']}; final loss {summary['final_loss']}",
-        f"- step-0 max |policy - reference| log-prob: {summary['step0_max_abs_diff']}",
-        *(
-            [
-                f"- LoRA adapter (peft): r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, "
-                f"modules {list(cfg.lora_target_modules) if cfg.lora_target_modules else 'peft default'}. "
-                "This folder holds the adapter only (adapter_model.safetensors, adapter_config.json); "
-                "load it with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (the base is "
-                "`base_model` above), or `merge_and_unload()` it into the base."
-            ]
-            if cfg.lora_r
-            else []
-        ),
-        "- settings:",
-        "",
-        "```json",
-        json.dumps(settings, indent=2, sort_keys=True),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    lora = ""
+    if cfg.lora_r:
+        modules = list(cfg.lora_target_modules) if cfg.lora_target_modules else "peft default"
+        lora = (
+            f"- LoRA adapter (peft): r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, "
+            f"modules {modules}. This folder holds the adapter only (adapter_model.safetensors, adapter_config.json); "
+            "load it with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (the base is "
+            "`base_model` above), or `merge_and_unload()` it into the base.\n"
+        )
+    return Template(card_template(TEMPLATE)).substitute(
+        library_name="peft" if cfg.lora_r else "transformers",
+        base_model=json.dumps(cfg.model),
+        loss=cfg.loss,
+        title=cfg.loss.upper(),
+        model=cfg.model,
+        kind=table.kind,
+        table=table.label,
+        rows=table.rows,
+        examples_source=table.examples_source,
+        build_config=json.dumps(table.config, sort_keys=True),
+        weights_sha256=cache.get("weights_sha256"),
+        tokenizer_sha256=cache.get("tokenizer_sha256"),
+        max_length=cache.get("max_length"),
+        truncation=cache.get("truncation"),
+        dtype=cache.get("dtype"),
+        provenance=json.dumps(table.provenance, sort_keys=True),
+        steps=summary["steps"],
+        final_loss=summary["final_loss"],
+        step0=summary["step0_max_abs_diff"],
+        lora=lora,
+        settings=json.dumps(settings, indent=2, sort_keys=True),
+    )

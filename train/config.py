@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from prefpool.core.config import Alias
+from prefpool.core.config import Alias, build_dataclass, config_help
 from prefpool.core.errors import ConfigError
-from prefpool.losses import LOSSES, MCPO_KERNELS
+from prefpool.losses import LOSSES, MCPO_KERNELS, METHODS
 from prefpool.pipeline.kinds import get_kind, kind_for_loss
 from prefpool.pipeline.model.device import resolve_device
 
@@ -25,6 +25,31 @@ TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
 
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+LossName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+KernelName = Literal[MCPO_KERNELS]  # type: ignore[valid-type]
+# Settings that are also keys of their own (TRL's names); the others go in loss_settings.
+SETTING_KEYS = ("beta", "label_smoothing", "gamma", "tau", "kernel")
+
+
+def _method_line(name: str) -> str:
+    method = METHODS[name]
+    settings = ", ".join(f"{n}={d}" for n, d, _ in config_help(method.settings))
+    return f"{name} ({method.kind} table; {settings}): {method.summary}"
+
+
+LOSS_HELP = "The method; must fit the table kind. " + " | ".join(_method_line(n) for n in METHODS) + "."
+
+
+def _setting_help(key: str) -> str:
+    """The help of setting ``key`` from each method that has it (null: the method's default)."""
+    found: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for setting_name, default, text in config_help(method.settings):
+            if setting_name == key:
+                found.setdefault(f"{text} (default {default})", []).append(name)
+    return " | ".join(f"{'/'.join(names)}: {text}" for text, names in found.items()) + "; null = that default."
 
 
 @dataclass(frozen=True)
@@ -51,25 +76,22 @@ class TrainConfig:
         default=None, metadata=_help("Split of a pushed folder or Hub id; null = its only split, else train.")
     )
 
-    loss: Literal["dpo", "ipo", "simpo", "mcpo", "mpo"] = field(
-        default="dpo", metadata=_help("Loss name from prefpool.losses.LOSSES; must fit the table kind.")
+    loss: LossName = field(default="dpo", metadata=_help(LOSS_HELP))
+    beta: float | None = field(
+        default=None, metadata=_help("The method's beta (every method has one); null = the method's default.")
     )
-    beta: float = field(default=0.1, metadata=_help("KL strength (dpo/ipo/mcpo/mpo) or reward scale (simpo)."))
-    label_smoothing: float = field(default=0.0, metadata=_help("dpo/simpo: assumed label-flip probability, [0, 0.5)."))
-    gamma: float = field(default=1.0, metadata=_help("simpo: target reward margin."))
-    tau: float = field(
-        default=0.0,
-        metadata=_help(
-            "mpo: weight of the mean NLL of the reference samples (0 skips them); eq. 33 read literally: 2 x its tau."
-        ),
+    label_smoothing: float | None = field(
+        default=None, metadata=_help("dpo/simpo/cpo/robust/exo: label_smoothing; null = the method's default.")
     )
-    kernel: Literal["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"] = field(
-        default="sample",
+    gamma: float | None = field(default=None, metadata=_help(_setting_help("gamma")))
+    tau: float | None = field(default=None, metadata=_help(_setting_help("tau")))
+    kernel: KernelName | None = field(default=None, metadata=_help(_setting_help("kernel")))
+    loss_settings: dict[str, Any] | None = field(
+        default=None,
         metadata=_help(
-            "mcpo: sample (the paper's kernel, Chen et al. 2025 Sec. 3: a draw from the preferred answer and the "
-            "pool, prob. ∝ exp(reward)) | sample_pool (the same over the pool only) | max | min | uniform (DPO with "
-            "the hardest / easiest / a random pool answer) | rao_blackwell (the sample kernel's expected loss) | "
-            "listwise (-r0 + logsumexp; formerly 'expectation')."
+            "The method's other settings, by name, checked against its settings (listed under loss), e.g. "
+            "{cpo_alpha: 0.5} or {length_normalize: true}; beta, label_smoothing, gamma, tau and kernel may be "
+            "given here or as keys of their own, not both."
         ),
     )
     nll_alpha: float = field(
@@ -201,11 +223,43 @@ class TrainConfig:
         ),
     )
 
+    def __post_init__(self) -> None:
+        """Build the method's settings and fill the setting keys it has with their values (its defaults for
+        those not given); the keys it does not have stay null."""
+        if self.loss not in METHODS:
+            return  # check() names the known ones
+        settings = self.method_settings()
+        for key in SETTING_KEYS:
+            object.__setattr__(self, key, getattr(settings, key, None))
+
+    def method_settings(self) -> Any:
+        """The method's settings dataclass, from the setting keys and ``loss_settings``, checked strictly."""
+        method = METHODS[self.loss]
+        names = method.setting_names()
+        given = {k: getattr(self, k) for k in SETTING_KEYS if getattr(self, k) is not None}
+        extra = dict(self.loss_settings or {})
+        twice = sorted(k for k in set(given) & set(extra) if given[k] != extra[k])
+        if twice:
+            raise ConfigError(f"{twice[0]} and loss_settings.{twice[0]}: both set {twice[0]}; give one")
+        other = [k for k in given if k not in names]
+        if other:
+            raise ConfigError(
+                f"{other[0]}: not a setting of loss {self.loss!r}; its settings: {', '.join(names) or 'none'}"
+            )
+        return build_dataclass(
+            method.settings, {**given, **extra}, source=f"loss {self.loss!r}", prefix="loss_settings."
+        )
+
+    @property
+    def settings(self) -> Any:
+        """The method's settings (an instance of ``prefpool.losses.METHODS[loss].settings``)."""
+        return self.method_settings()
+
     def check(self) -> None:
         """Cross-field checks that do not need the data (the table kind is checked later)."""
         if self.loss not in LOSSES:
-            raise ConfigError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(sorted(LOSSES))}")
-        if self.kernel not in MCPO_KERNELS:
+            raise ConfigError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        if self.kernel is not None and self.kernel not in MCPO_KERNELS:
             raise ConfigError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
         for name in ("batch_size", "gradient_accumulation_steps", "epochs", "logging_steps", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -213,7 +267,7 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1 or null, got {self.max_steps}")
         for name in ("lr", "warmup_steps", "save_steps", "nll_alpha", "tau", "step0_tolerance"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")

@@ -23,12 +23,16 @@ def batch_loss(
     pad_token_id: int,
     generator: torch.Generator | None,
     lockstep: bool = False,
+    method_state: dict[str, float] | None = None,
 ) -> LossOutput:
     """Per-example loss ``(B,)`` with gradient, and the loss's detached metrics.
 
     ``lockstep``: MC-PO's pass 1 runs the same number of forwards in every process (``score_pairs``);
-    needed when the model is sharded over the processes (FSDP, DeepSpeed ZeRO-3)."""
-    options = step_options(cfg, pad_token_id=pad_token_id, generator=generator, lockstep=lockstep)
+    needed when the model is sharded over the processes (FSDP, DeepSpeed ZeRO-3). ``method_state``:
+    the method's running statistics, updated in place (None: start from the method's initial state)."""
+    options = step_options(
+        cfg, pad_token_id=pad_token_id, generator=generator, lockstep=lockstep, method_state=method_state
+    )
     out, chosen, chosen_tokens = train_kind(batch.kind).loss(model, batch, cfg, options)
     if cfg.nll_alpha > 0:
         if chosen is None:  # the step keeps its chosen log-probs inside: one more forward, with gradient

@@ -60,6 +60,7 @@ import torch
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.outputs import writing
 from prefpool.core.secrets import redact, redact_text
+from prefpool.losses import METHODS
 from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.pipeline.io.progress import progress
@@ -82,23 +83,31 @@ __all__ = ["CHECKPOINTS", "Step0MismatchError", "Trainer", "TrainerState", "late
 class TrainerState:
     """What a resumed run needs besides model/optimizer/scheduler/RNGs (saved by accelerate)."""
 
-    def __init__(self, generator: torch.Generator) -> None:
+    def __init__(self, generator: torch.Generator, method_state: dict[str, float] | None = None) -> None:
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro = 0  # micro-batches consumed in this epoch
         self.generator = generator  # the MC-PO kernel's draws (the main process's)
+        self.method_state = dict(method_state or {})  # the method's running statistics (BCO's reward mean)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "micro": self.micro, "generator": self.generator.get_state()}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro": self.micro,
+            "generator": self.generator.get_state(),
+            "method_state": dict(self.method_state),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
         self.generator.set_state(state["generator"])
+        self.method_state = dict(state.get("method_state", self.method_state))
 
 
 # An odd 64-bit constant (2^64 / golden ratio): process p's seed is offset by p times it. Its low 32
 # bits are odd too, so the offset changes the low 32 bits, the only bits the CPU generator (mt19937)
-# uses: an offset of ``p << 32`` (as before) gave every CPU process the same stream.
+# uses: an offset of ``p << 32`` would give every CPU process the same stream.
 _PROCESS_STRIDE = 0x9E3779B97F4A7C15
 
 
@@ -299,7 +308,7 @@ class Trainer:
         self.lockstep = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         process = self.accelerator.process_index
         generator = torch.Generator(device=self.accelerator.device).manual_seed(kernel_seed(cfg.seed, process))
-        self.state = TrainerState(generator)
+        self.state = TrainerState(generator, METHODS[cfg.loss].initial_state)
         self.accelerator.register_for_checkpointing(self.state)
 
         resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.work) if cfg.resume else None
@@ -402,6 +411,7 @@ class Trainer:
                     pad_token_id=self.pad,
                     generator=self.state.generator,
                     lockstep=self.lockstep,
+                    method_state=self.state.method_state,
                 )
                 # sum / batch_size here; accelerate divides by the accumulation steps, DDP averages processes.
                 acc.backward(out.loss.sum() / cfg.batch_size)

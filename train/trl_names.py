@@ -24,12 +24,13 @@ from typing import Any
 
 from prefpool.core.config import Alias
 from prefpool.core.errors import ConfigError
+from prefpool.losses import METHODS
 
 NO_REFERENCE = "prefpool holds no reference model: the reference is the table's cached log-probs"
 NO_EVAL = "prefpool train does not evaluate while training; run `prefpool eval` on the saved model"
 ADAMW_DEFAULTS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
-# TRL loss_type -> prefpool loss (the same per-example loss)
-LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
+# TRL loss_type -> prefpool loss (the same per-example loss), from each method's spec
+LOSS_TYPES = {trl: name for name, method in METHODS.items() for trl in method.trl_loss_type}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw", "sgd": "sgd"}
 
 
@@ -94,7 +95,7 @@ def _loss_type(value: Any, where: str) -> Mapping[str, Any]:
     if len(names) != 1 or names[0] not in LOSS_TYPES:
         raise ConfigError(
             f"{where}: {value!r} has no prefpool loss; TRL's {', '.join(map(repr, LOSS_TYPES))} are prefpool's "
-            f"{', '.join(LOSS_TYPES.values())}; prefpool's losses (key loss): dpo, ipo, simpo, mcpo, mpo"
+            f"{', '.join(LOSS_TYPES.values())}; prefpool's losses (key loss): {', '.join(METHODS)}"
         )
     return {"loss": LOSS_TYPES[names[0]]}
 
@@ -211,7 +212,9 @@ TRL_ALIASES: dict[str, Alias] = {
     "max_steps": Alias("-1 means null: train epochs", convert=_max_steps, sets=("max_steps",)),
     "bf16": Alias("true: mixed_precision bf16", convert=_precision("bf16"), sets=("mixed_precision",)),
     "fp16": Alias("true: mixed_precision fp16", convert=_precision("fp16"), sets=("mixed_precision",)),
-    "loss_type": Alias("sigmoid: loss dpo; ipo: loss ipo", convert=_loss_type, sets=("loss",)),
+    "loss_type": Alias(
+        "; ".join(f"{trl}: loss {name}" for trl, name in LOSS_TYPES.items()), convert=_loss_type, sets=("loss",)
+    ),
     "lr_scheduler_type": Alias("linear only: prefpool's warmup + linear decay", convert=_scheduler),
     "warmup_steps": Alias(
         "a float in (0, 1): warmup_ratio", convert=_warmup_steps, sets=("warmup_steps", "warmup_ratio")

@@ -10,8 +10,8 @@ features converted from the pyarrow schema in ``schemas.py`` by
 cache key and its parts, the counts of dropped rows and the chain of stages
 that made it (``split_entry``). That block is all ``prefpool train``/``eval``
 need to read a pushed split back, and all a later push needs to rewrite the
-card with one more split. The body is ``dataset_card.md`` (package data)
-filled with ``string.Template``.
+card with one more split. The body is ``data_cards/dataset_card.md`` (package
+data, ``card_template``) filled with ``string.Template``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,15 @@ from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import Manifest
 
 CARD = "README.md"
-TEMPLATE = "dataset_card.md"  # beside this module, shipped as package data
+TEMPLATES = "prefpool.data_cards"  # the top-level data_cards/ folder, shipped as package data
+TEMPLATE = "dataset_card.md"
 SPLIT_ORDER = ("train", "validation", "test")  # datasets lists splits in this order, then the others
+
+
+def card_template(name: str) -> str:
+    """The text of card template ``name`` in ``data_cards/`` (read as package data: works installed)."""
+    return resources.files(TEMPLATES).joinpath(name).read_text(encoding="utf-8")
+
 
 _DTYPES = {
     pa.string(): "string",
@@ -260,8 +267,7 @@ def render_card(meta: dict, *, repo_id: str) -> str:
     }
     rows = sum(s["rows"] for s in splits.values())
     files = sum(s["files"] for s in splits.values())
-    template = resources.files("prefpool.pipeline.io").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    return Template(template).substitute(
+    return Template(card_template(TEMPLATE)).substitute(
         front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
         pretty_name=meta["pretty_name"],
         kind=block["table_kind"],

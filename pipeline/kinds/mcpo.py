@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from prefpool.losses import losses_for_kind
 from prefpool.pipeline.io.schemas import MCPO
 
 from .spec import TRL_PAIR_FIELDS, Answer, TableKind, TableRow, trl_pair
@@ -42,7 +43,7 @@ KIND = TableKind(
     name="mcpo",
     schema=MCPO,
     decode=decode,
-    losses=("mcpo",),
+    losses=losses_for_kind("mcpo"),
     summary="one row per prompt: the preferred answer and a pool of candidates, with cached reference log-probs",
     trl_schema=TRL_SCHEMA,
     to_trl=to_trl,

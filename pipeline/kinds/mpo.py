@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from prefpool.losses import losses_for_kind
 from prefpool.pipeline.io.schemas import MPO
 
 from .pairwise import pair_answers
@@ -32,7 +33,7 @@ KIND = TableKind(
     name="mpo",
     schema=MPO,
     decode=decode,
-    losses=("mpo",),
+    losses=losses_for_kind("mpo"),
     summary="a pair with its preference label and i.i.d. samples from the reference, with cached log-probs",
     trl_schema=TRL_SCHEMA,
     to_trl=to_trl,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefpool.losses import losses_for_kind
 from prefpool.pipeline.io.schemas import PAIRWISE
 
 from .spec import Answer, TableKind, TableRow
@@ -28,6 +29,6 @@ KIND = TableKind(
     name="pairwise",
     schema=PAIRWISE,
     decode=decode,
-    losses=("dpo", "ipo", "simpo"),
+    losses=losses_for_kind("pairwise"),
     summary="one row per (prompt, chosen, rejected) pair with cached reference log-probs",
 )

@@ -84,7 +84,7 @@ class TableKind:
     name: str
     schema: pa.Schema
     decode: Callable[[dict], TableRow]
-    losses: tuple[str, ...]  # names in prefpool.losses.LOSSES
+    losses: tuple[str, ...]  # the methods that train on it: prefpool.losses.losses_for_kind(name)
     summary: str  # one line for docs and errors
     trl_schema: pa.Schema = pa.schema(TRL_PAIR_FIELDS)  # a row in TRL's column names
     to_trl: Callable[[TableRow], dict] = trl_pair

@@ -309,17 +309,22 @@ def test_refused_mixes_leave_the_folder_as_it_was(tmp_path, table):
     assert (other / "notes.txt").read_text() == "mine"
 
 
-def test_the_card_template_is_package_data():
-    """The template is found through importlib.resources (not a path into the source tree), so the
-    wheel must hold it: pyproject lists it as package data."""
+def test_the_card_templates_are_package_data():
+    """The templates in the top-level data_cards/ are found through importlib.resources (not a path
+    into the source tree), so the wheel must hold them: pyproject lists them as package data."""
     import tomllib
 
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "dataset_card.md" in config["package-data"]["prefpool.pipeline.io"]
-    assert (REPO / "pipeline" / "io" / "dataset_card.md").is_file()
+    assert config["package-dir"]["prefpool.data_cards"] == "data_cards"
+    assert "*.md" in config["package-data"]["prefpool.data_cards"]
+    for name in ("dataset_card.md", "model_card.md"):
+        assert (REPO / "data_cards" / name).is_file()
 
 
-def test_a_built_wheel_holds_the_card_template(tmp_path):
+def test_a_built_wheel_holds_the_card_templates_and_reads_them_installed(tmp_path):
+    """Build the wheel, unpack it as an install would, and read both templates through
+    importlib.resources in a fresh interpreter that sees only the unpacked wheel (``-S``: no
+    site-packages, so not this checkout's editable install)."""
     try:
         version = tuple(int(x) for x in metadata.version("setuptools").split(".")[:2])
     except metadata.PackageNotFoundError:
@@ -330,7 +335,7 @@ def test_a_built_wheel_holds_the_card_template(tmp_path):
     tree.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, tree / name)
-    for folder in ("prefpool", "losses", "pipeline", "train"):
+    for folder in ("prefpool", "losses", "pipeline", "train", "data_cards"):
         shutil.copytree(REPO / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [
@@ -350,4 +355,23 @@ def test_a_built_wheel_holds_the_card_template(tmp_path):
         timeout=300,
     )
     (wheel,) = tmp_path.glob("prefpool-*.whl")
-    assert "prefpool/pipeline/io/dataset_card.md" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"prefpool/data_cards/dataset_card.md", "prefpool/data_cards/model_card.md"} <= set(names)
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    code = (
+        "import json, importlib.resources as r, prefpool.data_cards as d\n"
+        "print(json.dumps({n: r.files('prefpool.data_cards').joinpath(n).read_text(encoding='utf-8') "
+        "for n in ('dataset_card.md', 'model_card.md')} | {'at': d.__file__}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(installed)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    read = json.loads(proc.stdout)
+    assert read.pop("at").startswith(str(installed))
+    assert read == {n: (REPO / "data_cards" / n).read_text(encoding="utf-8") for n in read}

@@ -110,6 +110,13 @@ def test_warmup_ratio_is_a_fraction_of_the_run_unless_warmup_steps_is_set(tmp_pa
         ("max_steps: 100", {"max_steps": 100}),
         ("max_steps: null", {"max_steps": None}),  # prefpool's own spelling still works
         ("report_to: []", {"report_to": ()}),
+        ("loss_type: hinge", {"loss": "hinge"}),
+        ("loss_type: exo_pair\nlabel_smoothing: 0.01", {"loss": "exo", "label_smoothing": 0.01}),
+        ("loss_type: nca_pair", {"loss": "nca"}),
+        ("loss_type: robust\nlabel_smoothing: 0.1", {"loss": "robust", "label_smoothing": 0.1}),
+        ("loss_type: sppo_hard", {"loss": "sppo"}),
+        ("loss_type: apo_zero", {"loss": "apo_zero"}),
+        ("loss_type: [apo_down]", {"loss": "apo_down"}),
     ],
 )
 def test_each_trl_name_maps_to_its_prefpool_key(tmp_path, line, values):
@@ -123,7 +130,7 @@ def test_each_trl_name_maps_to_its_prefpool_key(tmp_path, line, values):
         ("lr_scheduler_type: cosine", "lr_scheduler_type: 'cosine' is not implemented; prefpool's schedule is linear"),
         ("num_train_epochs: 1.5", "num_train_epochs: 1.5 is not a whole number; prefpool trains whole epochs"),
         ("bf16: maybe", "bf16: expected true or false, got 'maybe'"),
-        ("loss_type: hinge", "loss_type: 'hinge' has no prefpool loss"),
+        ("loss_type: sft", "loss_type: 'sft' has no prefpool loss"),
         ("report_to: all", "report_to: 'all' is not taken; name the trackers"),
         ("report_to: mlflow", "report_to[0]: 'mlflow' is not one of"),
         ("logging_steps: 0.1", "logging_steps: 0.1 is a fraction of the run in TRL"),

@@ -47,8 +47,11 @@ def loss(model, batch: PairBatch, cfg, options: StepOptions) -> KindLoss:
         preference=batch.label.to(device),
         ref_sample_logps=sample_logps,
         ref_sample_mask=sample_mask,
-        beta=cfg.beta,
-        tau=cfg.tau,
+        chosen_tokens=counts[:size],
+        rejected_tokens=counts[size : 2 * size],
+        beta=cfg.settings.beta,
+        tau=cfg.settings.tau,
+        length_normalize=cfg.settings.length_normalize,
     )
     return out, logps[:size], counts[:size]
 

@@ -1,13 +1,13 @@
-"""Training on a ``pairwise`` table: DPO, IPO, SimPO on (chosen, rejected) pairs."""
+"""Training on a ``pairwise`` table: every method of ``prefpool.losses`` whose kind is ``pairwise``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from prefpool.losses import LossOutput, dpo_loss, ipo_loss, simpo_loss
+from prefpool.losses import PairLogps, get_method
 from prefpool.pipeline.kinds import pairwise as table
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps
 
@@ -53,25 +53,24 @@ def pair_logps(model, batch: PairBatch, options: StepOptions) -> tuple[torch.Ten
     )
 
 
-# Each pairwise loss as a function of the batch's tensors and the config; no if-chain on the name.
-_LOSSES: dict[str, Callable[..., LossOutput]] = {
-    "dpo": lambda c, r, rc, rr, ct, rt, cfg: dpo_loss(c, r, rc, rr, beta=cfg.beta, label_smoothing=cfg.label_smoothing),
-    "ipo": lambda c, r, rc, rr, ct, rt, cfg: ipo_loss(c, r, rc, rr, beta=cfg.beta),
-    "simpo": lambda c, r, rc, rr, ct, rt, cfg: simpo_loss(
-        c, r, ct, rt, beta=cfg.beta, gamma=cfg.gamma, label_smoothing=cfg.label_smoothing
-    ),
-}
-
-
 def loss(model, batch: PairBatch, cfg, options: StepOptions) -> KindLoss:
+    """The method's step (``prefpool.losses.METHODS[cfg.loss].step``) on one forward's log-probs."""
     size = len(batch.chosen)
     logps, counts = pair_logps(model, batch, options)
-    chosen, rejected = logps[:size], logps[size : 2 * size]  # (B,)
-    chosen_tokens, rejected_tokens = counts[:size], counts[size : 2 * size]
-    ref_chosen = batch.ref_chosen_logps.to(logps.device)
-    ref_rejected = batch.ref_rejected_logps.to(logps.device)
-    out = _LOSSES[cfg.loss](chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, cfg)
-    return out, chosen, chosen_tokens
+    pair = PairLogps(
+        chosen=logps[:size],  # (B,)
+        rejected=logps[size : 2 * size],
+        ref_chosen=batch.ref_chosen_logps.to(logps.device),
+        ref_rejected=batch.ref_rejected_logps.to(logps.device),
+        chosen_tokens=counts[:size],
+        rejected_tokens=counts[size : 2 * size],
+    )
+    method = get_method(cfg.loss)
+    state = options.method_state if options.method_state is not None else dict(method.initial_state)
+    out, state = method.step(pair, cfg.settings, state)
+    if options.method_state is not None:
+        options.method_state.update(state)
+    return out, pair.chosen, pair.chosen_tokens
 
 
 def cached(batch: PairBatch) -> tuple[list[TokenPair], torch.Tensor]:

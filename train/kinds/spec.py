@@ -42,6 +42,8 @@ class StepOptions:
     lockstep: bool = False
     packing: bool | None = None  # the gradient pass's rows packed end to end (None: where attention is varlen)
     method: str | None = None  # log-probs from "hidden" states or full "logits" (None: hidden where possible)
+    # the loss method's running statistics (BCO's reward mean), updated in place; None: the method's initial state
+    method_state: dict[str, float] | None = None
 
 
 # (per-example LossOutput, the chosen answers' log-probs with gradient (B,) or None, their token counts)
