@@ -401,7 +401,11 @@ def config_help(cls: type) -> list[tuple[str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "(required)"
-        rows.append((f.name, default, f.metadata.get("help", "")))
+        text = f.metadata.get("help", "")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            text += f" Allowed: {bounds.describe()}" + (f" ({bounds.note})." if bounds.note else ".")
+        rows.append((f.name, default, text))
     return rows
 
 

@@ -105,3 +105,14 @@ def test_every_numeric_field_declares_its_range(cls):
         options = set(typing.get_args(hints[f.name])) or {hints[f.name]}
         if options & numeric:
             assert f.metadata.get("bounds") is not None, f"{cls.__name__}.{f.name} declares no bounds"
+
+
+def test_help_lists_each_range():
+    from prefpool.core.config import config_help
+
+    rows = {name: text for name, _, text in config_help(TrainConfig)}
+    assert rows["beta"].endswith("Allowed: > 0.")
+    assert rows["label_smoothing"].endswith("Allowed: in [0, 0.5).")
+    assert rows["save_total_limit"].endswith("Allowed: >= 1 (or null: keep all).")
+    result = CliRunner().invoke(app, ["online", "--help"])
+    assert "Allowed: >= 2 (MC-PO needs a preferred sample and a pool below it)." in " ".join(result.output.split())
