@@ -135,16 +135,22 @@ def newest_intact(work: Path) -> tuple[Path | None, list[str]]:
 
 
 def check_pickles(folder: Path) -> None:
-    """Refuse a checkpoint whose torch pickles the weights-only unpickler will not load (they would run code).
+    """Refuse a checkpoint holding a pickle that would run code, before anything of it is loaded.
 
     Every ``.bin``/``.pkl``/``.pt`` file is read as accelerate reads it (``weights_only=True``, numpy's
-    arrays allowed); accelerate swallows a refused RNG file, so all are checked here, before anything loads.
+    arrays allowed); accelerate swallows a refused RNG file, so all are checked here. A sharded (FSDP)
+    checkpoint's ``.metadata``, which torch.distributed.checkpoint reads with plain ``pickle.load``, may
+    name only that package's metadata classes and torch's plain types (``_DcpMetadataUnpickler``).
     """
     from accelerate.utils.other import load
 
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in (".bin", ".pkl", ".pt")):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            load(path, map_location="cpu")
+            if path.name == ".metadata":
+                with open(path, "rb") as handle:
+                    _DcpMetadataUnpickler(handle).load()
+            elif path.suffix in (".bin", ".pkl", ".pt"):
+                load(path, map_location="cpu")
         except pickle.UnpicklingError as exc:
             lines = [line.strip() for line in str(exc).splitlines()]
             first = next((line for line in lines if "Unsupported global" in line), "the weights-only reader refused it")
@@ -152,8 +158,36 @@ def check_pickles(folder: Path) -> None:
                 f"{path}: holds a pickle that cannot be loaded safely ({first}); prefpool runs no code "
                 "from a checkpoint. Resume from a checkpoint prefpool wrote, or start the run again"
             ) from None
-        except (RuntimeError, EOFError, OSError) as exc:
+        except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{path}: not a readable torch file ({exc}); the checkpoint is damaged") from None
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint's ``.metadata``: classes of its ``metadata`` module, and torch's
+    ``Size``, dtypes, layouts and memory formats; any other global (a function to call) is refused."""
+
+    PLAIN = {
+        ("collections", "OrderedDict"),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # a layout by its name
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("pathlib", "PosixPath"),  # the checkpoint id
+        ("pathlib", "PurePosixPath"),
+    }
+    CALLABLE = {("copyreg", "_reconstructor"), ("torch.serialization", "_get_layout")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.PLAIN or module == "torch.distributed.checkpoint.metadata":
+            found = super().find_class(module, name)
+            if isinstance(found, type) or (module, name) in self.CALLABLE:
+                return found
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name} in a checkpoint's .metadata")
 
 
 def full_disk(exc: BaseException, folder: Path, needed: int) -> OutputError | None:

@@ -333,3 +333,23 @@ def test_another_failure_while_checkpointing_keeps_its_traceback(world, tmp_path
     with pytest.raises(RuntimeError, match="something else") as caught:
         Trainer(_cfg(world, tmp_path / "run")).run()
     assert not isinstance(caught.value, UserError) and not isinstance(caught.value, OutputError)
+
+
+def test_a_sharded_checkpoints_metadata_may_name_only_dcp_classes(tmp_path):
+    """FSDP's sharded checkpoints hold torch.distributed.checkpoint's ``.metadata``, which torch reads
+    with plain ``pickle.load``: the one torch writes passes, a payload in its place is refused unrun."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from prefpool.train.checkpoint import check_pickles
+
+    folder = tmp_path / "step-1" / "pytorch_model_fsdp_0"
+    state = {"w": torch.ones(2, 3, dtype=torch.bfloat16), "step": 3, "name": "x"}
+    dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+    check_pickles(folder.parent)
+    marker = tmp_path / "ran"
+    (folder / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CheckpointError, match=r"\.metadata: holds a pickle that cannot be loaded safely"):
+        check_pickles(folder.parent)
+    assert not marker.exists()
