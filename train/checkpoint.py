@@ -52,15 +52,21 @@ def save_generator(folder: Path, process: int, generator: torch.Generator) -> No
     save_file({"state": generator.get_state()}, str(generator_file(folder, process)))
 
 
-def load_generator(folder: Path, process: int, generator: torch.Generator) -> None:
+def read_generator_state(folder: Path, process: int) -> torch.Tensor:
+    """Process ``process``'s kernel generator state from ``folder`` (safetensors: no code is read)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = generator_file(folder, process)
     try:
-        state = load_file(str(path))["state"]
+        return load_file(str(path))["state"]
     except (OSError, SafetensorError, KeyError) as exc:
         raise CheckpointError(f"{path}: not the kernel generator's state ({exc}); the checkpoint is damaged") from None
+
+
+def load_generator(folder: Path, process: int, generator: torch.Generator) -> None:
+    state = read_generator_state(folder, process)
+    path = generator_file(folder, process)
     try:
         generator.set_state(state)
     except RuntimeError as exc:
