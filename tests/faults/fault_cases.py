@@ -243,6 +243,25 @@ def empty_table(rel: str) -> Callable[[W, Path], None]:
     return setup
 
 
+def checkpoint_write_fails(step: int, code: int = errno.ENOSPC) -> Callable[[object, Path], None]:
+    """Writing checkpoint ``step``'s torch files (optimizer, scheduler) fails half-way with ``code``."""
+
+    def fault(monkeypatch, t: Path) -> None:
+        import accelerate.checkpointing as checkpointing
+
+        real = checkpointing.save
+
+        def save(obj, path, *args, **kwargs):
+            if Path(path).parent.name == f"step-{step}":
+                Path(path).write_bytes(b"PK half")  # what a full disk leaves
+                raise OSError(code, os.strerror(code), str(path))
+            return real(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpointing, "save", save)
+
+    return fault
+
+
 # -- the table ------------------------------------------------------------------------------------------
 
 
@@ -831,6 +850,13 @@ CASES: list[Case] = [
     Case("train: an infinite nll_alpha", train("nll_alpha=.inf"), ("nll_alpha: must be a finite number",)),
     Case("train: a negative max_grad_norm", train("max_grad_norm=-1"), ("max_grad_norm: must be > 0",)),
     Case("train: a negative save_total_limit", train("save_total_limit=-1"), ("save_total_limit: must be >= 1",)),
+    Case(
+        "train: the disk fills while checkpointing",
+        train("save_steps=1"),
+        ("no space left on the device",),
+        fault=checkpoint_write_fails(2),
+        leaves=("run", "run/*"),  # the run so far (step-1 intact, step-2 incomplete): resume continues it
+    ),
     Case(
         "train: resume with another loss",
         train("loss=ipo", "beta=0.5", "max_steps=4", "save_steps=1", "resume=true"),
