@@ -46,9 +46,10 @@ METRICS_NAME = "metrics.jsonl"
 # Where and how a run is driven, not what it computes: a rerun (or a moved folder) differing only in
 # these is the same run.
 RUN_CONTROL = ("output_dir", "resume", "resume_from", "overwrite", "progress")
-# What a resumed run may change: how often it logs and checkpoints, and where it reports. Any other
-# setting decides the rest of the run's steps (and what its model card names), so it must stay.
-RESUME_FREE = ("logging_steps", "save_steps", "save_total_limit", "report_to", "tracker_project")
+# What a resumed run may change: how often it logs and checkpoints, where it reports, where it runs
+# (``online`` leaves these out of its identity too). Any other setting decides the rest of the run's
+# steps (and what its model card names), so it must stay.
+RESUME_FREE = ("logging_steps", "save_steps", "save_total_limit", "report_to", "tracker_project", "device")
 
 
 def run_identity(cfg: TrainConfig) -> dict:

@@ -362,11 +362,11 @@ class Trainer:
     def _load_checkpoint(self, folder: Path) -> None:
         """Model, optimizer, scheduler and RNGs (accelerate, weights-only), this process's kernel generator
         (safetensors) and the position (JSON); other settings than the checkpoint's are refused first."""
+        from safetensors import SafetensorError
+
         info = read_state(folder)
         check_resumed_settings(info.get("config"), self.cfg, where=f"{folder}/trainer_state.json")
         check_pickles(folder)
-        from safetensors import SafetensorError
-
         try:
             self.accelerator.load_state(str(folder))
         except pickle.UnpicklingError as exc:  # check_pickles read the same files: only a file changed since

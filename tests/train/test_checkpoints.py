@@ -353,3 +353,9 @@ def test_a_sharded_checkpoints_metadata_may_name_only_dcp_classes(tmp_path):
     with pytest.raises(CheckpointError, match=r"\.metadata: holds a pickle that cannot be loaded safely"):
         check_pickles(folder.parent)
     assert not marker.exists()
+
+
+def test_resume_may_run_elsewhere(world, unfinished, tmp_path):
+    """``device`` says where the run goes on, not what it computes (online leaves it out of its identity)."""
+    out = _copy(unfinished, tmp_path)
+    assert Trainer(_cfg(world, out, resume=True, device="cpu")).resumed_from.name == "step-2"
