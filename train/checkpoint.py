@@ -25,11 +25,13 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from prefpool.core.errors import InputError, OutputError
+from prefpool.core.errors import InputError, OutputError, UserError
 from prefpool.core.outputs import os_error_message
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.manifest import file_sha256
@@ -194,6 +196,21 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
         ):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name} in a checkpoint's .metadata")
+
+
+@contextmanager
+def full_disk_reported(folder: Path, needed: int) -> Iterator[None]:
+    """Turn a write under ``folder`` that failed on a full disk (``full_disk``) into its ``OutputError``;
+    any other error passes unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        error = full_disk(exc, folder, needed)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def full_disk(exc: BaseException, folder: Path, needed: int) -> OutputError | None:

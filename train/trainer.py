@@ -33,7 +33,7 @@ scheduler, every RNG (``accelerator.save_state``), each process's MC-PO kernel g
 (safetensors) and ``trainer_state.json`` (step, data position, config, and the size and
 sha256 of every file). A resumed run continues the same stream of batches and draws from
 the newest intact checkpoint; it refuses other settings than the checkpoint's (``run_folder``).
-A full disk while checkpointing is an ``OutputError`` saying so.
+A full disk while writing a checkpoint or the model is an ``OutputError`` saying so.
 
 Several processes (DDP; on CPU ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N``):
 process ``p`` takes rows ``p*B .. (p+1)*B`` of each global micro-batch, so ``N``
@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from prefpool.core.errors import ConfigError, OutputExistsError, UserError
+from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.outputs import writing
 from prefpool.core.secrets import redact, redact_text
 from prefpool.pipeline.engines.logprob_engines import DTYPES
@@ -74,7 +74,7 @@ from .checkpoint import (
     CheckpointError,
     check_pickles,
     checkpoints,
-    full_disk,
+    full_disk_reported,
     load_generator,
     newest_intact,
     read_state,
@@ -316,7 +316,9 @@ class Trainer:
         process = self.accelerator.process_index
         generator = torch.Generator(device=self.accelerator.device).manual_seed(kernel_seed(cfg.seed, process))
         self.state = TrainerState(generator)
-        # weights + the optimizer's moments: a disk with less free space than this cannot hold a checkpoint
+        # the weights, and with the optimizer's moments: a disk with less free space cannot hold the model
+        # (a checkpoint)
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.checkpoint_bytes = sum(
             p.numel() * p.element_size() * (1 + 2 * p.requires_grad) for p in model.parameters()
         )
@@ -496,15 +498,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-N`` (every process); a full disk is an ``OutputError`` saying so."""
         folder = self.work / CHECKPOINTS / f"step-{self.state.step}"
-        try:
+        with full_disk_reported(folder, self.checkpoint_bytes):
             self._write_checkpoint(folder)
-        except UserError:
-            raise
-        except Exception as exc:
-            error = full_disk(exc, folder, self.checkpoint_bytes)
-            if error is None:
-                raise
-            raise error from exc
         return folder
 
     def _write_checkpoint(self, folder: Path) -> None:
@@ -593,7 +588,8 @@ class Trainer:
         weights = acc.get_state_dict(self.model)
         if not acc.is_main_process:
             return
-        acc.unwrap_model(self.model).save_pretrained(self.work, state_dict=weights)
+        with full_disk_reported(self.work, self.model_bytes):
+            acc.unwrap_model(self.model).save_pretrained(self.work, state_dict=weights)
         self.tokenizer.save_pretrained(self.work)
         write_text(self.work / "README.md", redact_text(model_card(self.cfg, self.data, summary, self.cache)))
         write_json(self.work / SUMMARY_NAME, summary)  # last, atomic: online treats its presence as "trained"

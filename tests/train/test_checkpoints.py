@@ -359,3 +359,25 @@ def test_resume_may_run_elsewhere(world, unfinished, tmp_path):
     """``device`` says where the run goes on, not what it computes (online leaves it out of its identity)."""
     out = _copy(unfinished, tmp_path)
     assert Trainer(_cfg(world, out, resume=True, device="cpu")).resumed_from.name == "step-2"
+
+
+def test_a_full_disk_while_saving_the_model_is_reported_and_the_run_finishes_on_resume(world, tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own error, with no errno; the last checkpoint is kept, so
+    the rerun only writes the model."""
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    def refuse(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", refuse)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _cli(_cfg(world, out, max_steps=2, save_steps=2)))
+    monkeypatch.undo()
+    _reset()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"cannot write {out}: no space left on the device" in result.output and "Traceback" not in result.output
+    assert not (out / "train_summary.json").exists()
+    summary = Trainer(_cfg(world, out, max_steps=2, save_steps=2, resume=True)).run()
+    assert summary["resumed_from"].endswith("step-2") and (out / "model.safetensors").is_file()
