@@ -381,3 +381,12 @@ def test_a_full_disk_while_saving_the_model_is_reported_and_the_run_finishes_on_
     assert not (out / "train_summary.json").exists()
     summary = Trainer(_cfg(world, out, max_steps=2, save_steps=2, resume=True)).run()
     assert summary["resumed_from"].endswith("step-2") and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["train_run.json", "metrics.jsonl"])
+def test_a_payload_in_an_unfinished_run_folder_never_runs(world, unfinished, tmp_path, name):
+    out, marker = _copy(unfinished, tmp_path), tmp_path / "ran"
+    _plant(out / name, marker)
+    result = CliRunner().invoke(app, _cli(_cfg(world, out, resume=True)))
+    assert not marker.exists()
+    assert result.exit_code in (0, 2) and "Traceback" not in result.output, (result.output, result.exception)
