@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from prefpool.core.config import Alias, build_dataclass, config_help
+from prefpool.core.config import Alias, Bounds, build_dataclass, check_bounds, config_help
 from prefpool.core.errors import ConfigError
 from prefpool.losses import LOSSES, MCPO_KERNELS, METHODS
 from prefpool.pipeline.kinds import get_kind, kind_for_loss
@@ -23,8 +23,17 @@ from .trl_names import TRL_ALIASES
 TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
+def _help(text: str, bounds: Bounds | None = None) -> dict:
+    return {"help": text, "bounds": bounds} if bounds is not None else {"help": text}
+
+
+# The ranges of the numeric fields, each given once with its field below (checked by the strict loader
+# and by ``check``).
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+AT_LEAST_1 = Bounds(1)
+FRACTION = Bounds(0, 1, high_open=True)  # [0, 1)
+SEED = Bounds(0, 2**32 - 1)  # numpy's seeds, which accelerate's set_seed also sets
 
 
 LossName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -78,13 +87,18 @@ class TrainConfig:
 
     loss: LossName = field(default="dpo", metadata=_help(LOSS_HELP))
     beta: float | None = field(
-        default=None, metadata=_help("The method's beta (every method has one); null = the method's default.")
+        default=None,
+        metadata=_help("The method's beta (every method has one); null = the method's default.", POSITIVE),
     )
     label_smoothing: float | None = field(
-        default=None, metadata=_help("dpo/simpo/cpo/robust/exo: label_smoothing; null = the method's default.")
+        default=None,
+        metadata=_help(
+            "dpo/simpo/cpo/robust/exo: label_smoothing, [0, 0.5); null = the method's default.",
+            Bounds(0, 0.5, high_open=True),
+        ),
     )
-    gamma: float | None = field(default=None, metadata=_help(_setting_help("gamma")))
-    tau: float | None = field(default=None, metadata=_help(_setting_help("tau")))
+    gamma: float | None = field(default=None, metadata=_help(_setting_help("gamma"), NON_NEGATIVE))
+    tau: float | None = field(default=None, metadata=_help(_setting_help("tau"), NON_NEGATIVE))
     kernel: KernelName | None = field(default=None, metadata=_help(_setting_help("kernel")))
     loss_settings: dict[str, Any] | None = field(
         default=None,
@@ -95,31 +109,40 @@ class TrainConfig:
         ),
     )
     nll_alpha: float = field(
-        default=0.0, metadata=_help("Weight of the per-token NLL on the preferred answer (RPO); 0 = off.")
+        default=0.0, metadata=_help("Weight of the per-token NLL on the preferred answer (RPO); 0 = off.", NON_NEGATIVE)
     )
 
-    batch_size: int = field(default=4, metadata=_help("Examples per device per micro-batch."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step."))
+    batch_size: int = field(default=4, metadata=_help("Examples per device per micro-batch.", AT_LEAST_1))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step.", AT_LEAST_1))
     optimizer: Literal["adamw", "sgd"] = field(default="adamw", metadata=_help("adamw | sgd (plain, for tests)."))
-    lr: float = field(default=1e-6, metadata=_help("Peak learning rate."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    warmup_steps: int = field(default=0, metadata=_help("Linear warmup from 0 to lr, then linear decay to 0."))
+    lr: float = field(default=1e-6, metadata=_help("Peak learning rate.", NON_NEGATIVE))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay.", NON_NEGATIVE))
+    warmup_steps: int = field(
+        default=0, metadata=_help("Linear warmup from 0 to lr, then linear decay to 0.", NON_NEGATIVE)
+    )
     warmup_ratio: float = field(
-        default=0.0, metadata=_help("Warmup as a fraction of the run's steps, [0, 1); used when warmup_steps is 0.")
+        default=0.0,
+        metadata=_help("Warmup as a fraction of the run's steps, [0, 1); used when warmup_steps is 0.", FRACTION),
     )
     max_grad_norm: float | None = field(
-        default=1.0, metadata=_help("Clip the global gradient norm; null = no clipping.")
+        default=1.0,
+        metadata=_help(
+            "Clip the global gradient norm; null = no clipping.",
+            Bounds(0, low_open=True, note="or null, or 0 as TRL writes it: no clipping"),
+        ),
     )
-    max_steps: int | None = field(default=None, metadata=_help("Optimizer steps; null = epochs x steps per epoch."))
-    epochs: int = field(default=1, metadata=_help("Passes over the table when max_steps is null."))
+    max_steps: int | None = field(
+        default=None, metadata=_help("Optimizer steps; null = epochs x steps per epoch.", Bounds(1, note="or null"))
+    )
+    epochs: int = field(default=1, metadata=_help("Passes over the table when max_steps is null.", AT_LEAST_1))
     seed: int = field(
-        default=0, metadata=_help("Seeds torch/python RNGs, the data order and the MC-PO kernel's draws.")
+        default=0, metadata=_help("Seeds torch/python RNGs, the data order and the MC-PO kernel's draws.", SEED)
     )
 
     max_length: int | None = field(
         default=None,
         metadata=_help(
-            "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it."
+            "Max prompt + completion tokens; null = the cache's (the logprobs stage's), else must equal it.", AT_LEAST_1
         ),
     )
     truncation: Literal["completion"] = field(
@@ -161,13 +184,18 @@ class TrainConfig:
             "auto: each process on its GPU when there are GPUs (accelerate's placement), else the CPU | cpu | cuda."
         ),
     )
-    score_max_tokens: int = field(default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch."))
+    score_max_tokens: int = field(
+        default=16384, metadata=_help("mcpo: padded-token budget of a pass-1 scoring batch.", AT_LEAST_1)
+    )
 
     lora_r: int = field(
-        default=0, metadata=_help("LoRA rank (peft, `pip install prefpool[lora]`); 0 = train all weights.")
+        default=0,
+        metadata=_help("LoRA rank (peft, `pip install prefpool[lora]`); 0 = train all weights.", NON_NEGATIVE),
     )
-    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scale numerator: the update is (alpha / r) B A."))
-    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input, [0, 1)."))
+    lora_alpha: float = field(
+        default=16.0, metadata=_help("LoRA scale numerator: the update is (alpha / r) B A.", POSITIVE)
+    )
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input, [0, 1).", FRACTION))
     lora_target_modules: tuple[str, ...] | None = field(
         default=None,
         metadata=_help(
@@ -187,11 +215,14 @@ class TrainConfig:
         default=1e-3,
         metadata=_help(
             "Largest allowed |policy - cached reference| log-prob at step 0, in nats. 1e-3 suits "
-            "fp32 (batching noise is ~1e-5); bf16/fp16 need ~0.1-1."
+            "fp32 (batching noise is ~1e-5); bf16/fp16 need ~0.1-1.",
+            NON_NEGATIVE,
         ),
     )
 
-    logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl line every N optimizer steps."))
+    logging_steps: int = field(
+        default=1, metadata=_help("Write a metrics.jsonl line every N optimizer steps.", AT_LEAST_1)
+    )
     report_to: tuple[Literal["tensorboard", "wandb"], ...] = field(
         default=(),
         metadata=_help(
@@ -204,8 +235,13 @@ class TrainConfig:
         default="prefpool",
         metadata=_help("Tracker project name: the wandb project; the tensorboard run folder under output_dir/runs/."),
     )
-    save_steps: int = field(default=0, metadata=_help("Checkpoint every N optimizer steps; 0 = only at the end."))
-    save_total_limit: int | None = field(default=None, metadata=_help("Keep only the newest N checkpoints."))
+    save_steps: int = field(
+        default=0, metadata=_help("Checkpoint every N optimizer steps; 0 = only at the end.", NON_NEGATIVE)
+    )
+    save_total_limit: int | None = field(
+        default=None,
+        metadata=_help("Keep only the newest N checkpoints; null = keep all.", Bounds(1, note="or null: keep all")),
+    )
     resume: bool = field(default=False, metadata=_help("Continue from the newest checkpoint in output_dir."))
     resume_from: str | None = field(default=None, metadata=_help("Continue from this checkpoint folder."))
     overwrite: bool = field(
@@ -261,22 +297,8 @@ class TrainConfig:
             raise ConfigError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
         if self.kernel is not None and self.kernel not in MCPO_KERNELS:
             raise ConfigError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
-        for name in ("batch_size", "gradient_accumulation_steps", "epochs", "logging_steps", "max_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1 or null, got {self.max_steps}")
-        for name in ("lr", "warmup_steps", "save_steps", "nll_alpha", "tau", "step0_tolerance"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        check_bounds(self)  # every number finite and within the bounds declared with its field
         resolve_device(self.device, what="device")  # cuda asked for on a machine without it: an error here
-        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ConfigError(
-                f"lora: need lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got "
-                f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}"
-            )
         unknown = [name for name in self.report_to if name not in TRACKERS]
         if unknown:
             raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; expected any of {', '.join(TRACKERS)}")

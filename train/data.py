@@ -32,6 +32,10 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.kinds import TableRow
 from prefpool.pipeline.kinds.source import TableSource, open_table
@@ -40,7 +44,17 @@ from prefpool.pipeline.model.tokenize import encode_pair
 from prefpool.train.cache_check import CacheMismatchError
 from prefpool.train.kinds import Example, PairBatch, PoolBatch, train_kind
 
-__all__ = ["Example", "PairBatch", "PoolBatch", "TrainingTable", "collate", "decoded_rows", "encode_row", "prompts_of"]
+__all__ = [
+    "Example",
+    "PairBatch",
+    "PoolBatch",
+    "TrainingTable",
+    "check_reference_values",
+    "collate",
+    "decoded_rows",
+    "encode_row",
+    "prompts_of",
+]
 
 
 def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> list[TableRow]:
@@ -50,7 +64,50 @@ def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> lis
     if kind is not None and table.kind != kind:
         raise PipelineInputError(f"holds a {table.kind!r} table, expected {kind!r}", file=table.label)
     decode = train_kind(table.kind).table.decode
-    return [decode(row) for row in table.read().to_pylist()]
+    rows = table.read()
+    check_reference_values(table, rows)
+    return [decode(row) for row in rows.to_pylist()]
+
+
+def check_reference_values(source: TableSource, rows: pa.Table) -> None:
+    """Refuse a NaN or infinite cached reference log-prob (a float ``ref_*`` column): every loss and
+    metric of its row would be NaN. The error names the file, the column, the first such row and the count."""
+    for name in rows.column_names:
+        column = rows.column(name)
+        values, parents = column, None
+        if pa.types.is_list(column.type):
+            flat = column.combine_chunks()
+            values, parents = pc.list_flatten(flat), pc.list_parent_indices(flat)
+        if not name.startswith("ref_") or not pa.types.is_floating(values.type):
+            continue
+        bad = pc.invert(pc.fill_null(pc.is_finite(values), True))
+        if not pc.any(bad).as_py():
+            continue
+        where = pc.indices_nonzero(bad)
+        bad_rows = sorted(set((pc.take(parents, where) if parents is not None else where).to_pylist()))
+        first = bad_rows[0]
+        file, row = _file_of_row(source, first)
+        prompt_id = rows.column("prompt_id")[first].as_py() if "prompt_id" in rows.column_names else None
+        raise PipelineInputError(
+            f"a NaN or infinite reference log-prob (prompt_id {prompt_id}; {len(bad_rows)} of the table's "
+            f"{rows.num_rows} rows hold one); remake the table with `prefpool logprobs` and `build`",
+            file=file,
+            row=row,
+            column=name,
+        )
+
+
+def _file_of_row(source: TableSource, index: int) -> tuple[Path | str, int]:
+    """The Parquet file holding row ``index`` of the table, and the row's number in it."""
+    for path in source.files:
+        try:
+            count = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            break
+        if index < count:
+            return path, index
+        index -= count
+    return source.label, index
 
 
 def encode_row(

@@ -149,6 +149,8 @@ def ranking_metrics(
         reference_is_policy_init=None,
     )
     rows = decoded_rows(table)
+    if not rows:
+        raise PipelineInputError("the table holds no rows: there is nothing to evaluate", file=table.label)
     ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
     step0 = None
     if is_reference:  # the reference itself: every log-ratio must be 0

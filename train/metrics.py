@@ -65,7 +65,8 @@ class MetricsLog:
         if resume_step is None:
             write_text(path, "")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line, resume_step)]
+            lines = path.read_text(errors="replace").splitlines()  # a damaged line is dropped, as one cut short
+            kept = [line for line in lines if _step_of(line, resume_step)]
             write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

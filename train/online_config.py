@@ -15,10 +15,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prefpool.core.config import Bounds, check_bounds
 from prefpool.core.errors import ConfigError
 from prefpool.pipeline.model.device import resolve_device
 
-from .config import TrainConfig
+from .config import AT_LEAST_1, SEED, TrainConfig
 
 # TrainConfig fields that online sets per round: the policy, table and folder change every round;
 # the loss is MC-PO's; max_length/truncation/dtype must equal the reference cache's, so they come
@@ -63,8 +64,8 @@ def _round_train_class() -> type:
 RoundTrainConfig = _round_train_class()
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
+def _help(text: str, bounds: Bounds | None = None) -> dict:
+    return {"help": text, "bounds": bounds} if bounds is not None else {"help": text}
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,34 @@ class OnlineConfig:
     rounds: int = field(
         default=2,
         metadata=_help(
-            "Rounds of generate -> score -> logprobs -> build -> train. Raising it later continues a finished run."
+            "Rounds of generate -> score -> logprobs -> build -> train. Raising it later continues a finished run.",
+            AT_LEAST_1,
         ),
     )
 
-    n: int = field(default=4, metadata=_help("Samples per prompt drawn from the current policy each round."))
-    temperature: float | None = field(
-        default=None, metadata=_help("Sampling temperature; null = generation_config, else 1.0.")
+    n: int = field(
+        default=4,
+        metadata=_help(
+            "Samples per prompt drawn from the current policy each round.",
+            Bounds(2, note="MC-PO needs a preferred sample and a pool below it"),
+        ),
     )
-    top_p: float | None = field(default=None, metadata=_help("Nucleus sampling; null = generation_config, else 1.0."))
-    max_new_tokens: int | None = field(default=None, metadata=_help("Per sample; null = generation_config, else 256."))
-    seed: int = field(default=0, metadata=_help("Round r samples with seed + r (fresh draws every round)."))
+    temperature: float | None = field(
+        default=None,
+        metadata=_help("Sampling temperature; null = generation_config, else 1.0.", Bounds(0, note="0 = greedy")),
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata=_help("Nucleus sampling; null = generation_config, else 1.0.", Bounds(0, 1, low_open=True)),
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata=_help("Per sample; null = generation_config, else 256.", AT_LEAST_1)
+    )
+    seed: int = field(default=0, metadata=_help("Round r samples with seed + r (fresh draws every round).", SEED))
     engine: str = field(default="hf", metadata=_help("Generation engine: hf | vllm."))
     engine_args: dict | None = field(default=None, metadata=_help("vllm.LLM options (engine vllm only)."))
     generate_batch_size: int = field(
-        default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.")
+        default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.", AT_LEAST_1)
     )
     device: str = field(
         default="auto",
@@ -129,14 +143,17 @@ class OnlineConfig:
     max_length: int | None = field(
         default=None,
         metadata=_help(
-            "Prompt + completion tokens for the reference log-probs and training; null = the reference's context."
+            "Prompt + completion tokens for the reference log-probs and training; null = the reference's context.",
+            AT_LEAST_1,
         ),
     )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata=_help("Dtype of the reference log-probs and of the trained policy's weights.")
     )
     logprobs_engine: str = field(default="hf", metadata=_help("Engine of the reference log-probs: hf | vllm."))
-    max_pool: int | None = field(default=None, metadata=_help("Keep at most this many pool samples per prompt."))
+    max_pool: int | None = field(
+        default=None, metadata=_help("Keep at most this many pool samples per prompt.", AT_LEAST_1)
+    )
     best_ties: str = field(
         default="first",
         metadata=_help("Which sample is preferred when several share the best score (build's best_ties)."),
@@ -155,7 +172,9 @@ class OnlineConfig:
             "not in the run's identity."
         ),
     )
-    workers: int | None = field(default=None, metadata=_help("ray: actors per stage; null = as the cluster holds."))
+    workers: int | None = field(
+        default=None, metadata=_help("ray: actors per stage; null = as the cluster holds.", AT_LEAST_1)
+    )
     ray_address: str | None = field(
         default=None, metadata=_help("ray: the cluster; null = $RAY_ADDRESS, else a local Ray on this machine.")
     )
@@ -167,10 +186,7 @@ class OnlineConfig:
 
     def check(self) -> None:
         """Cross-field checks, before anything runs."""
-        if self.rounds < 1:
-            raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
-        if self.n < 2:
-            raise ConfigError(f"n: must be >= 2 (MC-PO needs a preferred sample and a pool below it), got {self.n}")
+        check_bounds(self)  # every number finite and within the bounds declared with its field
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
         resolve_device(self.device, what="device")

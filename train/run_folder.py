@@ -9,7 +9,9 @@ A run never destroys an earlier result. ``plan_run_folder`` looks at the folder:
   returns its summary and writes nothing;
 - a finished run of other settings, or an unfinished one (checkpoints or metrics,
   no summary) without ``resume``: refused, naming ``resume: true`` / ``overwrite: true``;
-- ``resume``: an unfinished run continues in place (the trainer loads its newest checkpoint);
+- ``resume``: an unfinished run continues in place (the trainer loads its newest intact checkpoint),
+  with the settings it was started with (``check_resumed_settings``: another loss, beta, kernel, lr,
+  ... is refused; only ``RESUME_FREE`` may change);
 - ``overwrite: true``: the new run is made in a sibling staging folder and swapped in
   only once it is complete, so a refused, failed or killed run leaves every file of
   the earlier one byte-identical;
@@ -28,7 +30,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefpool.core.errors import OutputExistsError
+from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.outputs import check_folder, writing
 from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import write_json
@@ -46,6 +48,10 @@ METRICS_NAME = "metrics.jsonl"
 # Where and how a run is driven, not what it computes: a rerun (or a moved folder) differing only in
 # these is the same run.
 RUN_CONTROL = ("output_dir", "resume", "resume_from", "overwrite", "progress")
+# What a resumed run may change: how often it logs and checkpoints, where it reports, where it runs
+# (``online`` leaves these out of its identity too). Any other setting decides the rest of the run's
+# steps (and what its model card names), so it must stay.
+RESUME_FREE = ("logging_steps", "save_steps", "save_total_limit", "report_to", "tracker_project", "device")
 
 
 def run_identity(cfg: TrainConfig) -> dict:
@@ -86,6 +92,27 @@ def _has_progress(folder: Path) -> bool:
     return (folder / CHECKPOINTS).is_dir() or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
+def check_resumed_settings(recorded: object, cfg: TrainConfig, *, where: str) -> None:
+    """Refuse to resume a run whose recorded settings (``train_run.json``, a checkpoint's ``config``)
+    differ from ``cfg`` in anything but ``RUN_CONTROL`` and ``RESUME_FREE``."""
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"resume: {where} does not record the run's settings; it cannot be checked, so not resumed")
+    skip = RUN_CONTROL + RESUME_FREE
+    theirs = json.loads(json.dumps(redact({k: v for k, v in recorded.items() if k not in skip})))
+    mine = {k: v for k, v in run_identity(cfg).items() if k not in skip}
+    changed = [
+        f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
+        for k in sorted(set(theirs) | set(mine))
+        if theirs.get(k) != mine.get(k)
+    ]
+    if changed:
+        raise ConfigError(
+            f"resume: the run in {where} was trained with other settings ({'; '.join(changed)}); resume it with "
+            "its own settings, or pass overwrite: true to train these from the start (the old run is kept "
+            "until the new one has finished)"
+        )
+
+
 def _differences(old: object, new: dict) -> str:
     if not isinstance(old, dict):
         return "its settings are not recorded"
@@ -117,6 +144,8 @@ def plan_run_folder(cfg: TrainConfig) -> RunFolder:
             )
         return _staged(out, mine, cfg.resume)
     if cfg.resume or cfg.resume_from:
+        if isinstance(theirs, dict):
+            check_resumed_settings(theirs, cfg, where=str(out / RUN_MARKER))
         return RunFolder(out, out, None, False)
     if cfg.overwrite:
         return _staged(out, mine, False)

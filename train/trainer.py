@@ -28,19 +28,20 @@ passed, step-0 included; a finished run of the same settings is a no-op
 unfinished run are refused unless ``overwrite`` (then the new run is staged
 beside it and swapped in when complete) or ``resume``.
 
-Checkpoints (``output_dir/checkpoints/step-N``) hold model, optimizer,
-scheduler, every RNG (``accelerator.save_state``) and the ``TrainerState``
-(step, data position, the MC-PO kernel's generator), plus ``trainer_state.json``
-for people. A resumed run continues the same stream of batches and draws.
+Checkpoints (``output_dir/checkpoints/step-N``, ``checkpoint``) hold model, optimizer,
+scheduler, every RNG (``accelerator.save_state``), each process's MC-PO kernel generator
+(safetensors) and ``trainer_state.json`` (step, data position, config, and the size and
+sha256 of every file). A resumed run continues the same stream of batches and draws from
+the newest intact checkpoint; it refuses other settings than the checkpoint's (``run_folder``).
+A full disk while writing a checkpoint or the model is an ``OutputError`` saying so.
 
 Several processes (DDP; on CPU ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N``):
 process ``p`` takes rows ``p*B .. (p+1)*B`` of each global micro-batch, so ``N``
 processes x batch ``B`` see the rows one process with batch ``N*B`` sees, and the
 per-step losses and weights agree. Each process has its own MC-PO kernel generator,
 seeded from ``(seed, process)`` (process 0: ``seed + 1``, as a single process), so
-processes draw independently; process ``p > 0`` saves its generator in the checkpoint
-as ``kernel_generator_{p}.pt`` (accelerate saves registered objects from the main
-process only). The draws depend on the number of processes (a process draws for its
+processes draw independently; process ``p`` saves its generator in the checkpoint
+as ``kernel_generator_{p}.safetensors``. The draws depend on the number of processes (a process draws for its
 ``B`` rows only), so only the deterministic kernels (``max``, ``min``,
 ``listwise``, ``rao_blackwell``) give identical runs for any ``N``.
 """
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import time
 from contextlib import nullcontext
@@ -70,39 +72,57 @@ from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
 from .cache_check import Step0MismatchError, cache_parts, check_cache, check_step0
 from .card import model_card
+from .checkpoint import (
+    CheckpointError,
+    check_pickles,
+    checkpoints,
+    full_disk_reported,
+    load_generator,
+    newest_intact,
+    read_state,
+    save_generator,
+    write_state,
+)
 from .config import TrainConfig
 from .data import TrainingTable, collate
 from .kinds import train_kind
 from .metrics import MetricsLog, peak_memory_mb, read_metrics, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
-from .run_folder import CHECKPOINTS, SUMMARY_NAME, plan_run_folder, run_identity, start_folder, swap_in
+from .run_folder import (
+    CHECKPOINTS,
+    SUMMARY_NAME,
+    check_resumed_settings,
+    plan_run_folder,
+    run_identity,
+    start_folder,
+    swap_in,
+)
 
 __all__ = ["CHECKPOINTS", "Step0MismatchError", "Trainer", "TrainerState", "latest_checkpoint", "train"]
 
 
 class TrainerState:
-    """What a resumed run needs besides model/optimizer/scheduler/RNGs (saved by accelerate)."""
+    """What a resumed run needs besides model/optimizer/scheduler/RNGs (saved by accelerate): the
+    position (in ``trainer_state.json``) and this process's MC-PO kernel generator (safetensors)."""
 
     def __init__(self, generator: torch.Generator, method_state: dict[str, float] | None = None) -> None:
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro = 0  # micro-batches consumed in this epoch
-        self.generator = generator  # the MC-PO kernel's draws (the main process's)
+        self.generator = generator  # the MC-PO kernel's draws (this process's)
         self.method_state = dict(method_state or {})  # the method's running statistics (BCO's reward mean)
 
-    def state_dict(self) -> dict:
+    def position(self) -> dict:
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "micro": self.micro,
-            "generator": self.generator.get_state(),
+            "micro_batch": self.micro,
             "method_state": dict(self.method_state),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
-        self.generator.set_state(state["generator"])
-        self.method_state = dict(state.get("method_state", self.method_state))
+    def restore(self, info: dict) -> None:
+        self.step, self.epoch, self.micro = info["step"], info["epoch"], info["micro_batch"]
+        self.method_state = dict(info.get("method_state", self.method_state))
 
 
 # An odd 64-bit constant (2^64 / golden ratio): process p's seed is offset by p times it. Its low 32
@@ -116,10 +136,6 @@ def kernel_seed(seed: int, process: int) -> int:
     (``seed + 1``). Equal streams in all processes would give every process the same draws for
     different rows; the seeds differ in their low 32 bits, so the streams differ on CPU as on CUDA."""
     return (seed + 1 + process * _PROCESS_STRIDE) % 2**64
-
-
-def _generator_file(folder: Path, process: int) -> Path:
-    return folder / f"kernel_generator_{process}.pt"
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -213,9 +229,9 @@ def _hparams(cfg: TrainConfig) -> dict:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    folder = Path(output_dir) / CHECKPOINTS
-    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()] if folder.is_dir() else []
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+    """The newest complete checkpoint in ``output_dir`` (intact or not: resuming checks)."""
+    found = checkpoints(Path(output_dir))
+    return found[0] if found else None
 
 
 class Trainer:
@@ -309,15 +325,16 @@ class Trainer:
         process = self.accelerator.process_index
         generator = torch.Generator(device=self.accelerator.device).manual_seed(kernel_seed(cfg.seed, process))
         self.state = TrainerState(generator, METHODS[cfg.loss].initial_state)
-        self.accelerator.register_for_checkpointing(self.state)
+        # the weights, and with the optimizer's moments: a disk with less free space cannot hold the model
+        # (a checkpoint)
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.checkpoint_bytes = sum(
+            p.numel() * p.element_size() * (1 + 2 * p.requires_grad) for p in model.parameters()
+        )
 
-        resume_dir = Path(cfg.resume_from) if cfg.resume_from else latest_checkpoint(self.work) if cfg.resume else None
-        if cfg.resume_from and not (resume_dir / "trainer_state.json").exists():
-            raise ConfigError(f"resume_from: {resume_dir} is not a checkpoint (no trainer_state.json)")
+        resume_dir = self._resume_dir()
         if resume_dir is not None:
-            self.accelerator.load_state(str(resume_dir))
-            if process > 0:  # the registered TrainerState holds the main process's generator
-                generator.set_state(torch.load(_generator_file(resume_dir, process)))
+            self._load_checkpoint(resume_dir)
         elif cfg.resume:
             self.accelerator.print(f"train: resume: no checkpoint in {self.work / CHECKPOINTS}; starting at step 0")
         self.resumed_from = resume_dir
@@ -325,6 +342,50 @@ class Trainer:
         if self.check_step0 and self.state.step == 0:
             self._step0()  # the last check: only then does the run write anything
         self._commit(resumed=resume_dir is not None)
+
+    def _resume_dir(self) -> Path | None:
+        """The checkpoint to continue from: ``resume_from`` if intact, else with ``resume`` the newest
+        intact one in output_dir (a damaged newer one is named and skipped)."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.resume_from:
+            folder = Path(cfg.resume_from)
+            if not (folder / "trainer_state.json").exists():
+                raise ConfigError(f"resume_from: {folder} is not a checkpoint (no trainer_state.json)")
+            try:
+                read_state(folder)
+            except CheckpointError as exc:
+                raise CheckpointError(f"resume_from: {exc}") from None
+            return folder
+        if not cfg.resume:
+            return None
+        folder, skipped = newest_intact(self.work)
+        for reason in skipped:
+            acc.print(f"train: resume: a damaged checkpoint is skipped: {reason}")
+        if folder is None and skipped:
+            raise CheckpointError(
+                f"resume: no intact checkpoint in {self.work / CHECKPOINTS} ({len(skipped)} damaged); "
+                "overwrite: true trains the run again from the start"
+            )
+        if skipped:
+            acc.print(f"train: resume: continuing from the previous intact checkpoint, {folder}")
+        return folder
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        """Model, optimizer, scheduler and RNGs (accelerate, weights-only), this process's kernel generator
+        (safetensors) and the position (JSON); other settings than the checkpoint's are refused first."""
+        from safetensors import SafetensorError
+
+        info = read_state(folder)
+        check_resumed_settings(info.get("config"), self.cfg, where=f"{folder}/trainer_state.json")
+        check_pickles(folder)
+        try:
+            self.accelerator.load_state(str(folder))
+        except pickle.UnpicklingError as exc:  # check_pickles read the same files: only a file changed since
+            raise CheckpointError(f"{folder}: holds a pickle that cannot be loaded safely ({exc})") from None
+        except SafetensorError as exc:  # its record matched: a file made to pass the check
+            raise CheckpointError(f"{folder}: model.safetensors is not a safetensors file ({exc})") from None
+        load_generator(folder, self.accelerator.process_index, self.state.generator)
+        self.state.restore(info)
 
     def _commit(self, *, resumed: bool) -> None:
         """Every check has passed: make the output folder, ``train_run.json``, metrics, trackers."""
@@ -445,21 +506,24 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-N`` (every process); a full disk is an ``OutputError`` saying so."""
         folder = self.work / CHECKPOINTS / f"step-{self.state.step}"
-        self.accelerator.save_state(str(folder))
-        if not self.accelerator.is_main_process:
-            torch.save(self.state.generator.get_state(), _generator_file(folder, self.accelerator.process_index))
-        if self.accelerator.is_main_process:
-            info = {
-                "step": self.state.step,
-                "epoch": self.state.epoch,
-                "micro_batch": self.state.micro,
-                "total_steps": self.total_steps,
-                "config": asdict(self.cfg),
-            }
-            write_json(folder / "trainer_state.json", info)  # atomic: it marks the checkpoint complete
-            self._prune_checkpoints()
+        with full_disk_reported(folder, self.checkpoint_bytes):
+            self._write_checkpoint(folder)
         return folder
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)  # a step-N left by an earlier attempt is stale
+        acc.wait_for_everyone()
+        acc.save_state(str(folder))
+        save_generator(folder, acc.process_index, self.state.generator)
+        acc.wait_for_everyone()  # every process's files are written: the main process records them
+        if acc.is_main_process:
+            info = {**self.state.position(), "total_steps": self.total_steps, "config": asdict(self.cfg)}
+            write_state(folder, info)  # last, atomic: it marks the checkpoint complete
+            self._prune_checkpoints()
 
     def _prune_checkpoints(self) -> None:
         limit = self.cfg.save_total_limit
@@ -534,7 +598,8 @@ class Trainer:
         weights = acc.get_state_dict(self.model)
         if not acc.is_main_process:
             return
-        acc.unwrap_model(self.model).save_pretrained(self.work, state_dict=weights)
+        with full_disk_reported(self.work, self.model_bytes):
+            acc.unwrap_model(self.model).save_pretrained(self.work, state_dict=weights)
         self.tokenizer.save_pretrained(self.work)
         write_text(self.work / "README.md", redact_text(model_card(self.cfg, self.data, summary, self.cache)))
         write_json(self.work / SUMMARY_NAME, summary)  # last, atomic: online treats its presence as "trained"

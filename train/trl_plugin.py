@@ -42,7 +42,7 @@ padded into ``(N, T)`` rows with ``(B, M)`` slot indices. For MC-PO, ``rejected`
 member (TRL's tokenizer wants one); the loss does not use that row.
 
 ``_save_rng_state`` / ``_load_rng_state``: MC-PO's kernel generator is saved beside TRL's RNG files in
-every checkpoint (``kernel_generator_{process}.pt``, one per process) and restored on resume, so a
+every checkpoint (``kernel_generator_{process}.safetensors``, one per process) and restored on resume, so a
 resumed run makes the draws an uninterrupted one makes. Each process seeds its generator from
 ``(seed, process index)`` (``trainer.kernel_seed``, as ``prefpool train`` does): equal seeds would
 give every process the same draws for different rows.
@@ -71,6 +71,7 @@ from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
 from prefpool.pipeline.model.tokenize import encode_pair
 
 from .cache_check import CacheMismatchError, Step0MismatchError, check_cache
+from .checkpoint import generator_file, read_generator_state, save_generator
 from .trainer import kernel_seed
 
 logger = logging.getLogger(__name__)
@@ -478,23 +479,20 @@ class MCPODPOTrainer(_PrefpoolLossTrainer):
                 self._restored_generator = None
         return self._generator
 
-    def _generator_file(self, folder: str | Path) -> Path:
-        return Path(folder) / f"kernel_generator_{self.args.process_index}.pt"
-
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        torch.save(self._draw_generator(self.args.device).get_state(), self._generator_file(output_dir))
+        save_generator(Path(output_dir), self.args.process_index, self._draw_generator(self.args.device))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
         if checkpoint is None:
             return
-        path = self._generator_file(checkpoint)
+        path = generator_file(Path(checkpoint), self.args.process_index)
         if not path.is_file():
             logger.warning("%s: no kernel generator state; the resumed run's MC-PO draws start afresh", path)
             return
         self._generator = None  # recreated on the next draw, from this state
-        self._restored_generator = torch.load(path, weights_only=True)
+        self._restored_generator = read_generator_state(Path(checkpoint), self.args.process_index)
 
     def _loss(self, model, inputs):
         kernel, beta = self.args.mcpo_kernel, self.args.beta

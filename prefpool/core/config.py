@@ -13,12 +13,19 @@ attribute: ``{name: Alias}``. An alias renames a key, converts a value
 (``bf16: true`` -> ``mixed_precision: bf16``), or refuses the key with a note
 saying what the config does instead. Every unknown or refused key of a file is
 reported in one error, each unknown one with its nearest known name.
+
+Numbers: a float field takes finite values only, and a field whose metadata
+holds ``bounds`` (a ``Bounds``, declared next to its help text) takes values
+within them. ``build_dataclass`` checks both while loading, naming the key and
+where it came from (the YAML file, or the command line for an override);
+``check_bounds`` applies the same declarations to an instance built in Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -34,9 +41,11 @@ from prefpool.core.errors import ConfigError
 
 __all__ = [
     "Alias",
+    "Bounds",
     "ConfigError",
     "apply_overrides",
     "build_dataclass",
+    "check_bounds",
     "check_kwargs",
     "coerce",
     "config_help",
@@ -136,6 +145,60 @@ class Alias:
         raise ConfigError(f"{where}: not taken here: {self.note}")
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a config field takes, declared in its metadata (``{"help": ..., "bounds": Bounds(...)}``).
+
+    ``low``/``high``: the ends (None: unbounded); ``low_open``/``high_open``: the end itself is
+    excluded. ``None`` values pass (the field's type says whether null is allowed, and ``note``
+    can say what null means); ``note`` is added to the error message.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def describe(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}" if self.low is not None else "any number"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+
+def _number(x: float | None) -> str:
+    return "" if x is None else str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def field_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with ``value`` for field ``f`` (a non-finite float, a number outside its ``bounds``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    bounds = f.metadata.get("bounds")
+    if bounds is None or bounds.holds(value):
+        return None
+    note = f" ({bounds.note})" if bounds.note else ""
+    return f"must be {bounds.describe()}{note}, got {value!r}"
+
+
+def check_bounds(config: object) -> None:
+    """Refuse a field of ``config`` (a dataclass instance) that breaks its declared bounds or is not finite."""
+    for f in dataclasses.fields(config):
+        problem = field_problem(f, getattr(config, f.name))
+        if problem is not None:
+            raise ConfigError(f"{f.name}: {problem}")
+
+
 def _aliases(cls: type) -> Mapping[str, Alias]:
     return getattr(cls, "ALIASES", None) or {}
 
@@ -211,11 +274,20 @@ def _translate(
     return out, labels, problems
 
 
-def build_dataclass(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: str = "") -> T:
-    """Build ``cls`` from ``data``: unknown keys, missing required keys and bad types are errors.
+def build_dataclass(
+    cls: type[T],
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    prefix: str = "",
+    overridden: frozenset[str] = frozenset(),
+) -> T:
+    """Build ``cls`` from ``data``: unknown keys, missing required keys, bad types and numbers out of
+    their bounds are errors.
 
     Keys in ``cls.ALIASES`` are translated first (see ``Alias``); all unknown and
     refused keys, nested ones included, are reported in one ``ConfigError``.
+    ``overridden``: the dotted keys set on the command line, whose errors name it as their source.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping")
@@ -234,9 +306,18 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], *, source: str, prefi
                 raise ConfigError(f"{source}: missing required key {prefix + name!r}")
             continue
         key = f"{prefix}{labels[name]}" if labels[name] != name else f"{prefix}{name}"
+        written = prefix + labels[name].split(" ")[0]  # the key as the user wrote it (an alias's own name)
+        where = "command line" if written in overridden else source
         if _nested_class(hints[name]) is not None and isinstance(values[name], Mapping):
             key = f"{prefix}{name}"  # a nested mapping's keys are reported under the field's own name
-        out[name] = coerce(hints[name], values[name], source=source, key=key)
+            out[name] = build_dataclass(
+                _nested_class(hints[name]), values[name], source=source, prefix=f"{key}.", overridden=overridden
+            )
+            continue
+        out[name] = coerce(hints[name], values[name], source=where, key=key)
+        problem = field_problem(f, out[name])
+        if problem is not None:
+            raise ConfigError(f"{where}: {key}: {problem}")
     return cls(**out)
 
 
@@ -274,6 +355,8 @@ def coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
         return build_dataclass(hint, value, source=source, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}: must be a finite number, got {value!r}")
     if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         # PyYAML follows YAML 1.1, which reads 1e-6 (no dot) as a string; people write it that way.
         return float(value)
@@ -288,7 +371,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     """Read ``path`` (optional), apply ``overrides``, and build ``cls`` strictly."""
     data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "command line"
-    return build_dataclass(cls, apply_overrides(data, overrides), source=source)
+    overridden = frozenset(item.partition("=")[0].strip() for item in overrides)
+    return build_dataclass(cls, apply_overrides(data, overrides), source=source, overridden=overridden)
 
 
 def check_kwargs(function: Callable[..., Any], data: Mapping[str, Any], *, source: str) -> None:
@@ -322,7 +406,11 @@ def config_help(cls: type) -> list[tuple[str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "(required)"
-        rows.append((f.name, default, f.metadata.get("help", "")))
+        text = f.metadata.get("help", "")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            text += f" Allowed: {bounds.describe()}" + (f" ({bounds.note})." if bounds.note else ".")
+        rows.append((f.name, default, text))
     return rows
 
 

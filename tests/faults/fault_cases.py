@@ -212,6 +212,96 @@ def alias_bomb(head: str) -> str:
     return head + "\n".join([*lines, "bomb: *a19"]) + "\n"
 
 
+# -- set-ups: checkpoints and training tables a user was handed ------------------------------------------
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``: the code a planted pickle would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def truncate_checkpoints(rel: str, name: str) -> Callable[[W, Path], None]:
+    """Cut ``name`` to half its size in every checkpoint of the run folder ``rel``."""
+
+    def setup(w: W, t: Path) -> None:
+        for path in (t / rel / "checkpoints").glob(f"step-*/{name}"):
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return setup
+
+
+def crafted_pickle(rel: str, name: str) -> Callable[[W, Path], None]:
+    """The newest checkpoint's ``name`` replaced by a payload pickle, its recorded size and sha256 with it,
+    so only the weights-only reader stands between the file and the code (its marker, ``T/ran``, would
+    be a file written under T)."""
+
+    def setup(w: W, t: Path) -> None:
+        import hashlib
+
+        import torch
+
+        folder = max((t / rel / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+        torch.save({"state": Payload(t / "ran")}, folder / name)
+        data = (folder / name).read_bytes()
+        state = json.loads((folder / "trainer_state.json").read_text())
+        state["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+
+    return setup
+
+
+def non_finite_reference(rel: str, column: str) -> Callable[[W, Path], None]:
+    """Every value of ``column`` in the pushed folder ``rel``'s Parquet files set to NaN."""
+
+    def setup(w: W, t: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for shard in (t / rel / "data").glob("*.parquet"):
+            table = pq.read_table(shard)
+            index = table.schema.get_field_index(column)
+            nan = pa.array([float("nan")] * table.num_rows, pa.float64())
+            pq.write_table(table.set_column(index, table.schema.field(column), nan), shard)
+
+    return setup
+
+
+def empty_table(rel: str) -> Callable[[W, Path], None]:
+    """A valid pairwise build table with 0 rows: its answers have no values in the generated texts' cache."""
+
+    def setup(w: W, t: Path) -> None:
+        from prefpool.pipeline.build import build
+
+        made = build("pairwise", examples=w["ingest"], logprobs=w["lp_gen"], out=t / rel, missing="drop")
+        assert made.rows_written == 0
+
+    return setup
+
+
+def checkpoint_write_fails(step: int, code: int = errno.ENOSPC) -> Callable[[object, Path], None]:
+    """Writing checkpoint ``step``'s torch files (optimizer, scheduler) fails half-way with ``code``."""
+
+    def fault(monkeypatch, t: Path) -> None:
+        import accelerate.checkpointing as checkpointing
+
+        real = checkpointing.save
+
+        def save(obj, path, *args, **kwargs):
+            if Path(path).parent.name == f"step-{step}":
+                Path(path).write_bytes(b"PK half")  # what a full disk leaves
+                raise OSError(code, os.strerror(code), str(path))
+            return real(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpointing, "save", save)
+
+    return fault
+
+
 # -- the table ------------------------------------------------------------------------------------------
 
 
@@ -790,6 +880,47 @@ CASES: list[Case] = [
     Case("train: a batch larger than the table", train("batch_size=64"), ("fewer than one optimizer step",)),
     Case("train: no space left on the device", train(), ("no space left",), fault=refuse_writes(errno.ENOSPC)),
     Case("train: a read-only file system", train(), ("read-only",), fault=refuse_writes(errno.EROFS)),
+    # train: numbers that break the math, checkpoints and tables a user was handed
+    Case("train: beta is not a number", train("beta=.nan"), ("command line: beta: must be a finite number",)),
+    Case("train: a negative beta", train("beta=-0.5"), ("command line: beta: must be > 0, got -0.5",)),
+    Case("train: an infinite lr", train("lr=.inf"), ("command line: lr: must be a finite number, got inf",)),
+    Case(
+        "train: label_smoothing of 0.5 or more", train("label_smoothing=0.7"), ("label_smoothing: must be in [0, 0.5)",)
+    ),
+    Case("train: an infinite nll_alpha", train("nll_alpha=.inf"), ("nll_alpha: must be a finite number",)),
+    Case("train: a negative max_grad_norm", train("max_grad_norm=-1"), ("max_grad_norm: must be > 0",)),
+    Case("train: a negative save_total_limit", train("save_total_limit=-1"), ("save_total_limit: must be >= 1",)),
+    Case(
+        "train: the disk fills while checkpointing",
+        train("save_steps=1"),
+        ("no space left on the device",),
+        fault=checkpoint_write_fails(2),
+        leaves=("run", "run/*"),  # the run so far (step-1 intact, step-2 incomplete): resume continues it
+    ),
+    Case(
+        "train: resume with another loss",
+        train("loss=ipo", "beta=0.5", "max_steps=4", "save_steps=1", "resume=true"),
+        ("trained with other settings", "loss: 'dpo' -> 'ipo'", "beta: 0.1 -> 0.5"),
+        setup=copy("train_unfinished", "run"),
+    ),
+    Case(
+        "train: resume with every checkpoint's optimizer.bin cut short",
+        train("max_steps=4", "save_steps=1", "resume=true"),
+        ("no intact checkpoint", "optimizer.bin holds", "overwrite: true"),
+        setup=copies(copy("train_unfinished", "run"), truncate_checkpoints("run", "optimizer.bin")),
+    ),
+    Case(
+        "train: resume from an optimizer.bin carrying a pickle",
+        train("max_steps=4", "save_steps=1", "resume=true"),
+        ("optimizer.bin: holds a pickle that cannot be loaded safely", "runs no code"),
+        setup=copies(copy("train_unfinished", "run"), crafted_pickle("run", "optimizer.bin")),
+    ),
+    Case(
+        "train: a reference column of NaN",
+        lambda w, t: train("loss=mcpo", f"data={t / 'hub'}", f"output_dir={t / 'run'}")(w, t),
+        ("column 'ref_preferred_logp': a NaN or infinite reference log-prob",),
+        setup=copies(copy("hub", "hub"), non_finite_reference("hub", "ref_preferred_logp")),
+    ),
     # eval
     Case(
         "eval: the model folder does not exist",
@@ -904,6 +1035,12 @@ CASES: list[Case] = [
         ("up to date",),
         code=0,
         setup=copy("plot", "c"),
+    ),
+    Case(
+        "eval: a table with no rows",
+        lambda w, t: ["eval", "-m", w["model"], "-d", t / "empty", "--device", "cpu"],
+        ("the table holds no rows",),
+        setup=empty_table("empty"),
     ),
     # online
     Case(

@@ -201,7 +201,7 @@ def test_mcpo_kernel_generator_is_seeded_per_process(tiny, tmp_path, monkeypatch
 
 def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
     """A run resumed from its step-2 checkpoint makes the kernel draws of steps 3-4 that the
-    uninterrupted run made: the checkpoint holds the generator (``kernel_generator_0.pt``) and
+    uninterrupted run made: the checkpoint holds the generator (``kernel_generator_0.safetensors``) and
     resuming restores it. Without the restore the resumed draws restart the stream."""
     path, tok = tiny
     data, _ = _mcpo_table(path, tok, tmp_path)
@@ -213,7 +213,7 @@ def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
     whole.train()
     uninterrupted = [c["selected"] for c in calls]
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    assert len(uninterrupted) == 4 and (checkpoint / "kernel_generator_0.pt").is_file()
+    assert len(uninterrupted) == 4 and (checkpoint / "kernel_generator_0.safetensors").is_file()
 
     calls.clear()
     resumed = MCPODPOTrainer(
