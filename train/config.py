@@ -264,6 +264,7 @@ class TrainConfig:
         those not given); the keys it does not have stay null."""
         if self.loss not in METHODS:
             return  # check() names the known ones
+        check_bounds(self)  # a key's own range first: its error names the key as the user wrote it
         settings = self.method_settings()
         for key in SETTING_KEYS:
             object.__setattr__(self, key, getattr(settings, key, None))

@@ -90,9 +90,8 @@ def test_online_train_section_and_top_level_numbers_are_checked(tmp_path):
 
 
 def test_a_config_built_in_python_is_checked_by_check():
-    cfg = TrainConfig(model="m", data="d", output_dir="o", beta=float("nan"))
     with pytest.raises(ConfigError, match=r"^beta: must be a finite number, got nan$"):
-        cfg.check()
+        TrainConfig(model="m", data="d", output_dir="o", beta=float("nan")).check()
     with pytest.raises(ConfigError, match=r"^max_grad_norm: must be > 0"):
         TrainConfig(model="m", data="d", output_dir="o", max_grad_norm=-1.0).check()
 
