@@ -13,6 +13,7 @@ from .mcpo_kernels import (
     CHOSEN_INDEX,
     CHOSEN_SUPPORT_KERNELS,
     MCPO_KERNELS,
+    RAO_BLACKWELL_MAX_DRAWS,
     SELECTION_KERNELS,
     kernel_probs,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "CHOSEN_SUPPORT_KERNELS",
     "LOSSES",
     "MCPO_KERNELS",
+    "RAO_BLACKWELL_MAX_DRAWS",
     "SELECTION_KERNELS",
     "LossOutput",
     "add_chosen_nll",
