@@ -15,6 +15,7 @@ from .mcpo_kernels import (
     MCPO_KERNELS,
     RAO_BLACKWELL_MAX_DRAWS,
     SELECTION_KERNELS,
+    check_num_negatives,
     kernel_probs,
 )
 from .mpo import mpo_loss
@@ -33,6 +34,7 @@ __all__ = [
     "SELECTION_KERNELS",
     "LossOutput",
     "add_chosen_nll",
+    "check_num_negatives",
     "chosen_nll",
     "dpo_loss",
     "get_loss",

@@ -337,14 +337,9 @@ def mcpo_loss(
         ``K`` over its support, ``K_0``, and the std of the valid pool's rewards).
     """
     check_kernel(kernel, MCPO_KERNELS)
-    check_num_negatives(num_negatives)
+    check_num_negatives(num_negatives, kernel)
     if selected is not None and kernel in AVERAGING_KERNELS:
         raise ValueError(f"selected: the {kernel} kernel averages over the pool; it takes no selection")
-    if kernel == "listwise" and num_negatives != 1:
-        raise ValueError(
-            f"num_negatives: listwise is the NLL over the whole pool and draws no negatives; got {num_negatives}, "
-            "expected 1 (rao_blackwell is the exact mean of sample at M negatives)"
-        )
     check_positive("beta", beta)
     batch = check_batch("policy_chosen_logps", policy_chosen_logps)
     check_logps("ref_chosen_logps", ref_chosen_logps, (batch,))

@@ -108,10 +108,18 @@ def kernel_probs(
     return torch.cat([probs.new_zeros(batch, 1), probs], dim=-1)
 
 
-def check_num_negatives(num_negatives: int) -> None:
-    """A ``ValueError`` unless ``num_negatives`` is an int >= 1."""
+def check_num_negatives(num_negatives: int, kernel: str | None = None) -> None:
+    """A ``ValueError`` unless ``num_negatives`` is an int >= 1 that ``kernel`` takes.
+
+    ``listwise`` is the NLL over the whole pool and draws nothing, so it takes 1 only.
+    """
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
         raise ValueError(f"num_negatives: expected an int >= 1, got {num_negatives!r}")
+    if kernel == "listwise" and num_negatives != 1:
+        raise ValueError(
+            f"num_negatives: listwise is the NLL over the whole pool and draws no negatives; got {num_negatives}, "
+            "expected 1 (rao_blackwell is the exact mean of sample at M negatives)"
+        )
 
 
 def draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None, num_negatives: int = 1) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from prefpool.core.config import Alias
 from prefpool.core.errors import ConfigError
-from prefpool.losses import LOSSES, MCPO_KERNELS
+from prefpool.losses import LOSSES, MCPO_KERNELS, check_num_negatives
 from prefpool.pipeline.kinds import get_kind, kind_for_loss
 from prefpool.pipeline.model.device import resolve_device
 
@@ -70,6 +70,13 @@ class TrainConfig:
             "pool, prob. ∝ exp(reward)) | sample_pool (the same over the pool only) | max | min | uniform (DPO with "
             "the hardest / easiest / a random pool answer) | rao_blackwell (the sample kernel's expected loss) | "
             "listwise (-r0 + logsumexp; formerly 'expectation')."
+        ),
+    )
+    num_negatives: int = field(
+        default=1,
+        metadata=_help(
+            "mcpo: M, the negatives per prompt: M independent draws of the kernel, with replacement (max / min: the "
+            "M hardest / easiest distinct answers; rao_blackwell: the exact mean over the draws; listwise: 1 only)."
         ),
     )
     nll_alpha: float = field(
@@ -207,6 +214,10 @@ class TrainConfig:
             raise ConfigError(f"loss: unknown loss {self.loss!r}; expected one of {', '.join(sorted(LOSSES))}")
         if self.kernel not in MCPO_KERNELS:
             raise ConfigError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
+        try:
+            check_num_negatives(self.num_negatives, self.kernel)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for name in ("batch_size", "gradient_accumulation_steps", "epochs", "logging_steps", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -39,7 +39,7 @@ processes x batch ``B`` see the rows one process with batch ``N*B`` sees, and th
 per-step losses and weights agree. Each process has its own MC-PO kernel generator,
 seeded from ``(seed, process)`` (process 0: ``seed + 1``, as a single process), so
 processes draw independently; process ``p > 0`` saves its generator in the checkpoint
-as ``kernel_generator_{p}.pt`` (accelerate saves registered objects from the main
+as ``kernel_generator_file(folder, p)`` (accelerate saves registered objects from the main
 process only). The draws depend on the number of processes (a process draws for its
 ``B`` rows only), so only the deterministic kernels (``max``, ``min``,
 ``listwise``, ``rao_blackwell``) give identical runs for any ``N``.
@@ -108,8 +108,10 @@ def kernel_seed(seed: int, process: int) -> int:
     return (seed + 1 + process * _PROCESS_STRIDE) % 2**64
 
 
-def _generator_file(folder: Path, process: int) -> Path:
-    return folder / f"kernel_generator_{process}.pt"
+def kernel_generator_file(folder: str | Path, process: int) -> Path:
+    """Where a checkpoint folder holds process ``process``'s MC-PO kernel generator state
+    (``prefpool train`` and the TRL plug-in alike)."""
+    return Path(folder) / f"kernel_generator_{process}.pt"
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -307,7 +309,7 @@ class Trainer:
         if resume_dir is not None:
             self.accelerator.load_state(str(resume_dir))
             if process > 0:  # the registered TrainerState holds the main process's generator
-                generator.set_state(torch.load(_generator_file(resume_dir, process)))
+                generator.set_state(torch.load(kernel_generator_file(resume_dir, process)))
         elif cfg.resume:
             self.accelerator.print(f"train: resume: no checkpoint in {self.work / CHECKPOINTS}; starting at step 0")
         self.resumed_from = resume_dir
@@ -437,7 +439,7 @@ class Trainer:
         folder = self.work / CHECKPOINTS / f"step-{self.state.step}"
         self.accelerator.save_state(str(folder))
         if not self.accelerator.is_main_process:
-            torch.save(self.state.generator.get_state(), _generator_file(folder, self.accelerator.process_index))
+            torch.save(self.state.generator.get_state(), kernel_generator_file(folder, self.accelerator.process_index))
         if self.accelerator.is_main_process:
             info = {
                 "step": self.state.step,
