@@ -115,6 +115,53 @@ def main() -> None:
                     flush=True,
                 )
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    for line in summary_lines(results):
+        print(line)
+
+
+# (a, b): "a - b", paired by (beta, seed)
+PAIRS = [
+    ("mcpo", "dpo-random"),
+    ("mcpo-m2", "uniform-m2"),
+    ("mcpo-m3", "uniform-m3"),
+    ("mcpo-m2", "mcpo"),
+    ("mcpo-m3", "mcpo"),
+    ("uniform-m2", "dpo-random"),
+    ("uniform-m3", "dpo-random"),
+]
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):+.2f} ± {sd:.2f}"
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    """Per (method, beta): final true reward and KL, mean ± sd across seeds; then the paired
+    differences of ``PAIRS`` (same beta and seed), their mean ± sd and how many are > 0."""
+    by = {(r["method"], r["beta"], r["seed"]): r for r in results}
+    lines = []
+    for method, beta in dict.fromkeys((r["method"], r["beta"]) for r in results):
+        rs = [r for r in results if (r["method"], r["beta"]) == (method, beta)]
+        lines.append(
+            f"{method:<11} beta {beta:<4g} n {len(rs)}  reward {_mean_sd([r['reward'] for r in rs])}  "
+            f"KL {_mean_sd([r['kl'] for r in rs])}  kernel KL-to-uniform "
+            f"{statistics.fmean(r['mcpo/kernel_kl_uniform'] for r in rs):.2f}  y0 draws "
+            f"{statistics.fmean(r['mcpo/chosen_drawn'] for r in rs):.2f}"
+        )
+    for a, b in PAIRS:
+        for beta in sorted({r["beta"] for r in results}):
+            keys = sorted(s for m, bb, s in by if m == a and bb == beta and (b, beta, s) in by)
+            if not keys:
+                continue
+            diffs = [by[(a, beta, s)]["reward"] - by[(b, beta, s)]["reward"] for s in keys]
+            kl = [by[(a, beta, s)]["kl"] - by[(b, beta, s)]["kl"] for s in keys]
+            lines.append(
+                f"{a} - {b} (beta {beta:g}, seeds {keys}): reward {_mean_sd(diffs)} "
+                f"[{', '.join(f'{d:+.2f}' for d in diffs)}], > 0 in {sum(d > 0 for d in diffs)}/{len(diffs)}; "
+                f"KL {_mean_sd(kl)}"
+            )
+    return lines
 
 
 if __name__ == "__main__":
