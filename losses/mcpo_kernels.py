@@ -126,8 +126,9 @@ def draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None, nu
     """``num_negatives`` independent draws per row from ``kernel_probs``'s output, with replacement.
 
     Returns ``(B, num_negatives)`` long: ``CHOSEN_INDEX`` or a pool slot. ``max``/``min``
-    are not drawn (``extremes``). One draw is ``torch.multinomial``'s single-sample call,
-    so a seed gives the same picks at ``num_negatives = 1`` whatever the larger settings do.
+    are not drawn (``extremes``). ``num_negatives = 1`` is ``torch.multinomial``'s
+    single-sample call (for one sample, with or without replacement is the same
+    distribution; this call keeps a seed's M = 1 picks those of the one-negative loss).
     """
     if kernel in ("max", "min"):
         raise ValueError(f"kernel: {kernel!r} is deterministic; its picks come from extremes()")
