@@ -17,6 +17,7 @@ from .mcpo_kernels import (
     SELECTION_KERNELS,
     check_num_negatives,
     kernel_probs,
+    picked_slots,
 )
 from .mpo import mpo_loss
 from .nll import add_chosen_nll, chosen_nll
@@ -44,6 +45,7 @@ __all__ = [
     "mcpo_loss",
     "mcpo_select",
     "mpo_loss",
+    "picked_slots",
     "sequence_logps",
     "simpo_loss",
 ]

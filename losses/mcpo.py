@@ -59,6 +59,7 @@ from .mcpo_kernels import (
     extremes,
     kernel_diagnostics,
     kernel_probs,
+    picked_slots,
 )
 from .output import LossOutput
 
@@ -371,8 +372,7 @@ def mcpo_loss(
         # `where`, not arithmetic: a y_0 draw's gap is exactly 0 with exactly zero gradient.
         gaps = torch.where(drawn_chosen, 0.0, picked - chosen_rewards[:, None])
         loss = _negatives_loss(gaps)
-        hit = torch.zeros_like(mask).scatter(1, selected.clamp(min=0), ~drawn_chosen)
-        distinct = hit.sum(dim=-1)
+        distinct = picked_slots(selected, pool).sum(dim=-1)
     drawn_chosen = selected == CHOSEN_INDEX  # (B, M) or (B, 1)
     slot = selected.clamp(min=0)
     rejected_rewards = torch.where(

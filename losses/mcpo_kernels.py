@@ -167,6 +167,15 @@ def extremes(rewards: torch.Tensor, mask: torch.Tensor, kernel: str, num_negativ
     return torch.sort(keys, dim=-1, stable=True).indices[:, :num_negatives]
 
 
+def picked_slots(selected: torch.Tensor, pool: int) -> torch.Tensor:
+    """``(B, K)`` bool: the pool slots among each row's ``(B, M)`` picks, a slot drawn twice once
+    and a draw of y0 (``CHOSEN_INDEX``) none: the answers a two-pass step back-propagates through."""
+    hits = torch.zeros(selected.shape[0], pool, dtype=torch.long, device=selected.device)
+    # scatter_add, not scatter: a y0 draw also lands on slot 0 once clamped, and must not erase a pick.
+    hits.scatter_add_(1, selected.clamp(min=0), (selected >= 0).long())
+    return hits > 0
+
+
 def kernel_diagnostics(
     probs: torch.Tensor, kernel: str, pool_rewards: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:

@@ -263,3 +263,13 @@ def test_select_and_loss_agree_at_m_3():
     assert torch.equal(again.loss, out.loss)
     for key, value in out.metrics.items():
         assert torch.equal(again.metrics[key], value), key
+
+
+def test_distinct_negatives_counts_a_slot_once_whatever_the_order_of_y0_draws():
+    """Slot 0 picked before or after a y0 draw (which also points at slot 0 once clamped): one
+    distinct negative either way, and the same loss."""
+    case, _ = rows_case(1)
+    one = {k: v[:1].expand(2, *v.shape[1:]).clone() for k, v in case.items()}
+    out, _ = run(one, "sample", 2, selected=torch.tensor([[0, CHOSEN_INDEX], [CHOSEN_INDEX, 0]]))
+    assert out.metrics["mcpo/distinct_negatives"].tolist() == [1, 1]
+    assert out.loss[0].item() == out.loss[1].item()

@@ -193,6 +193,35 @@ def test_pass_two_forwards_the_distinct_picks_only(model, monkeypatch):
     assert sum(len(row) for row in distinct) < picks.numel()
 
 
+def test_pass_two_forwards_a_slot_drawn_beside_y0(model, monkeypatch):
+    """Fixed picks where a pool slot and a y0 draw share a row, in either order: pass 2 still
+    back-propagates through that slot, so the parameter gradients equal the one-pass ones."""
+    batch = _batch([3, 2], seed=6)
+    picks = torch.tensor([[0, 0, -1], [-1, 1, -1]])
+    monkeypatch.setattr(mcpo_kind, "mcpo_select", lambda *args, **kwargs: picks.clone())
+    two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel="sample", num_negatives=3)
+    two_grads = _grads(model, two.loss)
+    width = batch.pool_mask.shape[1]
+    flat = [*batch.chosen, *(pool[i] for pool in batch.pools for i in range(len(pool)))]
+    logps, _ = completion_logps(model, flat, PAD)
+    rows, cols = batch.pool_mask.nonzero(as_tuple=True)
+    policy_pool = torch.zeros(2, width).index_put((rows, cols), logps[2:])
+    one = mcpo_loss(
+        logps[:2],
+        policy_pool,
+        batch.ref_chosen_logps,
+        batch.ref_pool_logps,
+        candidate_mask=batch.pool_mask,
+        beta=BETA,
+        kernel="sample",
+        num_negatives=3,
+        selected=picks,
+    )
+    torch.testing.assert_close(two.loss, one.loss, rtol=1e-5, atol=1e-6)
+    for g1, g2 in zip(_grads(model, one.loss), two_grads, strict=True):
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
+
+
 def test_scores_do_not_depend_on_batching(model):
     """Sorting by length and packing into token-bounded batches changes no value."""
     batch = _batch([4, 3, 4, 2], seed=2)

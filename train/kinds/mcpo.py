@@ -43,6 +43,7 @@ from prefpool.losses import (
     LossOutput,
     mcpo_loss,
     mcpo_select,
+    picked_slots,
 )
 from prefpool.pipeline.kinds import mcpo as table
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps, eval_mode, score_pairs
@@ -145,9 +146,7 @@ def mcpo_step(
     )  # (B, M), -1 where the preferred answer was drawn
 
     # Pass 2: forward/backward through the preferred answers and the distinct picked pool answers.
-    in_pool = selected >= 0
-    picked = torch.zeros_like(mask).scatter(1, selected.clamp(min=0), in_pool)  # (B, K)
-    rows, slots = picked.nonzero(as_tuple=True)
+    rows, slots = picked_slots(selected, mask.shape[1]).nonzero(as_tuple=True)
     logps = forward(rows, slots)
     # The picked entries carry gradient; the rest are pass-1 scores (values for the metrics).
     policy_pool = pool_scores.to(logps.dtype).index_put((rows, slots), logps[size:])
