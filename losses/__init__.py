@@ -21,8 +21,11 @@ from .mcpo_kernels import (
     CHOSEN_INDEX,
     CHOSEN_SUPPORT_KERNELS,
     MCPO_KERNELS,
+    RAO_BLACKWELL_MAX_DRAWS,
     SELECTION_KERNELS,
+    check_num_negatives,
     kernel_probs,
+    picked_slots,
 )
 from .method import Method, PairLogps
 from .mpo import mpo_loss
@@ -42,6 +45,7 @@ __all__ = [
     "LOSSES",
     "MCPO_KERNELS",
     "METHODS",
+    "RAO_BLACKWELL_MAX_DRAWS",
     "SELECTION_KERNELS",
     "LossOutput",
     "Method",
@@ -50,6 +54,7 @@ __all__ = [
     "apo_down_loss",
     "apo_zero_loss",
     "bco_pair_loss",
+    "check_num_negatives",
     "chosen_nll",
     "cpo_loss",
     "dpo_loss",
@@ -70,6 +75,7 @@ __all__ = [
     "nca_pair_loss",
     "orpo_loss",
     "robust_dpo_loss",
+    "picked_slots",
     "sequence_logps",
     "simpo_loss",
     "sppo_hard_loss",

@@ -2,20 +2,23 @@
 
 Chen et al. 2025, "Preference Optimization via Contrastive Divergence", arXiv
 2502.04567, Sec. 3. ``r_0`` is the preferred answer's implicit reward, ``r_i``
-(``i = 1..M``) the pool's. Every kernel's distribution is laid out as
-``(B, 1 + M)``: column 0 is ``y_0``, columns ``1..M`` the pool slots, padding 0.
+(``i = 1..K``) the pool's. Every kernel's distribution is laid out as
+``(B, 1 + K)``: column 0 is ``y_0``, columns ``1..K`` the pool slots, padding 0.
+A loss with ``M`` negatives (``num_negatives``) makes ``M`` independent draws
+from it, with replacement: ``M`` applications of the one-step chain started at
+``y_0``. ``max`` and ``min`` are deterministic: their ``M`` picks are the ``M``
+hardest / easiest distinct pool answers.
 
 Supports:
     ``sample``, ``listwise``, ``rao_blackwell``: ``{y_0} ∪ valid pool`` with
-        ``K_i = softmax(r_0, r_1..r_M)_i`` (the paper's kernel; CD's gradient is
-        ``∇ log Σ_{i=0..M} exp(r_i)``, a sum that includes ``y_0``).
-    ``sample_pool``: the valid pool with ``softmax(r_1..r_M)``. A departure from
+        ``K_i = softmax(r_0, r_1..r_K)_i`` (the paper's kernel; CD's gradient is
+        ``∇ log Σ_{i=0..K} exp(r_i)``, a sum that includes ``y_0``).
+    ``sample_pool``: the valid pool with ``softmax(r_1..r_K)``. A departure from
         the paper: ``K`` conditioned on ``y' ≠ y_0``, which reweights each
         example's expected gradient by ``1 / (1 - K_0)``. Why one may want it:
         no draw is spent on ``y_0`` (whose row gives no gradient, yet costs a
         step's forward pass), so the gradient does not fade as the policy comes
-        to prefer ``y_0``; with ``M = 1`` it is DPO; and a seed reproduces the
-        picks of runs made when ``sample`` meant this kernel.
+        to prefer ``y_0``; and with one candidate it is DPO.
     ``max``, ``min``, ``uniform``: the valid pool; baselines that pick a rejected
         answer (DPO with the hardest / easiest / a random negative). ``y_0`` is left
         out on purpose: with it, ``max`` would stop learning exactly on the rows
@@ -29,11 +32,11 @@ import math
 
 import torch
 
-# What `mcpo_select` (and `mcpo_loss`'s `selected`) return for a row whose draw is the
-# preferred answer y0 itself; pool slots are 0..M-1.
+# What `mcpo_select` (and `mcpo_loss`'s `selected`) hold for a draw of the preferred
+# answer y0 itself; pool slots are 0..K-1.
 CHOSEN_INDEX = -1
 
-# Kernels that pick one answer per row (mcpo_select accepts these).
+# Kernels that pick answers per row (mcpo_select accepts these).
 SELECTION_KERNELS = ("sample", "sample_pool", "max", "min", "uniform")
 # Kernels that average over every candidate: gradient through the whole pool, no pick,
 # so a trainer runs them in one pass.
@@ -49,6 +52,10 @@ _RENAMED = {
 }
 
 LOG_2 = math.log(2.0)
+
+# rao_blackwell with M > 1 negatives enumerates the (1 + K)^M ordered draws of a row (K pool
+# slots); past this many it refuses rather than allocate B x (1 + K)^M x M values.
+RAO_BLACKWELL_MAX_DRAWS = 4096
 
 
 def check_kernel(kernel: str, allowed: tuple[str, ...] = MCPO_KERNELS) -> None:
@@ -101,23 +108,72 @@ def kernel_probs(
     return torch.cat([probs.new_zeros(batch, 1), probs], dim=-1)
 
 
-def draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None) -> torch.Tensor:
-    """One pick per row from ``kernel_probs``'s output: ``(B,)`` long, ``CHOSEN_INDEX`` or a pool slot."""
-    pool = probs[:, 1:]
+def check_num_negatives(num_negatives: int, kernel: str | None = None) -> None:
+    """A ``ValueError`` unless ``num_negatives`` is an int >= 1 that ``kernel`` takes.
+
+    ``listwise`` is the NLL over the whole pool and draws nothing, so it takes 1 only.
+    """
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
+        raise ValueError(f"num_negatives: expected an int >= 1, got {num_negatives!r}")
+    if kernel == "listwise" and num_negatives != 1:
+        raise ValueError(
+            f"num_negatives: listwise is the NLL over the whole pool and draws no negatives; got {num_negatives}, "
+            "expected 1 (rao_blackwell is the exact mean of sample at M negatives)"
+        )
+
+
+def draw(probs: torch.Tensor, kernel: str, generator: torch.Generator | None, num_negatives: int = 1) -> torch.Tensor:
+    """``num_negatives`` independent draws per row from ``kernel_probs``'s output, with replacement.
+
+    Returns ``(B, num_negatives)`` long: ``CHOSEN_INDEX`` or a pool slot. ``max``/``min``
+    are not drawn (``extremes``). ``num_negatives = 1`` is ``torch.multinomial``'s
+    single-sample call (for one sample, with or without replacement is the same
+    distribution; this call keeps a seed's M = 1 picks those of the one-negative loss).
+    """
     if kernel in ("max", "min"):
-        return pool.argmax(dim=-1)
+        raise ValueError(f"kernel: {kernel!r} is deterministic; its picks come from extremes()")
     if generator is not None and generator.device.type != probs.device.type:
         raise ValueError(
             f"generator: on {generator.device}, the log-probs on {probs.device}; "
             "create it with torch.Generator(device=...) on the tensors' device"
         )
+    replacement = num_negatives > 1
     if kernel in CHOSEN_SUPPORT_KERNELS:
         # Column 0 is y0, so the column index minus one is CHOSEN_INDEX (-1) or the pool slot.
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1) + CHOSEN_INDEX
-    # Pool-only kernels draw over the M pool columns alone, the very call (same tensor, same
-    # random stream) that the pool-only `sample` and `uniform` made before y0 joined the
-    # support, so a seed reproduces those runs' picks.
-    return torch.multinomial(pool.contiguous(), 1, generator=generator).squeeze(-1)
+        return torch.multinomial(probs, num_negatives, replacement=replacement, generator=generator) + CHOSEN_INDEX
+    # Pool-only kernels put no mass on y0: draw over the pool columns alone.
+    return torch.multinomial(probs[:, 1:].contiguous(), num_negatives, replacement=replacement, generator=generator)
+
+
+def extremes(rewards: torch.Tensor, mask: torch.Tensor, kernel: str, num_negatives: int = 1) -> torch.Tensor:
+    """``max``/``min``'s picks: the ``num_negatives`` highest / lowest-reward distinct valid pool slots.
+
+    Returns ``(B, num_negatives)`` long, hardest (``max``) or easiest (``min``) first;
+    ties go to the lower slot, so the first pick is ``kernel_probs``'s point mass. A row
+    with fewer valid candidates than ``num_negatives`` is a ``ValueError`` naming it.
+    """
+    n_valid = mask.sum(dim=-1)
+    short = n_valid < num_negatives
+    if bool(short.any()):
+        row = int(short.nonzero()[0])
+        raise ValueError(
+            f"num_negatives: the {kernel} kernel takes {num_negatives} distinct pool answers per row; "
+            f"row {row} has {int(n_valid[row])} (sample, sample_pool and uniform draw with replacement)"
+        )
+    if kernel == "max":
+        keys = -rewards.detach().masked_fill(~mask, float("-inf"))
+    else:
+        keys = rewards.detach().masked_fill(~mask, float("inf"))
+    return torch.sort(keys, dim=-1, stable=True).indices[:, :num_negatives]
+
+
+def picked_slots(selected: torch.Tensor, pool: int) -> torch.Tensor:
+    """``(B, K)`` bool: the pool slots among each row's ``(B, M)`` picks, a slot drawn twice once
+    and a draw of y0 (``CHOSEN_INDEX``) none: the answers a two-pass step back-propagates through."""
+    hits = torch.zeros(selected.shape[0], pool, dtype=torch.long, device=selected.device)
+    # scatter_add, not scatter: a y0 draw also lands on slot 0 once clamped, and must not erase a pick.
+    hits.scatter_add_(1, selected.clamp(min=0), (selected >= 0).long())
+    return hits > 0
 
 
 def kernel_diagnostics(

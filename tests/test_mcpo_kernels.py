@@ -1,6 +1,6 @@
 """MC-PO's kernels (Chen et al. 2025, arXiv 2502.04567, Sec. 3): the paper's {y0} ∪ pool
-`sample` kernel, a draw of y0, `rao_blackwell`, `listwise` (formerly `expectation`) and the
-kernel diagnostics in the metrics.
+`sample` kernel, a draw of y0, `rao_blackwell`, `listwise`, the kernel diagnostics in the
+metrics, and M > 1 negatives per row (num_negatives).
 
 The hand case throughout: beta = 1 and reference log-probs 0, so the log-probs passed in are the
 rewards: r0 = 0, pool (1, -0.5) and a padded slot. K = softmax(0, 1, -0.5)
@@ -127,7 +127,7 @@ def test_sample_frequencies_ragged_rows():
         generator=torch.Generator().manual_seed(31),
     )
     for b in range(3):
-        counts = torch.bincount(sel[rows == b] - CHOSEN_INDEX, minlength=5).double()
+        counts = torch.bincount(sel[rows == b, 0] - CHOSEN_INDEX, minlength=5).double()
         assert bool((counts[1:][~mask[b]] == 0).all()), f"row {b}: padded slot drawn"
         support = torch.cat([torch.tensor([True]), mask[b]])
         p = torch.softmax(torch.cat([r0[b : b + 1], pool[b][mask[b]]]), 0)
@@ -143,14 +143,14 @@ def test_chosen_draw_gives_log2_and_zero_gradient():
     case = hand_case(2, dtype=torch.float32)
     case["policy_chosen"] = torch.tensor([3.0, 0.0])  # a row that would otherwise have gradient
     leaves = ("policy_chosen", "policy_cands", "ref_chosen", "ref_cands")
-    out, grads = run(case, "sample", selected=torch.tensor([CHOSEN_INDEX, 1]), leaves=leaves)
+    out, grads = run(case, "sample", selected=torch.tensor([[CHOSEN_INDEX], [1]]), leaves=leaves)
     assert out.loss[0].item() == torch.tensor(LN2, dtype=torch.float32).item()
     for name, grad in grads.items():
         assert bool((grad[0] == 0).all()), name
     torch.testing.assert_close(out.loss[1], torch.tensor(0.4740769841801067))
     assert grads["policy_cands"][1, 1].item() != 0
     m = out.metrics
-    assert m["mcpo/selected"].tolist() == [CHOSEN_INDEX, 1]
+    assert m["mcpo/selected"].tolist() == [[CHOSEN_INDEX], [1]]
     assert m["mcpo/chosen_drawn"].tolist() == [1.0, 0.0]
     assert m["rewards/rejected"][0].item() == 3.0 and m["rewards/margins"][0].item() == 0.0
 
@@ -160,7 +160,7 @@ def test_drawn_chosen_rows_have_zero_gradient():
     ln 2 and zero gradient; the fraction of such rows is K0 = 0.231224 (5 standard errors)."""
     out, grads = run(hand_case(4000, dtype=torch.float32), "sample", seed=17)
     drawn = out.metrics["mcpo/chosen_drawn"].bool()
-    assert torch.equal(drawn, out.metrics["mcpo/selected"] == CHOSEN_INDEX)
+    assert torch.equal(drawn, out.metrics["mcpo/selected"][:, 0] == CHOSEN_INDEX)
     assert bool((out.loss[drawn] == torch.tensor(LN2, dtype=torch.float32)).all())
     assert bool((grad_rows(grads)[drawn] == 0).all())
     assert bool((grad_rows(grads)[~drawn] != 0).any(dim=1).all())
@@ -272,8 +272,8 @@ def test_rao_blackwell_gradcheck_float64():
     k = kernel_probs(rewards, mask, "sample", 0.7 * (case["policy_chosen"] - case["ref_chosen"]))
     total = [torch.zeros_like(x) for x in leaves]
     for b, j in draws:
-        selected = torch.zeros(3, dtype=torch.long)
-        selected[b] = j
+        selected = torch.zeros(3, 1, dtype=torch.long)
+        selected[b, 0] = j
         fn = loss_at("sample", selected)
         assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
         per_draw = torch.autograd.grad(fn(*leaves)[b], leaves)

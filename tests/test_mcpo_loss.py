@@ -283,7 +283,7 @@ def test_matches_reference(kernel, batch, pool, dtype):
     assert grad_chosen.dtype == dtype and grad_cands.dtype == dtype
 
     rows = ref_case_rows(case, beta)
-    selected = out.metrics["mcpo/selected"].tolist()
+    selected = out.metrics["mcpo/selected"][:, 0].tolist()
     loss_ref, gc_ref, gp_ref, entropy_ref = [], [], [], []
     for b, (r0, pool_r) in enumerate(rows):
         w = float(upstream[b])
@@ -455,7 +455,7 @@ def test_two_candidates_by_hand(kernel, loss, grad_chosen, grad_cands, selected)
     torch.testing.assert_close(out.loss, torch.tensor([loss]), atol=1e-6, rtol=0)
     torch.testing.assert_close(pc.grad, torch.tensor([grad_chosen]), atol=1e-6, rtol=0)
     torch.testing.assert_close(pcand.grad, torch.tensor([grad_cands]), atol=1e-6, rtol=0)
-    assert out.metrics["mcpo/selected"].tolist() == [selected]
+    assert out.metrics["mcpo/selected"].tolist() == [[selected]]
     assert out.metrics["rewards/chosen"].tolist() == [1.0]
 
 
@@ -474,7 +474,7 @@ def test_two_candidates_sample_pool_kernel_by_hand():
         kernel="sample_pool",
         generator=torch.Generator().manual_seed(5),
     )
-    sel = out.metrics["mcpo/selected"]
+    sel = out.metrics["mcpo/selected"][:, 0]
     assert bool((sel >= 0).all()), "sample_pool drew y0"
     expected = torch.where(sel == 0, 0.4740769841801067, 0.2014132779827524)
     torch.testing.assert_close(out.loss, expected.float(), atol=1e-6, rtol=0)
@@ -499,7 +499,7 @@ def test_two_candidates_sample_kernel_by_hand():
         kernel="sample",
         generator=torch.Generator().manual_seed(5),
     )
-    sel = out.metrics["mcpo/selected"]
+    sel = out.metrics["mcpo/selected"][:, 0]
     expected = torch.tensor([0.6931471805599453, 0.4740769841801067, 0.2014132779827524])[sel + 1]
     torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
     assert torch.equal(out.metrics["mcpo/chosen_drawn"], (sel == CHOSEN_INDEX).float())
@@ -516,7 +516,7 @@ def test_listwise_metrics_by_hand():
     out = mcpo_loss(*two_candidate_case(), beta=0.5, kernel="listwise")
     w = [0.5465493872661796, 0.3314989604240915, 0.12195165230972885]
     m = out.metrics
-    assert m["mcpo/selected"].tolist() == [0]
+    assert m["mcpo/selected"].tolist() == [[0]]
     torch.testing.assert_close(m["rewards/rejected"], torch.tensor([0.5]))
     torch.testing.assert_close(m["rewards/margins"], torch.tensor([0.5]))
     torch.testing.assert_close(m["mcpo/kernel_chosen_prob"], torch.tensor([w[0]]))
@@ -590,9 +590,9 @@ def test_max_min_pick_by_implicit_reward_not_policy_logp(kernel):
     )
     out = mcpo_loss(torch.zeros(3), policy, torch.zeros(3), ref, candidate_mask=mask, beta=0.1, kernel=kernel)
     expected = [1, 1, 4] if kernel == "max" else [0, 0, 1]
-    assert out.metrics["mcpo/selected"].tolist() == expected
+    assert out.metrics["mcpo/selected"][:, 0].tolist() == expected
     sel = mcpo_select(policy, ref, candidate_mask=mask, beta=0.1, kernel=kernel)
-    assert sel.tolist() == expected
+    assert sel[:, 0].tolist() == expected
     # The contrast the docstring warns about: the policy's own argmax/argmin differ.
     assert policy[0, :3].argmax().item() == 0 and policy[0, :3].argmin().item() == 1
 
@@ -612,7 +612,7 @@ def test_padding_is_inert(kernel, pad_value):
     out1, gc1, gp1 = run_mcpo(dirty, kernel=kernel, beta=0.5, seed=9)
     sel = out1.metrics["mcpo/selected"]
     in_pool = sel != CHOSEN_INDEX  # sample may draw y0 itself
-    assert bool(base["mask"].gather(1, sel.clamp(min=0)[:, None])[in_pool].all()), "a padded slot was picked"
+    assert bool(base["mask"].gather(1, sel.clamp(min=0))[in_pool].all()), "a padded slot was picked"
     assert bool(torch.isfinite(out1.loss).all())
     assert bool(torch.isfinite(gc1).all()) and bool(torch.isfinite(gp1).all())
     assert bool((gp1[~base["mask"]] == 0).all())
@@ -660,7 +660,7 @@ def test_select_agrees_with_loss(kernel):
         kernel=kernel,
         generator=torch.Generator().manual_seed(77),
     )
-    assert sel.dtype == torch.long and sel.shape == (9,)
+    assert sel.dtype == torch.long and sel.shape == (9, 1)
     assert torch.equal(sel, out.metrics["mcpo/selected"])
     again = mcpo_loss(*args, candidate_mask=case["mask"], beta=0.3, kernel=kernel, selected=sel)
     assert torch.equal(again.loss, out.loss)
@@ -741,7 +741,7 @@ def draw_counts(kernel, seed):
         kernel=kernel,
         generator=torch.Generator().manual_seed(seed),
     )
-    return torch.bincount(sel - CHOSEN_INDEX, minlength=6).double()
+    return torch.bincount(sel[:, 0] - CHOSEN_INDEX, minlength=6).double()
 
 
 def test_sample_pool_kernel_frequencies_are_softmax():
@@ -776,23 +776,31 @@ def test_sample_kernel_frequencies_are_softmax_over_chosen_and_pool():
     assert bool(((freq - p_pool).abs() > 5 * sigma).any())
 
 
-def test_sample_pool_reproduces_the_old_sample_draws():
-    """sample_pool draws with the very call the pool-only `sample` kernel made (multinomial on
-    the pool softmax, one row at a time), so a seed reproduces earlier runs' picks."""
+@pytest.mark.parametrize("kernel", ["sample", "sample_pool", "uniform"])
+def test_one_negative_is_one_multinomial_draw(kernel):
+    """At num_negatives = 1 the picks are exactly one `torch.multinomial(probs, 1)` call on the
+    kernel's distribution ({y0} ∪ pool for sample, y0 first and reported as -1; the pool alone
+    otherwise), so a seed gives the same draws as the single-negative loss always made."""
     case = make_case(64, 7, seed=12)
-    probs = torch.softmax(
-        (0.3 * (case["policy_cands"] - case["ref_cands"])).masked_fill(~case["mask"], float("-inf")), dim=-1
-    )
-    old = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
+    rewards = 0.3 * (case["policy_cands"] - case["ref_cands"])
+    r0 = 0.3 * (case["policy_chosen"] - case["ref_chosen"])
+    if kernel == "sample":
+        logits = torch.cat([r0[:, None], rewards.masked_fill(~case["mask"], float("-inf"))], dim=-1)
+        old = torch.multinomial(torch.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(3)) - 1
+    else:
+        probs = torch.softmax(rewards.masked_fill(~case["mask"], float("-inf")), dim=-1)
+        if kernel == "uniform":
+            probs = case["mask"].double() / case["mask"].sum(-1, keepdim=True)
+        old = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))
+    common = {"candidate_mask": case["mask"], "beta": 0.3, "kernel": kernel}
+    chosen = {"policy_chosen_logps": case["policy_chosen"], "ref_chosen_logps": case["ref_chosen"]}
     new = mcpo_select(
-        case["policy_cands"],
-        case["ref_cands"],
-        candidate_mask=case["mask"],
-        beta=0.3,
-        kernel="sample_pool",
-        generator=torch.Generator().manual_seed(3),
+        case["policy_cands"], case["ref_cands"], **common, **chosen, generator=torch.Generator().manual_seed(3)
     )
     assert torch.equal(new, old)
+    args = (case["policy_chosen"], case["policy_cands"], case["ref_chosen"], case["ref_cands"])
+    out = mcpo_loss(*args, **common, num_negatives=1, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out.metrics["mcpo/selected"], old)
 
 
 def test_uniform_kernel_frequencies_are_uniform():
@@ -890,6 +898,7 @@ def test_listwise_gradient_is_mean_cd_gradient():
         kernel="sample_pool",
         generator=torch.Generator().manual_seed(4242),
     )
+    j = j[:, 0]
     assert bool((j == 0).any()), "y0 should be drawn sometimes (weight ≈ 0.27)"
     leaf = aug_policy.double().clone().requires_grad_(True)
     rewards = 0.5 * (leaf - aug_ref.double())
@@ -924,6 +933,7 @@ def test_listwise_gradient_is_mean_cd_gradient_of_sample_draws():
         kernel="sample",
         generator=torch.Generator().manual_seed(4243),
     )
+    j = j[:, 0]
     assert bool((j == CHOSEN_INDEX).any())
     chosen = case["policy_chosen"].double().clone().requires_grad_(True)
     cands = case["policy_cands"].double().clone().requires_grad_(True)
@@ -948,6 +958,7 @@ METRIC_KEYS = {
     "rewards/accuracies",
     "mcpo/selected",
     "mcpo/chosen_drawn",
+    "mcpo/distinct_negatives",
     "mcpo/pool_accuracy",
     "mcpo/num_candidates",
     "mcpo/entropy",
@@ -972,17 +983,17 @@ def test_metrics_shapes_detached_and_consistent(kernel):
     m = out.metrics
     assert set(m) == METRIC_KEYS
     for key, value in m.items():
-        assert value.shape == (5,), key
+        assert value.shape == ((5, 1) if key == "mcpo/selected" else (5,)), key
         assert value.grad_fn is None and not value.requires_grad, key
     assert m["mcpo/selected"].dtype == torch.long
     assert torch.equal(m["mcpo/num_candidates"], case["mask"].sum(1))
 
     rows = ref_case_rows(case, 0.3)
-    sel = m["mcpo/selected"].tolist()
+    sel = m["mcpo/selected"][:, 0].tolist()
     # A draw of y0 (sample only) reports y0's own reward as the rejected one: margin 0.
     rejected = [r0 if j == CHOSEN_INDEX else pool[j] for (r0, pool), j in zip(rows, sel, strict=True)]
     assert_close_ref(m["rewards/rejected"], rejected, 1e-5, 1e-5, "rewards/rejected")
-    assert torch.equal(m["mcpo/chosen_drawn"], (m["mcpo/selected"] == CHOSEN_INDEX).float())
+    assert torch.equal(m["mcpo/chosen_drawn"], (m["mcpo/selected"][:, 0] == CHOSEN_INDEX).float())
     if kernel != "sample":
         assert bool((m["mcpo/chosen_drawn"] == 0).all())
     torch.testing.assert_close(m["rewards/margins"], m["rewards/chosen"] - m["rewards/rejected"])
@@ -1228,7 +1239,7 @@ def test_bad_selected(kernel, selected):
             args.pop("ref_candidate_logps"),
             **args,
             kernel=kernel,
-            selected=torch.tensor(selected),
+            selected=torch.tensor(selected)[:, None],
         )
 
 

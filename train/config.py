@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from prefpool.core.config import Alias, Bounds, build_dataclass, check_bounds, config_help
 from prefpool.core.errors import ConfigError
-from prefpool.losses import LOSSES, MCPO_KERNELS, METHODS
+from prefpool.losses import LOSSES, MCPO_KERNELS, METHODS, check_num_negatives
 from prefpool.pipeline.kinds import get_kind, kind_for_loss
 from prefpool.pipeline.model.device import resolve_device
 
@@ -106,6 +106,14 @@ class TrainConfig:
             "The method's other settings, by name, checked against its settings (listed under loss), e.g. "
             "{cpo_alpha: 0.5} or {length_normalize: true}; beta, label_smoothing, gamma, tau and kernel may be "
             "given here or as keys of their own, not both."
+        ),
+    )
+    num_negatives: int = field(
+        default=1,
+        metadata=_help(
+            "mcpo: M, the negatives per prompt: M independent draws of the kernel, with replacement (max / min: the "
+            "M hardest / easiest distinct answers; rao_blackwell: the exact mean over the draws; listwise: 1 only).",
+            AT_LEAST_1,
         ),
     )
     nll_alpha: float = field(
@@ -299,6 +307,10 @@ class TrainConfig:
         if self.kernel is not None and self.kernel not in MCPO_KERNELS:
             raise ConfigError(f"kernel: expected one of {', '.join(MCPO_KERNELS)}, got {self.kernel!r}")
         check_bounds(self)  # every number finite and within the bounds declared with its field
+        try:
+            check_num_negatives(self.num_negatives, self.kernel)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         resolve_device(self.device, what="device")  # cuda asked for on a machine without it: an error here
         unknown = [name for name in self.report_to if name not in TRACKERS]
         if unknown:

@@ -41,7 +41,8 @@ processes x batch ``B`` see the rows one process with batch ``N*B`` sees, and th
 per-step losses and weights agree. Each process has its own MC-PO kernel generator,
 seeded from ``(seed, process)`` (process 0: ``seed + 1``, as a single process), so
 processes draw independently; process ``p`` saves its generator in the checkpoint
-as ``kernel_generator_{p}.safetensors``. The draws depend on the number of processes (a process draws for its
+as ``kernel_generator_{p}.safetensors`` (``checkpoint.generator_file``). The draws depend on the number of
+processes (a process draws for its
 ``B`` rows only), so only the deterministic kernels (``max``, ``min``,
 ``listwise``, ``rao_blackwell``) give identical runs for any ``N``.
 """

@@ -64,7 +64,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefpool.core.errors import ConfigError, UserError
-from prefpool.losses import AVERAGING_KERNELS, CHOSEN_SUPPORT_KERNELS, MCPO_KERNELS, mcpo_loss, mcpo_select, mpo_loss
+from prefpool.losses import MCPO_KERNELS, check_num_negatives, mpo_loss
 from prefpool.pipeline.kinds.hf import table_dataset, table_info
 from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import eval_mode, pad_pairs
@@ -72,6 +72,7 @@ from prefpool.pipeline.model.tokenize import encode_pair
 
 from .cache_check import CacheMismatchError, Step0MismatchError, check_cache
 from .checkpoint import generator_file, read_generator_state, save_generator
+from .kinds.mcpo import mcpo_step
 from .trainer import kernel_seed
 
 logger = logging.getLogger(__name__)
@@ -195,11 +196,19 @@ class MCPOConfig(CachedRefConfig):
     """``CachedRefConfig`` plus MC-PO's options. ``beta`` is MC-PO's beta."""
 
     mcpo_kernel: str = field(default="sample", metadata={"help": " | ".join(MCPO_KERNELS)})
+    mcpo_num_negatives: int = field(
+        default=1,
+        metadata={"help": "M, the negatives drawn per prompt (independent draws of the kernel, with replacement)"},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.mcpo_kernel not in MCPO_KERNELS:
             raise ValueError(f"mcpo_kernel: expected one of {MCPO_KERNELS}, got {self.mcpo_kernel!r}")
+        try:
+            check_num_negatives(self.mcpo_num_negatives, self.mcpo_kernel)
+        except ValueError as error:
+            raise ConfigError(f"mcpo_{error}") from None  # the message starts with "num_negatives:"
 
 
 @dataclass
@@ -457,12 +466,14 @@ class _PrefpoolLossTrainer(_CachedRefTrainer):
 class MCPODPOTrainer(_PrefpoolLossTrainer):
     """MC-PO (Chen et al. 2025, arXiv 2502.04567) as a ``DPOTrainer``; see the module docstring.
 
-    Selection kernels run two passes: the pool is scored without gradient, one
-    negative per prompt is picked by ``mcpo_select``, then one forward/backward
-    runs through the preferred and the picked answers (the paper's ``sample``
-    kernel may draw the preferred answer itself: that row's loss is log 2, with
-    no gradient). The averaging kernels (``listwise``, ``rao_blackwell``) run
-    one forward through the preferred answers and the whole pool.
+    The step is ``train.kinds.mcpo.mcpo_step``, the one ``prefpool train`` runs, with
+    TRL's fused LM head scoring the sequences: for the selection kernels the pool
+    is scored without gradient, ``mcpo_num_negatives`` negatives per prompt are
+    drawn by ``mcpo_select``, then one forward/backward runs through the
+    preferred and the distinct picked answers (the paper's ``sample`` kernel may
+    draw the preferred answer itself, which adds a constant and no gradient).
+    The averaging kernels (``listwise``, ``rao_blackwell``) run one forward
+    through the preferred answers and the whole pool.
     """
 
     table_kind = "mcpo"
@@ -495,42 +506,27 @@ class MCPODPOTrainer(_PrefpoolLossTrainer):
         self._restored_generator = read_generator_state(Path(checkpoint), self.args.process_index)
 
     def _loss(self, model, inputs):
-        kernel, beta = self.args.mcpo_kernel, self.args.beta
         batch = inputs["ref_chosen_logps"].shape[0]
-        mask, slot = inputs["extra_mask"], inputs["extra_slot"]
+        mask, slot = inputs["extra_mask"], inputs["extra_slot"]  # (B, K); slot: the extra row of each
         ref_chosen = inputs["ref_chosen_logps"]
-        ref_pool = inputs["ref_extra_logps"].to(ref_chosen.dtype)
-        if kernel in AVERAGING_KERNELS:
-            rows = slot[mask]  # slot order = row order
-            logps = self._logps_of_rows(model, inputs, batch, rows)
-            pool = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps[batch:])
-            return mcpo_loss(logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
-        # Pass 1 without gradient or dropout: the kernel samples from the policy itself.
-        with_chosen = kernel in CHOSEN_SUPPORT_KERNELS  # the paper's kernel may draw the preferred answer
-        with torch.no_grad(), eval_mode(model):
-            scores = self._logps(
-                model, inputs["extra_input_ids"], inputs["extra_attention_mask"], inputs["extra_completion_mask"]
-            )  # (N,)
-            chosen_scores = self._logps_of_rows(model, inputs, batch, None) if with_chosen else None
-        pool_scores = scores[slot.clamp(min=0)].masked_fill(~mask, 0.0)  # (B, M)
-        selected = mcpo_select(
-            pool_scores,
-            ref_pool,
-            policy_chosen_logps=chosen_scores,
-            ref_chosen_logps=ref_chosen if with_chosen else None,
-            candidate_mask=mask,
-            beta=beta,
-            kernel=kernel,
-            generator=self._draw_generator(pool_scores.device),
-        )  # (B,), -1 where the preferred answer was drawn
-        in_pool = selected >= 0
-        picked = slot.gather(1, selected.clamp(min=0)[:, None]).squeeze(1)[in_pool]  # extra rows of the picks
-        logps = self._logps_of_rows(model, inputs, batch, picked)
-        picked_logps = torch.zeros(batch, dtype=logps.dtype, device=logps.device).masked_scatter(in_pool, logps[batch:])
-        one_hot = F.one_hot(selected.clamp(min=0), mask.shape[1]).bool() & in_pool[:, None]
-        pool = torch.where(one_hot, picked_logps[:, None], pool_scores.to(logps.dtype))
-        return mcpo_loss(
-            logps[:batch], pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel, selected=selected
+
+        def score(with_chosen: bool):
+            keys = ("extra_input_ids", "extra_attention_mask", "extra_completion_mask")
+            scores = self._logps(model, *(inputs[k] for k in keys))  # (N,)
+            chosen = self._logps_of_rows(model, inputs, batch, None) if with_chosen else None
+            return scores[slot.clamp(min=0)].masked_fill(~mask, 0.0), chosen
+
+        return mcpo_step(
+            model,
+            score=score,
+            forward=lambda rows, slots: self._logps_of_rows(model, inputs, batch, slot[rows, slots]),
+            ref_chosen=ref_chosen,
+            ref_pool=inputs["ref_extra_logps"].to(ref_chosen.dtype),
+            mask=mask,
+            beta=self.args.beta,
+            kernel=self.args.mcpo_kernel,
+            num_negatives=self.args.mcpo_num_negatives,
+            generator=self._draw_generator(ref_chosen.device),
         )
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from prefpool.train.config import TrainConfig
+from prefpool.train.metrics import read_metrics
 from prefpool.train.trainer import Trainer
 
 from .probe import Probe
@@ -50,3 +51,22 @@ def train_with_probe(cfg: TrainConfig, probe: Probe, *, every: int, log=print, l
             trainer.run(stop_after=min(step + every, trainer.total_steps))
             train_seconds += time.perf_counter() - start
     return records
+
+
+def kernel_summary(output_dir: str | Path) -> dict:
+    """What the MC-PO kernel did in a finished run, from its ``metrics.jsonl`` (means over the steps).
+
+    ``kl_uniform``: KL of the kernel to uniform over its support (``mcpo/kernel_kl_uniform``; near 0:
+    the kernel picks about as a uniform draw would), also at the first and last step;
+    ``chosen_drawn``: the fraction of draws that were the preferred answer y0 (``mcpo/chosen_drawn``;
+    such a draw contributes no gradient); ``chosen_prob``: the kernel's mean probability of y0.
+    """
+    steps = read_metrics(Path(output_dir) / "metrics.jsonl")
+    mean = lambda name: sum(r[name] for r in steps) / len(steps)  # noqa: E731
+    return {
+        "kl_uniform": mean("mcpo/kernel_kl_uniform"),
+        "kl_uniform_first": steps[0]["mcpo/kernel_kl_uniform"],
+        "kl_uniform_last": steps[-1]["mcpo/kernel_kl_uniform"],
+        "chosen_drawn": mean("mcpo/chosen_drawn"),
+        "chosen_prob": mean("mcpo/kernel_chosen_prob"),
+    }

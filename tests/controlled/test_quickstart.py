@@ -45,6 +45,16 @@ def test_quickstart_writes_the_report_and_is_deterministic(tmp_path, fresh_accel
     report = (out / "REPORT.md").read_text()
     assert "DPO (random rejected)" in report and "MC-PO (sample kernel)" in report
     assert "prefpool run" in report  # the commands that made the data
+    # Every ± says what it is; the kernel's diagnostics are printed, and are those of metrics.jsonl.
+    assert "is the standard error of the mean over the 48 probe samples of this one run" in report
+    assert "kernel KL to uniform" in report and "y0 draws" in report and "Across" not in report
+    mcpo = next(r for r in a["runs"] if r["method"] == "mcpo")
+    lines = [json.loads(line) for line in (out / "runs" / "mcpo" / "metrics.jsonl").read_text().splitlines()]
+    kl = sum(r["mcpo/kernel_kl_uniform"] for r in lines) / len(lines)
+    assert mcpo["kernel"]["kl_uniform"] == pytest.approx(kl) and kl > 0
+    assert f"{kl:.2f} (" in report
+    dpo = next(r for r in a["runs"] if r["method"] == "dpo-random")
+    assert dpo["kernel"]["kl_uniform"] == pytest.approx(0, abs=1e-12) and dpo["kernel"]["chosen_drawn"] == 0
     for method in ("dpo-random", "mcpo"):
         records = _probe_records(out, method)
         assert [r["step"] for r in records] == [0, 2, 4]
@@ -64,3 +74,23 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     result = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_quickstart_seeds_report_mean_and_sd_across_training_seeds(tmp_path, fresh_accelerate_state):
+    """--seeds 2: each method trained with seeds 0 and 1 on the same data; the report adds mean ± sd
+    across them and the paired difference, computed from the per-seed probe records."""
+    out = tmp_path / "s"
+    summary = run_quickstart(QuickstartConfig(out_dir=str(out), seeds=2, **SMALL), log=None)
+    for method in ("dpo-random", "mcpo"):
+        assert (out / "runs" / f"{method}-seed1" / "probe.jsonl").is_file()
+    finals = {(r["method"], r["seed"]): r["final"]["reward"] for r in summary["seeds"]}
+    assert sorted(finals) == [("dpo-random", 0), ("dpo-random", 1), ("mcpo", 0), ("mcpo", 1)]
+    across = summary["across_seeds"]
+    mean = (finals[("mcpo", 0)] + finals[("mcpo", 1)]) / 2
+    sd = abs(finals[("mcpo", 0)] - finals[("mcpo", 1)]) / 2**0.5
+    assert across["mcpo"]["reward"] == pytest.approx([mean, sd])
+    diffs = [finals[("mcpo", s)] - finals[("dpo-random", s)] for s in (0, 1)]
+    assert across["paired"]["reward"][0] == pytest.approx(sum(diffs) / 2) and across["paired"]["n"] == 2
+    report = (out / "REPORT.md").read_text()
+    assert "## Across 2 training seeds" in report and "standard deviation across the seeds" in report
+    assert f"{mean:+.2f} ± {sd:.2f}" in report

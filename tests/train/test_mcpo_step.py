@@ -1,10 +1,10 @@
 """MC-PO's two-pass step equals the one-pass computation through the whole pool.
 
-The two-pass step scores the pool without gradient, picks with ``mcpo_select``
-and back-propagates through the preferred and the picked answers only. The
-one-pass reference here forwards all ``1 + M`` answers with gradient and calls
-``mcpo_loss`` with a generator in the same state: same picks, same loss, same
-parameter gradients.
+The two-pass step scores the pool without gradient, draws ``M`` negatives per
+prompt with ``mcpo_select`` and back-propagates through the preferred and the
+distinct picked answers only. The one-pass reference here forwards all ``1 + K``
+answers with gradient and calls ``mcpo_loss`` with a generator in the same
+state: same picks, same loss, same parameter gradients.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def _batch(pool_sizes: list[int], seed: int = 0) -> PoolBatch:
     )
 
 
-def _one_pass(model, batch: PoolBatch, kernel: str, seed: int):
-    """All 1 + M answers forwarded with gradient, then ``mcpo_loss`` draws the negatives itself."""
+def _one_pass(model, batch: PoolBatch, kernel: str, seed: int, num_negatives: int = 1):
+    """All 1 + K answers forwarded with gradient, then ``mcpo_loss`` draws the negatives itself."""
     width = batch.pool_mask.shape[1]
     flat = [*batch.chosen, *(pool[i] for pool in batch.pools for i in range(len(pool)))]
     logps, _ = completion_logps(model, flat, PAD)
@@ -77,6 +77,7 @@ def _one_pass(model, batch: PoolBatch, kernel: str, seed: int):
         candidate_mask=batch.pool_mask,
         beta=BETA,
         kernel=kernel,
+        num_negatives=num_negatives,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -87,11 +88,19 @@ def _grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("kernel", ["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"])
-def test_two_pass_equals_one_pass(model, kernel):
-    batch = _batch([3, 1, 4, 2])
+KERNELS = ["sample", "sample_pool", "max", "min", "uniform", "listwise", "rao_blackwell"]
+CASES = [(kernel, 1, [3, 1, 4, 2]) for kernel in KERNELS] + [
+    (kernel, 3, [3, 1, 4, 2]) for kernel in ("sample", "sample_pool", "uniform", "rao_blackwell")
+]
+# max / min take M distinct answers, so every pool holds at least M = 3.
+CASES += [(kernel, 3, [3, 5, 4, 3]) for kernel in ("max", "min")]
+
+
+@pytest.mark.parametrize(("kernel", "m", "pools"), CASES)
+def test_two_pass_equals_one_pass(model, kernel, m, pools):
+    batch = _batch(pools)
     seed = 11
-    one = _one_pass(model, batch, kernel, seed)
+    one = _one_pass(model, batch, kernel, seed, m)
     one_grads = _grads(model, one.loss)
     two = mcpo_step_loss(
         model,
@@ -99,6 +108,7 @@ def test_two_pass_equals_one_pass(model, kernel):
         pad_token_id=PAD,
         beta=BETA,
         kernel=kernel,
+        num_negatives=m,
         generator=torch.Generator().manual_seed(seed),
         score_max_tokens=24,
     )
@@ -106,7 +116,7 @@ def test_two_pass_equals_one_pass(model, kernel):
 
     assert torch.equal(one.metrics["mcpo/selected"], two.metrics["mcpo/selected"])
     torch.testing.assert_close(two.loss, one.loss, rtol=1e-5, atol=1e-6)
-    for name in ("rewards/chosen", "rewards/rejected", "mcpo/entropy", "mcpo/pool_accuracy"):
+    for name in ("rewards/chosen", "rewards/rejected", "mcpo/entropy", "mcpo/pool_accuracy", "mcpo/chosen_drawn"):
         torch.testing.assert_close(two.metrics[name], one.metrics[name], rtol=1e-5, atol=1e-6)
     assert len(one_grads) == len(two_grads) > 0
     for g1, g2 in zip(one_grads, two_grads, strict=True):
@@ -143,15 +153,73 @@ def test_two_pass_gradient_reaches_only_the_picked_answers(model):
     batch = _batch([4, 4], seed=5)
     two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel="max")
     grads = _grads(model, two.loss)
-    picked = two.metrics["mcpo/selected"].tolist()
-    pairs = [*batch.chosen, *(batch.pools[b][i] for b, i in enumerate(picked))]
+    picked = two.metrics["mcpo/selected"][:, 0]
+    pairs = [*batch.chosen, *(batch.pools[b][i] for b, i in enumerate(picked.tolist()))]
     logps, _ = completion_logps(model, pairs, PAD)
-    ref_picked = batch.ref_pool_logps[torch.arange(2), two.metrics["mcpo/selected"]]
+    ref_picked = batch.ref_pool_logps[torch.arange(2), picked]
     r0 = BETA * (logps[:2] - batch.ref_chosen_logps)
     r1 = BETA * (logps[2:] - ref_picked)
     dpo = -torch.nn.functional.logsigmoid(r0 - r1)
     for g_ref, g in zip(_grads(model, dpo), grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_pass_two_forwards_the_distinct_picks_only(model, monkeypatch):
+    """At M = 3 the gradient pass forwards the B preferred answers and each distinct picked pool
+    answer once (a pick drawn twice, or a draw of y0, costs no extra forward)."""
+    batch = _batch([3, 1, 4, 2], seed=9)
+    forwarded = []
+
+    def spy(model, pairs, *args, **kwargs):
+        forwarded.append(list(pairs))
+        return completion_logps(model, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(mcpo_kind, "completion_logps", spy)
+    out = mcpo_step_loss(
+        model,
+        batch,
+        pad_token_id=PAD,
+        beta=BETA,
+        kernel="sample",
+        num_negatives=3,
+        generator=torch.Generator().manual_seed(4),
+    )
+    (pairs,) = forwarded
+    picks = out.metrics["mcpo/selected"]
+    distinct = [sorted({i for i in row if i >= 0}) for row in picks.tolist()]
+    assert pairs == [*batch.chosen, *(batch.pools[b][i] for b, row in enumerate(distinct) for i in row)]
+    assert out.metrics["mcpo/distinct_negatives"].tolist() == [len(row) for row in distinct]
+    # The case is informative: some pick repeats, and some row has fewer distinct picks than draws.
+    assert sum(len(row) for row in distinct) < picks.numel()
+
+
+def test_pass_two_forwards_a_slot_drawn_beside_y0(model, monkeypatch):
+    """Fixed picks where a pool slot and a y0 draw share a row, in either order: pass 2 still
+    back-propagates through that slot, so the parameter gradients equal the one-pass ones."""
+    batch = _batch([3, 2], seed=6)
+    picks = torch.tensor([[0, 0, -1], [-1, 1, -1]])
+    monkeypatch.setattr(mcpo_kind, "mcpo_select", lambda *args, **kwargs: picks.clone())
+    two = mcpo_step_loss(model, batch, pad_token_id=PAD, beta=BETA, kernel="sample", num_negatives=3)
+    two_grads = _grads(model, two.loss)
+    width = batch.pool_mask.shape[1]
+    flat = [*batch.chosen, *(pool[i] for pool in batch.pools for i in range(len(pool)))]
+    logps, _ = completion_logps(model, flat, PAD)
+    rows, cols = batch.pool_mask.nonzero(as_tuple=True)
+    policy_pool = torch.zeros(2, width).index_put((rows, cols), logps[2:])
+    one = mcpo_loss(
+        logps[:2],
+        policy_pool,
+        batch.ref_chosen_logps,
+        batch.ref_pool_logps,
+        candidate_mask=batch.pool_mask,
+        beta=BETA,
+        kernel="sample",
+        num_negatives=3,
+        selected=picks,
+    )
+    torch.testing.assert_close(two.loss, one.loss, rtol=1e-5, atol=1e-6)
+    for g1, g2 in zip(_grads(model, one.loss), two_grads, strict=True):
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
 
 
 def test_scores_do_not_depend_on_batching(model):

@@ -147,10 +147,12 @@ def _assert_same_training(got: Path, want: Path, steps: int) -> None:
 # -- prefpool train -----------------------------------------------------------------------------------
 
 
-def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
-    """MC-PO, ``sample`` kernel, AdamW with warmup, batch 2 over 8 rows (an epoch every 4 steps),
-    rows grouped by length (``group_by_length``: the order is recomputed from the data position),
-    a checkpoint every step and only the newest two kept (the kill may land in a prune)."""
+@pytest.mark.parametrize("num_negatives", [1, 3])
+def test_train_killed_then_resumed_equals_one_run(world, tmp_path, num_negatives):
+    """MC-PO, ``sample`` kernel with 1 or 3 negatives a prompt, AdamW with warmup, batch 2 over 8 rows
+    (an epoch every 4 steps), rows grouped by length (``group_by_length``: the order is recomputed from
+    the data position), a checkpoint every step and only the newest two kept (the kill may land in a
+    prune)."""
 
     def config(name: str) -> Path:
         return _write_config(
@@ -161,6 +163,7 @@ def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
                 "output_dir": str(tmp_path / name),
                 "loss": "mcpo",
                 "kernel": "sample",
+                "num_negatives": num_negatives,
                 "max_length": MAX_LENGTH,
                 "lr": 1e-3,
                 "beta": 0.5,
@@ -188,6 +191,10 @@ def test_train_killed_then_resumed_equals_one_run(world, tmp_path):
 
     train(load_config(TrainConfig, config("straight")))  # in-process: no second interpreter start-up
     _assert_same_training(out, tmp_path / "straight", TRAIN_STEPS)
+    # Every step drew M picks for each of its 2 rows: the histogram's pool picks plus the y0 draws.
+    for record in read_metrics(out / "metrics.jsonl"):
+        drawn = sum(record["mcpo/selected_hist"]) + round(record["mcpo/chosen_drawn"] * 2 * num_negatives)
+        assert drawn == 2 * num_negatives, record
 
 
 # -- prefpool online ----------------------------------------------------------------------------------

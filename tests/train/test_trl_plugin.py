@@ -85,7 +85,7 @@ def _first_batch_loss(trainer):
         return float(trainer.compute_loss(trainer.model, batch)), batch
 
 
-def _independent_mcpo(path, tok, rows_in_batch, kernel, beta):
+def _independent_mcpo(path, tok, rows_in_batch, kernel, beta, num_negatives=1, selected=None):
     model = _model(path).eval()
     pol_c, pol_pool, ref_c, ref_pool = [], [], [], []
     width = max(len(r["pool"]) for r in rows_in_batch)
@@ -100,7 +100,15 @@ def _independent_mcpo(path, tok, rows_in_batch, kernel, beta):
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     return float(
         mcpo_loss(
-            t(pol_c), t(pol_pool), t(ref_c), t(ref_pool), candidate_mask=mask, beta=beta, kernel=kernel
+            t(pol_c),
+            t(pol_pool),
+            t(ref_c),
+            t(ref_pool),
+            candidate_mask=mask,
+            beta=beta,
+            kernel=kernel,
+            num_negatives=num_negatives,
+            selected=selected,
         ).loss.mean()
     )
 
@@ -161,8 +169,8 @@ def test_mcpo_step0_equals_independent_loss_then_trains(tiny, tmp_path):
 
 
 def _record_draws(monkeypatch) -> list[dict]:
-    """Spy on the plug-in's ``mcpo_select``: each call's generator seed and picks."""
-    from prefpool.train import trl_plugin
+    """Spy on the MC-PO step's ``mcpo_select`` (which the plug-in runs): each call's generator seed and picks."""
+    from prefpool.train.kinds import mcpo as mcpo_kind
 
     calls = []
 
@@ -171,7 +179,7 @@ def _record_draws(monkeypatch) -> list[dict]:
         calls.append({"seed": kwargs["generator"].initial_seed(), "selected": selected.tolist()})
         return selected
 
-    monkeypatch.setattr(trl_plugin, "mcpo_select", spy)
+    monkeypatch.setattr(mcpo_kind, "mcpo_select", spy)
     return calls
 
 
@@ -199,14 +207,18 @@ def test_mcpo_kernel_generator_is_seeded_per_process(tiny, tmp_path, monkeypatch
     assert not torch.equal(streams[0], streams[1])
 
 
-def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_negatives", [1, 2])
+def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch, num_negatives):
     """A run resumed from its step-2 checkpoint makes the kernel draws of steps 3-4 that the
-    uninterrupted run made: the checkpoint holds the generator (``kernel_generator_0.safetensors``) and
-    resuming restores it. Without the restore the resumed draws restart the stream."""
+    uninterrupted run made, at M = 1 and M = 2 negatives: the checkpoint holds the generator
+    (``kernel_generator_0.safetensors``) and resuming restores it. Without the restore the resumed draws
+    restart the stream."""
     path, tok = tiny
     data, _ = _mcpo_table(path, tok, tmp_path)
     calls = _record_draws(monkeypatch)
-    kw = dict(mcpo_kernel="sample", max_steps=4, save_strategy="steps", save_steps=2, seed=3)
+    kw = dict(
+        mcpo_kernel="sample", mcpo_num_negatives=num_negatives, max_steps=4, save_strategy="steps", save_steps=2, seed=3
+    )
     whole = MCPODPOTrainer(
         _model(path), args=_args(MCPOConfig, tmp_path, **kw), train_dataset=mcpo_dataset(data), processing_class=tok
     )
@@ -224,6 +236,41 @@ def test_mcpo_resume_makes_the_uninterrupted_draws(tiny, tmp_path, monkeypatch):
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert [c["selected"] for c in calls] == uninterrupted[2:]
+    assert all(len(row) == num_negatives for picks in uninterrupted for row in picks)
+
+
+def test_mcpo_two_negatives_equals_independent_loss(tiny, tmp_path, monkeypatch):
+    """M = 2 with the paper's kernel: the plug-in draws (B, 2) picks, and its first-batch loss equals
+    mcpo_loss at num_negatives = 2 on score_pairs log-probs with those picks; rao_blackwell at M = 2
+    (no draw) equals the independent loss too. Then 2 training steps run and log
+    mcpo/distinct_negatives."""
+    path, tok = tiny
+    shifts = [[0.0, 1.0, -2.0], [0.5, 0.0, 1.5, -1.0], [-1.0, 0.3]]
+    data, rows = _mcpo_table(path, tok, tmp_path, shifts)
+    calls = _record_draws(monkeypatch)
+    for kernel in ("sample", "rao_blackwell"):
+        args = _args(MCPOConfig, tmp_path, mcpo_kernel=kernel, mcpo_num_negatives=2, beta=0.5, step0_tolerance=3.0)
+        trainer = MCPODPOTrainer(_model(path), args=args, train_dataset=mcpo_dataset(data), processing_class=tok)
+        loss, batch = _first_batch_loss(trainer)
+        selected = None
+        if kernel == "sample":
+            selected = torch.tensor(calls[-1]["selected"])
+            assert selected.shape == (3, 2)
+        want = _independent_mcpo(path, tok, _rows_of_batch(batch, rows, tok), kernel, 0.5, 2, selected)
+        assert loss == pytest.approx(want, abs=1e-4)
+    trainer.args.max_steps = 2
+    trainer.model.train()
+    assert trainer.train().global_step == 2
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and "mcpo/distinct_negatives" in logged[0]
+
+
+@pytest.mark.parametrize(("kernel", "m"), [("sample", 0), ("listwise", 2)])
+def test_mcpo_config_refuses_bad_num_negatives(kernel, m, tmp_path):
+    from prefpool.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^mcpo_num_negatives: "):
+        _args(MCPOConfig, tmp_path, mcpo_kernel=kernel, mcpo_num_negatives=m)
 
 
 def _mpo_table(path, tok, tmp_path):

@@ -2,19 +2,26 @@
 
 Pass 1 scores the candidates under the current policy without gradient and
 with dropout off (``eval_mode``: the kernel must sample from the policy, not
-from a dropout-perturbed copy of it), batched by length, and picks one answer
-per prompt with ``mcpo_select``. A row's answers share its prompt, which pass 1
-runs once and scores every answer against (``share_prompts``: its keys and
-values are cached, ``pipeline.model.prompt_cache``), so pass 1 costs about the
-answers' lengths, not ``M`` times prompt + answer. The paper's ``sample`` kernel (Chen et al.
-2025, arXiv 2502.04567, Sec. 3) draws from the preferred answer *and* the
+from a dropout-perturbed copy of it), and draws ``M`` negatives per prompt
+(``num_negatives``) with ``mcpo_select``. The paper's ``sample`` kernel (Chen et
+al. 2025, arXiv 2502.04567, Sec. 3) draws from the preferred answer *and* the
 pool, so pass 1 scores the preferred answers too. Pass 2 runs forward/backward
-on the preferred answers and the picked pool answers only; a row whose draw
-was the preferred answer itself has the constant loss log 2 and no gradient,
-so it costs no pool forward. The loss and its gradient equal the one-pass
-computation that back-propagates through all ``1 + M`` answers, because the
-selection kernels send gradient through the picked answer alone; pass 2
-costs what a DPO step costs, pass 1 ``M`` (+1) inference forwards.
+on the preferred answers and the distinct picked pool answers only; a draw of
+the preferred answer itself adds a constant to the loss, so it costs no pool
+forward. The loss and its gradient equal the one-pass computation that
+back-propagates through all ``1 + K`` answers, because the selection kernels
+send gradient through the picked answers alone; pass 2 costs about what a DPO
+step with ``M`` rejected answers costs, pass 1 ``K`` (+1) inference forwards.
+
+``mcpo_step`` is that step, written once: ``prefpool train`` (``mcpo_step_loss``
+here, with ``pipeline.model.scoring``) and the TRL plug-in
+(``train.trl_plugin.MCPODPOTrainer``, with TRL's fused LM head) call it with
+their own ways of scoring sequences.
+
+In ``prefpool train`` a row's answers share its prompt, which pass 1 runs once
+and scores every answer against (``share_prompts``: its keys and values are
+cached, ``pipeline.model.prompt_cache``), so pass 1 costs about the answers'
+lengths, not ``K`` times prompt + answer.
 
 The averaging kernels (``listwise``, ``rao_blackwell``) need gradient through
 every candidate, so they run as one pass.
@@ -22,18 +29,21 @@ every candidate, so they run as one pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from prefpool.core.errors import ConfigError
 from prefpool.losses import (
     AVERAGING_KERNELS,
     CHOSEN_SUPPORT_KERNELS,
+    RAO_BLACKWELL_MAX_DRAWS,
     LossOutput,
     mcpo_loss,
     mcpo_select,
+    picked_slots,
 )
 from prefpool.pipeline.kinds import mcpo as table
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps, eval_mode, score_pairs
@@ -50,8 +60,8 @@ class PoolBatch:
         chosen: ``B`` tokenized preferred answers.
         pools: ``B`` lists of tokenized candidates (at least one each).
         ref_chosen_logps: ``(B,)`` cached reference log-probs of ``chosen``.
-        ref_pool_logps: ``(B, M)`` cached reference log-probs, padded to ``M``.
-        pool_mask: ``(B, M)`` bool, True where ``pools[b]`` has an answer.
+        ref_pool_logps: ``(B, K)`` cached reference log-probs, padded to ``K``.
+        pool_mask: ``(B, K)`` bool, True where ``pools[b]`` has an answer.
     """
 
     chosen: Sequence[TokenPair]
@@ -79,8 +89,68 @@ def collate(examples: Sequence[Example]) -> PoolBatch:
     )
 
 
-def _pool_slots(batch: PoolBatch) -> list[tuple[int, int]]:
-    return [(b, i) for b, pool in enumerate(batch.pools) for i in range(len(pool))]
+def mcpo_step(
+    model: torch.nn.Module,
+    *,
+    score: Callable[[bool], tuple[torch.Tensor, torch.Tensor | None]],
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ref_chosen: torch.Tensor,
+    ref_pool: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    kernel: str,
+    num_negatives: int = 1,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
+    """MC-PO's training step for ``B`` prompts, ready for ``.loss.sum().backward()``.
+
+    Selection kernels: pass 1 calls ``score`` under ``torch.no_grad()`` and
+    ``eval_mode(model)``, ``mcpo_select`` draws ``M`` negatives per row, and pass 2
+    calls ``forward`` on the distinct picks only. Averaging kernels: one
+    ``forward`` through every valid candidate. Metrics are ``mcpo_loss``'s over the
+    whole pool (pass-1 scores where no gradient was taken).
+
+    Args:
+        model: the policy (put in eval mode for pass 1).
+        score: ``score(with_chosen) -> (pool (B, K), chosen (B,) or None)``: the policy's
+            log-probs of every pool slot (any finite value on padding) and, when
+            ``with_chosen``, of the preferred answers.
+        forward: ``forward(rows, slots) -> (B + P,)``: log-probs with gradient of the
+            ``B`` preferred answers, then of the ``P`` pool answers at
+            ``(rows[p], slots[p])``, in that order.
+        ref_chosen: ``(B,)`` cached reference log-probs of the preferred answers.
+        ref_pool: ``(B, K)`` cached reference log-probs of the pool (0 on padding).
+        mask: ``(B, K)`` bool, True on real candidates.
+        beta, kernel, num_negatives, generator: as ``mcpo_loss``.
+    """
+    size = mask.shape[0]
+    common = {"candidate_mask": mask, "beta": beta, "kernel": kernel, "num_negatives": num_negatives}
+    if kernel in AVERAGING_KERNELS:
+        rows, slots = mask.nonzero(as_tuple=True)
+        logps = forward(rows, slots)
+        policy_pool = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device)
+        policy_pool = policy_pool.index_put((rows, slots), logps[size:])
+        return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, **common)
+
+    # Pass 1: score without gradient or dropout (the kernel samples from the policy itself), draw.
+    with_chosen = kernel in CHOSEN_SUPPORT_KERNELS  # the paper's kernel can draw the preferred answer
+    with torch.no_grad(), eval_mode(model):
+        pool_scores, chosen_scores = score(with_chosen)
+    selected = mcpo_select(
+        pool_scores,
+        ref_pool,
+        policy_chosen_logps=chosen_scores,
+        ref_chosen_logps=ref_chosen if with_chosen else None,
+        generator=generator,
+        **common,
+    )  # (B, M), -1 where the preferred answer was drawn
+
+    # Pass 2: forward/backward through the preferred answers and the distinct picked pool answers.
+    rows, slots = picked_slots(selected, mask.shape[1]).nonzero(as_tuple=True)
+    logps = forward(rows, slots)
+    # The picked entries carry gradient; the rest are pass-1 scores (values for the metrics).
+    policy_pool = pool_scores.to(logps.dtype).index_put((rows, slots), logps[size:])
+    return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, selected=selected, **common)
 
 
 def mcpo_step_loss(
@@ -90,6 +160,7 @@ def mcpo_step_loss(
     pad_token_id: int,
     beta: float,
     kernel: str = "sample",
+    num_negatives: int = 1,
     generator: torch.Generator | None = None,
     score_max_tokens: int = 16384,
     lockstep: bool = False,
@@ -97,91 +168,81 @@ def mcpo_step_loss(
     packing: bool | None = None,
     method: str | None = None,
 ) -> LossOutput:
-    """Per-example MC-PO loss ``(B,)`` for one batch, ready for ``.backward()``.
+    """``mcpo_step`` on a ``PoolBatch``, scored with ``pipeline.model.scoring``.
 
-    With a selection kernel (``sample``, ``sample_pool``, ``max``, ``min``,
-    ``uniform``) this runs the two passes above; with an averaging kernel, one
-    pass through the whole pool. Metrics are those of ``mcpo_loss`` over the
-    whole pool. ``lockstep``: see ``score_pairs`` (all processes run pass 1 in
-    as many forwards; for sharded models). ``share_prompts``: pass 1 runs each
-    prompt once (False: every answer as a full sequence; the same scores up to
-    float rounding). ``packing``, ``method``: how the gradient pass scores
+    ``lockstep``: see ``score_pairs`` (all processes run pass 1 in as many
+    forwards; for sharded models). ``share_prompts``: pass 1 runs each prompt once
+    (False: every answer as a full sequence; the same scores up to float
+    rounding). ``packing``, ``method``: how the gradient pass scores
     (``scoring.completion_logps``).
     """
     device = next(model.parameters()).device
-    ref_chosen = batch.ref_chosen_logps.to(device)
-    ref_pool = batch.ref_pool_logps.to(device)
     mask = batch.pool_mask.to(device)
-    size = len(batch.chosen)
-    slots = _pool_slots(batch)
-    rows = torch.tensor([b for b, _ in slots], device=device)
-    cols = torch.tensor([i for _, i in slots], device=device)
+    slots = mask.nonzero().tolist()  # (b, i) of every real candidate, row-major
 
-    def with_grad(pairs):  # the gradient pass
-        return completion_logps(model, pairs, pad_token_id, packing=packing, method=method)[0]
-
-    if kernel in AVERAGING_KERNELS:
-        logps = with_grad([*batch.chosen, *(batch.pools[b][i] for b, i in slots)])
-        policy_pool = torch.zeros(mask.shape, dtype=logps.dtype, device=device)
-        policy_pool = policy_pool.index_put((rows, cols), logps[size:])
-        return mcpo_loss(logps[:size], policy_pool, ref_chosen, ref_pool, candidate_mask=mask, beta=beta, kernel=kernel)
-
-    # Pass 1: score the candidates without gradient or dropout, pick one answer per row.
-    with_chosen = kernel in CHOSEN_SUPPORT_KERNELS  # the paper's kernel can draw the preferred answer
-    scored = [batch.pools[b][i] for b, i in slots] + (list(batch.chosen) if with_chosen else [])
-    with eval_mode(model):
+    def score(with_chosen: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pairs = [batch.pools[b][i] for b, i in slots] + (list(batch.chosen) if with_chosen else [])
         scores = score_pairs(
             model,
-            scored,
+            pairs,
             pad_token_id,
             max_tokens=score_max_tokens,
             lockstep=lockstep,
             share_prompts=share_prompts,
             method=method,
         ).to(device)
-    pool_scores = torch.zeros(mask.shape, dtype=torch.float32, device=device)
-    pool_scores[rows, cols] = scores[: len(slots)]
-    chosen_scores = scores[len(slots) :] if with_chosen else None
-    selected = mcpo_select(
-        pool_scores,
-        ref_pool,
-        policy_chosen_logps=chosen_scores,
-        ref_chosen_logps=ref_chosen if with_chosen else None,
-        candidate_mask=mask,
-        beta=beta,
-        kernel=kernel,
-        generator=generator,
-    )  # (B,), -1 where the preferred answer was drawn
+        pool = torch.zeros(mask.shape, dtype=torch.float32, device=device)
+        pool[mask] = scores[: len(slots)].to(pool.dtype)
+        return pool, (scores[len(slots) :] if with_chosen else None)
 
-    # Pass 2: forward/backward through the preferred answers and the picked pool answers only.
-    picks = [(b, i) for b, i in enumerate(selected.tolist()) if i >= 0]
-    logps = with_grad([*batch.chosen, *(batch.pools[b][i] for b, i in picks)])
-    in_pool = selected >= 0
-    picked_slot = torch.nn.functional.one_hot(selected.clamp(min=0), mask.shape[1]).bool() & in_pool[:, None]
-    picked_logps = torch.zeros(size, dtype=logps.dtype, device=device)
-    if picks:
-        picked_logps = picked_logps.index_put((torch.tensor([b for b, _ in picks], device=device),), logps[size:])
-    # The picked entries carry gradient; the rest are pass-1 scores (values for the metrics).
-    policy_pool = torch.where(picked_slot, picked_logps[:, None], pool_scores.to(logps.dtype))
-    return mcpo_loss(
-        logps[:size],
-        policy_pool,
-        ref_chosen,
-        ref_pool,
-        candidate_mask=mask,
+    def forward(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        pairs = [*batch.chosen, *(batch.pools[b][i] for b, i in zip(rows.tolist(), cols.tolist(), strict=True))]
+        return completion_logps(model, pairs, pad_token_id, packing=packing, method=method)[0]
+
+    return mcpo_step(
+        model,
+        score=score,
+        forward=forward,
+        ref_chosen=batch.ref_chosen_logps.to(device),
+        ref_pool=batch.ref_pool_logps.to(device),
+        mask=mask,
         beta=beta,
         kernel=kernel,
-        selected=selected,
+        num_negatives=num_negatives,
+        generator=generator,
     )
 
 
+def check_pool_sizes(mask: torch.Tensor, kernel: str, num_negatives: int) -> None:
+    """A ``ConfigError`` where ``num_negatives`` does not fit this batch's pools: ``max``/``min`` take
+    ``M`` distinct answers, ``rao_blackwell`` enumerates ``(1 + K)^M`` ordered draws."""
+    if num_negatives == 1:
+        return
+    smallest = int(mask.sum(dim=-1).min())
+    if kernel in ("max", "min") and smallest < num_negatives:
+        raise ConfigError(
+            f"num_negatives: {num_negatives} with kernel {kernel} takes {num_negatives} distinct pool answers per "
+            f"prompt, and a prompt of the table has {smallest}; lower num_negatives, or use sample / uniform "
+            "(draws with replacement)"
+        )
+    draws = (1 + mask.shape[1]) ** num_negatives
+    if kernel == "rao_blackwell" and draws > RAO_BLACKWELL_MAX_DRAWS:
+        raise ConfigError(
+            f"num_negatives: rao_blackwell at {num_negatives} negatives averages over (1 + {mask.shape[1]})^"
+            f"{num_negatives} = {draws} ordered draws per prompt, more than {RAO_BLACKWELL_MAX_DRAWS}; use the "
+            "sample kernel (an unbiased draw of the same loss) or fewer negatives"
+        )
+
+
 def loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
+    check_pool_sizes(batch.pool_mask, cfg.kernel, cfg.num_negatives)
     out = mcpo_step_loss(
         model,
         batch,
         pad_token_id=options.pad_token_id,
         beta=cfg.beta,
         kernel=cfg.kernel,
+        num_negatives=cfg.num_negatives,
         generator=options.generator,
         score_max_tokens=cfg.score_max_tokens,
         lockstep=options.lockstep,
