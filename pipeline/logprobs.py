@@ -172,8 +172,6 @@ def logprobs(
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
     source = check_model(model, weights=False)  # weights_hash checks the weights
-    if engine == "vllm":
-        source.for_vllm()
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     pool = make_executor(executor, workers=workers, address=ray_address)

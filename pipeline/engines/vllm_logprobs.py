@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefpool.pipeline.engines.logprob_engines import Scores
-from prefpool.pipeline.engines.vllm_generation import engine_options, load_llm
+from prefpool.pipeline.engines.vllm_start import engine_options, load_llm
 
 
 class VLLMEngine:
