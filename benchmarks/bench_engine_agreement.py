@@ -16,12 +16,15 @@ engine start, included). It prints one JSON object: per-sequence
 |logp_hf - logp_vllm| (max, median, how many over 1e-4 and 1e-3), the
 per-token max, the number of completion tokens, and both commands' seconds.
 ``--vllm-args`` passes ``--engine-args`` to the vllm run (e.g.
-'{"enforce_eager": true}') to see whether a setting changes the agreement.
+'{"enforce_eager": true}') to see whether a setting changes the agreement;
+with ``--work DIR`` kept from an earlier run, finished outputs are found
+complete and not recomputed (their seconds are then a few, not a rerun's).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -84,11 +87,13 @@ def main() -> None:
         seconds = {}
         for engine in ("hf", "vllm"):
             extra = ["--engine-args", args.vllm_args] if engine == "vllm" and args.vllm_args else []
-            out = str(work / f"lp-{engine}")
+            # engine options are no part of a run's identity: each setting gets its own folder
+            tag = f"-{hashlib.sha256(args.vllm_args.encode()).hexdigest()[:8]}" if extra else ""
+            out = str(work / f"lp-{engine}{tag}")
             seconds[engine] = _prefpool(
                 "logprobs", str(work / "ingest"), "--out", out, "--engine", engine, *common, *extra
             )
-        hf, vllm = _values(work / "lp-hf"), _values(work / "lp-vllm")
+        hf, vllm = _values(work / "lp-hf"), _values(Path(out))
 
     assert hf.keys() == vllm.keys(), "the two engines scored different pairs"
     diffs = sorted(abs(hf[k]["logp"] - vllm[k]["logp"]) for k in hf)
