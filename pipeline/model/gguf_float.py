@@ -10,7 +10,8 @@ ordinary ``*.safetensors``.
 
 ``float_folder`` writes that model (float32) and the file's tokenizer, chat
 template and generation config as a ``save_pretrained`` folder, once per file:
-in ``<cache>/<file stem>-<sha256 of the file, 16 hex>``, where ``<cache>`` is
+in ``<cache>/<file stem>-<weights hash, 16 hex>`` (``cache_key.weights_hash``, over
+the file's name and bytes), where ``<cache>`` is
 ``$PREFPOOL_CACHE/gguf`` (default ``~/.cache/prefpool/gguf``). The name holds
 the file's hash, so an edited file is converted again and two files never share
 a folder; the folder is written under a temporary name and renamed when
@@ -20,7 +21,6 @@ processes converting the same file at once all end with one complete folder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -39,14 +39,6 @@ def cache_root() -> Path:
     """Where converted folders live: ``$PREFPOOL_CACHE/gguf``, else ``~/.cache/prefpool/gguf``."""
     base = os.environ.get(CACHE_ENV)
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "prefpool") / "gguf"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plain_causal_lm(model: Any) -> Any:
@@ -76,8 +68,10 @@ def float_folder(source: ModelSource, *, cache: Path | None = None) -> Path:
 
     import torch
 
+    from prefpool.pipeline.model.cache_key import weights_hash
+
     path = source.path
-    sha = file_sha256(path)
+    sha = weights_hash(source)  # the hash the logprobs cache key records for this file
     root = cache if cache is not None else cache_root()
     dest = root / f"{path.stem}-{sha[:16]}"
     if (dest / DONE_MARK).is_file():

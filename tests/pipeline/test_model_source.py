@@ -207,8 +207,7 @@ def test_vllm_gets_a_gguf_as_a_float_folder_converted_once(gguf_file, tiny, tmp_
     monkeypatch.setenv("PREFPOOL_CACHE", str(tmp_path / "cache"))
     source = resolve_model(gguf_file)
     folder = Path(source.for_vllm())
-    sha = hashlib.sha256(gguf_file.read_bytes()).hexdigest()
-    assert folder == tmp_path / "cache" / "gguf" / f"tiny-f32-{sha[:16]}"
+    assert folder == tmp_path / "cache" / "gguf" / f"tiny-f32-{weights_hash(gguf_file)[:16]}"
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left
     assert "converting tiny-f32.gguf to a float32 model folder" in capfd.readouterr().err
     converted, original = (resolve_model(f).causal_lm(torch.float32).state_dict() for f in (folder, tiny))

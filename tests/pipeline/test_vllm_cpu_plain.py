@@ -3,8 +3,8 @@
 vLLM's CPU defaults do not start on an ordinary machine (it reserves 0.92 of
 all memory), and long prompts in one scheduling step exceed its token budget
 (4096 on the CPU), get chunked, and break per-sample seeds ("CPU Generator
-does not use offset"). Here five prompts of ~450 tokens with two samples each
-(~4,500 prompt tokens) are generated with nothing set but ``enforce_eager``
+does not use offset"). Here six prompts of ~400 tokens with two samples each
+(~4,800 prompt tokens) are generated with nothing set but ``enforce_eager``
 (a faster start, not something the engine needs): prefpool sets the rest and
 says so in one line. One engine start.
 """
@@ -30,7 +30,8 @@ WORDS = "the cat sees a red apple while the old dog walks by the blue river near
 
 def test_generate_from_a_plain_shell_on_long_prompts(tmp_path):
     model = build_tiny_llama(tmp_path / "tiny")
-    prompts = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(420)) + f" Question {i}?" for i in range(5)]
+    # ~400 tokens each (the tiny model's context is 512): 12 requests hold ~4,800 prompt tokens
+    prompts = [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(270)) + f" Question {i}?" for i in range(6)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     ingest(tmp_path / "p.jsonl", format="prompts", out=tmp_path / "ex")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_") and k != "PREFPOOL_VLLM_ARGS"}
@@ -43,4 +44,4 @@ def test_generate_from_a_plain_shell_on_long_prompts(tmp_path):
     said = [line for line in done.stderr.splitlines() if line.startswith("prefpool: vLLM on the CPU")]
     assert len(said) == 1 and "enable_chunked_prefill=False" in said[0], done.stderr[-3000:]
     rows = read_table(tmp_path / "out").to_pylist()
-    assert len(rows) == 5 and all(len(r["samples"]) == 2 for r in rows)
+    assert len(rows) == 6 and all(len(r["samples"]) == 2 for r in rows)
