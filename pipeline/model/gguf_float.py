@@ -21,6 +21,7 @@ processes converting the same file at once all end with one complete folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -64,8 +65,6 @@ def plain_causal_lm(model: Any) -> Any:
 
 def float_folder(source: ModelSource, *, cache: Path | None = None) -> Path:
     """The ``save_pretrained`` folder of the GGUF ``source``, converting it on first use (see the module doc)."""
-    import json
-
     import torch
 
     from prefpool.pipeline.model.cache_key import weights_hash
