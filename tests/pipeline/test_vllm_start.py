@@ -122,7 +122,9 @@ def test_no_cpu_settings_on_a_gpu(model, examples, tmp_path, plain_env, monkeypa
         (RuntimeError("Engine core initialization failed. See root cause above."), "{}", "vLLM's log above"),
     ],
 )
-def test_an_engine_that_does_not_start_is_one_error_exit_2(fail, args, says, model, examples, tmp_path, monkeypatch):
+def test_an_engine_that_does_not_start_is_one_error_exit_2(
+    fail, args, says, model, examples, tmp_path, plain_env, monkeypatch
+):
     fake_vllm(monkeypatch, fail=fail)
     out = tmp_path / "o"
     result = runner.invoke(
