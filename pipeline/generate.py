@@ -162,7 +162,8 @@ def generate(
         device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
         show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
-            $PREFPOOL_VLLM_ARGS.
+            $PREFPOOL_VLLM_ARGS. On the CPU none is needed: prefpool sets the KV cache size from the free memory
+            (and what else vLLM needs there) and prints what it set; a value given here wins.
         executor: Where the units run: local (this process) | ray (Ray actors, each loading the engine once; this
             process writes every shard). Does not change the rows.
         workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
@@ -179,8 +180,6 @@ def generate(
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     pool = make_executor(executor, workers=workers, address=ray_address)
     info = load_model_info(model)
-    if engine == "vllm":
-        info.source.for_vllm()  # refuse what vLLM cannot load before any work
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)
     if context is not None and params.max_new_tokens >= context:

@@ -29,9 +29,12 @@ flagged ``truncated``.
 
 Cache: every row carries a ``cache_key``, the hash of what its value depends on
 (weights, config.json, tokenizer + chat template, max length, truncation
-policy, dtype). Rows found under the same key in ``cache=DIR`` or in the output
-folder itself are copied, not recomputed, so rerunning on a grown input into
-the same folder scores only the new pairs. An output made under another key is
+policy, dtype, engine: hf and vllm values of one sequence differ by up to
+~1e-2 nats on long real sequences, so neither engine's rows stand in for the
+other's, and train's step-0 check names the engine of a cache it refuses).
+Rows found under the same key in ``cache=DIR`` or in the output folder itself
+are copied, not recomputed, so rerunning on a grown input into the same folder
+scores only the new pairs. An output made under another key is
 refused (naming what differs) unless ``overwrite=True``.
 
 Executors: ``executor="ray"`` scores the units on Ray actors, each loading the
@@ -165,7 +168,8 @@ def logprobs(
         device: hf engine: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
         show_progress: Progress on stderr: a bar on a terminal, else a line every $PREFPOOL_PROGRESS_SECONDS (30).
         engine_args: vllm only: vllm.LLM options, a JSON object, e.g. '{"tensor_parallel_size": 2}'; merged over
-            $PREFPOOL_VLLM_ARGS.
+            $PREFPOOL_VLLM_ARGS. On the CPU none is needed: prefpool sets the KV cache size from the free memory
+            (and what else vLLM needs there) and prints what it set; a value given here wins.
         executor: Where the units run: local (this process) | ray (Ray actors, each loading the model once; this
             process writes every shard). Does not change the rows.
         workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
@@ -174,8 +178,6 @@ def logprobs(
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
     source = check_model(model, weights=False)  # weights_hash checks the weights
-    if engine == "vllm":
-        source.for_vllm()
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     pool = make_executor(executor, workers=workers, address=ray_address)
@@ -185,7 +187,9 @@ def logprobs(
     weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
     max_length = resolve_max_length(source, max_length, options)
     tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
-    components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
+    components = cache_components(
+        weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype, engine=engine
+    )
     key = cache_key_of(components)
     config = {
         "engine": engine,

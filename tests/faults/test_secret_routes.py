@@ -7,8 +7,9 @@ token file under ``HF_HOME``, and for the vllm engine the ``hf_token`` option
 (ingest, generate, score, logprobs, build, push --dry-run), train, eval and
 plot, every file under the work folder and every line printed is grepped for
 each token. The vllm test starts one real engine (generate); its logprobs stage
-finds every value in a cache made by the hf engine (the engines share the cache
-key), so it records its engine options without starting a second one. The hf
+finds every value in a cache made beforehand under the vllm engine's key (by
+the hf engine's scoring), so it records its engine options without starting a
+second one. The hf
 test runs everywhere.
 """
 
@@ -118,11 +119,11 @@ def _cli(env: dict, *args: object) -> str:
 def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tmp_path):
     """generate with ``--engine-args '{"hf_token": ...}'`` (the one engine start); then ``prefpool run``:
     a YAML generate section with its own ``hf_token`` (found complete: the token is no part of the run's
-    identity), logprobs with the ``hf_token`` of ``$PREFPOOL_VLLM_ARGS`` (served from an hf cache),
+    identity), logprobs with the ``hf_token`` of ``$PREFPOOL_VLLM_ARGS`` (served from a cache),
     score, build, push --dry-run; then train, eval, plot."""
     _require_vllm()
     work = tmp_path / "work"
-    base = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    base = {"VLLM_LOGGING_LEVEL": "WARNING"}
     vllm_args = {"max_model_len": 512, "enforce_eager": True}
     env = {**os.environ, **base, **_login(tmp_path), "PREFPOOL_VLLM_ARGS": json.dumps(vllm_args)}
     generate = ["-n", 2, "--max-new-tokens", 4, "--engine", "vllm"]
@@ -131,9 +132,14 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
         *["generate", world["ingest"], "-m", world["model"], *generate, "-o", work / "generate"],
         *["--engine-args", json.dumps({"hf_token": token("cli")})],
     )
+    from prefpool.pipeline.engines.logprob_engines import ENGINES, HFEngine
     from prefpool.pipeline.logprobs import logprobs
 
-    hf_cache = logprobs(work / "generate", model=world["model"], out=work / "lp-hf", max_length=64).out
+    # The cache the YAML's vllm logprobs is served from: its key names the engine, so it is made as a vllm
+    # run here, by the hf engine's scoring under that name (no second vLLM start).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(ENGINES, "vllm", lambda model, *, options=None, **kw: HFEngine(model, **kw))
+        made = logprobs(work / "generate", model=world["model"], out=work / "lp-cache", engine="vllm", max_length=64)
     env["PREFPOOL_VLLM_ARGS"] = json.dumps({**vllm_args, "hf_token": token("vllm_env")})
     config = tmp_path / "pipeline.yaml"
     config.write_text(
@@ -153,7 +159,7 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
                     "input_dir": [str(work / "generate")],
                     "engine": "vllm",
                     "max_length": 64,
-                    "cache": str(hf_cache),
+                    "cache": str(made.out),
                 },
                 "build": {"kind": "mcpo", "examples": str(world["ingest"])},
                 "push": {"repo_id": "me/prefs", "dry_run": True},
