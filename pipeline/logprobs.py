@@ -64,7 +64,7 @@ from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds,
 from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.progress import announce, progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
@@ -180,6 +180,7 @@ def logprobs(
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
+    announce("logprobs", f"hashing and loading {model} ({engine} engine); progress follows", enabled=show_progress)
     weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
     max_length = resolve_max_length(source, max_length, options)
     tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
