@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 from prefpool.core.secrets import redact
+from prefpool.pipeline.io.card import public_text
+from prefpool.pipeline.io.card_fields import is_repo_id
 from prefpool.pipeline.kinds.source import TableSource
+from prefpool.pipeline.model.cache_key import weights_hash
 
 from .config import TrainConfig
 
@@ -17,7 +21,8 @@ def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict)
     lines = [
         "---",
         f"library_name: {'peft' if cfg.lora_r else 'transformers'}",
-        f"base_model: {json.dumps(cfg.model)}",
+        # the Hub's base_model is a Hub id; a local model is named in the text, by name and weights hash
+        *([f"base_model: {json.dumps(cfg.model)}"] if _is_hub_model(cfg.model) else []),
         "tags:",
         "- prefpool",
         f"- {cfg.loss}",
@@ -25,7 +30,7 @@ def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict)
         "",
         f"# {cfg.loss.upper()} policy trained with prefpool",
         "",
-        f"Initial policy: `{cfg.model}`. Trained with `prefpool train` on the `{table.kind}` "
+        f"Initial policy: {_model_name(cfg.model)}. Trained with `prefpool train` on the `{table.kind}` "
         f"table `{table.label}` ({table.rows} rows) against cached reference log-probs; no reference "
         "model was held during training.",
         "",
@@ -60,4 +65,15 @@ def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict)
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return public_text("\n".join(lines))
+
+
+def _model_name(model: str) -> str:
+    """A Hub id as it is; a local model by its file or folder name and weights hash (never its path)."""
+    if _is_hub_model(model):
+        return f"`{model}`"
+    return f"`{Path(model).name}` (weights sha256 `{weights_hash(model)}`)"
+
+
+def _is_hub_model(model: str) -> bool:
+    return is_repo_id(model) and not Path(model).expanduser().exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -107,7 +108,9 @@ def test_train_on_the_pushed_folder_equals_train_on_the_build_folder(world, push
     assert shared["rows"] == direct["rows"] and shared["losses"] == direct["losses"]
     assert shared["step0_max_abs_diff"] is not None and shared["step0_max_abs_diff"] < 1e-4
     card = (tmp_path / "shared" / "README.md").read_text()
-    assert f"`{out} (split train)`" in card
+    assert f"`{out.name} (split train)`" in card  # by name: a card publishes no local path
+    assert str(tmp_path) not in card and str(world["model"]) not in card
+    assert f"`{Path(world['model']).name}` (weights sha256 `" in card and "base_model" not in card
 
 
 def test_train_and_eval_on_a_hub_id_from_the_local_cache(world, pushed, tmp_path, offline):
