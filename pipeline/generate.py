@@ -178,8 +178,6 @@ def generate(
     pool = make_executor(executor, workers=workers, address=ray_address)
     announce("generate", f"loading {model} ({engine} engine); progress follows", enabled=show_progress)
     info = load_model_info(model)
-    if engine == "vllm":
-        info.source.for_vllm()  # refuse what vLLM cannot load before any work
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)
     if context is not None and params.max_new_tokens >= context:

@@ -34,9 +34,12 @@ flagged ``truncated``.
 
 Cache: every row carries a ``cache_key``, the hash of what its value depends on
 (weights, config.json, tokenizer + chat template, max length, truncation
-policy, dtype). Rows found under the same key in ``cache=DIR`` or in the output
-folder itself are copied, not recomputed, so rerunning on a grown input into
-the same folder scores only the new pairs. An output made under another key is
+policy, dtype, engine: hf and vllm values of one sequence differ by up to
+~1e-2 nats on long real sequences, so neither engine's rows stand in for the
+other's, and train's step-0 check names the engine of a cache it refuses).
+Rows found under the same key in ``cache=DIR`` or in the output folder itself
+are copied, not recomputed, so rerunning on a grown input into the same folder
+scores only the new pairs. An output made under another key is
 refused (naming what differs) unless ``overwrite=True``.
 
 Executors: ``executor="ray"`` scores the units on Ray actors, each loading the
@@ -185,8 +188,6 @@ def logprobs(
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
     source = check_model(model, weights=False)  # weights_hash checks the weights
-    if engine == "vllm":
-        source.for_vllm()
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
     pool = make_executor(executor, workers=workers, address=ray_address)
@@ -197,7 +198,9 @@ def logprobs(
     weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
     max_length = resolve_max_length(source, max_length, options)
     tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
-    components = cache_components(weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype)
+    components = cache_components(
+        weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype, engine=engine
+    )
     key = cache_key_of(components)
     config = {
         "engine": engine,

@@ -8,7 +8,10 @@ trainer's tokenizer, ``max_length``, ``truncation`` and ``dtype`` must equal
 them. The weights must too, unless ``reference_is_policy_init`` is false (a
 policy initialised from other weights than the reference, e.g. a DPO run on
 top of an SFT model whose parent made the cache); then the step-0 check,
-which assumes policy == reference, is skipped.
+which assumes policy == reference, is skipped. The parts also name the engine
+that computed the values; it is not compared here (a cache of another engine
+may agree within the tolerance), but when the step-0 check refuses such a
+cache its message says the engine is the difference and what to rerun.
 
 Every user of a cache calls these same functions: ``train``, ``eval``
 (``reference_is_policy_init=None``: the weights decide whether the step-0
@@ -20,6 +23,7 @@ comparison of the policy's values with the cached ones where they must agree.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -27,6 +31,8 @@ from prefpool.core.errors import UserError
 from prefpool.pipeline.kinds.source import TableSource
 from prefpool.pipeline.model.cache_key import weights_hash
 from prefpool.pipeline.model.tokenize import template_hash
+
+HF_ENGINE = "hf"  # the engine whose numerics the trainer shares (pipeline.model.scoring)
 
 
 class CacheMismatchError(UserError, ValueError):
@@ -37,16 +43,35 @@ class Step0MismatchError(UserError, RuntimeError):
     """The policy's step-0 log-probs differ from the cached reference values."""
 
 
-def check_step0(diff: float, tolerance: float, *, data: str | Path, model: str | Path, hint: str = "") -> None:
+def check_step0(
+    diff: float, tolerance: float, *, data: str | Path, model: str | Path, engine: str | None = None, hint: str = ""
+) -> None:
     """Refuse ``diff`` = max |policy - cached reference| log-prob (nats) above ``tolerance``: the policy is
-    the reference here, so the values must agree; when they do not, the cache is another model's."""
-    if not diff <= tolerance:
+    the reference here, so the values must agree; when they do not, the cache is another model's, or
+    (``engine``, the cache's, other than hf) another engine's, whose numerics the trainer does not share."""
+    if diff <= tolerance:
+        return
+    head = (
+        f"step-0 check: the policy's log-probs differ from the cached reference values by up to {diff:.4g} "
+        f"nats (tolerance {tolerance})."
+    )
+    if engine not in (None, HF_ENGINE):
         raise Step0MismatchError(
-            f"step-0 check: the policy's log-probs differ from the cached reference values by up to {diff:.4g} "
-            f"nats (tolerance {tolerance}). The cache in {data} was probably made with another model, "
-            f"tokenizer, chat template or max_length than {model}; rerun `prefpool logprobs` + `prefpool build` "
-            f"with it. {hint}".rstrip()
+            f"{head} The cache in {data} was made by the {engine} engine, whose log-probs differ from the "
+            f"trainer's ({HF_ENGINE} engine) numerics on long sequences even for the same model ({model}). "
+            f"Rerun `prefpool logprobs --engine {HF_ENGINE}` on the same inputs and `prefpool build` with its "
+            f"output, or accept the difference with step0_tolerance: {_above(diff)}"
         )
+    raise Step0MismatchError(
+        f"{head} The cache in {data} was probably made with another model, tokenizer, chat template or "
+        f"max_length than {model}; rerun `prefpool logprobs` + `prefpool build` with it. {hint}".rstrip()
+    )
+
+
+def _above(diff: float) -> str:
+    """A round tolerance above ``diff`` (0.00444 -> 0.005), for messages."""
+    step = 10 ** math.floor(math.log10(diff)) if diff > 0 else 1e-3
+    return f"{math.ceil(diff / step * 1.0001) * step:.3g}"
 
 
 def cache_parts(table: TableSource) -> dict:

@@ -157,7 +157,7 @@ def ranking_metrics(
     step0 = None
     if is_reference:  # the reference itself: every log-ratio must be 0
         step0 = float(torch.cat(ratios).abs().max())
-        check_step0(step0, step0_tolerance, data=table.label, model=model_path)
+        check_step0(step0, step0_tolerance, data=table.label, model=model_path, engine=parts.get("engine"))
     metrics = TRAIN_KINDS[kind].ranking(ratios, beta=beta, tie_atol=tie_atol)
     return {
         "kind": kind,

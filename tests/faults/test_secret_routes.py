@@ -122,7 +122,7 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
     score, build, push --dry-run; then train, eval, plot."""
     _require_vllm()
     work = tmp_path / "work"
-    base = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    base = {"VLLM_LOGGING_LEVEL": "WARNING"}
     vllm_args = {"max_model_len": 512, "enforce_eager": True}
     env = {**os.environ, **base, **_login(tmp_path), "PREFPOOL_VLLM_ARGS": json.dumps(vllm_args)}
     generate = ["-n", 2, "--max-new-tokens", 4, "--engine", "vllm"]

@@ -59,7 +59,9 @@ def fake_vllm(monkeypatch):
             calls.append(kwargs)
             raise _Stop
 
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM))
+    platforms = types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: False))
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, platforms=platforms))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.setenv("PREFPOOL_VLLM_ARGS", json.dumps({"tensor_parallel_size": 1, "gpu_memory_utilization": 0.5}))
     return calls
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,10 +201,24 @@ def test_generate_from_a_gguf_samples_what_the_folder_samples(tiny, gguf_file, e
     assert load_manifest(tmp_path / "gguf").provenance["model"]["source"] == "gguf"
 
 
-def test_vllm_refuses_a_gguf_before_any_work(gguf_file, examples, tmp_path):
-    with pytest.raises(InputError, match="the vllm engine does not take a .gguf file"):
-        logprobs(examples, model=gguf_file, out=tmp_path / "lp", engine="vllm")
-    assert not (tmp_path / "lp").exists()
+def test_vllm_gets_a_gguf_as_a_float_folder_converted_once(gguf_file, tiny, tmp_path, monkeypatch, capfd):
+    """What the vllm engine loads for a .gguf: a save_pretrained folder of the same weights and tokenizer,
+    under the cache, named by the file's hash, written once (a second call converts nothing)."""
+    monkeypatch.setenv("PREFPOOL_CACHE", str(tmp_path / "cache"))
+    source = resolve_model(gguf_file)
+    folder = Path(source.for_vllm())
+    sha = hashlib.sha256(gguf_file.read_bytes()).hexdigest()
+    assert folder == tmp_path / "cache" / "gguf" / f"tiny-f32-{sha[:16]}"
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left
+    assert "converting tiny-f32.gguf to a float32 model folder" in capfd.readouterr().err
+    converted, original = (resolve_model(f).causal_lm(torch.float32).state_dict() for f in (folder, tiny))
+    assert converted.keys() == original.keys() and all(torch.equal(converted[k], original[k]) for k in original)
+    assert resolve_model(folder).tokenizer().chat_template == source.tokenizer().chat_template
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    assert source.for_vllm() == str(folder) and (folder / "model.safetensors").stat().st_mtime_ns == mtime
+    assert "converting" not in capfd.readouterr().err
+    other = write_tiny_gguf(build_tiny_llama(tmp_path / "other", seed=1), tmp_path / "tiny-f32.gguf")
+    assert Path(resolve_model(other).for_vllm()).parent == folder.parent != Path(resolve_model(other).for_vllm())
 
 
 # -- every command that takes a model: a bad reference is exit 2 naming the option -------------------

@@ -1,4 +1,5 @@
-"""`logprobs --engine vllm` on the tiny model: the hf engine's values on the same tokens, to 1e-4 in fp32.
+"""`logprobs --engine vllm` on the tiny model: the hf engine's values on the same tokens, to 1e-4 in fp32
+(on a real model and long sequences they differ more: benchmarks/bench_engine_agreement.py).
 
 One vLLM engine starts here (the CLI, with per-token values); the hf runs and
 the references are computed in this process.
@@ -130,11 +131,13 @@ def test_vllm_equals_hf_and_the_reference_on_the_same_tokens(vllm_out, hf_out, r
         assert abs(sum(v["token_logps"]) - v["logp"]) < 1e-9
 
 
-def test_cache_key_omits_the_engine_so_rows_are_shared(vllm_out, hf_out, tiny, examples, tmp_path):
-    """Both engines compute the same values (to 1e-4), so an hf run reuses vLLM's rows."""
-    assert {r["cache_key"] for r in _by_pair(vllm_out).values()} == {r["cache_key"] for r in _by_pair(hf_out).values()}
-    assert load_manifest(vllm_out).provenance["model"]["engine"] == "vllm"
+def test_cache_key_names_the_engine_so_rows_are_not_shared(vllm_out, hf_out, tiny, examples, tmp_path):
+    """On real models the engines differ by more than rounding (benchmarks/bench_engine_agreement.py), so the
+    key names the engine: an hf run recomputes what vLLM cached, and a cache says which engine made it."""
+    vllm_keys = {r["cache_key"] for r in _by_pair(vllm_out).values()}
+    assert vllm_keys.isdisjoint(r["cache_key"] for r in _by_pair(hf_out).values())
+    assert load_manifest(vllm_out).identity.config["cache"]["engine"] == "vllm"
     summary = logprobs(
         examples, model=tiny, out=tmp_path / "reuse", engine="hf", max_length=MAX_LENGTH, per_token=True, cache=vllm_out
     )
-    assert (summary.computed, summary.cache_hits) == (0, 12)
+    assert (summary.computed, summary.cache_hits) == (12, 0)

@@ -34,9 +34,8 @@ def require_vllm() -> None:
 
 
 def vllm_env() -> dict[str, str]:
+    """The test process's environment: prefpool itself sets what vLLM needs on the CPU (``vllm_start``)."""
     env = dict(os.environ)
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: clean exits on CPU
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default 4 is more than the tests need
     env.setdefault("PREFPOOL_VLLM_ARGS", json.dumps(VLLM_ARGS))
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     return env
