@@ -187,6 +187,7 @@ def logprobs(
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
+    announce("logprobs", f"hashing and loading {model} ({engine} engine); progress follows", enabled=show_progress)
     source = check_model(model, weights=False)  # weights_hash checks the weights
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
@@ -194,7 +195,6 @@ def logprobs(
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
 
-    announce("logprobs", f"hashing and loading {model} ({engine} engine); progress follows", enabled=show_progress)
     weights = weights_hash(source)  # before loading anything: a folder without weights fails fast
     max_length = resolve_max_length(source, max_length, options)
     tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
