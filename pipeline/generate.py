@@ -60,7 +60,7 @@ from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.progress import announce, progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
@@ -179,6 +179,7 @@ def generate(
     options = resolve_engine_args(engine, engine_args)
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     pool = make_executor(executor, workers=workers, address=ray_address)
+    announce("generate", f"loading {model} ({engine} engine); progress follows", enabled=show_progress)
     info = load_model_info(model)
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)

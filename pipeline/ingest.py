@@ -41,6 +41,7 @@ from prefpool.pipeline.formats.readers import Record
 from prefpool.pipeline.formats.report import DroppedRowsWarning, IngestReport
 from prefpool.pipeline.formats.rows import BadRow, Columns, MissingColumn, parse_columns
 from prefpool.pipeline.formats.sources import Source, open_source
+from prefpool.pipeline.formats.split_slice import SplitSlice, parse_split
 from prefpool.pipeline.io.card_fields import check_languages, check_license, check_repo_id
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec, prompt_id
@@ -158,7 +159,8 @@ def ingest(
             recursively, Hub split naming), a glob, a URL, a Hub dataset id, or (from Python) a datasets object.
         out: Output folder (shards; manifest.json and report.json in its .prefpool/).
         format: The input format; auto: told from the first record (the summary and report.json name it).
-        split: Split to read; default: the only one, else train.
+        split: Split to read; default: the only one, else train. A row range as datasets writes it reads only
+            those records: train[:24], train[10:34].
         subset: Hub dataset config (datasets' name=), or a config of a folder's README.md.
         revision: Hub dataset revision (branch, tag or commit).
         columns: Column names as KEY=COLUMN,... with keys prompt, chosen, rejected, answers, text, rank,
@@ -208,7 +210,8 @@ def ingest(
         check_license(license),
         tuple(check_languages(language)),
     )
-    src = open_source(source, split=split, subset=subset, revision=revision)
+    rows_range = parse_split(split)
+    src = open_source(source, split=rows_range.name, subset=subset, revision=revision)
     config = IngestConfig(src.label, format, split, subset, revision, cols, strict, *card)
 
     run = None
@@ -217,12 +220,12 @@ def ingest(
         if run.complete:
             return _finished(run, start)
         try:
-            state = _read(src, format, cols, spec, strict, show_progress)
+            state = _read(src, format, cols, spec, strict, show_progress, rows_range)
         except UserError:
             _discard(run, fresh)
             raise
     else:  # no fingerprint before reading (an IterableDataset): the rows themselves are the identity
-        state = _read(src, format, cols, spec, strict, show_progress)
+        state = _read(src, format, cols, spec, strict, show_progress, rows_range)
         run, _ = _open_run(out, config, {"rows_sha256": state.digest}, spec, rows_per_unit, overwrite, source)
         if run.complete:
             return _finished(run, start)
@@ -328,14 +331,20 @@ class _ReadState:
     warnings: list[str]
 
 
-def _read(src: Source, requested: str, cols: Columns, spec: ShardSpec, strict: bool, show_progress) -> _ReadState:
-    """Parse every record of the source; raise when none can be used."""
+def _read(
+    src: Source, requested: str, cols: Columns, spec: ShardSpec, strict: bool, show_progress, rows_range: SplitSlice
+) -> _ReadState:
+    """Parse every record of the source in ``rows_range``; raise when none can be used."""
     report, merger = IngestReport(), ExampleMerger()
     digest = hashlib.sha256()
     fmt: Format | None = None
     usable = 0
     with progress("ingest: reading", enabled=show_progress) as advance:
-        for record in src.records():
+        for index, record in enumerate(src.records()):
+            if rows_range.done(index):
+                break
+            if not rows_range.takes(index):
+                continue
             advance(1)
             if src.inputs is None:
                 digest.update(json.dumps(record.data, sort_keys=True, default=str).encode("utf-8") + b"\n")
@@ -372,8 +381,12 @@ def _resolve(record: Record, fmt: Format, cols: Columns, report: IngestReport) -
         resolved = fmt.resolve(record.data, cols)
     except MissingColumn as missing:
         hint = f" ({missing.hint})" if missing.hint else ""
+        found = ", ".join(map(repr, record.data)) or "none"
         raise PipelineInputError(
-            f"missing column for format {fmt.name!r}{hint}", file=record.file, column=missing.column
+            f"missing column for format {fmt.name!r}{hint}; the columns of this file are: {found} "
+            "(name them with --columns KEY=COLUMN,...)",
+            file=record.file,
+            column=missing.column,
         ) from None
     report.columns[record.file] = resolved
     report.unused_columns[record.file] = sorted(set(record.data) - resolved.top_level())

@@ -5,10 +5,15 @@ Input: an ``examples`` folder (completions = ``answers[*].text``) or a
 row per distinct ``(prompt_id, completion_id)``, sorted by both, cut into units
 that are written (and resumed) one by one through ``StageRun``.
 
-``max_length`` (prompt + completion tokens) defaults to the model's context:
+``max_length`` (prompt + completion tokens) defaults to ``DEFAULT_MAX_LENGTH``
+(1,024), or the model's context when that is smaller:
 ``config.max_position_embeddings``, lowered by vllm's ``max_model_len`` engine
-option when that is smaller (2048 when the config names no context). The
-resolved number is what the cache key and manifest record. A ``max_length``
+option. A model's whole context (8,192 for SmolLM2) would keep every long
+answer whole and make training slow and memory-hungry; 1,024 keeps most
+preference data whole. When more than 10 % of the completions are cut or
+dropped, a ``TruncationWarning`` says how many and what to pass. The resolved
+number is what the cache key and manifest record; ``train`` and ``eval`` read
+it from the cache (a different one is refused there). A ``max_length``
 beyond that context is refused up front (``PipelineConfigError``): the model
 would run past the positions it was trained on and the values would be
 meaningless.
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,7 +73,7 @@ from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds,
 from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.progress import progress, summary_line
+from prefpool.pipeline.io.progress import announce, progress, summary_line
 from prefpool.pipeline.io.read import checked_shards
 from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
@@ -82,7 +88,14 @@ from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
 STAGE = "logprobs"
 ROWS_PER_UNIT = 1024
 LONG_PROMPTS = ("drop", "error")
-DEFAULT_MAX_LENGTH = 2048  # only when the model's config names no context
+DEFAULT_MAX_LENGTH = 1024  # when max_length is not given: prompt + completion tokens (the context if smaller)
+WARN_CUT = 0.10  # warn when more than this share of the completions is truncated or dropped
+
+
+class TruncationWarning(UserWarning):
+    """max_length cut or dropped many completions."""
+
+
 # prefix caching skips the shared prefix's prompt log-probs: the engine turns it off, always
 VLLM_RESERVED = {**RESERVED, "enable_prefix_caching": "the logprobs stage (off: it would skip prompt log-probs)"}
 
@@ -145,7 +158,7 @@ def logprobs(
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
     ``model`` is a local folder (``save_pretrained`` layout), a ``.gguf`` file or a
-    Hub id (``source.resolve_model``). ``max_length=None``: the model's context
+    Hub id (``source.resolve_model``). ``max_length=None``: 1,024, or the model's context when smaller
     (see the module docstring).
 
     Args:
@@ -154,8 +167,8 @@ def logprobs(
             there).
         out: Output folder (logprobs shards; manifest.json and report.json in its .prefpool/).
         engine: Scoring engine: hf | vllm.
-        max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: the model's context
-            (max_position_embeddings).
+        max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: 1024, or the
+            model's context (max_position_embeddings) when smaller. train and eval use the cache's.
         batch_tokens: Token budget of one padded batch (rows x longest row); does not change the values.
         dtype: float32 | bfloat16 | float16.
         per_token: Also store per-token log-probs.
@@ -177,6 +190,7 @@ def logprobs(
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
+    announce("logprobs", f"hashing and loading {model} ({engine} engine); progress follows", enabled=show_progress)
     source = check_model(model, weights=False)  # weights_hash checks the weights
     device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
     options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
@@ -280,6 +294,7 @@ def logprobs(
     totals = _totals(run, units)
     summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
     run.finish(sidecars={"report.json": summary}, summary=summary)
+    _warn_cut(summary, max_length, model_context(source))
     rate = counts["tokens_scored"] / counts["seconds"] if counts["seconds"] > 0 else 0.0
     return LogprobsSummary(
         run.out,
@@ -307,11 +322,12 @@ def model_context(model: str | Path | ModelSource) -> int | None:
 
 
 def resolve_max_length(model: str | Path | ModelSource, max_length: int | None, options: dict) -> int:
-    """The ``max_length`` the run uses: the model's context when None; refused when beyond it."""
+    """The ``max_length`` the run uses: ``DEFAULT_MAX_LENGTH`` or the smaller context when None; refused when
+    beyond the context."""
     context = model_context(model)
     limit = context_limit(context, options)
     if max_length is None:
-        return limit if limit is not None else DEFAULT_MAX_LENGTH
+        return min(limit, DEFAULT_MAX_LENGTH) if limit is not None else DEFAULT_MAX_LENGTH
     if limit is not None and max_length > limit:
         where = f"config.max_position_embeddings={context}"
         if options.get("max_model_len") is not None:
@@ -319,9 +335,22 @@ def resolve_max_length(model: str | Path | ModelSource, max_length: int | None, 
         raise PipelineConfigError(
             f"max_length={max_length} is beyond the model's context of {limit} tokens ({where}) for "
             f"{resolve_model(model).given}: "
-            f"pass max_length <= {limit}, or leave it unset to use the model's context"
+            f"pass max_length <= {limit}, or leave it unset (min({DEFAULT_MAX_LENGTH}, the context))"
         )
     return max_length
+
+
+def _warn_cut(summary: dict, max_length: int, context: int | None) -> None:
+    cut, dropped, pairs = summary["truncated"], summary["dropped_long_prompt"], summary["pairs"]
+    if not pairs or cut + dropped <= WARN_CUT * pairs:
+        return
+    larger = f"at most the model's context of {context}" if context else "larger"
+    warnings.warn(
+        f"max_length={max_length} cut {cut} and dropped {dropped} (prompt alone too long) of {pairs} completions; "
+        f"pass --max-length {larger} to keep more whole (train and eval read it from this cache)",
+        TruncationWarning,
+        stacklevel=3,
+    )
 
 
 def _check_args(engine, max_length, batch_tokens, dtype, long_prompts) -> None:

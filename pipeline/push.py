@@ -11,8 +11,10 @@ source against its manifest before anything is written, in a dry run too.
 
 ``out`` (needed by ``dry_run``) is rebuilt as a whole in a sibling staging folder and swapped in
 when complete, so a killed or failed push never leaves a half-written folder under the final name.
-Beside it, ``<out>.push.json`` records what the folder holds (each split's source manifest sha256
-and the push's settings), written before the build (``complete: false``) and after it:
+Inside it, ``.prefpool/push.json`` (hidden: ``datasets`` and the upload skip it) records what the
+folder holds (each split's source manifest sha256 and the push's settings); it is written into the
+staging folder, so it arrives with the folder it describes (a record of the layout before,
+``<out>.push.json`` beside the folder, is read and then removed):
 
 - the same push again over a complete folder is a no-op that says so (``PushSummary.up_to_date``);
 - a new split goes beside the splits already there;
@@ -65,7 +67,8 @@ from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.inputs import reference_caches
 
 TRAINING_TABLES = ("pairwise", "mcpo", "mpo")
-RECORD_SUFFIX = ".push.json"
+RECORD = "push.json"  # in the folder's META_DIR
+LEGACY_RECORD_SUFFIX = ".push.json"  # the layout before: <out>.push.json beside the folder
 
 
 @dataclass(frozen=True)
@@ -315,7 +318,8 @@ def push(
         return replace(summary, folder=Path(f"hf://datasets/{repo_id}"))
 
     out = real_folder(check_folder(out))  # a link: written at its target, the link kept
-    record_path = out.with_name(out.name + RECORD_SUFFIX)
+    record_path = out / META_DIR / RECORD
+    legacy_record = out.with_name(out.name + LEGACY_RECORD_SUFFIX)
     settings = json.loads(json.dumps({"repo_id": repo_id, **options}))  # as the record reads back
     shas = [_manifest_sha(folder) for _, folder in planned]
     wanted = {"arguments": {**settings, "split": [name for name, _ in planned]}, "source_manifest_sha256": shas}
@@ -323,7 +327,7 @@ def push(
         name: {"arguments": settings, "source_manifest_sha256": sha}
         for (name, _), sha in zip(planned, shas, strict=True)
     }
-    record = _read_record(record_path)
+    record = _read_record(record_path if record_path.exists() else legacy_record)
     if record is not None and record.get("push") == wanted and record.get("complete") and out.is_dir():
         s = record["summary"]
         done = PushSummary(
@@ -332,45 +336,42 @@ def push(
         if upload is None or record.get("uploaded") == upload:
             return replace(done, uploaded=upload is not None)
         uploaded = _upload(_sources(planned), repo_id=repo_id, private=private, options=options)
+        record_path.parent.mkdir(exist_ok=True)
         write_json(record_path, {**record, "uploaded": upload})
+        legacy_record.unlink(missing_ok=True)
         return replace(uploaded, folder=out)
     existing = _check_replaceable(out, record, record_path, wanted, splits_wanted, repo_id, overwrite)
     sources = _sources(planned)  # a damaged source fails before anything is written
 
     kept_splits = {k: v for k, v in ((record or {}).get("splits") or {}).items() if isinstance(v, dict)}
     staging = out.with_name(f".{out.name}.push-staging")
-    old_record = record_path.read_text() if record_path.exists() else None
-    # marks the folder ours before it is touched
-    write_json(record_path, {"complete": False, "push": wanted, "splits": kept_splits})
     try:
         with writing(staging):
             shutil.rmtree(staging, ignore_errors=True)
         summary = write_hub_folder(
             sources, staging, repo_id=repo_id, existing=existing, keep_from=out if existing else None, **options
         )
+        done = {
+            "complete": True,
+            "push": wanted,
+            "repo_id": repo_id,
+            "splits": {k: v for k, v in {**kept_splits, **splits_wanted}.items() if k in summary.splits},
+            "summary": {
+                "files": summary.files,
+                "rows": summary.rows,
+                "splits": list(summary.splits),
+                "pushed": list(summary.pushed),
+            },
+        }
+        (staging / META_DIR).mkdir(exist_ok=True)
+        write_json(staging / META_DIR / RECORD, done)  # arrives with the folder it describes
     except BaseException:  # a failed push leaves what was there before: the folder and its record
         shutil.rmtree(staging, ignore_errors=True)
-        if old_record is None:
-            record_path.unlink(missing_ok=True)
-        else:
-            write_text(record_path, old_record)
         raise
     with writing(out):
         swap_in(staging, out)
+    legacy_record.unlink(missing_ok=True)
     summary = replace(summary, folder=out)
-    done = {
-        "complete": True,
-        "push": wanted,
-        "repo_id": repo_id,
-        "splits": {k: v for k, v in {**kept_splits, **splits_wanted}.items() if k in summary.splits},
-        "summary": {
-            "files": summary.files,
-            "rows": summary.rows,
-            "splits": list(summary.splits),
-            "pushed": list(summary.pushed),
-        },
-    }
-    write_json(record_path, done)
     if upload is not None:
         uploaded = _upload(sources, repo_id=repo_id, private=private, options=options)
         write_json(record_path, {**done, "uploaded": upload})
@@ -392,7 +393,9 @@ def _is_hub_folder(folder: Path) -> bool:
     """Holds nothing but what ``write_hub_folder`` writes: README.md and data/*.parquet."""
     names = {p.name for p in folder.iterdir()}
     data = folder / "data"
-    return names <= {"README.md", "data"} and (not data.exists() or all(p.suffix == ".parquet" for p in data.iterdir()))
+    return names <= {"README.md", "data", META_DIR} and (
+        not data.exists() or all(p.suffix == ".parquet" for p in data.iterdir())
+    )
 
 
 def _check_replaceable(

@@ -48,7 +48,7 @@ typed values are ``ConfigError``s naming the file and the section.
 
 Every stage resumes or returns at once when its output is complete, so
 rerunning the same command after a crash continues where it stopped; ``push``
-keeps a record next to its folder (``<out>.push.json``) for the same purpose.
+keeps a record in its folder (``.prefpool/push.json``) for the same purpose.
 """
 
 from __future__ import annotations

@@ -65,6 +65,19 @@ def test_bad_configs_name_the_key_and_the_file(tmp_path, text, overrides, messag
         load_config(Run, _write(tmp_path, text), overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stesp=5"], r"^command line: unknown key 'stesp' \(did you mean 'steps'\?\)"),
+        (["optim.momentum=0.9"], r"^command line: unknown key 'optim.momentum'"),
+        (["steps=five"], r"^command line: steps: expected int, got 'five'"),
+    ],
+)
+def test_a_bad_override_blames_the_command_line_not_the_file(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Run, _write(tmp_path, "model: m\n"), overrides)
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(Run, tmp_path / "absent.yaml")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from string import Template
 
 from prefpool.core.secrets import redact
-from prefpool.pipeline.io.card import card_template
+from prefpool.pipeline.io.card import card_template, public_text
+from prefpool.pipeline.io.card_fields import is_repo_id
 from prefpool.pipeline.kinds.source import TableSource
+from prefpool.pipeline.model.cache_key import weights_hash
 
 from .config import TrainConfig
 
@@ -27,12 +30,13 @@ def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict)
             "load it with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (the base is "
             "`base_model` above), or `merge_and_unload()` it into the base.\n"
         )
-    return Template(card_template(TEMPLATE)).substitute(
+    text = Template(card_template(TEMPLATE)).substitute(
         library_name="peft" if cfg.lora_r else "transformers",
-        base_model=json.dumps(cfg.model),
+        # the Hub's base_model is a Hub id; a local model is named in the text, by name and weights hash
+        base_model=f"base_model: {json.dumps(cfg.model)}\n" if _is_hub_model(cfg.model) else "",
         loss=cfg.loss,
         title=cfg.loss.upper(),
-        model=cfg.model,
+        model=_model_name(cfg.model),
         kind=table.kind,
         table=table.label,
         rows=table.rows,
@@ -50,3 +54,15 @@ def model_card(cfg: TrainConfig, table: TableSource, summary: dict, cache: dict)
         lora=lora,
         settings=json.dumps(settings, indent=2, sort_keys=True),
     )
+    return public_text(text)
+
+
+def _model_name(model: str) -> str:
+    """A Hub id as it is; a local model by its file or folder name and weights hash (never its path)."""
+    if _is_hub_model(model):
+        return f"`{model}`"
+    return f"`{Path(model).name}` (weights sha256 `{weights_hash(model)}`)"
+
+
+def _is_hub_model(model: str) -> bool:
+    return is_repo_id(model) and not Path(model).expanduser().exists()

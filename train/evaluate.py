@@ -42,6 +42,7 @@ from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import read_json_file
 from prefpool.pipeline.io.out_folder import file_in_folder
+from prefpool.pipeline.io.progress import announce, progress
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds import TableRow
 from prefpool.pipeline.kinds.source import TableSource, open_table
@@ -101,6 +102,7 @@ def table_logratios(
     *,
     max_length: int | None,
     max_tokens: int = 16384,
+    show_progress: bool | None = False,
 ) -> list[torch.Tensor]:
     """Per row, ``log pi - log pi_ref`` of its answers, float64 ``(1 + M,)``, the preferred answer first."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -111,8 +113,8 @@ def table_logratios(
         flat.extend(answers)
         refs.extend(a.ref_logp for a in row.answers)
         sizes.append(len(answers))
-    with eval_mode(model):
-        logps = score_pairs(model, flat, pad, max_tokens=max_tokens).double()
+    with eval_mode(model), progress("eval", len(flat), enabled=show_progress, unit="answers") as advance:
+        logps = score_pairs(model, flat, pad, max_tokens=max_tokens, on_batch=advance).double()
     ratios = logps - torch.tensor(refs, dtype=torch.float64)
     return list(ratios.split(sizes))
 
@@ -128,6 +130,7 @@ def ranking_metrics(
     max_tokens: int = 16384,
     model_path: str | Path | None = None,
     step0_tolerance: float = 1e-3,
+    show_progress: bool | None = False,
 ) -> dict:
     """Ranking metrics of ``model`` on the build table ``data`` (see the module docstring).
 
@@ -151,7 +154,9 @@ def ranking_metrics(
     rows = decoded_rows(table)
     if not rows:
         raise PipelineInputError("the table holds no rows: there is nothing to evaluate", file=table.label)
-    ratios = table_logratios(model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens)
+    ratios = table_logratios(
+        model, tokenizer, rows, max_length=max_length, max_tokens=max_tokens, show_progress=show_progress
+    )
     step0 = None
     if is_reference:  # the reference itself: every log-ratio must be 0
         step0 = float(torch.cat(ratios).abs().max())
@@ -190,6 +195,7 @@ def evaluate(
     device: str = "auto",
     step0_tolerance: float = 1e-3,
     overwrite: bool = False,
+    show_progress: bool | None = None,
 ) -> dict:
     """Implicit-reward ranking metrics on a held-out build table (+ sampled reward / win-rate).
 
@@ -222,6 +228,8 @@ def evaluate(
         step0_tolerance: When the model is the reference (same weights as the cache's): the largest allowed
             |log-ratio|, in nats.
         overwrite: Replace an OUT/eval.json holding another evaluation (another model, table or settings).
+        show_progress: Progress on stderr: a line when the model starts loading, then a bar on a terminal, else a
+            line every $PREFPOOL_PROGRESS_SECONDS (30).
     """
     start = time.perf_counter()
     target = eval_file(out) if out is not None else None  # refuse a file before any work
@@ -229,6 +237,7 @@ def evaluate(
     device = resolve_device(device)  # a module given as ``model`` stays where it is
     is_folder = not isinstance(model, torch.nn.Module)
     if is_folder:
+        announce("eval", f"hashing and loading {model}, reading {data}; progress follows", enabled=show_progress)
         model = check_model(model)
     if ref_model is not None:
         ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
@@ -271,6 +280,7 @@ def evaluate(
             max_tokens=max_tokens,
             model_path=model if is_folder else None,
             step0_tolerance=step0_tolerance,
+            show_progress=show_progress,
         ),
     }
     if reward_fn is not None:

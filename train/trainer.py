@@ -66,7 +66,7 @@ from prefpool.core.secrets import redact, redact_text
 from prefpool.losses import METHODS
 from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json, write_text
-from prefpool.pipeline.io.progress import progress
+from prefpool.pipeline.io.progress import announce, progress
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.source import open_table
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
@@ -251,6 +251,9 @@ class Trainer:
                 "without training (overwrite: true trains it again)"
             )
         self.out, self.work = self.folder.out, self.folder.work
+        # Before the accelerator exists: the launcher's RANK tells the main process (unset: one process).
+        shown = cfg.progress if os.environ.get("RANK", "0") == "0" else False
+        announce("train", f"reading {cfg.data}, loading {cfg.model}; progress follows", enabled=shown)
         self.source = check_model(cfg.model)  # a bad model reference fails before the data is read
         self.data = open_table(cfg.data, split=cfg.data_split)  # a build folder, a pushed folder or Hub id
         self.kind = self.data.kind

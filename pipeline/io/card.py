@@ -17,6 +17,7 @@ data, ``card_template``) filled with ``string.Template``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -267,26 +268,46 @@ def render_card(meta: dict, *, repo_id: str) -> str:
     }
     rows = sum(s["rows"] for s in splits.values())
     files = sum(s["files"] for s in splits.values())
-    return Template(card_template(TEMPLATE)).substitute(
-        front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
-        pretty_name=meta["pretty_name"],
-        kind=block["table_kind"],
-        prefpool_version=block["version"],
-        summary=f"{rows} rows in {files} Parquet file(s) under `data/`, in {len(splits)} split(s):",
-        splits="\n".join(
-            f"| `{name}` | {s['rows']} | {s['files']} | `{s['cache_key'] or 'not recorded'}` |"
-            for name, s in splits.items()
-        ),
-        repo_id=repo_id,
-        split_names=", ".join(splits),
-        source=_source_md(meta, splits),
-        columns="\n".join(f"| `{name}` | `{types[name]}` |" for name in schema_names),
-        provenance="\n\n".join(f"### split `{name}`\n\n{_provenance_md(s['stages'])}" for name, s in splits.items()),
-        counts="\n\n".join(
-            f"`{name}`:\n\n```json\n{json.dumps(s['counts'], indent=2, sort_keys=True)}\n```"
-            for name, s in splits.items()
-        ),
+    return public_text(
+        Template(card_template(TEMPLATE)).substitute(
+            front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
+            pretty_name=meta["pretty_name"],
+            kind=block["table_kind"],
+            prefpool_version=block["version"],
+            summary=f"{rows} rows in {files} Parquet file(s) under `data/`, in {len(splits)} split(s):",
+            splits="\n".join(
+                f"| `{name}` | {s['rows']} | {s['files']} | `{s['cache_key'] or 'not recorded'}` |"
+                for name, s in splits.items()
+            ),
+            repo_id=repo_id,
+            split_names=", ".join(splits),
+            source=_source_md(meta, splits),
+            columns="\n".join(f"| `{name}` | `{types[name]}` |" for name in schema_names),
+            provenance="\n\n".join(
+                f"### split `{name}`\n\n{_provenance_md(s['stages'])}" for name, s in splits.items()
+            ),
+            counts="\n\n".join(
+                f"`{name}`:\n\n```json\n{json.dumps(s['counts'], indent=2, sort_keys=True)}\n```"
+                for name, s in splits.items()
+            ),
+        )
     )
+
+
+# An absolute local path (or one from the home folder): after a start, space, quote, backtick, bracket or
+# "=", never inside a URL ("https://...") or a relative path ("data/train-*").
+_LOCAL_PATH = re.compile(r"""(?<![\w:/.~-])(?:~|/)[^\s`'"<>(){}\[\],;|]+""")
+
+
+def public_text(text: str) -> str:
+    """A card's text with every absolute local path cut to its last name (``/home/me/data/uf.jsonl`` ->
+    ``uf.jsonl``): a published card names files and models by name (models also by weights hash), never
+    by where they lie on the machine that made them."""
+
+    def name(match: re.Match) -> str:
+        return Path(match.group(0).rstrip("/")).name or match.group(0)
+
+    return _LOCAL_PATH.sub(name, text)
 
 
 def read_card(folder: str | Path) -> dict | None:

@@ -9,6 +9,12 @@ seconds (default 30), e.g.::
 
 and, once a line has been written, a last one when the work is done. A run
 shorter than the interval writes none (the stage's summary line says it all).
+The first piece of work done ``FIRST_LINE_SECONDS`` or more after the start
+(a model was loading) writes a line at once. Rates and ETAs count from that
+first piece on, so a model's load time does not stretch the ETA; a slow rate
+reads as time per item (``12.5 s/step``), never as ``0 rows/s``.
+``announce`` writes one line when a stage starts something slow (loading a
+model), so a long command talks from its first second.
 ``--no-progress`` (``enabled=False``) writes nothing either way. With ``units``
 (a stage's work units, e.g. on a Ray cluster) both show ``done/total units`` too.
 """
@@ -41,6 +47,7 @@ from prefpool.core.errors import ConfigError
 
 INTERVAL_ENV = "PREFPOOL_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
+FIRST_LINE_SECONDS = 5.0
 
 
 class _RateColumn(ProgressColumn):
@@ -49,8 +56,29 @@ class _RateColumn(ProgressColumn):
         self.unit = unit
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s")
+        return Text(rate_text(task.finished_speed or task.speed, self.unit))
+
+
+def rate_text(rate: float | None, unit: str) -> str:
+    """``1,250 rows/s``, ``4.2 rows/s``; below one a second as time per item: ``12.5 s/step``, ``2.1 min/step``."""
+    if not rate or rate <= 0 or not math.isfinite(rate):
+        return f"? {unit}/s"
+    if rate >= 100:
+        return f"{rate:,.0f} {unit}/s"
+    if rate >= 1:
+        return f"{rate:.3g} {unit}/s"
+    one = unit.removesuffix("s")
+    seconds = 1 / rate
+    return f"{seconds:.3g} s/{one}" if seconds < 60 else f"{seconds / 60:.3g} min/{one}"
+
+
+def announce(description: str, text: str, *, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+    """``description: text`` on stderr (nothing when ``enabled`` is False): e.g. that a model starts loading."""
+    if enabled is False:
+        return
+    stream = sys.stderr if stream is None else stream
+    stream.write(f"{description}: {text}\n")
+    stream.flush()
 
 
 def log_interval() -> float:
@@ -84,7 +112,7 @@ def progress_line(
 ) -> str:
     """One plain progress line (see the module docstring); ``rate`` in ``unit`` per second."""
     count = f"{done}/{total} {unit} ({100 * done / total:.0f}%)" if total else f"{done} {unit}"
-    speed = f"{rate:,.3g} {unit}/s" if rate > 0 else f"? {unit}/s"
+    speed = rate_text(rate, unit)
     line = f"{description}: {count}, {units + ', ' if units else ''}{speed}, elapsed {_clock_text(elapsed)}"
     if total and rate > 0 and done < total:
         line += f", ETA {_clock_text((total - done) / rate)}"
@@ -109,28 +137,46 @@ class LineProgress:
         self.stream, self.interval, self.clock = stream, interval, clock
         self.initial = self.done = initial  # a resumed run's earlier work does not count in the rate
         self.start = self.last = clock()
+        self.first: tuple[float, int] | None = None  # (time, done) at the first advance: the work's own start
         self.lines = 0
+        self.shown = initial  # the count the last line showed
         self.units: str | None = None  # "3/12 units", set by Advance.unit_done
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         now = self.clock()
+        if self.first is None:
+            self.first = (now, self.done)
+            if now - self.start >= min(FIRST_LINE_SECONDS, self.interval):
+                self._write(now)  # the first output after loading: how long that took
+                return
         if now - self.last >= self.interval:
             self._write(now)
 
     def close(self) -> None:
-        if self.lines:  # the log shows where the work ended; a run shorter than one interval stays quiet
+        # the log shows where the work ended; a run shorter than one interval stays quiet
+        if self.lines and self.shown != self.done:
             self._write(self.clock())
 
+    def rate(self, now: float) -> float:
+        """Work per second from the first advance on, so load time is excluded; 0 (unknown) until a second one."""
+        if self.first is not None and self.done > self.first[1] and now > self.first[0]:
+            return (self.done - self.first[1]) / (now - self.first[0])
+        return 0.0
+
     def _write(self, now: float) -> None:
-        elapsed = now - self.start
-        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         text = progress_line(
-            self.description, self.done, self.total, unit=self.unit, rate=rate, elapsed=elapsed, units=self.units
+            self.description,
+            self.done,
+            self.total,
+            unit=self.unit,
+            rate=self.rate(now),
+            elapsed=now - self.start,
+            units=self.units,
         )
         self.stream.write(text + "\n")
         self.stream.flush()
-        self.last, self.lines = now, self.lines + 1
+        self.last, self.lines, self.shown = now, self.lines + 1, self.done
 
 
 class Advance:
@@ -202,7 +248,7 @@ def progress(
 
 def summary_line(stage: str, *, rows: int, seconds: float, out: str | Path, **counts: object) -> str:
     """E.g. ``ingest: 1000 rows in 0.8 s (1250 rows/s) -> out/  [dropped=5 merged=2]``."""
-    rate = rows / seconds if seconds > 0 else float("inf")
+    rate = rows / seconds if seconds > 0 else None
     extra = " ".join(f"{k}={v}" for k, v in counts.items())
-    line = f"{stage}: {rows} rows in {seconds:.1f} s ({rate:.0f} rows/s) -> {out}"
+    line = f"{stage}: {rows} rows in {seconds:.1f} s ({rate_text(rate, 'rows')}) -> {out}"
     return f"{line}  [{extra}]" if extra else line

@@ -31,7 +31,7 @@ are not packed by default either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -162,6 +162,7 @@ def score_tokens(
     share_prompts: bool = False,
     packing: bool | None = None,
     method: Method | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Log-probs of many sequences without gradient: the sums ``(N,)`` float32 and, per sequence, its
     completion tokens' log-probs ``(L_i,)`` float32, on the CPU, in input order.
@@ -175,6 +176,8 @@ def score_tokens(
     the process with the most (the extra ones on a two-token dummy, result dropped), and all
     processes must call this together. A sharded model (FSDP, DeepSpeed ZeRO-3) gathers its
     parameters collectively in each forward, so a process that ran fewer would wait forever.
+
+    ``on_batch(n)``: called after each batch with its number of sequences (progress).
     """
     if packing is None:
         packing = packing_default(model)
@@ -194,6 +197,8 @@ def score_tokens(
         # values[mask] runs row by row (a packed row: sequence by sequence), so counts split it per pair.
         for i, v in zip(rows, values[mask].float().cpu().split(counts.tolist()), strict=True):
             tokens[i] = v
+        if on_batch is not None:
+            on_batch(len(rows))
 
     for rows in shared_batches:
         batch = [pairs[i] for i in rows]
@@ -220,6 +225,7 @@ def score_pairs(
     share_prompts: bool = False,
     packing: bool | None = None,
     method: Method | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Log-probs of many sequences without gradient, ``(N,)`` float32 on the CPU, in input order
     (``score_tokens``' sums; the same arguments)."""
@@ -232,5 +238,6 @@ def score_pairs(
         share_prompts=share_prompts,
         packing=packing,
         method=method,
+        on_batch=on_batch,
     )
     return sums

@@ -158,6 +158,7 @@ def eval_() -> click.Command:
         "prefpool.train.evaluate:evaluate",
         short={"model": "-m", "data": "-d", "out": "-o"},
         skip=("tokenizer",),
+        rename=PROGRESS,
         report=_eval_line,
     )
 
@@ -279,8 +280,8 @@ def train() -> click.Command:
             )
             return
         echo(
-            f"train: {result['steps']} steps, final loss {result['final_loss']}, "
-            f"step-0 diff {result['step0_max_abs_diff']} -> {result['output_dir']}"
+            f"train: {result['steps']} steps, final loss {_number(result['final_loss'], '.4f')}, "
+            f"step-0 diff {_number(result['step0_max_abs_diff'], '.3g')} nats -> {result['output_dir']}"
         )
 
     return _config_command(
@@ -291,6 +292,10 @@ def train() -> click.Command:
         run,
         progress_key="progress",
     )
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def online() -> click.Command:

@@ -370,9 +370,22 @@ def coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Read ``path`` (optional), apply ``overrides``, and build ``cls`` strictly."""
     data = read_yaml(path) if path is not None else {}
+    _check_overrides(cls, apply_overrides({}, overrides))
     source = str(path) if path is not None else "command line"
     overridden = frozenset(item.partition("=")[0].strip() for item in overrides)
     return build_dataclass(cls, apply_overrides(data, overrides), source=source, overridden=overridden)
+
+
+def _check_overrides(cls: type, overrides: Mapping[str, Any]) -> None:
+    """Refuse an unknown ``key=value`` key or a bad value as the command line's, not the file's."""
+    source = "command line"
+    values, labels, problems = _translate(cls, overrides, source=source, prefix="")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if _nested_class(hints[name]) is None:  # a nested section is checked whole, with the file's keys
+            coerce(hints[name], value, source=source, key=labels[name])
 
 
 def check_kwargs(function: Callable[..., Any], data: Mapping[str, Any], *, source: str) -> None:

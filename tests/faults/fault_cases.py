@@ -736,13 +736,13 @@ CASES: list[Case] = [
         lambda w, t: ["push", w["mcpo"], "--repo-id", "me/prefs", "--dry-run", "-o", t / "hub"],
         ("up to date", "nothing to do"),
         code=0,
-        setup=copies(copy("hub", "hub"), lambda w, t: shutil.copy2(w["root"] / "hub.push.json", t / "hub.push.json")),
+        setup=copy("hub", "hub"),  # its record, .prefpool/push.json, comes with it
     ),
     Case(
         "push: other settings over an earlier push",
         lambda w, t: ["push", w["mcpo"], "--repo-id", "me/prefs", "--dry-run", "--license", "mit", "-o", t / "hub"],
         ("other settings", "--overwrite"),
-        setup=copies(copy("hub", "hub"), lambda w, t: shutil.copy2(w["root"] / "hub.push.json", t / "hub.push.json")),
+        setup=copy("hub", "hub"),  # its record, .prefpool/push.json, comes with it
     ),
     Case(
         "push: --split with a dash",

@@ -114,7 +114,7 @@ def table(tmp_path_factory, world):
 PUSH_POINTS = [
     ("between data files", "pyarrow.parquet:write_table", 2, "after"),
     ("after the card, before the swap", "prefpool.pipeline.push:write_text", 1, "after"),
-    ("after the swap, before the record", "prefpool.pipeline.push:write_json", 2, "before"),
+    ("after the record, before the swap", "prefpool.pipeline.push:write_json", 1, "after"),
 ]
 
 
@@ -127,7 +127,8 @@ def test_push_dry_run_killed_then_rerun_equals_one_run(table, tmp_path, where, p
     output = rerun(*args)
     assert "rows in 4 files (split train), written to" in output
     assert tree_digest(out) == tree_digest(table["straight"])
-    assert json.loads((tmp_path / "hub.push.json").read_text())["complete"] is True
+    assert json.loads((out / ".prefpool" / "push.json").read_text())["complete"] is True
+    assert not (tmp_path / "hub.push.json").exists()  # nothing of the push outside its --out
     assert "up to date" in rerun(*args)
     assert leftovers(tmp_path) == []
 

@@ -96,7 +96,7 @@ def test_tie_policies(tmp_path):
     every = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "all", pair_mode="all")
     pairs = {_texts(r) for r in rows_of(every.out) if r["prompt"][0]["content"] == "tied"}
     assert pairs == {("t1", "t3"), ("t2", "t3")}  # never t1 vs t2: equal ranks are skipped
-    mcpo = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "mcpo-drop", best_ties="drop")
+    mcpo = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "mcpo-drop", best_ties="drop", preferred="ranked")
     assert {r["preferred"] for r in rows_of(mcpo.out)} == {"best one"}
     assert mcpo.report["dropped_tie_for_best"] == 1 and mcpo.report["dropped_no_ranked_answer"] == 1
 
@@ -139,8 +139,10 @@ def test_logprobs_from_different_cache_keys_are_refused(tmp_path):
 
 def test_mcpo_from_ranked_answers_and_from_candidates(tmp_path):
     ex, ca, lp = _inputs(tmp_path)
-    answers = {r["preferred"]: r for r in rows_of(build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "a").out)}
+    ranked = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "a", preferred="ranked")
+    answers = {r["preferred"]: r for r in rows_of(ranked.out)}
     assert set(answers) == {"best one", "t1"}  # "paired" has no ranks: dropped and counted
+    assert ranked.report["dropped_no_ranked_answer"] == 1
     assert answers["best one"]["pool"] == ["mid", "worst answer"]
     assert answers["best one"]["ref_pool_logps"] == [fake_logp("mid"), fake_logp("worst answer")]
     assert answers["best one"]["ref_preferred_logp"] == fake_logp("best one")
@@ -181,7 +183,7 @@ def test_rerun_is_a_no_op_and_cli_builds(tmp_path):
     ex, ca, lp = _inputs(tmp_path)
     first = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
     again = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "o")
-    assert again.rows_written == first.rows_written == 2
+    assert again.rows_written == first.rows_written == 3
     result = CliRunner().invoke(
         app,
         ["build", "--kind", "pairwise", "--examples", str(ex), "--logprobs", str(lp), "--out", str(tmp_path / "cli")],
@@ -295,3 +297,43 @@ def test_shard_filter_matches_stable_bucket_and_cli_shard(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "0 <= i < N" in bad.output
+
+
+def test_mcpo_preferred_auto_takes_a_pairs_chosen_answer_where_no_answer_is_ranked(tmp_path):
+    ex, ca, lp = _inputs(tmp_path)
+    auto = build("mcpo", examples=ex, logprobs=lp, out=tmp_path / "auto")
+    rows = {r["preferred"]: r for r in rows_of(auto.out)}
+    assert set(rows) == {"best one", "t1", "y longer"}  # "paired": its pair (1, 0) gives y0 = "y longer"
+    assert rows["y longer"]["pool"] == ["x"] and rows["best one"]["pool"] == ["mid", "worst answer"]
+    assert auto.report["preferred_from_pair"] == 1 and auto.report["dropped_no_ranked_answer_or_pair"] == 0
+
+
+def test_mcpo_preferred_chosen_over_a_generated_pool_is_spin_like(tmp_path):
+    """Plain prompt/chosen/rejected rows (no ranks, no scores) + generated samples: y0 = the dataset's chosen."""
+    plain = [
+        example("p1", [("good", None, None), ("bad", None, None)], pairs=[(0, 1)]),
+        example("p2", [("meh", None, None), ("fine", None, None)], pairs=[(1, 0)]),
+    ]
+    cands = [candidates_row(plain[0], ["g1", "good", "g2"]), candidates_row(plain[1], ["h1"])]
+    ex, ca, lp = _inputs(tmp_path, examples=plain, candidates=cands)
+    with pytest.raises(PipelineInputError, match=r"dropped_no_ranked_answer: 2 \(.*--preferred chosen"):
+        build("mcpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / "ranked", preferred="ranked")
+    assert not (tmp_path / "ranked").exists()
+    for preferred in ("chosen", "auto"):
+        out = build("mcpo", examples=ex, logprobs=lp, candidates=ca, out=tmp_path / preferred, preferred=preferred)
+        rows = {r["preferred"]: r["pool"] for r in rows_of(out.out)}
+        assert rows == {"good": ["g1", "g2"], "fine": ["h1"]}
+
+
+def test_build_with_no_row_exits_2_naming_the_reasons_and_the_flag(tmp_path):
+    """UltraFeedback-like pairs ranked by score only: the default --rank-by rank finds no ranked answer."""
+    scored = [example(f"u{i}", [("hi", 0.9, None), ("lo", 0.1, None)]) for i in range(3)]
+    ex, ca, lp = _inputs(tmp_path, examples=scored, candidates=[])
+    args = ["build", "--examples", str(ex), "--logprobs", str(lp)]
+    for kind in ("mcpo", "pairwise"):
+        result = CliRunner().invoke(app, [*args, "--kind", kind, "--out", str(tmp_path / kind)])
+        assert result.exit_code == 2, result.output
+        assert "made no row from the 3 examples rows" in result.output and "--rank-by score" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / kind).exists()
+    ok = CliRunner().invoke(app, [*args, "--kind", "mcpo", "--rank-by", "score", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0 and len(rows_of(tmp_path / "ok")) == 3

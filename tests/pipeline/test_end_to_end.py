@@ -124,7 +124,7 @@ def test_pushed_folder_loads_with_datasets(pipeline, monkeypatch, tmp_path):
     mcpo = read_table(work / "build" / "mcpo")
     assert loaded.num_rows == mcpo.num_rows
     assert loaded["prompt_id"] == mcpo.column("prompt_id").to_pylist()
-    assert json.loads((work / "push.push.json").read_text())["complete"] is True
+    assert json.loads((work / "push" / ".prefpool" / "push.json").read_text())["complete"] is True
 
 
 def test_resume_after_failure_and_rerun_is_a_noop(pipeline):

@@ -21,7 +21,7 @@ from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.manifest import load_manifest
-from prefpool.pipeline.logprobs import logprobs, resolve_max_length
+from prefpool.pipeline.logprobs import DEFAULT_MAX_LENGTH, TruncationWarning, logprobs, resolve_max_length
 from prefpool.testing import build_tiny_llama
 
 torch.set_num_threads(1)
@@ -137,6 +137,20 @@ def test_logprobs_max_length_defaults_to_the_models_context(model, examples, tmp
     assert cache["max_length"] == CONTEXT  # the resolved number, not None: the trainer checks against it
     # an explicit max_length equal to the resolved one is the same run, found complete
     assert logprobs(examples, model=model, out=tmp_path / "lp", max_length=CONTEXT).computed == 0
+
+
+def test_logprobs_max_length_defaults_to_1024_below_a_long_context_and_warns_when_it_cuts_many(tmp_path):
+    """A model with an 8,192-token context (SmolLM2's): the default is 1,024, not 8,192. With max_length 24,
+    the 3 answers of 20 words are cut: more than 10 %, so a warning names the counts and the flag."""
+    long_model = build_tiny_llama(tmp_path / "long", max_position_embeddings=8192)
+    assert resolve_max_length(long_model, None, {}) == DEFAULT_MAX_LENGTH == 1024
+    assert resolve_max_length(long_model, None, {"max_model_len": 600}) == 600
+    rows = [{"prompt": f"Say {w}.", "chosen": " ".join([w] * 20), "rejected": "no"} for w in ("yes", "river", "stone")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest(tmp_path / "p.jsonl", format="pairwise", out=tmp_path / "ex")
+    with pytest.warns(TruncationWarning, match=r"max_length=24 cut 3 and dropped 0 .* of 6 completions; pass "):
+        logprobs(tmp_path / "ex", model=long_model, out=tmp_path / "lp", max_length=24, show_progress=False)
+    assert load_manifest(tmp_path / "lp").identity.config["cache"]["max_length"] == 24
 
 
 def test_logprobs_max_length_beyond_the_context_is_refused(model, examples, tmp_path):

@@ -86,3 +86,27 @@ def test_card_fields_are_recorded_and_bad_ones_exit_2(tmp_path, fixtures):
         bad = runner.invoke(app, ["ingest", src, "-f", "pairwise", "-o", str(tmp_path / "bad"), *args])
         assert bad.exit_code == 2 and match in bad.output, bad.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_missing_column_lists_the_columns_that_exist(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "source_index": 3}\n')
+    result = runner.invoke(app, ["ingest", str(src), "--columns", "prompt=question", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "column 'question': missing column for format 'pairwise'" in result.output
+    assert "the columns of this file are: 'prompt', 'chosen', 'rejected', 'source_index'" in result.output
+
+
+def test_a_row_range_in_the_split_reads_only_those_records(tmp_path):
+    """`--split 'train[:2]'` as datasets writes it: the first 2 records; `train[1:3]`: records 1 and 2."""
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(f'{{"prompt": "q{i}", "chosen": "a", "rejected": "b"}}\n' for i in range(5)))
+    prompts = {}
+    for split in ("train[:2]", "train[1:3]", "train[3:]"):
+        out = tmp_path / split
+        result = runner.invoke(app, ["ingest", str(src), "--split", split, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        prompts[split] = sorted(row["prompt"][0]["content"] for row in read_table(out).to_pylist())
+    assert prompts == {"train[:2]": ["q0", "q1"], "train[1:3]": ["q1", "q2"], "train[3:]": ["q3", "q4"]}
+    for bad in ("train[2:1]", "train[a:b]", "test[:2]"):
+        result = runner.invoke(app, ["ingest", str(src), "--split", bad, "-o", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -11,7 +11,16 @@ import sys
 import pytest
 
 from prefpool.core.errors import ConfigError
-from prefpool.pipeline.io.progress import INTERVAL_ENV, LineProgress, log_interval, progress, progress_line
+from prefpool.pipeline.io.progress import (
+    INTERVAL_ENV,
+    LineProgress,
+    announce,
+    log_interval,
+    progress,
+    progress_line,
+    rate_text,
+    summary_line,
+)
 
 
 class Clock:
@@ -31,19 +40,47 @@ def test_line_has_done_total_rate_and_eta():
     )
 
 
+def test_a_slow_rate_reads_as_time_per_item_never_zero_per_second():
+    """0.1 rows/s is 10 s a row; 1/150 steps/s is 150 s = 2.5 min a step; fast rates keep thousands separators."""
+    assert rate_text(0.1, "rows") == "10 s/row" and rate_text(1 / 150, "steps") == "2.5 min/step"
+    assert rate_text(4.25, "samples") == "4.25 samples/s" and rate_text(1250.4, "rows") == "1,250 rows/s"
+    assert rate_text(0.0, "rows") == "? rows/s"
+    assert summary_line("logprobs", rows=3, seconds=40.0, out="o") == "logprobs: 3 rows in 40.0 s (13.3 s/row) -> o"
+
+
 def test_lines_come_at_most_every_interval_and_a_last_one_at_the_end():
     clock, stream = Clock(), io.StringIO()
     bar = LineProgress("logprobs", 10, unit="rows", stream=stream, interval=30.0, clock=clock)
-    for _ in range(10):  # one row every 10 s: lines at 30 s and 60 s, then the last one at 100 s
+    for _ in range(10):  # one row every 10 s: the first at once (10 s >= 5 s), then every 30 s; the end shown once
         clock.now += 10
         bar.advance(1)
     bar.close()
     assert stream.getvalue().splitlines() == [
-        "logprobs: 3/10 rows (30%), 0.1 rows/s, elapsed 0:00:30, ETA 0:01:10",
-        "logprobs: 6/10 rows (60%), 0.1 rows/s, elapsed 0:01:00, ETA 0:00:40",
-        "logprobs: 9/10 rows (90%), 0.1 rows/s, elapsed 0:01:30, ETA 0:00:10",
-        "logprobs: 10/10 rows (100%), 0.1 rows/s, elapsed 0:01:40",
+        "logprobs: 1/10 rows (10%), ? rows/s, elapsed 0:00:10",
+        "logprobs: 4/10 rows (40%), 10 s/row, elapsed 0:00:40, ETA 0:01:00",
+        "logprobs: 7/10 rows (70%), 10 s/row, elapsed 0:01:10, ETA 0:00:30",
+        "logprobs: 10/10 rows (100%), 10 s/row, elapsed 0:01:40",
     ]
+
+
+def test_the_eta_counts_from_the_first_output_not_from_the_model_load():
+    """140 s of loading, then 1 sample, then 9 more in 18 s: 0.5 samples/s, so 86 left take 172 s, not hours."""
+    clock, stream = Clock(), io.StringIO()
+    bar = LineProgress("generate", 96, unit="samples", stream=stream, interval=15.0, clock=clock)
+    clock.now += 140
+    bar.advance(1)
+    clock.now += 18
+    bar.advance(9)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "generate: 1/96 samples (1%), ? samples/s, elapsed 0:02:20"  # no ETA from the load
+    assert lines[1] == "generate: 10/96 samples (10%), 2 s/sample, elapsed 0:02:38, ETA 0:02:52"
+
+
+def test_announce_says_what_starts_unless_progress_is_off():
+    stream = io.StringIO()
+    announce("eval", "loading the model m.gguf", stream=stream)
+    announce("eval", "not shown", enabled=False, stream=stream)
+    assert stream.getvalue() == "eval: loading the model m.gguf\n"
 
 
 def test_a_run_shorter_than_the_interval_writes_nothing():
@@ -57,12 +94,18 @@ def test_a_run_shorter_than_the_interval_writes_nothing():
 
 
 def test_work_done_before_a_resume_is_shown_but_not_in_the_rate():
-    """Resumed at step 40 of 100: 20 more steps in 40 s is 0.5 steps/s, ETA (100 - 60) / 0.5 = 80 s."""
+    """Resumed at step 40 of 100: step 41 after 30 s of loading, then 20 more in 40 s is 2 s a step,
+    ETA (100 - 61) / 0.5 = 78 s."""
     clock, stream = Clock(), io.StringIO()
     bar = LineProgress("train", 100, unit="steps", stream=stream, interval=40.0, initial=40, clock=clock)
+    clock.now += 30
+    bar.advance(1)
     clock.now += 40
     bar.advance(20)
-    assert stream.getvalue() == "train: 60/100 steps (60%), 0.5 steps/s, elapsed 0:00:40, ETA 0:01:20\n"
+    assert stream.getvalue().splitlines() == [
+        "train: 41/100 steps (41%), ? steps/s, elapsed 0:00:30",
+        "train: 61/100 steps (61%), 2 s/step, elapsed 0:01:10, ETA 0:01:18",
+    ]
 
 
 def test_off_a_terminal_progress_writes_lines_and_no_progress_writes_nothing(monkeypatch):

@@ -375,3 +375,33 @@ def test_a_built_wheel_holds_the_card_templates_and_reads_them_installed(tmp_pat
     read = json.loads(proc.stdout)
     assert read.pop("at").startswith(str(installed))
     assert read == {n: (REPO / "data_cards" / n).read_text(encoding="utf-8") for n in read}
+
+
+def test_the_card_publishes_no_local_path(tmp_path, monkeypatch):
+    """Ingest from an absolute path, log-probs from a local model folder, build, push: the card names the input
+    file and the model by name (the model also by weights hash), never by where they lie."""
+    from prefpool.pipeline.logprobs import logprobs
+    from prefpool.testing import build_tiny_llama
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    private = tmp_path / "private"
+    model = build_tiny_llama(private / "tiny-model")
+    src = private / "prefs.jsonl"
+    src.write_text("".join(f'{{"prompt": "q{i}", "chosen": "good {i}", "rejected": "bad"}}\n' for i in range(3)))
+    ex = ingest(src.resolve(), out=tmp_path / "ex").out
+    lp = logprobs(ex, model=model.resolve(), out=tmp_path / "lp", show_progress=False).out
+    table = build("pairwise", examples=ex, logprobs=lp, out=tmp_path / "pw").out
+    push(table, repo_id="me/prefs", dry_run=True, out=tmp_path / "hub")
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "prefs.jsonl" in card and "tiny-model" in card
+    assert str(tmp_path) not in card and "/private/" not in card
+    assert read_card(tmp_path / "hub")["prefpool"]["splits"]["train"]["rows"] == 3  # the front matter reads back
+
+
+def test_public_text_cuts_absolute_paths_to_names_and_keeps_urls_and_relative_paths():
+    from prefpool.pipeline.io.card import public_text
+
+    text = 'source: /home/me/d/uf.jsonl; `{"given": "~/m/S.gguf"}` https://hf.co/datasets/a/b data/train-* 1/2 a / b'
+    assert (
+        public_text(text) == 'source: uf.jsonl; `{"given": "S.gguf"}` https://hf.co/datasets/a/b data/train-* 1/2 a / b'
+    )

@@ -164,3 +164,23 @@ def test_cli_eval_writes_the_summary(tiny, tmp_path):
     assert not (tmp_path / "e.json").exists() and (tmp_path / "taken.txt").read_text() == "keep me"
     gpu = CliRunner().invoke(app, ["eval", "-m", str(path), "-d", str(data), "--device", "gpu"])
     assert gpu.exit_code == 2 and "'gpu' is not a device; expected auto, cpu, cuda, cuda:N or mps" in gpu.output
+
+
+def test_cli_eval_talks_from_the_start_and_no_progress_silences_it(tiny, tmp_path, monkeypatch):
+    """A line when the model starts loading, then progress lines over the scored answers; --no-progress: none."""
+    from click.testing import CliRunner
+
+    from prefpool.cli import app
+
+    monkeypatch.setenv("PREFPOOL_PROGRESS_SECONDS", "1e-9")
+    path, model, tok = tiny
+    rows = [pairwise_row(model, tok, f"q{i}", "the cat", "a dog", (0.0, 1.0)) for i in range(2)]
+    data = write_table(tmp_path / "pw", "pairwise", rows, tokenizer=tok)
+    args = ["eval", "-m", str(path), "-d", str(data), "--device", "cpu", "--max-tokens", "8"]
+    loud = CliRunner().invoke(app, args)
+    assert loud.exit_code == 0, loud.output
+    lines = loud.output.splitlines()
+    assert lines[0] == f"eval: hashing and loading {path}, reading {data}; progress follows"
+    assert any(line.startswith("eval: 4/4 answers (100%)") for line in lines)
+    quiet = CliRunner().invoke(app, [*args, "--no-progress"])
+    assert quiet.exit_code == 0 and not any(line.startswith("eval:") for line in quiet.output.splitlines())

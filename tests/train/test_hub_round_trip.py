@@ -10,7 +10,9 @@ was shared could not be trained on.
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -106,7 +108,9 @@ def test_train_on_the_pushed_folder_equals_train_on_the_build_folder(world, push
     assert shared["rows"] == direct["rows"] and shared["losses"] == direct["losses"]
     assert shared["step0_max_abs_diff"] is not None and shared["step0_max_abs_diff"] < 1e-4
     card = (tmp_path / "shared" / "README.md").read_text()
-    assert f"`{out} (split train)`" in card
+    assert f"`{out.name} (split train)`" in card  # by name: a card publishes no local path
+    assert str(tmp_path) not in card and str(world["model"]) not in card
+    assert f"`{Path(world['model']).name}` (weights sha256 `" in card and "base_model" not in card
 
 
 def test_train_and_eval_on_a_hub_id_from_the_local_cache(world, pushed, tmp_path, offline):
@@ -116,9 +120,13 @@ def test_train_and_eval_on_a_hub_id_from_the_local_cache(world, pushed, tmp_path
     assert (table.kind, table.rows) == ("pairwise", read_table(half).num_rows)
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(_cfg(world, "me/prefs", tmp_path / "hub-run").__dict__))
-    result = CliRunner().invoke(app, ["train", str(config)])
+    result = CliRunner().invoke(app, ["train", str(config), "--progress"])
     assert result.exit_code == 0, result.output
-    assert "step-0 diff" in result.output
+    assert f"train: reading me/prefs, loading {world['model']}; progress follows\n" in result.output
+    # the final loss with 4 decimals (not float's 17 digits), the step-0 diff with 3 significant ones
+    assert re.search(
+        r"train: \d+ steps, final loss -?\d+\.\d{4}, step-0 diff [-+.e\d]{1,9} nats -> ", result.output, re.M
+    )
     # eval defaults to the test split; the same metrics as on the build folder it was pushed from
     from_hub = evaluate(world["model"], "me/prefs", device="cpu")
     from_folder = evaluate(world["model"], half, device="cpu")
