@@ -26,7 +26,7 @@ def _train(tmp_path, **settings):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"num_negatives": 0}, "num_negatives: expected an int >= 1, got 0"),
+        ({"num_negatives": 0}, "train.yaml: num_negatives: must be >= 1, got 0"),
         ({"kernel": "listwise", "num_negatives": 2}, "num_negatives: listwise is the NLL over the whole pool"),
     ],
 )
