@@ -81,7 +81,7 @@ from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
 from prefpool.pipeline.io.progress import summary_line
 from prefpool.pipeline.io.read import scan
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
-from prefpool.pipeline.kinds import KINDS, get_kind
+from prefpool.pipeline.kinds import KINDS, get_kind, hygiene
 from prefpool.pipeline.kinds import select as sel
 from prefpool.pipeline.kinds.inputs import (
     fingerprint,
@@ -89,6 +89,7 @@ from prefpool.pipeline.kinds.inputs import (
     scores_lookup,
     with_completion_id,
 )
+from prefpool.pipeline.kinds.pair_rules import PAIR_MODES, PairMode, derived_pairs
 
 STAGE = "build"
 ROWS_PER_UNIT = 100_000
@@ -100,7 +101,7 @@ class BuildConfig:
 
     kind: str = field(metadata={"help": "pairwise | mcpo | mpo"})
     rank_by: str = field(default="rank", metadata={"help": "rank (lower is better) | score (higher is better)"})
-    pair_mode: str = field(default="best-vs-rest", metadata={"help": "derived pairs: best-vs-rest | all"})
+    pair_mode: str = field(default="best-vs-rest", metadata={"help": "derived pairs: " + " | ".join(PAIR_MODES)})
     best_ties: str = field(default="first", metadata={"help": "tie for best: first (lowest index) | drop row"})
     missing: str = field(default="error", metadata={"help": "text without a log-prob: error | drop"})
     max_pool: int | None = field(default=None, metadata={"help": "keep the first N pool members / samples"})
@@ -110,13 +111,39 @@ class BuildConfig:
     scores: str | None = field(
         default=None, metadata={"help": "ranked by a scores table made over: examples | candidates"}
     )
+    # pair rules (pipeline/kinds/pair_rules.py) and pool hygiene (pipeline/kinds/hygiene.py)
+    min_margin: float = field(default=0.0, metadata={"help": "derived pairs: least key difference"})
+    pair_seed: int = field(default=0, metadata={"help": "best-vs-random: seed of the draw"})
+    duplicates: str = field(default="keep", metadata={"help": "duplicate samples in a pool: keep | collapse"})
+    empty: str = field(default="drop", metadata={"help": "empty answers: drop | keep"})
+    truncated: str = field(default="keep", metadata={"help": "samples cut at max_new_tokens: keep | drop | penalize"})
+    truncated_penalty: float = field(default=1.0, metadata={"help": "penalize: subtracted from the score"})
+    identical_pools: str = field(default="drop", metadata={"help": "all answers one text: drop | keep"})
+    length_penalty: float = field(default=0.0, metadata={"help": "ranking score minus this times num_tokens"})
+
+    def hygiene(self, **overrides: str) -> dict[str, str]:
+        rules = {name: getattr(self, name) for name in hygiene.CHOICES}
+        return {**rules, **overrides}
 
     def check(self) -> None:
         sel.check_choice("kind", self.kind, tuple(KINDS))
         sel.check_choice("missing", self.missing, ("error", "drop"))
         sel.check_choice("empty_pool", self.empty_pool, ("drop", "error"))
         sel.check_choice("rank_by", self.rank_by, ("rank", "score"))
-        sel.check_choice("pair_mode", self.pair_mode, ("best-vs-rest", "all"))
+        sel.check_choice("pair_mode", self.pair_mode, PAIR_MODES)
+        for name, choices in hygiene.CHOICES.items():
+            sel.check_choice(name, getattr(self, name), choices)
+        for name in ("min_margin", "truncated_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise PipelineConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.truncated == "penalize" and self.scores != "candidates":
+            raise PipelineConfigError(
+                "truncated='penalize' (--truncated penalize) lowers a sample's score: it needs samples ranked by "
+                "a scores table (--scores over the candidates, with --candidates)"
+            )
+        if self.length_penalty and self.rank_by != "score":
+            raise PipelineConfigError("length_penalty (--length-penalty) needs answers ranked by a score")
         sel.check_choice("best_ties", self.best_ties, ("first", "drop"))
         if self.max_pool is not None and self.max_pool < 1:
             raise PipelineConfigError(f"max_pool must be >= 1, got {self.max_pool}")
@@ -161,28 +188,42 @@ class _Context:
         self.examples = examples
         self.lp = lp
         self.lp_label = lp_label
-        self.answers = sel.answers_long(examples, config.rank_by)
+        self.answers = sel.answers_long(examples, config.rank_by).with_columns(pl.lit(False).alias("truncated"))
         self.counts: dict[str, int] = {}
         if scores is not None:
             self._rank_by_scores(scores, candidates)
+        if config.scores != "candidates":
+            self.answers = self.clean(self.answers, "answers", "idx")
+        if config.rank_by == "score":
+            penalty = config.truncated_penalty if config.truncated == "penalize" else None
+            self.answers = hygiene.adjusted_key(
+                self.answers, lp, length_penalty=config.length_penalty, truncated_penalty=penalty
+            )
+
+    def clean(self, long: pl.LazyFrame, role: str, order: str, **overrides: str) -> pl.LazyFrame:
+        """Pool hygiene (``kinds/hygiene.py``) on ``long``; prompts it drops leave ``examples`` too."""
+        long, dropped = hygiene.clean(long, role=role, order=order, count=self.add, **self.config.hygiene(**overrides))
+        if dropped is not None:
+            self.examples = self.examples.join(dropped, on="prompt_id", how="anti")
+        return long
 
     def _rank_by_scores(self, scores: pl.LazyFrame, candidates: pl.LazyFrame | None) -> None:
         """Replace the answers' keys by ``-score`` (see the module docstring); pairs are all derived."""
         answers = self.answers
         if self.config.scores == "candidates":
             assert candidates is not None
+            samples = _candidates_long(candidates).join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
             answers = (
-                _candidates_long(candidates)
-                .join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
+                self.clean(samples, "samples", "pos", duplicates="collapse")
                 .group_by("prompt_id", "cid")
-                .agg(pl.col("pos").min(), pl.col("text").first())
-                .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid")
+                .agg(pl.col("pos").min(), pl.col("text").first(), pl.col("truncated").sort_by("pos").first())
+                .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid", "truncated")
             )
             self.examples = self.examples.join(candidates.select("prompt_id"), on="prompt_id", how="semi")
-        ranked = answers.select("prompt_id", "idx", "text", "cid").join(
+        ranked = answers.select("prompt_id", "idx", "text", "cid", "truncated").join(
             scores.rename({"completion_id": "cid"}), on=["prompt_id", "cid"], how="left"
         )
-        self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"))
+        self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"), "truncated")
         self.add(
             "answers_without_score", self.answers.filter(pl.col("key").is_null()).select(pl.len()).collect().item()
         )
@@ -283,25 +324,30 @@ def _shard_filter(spec: ShardSpec) -> pl.Expr | None:
 
 
 def _candidates_long(candidates: pl.LazyFrame) -> pl.LazyFrame:
-    long = (
-        candidates.select("prompt_id", "samples", pl.int_ranges(pl.col("samples").list.len()).alias("pos"))
-        .explode(["samples", "pos"])
-        .filter(pl.col("pos").is_not_null())
-        .select("prompt_id", "pos", pl.col("samples").struct.field("text").alias("text"))
-    )
-    return with_completion_id(long)
+    return with_completion_id(hygiene.samples_long(candidates))
 
 
 def _pairs(ctx: _Context, candidates: pl.LazyFrame | None = None) -> pl.LazyFrame:
     explicit = sel.explicit_pairs(ctx.examples)
-    derived = sel.derived_pairs(ctx.examples, ctx.answers, ctx.config.pair_mode, ctx.config.best_ties)
-    if ctx.config.pair_mode == "best-vs-rest" and ctx.config.best_ties == "drop":
+    derived = derived_pairs(
+        ctx.examples,
+        ctx.answers,
+        ctx.config.pair_mode,  # type: ignore[arg-type]
+        ctx.config.best_ties,  # type: ignore[arg-type]
+        min_margin=ctx.config.min_margin,
+        pair_seed=ctx.config.pair_seed,
+        count=ctx.add,
+    )
+    if ctx.config.pair_mode != "all" and ctx.config.best_ties == "drop":
         unpaired = ctx.answers.join(ctx.examples.filter(pl.col("pairs").list.len() == 0), on="prompt_id", how="semi")
         ctx.add("dropped_tie_for_best", sel.count_best_ties(unpaired))
     ctx.add("pairs_explicit", explicit.select(pl.len()).collect().item())
     ctx.add("pairs_derived", derived.select(pl.len()).collect().item())
     pairs = pl.concat([explicit, derived])
     pairs = ctx.answer(ctx.answer(pairs, "chosen_idx", "chosen_"), "rejected_idx", "rejected_")
+    same = pl.col("chosen_cid") == pl.col("rejected_cid")
+    ctx.add("pairs_identical_texts_dropped", pairs.filter(same).select(pl.len()).collect().item())
+    pairs = pairs.filter(~same)
     pairs = ctx.with_logp(ctx.with_logp(pairs, "chosen_cid", "chosen_"), "rejected_cid", "rejected_")
     pairs = ctx.resolve_missing(
         pairs, {"chosen": ("chosen_text", "chosen_logp"), "rejected": ("rejected_text", "rejected_logp")}
@@ -344,6 +390,7 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
             "prompt_id", pl.col("idx").alias("pos"), "text", "cid"
         )
     else:
+        # an unranked pool of generated samples: cleaned here; scored samples were cleaned as answers
         long = _candidates_long(candidates)
         ctx.add(
             "candidate_prompts_without_example",
@@ -354,12 +401,14 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
             .collect()
             .item(),
         )
-        long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
-        ctx.add(
-            "pool_samples_equal_to_preferred",
-            long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item(),
-        )
-        long = long.filter(pl.col("cid") != pl.col("pref_cid")).drop("pref_cid")
+        long = ctx.clean(long, "samples", "pos")
+        rows = rows.join(ctx.examples.select("prompt_id"), on="prompt_id", how="semi")
+    long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
+    ctx.add(
+        "pool_samples_equal_to_preferred",
+        long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item(),
+    )
+    long = long.filter(pl.col("cid") != pl.col("pref_cid")).drop("pref_cid")
     rows = ctx.attach_pool(rows, ctx.pool(long, "pool"), "pool")
     return ctx.prompts(rows).select(
         "prompt_id",
@@ -403,12 +452,20 @@ def build(
     candidates: str | Path | None = None,
     scores: str | Path | list[str | Path] | None = None,
     rank_by: Literal["rank", "score"] = "rank",
-    pair_mode: Literal["best-vs-rest", "all"] = "best-vs-rest",
+    pair_mode: PairMode = "best-vs-rest",
     best_ties: Literal["first", "drop"] = "first",
     missing: Literal["error", "drop"] = "error",
     max_pool: int | None = None,
     empty_pool: Literal["drop", "error"] = "drop",
     label: float = 1.0,
+    min_margin: float = 0.0,
+    pair_seed: int = 0,
+    duplicates: hygiene.Duplicates = "keep",
+    empty: hygiene.Empty = "drop",
+    truncated: hygiene.Truncated = "keep",
+    truncated_penalty: float = 1.0,
+    identical_pools: hygiene.IdenticalPools = "drop",
+    length_penalty: float = 0.0,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
     shard: str | ShardSpec | None = None,
@@ -427,12 +484,23 @@ def build(
         candidates: `candidates` folder: mcpo pool / mpo reference samples.
         scores: `scores` folder (from `prefpool score`): rank by these scores; repeat for several.
         rank_by: rank (lower is better) | score (higher is better).
-        pair_mode: Pairs derived from ranks: best-vs-rest | all (ties skipped).
+        pair_mode: Pairs derived from ranks (ties skipped): best-vs-rest (the best against each worse answer) |
+            best-vs-worst (SimPO) | best-vs-random (one worse answer, drawn by pair_seed) | all.
         best_ties: Tie for best: first (lowest answer index) | drop (the row).
         missing: A text with no reference log-prob: error | drop.
         max_pool: Keep the first N pool members / reference samples.
         empty_pool: A row with an empty pool: drop | error.
         label: mpo: preference label of every pair.
+        min_margin: Derived pairs: keep a pair only when the chosen answer beats the rejected one by at least this
+            much (score difference; rank difference when ranked by rank).
+        pair_seed: best-vs-random: seed of the draw of the rejected answer.
+        duplicates: Generated samples with the same text in one pool: keep (they are draws) | collapse (the first).
+        empty: Answers and samples that are empty or whitespace: drop | keep.
+        truncated: Samples cut at max_new_tokens (finish_reason length): keep | drop | penalize (score minus
+            truncated_penalty; needs --scores over the candidates).
+        truncated_penalty: truncated=penalize: subtracted from a truncated sample's score.
+        identical_pools: A prompt whose answers (or samples) all have one text: drop (SimPO) | keep.
+        length_penalty: Ranked by a score: rank by score - length_penalty * num_tokens (reference tokens).
         overwrite: Replace an existing output made with different settings.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
@@ -453,6 +521,14 @@ def build(
         float(label),
         candidates is not None,
         scored,
+        float(min_margin),
+        int(pair_seed),
+        duplicates,
+        empty,
+        truncated,
+        float(truncated_penalty),
+        identical_pools,
+        float(length_penalty),
     )
     config.check()
     lp_dirs = [logprobs] if isinstance(logprobs, (str, Path)) else list(logprobs)
