@@ -8,8 +8,9 @@ cut into units written (and resumed) one by one through ``StageRun``;
 
 Scorer (exactly one; see ``score_scorers``): ``reward_fn="module:function"``,
 called as ``function(prompt_messages, completion_text) -> float``, or
-``reward_model=FOLDER``, a one-label ``AutoModelForSequenceClassification``
-scoring the chat-templated conversation. The scorer's identity (function name
+``reward_model=FOLDER``, an ``AutoModelForSequenceClassification`` scoring
+the conversation in its own chat template (one label, or one head or a
+weighted sum of several: ``engines/reward_model.py``). The scorer's identity (function name
 and source hash, or weights/tokenizer hashes) is the run's config, so it is in
 the manifest and another scorer over the same output is refused.
 
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.scorers import FunctionScorer, RewardModelScorer, checked_score
+from prefpool.pipeline.engines.reward_model import RewardModelScorer
+from prefpool.pipeline.engines.scorers import FunctionScorer, checked_score
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.completions import (
     TEXT_COLUMNS,
@@ -79,6 +81,10 @@ def score(
     reward_fn: str | None = None,
     reward_model: str | Path | None = None,
     batch_size: int = 16,
+    reward_head: int | None = None,
+    reward_weights: list[float] | None = None,
+    max_batch_tokens: int | None = None,
+    trust_remote_code: bool = False,
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
@@ -97,9 +103,15 @@ def score(
         input_dir: An `examples` (ingest) or `candidates` (generate) output folder.
         out: Output folder (scores shards; manifest.json and report.json in its .prefpool/).
         reward_fn: module:function or path/file.py:function; called as f(prompt messages, completion) -> float.
-        reward_model: A one-label sequence-classification model: a local folder (save_pretrained), a .gguf file or a
-            Hub id (from the local HF cache when there).
+        reward_model: A sequence-classification model (one label, or several with reward_head / reward_weights): a
+            local folder (save_pretrained), a .gguf file or a Hub id (from the local HF cache when there).
         batch_size: Reward model: sequences per forward pass; does not change values.
+        reward_head: Reward model with several labels: the reward is this head's logit (0-based).
+        reward_weights: Reward model with several labels: the reward is the weighted sum of its heads; repeat, one
+            weight per label.
+        max_batch_tokens: Reward model: at most this many padded tokens per forward pass (sequences are batched by
+            length); does not change values.
+        trust_remote_code: Reward model: run the model code shipped with its weights (needed by some, e.g. ArmoRM).
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
         overwrite: Replace an existing output made with another scorer.
@@ -116,12 +128,23 @@ def score(
         raise PipelineConfigError(
             "score needs exactly one of reward_fn (--reward-fn) and reward_model (--reward-model)"
         )
-    if batch_size < 1:
-        raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+        raise PipelineConfigError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
+    if reward_fn is not None and (reward_head is not None or reward_weights or trust_remote_code):
+        raise PipelineConfigError("reward_head, reward_weights and trust_remote_code apply to a reward_model only")
     spec = ShardSpec.parse(shard)
     device = resolve_device(device)
     pool = make_executor(executor, workers=workers, address=ray_address)
-    scorer = _scorer(reward_fn, reward_model, batch_size, device)
+    scorer = _scorer(
+        reward_fn,
+        reward_model,
+        batch_size=batch_size,
+        device=device,
+        head=reward_head,
+        head_weights=reward_weights or None,
+        max_batch_tokens=max_batch_tokens,
+        trust_remote_code=trust_remote_code,
+    )
     in_schema, table, inputs = read_completion_table(input_dir, stage="score")
     pairs = distinct_completions(table, in_schema, spec)
     locations = prompt_locations(input_dir)
@@ -185,7 +208,7 @@ def score_unit(unit: Unit, advance: Advance, *, scorer, locations: dict, column:
     return pa.Table.from_pylist(rows, schema=SCORES)
 
 
-def _scorer(reward_fn, reward_model, batch_size, device):
+def _scorer(reward_fn, reward_model, **options):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
     from prefpool.pipeline.model.cache_key import weights_hash
@@ -194,7 +217,7 @@ def _scorer(reward_fn, reward_model, batch_size, device):
     source = check_model(reward_model, what="reward_model")
     weights = weights_hash(source, what="reward_model")
     tokenizer = load_tokenizer(source, what="reward_model")
-    return RewardModelScorer(source, batch_size=batch_size, weights_sha256=weights, tokenizer=tokenizer, device=device)
+    return RewardModelScorer(source, weights_sha256=weights, tokenizer=tokenizer, **options)
 
 
 def _where(pid: str, cid: str, locations: dict, column: str) -> str:
