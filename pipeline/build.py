@@ -81,7 +81,7 @@ from prefpool.pipeline.io.ids import ShardSpec, stable_bucket
 from prefpool.pipeline.io.progress import summary_line
 from prefpool.pipeline.io.read import scan
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
-from prefpool.pipeline.kinds import KINDS, get_kind, hygiene
+from prefpool.pipeline.kinds import KINDS, ensemble, get_kind, hygiene
 from prefpool.pipeline.kinds import select as sel
 from prefpool.pipeline.kinds.inputs import (
     fingerprint,
@@ -120,6 +120,7 @@ class BuildConfig:
     truncated_penalty: float = field(default=1.0, metadata={"help": "penalize: subtracted from the score"})
     identical_pools: str = field(default="drop", metadata={"help": "all answers one text: drop | keep"})
     length_penalty: float = field(default=0.0, metadata={"help": "ranking score minus this times num_tokens"})
+    ensemble: str | None = field(default=None, metadata={"help": "several scorers combined by: zmean | vote"})
 
     def hygiene(self, **overrides: str) -> dict[str, str]:
         rules = {name: getattr(self, name) for name in hygiene.CHOICES}
@@ -142,6 +143,8 @@ class BuildConfig:
                 "truncated='penalize' (--truncated penalize) lowers a sample's score: it needs samples ranked by "
                 "a scores table (--scores over the candidates, with --candidates)"
             )
+        if self.ensemble is not None:
+            sel.check_choice("ensemble", self.ensemble, ensemble.RULES)
         if self.length_penalty and self.rank_by != "score":
             raise PipelineConfigError("length_penalty (--length-penalty) needs answers ranked by a score")
         sel.check_choice("best_ties", self.best_ties, ("first", "drop"))
@@ -466,6 +469,7 @@ def build(
     truncated_penalty: float = 1.0,
     identical_pools: hygiene.IdenticalPools = "drop",
     length_penalty: float = 0.0,
+    ensemble_rule: ensemble.Rule | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
     shard: str | ShardSpec | None = None,
@@ -501,6 +505,8 @@ def build(
         truncated_penalty: truncated=penalize: subtracted from a truncated sample's score.
         identical_pools: A prompt whose answers (or samples) all have one text: drop (SimPO) | keep.
         length_penalty: Ranked by a score: rank by score - length_penalty * num_tokens (reference tokens).
+        ensemble_rule: Scores of several scorers: combine them by zmean (mean of per-prompt z-scores) | vote (majority
+            vote of their rankings: pairwise majority wins).
         overwrite: Replace an existing output made with different settings.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
@@ -509,7 +515,13 @@ def build(
     start = time.perf_counter()
     spec = ShardSpec.parse(shard)
     score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
-    scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
+    scorers: list[dict] = []
+    if score_dirs and ensemble_rule is not None:
+        scores_frame, scored, scorers = ensemble.combine(score_dirs, ensemble_rule)
+    elif ensemble_rule is not None:
+        raise PipelineConfigError("ensemble_rule (--ensemble-rule) combines scores: give two or more --scores")
+    else:
+        scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
     config = BuildConfig(
         kind,
         "score" if scored else rank_by,
@@ -529,6 +541,7 @@ def build(
         float(truncated_penalty),
         identical_pools,
         float(length_penalty),
+        ensemble_rule,
     )
     config.check()
     lp_dirs = [logprobs] if isinstance(logprobs, (str, Path)) else list(logprobs)
@@ -551,6 +564,8 @@ def build(
         overwrite=overwrite,
         sources=[examples, *lp_dirs, *([candidates] if candidates is not None else []), *score_dirs],
     )
+    if scorers:
+        run.provenance["scores_ensemble"] = {"rule": ensemble_rule, "scorers": scorers}
     if run.complete:
         manifest = run.finish()
         return BuildSummary(run.out, manifest.total_rows, manifest.summary, time.perf_counter() - start)
@@ -589,6 +604,7 @@ def build(
             "candidates": None if candidates is None else str(candidates),
             "scores": [str(d) for d in score_dirs],
         },
+        **({"scores_ensemble": {"rule": ensemble_rule, "scorers": scorers}} if scorers else {}),
     }
     summary = {k: v for k, v in report.items() if isinstance(v, int)}
     run.finish(sidecars={"report.json": report}, summary=summary)
