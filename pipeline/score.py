@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefpool.pipeline.engines.judge import JudgeScorer, Mode
+from prefpool.pipeline.engines.preference import PreferenceScorer
+from prefpool.pipeline.engines.preference import Rule as PreferenceRule
 from prefpool.pipeline.engines.reward_model import RewardModelScorer
 from prefpool.pipeline.engines.scorers import FunctionScorer, checked_score
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
@@ -93,6 +95,8 @@ def score(
     judge_template: str | Path | None = None,
     judge_engine: Literal["hf", "vllm"] = "hf",
     judge_max_new_tokens: int = 32,
+    preference_model: str | Path | None = None,
+    preference_rule: PreferenceRule = "bradley-terry",
     shard: str | ShardSpec | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
@@ -104,7 +108,7 @@ def score(
 ) -> ScoreSummary:
     """A reward for every (prompt, completion): the `scores` table (rank by it with `build --scores`).
 
-    Give exactly one of ``reward_fn``, ``reward_model`` and ``judge``. ``batch_size``
+    Give exactly one of ``reward_fn``, ``reward_model``, ``judge`` and ``preference_model``. ``batch_size``
     does not change the values and is not part of the run's identity.
 
     Args:
@@ -127,6 +131,10 @@ def score(
         judge_template: A text file replacing the mode's built-in prompt (same fields and reply format).
         judge_engine: The judge's generation engine: hf | vllm (when installed).
         judge_max_new_tokens: The judge's reply length limit, in tokens.
+        preference_model: A pairwise preference model (a causal LM read as P(A better than B) at its next token),
+            each pair in both orders.
+        preference_rule: How its preferences rank a prompt's n completions: bradley-terry | copeland (both n(n-1)
+            forward passes) | tournament (each against the row's first answer: 2(n-1)).
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
             `prefpool merge`.
         overwrite: Replace an existing output made with another scorer.
@@ -139,9 +147,10 @@ def score(
         ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
-    if sum(x is not None for x in (reward_fn, reward_model, judge)) != 1:
+    if sum(x is not None for x in (reward_fn, reward_model, judge, preference_model)) != 1:
         raise PipelineConfigError(
-            "score needs exactly one of reward_fn (--reward-fn), reward_model (--reward-model) and judge (--judge)"
+            "score needs exactly one of reward_fn (--reward-fn), reward_model (--reward-model), judge (--judge) and "
+            "preference_model (--preference-model)"
         )
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise PipelineConfigError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
@@ -162,6 +171,10 @@ def score(
             max_new_tokens=judge_max_new_tokens,
             batch_size=batch_size,
             device=device,
+        )
+    elif preference_model is not None:
+        scorer = _preference(
+            preference_model, table, TEXT_COLUMNS[in_schema], rule=preference_rule, batch_size=batch_size, device=device
         )
     else:
         scorer = _scorer(
@@ -221,7 +234,7 @@ class ScoreTask:
     ``locations`` (prompt_id -> the input file and row of its prompt) and ``column`` name a completion in
     an error raised on a worker as a local run names it."""
 
-    scorer: FunctionScorer | RewardModelScorer | JudgeScorer
+    scorer: FunctionScorer | RewardModelScorer | JudgeScorer | PreferenceScorer
     locations: dict
     column: str
     needs: WorkerNeeds = WorkerNeeds()  # a reward model scores on the CPU; a judge where its engine runs
@@ -235,13 +248,13 @@ def score_unit(unit: Unit, advance: Advance, *, scorer, locations: dict, column:
     """The scores table of one unit; ``advance`` by its rows at the end."""
     where = [_where(pid, cid, locations, column) for pid, cid, _, _ in unit.items]
     items = [(prompt, text) for _, _, prompt, text in unit.items]
-    if isinstance(scorer, JudgeScorer):  # a judge may abstain: its unparsable outputs leave no row
+    if isinstance(scorer, (JudgeScorer, PreferenceScorer)):  # they look up each prompt's other answers
         values = scorer.score(items, where, prompt_ids=[pid for pid, _, _, _ in unit.items])
     else:
         values = scorer.score(items, where)
     rows = []
     for (pid, cid, _, _), value, label in zip(unit.items, values, where, strict=True):
-        if value is None and isinstance(scorer, JudgeScorer):
+        if value is None and isinstance(scorer, JudgeScorer):  # a judge may abstain: an unparsable output
             continue
         rows.append({"prompt_id": pid, "completion_id": cid, "score": checked_score(value, label)})
     advance(len(unit.items))
@@ -269,6 +282,18 @@ def _judge(model, table: pa.Table, column: str, **options) -> JudgeScorer:
         if answers:
             references.setdefault(pid, answers[0]["text"])
     return JudgeScorer(load_model_info(model, what="judge"), references=references, **options)
+
+
+def _preference(model, table: pa.Table, column: str, **options) -> PreferenceScorer:
+    """The preference scorer; each prompt's pool: its distinct texts, its first row's first answer first."""
+    from prefpool.pipeline.model.info import load_model_info
+
+    pools: dict[str, dict[str, None]] = {}
+    for pid, answers in zip(table.column("prompt_id").to_pylist(), table.column(column).to_pylist(), strict=True):
+        pools.setdefault(pid, {}).update((a["text"], None) for a in answers)
+    return PreferenceScorer(
+        load_model_info(model, what="preference_model"), pools={k: list(v) for k, v in pools.items()}, **options
+    )
 
 
 def _needs(judge, engine: str, device: str) -> WorkerNeeds:
