@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from prefpool.pipeline.engines.judge import JudgeScorer, Mode
 from prefpool.pipeline.engines.preference import PreferenceScorer
 from prefpool.pipeline.engines.preference import Rule as PreferenceRule
-from prefpool.pipeline.engines.reward_model import RewardModelScorer
+from prefpool.pipeline.engines.reward_model import RewardModelScorer, load_reward_model
 from prefpool.pipeline.engines.scorers import FunctionScorer, checked_score
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.completions import (
@@ -264,13 +264,7 @@ def score_unit(unit: Unit, advance: Advance, *, scorer, locations: dict, column:
 def _scorer(reward_fn, reward_model, **options):
     if reward_fn is not None:
         return FunctionScorer(reward_fn)
-    from prefpool.pipeline.model.cache_key import weights_hash
-    from prefpool.pipeline.model.folder import check_model, load_tokenizer
-
-    source = check_model(reward_model, what="reward_model")
-    weights = weights_hash(source, what="reward_model")
-    tokenizer = load_tokenizer(source, what="reward_model")
-    return RewardModelScorer(source, weights_sha256=weights, tokenizer=tokenizer, **options)
+    return load_reward_model(reward_model, **options)
 
 
 def _judge(model, table: pa.Table, column: str, **options) -> JudgeScorer:

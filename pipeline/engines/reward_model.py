@@ -158,3 +158,15 @@ class RewardModelScorer:
             for i, value in zip(batch, self.reward(logits.double()).tolist(), strict=True):
                 out[i] = value
         return out
+
+
+def load_reward_model(model: str | Path | ModelSource, **options) -> RewardModelScorer:
+    """A ``RewardModelScorer`` of ``model`` (checked, its weights hashed, its tokenizer loaded); ``options``:
+    the scorer's keyword arguments (``batch_size``, ``device``, ``head``, ...)."""
+    from prefpool.pipeline.model.cache_key import weights_hash
+    from prefpool.pipeline.model.folder import check_model, load_tokenizer
+
+    source = check_model(model, what="reward_model")
+    weights = weights_hash(source, what="reward_model")
+    tokenizer = load_tokenizer(source, what="reward_model")
+    return RewardModelScorer(source, weights_sha256=weights, tokenizer=tokenizer, **options)
