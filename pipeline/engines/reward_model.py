@@ -104,9 +104,17 @@ class RewardModelScorer:
         return self._model
 
     def _check_config(self) -> int:
-        config = self.source.config(trust_remote_code=self.trust_remote_code)
-        labels = int(config.num_labels)
         where = f"reward model {self.path}"
+        try:
+            config = self.source.config(trust_remote_code=self.trust_remote_code)
+        except ValueError as exc:  # transformers refuses a model whose code ships with it, unless trusted
+            if "trust_remote_code" not in str(exc):
+                raise
+            raise PipelineConfigError(
+                f"{where}: its model class ships as code with its weights; pass trust_remote_code "
+                "(--trust-remote-code) if you trust that code (it runs on this machine)"
+            ) from exc
+        labels = int(config.num_labels)
         if self.head is not None and self.head_weights is not None:
             raise PipelineConfigError(f"{where}: give reward_head or reward_weights, not both")
         if self.head is not None and not 0 <= self.head < labels:

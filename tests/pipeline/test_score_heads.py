@@ -126,3 +126,71 @@ def test_token_budget_does_not_change_values(ex, tmp_path, two_heads):
     assert values.keys() == one.keys()
     for key in one:
         assert values[key] == pytest.approx(one[key], abs=1e-5)
+
+
+REMOTE_CODE = '''
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class TinyRMConfig(PretrainedConfig):
+    model_type = "tiny-remote-rm"
+
+    def __init__(self, vocab_size=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+
+
+class TinyRM(PreTrainedModel):
+    """Logits: the sum over real tokens of a per-token vector of num_labels values."""
+
+    config_class = TinyRMConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.table = torch.nn.Embedding(config.vocab_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return SequenceClassifierOutput(logits=(self.table(input_ids) * attention_mask.unsqueeze(-1)).sum(1))
+'''
+
+
+def test_a_model_with_its_own_code_needs_trust_remote_code(ex, tmp_path, two_heads):
+    """A folder whose config maps the auto classes to code shipped beside the weights (as ArmoRM's does)."""
+    import importlib.util
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "modeling_tiny.py").write_text(REMOTE_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_tiny_for_test", folder / "modeling_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tokenizer = AutoTokenizer.from_pretrained(two_heads)
+    config = module.TinyRMConfig(num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = module.TinyRM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["auto_map"] = {
+        "AutoConfig": "modeling_tiny.TinyRMConfig",
+        "AutoModelForSequenceClassification": "modeling_tiny.TinyRM",
+    }
+    (folder / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(PipelineConfigError, match="--trust-remote-code"):
+        score(ex, out=tmp_path / "refused", reward_model=folder, reward_head=1)
+    out = score(ex, out=tmp_path / "s", reward_model=folder, reward_head=1, trust_remote_code=True).out
+    values = _scores(out)
+    # by hand: the sum of head 1's per-token values over the chat-templated conversation's tokens
+    row = EXAMPLES[0]
+    text = row["answers"][0]["text"]
+    ids = tokenizer.apply_chat_template([*row["prompt"], {"role": "assistant", "content": text}], tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    expected = model.table.weight[ids, 1].double().sum().item()
+    assert values[(row["prompt_id"], completion_id(text))] == pytest.approx(expected, abs=1e-5)
