@@ -404,7 +404,7 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
             .collect()
             .item(),
         )
-        long = ctx.clean(long, "samples", "pos")
+        long = ctx.clean(long.join(ctx.examples.select("prompt_id"), on="prompt_id", how="semi"), "samples", "pos")
         rows = rows.join(ctx.examples.select("prompt_id"), on="prompt_id", how="semi")
     long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
     ctx.add(
