@@ -34,6 +34,11 @@ Policies (all stored in the manifest's config and counted in ``report.json``):
   preferred, pool, sample) and the text. ``"drop"``: the row is dropped (a
   pool member or sample: only that member) and counted per role.
 - A NaN or infinite log-prob is always an error (``build_inputs``).
+- pool hygiene (empty, truncated and duplicate samples, prompts whose answers
+  are all one text, texts identical to the preferred one) and a
+  length-penalized ranking key: ``kinds/hygiene.py``; the pair rules
+  (``pair_mode``, ``min_margin``): ``kinds/pair_rules.py``; several scorers'
+  scores combined (``ensemble_rule``): ``kinds/ensemble.py``.
 - ``scores`` (the output of ``prefpool score``, one folder or several): the
   answers are ranked by those scores instead of the examples' own ranks or
   scores (``rank_by`` becomes ``"score"``, higher is better, ties per

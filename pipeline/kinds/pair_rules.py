@@ -6,9 +6,9 @@ with an equal key are never paired, and a pair needs the rejected key to
 exceed the chosen one by at least ``min_margin`` (in score units, or ranks;
 0 = any strict difference). ``pair_mode``:
 
-- ``best-vs-rest``: the best answer against each strictly worse one (UltraFeedback binarized: one pair per loser).
+- ``best-vs-rest``: the best answer against each strictly worse one (one pair per worse answer).
 - ``best-vs-worst``: the best against the worst (SimPO's on-policy data); a tie for worst takes the lowest index.
-- ``best-vs-random``: the best against one worse answer drawn at random (Zephyr's UltraFeedback); the draw is
+- ``best-vs-random``: the best against one worse answer drawn at random (as UltraFeedback binarized was made for Zephyr); the draw is
   the smallest sha256 of ``(pair_seed, prompt_id, completion_id)``, so it depends on neither row order nor sharding.
 - ``all``: every two answers whose keys differ by at least the margin, the better one chosen.
 
