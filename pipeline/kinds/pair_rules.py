@@ -8,8 +8,9 @@ exceed the chosen one by at least ``min_margin`` (in score units, or ranks;
 
 - ``best-vs-rest``: the best answer against each strictly worse one (one pair per worse answer).
 - ``best-vs-worst``: the best against the worst (SimPO's on-policy data); a tie for worst takes the lowest index.
-- ``best-vs-random``: the best against one worse answer drawn at random (as UltraFeedback binarized was made for Zephyr); the draw is
-  the smallest sha256 of ``(pair_seed, prompt_id, completion_id)``, so it depends on neither row order nor sharding.
+- ``best-vs-random``: the best against one worse answer drawn at random (as UltraFeedback binarized was made
+  for Zephyr); the draw is the smallest sha256 of ``(pair_seed, prompt_id, completion_id)``, so it depends on
+  neither row order nor sharding.
 - ``all``: every two answers whose keys differ by at least the margin, the better one chosen.
 
 The best answer and its ties follow ``best_ties`` (``select.best_answers``).
