@@ -300,20 +300,26 @@ def _needs(judge, engine: str, device: str) -> WorkerNeeds:
 
 
 def _judge_report(run: StageRun, units: list[Unit], judge: JudgeScorer) -> dict:
-    """Counted from the written shards (so a resumed run reports the whole run): answers the judge scored,
-    answers left unscored because an output did not parse, and (pairwise) answers whose two orders disagree."""
+    """Counted from the written shards (so a resumed run reports the whole run): answers judged, those scored,
+    those left unscored because an output did not parse (and their share of the judged), and (pairwise) the
+    references and the answers whose two orders disagree."""
     expected = sum(len(u.items) for u in units)
     scores = [v for u in units for v in pq.read_table(run.shard_path(u), columns=["score"]).column("score").to_pylist()]
+    # pairwise: each prompt's reference scores 0.5 unjudged
+    references = 0
+    if judge.mode == "pairwise":
+        references = sum(text == judge.references[pid] for u in units for pid, _, _, text in u.items)
+    judged = expected - references
     report = {
         "mode": judge.mode,
         "answers": expected,
-        "scored": len(scores),
+        "judged": judged,
+        "scored": len(scores) - references,
         "unparsable": expected - len(scores),
-        "unparsable_rate": (expected - len(scores)) / expected if expected else 0.0,
+        "unparsable_rate": (expected - len(scores)) / judged if judged else 0.0,
     }
     if judge.mode == "pairwise":
-        references = sum(text == judge.references[pid] for u in units for pid, _, _, text in u.items)
-        report["references"] = references  # each scores 0.5 unjudged
+        report["references"] = references
         report["orders_disagree"] = sum(v == 0.5 for v in scores) - references
     return report
 

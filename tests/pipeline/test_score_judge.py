@@ -136,7 +136,14 @@ def test_pointwise_scores_parsed_ratings_and_counts_the_rest(ex, tmp_path, judge
     # "junk one" (no rating) and "long two" (two ratings) are not scored
     assert values == {completion_id(t): v for t, v in [("ref one", 5), ("good one", 8), ("ref two", 5), ("bad two", 2)]}
     report = read_meta(out.out, REPORT)["judge"]
-    assert report == {"mode": "pointwise", "answers": 6, "scored": 4, "unparsable": 2, "unparsable_rate": 2 / 6}
+    assert report == {
+        "mode": "pointwise",
+        "answers": 6,
+        "judged": 6,
+        "scored": 4,
+        "unparsable": 2,
+        "unparsable_rate": 2 / 6,
+    }
     assert out.rows == 4 and load_manifest(out.out).summary["rows"] == 4
     scorer = load_manifest(out.out).identity.config["scorer"]
     assert scorer["kind"] == "judge" and scorer["decoding"] == "greedy" and len(scorer["template_sha256"]) == 64
@@ -156,7 +163,9 @@ def test_pairwise_judges_both_orders_against_the_rows_first_answer(ex, tmp_path,
         completion_id("ref two"): 0.5,
     }
     report = read_meta(out.out, REPORT)["judge"]
-    assert (report["scored"], report["unparsable"], report["references"], report["orders_disagree"]) == (5, 1, 2, 2)
+    # 4 answers judged (the references are not): 3 scored, 1 unparsable
+    assert (report["judged"], report["scored"], report["unparsable"], report["unparsable_rate"]) == (4, 3, 1, 0.25)
+    assert (report["references"], report["orders_disagree"]) == (2, 2)
     assert len(scripted.prompts) == 8  # 4 answers x 2 orders; the references are not judged
 
 
@@ -195,6 +204,6 @@ def test_a_tiny_random_llama_through_the_hf_engine(ex, tmp_path, judge_model):
     """The real engine: a random model's replies rarely parse; every answer is scored or counted."""
     out = score(ex, out=tmp_path / "s", judge=judge_model, judge_max_new_tokens=8)
     report = read_meta(out.out, REPORT)["judge"]
-    assert report["scored"] + report["unparsable"] == report["answers"] == 6
+    assert report["scored"] + report["unparsable"] == report["judged"] == report["answers"] == 6
     assert report["scored"] == len(_scores(out.out))
     assert all(1 <= v <= 10 for v in _scores(out.out).values())
