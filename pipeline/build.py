@@ -42,6 +42,11 @@ Policies (all stored in the manifest's config and counted in ``report.json``):
   preferred, pool, sample) and the text. ``"drop"``: the row is dropped (a
   pool member or sample: only that member) and counted per role.
 - A NaN or infinite log-prob is always an error (``build_inputs``).
+- pool hygiene (empty, truncated and duplicate samples, prompts whose answers
+  are all one text, texts identical to the preferred one) and a
+  length-penalized ranking key: ``kinds/hygiene.py``; the pair rules
+  (``pair_mode``, ``min_margin``): ``kinds/pair_rules.py``; several scorers'
+  scores combined (``ensemble_rule``): ``kinds/ensemble.py``.
 - ``scores`` (the output of ``prefpool score``, one folder or several): the
   answers are ranked by those scores instead of the examples' own ranks or
   scores (``rank_by`` becomes ``"score"``, higher is better, ties per
@@ -90,7 +95,7 @@ from prefpool.pipeline.io.progress import summary_line
 from prefpool.pipeline.io.read import scan
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.io.writer_lock import writes_folder
-from prefpool.pipeline.kinds import KINDS, get_kind
+from prefpool.pipeline.kinds import KINDS, ensemble, get_kind, hygiene
 from prefpool.pipeline.kinds import select as sel
 from prefpool.pipeline.kinds.inputs import (
     fingerprint,
@@ -98,6 +103,7 @@ from prefpool.pipeline.kinds.inputs import (
     scores_lookup,
     with_completion_id,
 )
+from prefpool.pipeline.kinds.pair_rules import PAIR_MODES, PairMode, derived_pairs
 
 STAGE = "build"
 ROWS_PER_UNIT = 100_000
@@ -109,7 +115,7 @@ class BuildConfig:
 
     kind: str = field(metadata={"help": "pairwise | mcpo | mpo"})
     rank_by: str = field(default="rank", metadata={"help": "rank (lower is better) | score (higher is better)"})
-    pair_mode: str = field(default="best-vs-rest", metadata={"help": "derived pairs: best-vs-rest | all"})
+    pair_mode: str = field(default="best-vs-rest", metadata={"help": "derived pairs: " + " | ".join(PAIR_MODES)})
     best_ties: str = field(default="first", metadata={"help": "tie for best: first (lowest index) | drop row"})
     missing: str = field(default="error", metadata={"help": "text without a log-prob: error | drop"})
     max_pool: int | None = field(default=None, metadata={"help": "keep the first N pool members / samples"})
@@ -120,13 +126,42 @@ class BuildConfig:
     scores: str | None = field(
         default=None, metadata={"help": "ranked by a scores table made over: examples | candidates"}
     )
+    # pair rules (pipeline/kinds/pair_rules.py) and pool hygiene (pipeline/kinds/hygiene.py)
+    min_margin: float = field(default=0.0, metadata={"help": "derived pairs: least key difference"})
+    pair_seed: int = field(default=0, metadata={"help": "best-vs-random: seed of the draw"})
+    duplicates: str = field(default="keep", metadata={"help": "duplicate samples in a pool: keep | collapse"})
+    empty: str = field(default="drop", metadata={"help": "empty answers: drop | keep"})
+    truncated: str = field(default="keep", metadata={"help": "samples cut at max_new_tokens: keep | drop | penalize"})
+    truncated_penalty: float = field(default=1.0, metadata={"help": "penalize: subtracted from the score"})
+    identical_pools: str = field(default="drop", metadata={"help": "all answers one text: drop | keep"})
+    length_penalty: float = field(default=0.0, metadata={"help": "ranking score minus this times num_tokens"})
+    ensemble: str | None = field(default=None, metadata={"help": "several scorers combined by: zmean | vote"})
+
+    def hygiene(self, **overrides: str) -> dict[str, str]:
+        rules = {name: getattr(self, name) for name in hygiene.CHOICES}
+        return {**rules, **overrides}
 
     def check(self) -> None:
         sel.check_choice("kind", self.kind, tuple(KINDS))
         sel.check_choice("missing", self.missing, ("error", "drop"))
         sel.check_choice("empty_pool", self.empty_pool, ("drop", "error"))
         sel.check_choice("rank_by", self.rank_by, ("rank", "score"))
-        sel.check_choice("pair_mode", self.pair_mode, ("best-vs-rest", "all"))
+        sel.check_choice("pair_mode", self.pair_mode, PAIR_MODES)
+        for name, choices in hygiene.CHOICES.items():
+            sel.check_choice(name, getattr(self, name), choices)
+        for name in ("min_margin", "truncated_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise PipelineConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.truncated == "penalize" and self.scores != "candidates":
+            raise PipelineConfigError(
+                "truncated='penalize' (--truncated penalize) lowers a sample's score: it needs samples ranked by "
+                "a scores table (--scores over the candidates, with --candidates)"
+            )
+        if self.ensemble is not None:
+            sel.check_choice("ensemble", self.ensemble, ensemble.RULES)
+        if self.length_penalty and self.rank_by != "score":
+            raise PipelineConfigError("length_penalty (--length-penalty) needs answers ranked by a score")
         sel.check_choice("best_ties", self.best_ties, ("first", "drop"))
         sel.check_choice("preferred", self.preferred, ("auto", "ranked", "chosen"))
         if self.max_pool is not None and self.max_pool < 1:
@@ -172,28 +207,42 @@ class _Context:
         self.examples = examples
         self.lp = lp
         self.lp_label = lp_label
-        self.answers = sel.answers_long(examples, config.rank_by)
+        self.answers = sel.answers_long(examples, config.rank_by).with_columns(pl.lit(False).alias("truncated"))
         self.counts: dict[str, int] = {}
         if scores is not None:
             self._rank_by_scores(scores, candidates)
+        if config.scores != "candidates":
+            self.answers = self.clean(self.answers, "answers", "idx")
+        if config.rank_by == "score":
+            penalty = config.truncated_penalty if config.truncated == "penalize" else None
+            self.answers = hygiene.adjusted_key(
+                self.answers, lp, length_penalty=config.length_penalty, truncated_penalty=penalty
+            )
+
+    def clean(self, long: pl.LazyFrame, role: str, order: str, **overrides: str) -> pl.LazyFrame:
+        """Pool hygiene (``kinds/hygiene.py``) on ``long``; prompts it drops leave ``examples`` too."""
+        long, dropped = hygiene.clean(long, role=role, order=order, count=self.add, **self.config.hygiene(**overrides))
+        if dropped is not None:
+            self.examples = self.examples.join(dropped, on="prompt_id", how="anti")
+        return long
 
     def _rank_by_scores(self, scores: pl.LazyFrame, candidates: pl.LazyFrame | None) -> None:
         """Replace the answers' keys by ``-score`` (see the module docstring); pairs are all derived."""
         answers = self.answers
         if self.config.scores == "candidates":
             assert candidates is not None
+            samples = _candidates_long(candidates).join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
             answers = (
-                _candidates_long(candidates)
-                .join(self.examples.select("prompt_id"), on="prompt_id", how="semi")
+                self.clean(samples, "samples", "pos", duplicates="collapse")
                 .group_by("prompt_id", "cid")
-                .agg(pl.col("pos").min(), pl.col("text").first())
-                .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid")
+                .agg(pl.col("pos").min(), pl.col("text").first(), pl.col("truncated").sort_by("pos").first())
+                .select("prompt_id", pl.col("pos").cast(pl.Int32).alias("idx"), "text", "cid", "truncated")
             )
             self.examples = self.examples.join(candidates.select("prompt_id"), on="prompt_id", how="semi")
-        ranked = answers.select("prompt_id", "idx", "text", "cid").join(
+        ranked = answers.select("prompt_id", "idx", "text", "cid", "truncated").join(
             scores.rename({"completion_id": "cid"}), on=["prompt_id", "cid"], how="left"
         )
-        self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"))
+        self.answers = ranked.select("prompt_id", "idx", "text", "cid", (-pl.col("score")).alias("key"), "truncated")
         self.add(
             "answers_without_score", self.answers.filter(pl.col("key").is_null()).select(pl.len()).collect().item()
         )
@@ -294,25 +343,30 @@ def _shard_filter(spec: ShardSpec) -> pl.Expr | None:
 
 
 def _candidates_long(candidates: pl.LazyFrame) -> pl.LazyFrame:
-    long = (
-        candidates.select("prompt_id", "samples", pl.int_ranges(pl.col("samples").list.len()).alias("pos"))
-        .explode(["samples", "pos"])
-        .filter(pl.col("pos").is_not_null())
-        .select("prompt_id", "pos", pl.col("samples").struct.field("text").alias("text"))
-    )
-    return with_completion_id(long)
+    return with_completion_id(hygiene.samples_long(candidates))
 
 
 def _pairs(ctx: _Context, candidates: pl.LazyFrame | None = None) -> pl.LazyFrame:
     explicit = sel.explicit_pairs(ctx.examples)
-    derived = sel.derived_pairs(ctx.examples, ctx.answers, ctx.config.pair_mode, ctx.config.best_ties)
-    if ctx.config.pair_mode == "best-vs-rest" and ctx.config.best_ties == "drop":
+    derived = derived_pairs(
+        ctx.examples,
+        ctx.answers,
+        ctx.config.pair_mode,  # type: ignore[arg-type]
+        ctx.config.best_ties,  # type: ignore[arg-type]
+        min_margin=ctx.config.min_margin,
+        pair_seed=ctx.config.pair_seed,
+        count=ctx.add,
+    )
+    if ctx.config.pair_mode != "all" and ctx.config.best_ties == "drop":
         unpaired = ctx.answers.join(ctx.examples.filter(pl.col("pairs").list.len() == 0), on="prompt_id", how="semi")
         ctx.add("dropped_tie_for_best", sel.count_best_ties(unpaired))
     ctx.add("pairs_explicit", explicit.select(pl.len()).collect().item())
     ctx.add("pairs_derived", derived.select(pl.len()).collect().item())
     pairs = pl.concat([explicit, derived])
     pairs = ctx.answer(ctx.answer(pairs, "chosen_idx", "chosen_"), "rejected_idx", "rejected_")
+    same = pl.col("chosen_cid") == pl.col("rejected_cid")
+    ctx.add("pairs_identical_texts_dropped", pairs.filter(same).select(pl.len()).collect().item())
+    pairs = pairs.filter(~same)
     pairs = ctx.with_logp(ctx.with_logp(pairs, "chosen_cid", "chosen_"), "rejected_cid", "rejected_")
     pairs = ctx.resolve_missing(
         pairs, {"chosen": ("chosen_text", "chosen_logp"), "rejected": ("rejected_text", "rejected_logp")}
@@ -396,6 +450,7 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
     if candidates is None or ctx.config.scores == "candidates":
         long = below
     else:
+        # an unranked pool of generated samples: cleaned here; scored samples were cleaned as answers
         long = _candidates_long(candidates)
         ctx.add(
             "candidate_prompts_without_example",
@@ -406,12 +461,14 @@ def _mcpo(ctx: _Context, candidates: pl.LazyFrame | None) -> pl.LazyFrame:
             .collect()
             .item(),
         )
-        long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
-        ctx.add(
-            "pool_samples_equal_to_preferred",
-            long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item(),
-        )
-        long = long.filter(pl.col("cid") != pl.col("pref_cid")).drop("pref_cid")
+        long = ctx.clean(long.join(ctx.examples.select("prompt_id"), on="prompt_id", how="semi"), "samples", "pos")
+        rows = rows.join(ctx.examples.select("prompt_id"), on="prompt_id", how="semi")
+    long = long.join(rows.select("prompt_id", "pref_cid"), on="prompt_id", how="inner")
+    ctx.add(
+        "pool_samples_equal_to_preferred",
+        long.filter(pl.col("cid") == pl.col("pref_cid")).select(pl.len()).collect().item(),
+    )
+    long = long.filter(pl.col("cid") != pl.col("pref_cid")).drop("pref_cid")
     rows = ctx.attach_pool(rows, ctx.pool(long, "pool"), "pool")
     return ctx.prompts(rows).select(
         "prompt_id",
@@ -494,13 +551,22 @@ def build(
     candidates: str | Path | None = None,
     scores: str | Path | list[str | Path] | None = None,
     rank_by: Literal["rank", "score"] = "rank",
-    pair_mode: Literal["best-vs-rest", "all"] = "best-vs-rest",
+    pair_mode: PairMode = "best-vs-rest",
     best_ties: Literal["first", "drop"] = "first",
     missing: Literal["error", "drop"] = "error",
     max_pool: int | None = None,
     empty_pool: Literal["drop", "error"] = "drop",
     label: float = 1.0,
     preferred: Literal["auto", "ranked", "chosen"] = "auto",
+    min_margin: float = 0.0,
+    pair_seed: int = 0,
+    duplicates: hygiene.Duplicates = "keep",
+    empty: hygiene.Empty = "drop",
+    truncated: hygiene.Truncated = "keep",
+    truncated_penalty: float = 1.0,
+    identical_pools: hygiene.IdenticalPools = "drop",
+    length_penalty: float = 0.0,
+    ensemble_rule: ensemble.Rule | None = None,
     overwrite: bool = False,
     rows_per_unit: int = ROWS_PER_UNIT,
     shard: str | ShardSpec | None = None,
@@ -524,7 +590,8 @@ def build(
         candidates: `candidates` folder: mcpo pool / mpo reference samples.
         scores: `scores` folder (from `prefpool score`): rank by these scores; repeat for several.
         rank_by: rank (lower is better) | score (higher is better).
-        pair_mode: Pairs derived from ranks: best-vs-rest | all (ties skipped).
+        pair_mode: Pairs derived from ranks (ties skipped): best-vs-rest (the best against each worse answer) |
+            best-vs-worst (SimPO) | best-vs-random (one worse answer, drawn by pair_seed) | all.
         best_ties: Tie for best: first (lowest answer index) | drop (the row).
         missing: A text with no reference log-prob: error | drop.
         max_pool: Keep the first N pool members / reference samples.
@@ -533,6 +600,18 @@ def build(
         preferred: mcpo's preferred answer y0: ranked (the best by --rank-by) | chosen (the first pair's chosen
             answer: plain prompt/chosen/rejected data; with --candidates, a SPIN-like pool) | auto (ranked where a
             row has a ranked answer, else chosen).
+        min_margin: Derived pairs: keep a pair only when the chosen answer beats the rejected one by at least this
+            much (score difference; rank difference when ranked by rank).
+        pair_seed: best-vs-random: seed of the draw of the rejected answer.
+        duplicates: Generated samples with the same text in one pool: keep (they are draws) | collapse (the first).
+        empty: Answers and samples that are empty or whitespace: drop | keep.
+        truncated: Samples cut at max_new_tokens (finish_reason length): keep | drop | penalize (score minus
+            truncated_penalty; needs --scores over the candidates).
+        truncated_penalty: truncated=penalize: subtracted from a truncated sample's score.
+        identical_pools: A prompt whose answers (or samples) all have one text: drop (SimPO) | keep.
+        length_penalty: Ranked by a score: rank by score - length_penalty * num_tokens (reference tokens).
+        ensemble_rule: Scores of several scorers: combine them by zmean (mean of per-prompt z-scores) | vote (majority
+            vote of their rankings: pairwise majority wins).
         overwrite: Replace an existing output made with different settings.
         rows_per_unit: Rows per work unit: one shard file each, the unit of resuming. Does not change the rows.
         shard: Run only shard i/N of the input (rows whose prompt_id hashes to bucket i); join the N outputs with
@@ -541,7 +620,13 @@ def build(
     start = time.perf_counter()
     spec = ShardSpec.parse(shard)
     score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
-    scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
+    scorers: list[dict] = []
+    if score_dirs and ensemble_rule is not None:
+        scores_frame, scored, scorers = ensemble.combine(score_dirs, ensemble_rule)
+    elif ensemble_rule is not None:
+        raise PipelineConfigError("ensemble_rule (--ensemble-rule) combines scores: give two or more --scores")
+    else:
+        scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
     config = BuildConfig(
         kind,
         "score" if scored else rank_by,
@@ -554,6 +639,15 @@ def build(
         preferred,
         candidates is not None,
         scored,
+        float(min_margin),
+        int(pair_seed),
+        duplicates,
+        empty,
+        truncated,
+        float(truncated_penalty),
+        identical_pools,
+        float(length_penalty),
+        ensemble_rule,
     )
     config.check()
     lp_dirs = [logprobs] if isinstance(logprobs, (str, Path)) else list(logprobs)
@@ -576,6 +670,8 @@ def build(
         overwrite=overwrite,
         sources=[examples, *lp_dirs, *([candidates] if candidates is not None else []), *score_dirs],
     )
+    if scorers:
+        run.provenance["scores_ensemble"] = {"rule": ensemble_rule, "scorers": scorers}
     if run.complete:
         manifest = run.finish()
         return BuildSummary(run.out, manifest.total_rows, manifest.summary, time.perf_counter() - start)
@@ -615,6 +711,7 @@ def build(
             "candidates": None if candidates is None else str(candidates),
             "scores": [str(d) for d in score_dirs],
         },
+        **({"scores_ensemble": {"rule": ensemble_rule, "scorers": scorers}} if scorers else {}),
     }
     summary = {k: v for k, v in report.items() if isinstance(v, int)}
     run.finish(sidecars={"report.json": report}, summary=summary)

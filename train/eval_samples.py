@@ -6,7 +6,9 @@ seeded and decoded exactly as ``prefpool generate`` does. Sample ``i`` of a
 prompt uses the seed ``sample_seed(seed, prompt_id, i)`` for both models.
 
 Win-rate: per (prompt, sample index), the policy's sample wins (1), ties (1/2)
-or loses (0) against the reference's sample of the same index, by the reward.
+or loses (0) against the reference's sample of the same index, by the reward
+(a function, or a sequence-classification reward model); with the
+length-controlled win-rate and both sides' mean length (``eval_winrate``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prefpool.pipeline.model.info import load_model_info
 from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 from .data import prompts_of
+from .eval_winrate import win_rate_figures
 
 RewardFn = Callable[[list[dict], str], float]
 
@@ -60,7 +63,8 @@ def sample_metrics(
     model: str | Path,
     data,  # a build table: folder, pushed folder, Hub id or TableSource
     *,
-    reward_fn: str | RewardFn,
+    reward_fn: str | RewardFn | None = None,
+    reward_model: str | Path | None = None,
     ref_model: str | Path | ModelSource | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
@@ -73,7 +77,16 @@ def sample_metrics(
     """Mean reward of ``model``'s samples on the table's prompts; with ``ref_model`` also the win-rate."""
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
-    fn, name = load_reward_fn(reward_fn)
+    if (reward_fn is None) == (reward_model is None):
+        raise ConfigError(
+            "sampled rewards need exactly one of reward_fn (--reward-fn) and reward_model (--reward-model)"
+        )
+    if reward_model is not None:
+        from prefpool.pipeline.engines.reward_model import load_reward_model
+
+        scorer = load_reward_model(reward_model, batch_size=16, device=device)
+    else:
+        fn, name = load_reward_fn(reward_fn)
     prompts = list(prompts_of(data, max_prompts))
     kwargs = {
         "num_samples": num_samples,
@@ -87,11 +100,12 @@ def sample_metrics(
     def rewards(texts: list[list[str]], who: str | Path) -> list[list[float]]:
         out = []
         for (pid, messages), row in zip(prompts, texts, strict=True):
-            values = []
-            for i, text in enumerate(row):
-                where = f"prompt_id {pid}, sample {i} of {who} (prompts of {data})"
-                values.append(checked_score(call_reward(fn, name, messages, text, where=where), where))
-            out.append(values)
+            wheres = [f"prompt_id {pid}, sample {i} of {who} (prompts of {data})" for i in range(len(row))]
+            if reward_model is not None:
+                values = scorer.score([(messages, text) for text in row], wheres)
+            else:
+                values = [call_reward(fn, name, messages, text, where=w) for text, w in zip(row, wheres, strict=True)]
+            out.append([checked_score(v, w) for v, w in zip(values, wheres, strict=True)])
         return out
 
     texts, record = sample_texts(model, prompts, **kwargs)
@@ -103,16 +117,18 @@ def sample_metrics(
         "seed": seed,
         "sampling": {k: record[k] for k in ("temperature", "top_p", "max_new_tokens")},
         "mean_reward": sum(flat) / len(flat),
+        "mean_length_chars": sum(len(t) for row in texts for t in row) / len(flat),
     }
     if ref_model is not None:
-        ref = rewards(sample_texts(ref_model, prompts, **kwargs, what="ref_model")[0], ref_model)
-        ref_flat = [r for row in ref for r in row]
-        scores = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(flat, ref_flat, strict=True)]
+        ref_texts = sample_texts(ref_model, prompts, **kwargs, what="ref_model")[0]
+        ref_flat = [r for row in rewards(ref_texts, ref_model) for r in row]
         out.update(
             {
                 "ref_model": resolve_model(ref_model).given,
                 "ref_mean_reward": sum(ref_flat) / len(ref_flat),
-                "win_rate": sum(scores) / len(scores),
+                **win_rate_figures(
+                    flat, ref_flat, [t for row in texts for t in row], [t for row in ref_texts for t in row]
+                ),
             }
         )
     return out

@@ -185,6 +185,7 @@ def evaluate(
     max_tokens: int = 16384,
     out: str | Path | None = None,
     reward_fn: Callable[[list[dict], str], float] | str | None = None,
+    reward_model: str | Path | None = None,
     ref_model: str | Path | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
@@ -217,6 +218,7 @@ def evaluate(
         max_tokens: Padded-token budget of one scoring batch; does not change the values.
         out: Output folder: the JSON summary goes to OUT/eval.json (the folder is made; the file replaced).
         reward_fn: module:function(prompt messages, completion) -> float.
+        reward_model: Instead of --reward-fn: a one-label sequence-classification reward model (folder, .gguf, Hub id).
         ref_model: With --reward-fn: win-rate against this model's samples (a folder, a .gguf file or a Hub id).
         num_samples: With --reward-fn: samples per prompt.
         max_new_tokens: With --reward-fn. Default: generation_config, else 256.
@@ -239,6 +241,8 @@ def evaluate(
     if is_folder:
         announce("eval", f"hashing and loading {model}, reading {data}; progress follows", enabled=show_progress)
         model = check_model(model)
+    if reward_fn is not None and reward_model is not None:
+        raise ConfigError("give one of reward_fn (--reward-fn) and reward_model (--reward-model), not both")
     if ref_model is not None:
         ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     table = _table(data, split)
@@ -248,6 +252,7 @@ def evaluate(
         "beta": beta,
         "tie_atol": tie_atol,
         "reward_fn": FunctionScorer(reward_fn).identity if isinstance(reward_fn, str) else repr(reward_fn),
+        **({"reward_model": weights_hash(reward_model, what="reward_model")} if reward_model is not None else {}),
         "ref_model": None if ref_model is None else weights_hash(ref_model),
         "num_samples": num_samples,
         "max_new_tokens": max_new_tokens,
@@ -283,7 +288,7 @@ def evaluate(
             show_progress=show_progress,
         ),
     }
-    if reward_fn is not None:
+    if reward_fn is not None or reward_model is not None:
         from .eval_samples import sample_metrics
 
         if isinstance(model, torch.nn.Module):
@@ -294,6 +299,7 @@ def evaluate(
             model,
             table,
             reward_fn=reward_fn,
+            reward_model=reward_model,
             ref_model=ref_model,
             num_samples=num_samples,
             max_new_tokens=max_new_tokens,

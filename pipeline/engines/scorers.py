@@ -1,4 +1,4 @@
-"""What gives a (prompt, completion) its score: a user function or a sequence-classification reward model.
+"""What gives a (prompt, completion) its score: a user function (a reward model: ``reward_model.py``).
 
 Both expose ``identity`` (stored in the ``scores`` manifest, part of the run's
 identity: another scorer over the same output folder is refused) and
@@ -26,7 +26,6 @@ from pathlib import Path
 
 from prefpool.core.errors import UserCodeError
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
-from prefpool.pipeline.model.source import ModelSource, resolve_model
 
 RewardFn = Callable[[list[dict], str], float]
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
@@ -127,79 +126,3 @@ class FunctionScorer:
         """The function's value for each item; ``where[i]`` names item ``i`` in an error."""
         labels = where or [f"item {i}" for i in range(len(items))]
         return [call_reward(self.fn, self.name, p, t, where=w) for (p, t), w in zip(items, labels, strict=True)]
-
-
-class RewardModelScorer:
-    """``AutoModelForSequenceClassification`` with one label: the logit of the last non-pad token.
-
-    The conversation ``prompt + [{"role": "assistant", "content": text}]`` is
-    rendered with the tokenizer's chat template (no generation prompt) and
-    scored as one sequence; sequences are right-padded in batches of
-    ``batch_size`` (padding does not change a value: the model reads the logit
-    at the last non-pad position, and attention masks the pads).
-    """
-
-    def __init__(
-        self, model: str | Path | ModelSource, *, batch_size: int, weights_sha256: str, tokenizer, device: str = "cpu"
-    ) -> None:
-        from prefpool.pipeline.model.tokenize import template_hash
-
-        self.source = resolve_model(model, what="reward_model")
-        self.path = self.source.given
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
-        self.device = device
-        if tokenizer.chat_template is None:
-            raise PipelineConfigError(f"reward model {self.path}: its tokenizer has no chat template")
-        self.identity = {
-            "kind": "model",
-            "path": str(self.source.path.resolve()),
-            "weights_sha256": weights_sha256,
-            "tokenizer_sha256": template_hash(tokenizer),
-            "dtype": "float32",
-        }
-        self._model = None
-        self._check_config()  # fail before any work
-
-    def load(self):
-        """The model, loaded on first use (a scorer made on the driver and sent to workers loads there)."""
-        return self._model or self._load()
-
-    def _load(self):
-        import torch
-
-        self._model = self.source.sequence_classifier(torch.float32).to(self.device).eval()
-        return self._model
-
-    def _check_config(self) -> None:
-        config = self.source.config()
-        if config.num_labels != 1:
-            raise PipelineConfigError(
-                f"reward model {self.path}: has {config.num_labels} labels, need 1 (a scalar reward)"
-            )
-        if config.pad_token_id is None:
-            raise PipelineConfigError(f"reward model {self.path}: config.pad_token_id is not set (needed to batch)")
-
-    def encode(self, prompt: list[dict], text: str) -> list[int]:
-        conversation = [*prompt, {"role": "assistant", "content": text}]
-        ids = self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-
-    def score(self, items: Sequence[Item], where: Sequence[str] | None = None) -> list[float]:
-        import torch
-
-        model = self.load()
-        pad = model.config.pad_token_id
-        out: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            seqs = [self.encode(p, t) for p, t in items[start : start + self.batch_size]]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
-            with torch.no_grad():
-                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, 1)
-            out.extend(logits[:, 0].double().tolist())
-        return out

@@ -129,7 +129,8 @@ def scores_lookup(folders: Sequence[str | Path]) -> tuple[pl.LazyFrame, str]:
     if len(made_over) > 1 or len(scorers) > 1:
         raise PipelineInputError(
             "the scores tables come from different scorers or input tables; "
-            "rank one build by one scorer's scores of one table",
+            "rank one build by one scorer's scores of one table, or combine scorers with ensemble_rule "
+            "(--ensemble-rule zmean | vote)",
             file=label,
         )
     (source,) = made_over

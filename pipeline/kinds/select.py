@@ -26,7 +26,6 @@ from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.kinds.inputs import with_completion_id
 
 RankBy = Literal["rank", "score"]
-PairMode = Literal["best-vs-rest", "all"]
 BestTies = Literal["first", "drop"]
 
 
@@ -80,25 +79,4 @@ def explicit_pairs(examples: pl.LazyFrame) -> pl.LazyFrame:
         .explode("pairs")
         .unnest("pairs")
         .select("prompt_id", pl.col("chosen").alias("chosen_idx"), pl.col("rejected").alias("rejected_idx"))
-    )
-
-
-def derived_pairs(examples: pl.LazyFrame, answers: pl.LazyFrame, mode: PairMode, best_ties: BestTies) -> pl.LazyFrame:
-    """Pairs from ranks/scores for the rows that have no explicit ``pairs`` (ties skipped).
-
-    ``best-vs-rest``: the best answer against each strictly worse one.
-    ``all``: every two answers with different keys, the better one chosen.
-    """
-    check_choice("pair_mode", mode, ("best-vs-rest", "all"))
-    unpaired = examples.filter(pl.col("pairs").list.len() == 0).select("prompt_id")
-    ranked = answers.join(unpaired, on="prompt_id", how="semi").filter(pl.col("key").is_not_null())
-    ranked = ranked.select("prompt_id", "idx", "key")
-    if mode == "best-vs-rest":
-        chosen = best_answers(ranked, best_ties).select("prompt_id", "idx", "key")
-    else:
-        chosen = ranked
-    return (
-        chosen.join(ranked, on="prompt_id", suffix="_r")
-        .filter(pl.col("key") < pl.col("key_r"))
-        .select("prompt_id", pl.col("idx").alias("chosen_idx"), pl.col("idx_r").alias("rejected_idx"))
     )

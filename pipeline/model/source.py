@@ -100,13 +100,13 @@ class ModelSource:
 
         return AutoTokenizer.from_pretrained(str(self.folder), **self.load_kwargs)
 
-    def config(self):
+    def config(self, *, trust_remote_code: bool = False):
         """The model's config; a GGUF's is parsed from the file once per process (read it, do not change it)."""
         if self.gguf_file:
             return _gguf_config(str(self.path), self.path.stat().st_mtime_ns)
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(self.folder))
+        return AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
 
     def generation_config(self) -> dict:
         """The non-default values of ``generation_config.json`` (a GGUF: those its config implies)."""
@@ -134,10 +134,12 @@ class ModelSource:
             return plain_causal_lm(model)
         return model
 
-    def sequence_classifier(self, dtype: Any):
+    def sequence_classifier(self, dtype: Any, *, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(str(self.folder), dtype=dtype, **self.load_kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(self.folder), dtype=dtype, trust_remote_code=trust_remote_code, **self.load_kwargs
+        )
 
 
 @functools.lru_cache(maxsize=4)

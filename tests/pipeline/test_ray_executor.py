@@ -36,8 +36,9 @@ from prefpool.core.errors import ConfigError, UserCodeError
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.io.atomic import is_temp_name
 from prefpool.pipeline.io.errors import PipelineConfigError
-from prefpool.pipeline.io.layout import meta_dir
+from prefpool.pipeline.io.layout import REPORT, meta_dir, read_meta
 from prefpool.pipeline.io.manifest import load_manifest
+from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.shards import ShardName, open_shard
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.pipeline.score import score
@@ -309,4 +310,16 @@ def test_the_error_raised_is_the_first_failing_unit_in_unit_order(cluster, world
     written = sorted(ShardName.parse(p.name).unit for p in (tmp_path / "ray").glob("*.parquet"))
     assert written == [1, 2]  # the other worker's units before unit 3; none after it was started
     _clean(tmp_path / "ray")
+    _no_workers_left(cluster)
+
+
+def test_judge_on_ray_actors_equals_a_local_run(cluster, world, tmp_path):
+    """The LLM judge (pairwise, both orders) on Ray actors: the same rows and report as in this process."""
+    args = {"judge": world["model"], "judge_mode": "pairwise", "judge_max_new_tokens": 4, "rows_per_unit": 4}
+    local = score(world["examples"], out=tmp_path / "local", **args)
+    on_ray = score(
+        world["examples"], out=tmp_path / "ray", executor="ray", workers=2, ray_address=cluster["address"], **args
+    )
+    assert read_table(on_ray.out).to_pylist() == read_table(local.out).to_pylist()
+    assert read_meta(on_ray.out, REPORT)["judge"] == read_meta(local.out, REPORT)["judge"]
     _no_workers_left(cluster)
