@@ -22,7 +22,9 @@ missing is recorded as skipped with the reason, never silently left out:
   and ``cut-cross-entropy`` where installed: peak memory and time.
 - ``engines``: ``prefpool generate --engine vllm`` against bare ``vllm.LLM.generate`` (same prompts, sampling
   and seeds) and against the hf engine; ``prefpool logprobs --engine vllm`` against bare vLLM prompt
-  log-probs. Skipped where vLLM is not installed.
+  log-probs. Each is timed end to end, model load and engine start included, as a user waits for it
+  (the bare runs from before ``vllm.LLM(...)``; their prompts are rendered before). Skipped where vLLM
+  is not installed.
 """
 
 from __future__ import annotations
@@ -522,7 +524,6 @@ def engines_variant(args) -> dict:
         info = load_model_info(args.model)
         prompts = [info.render(r["prompt"]) for r in read_table(examples).to_pylist()]
         llm = vllm.LLM(args.model, seed=0, enable_chunked_prefill=False)
-        start = time.perf_counter()
         if args.variant == "bare-vllm-generate":
             params = [
                 vllm.SamplingParams(n=1, temperature=1.0, max_tokens=args.new_tokens, seed=s)
