@@ -11,8 +11,9 @@ Optional: ``--variants default,fused,foreach,packed --steps 2 --batch 4 --max-le
 Each variant runs ``prefpool.train.Trainer`` (DPO on the table's cached reference log-probs, AdamW, gradient
 checkpointing on, float32, CPU) in a fresh subprocess, with its phases wrapped (nothing else changes):
 
-- ``load``: ``ModelSource.causal_lm`` (model load) — its peak (safetensors are mapped lazily, so what it
-  keeps is not yet the weights: those are counted as parameter bytes);
+- ``load``: ``ModelSource.causal_lm`` (model load) — its peak above what it keeps (a second copy while
+  loading shows here; safetensors are mapped lazily, so what it keeps is not yet the weights: those are
+  counted as parameter bytes);
 - ``init``: the rest of ``Trainer(...)``: table tokenization, optimizer and scheduler set-up, the step-0
   check's no-grad forward;
 - each optimizer step's ``forward`` (``objective.batch_loss``), ``backward`` (``Accelerator.backward``),
@@ -187,7 +188,7 @@ def owners(result: dict) -> dict[str, float]:
     fwd, bwd = ph["forward"], ph["backward"]
     return {
         "weights (parameter bytes)": result["weight_mib"],
-        "model load peak, above the weights": (load["peak"] - result["weight_mib"]) if load else float("nan"),
+        "model load: its peak above what it keeps": (load["peak"] - load["held"]) if load else float("nan"),
         "gradients": -zero[-1]["held"],
         "optimizer state": opt[0]["held"],
         "optimizer-step temporaries": max(r["peak"] - max(r["held"], 0) for r in opt),
