@@ -123,6 +123,14 @@ class TrainConfig:
     batch_size: int = field(default=4, metadata=_help("Examples per device per micro-batch.", AT_LEAST_1))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step.", AT_LEAST_1))
     optimizer: Literal["adamw", "sgd"] = field(default="adamw", metadata=_help("adamw | sgd (plain, for tests)."))
+    optimizer_impl: Literal["auto", "for-loop", "foreach", "fused"] = field(
+        default="auto",
+        metadata=_help(
+            "AdamW's implementation: for-loop (one parameter at a time: no full-size temporaries), foreach "
+            "(batched over parameters: faster on GPUs, temporaries the size of the weights), fused (one kernel "
+            "per step, no temporaries), or auto (torch's choice: foreach on GPUs, for-loop on the CPU)."
+        ),
+    )
     lr: float = field(default=1e-6, metadata=_help("Peak learning rate.", NON_NEGATIVE))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay.", NON_NEGATIVE))
     warmup_steps: int = field(

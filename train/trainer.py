@@ -87,6 +87,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import TrainingTable, collate
 from .kinds import train_kind
+from .lora import with_lora
 from .metrics import MetricsLog, peak_memory_mb, read_metrics, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
 from .run_folder import (
@@ -98,6 +99,9 @@ from .run_folder import (
     start_folder,
     swap_in,
 )
+
+# TrainConfig.optimizer_impl -> torch.optim.AdamW's arguments
+ADAMW_IMPL = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 __all__ = ["CHECKPOINTS", "Step0MismatchError", "Trainer", "TrainerState", "latest_checkpoint", "train"]
 
@@ -146,27 +150,6 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-
-
-def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """Wrap ``model`` in peft LoRA adapters; only they train. peft initialises ``B`` to zero, so the
-    wrapped policy equals the base at step 0 and the step-0 check against the cache still holds."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("lora_r > 0 needs peft, which is not installed: pip install 'prefpool[lora]'") from None
-    targets = cfg.lora_target_modules
-    if targets == ("all-linear",):
-        targets = "all-linear"  # peft's own shorthand is a string, not a list
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(targets) if isinstance(targets, tuple) else targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
 
 
 def warmup_steps(cfg: TrainConfig, total: int) -> int:
@@ -303,7 +286,7 @@ class Trainer:
         model = self.source.causal_lm(DTYPES[cfg.dtype])
         _disable_dropout(model)  # before LoRA: lora_dropout is the user's choice
         if cfg.lora_r:
-            model = _with_lora(model, cfg)
+            model = with_lora(model, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -312,7 +295,9 @@ class Trainer:
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(trainable, lr=cfg.lr)
         else:
-            optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.AdamW(
+                trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, **ADAMW_IMPL[cfg.optimizer_impl]
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _linear_warmup_decay(self.warmup_steps, self.total_steps)
         )

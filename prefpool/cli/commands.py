@@ -215,21 +215,28 @@ def _progress_option() -> click.Option:
 
 
 def _config_command(
-    name: str, help_text: str, config_cls: str, run: Callable[[Any], None], *, progress_key: str
+    name: str,
+    help_text: str,
+    config_cls: str,
+    run: Callable[..., None],
+    *,
+    progress_key: str,
+    options: tuple[click.Option, ...] = (),
 ) -> click.Command:
     """``prefpool NAME CONFIG.yaml [key=value ...]``: the YAML's keys are ``config_cls``'s fields.
 
     ``--progress/--no-progress`` sets the key ``progress_key`` (after the overrides: the flag wins).
+    ``options``: the command's own flags, passed to ``run`` as keyword arguments.
     """
 
-    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None, wait: bool) -> None:
+    def callback(config: Path, overrides: tuple[str, ...], progress: bool | None, wait: bool, **flags: Any) -> None:
         from prefpool.core.config import load_config
 
         cls = _load(config_cls)
         flag = [f"{progress_key}={str(progress).lower()}"] if progress is not None else []
         cfg = call(load_config, cls, config, [*overrides, *flag])
         with _waiting(wait):
-            run(cfg)
+            run(cfg, **flags)
 
     def keys() -> str:
         from prefpool.core.config import config_help
@@ -262,6 +269,7 @@ def _config_command(
             click.Argument(["overrides"], nargs=-1),
             _progress_option(),
             _wait_option(),
+            *options,
         ],
         help=help_text,
         short_help=help_text.split("\n")[0],
@@ -269,7 +277,12 @@ def _config_command(
 
 
 def train() -> click.Command:
-    def run(cfg: Any) -> None:
+    def run(cfg: Any, estimate_memory: bool) -> None:
+        if estimate_memory:
+            from prefpool.train.memory_estimate import estimate_memory as estimate
+
+            echo(call(estimate, cfg).report())
+            return
         from prefpool.train.trainer import train as run_train
 
         result = call(run_train, cfg)
@@ -291,6 +304,15 @@ def train() -> click.Command:
         "prefpool.train.config:TrainConfig",
         run,
         progress_key="progress",
+        options=(
+            click.Option(
+                ["--estimate-memory"],
+                is_flag=True,
+                help="Print the memory floor of a step by part (weights, gradients, optimizer state, "
+                "activations, log-prob head) from the model's shapes and the table's real tokens, then exit: "
+                "no weight is loaded, nothing is written.",
+            ),
+        ),
     )
 
 
