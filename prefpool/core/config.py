@@ -370,8 +370,11 @@ def coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Read ``path`` (optional), apply ``overrides``, and build ``cls`` strictly."""
     data = read_yaml(path) if path is not None else {}
-    _check_overrides(cls, apply_overrides({}, overrides))
     source = str(path) if path is not None else "command line"
+    if not isinstance(data, Mapping) or not _translate(cls, data, source=source, prefix="")[2]:
+        # the file's own keys are all usable: a problem now is the command line's alone (else every key,
+        # the file's and the command line's, is reported in one error below)
+        _check_overrides(cls, apply_overrides({}, overrides))
     overridden = frozenset(item.partition("=")[0].strip() for item in overrides)
     return build_dataclass(cls, apply_overrides(data, overrides), source=source, overridden=overridden)
 
