@@ -513,12 +513,16 @@ def _no_rows_message(config: BuildConfig, counts: dict[str, int], examples_rows:
         "dropped_empty_samples": "no reference samples: pass the --candidates of `prefpool generate` and "
         "their --logprobs",
         "dropped_tie_for_best": "the best answers tie: pass --best-ties first",
+        "pairs_below_margin": "every derived pair is closer than --min-margin: lower it",
     }
     missing = (
         "no reference log-prob: run `prefpool logprobs` over every table whose texts the build uses and pass "
         "each with --logprobs"
     )
-    reasons = sorted(((n, v) for n, v in counts.items() if n.startswith("dropped_") and v), key=lambda nv: -nv[1])
+    reasons = sorted(
+        ((n, v) for n, v in counts.items() if (n.startswith("dropped_") or n == "pairs_below_margin") and v),
+        key=lambda nv: -nv[1],
+    )
     if reasons:
         told = [
             f"{name}: {value} ("

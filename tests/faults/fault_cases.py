@@ -272,13 +272,18 @@ def non_finite_reference(rel: str, column: str) -> Callable[[W, Path], None]:
 
 
 def empty_table(rel: str) -> Callable[[W, Path], None]:
-    """A valid pairwise build table with 0 rows: its answers have no values in the generated texts' cache."""
+    """A valid pairwise build table with 0 rows: a shard ``i/64`` that no prompt hashes to (an unsharded build
+    that makes no row is refused at build time)."""
 
     def setup(w: W, t: Path) -> None:
         from prefpool.pipeline.build import build
 
-        made = build("pairwise", examples=w["ingest"], logprobs=w["lp_gen"], out=t / rel, missing="drop")
-        assert made.rows_written == 0
+        for index in range(64):
+            made = build("pairwise", examples=w["ingest"], logprobs=w["lp_ex"], out=t / rel, shard=f"{index}/64")
+            if made.rows_written == 0:
+                return
+            shutil.rmtree(t / rel)
+        raise AssertionError("every shard holds a row")
 
     return setup
 

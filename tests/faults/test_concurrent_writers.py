@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from prefpool.pipeline.io.card import read_card
+from prefpool.pipeline.io.layout import META_DIR
 from prefpool.pipeline.io.writer_lock import lock_path
+from prefpool.pipeline.push import RECORD
 
 PREFPOOL = [sys.executable, "-m", "prefpool"]
 
@@ -80,7 +82,7 @@ def test_push_train_and_test_into_one_out(world, tmp_path, offset):
     assert sorted(card["prefpool"]["splits"]) == ["test", "train"]
     files = sorted(p.name.split("-")[0] for p in (out / "data").glob("*.parquet"))
     assert sorted(set(files)) == ["test", "train"]
-    record = json.loads(out.with_name(out.name + ".push.json").read_text())
+    record = json.loads((out / META_DIR / RECORD).read_text())
     assert record["complete"] is True
 
 

@@ -40,4 +40,5 @@ def test_push_overwrite_through_a_link(world, tmp_path):
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert (target / "README.md").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "real", "real.push.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "real"]  # push's record is inside the folder
+    assert (target / ".prefpool" / "push.json").is_file()

@@ -10,7 +10,7 @@ from test_build_helpers import example, logprob_rows, rows_of, shuffled, write_r
 
 from prefpool.cli import app
 from prefpool.pipeline.build import build
-from prefpool.pipeline.io.errors import PipelineConfigError
+from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.score import score
@@ -170,6 +170,11 @@ def _pair_set(folder) -> list[tuple[str, str]]:
 def test_pair_rules_against_hand_computation(tmp_path, options, expected, below_margin):
     ex = write_rows(tmp_path / "ex", "examples", [RULES], stage="ingest")
     lp = write_rows(tmp_path / "lp", "logprobs", logprob_rows([RULES]), stage="logprobs")
+    if not expected:  # a build that makes no row is refused, naming why
+        with pytest.raises(PipelineInputError, match=rf"made no row.*pairs_below_margin: {below_margin} "):
+            build("pairwise", examples=ex, logprobs=lp, rank_by="score", out=tmp_path / "p", **options)
+        assert not (tmp_path / "p").exists()
+        return
     out = build("pairwise", examples=ex, logprobs=lp, rank_by="score", out=tmp_path / "p", **options)
     assert _pair_set(out.out) == expected
     assert out.report.get("pairs_below_margin") == below_margin

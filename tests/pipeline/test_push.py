@@ -367,6 +367,7 @@ def test_a_built_wheel_holds_the_card_templates_and_reads_them_installed(tmp_pat
     proc = subprocess.run(
         [sys.executable, "-S", "-c", code],
         env={"PYTHONPATH": str(installed)},
+        cwd=installed,  # not the repository, whose prefpool/ source folder would be found first
         capture_output=True,
         text=True,
         timeout=60,

@@ -92,7 +92,8 @@ def test_loss_decreases_on_learnable_table(world, tmp_path, kind, loss, extra):
         assert sum(records[0]["mcpo/selected_hist"]) + drawn_chosen == 2 and "mcpo/entropy" in records[0]
     assert (tmp_path / "run" / "model.safetensors").exists()
     card = (tmp_path / "run" / "README.md").read_text()
-    assert str(world[kind]) in card and f"- {loss}" in card and "toy.jsonl" in card
+    assert f"`{world[kind].name}`" in card and f"- {loss}" in card and "toy.jsonl" in card
+    assert str(tmp_path) not in card and str(world["root"]) not in card  # no local path is published
 
 
 @pytest.mark.parametrize("kind,loss,batch_size", [("pairwise", "dpo", 4), ("mcpo", "mcpo", 3)])
