@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_positive
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 from .pairwise import log_ratios, reward_metrics
 
@@ -73,7 +73,6 @@ class APOSettings:
     beta: float = setting(0.1, "Scale of the log-ratios inside the sigmoids, > 0.")
 
 
-_REF = ("chosen", "rejected", "ref_chosen", "ref_rejected")
 METHODS = (
     Method(
         "apo_zero",
@@ -82,7 +81,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="APO-zero (D'Oosterlinck et al. 2024): chosen up, rejected down, anchored at the reference",
-        step=pair_step(apo_zero_loss, *_REF),
+        step=pair_step(apo_zero_loss, *WITH_REFERENCE),
         trl_loss_type=("apo_zero",),
     ),
     Method(
@@ -92,7 +91,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="APO-down (D'Oosterlinck et al. 2024): both down, rejected more",
-        step=pair_step(apo_down_loss, *_REF),
+        step=pair_step(apo_down_loss, *WITH_REFERENCE),
         trl_loss_type=("apo_down",),
     ),
 )

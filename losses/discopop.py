@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_positive
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 from .pairwise import log_ratios, reward_metrics
 
@@ -63,7 +63,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="DiscoPOP (Lu et al. 2024): logistic and exponential losses blended by the margin",
-        step=pair_step(discopop_loss, "chosen", "rejected", "ref_chosen", "ref_rejected"),
+        step=pair_step(discopop_loss, *WITH_REFERENCE),
         trl_loss_type=("discopop",),
     ),
 )

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_positive
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 from .pairwise import log_ratios, reward_metrics
 
@@ -75,7 +75,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="EXO-pref on pairs (Ji et al. 2024): KL(policy's pair distribution || smoothed labels)",
-        step=pair_step(exo_pair_loss, "chosen", "rejected", "ref_chosen", "ref_rejected"),
+        step=pair_step(exo_pair_loss, *WITH_REFERENCE),
         trl_loss_type=("exo_pair",),
     ),
 )

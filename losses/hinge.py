@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_positive
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 from .pairwise import log_ratios, reward_metrics
 
@@ -55,7 +55,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="hinge on the DPO margin (SLiC / RSO)",
-        step=pair_step(hinge_loss, "chosen", "rejected", "ref_chosen", "ref_rejected"),
+        step=pair_step(hinge_loss, *WITH_REFERENCE),
         trl_loss_type=("hinge",),
     ),
 )

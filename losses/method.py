@@ -90,6 +90,10 @@ class Method:
         return tuple(f.name for f in dataclasses.fields(self.settings))
 
 
+# The four log-prob tensors of a reference-anchored pairwise loss, in the order the losses take them.
+WITH_REFERENCE = ("chosen", "rejected", "ref_chosen", "ref_rejected")
+
+
 def pair_step(function: Callable[..., LossOutput], *tensors: str) -> PairStep:
     """A stateless pairwise step: ``function(*(PairLogps fields named by tensors), **settings)``.
 

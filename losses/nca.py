@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_logps, check_mask, check_positive, upcast
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 from .pairwise import log_ratios, reward_metrics
 
@@ -126,7 +126,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="NCA on pairs (Chen et al. 2024): each answer's own reward, hard targets",
-        step=pair_step(nca_pair_loss, "chosen", "rejected", "ref_chosen", "ref_rejected"),
+        step=pair_step(nca_pair_loss, *WITH_REFERENCE),
         trl_loss_type=("nca_pair",),
     ),
 )

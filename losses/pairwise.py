@@ -21,7 +21,7 @@ from .checks import (
     check_positive,
     upcast,
 )
-from .method import Method, pair_step, setting
+from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
 
 BETA_HELP = "KL strength: rewards are beta * (log pi - log pi_ref), > 0."
@@ -203,7 +203,6 @@ class SimPOSettings:
     label_smoothing: float = setting(0.0, LABEL_SMOOTHING_HELP)
 
 
-_REF = ("chosen", "rejected", "ref_chosen", "ref_rejected")
 METHODS = (
     Method(
         "dpo",
@@ -212,7 +211,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="DPO (Rafailov et al. 2023); cDPO with label_smoothing",
-        step=pair_step(dpo_loss, *_REF),
+        step=pair_step(dpo_loss, *WITH_REFERENCE),
         trl_loss_type=("sigmoid",),
     ),
     Method(
@@ -222,7 +221,7 @@ METHODS = (
         kind="pairwise",
         needs_reference=True,
         summary="IPO (Azar et al. 2023) on sequence log-probs",
-        step=pair_step(ipo_loss, *_REF),
+        step=pair_step(ipo_loss, *WITH_REFERENCE),
         trl_loss_type=("ipo",),
     ),
     Method(
