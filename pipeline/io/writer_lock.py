@@ -79,6 +79,20 @@ def _holder(fd: int) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _live_holder(fd: int, patience: float = 2.0) -> dict:
+    """The record of the process that holds ``fd``'s lock. It writes its record just after taking the lock, so
+    for a moment the file may be empty or still name the dead holder it took over from: read again until it
+    names a live process, for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        record = _holder(fd)
+        if record and (record.get("host") != socket.gethostname() or _alive(record.get("pid"))):
+            return record
+        if time.monotonic() >= deadline:
+            return record
+        time.sleep(0.02)
+
+
 def describe(record: dict) -> str:
     if not record:
         return "another prefpool process (its record is not written yet)"
@@ -150,7 +164,7 @@ def _acquire(path: Path, folder: Path, command: str) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(fd)
+                holder = _live_holder(fd)
                 if not _wait.get():
                     raise OutputLockedError(
                         f"{folder} is being written by {describe(holder)}; "
@@ -198,9 +212,9 @@ def _take_over(fd: int, path: Path) -> None:
 def _record(fd: int, command: str) -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": started}
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(record).encode("utf-8"))
+    data = json.dumps(record).encode("utf-8")
+    os.pwrite(fd, data, 0)  # over the old record, then cut to length: a reader never sees an empty file here
+    os.ftruncate(fd, len(data))
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -139,6 +139,35 @@ def test_in_process_refusal_and_nesting(tmp_path):
     assert not lock_path(out).exists()
 
 
+@pytest.mark.parametrize("old_record", ["empty", "a dead holder's"])
+def test_a_refusal_in_the_moment_before_the_holder_writes_its_record_names_it(tmp_path, old_record):
+    out = tmp_path / "out"
+    lock = lock_path(out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": dead.pid, "host": os.uname().nodename, "command": "ingest", "started": "2026-01-01T00:00:00"}
+    lock.write_text(json.dumps(stale) if old_record != "empty" else "")
+    code = (  # takes the lock as writer_lock does, then waits before writing its record
+        "import fcntl, os, sys, time\n"
+        "from prefpool.pipeline.io.writer_lock import _record\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(0.5)\n"
+        "_record(fd, 'late')\n"
+        "time.sleep(30)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLockedError, match=f"being written by pid {holder.pid} .*`prefpool late`"):
+            with writer_lock(out, command="test"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_overwrite_through_a_symlinked_out_replaces_the_target(tmp_path, sources):
     from prefpool.pipeline.ingest import ingest
 
