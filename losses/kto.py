@@ -1,17 +1,21 @@
 """KTO on paired tables: each pair is one desirable and one undesirable example.
 
-A library loss, not a training method of ``prefpool train``: its reference point
-needs the reference log-probs of mismatched pairs (a prompt with another row's
-answer), which no ``build`` table carries.
+Its reference point needs the log-probs of mismatched pairs (a prompt with
+another prompt's answer). ``prefpool train`` trains it on a ``kto`` table, whose
+rows carry one mismatched completion each with its cached reference log-prob
+(``build --kind kto``); the trainer scores the same pair with the policy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .checks import check_batch, check_logps, check_nonnegative, check_positive, upcast
+from .method import Method, setting
 from .output import LossOutput
-from .pairwise import log_ratios, reward_metrics
+from .pairwise import BETA_HELP, log_ratios, reward_metrics
 
 
 def mismatched_index(batch: int) -> torch.Tensor:
@@ -73,3 +77,22 @@ def kto_pair_loss(
     metrics = reward_metrics(beta * chosen, beta * rejected)
     metrics["kto/kl"] = kl.expand_as(loss).clone()
     return LossOutput(loss, metrics)
+
+
+@dataclass(frozen=True)
+class KTOSettings:
+    beta: float = setting(0.1, BETA_HELP)
+    desirable_weight: float = setting(1.0, "lambda_D: weight of the chosen (desirable) answers' term, >= 0.")
+    undesirable_weight: float = setting(1.0, "lambda_U: weight of the rejected (undesirable) answers' term, >= 0.")
+
+
+METHODS = (
+    Method(
+        "kto_pair",
+        kto_pair_loss,
+        KTOSettings,
+        kind="kto",
+        needs_reference=True,
+        summary="KTO on pairs (Ethayarajh et al. 2024): its reference point z0 from each row's mismatched pair",
+    ),
+)

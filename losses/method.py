@@ -60,7 +60,7 @@ class Method:
         name: the config's ``loss`` value.
         function: the pure loss function (``LOSSES[name]``).
         settings: frozen dataclass of the method's settings, with defaults and help.
-        kind: the table kind it trains on (``pairwise``, ``mcpo``, ``mpo``).
+        kind: the table kind it trains on (``pairwise``, ``mcpo``, ``mpo``, ``kto``).
         needs_reference: whether the loss reads the cached reference log-probs.
         summary: one line for ``--help`` and the docs.
         step: pairwise methods: ``(PairLogps, settings, state) -> (LossOutput, state)``;

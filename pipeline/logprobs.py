@@ -79,6 +79,7 @@ from prefpool.pipeline.io.schemas import LOGPROBS
 from prefpool.pipeline.io.shards import ShardName, read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, existing_identity, plan_units
 from prefpool.pipeline.io.writer_lock import writes_folder
+from prefpool.pipeline.kinds.mismatched import with_mismatched_pairs
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
 from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
@@ -154,6 +155,7 @@ def logprobs(
     executor: ExecutorName = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    kl_pairs: bool = False,
 ) -> LogprobsSummary:
     """Reference log-probs of every (prompt, completion) pair: the `logprobs` table.
 
@@ -187,6 +189,8 @@ def logprobs(
             process writes every shard). Does not change the rows.
         workers: ray: number of actors. Default: as many as the cluster's CPUs/GPUs hold.
         ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
+        kl_pairs: examples only: also score each prompt with another prompt's answer, KTO's mismatched pair
+            (the pair `build --kind kto` joins in; the rule: pipeline/kinds/mismatched.py).
     """
     start = time.perf_counter()
     _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
@@ -216,6 +220,9 @@ def logprobs(
     replace = _check_existing(out, components, overwrite)
 
     pairs = distinct_completions(table, in_schema, spec)
+    if kl_pairs:  # in the run's identity: an output made without them is not taken as this run's
+        config["kl_pairs"] = True
+        pairs = with_mismatched_pairs(pairs, table, in_schema, spec, file=input_dir)
     locations = prompt_locations(input_dir)
     check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)

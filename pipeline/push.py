@@ -66,7 +66,7 @@ from prefpool.pipeline.io.swap import real_folder, swap_in
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.inputs import reference_caches
 
-TRAINING_TABLES = ("pairwise", "mcpo", "mpo")
+TRAINING_TABLES = ("pairwise", "mcpo", "mpo", "kto")
 RECORD = "push.json"  # in the folder's META_DIR
 LEGACY_RECORD_SUFFIX = ".push.json"  # the layout before: <out>.push.json beside the folder
 

@@ -335,7 +335,7 @@ class TrainConfig:
         allowed = get_kind(kind).losses
         if self.loss not in allowed:
             fits = kind_for_loss(self.loss)
-            hint = f"; {self.loss} trains on a {fits!r} table (build --kind {fits})" if fits else ""
+            hint = f"; {self.loss} trains on a {fits!r} table, made by {get_kind(fits).recipe}" if fits else ""
             raise ConfigError(
                 f"loss: {self.loss!r} does not fit the {kind!r} table in {self.data} "
                 f"(it takes {', '.join(allowed) or 'nothing'}){hint}"

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.kinds import TableRow
+from prefpool.pipeline.kinds import Answer, TableRow
 from prefpool.pipeline.kinds.source import TableSource, open_table
 from prefpool.pipeline.model.scoring import TokenPair
 from prefpool.pipeline.model.tokenize import encode_pair
@@ -52,6 +52,7 @@ __all__ = [
     "check_reference_values",
     "collate",
     "decoded_rows",
+    "encode_answer",
     "encode_row",
     "prompts_of",
 ]
@@ -124,24 +125,36 @@ def encode_row(
     cache = {} if cache is None else cache
 
     def encode(text: str) -> TokenPair:
-        key = (row.prompt_id, text)
-        if key not in cache:
-            pair = encode_pair(tokenizer, row.prompt, text, max_length=max_length, truncation=truncation)
-            cache[key] = (pair.prompt_ids, pair.completion_ids)
-        return cache[key]
+        return _encode(tokenizer, row, text, max_length=max_length, truncation=truncation, cache=cache)
 
-    answers = []
-    for answer in row.answers:
-        pair = encode(answer.text)
-        if len(pair[1]) != answer.num_tokens:
-            raise CacheMismatchError(
-                f"prompt_id {row.prompt_id}, {answer.role}: {len(pair[1])} completion tokens here, "
-                f"{answer.num_tokens} when the reference was scored: the reference log-probs were made with "
-                "another tokenizer, chat template, max_length or truncation"
-            )
-        answers.append(pair)
+    answers = tuple(
+        encode_answer(tokenizer, row, answer, max_length=max_length, truncation=truncation, cache=cache)
+        for answer in row.answers
+    )
     samples = tuple(encode(text) for text in row.samples) if with_samples else ()
-    return tuple(answers), samples
+    return answers, samples
+
+
+def encode_answer(
+    tokenizer, row: TableRow, answer: Answer, *, max_length: int | None, truncation: str, cache: dict
+) -> TokenPair:
+    """``answer`` under the row's prompt, checked against the token count the reference cache scored."""
+    pair = _encode(tokenizer, row, answer.text, max_length=max_length, truncation=truncation, cache=cache)
+    if len(pair[1]) != answer.num_tokens:
+        raise CacheMismatchError(
+            f"prompt_id {row.prompt_id}, {answer.role}: {len(pair[1])} completion tokens here, "
+            f"{answer.num_tokens} when the reference was scored: the reference log-probs were made with "
+            "another tokenizer, chat template, max_length or truncation"
+        )
+    return pair
+
+
+def _encode(tokenizer, row: TableRow, text: str, *, max_length: int | None, truncation: str, cache: dict) -> TokenPair:
+    key = (row.prompt_id, text)
+    if key not in cache:
+        pair = encode_pair(tokenizer, row.prompt, text, max_length=max_length, truncation=truncation)
+        cache[key] = (pair.prompt_ids, pair.completion_ids)
+    return cache[key]
 
 
 GROUP_WINDOW = 16  # optimizer steps whose rows are sorted together by length
@@ -193,10 +206,18 @@ class TrainingTable:
                     with_samples=with_samples,
                     cache=encoded,
                 )
+                kl = row.mismatched
+                mismatched = None
+                if kl is not None:
+                    mismatched = encode_answer(
+                        tokenizer, row, kl, max_length=max_length, truncation=truncation, cache=encoded
+                    )
             except CacheMismatchError as exc:
                 label = folder.label if isinstance(folder, TableSource) else folder
                 raise CacheMismatchError(f"{label}: {exc}") from None
-            self.examples.append(Example(answers, tuple(a.ref_logp for a in row.answers), row.label, samples))
+            refs = tuple(a.ref_logp for a in row.answers)
+            example = Example(answers, refs, row.label, samples, mismatched, 0.0 if kl is None else kl.ref_logp)
+            self.examples.append(example)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -138,6 +138,18 @@ MPO = pa.schema(
     ]
 )
 
+# `build --kind kto`: the `pairwise` rows plus KTO's mismatched pair: another prompt's answer
+# (pipeline/kinds/mismatched.py picks it) with its reference log-prob under this row's prompt.
+KTO = pa.schema(
+    _PAIR_FIELDS
+    + [
+        pa.field("kl_completion", pa.string(), nullable=False),
+        pa.field("kl_completion_id", pa.string(), nullable=False),  # ids.completion_id(text)
+        pa.field("ref_kl_logps", pa.float64(), nullable=False),
+        pa.field("kl_num_tokens", pa.int32(), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "candidates": CANDIDATES,
@@ -146,6 +158,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "pairwise": PAIRWISE,
     "mcpo": MCPO,
     "mpo": MPO,
+    "kto": KTO,
 }
 
 
@@ -156,15 +169,17 @@ def get_schema(name: str) -> pa.Schema:
         raise KeyError(f"unknown table schema {name!r}; known: {sorted(SCHEMAS)}") from None
 
 
-def check_schema(actual: pa.Schema, expected: pa.Schema, *, file: str | Path) -> None:
-    """Raise ``PipelineInputError`` naming the file and column for a missing or mistyped column.
+def check_schema(actual: pa.Schema, expected: pa.Schema, *, file: str | Path, made_by: str = "") -> None:
+    """Raise ``PipelineInputError`` naming the file and column for a missing or mistyped column
+    (``made_by``: the commands that make such a table, said with a missing column).
 
     Extra columns are allowed: a later stage may pass input columns through.
     """
     for field in expected:
         index = actual.get_field_index(field.name)
         if index < 0:
-            raise PipelineInputError("missing column", file=file, column=field.name)
+            how = f" (a table with it is made by {made_by})" if made_by else ""
+            raise PipelineInputError(f"missing column{how}", file=file, column=field.name)
         found = actual.field(index).type
         if not found.equals(field.type):
             raise PipelineInputError(f"column has type {found}, expected {field.type}", file=file, column=field.name)

@@ -1,22 +1,23 @@
-"""The training tables ``build`` writes, one spec per kind: ``pairwise``, ``mcpo``, ``mpo``.
+"""The training tables ``build`` writes, one spec per kind: ``pairwise``, ``mcpo``, ``mpo``, ``kto``.
 
 Each kind's module declares its ``TableKind`` (``spec``): schema, row decoder,
 the losses that train on it. ``KINDS`` is the registry that ``build``, the
 trainer (``prefpool.train.kinds``), ``eval`` and the TRL plug-ins read.
 
 Also here: ``inputs`` (checked lazy scans of build's inputs, fingerprints, the
-reference log-prob lookup) and ``select`` (which answers of an ``examples`` row
-are preferred).
+reference log-prob lookup), ``select`` (which answers of an ``examples`` row
+are preferred) and ``mismatched`` (KTO's mismatched pairs, which ``logprobs``
+scores and ``build --kind kto`` joins).
 """
 
 from __future__ import annotations
 
 from prefpool.pipeline.io.errors import PipelineConfigError
 
-from . import mcpo, mpo, pairwise
+from . import kto, mcpo, mpo, pairwise
 from .spec import Answer, TableKind, TableRow
 
-KINDS: dict[str, TableKind] = {k.name: k for k in (pairwise.KIND, mcpo.KIND, mpo.KIND)}
+KINDS: dict[str, TableKind] = {k.name: k for k in (pairwise.KIND, mcpo.KIND, mpo.KIND, kto.KIND)}
 
 
 def get_kind(name: str) -> TableKind:

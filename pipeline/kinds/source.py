@@ -60,12 +60,13 @@ class TableSource:
 
     def read(self) -> pa.Table:
         """Every row, in the table's order (the build's canonical order), in the kind's columns."""
-        schema = get_kind(self.kind).schema
+        kind = get_kind(self.kind)
+        schema = kind.schema
         if self.manifest is not None:
             return read_table(self.folder, schema=self.kind)
         tables = []
         for path in self.files:
-            check_schema(open_shard(path).schema_arrow, schema, file=path)
+            check_schema(open_shard(path).schema_arrow, schema, file=path, made_by=kind.recipe)
             tables.append(read_shard(path, self.kind).select(schema.names).cast(schema))
         table = pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
         if table.num_rows != self.rows:

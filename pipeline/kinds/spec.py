@@ -9,7 +9,7 @@ and never branch on a kind's column names.
 Each kind also says how a row looks in TRL's names (``trl_schema``, ``to_trl``):
 ``prompt``, ``chosen``, ``rejected`` (conversational: one assistant message) and
 ``ref_chosen_logps``/``ref_rejected_logps``, the columns ``DPOTrainer`` reads, plus
-the kind's own (``pool``..., ``label``, ``ref_samples``) where TRL has no name.
+the kind's own (``pool``..., ``label``, ``ref_samples``, ``kl_completion``) where TRL has no name.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from prefpool.pipeline.io.schemas import ASSISTANT_TURN, MESSAGE
 class Answer:
     """One completion of a row, with what the reference cache says about it."""
 
-    role: str  # "chosen" | "rejected" | "preferred" | "pool": names it in error messages
+    role: str  # "chosen" | "rejected" | "preferred" | "pool" | "mismatched": names it in error messages
     text: str
     ref_logp: float  # log pi_ref(text | prompt), summed over its completion tokens
     num_tokens: int  # completion tokens the cache scored (a tokenization check)
@@ -42,6 +42,8 @@ class TableRow:
     answers: tuple[Answer, ...]
     label: float = 1.0  # P(answers[0] is preferred); mpo's label, 1 elsewhere
     samples: tuple[str, ...] = ()  # mpo: texts sampled from the reference (the tau term)
+    # kto: another prompt's answer scored under this prompt, KTO's mismatched pair (kinds/mismatched.py)
+    mismatched: Answer | None = None
 
 
 # The columns of a row in TRL's names, common to every kind (``trl_pair``).
@@ -88,3 +90,9 @@ class TableKind:
     summary: str  # one line for docs and errors
     trl_schema: pa.Schema = pa.schema(TRL_PAIR_FIELDS)  # a row in TRL's column names
     to_trl: Callable[[TableRow], dict] = trl_pair
+    made_by: str = ""  # the commands that make it, for errors; empty: `prefpool build --kind <name>`
+
+    @property
+    def recipe(self) -> str:
+        """The commands that make a table of this kind (``made_by``, or build's own)."""
+        return self.made_by or f"`prefpool build --kind {self.name}`"

@@ -1,9 +1,10 @@
 """How to train on each table kind: one ``TrainKind`` per kind (``spec``), in a registry.
 
 ``pairwise`` (DPO, IPO, SimPO), ``mcpo`` (MC-PO's two-pass step), ``mpo``
-(MPO with its reference samples). Each spec holds the pipeline's
-``TableKind`` (schema, row decoder, allowed losses) and the training side
-(batch, loss, step-0 sequences, eval ranking). The trainer, ``eval`` and the
+(MPO with its reference samples), ``kto`` (KTO with each row's mismatched
+pair). Each spec holds the pipeline's ``TableKind`` (schema, row decoder,
+allowed losses) and the training side (batch, loss, step-0 sequences, eval
+ranking). The trainer, ``eval`` and the
 TRL plug-ins ask the spec; they never branch on the kind.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 from prefpool.pipeline.kinds import KINDS, get_kind
 
-from . import mcpo, mpo, pairwise
+from . import kto, mcpo, mpo, pairwise
 from .mcpo import PoolBatch
 from .pairwise import PairBatch
 from .spec import Example, KindLoss, StepOptions, TrainKind
 
-TRAIN_KINDS: dict[str, TrainKind] = {k.name: k for k in (pairwise.KIND, mcpo.KIND, mpo.KIND)}
+TRAIN_KINDS: dict[str, TrainKind] = {k.name: k for k in (pairwise.KIND, mcpo.KIND, mpo.KIND, kto.KIND)}
 assert set(TRAIN_KINDS) == set(KINDS), "every table kind has a training spec"
 
 

@@ -1,0 +1,88 @@
+"""``kto``: the ``pairwise`` rows plus KTO's mismatched pair, for ``prefpool train --loss kto_pair``.
+
+Each row carries ``kl_completion``, another prompt's answer (the rule:
+``mismatched``), with ``ref_kl_logps``, its reference log-prob under this row's
+prompt, and ``kl_num_tokens``. The trainer scores the same pair with the policy;
+KTO's reference point is the mean of the two's difference over a micro-batch.
+The values come from ``prefpool logprobs --kl-pairs`` over the examples.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+from prefpool.losses import losses_for_kind
+from prefpool.pipeline.io.errors import PipelineInputError
+from prefpool.pipeline.io.schemas import KTO
+
+from .inputs import with_completion_id
+from .mismatched import mismatched_completions
+from .pairwise import pair_answers
+from .spec import TRL_PAIR_FIELDS, Answer, TableKind, TableRow, trl_pair
+
+MADE_BY = "`prefpool logprobs --kl-pairs` over the examples, then `prefpool build --kind kto` with its output"
+
+
+def decode(row: dict) -> TableRow:
+    mismatched = Answer("mismatched", row["kl_completion"], row["ref_kl_logps"], row["kl_num_tokens"])
+    return TableRow(row["prompt_id"], row["prompt"], pair_answers(row), mismatched=mismatched)
+
+
+def to_trl(row: TableRow) -> dict:
+    assert row.mismatched is not None
+    kl = row.mismatched
+    return {**trl_pair(row), "kl_completion": kl.text, "ref_kl_logps": kl.ref_logp, "kl_num_tokens": kl.num_tokens}
+
+
+def with_mismatched(ctx, pairs: pl.LazyFrame, examples: pl.LazyFrame) -> pl.LazyFrame:
+    """build's plan for ``kto``: the pairwise plan's rows (``pairs``) with each prompt's mismatched completion
+    and its reference log-prob. ``ctx``: build's context (log-prob joins, ``missing``); ``examples``: the whole
+    examples table, unsharded (the rule pairs prompts across shards)."""
+    kl = with_completion_id(mismatched_completions(examples), "kl_text", "kl_cid")
+    if kl.select(pl.len()).collect().item() == 0:
+        raise PipelineInputError(
+            "build --kind kto: fewer than two prompts have a non-blank answer, so no prompt can be paired "
+            "with another prompt's answer (KTO's reference point needs such pairs)",
+            column="answers",
+        )
+    rows = ctx.with_logp(pairs.join(kl, on="prompt_id", how="inner"), "kl_cid", "kl_")
+    if ctx.config.missing == "error":
+        first = rows.filter(pl.col("kl_logp").is_null()).select("prompt_id", "kl_text").head(1).collect()
+        if first.height:
+            pid, text = first.row(0)
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            raise PipelineInputError(
+                f"no reference log-prob for the mismatched completion of prompt_id {pid} (another prompt's "
+                f"answer, text {shown!r}): run `prefpool logprobs --kl-pairs` over the examples and pass its "
+                "output with --logprobs, or pass missing='drop' (--missing drop) to drop such rows",
+                file=ctx.lp_label,
+            )
+    rows = ctx.resolve_missing(rows, {"mismatched": ("kl_text", "kl_logp")})
+    return rows.with_columns(
+        pl.col("kl_text").alias("kl_completion"),
+        pl.col("kl_cid").alias("kl_completion_id"),
+        pl.col("kl_logp").alias("ref_kl_logps"),
+        pl.col("kl_num_tokens"),
+    )
+
+
+TRL_SCHEMA = pa.schema(
+    TRL_PAIR_FIELDS
+    + [
+        pa.field("kl_completion", pa.string(), nullable=False),
+        pa.field("ref_kl_logps", pa.float64(), nullable=False),
+        pa.field("kl_num_tokens", pa.int32(), nullable=False),
+    ]
+)
+
+KIND = TableKind(
+    name="kto",
+    schema=KTO,
+    decode=decode,
+    losses=losses_for_kind("kto"),
+    summary="a pair plus a mismatched pair (this prompt, another prompt's answer), with cached reference log-probs",
+    trl_schema=TRL_SCHEMA,
+    to_trl=to_trl,
+    made_by=MADE_BY,
+)
