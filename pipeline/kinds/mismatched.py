@@ -52,9 +52,7 @@ def mismatched_pairs(table: pa.Table, spec: ShardSpec | None = None) -> list[Pai
     kl = mismatched_completions(frame.lazy()).collect()
     prompts = dict(zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist(), strict=True))
     return [
-        (pid, completion_id(text), prompts[pid], text)
-        for pid, text in kl.iter_rows()
-        if spec is None or spec.owns(pid)
+        (pid, completion_id(text), prompts[pid], text) for pid, text in kl.iter_rows() if spec is None or spec.owns(pid)
     ]
 
 

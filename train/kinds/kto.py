@@ -74,6 +74,4 @@ def scored(batch: KTOBatch) -> list[TokenPair]:
     return [*batch.chosen, *batch.rejected, *batch.mismatched]
 
 
-KIND = TrainKind(
-    table=table.KIND, collate=collate, loss=loss, cached=cached, scored=scored, ranking=pairwise.ranking
-)
+KIND = TrainKind(table=table.KIND, collate=collate, loss=loss, cached=cached, scored=scored, ranking=pairwise.ranking)
