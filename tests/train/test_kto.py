@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from click.testing import CliRunner
+from datasets import Features
 from trainer_tables import MAX_LENGTH
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,6 +21,8 @@ from prefpool.losses import kto_pair_loss
 from prefpool.pipeline.build import build
 from prefpool.pipeline.io.ids import ShardSpec, completion_id
 from prefpool.pipeline.io.read import read_table
+from prefpool.pipeline.kinds import KINDS
+from prefpool.pipeline.kinds.hf import table_dataset
 from prefpool.pipeline.kinds.mismatched import mismatched_pairs, with_mismatched_pairs
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.pipeline.merge import merge
@@ -106,6 +109,23 @@ def test_sharded_stages_pair_a_prompt_as_the_unsharded_ones_do(kto, tmp_path):
     ]
     merge(parts, out=tmp_path / "merged")
     assert read_table(tmp_path / "merged").equals(read_table(kto["table"]))
+
+
+def test_kl_pairs_on_a_candidates_table_is_refused(world, tmp_path):
+    args = ["logprobs", str(world["root"] / "data" / "candidates"), "--model", str(world["model"])]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "lp"), "--kl-pairs", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "holds a 'candidates' table: run it on the examples folder" in result.output
+    assert not (tmp_path / "lp").exists()
+
+
+def test_the_trl_view_carries_the_mismatched_pair(kto):
+    ds = table_dataset(kto["table"])
+    assert ds.features == Features.from_arrow_schema(KINDS["kto"].trl_schema)
+    rows = read_table(kto["table"]).to_pylist()
+    assert [(r["kl_completion"], r["ref_kl_logps"]) for r in ds] == [
+        (r["kl_completion"], r["ref_kl_logps"]) for r in rows
+    ]
 
 
 def test_build_without_the_mismatched_logprobs_names_the_command(world, kto, tmp_path):
