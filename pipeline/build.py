@@ -32,8 +32,9 @@ Kinds (schemas in ``schemas.py``):
 - ``kto``: the ``pairwise`` rows plus each prompt's mismatched completion
   (another prompt's answer, ``kinds/mismatched.py``) with its reference
   log-prob under the row's prompt, from ``logprobs --kl-pairs``
-  (``kinds/kto.py``). The rule reads the whole examples table, so a sharded
-  build pairs a prompt as an unsharded one does.
+  (``kinds/kto.py``). The rule reads the whole examples table (its prompt ids
+  and first answers, sorted), so a sharded build pairs a prompt as an
+  unsharded one does.
 
 Policies (all stored in the manifest's config and counted in ``report.json``):
 
