@@ -214,3 +214,13 @@ def test_exactly_one_scorer(policy, data, judge_model, tmp_path):
     )
     assert both.exit_code == 2 and "not several; got reward_model, judge" in both.output, both.output
     assert "Traceback" not in both.output
+
+
+def test_a_tiny_random_judge_through_the_hf_engine(policy, data, judge_model):
+    """No stand-ins: the policy samples and the judge replies through the hf engine; a random judge's replies
+    rarely parse, and every comparison is either in the win-rate or counted as unparsable."""
+    s = evaluate(policy, data, judge=judge_model, judge_max_new_tokens=8, max_new_tokens=4, num_samples=2)["samples"]
+    counts = s["judge"]
+    assert counts["comparisons"] == 4 and counts["judged"] + counts["identical"] == 4
+    assert counts["unparsable_rate"] == (counts["unparsable"] / counts["judged"] if counts["judged"] else 0.0)
+    assert (s["win_rate"] is None) == (counts["unparsable"] == 4)
