@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .checks import check_label_smoothing, check_positive, upcast
 from .method import WITH_REFERENCE, Method, pair_step, setting
 from .output import LossOutput
-from .pairwise import log_ratios, reward_metrics
+from .pairwise import log_ratios, reward_metrics, smoothed_logistic_loss
 
 
 def _sorted_logistic(better: torch.Tensor, worse: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -18,7 +17,7 @@ def _sorted_logistic(better: torch.Tensor, worse: torch.Tensor, beta: float, lab
     check_positive("beta", beta)
     check_label_smoothing(label_smoothing)
     delta = torch.sort(better).values - torch.sort(worse).values
-    return -(1.0 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
+    return smoothed_logistic_loss(beta * delta, label_smoothing)
 
 
 def aot_loss(
