@@ -1,4 +1,7 @@
-"""What every training-table kind declares, and the decoded row all readers share.
+"""What every training-table kind declares (``TableKind``), and the decoded row all readers share.
+
+A kind's module declares its schema, decoder, ``build`` plan and the facts
+``build`` checks in one ``TableKind``; see ``pipeline/kinds/__init__.py``.
 
 A ``build`` table row, whatever its kind, is decoded into one ``TableRow``:
 the prompt and its answers, the preferred (chosen) answer first, each with the
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from prefpool.pipeline.io.schemas import ASSISTANT_TURN, MESSAGE
+from prefpool.pipeline.io.schemas import ASSISTANT_TURN, MESSAGE, is_optional
 
 if TYPE_CHECKING:
     import polars as pl
@@ -113,3 +116,11 @@ class TableKind:
     optional_columns: Mapping[str, str] = field(default_factory=dict)
     trl_schema: pa.Schema = pa.schema(TRL_PAIR_FIELDS)  # a row in TRL's column names
     to_trl: Callable[[TableRow], dict] = trl_pair
+
+    def __post_init__(self) -> None:
+        declared = {f.name for f in self.schema if is_optional(f)}
+        if declared != set(self.optional_columns):
+            raise TypeError(
+                f"table kind {self.name!r}: optional_columns {sorted(self.optional_columns)} must name the "
+                f"schema's optional fields {sorted(declared)}"
+            )
