@@ -67,6 +67,8 @@ class Method:
             the other kinds run their own step (``prefpool.train.kinds``).
         trl_loss_type: TRL ``DPOConfig.loss_type`` names that mean this method.
         initial_state: the running statistics ``step`` starts from (empty for most).
+        columns: the columns it reads that a table of its kind may leave null or lack (InfoNCA's
+            scores); ``prefpool train`` refuses a table without them, naming the column.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Method:
     step: PairStep | None = None
     trl_loss_type: tuple[str, ...] = ()
     initial_state: State = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (dataclasses.is_dataclass(self.settings) and self.settings.__dataclass_params__.frozen):

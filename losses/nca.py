@@ -2,7 +2,8 @@
 
 Both take rewards from data, not a reward model at train time: NCA on a pair
 uses the labels as hard targets; InfoNCA on a pool uses the answers' scores
-as soft targets ``softmax(score / alpha)``.
+as soft targets ``softmax(score / alpha)``. InfoNCA trains on an ``mcpo`` table that carries the
+scores (``build`` ranking by a score); its step is in ``prefpool.train.kinds.mcpo``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ class NCASettings:
     beta: float = setting(0.1, "KL strength: rewards are beta * (log pi - log pi_ref), > 0.")
 
 
+@dataclass(frozen=True)
+class InfoNCASettings:
+    beta: float = setting(0.1, "KL strength: rewards are beta * (log pi - log pi_ref), > 0.")
+    alpha: float = setting(
+        1.0, "Temperature of the soft targets softmax(score / alpha), > 0 (small: the best-scored answer alone)."
+    )
+
+
 METHODS = (
     Method(
         "nca",
@@ -128,5 +137,15 @@ METHODS = (
         summary="NCA on pairs (Chen et al. 2024): each answer's own reward, hard targets",
         step=pair_step(nca_pair_loss, *WITH_REFERENCE),
         trl_loss_type=("nca_pair",),
+    ),
+    Method(
+        "infonca",
+        infonca_loss,
+        InfoNCASettings,
+        kind="mcpo",
+        needs_reference=True,
+        summary="InfoNCA (Chen et al. 2024): cross-entropy from the answers' score softmax to the reward softmax "
+        "over the preferred answer and its pool; needs a table built ranking by a score",
+        columns=("preferred_score", "pool_scores"),
     ),
 )

@@ -191,9 +191,7 @@ def ingest(
     if format != AUTO:
         get_format(format)
     spec = ShardSpec.parse(shard)
-    if config_name is not None and subset is not None and config_name != subset:
-        raise PipelineConfigError(f"subset={subset!r} and config_name={config_name!r} disagree; give one")
-    subset = subset if subset is not None else config_name
+    subset = _subset(subset, config_name)
     cols = _columns(
         columns,
         prompt=prompt_column,
@@ -205,52 +203,100 @@ def ingest(
         score=score_key,
         model=model_key,
     )
-    card = (
+    card = _card_fields(source_dataset, license, language)
+    rows_range = parse_split(split)
+    src = open_source(source, split=rows_range.name, subset=subset, revision=revision)
+    config = IngestConfig(src.label, format, split, subset, revision, cols, strict, *card)
+    plan = _Plan(out, source, spec, rows_range, rows_per_unit, overwrite, show_progress)
+    run, state = _read_in_run(src, config, plan)
+    if state is None:
+        return _complete_summary(run, start)
+    rows = _write_examples(run, state, plan)
+    return _finish_run(run, state, src, rows, start)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one ``ingest`` call runs, beside what decides its rows (``IngestConfig``)."""
+
+    out: str | Path
+    source: object  # the caller's source: a local one must not be the output folder
+    spec: ShardSpec
+    rows_range: SplitSlice
+    rows_per_unit: int
+    overwrite: bool
+    show_progress: bool | None
+
+
+def _subset(subset: str | None, config_name: str | None) -> str | None:
+    """``subset``, or ``config_name`` (its older name); both given must agree."""
+    if config_name is not None and subset is not None and config_name != subset:
+        raise PipelineConfigError(f"subset={subset!r} and config_name={config_name!r} disagree; give one")
+    return subset if subset is not None else config_name
+
+
+def _card_fields(source_dataset: str | None, license: str | None, language: list[str] | None) -> tuple:
+    """What the rows are, for the card ``push`` writes, checked: (source_dataset, license, languages)."""
+    return (
         check_repo_id(source_dataset, "source_dataset", owner=True),
         check_license(license),
         tuple(check_languages(language)),
     )
-    rows_range = parse_split(split)
-    src = open_source(source, split=rows_range.name, subset=subset, revision=revision)
-    config = IngestConfig(src.label, format, split, subset, revision, cols, strict, *card)
 
-    run = None
+
+def _read_in_run(src: Source, config: IngestConfig, plan: _Plan) -> tuple[StageRun, _ReadState | None]:
+    """Open the stage run and read the source into merged rows; no ``_ReadState`` when the run is complete.
+
+    A source with a fingerprint opens the run first (a complete run is not read again) and a failed read
+    takes away what the run created; one without (an IterableDataset) is read first: its rows' hash is
+    the run's input identity."""
+
+    def read() -> _ReadState:
+        return _read(src, config.format, config.columns, plan.spec, config.strict, plan.show_progress, plan.rows_range)
+
     if src.inputs is not None:
-        run, fresh = _open_run(out, config, src.inputs, spec, rows_per_unit, overwrite, source)
+        run, fresh = _open_run(config, src.inputs, plan)
         if run.complete:
-            return _finished(run, start)
+            return run, None
         try:
-            state = _read(src, format, cols, spec, strict, show_progress, rows_range)
+            return run, read()
         except UserError:
             _discard(run, fresh)
             raise
-    else:  # no fingerprint before reading (an IterableDataset): the rows themselves are the identity
-        state = _read(src, format, cols, spec, strict, show_progress, rows_range)
-        run, _ = _open_run(out, config, {"rows_sha256": state.digest}, spec, rows_per_unit, overwrite, source)
-        if run.complete:
-            return _finished(run, start)
+    state = read()
+    run, _ = _open_run(config, {"rows_sha256": state.digest}, plan)
+    return run, (None if run.complete else state)
 
+
+def _write_examples(run: StageRun, state: _ReadState, plan: _Plan) -> list[dict]:
+    """The merged rows, written as the run's pending units; the report counts what merging removed."""
     report, merger = state.report, state.merger
     report.duplicate_rows_merged = merger.rows_merged
     report.duplicate_answers_removed = merger.answers_removed
     rows = merger.rows()
-    units = plan_units(rows, key_of=lambda r: json.dumps(r, sort_keys=True), rows_per_unit=rows_per_unit)
+    units = plan_units(rows, key_of=lambda r: json.dumps(r, sort_keys=True), rows_per_unit=plan.rows_per_unit)
     todo = run.pending(units)
-    with progress("ingest: writing", len(todo), enabled=show_progress, unit="shards") as advance:
+    with progress("ingest: writing", len(todo), enabled=plan.show_progress, unit="shards") as advance:
         for unit in todo:
             run.write(unit, pa.Table.from_pylist(list(unit.items), schema=EXAMPLES))
             advance(1)
+    return rows
+
+
+def _finish_run(run: StageRun, state: _ReadState, src: Source, rows: list[dict], start: float) -> IngestSummary:
+    """Write report.json and the manifest, warn about what was not read, and sum the run up."""
+    report = state.report
     report_json = report.to_json(rows_written=len(rows))
     counts = {k: report_json[k] for k in ("rows_read", "rows_dropped", "duplicate_rows_merged")}
     run.finish(sidecars={"report.json": report_json}, summary={**counts, "format": state.format, "split": src.split})
     for message in state.warnings:
-        warnings.warn(message, DroppedRowsWarning, stacklevel=2)
+        warnings.warn(message, DroppedRowsWarning, stacklevel=3)
     return IngestSummary(
         run.out,
         len(rows),
         report.rows_read,
         report_json["rows_dropped"],
-        merger.rows_merged,
+        state.merger.rows_merged,
         run.units_written,
         run.units_skipped,
         time.perf_counter() - start,
@@ -271,20 +317,19 @@ def _columns(spec: str | dict[str, str] | None, **flags: str | None) -> Columns:
     return Columns(**names)
 
 
-def _open_run(
-    out, config: IngestConfig, inputs: object, spec: ShardSpec, rows_per_unit: int, overwrite: bool, source: object
-):
+def _open_run(config: IngestConfig, inputs: object, plan: _Plan) -> tuple[StageRun, bool]:
     """The stage run, and whether this call created its folder (so a failed read can take it away)."""
-    existed = Path(out).exists()
+    existed = Path(plan.out).exists()
+    source = plan.source
     run = StageRun(
-        out,
+        plan.out,
         stage=STAGE,
         schema="examples",
         config=config.identity(),
         inputs=inputs,
-        shard=spec,
-        rows_per_unit=rows_per_unit,
-        overwrite=overwrite,
+        shard=plan.spec,
+        rows_per_unit=plan.rows_per_unit,
+        overwrite=plan.overwrite,
         # a local source must not be the output folder (a datasets object or a Hub id has no path)
         sources=[source] if isinstance(source, (str, Path)) and Path(source).exists() else [],
     )
@@ -305,7 +350,7 @@ def _discard(run: StageRun, created: bool) -> None:
         shutil.rmtree(meta_dir(run.work))
 
 
-def _finished(run: StageRun, start: float) -> IngestSummary:
+def _complete_summary(run: StageRun, start: float) -> IngestSummary:
     manifest = run.finish()
     report = manifest.summary
     return IngestSummary(

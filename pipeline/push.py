@@ -60,13 +60,12 @@ from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
 from prefpool.pipeline.io.layout import MANIFEST, META_DIR, REPORT, find_meta, read_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, read_json_file
 from prefpool.pipeline.io.read import checked_shards
-from prefpool.pipeline.io.schemas import get_schema
+from prefpool.pipeline.io.schemas import conform, get_schema
 from prefpool.pipeline.io.shards import COMPRESSION, ROW_GROUP_ROWS, read_shard
 from prefpool.pipeline.io.swap import real_folder, swap_in
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.inputs import reference_caches
 
-TRAINING_TABLES = ("pairwise", "mcpo", "mpo", "kto")
 RECORD = "push.json"  # in the folder's META_DIR
 LEGACY_RECORD_SUFFIX = ".push.json"  # the layout before: <out>.push.json beside the folder
 
@@ -158,7 +157,7 @@ def _write_split(src: _Source, dest: Path) -> tuple[list[str], dict]:
     files, num_bytes = [], 0
     for i, shard in enumerate(src.shards):
         path = dest / "data" / f"{src.split}-{i:05d}-of-{len(src.shards):05d}.parquet"
-        table = read_shard(shard, name).select(schema.names).cast(schema).replace_schema_metadata(None)
+        table = conform(read_shard(shard, name), schema).replace_schema_metadata(None)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
         files.append(str(path.relative_to(dest)))

@@ -72,10 +72,6 @@ MODEL_STAGES = ("generate", "logprobs")
 # Stages whose units may run on Ray (`executor`, `workers`, `ray_address`); the others run here.
 RAY_STAGES = ("generate", "score", "logprobs")
 EXECUTOR_KEYS = ("executor", "workers", "ray_address")
-# Build kinds that read a candidates table by default.
-CANDIDATE_KINDS = ("mcpo", "mpo")
-# Build kinds that rank by the score stage's output by default.
-SCORED_KINDS = ("pairwise", "mcpo")
 
 
 @dataclass(frozen=True)
@@ -211,14 +207,18 @@ def _defaults(stage: str, kw: dict[str, Any], outputs: dict[str, list[Path]], wh
             if isinstance(kinds, list)
             else [StageCall(stage, stage, kw)]
         )
+        from prefpool.pipeline.kinds import KINDS  # the kinds load torch (their losses): only for a build
+
+        # a kind that reads a candidates table gets generate's; one whose samples a scores table can rank
+        # gets score's output (and generate's candidates, when score read them)
         if "generate" in outputs and "candidates" not in kw:
             for call in calls:
-                if call.kwargs.get("kind") in CANDIDATE_KINDS:
+                if (kind := KINDS.get(call.kwargs.get("kind"))) is not None and kind.candidates is not None:
                     call.kwargs["candidates"] = str(outputs["generate"][0])
         if "score" in outputs and "scores" not in kw:
             scored = outputs["score"][0]
             for call in calls:
-                if call.kwargs.get("kind") in SCORED_KINDS:
+                if (kind := KINDS.get(call.kwargs.get("kind"))) is not None and kind.ranks_samples:
                     call.kwargs["scores"] = str(scored)
                     if "generate" in outputs and outputs["score_input"] == outputs["generate"][:1]:
                         call.kwargs.setdefault("candidates", str(outputs["generate"][0]))

@@ -277,6 +277,8 @@ def _judge(model, table: pa.Table, column: str, **options) -> JudgeScorer:
     for pid, answers in zip(table.column("prompt_id").to_pylist(), table.column(column).to_pylist(), strict=True):
         if answers:
             references.setdefault(pid, answers[0]["text"])
+    if options["mode"] == "pairwise" and not references:
+        raise PipelineConfigError("a pairwise judge needs each prompt's reference answer (its row's first)")
     return JudgeScorer(load_model_info(model, what="judge"), references=references, **options)
 
 

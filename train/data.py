@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from prefpool.core.errors import ConfigError
+from prefpool.losses import get_method
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.kinds import Answer, TableRow
 from prefpool.pipeline.kinds.source import TableSource, open_table
@@ -58,16 +60,32 @@ __all__ = [
 ]
 
 
-def decoded_rows(data: str | Path | TableSource, kind: str | None = None) -> list[TableRow]:
+def decoded_rows(data: str | Path | TableSource, kind: str | None = None, *, loss: str | None = None) -> list[TableRow]:
     """Every row of the build table ``data`` (a folder, a pushed folder, a Hub id or an opened
-    ``TableSource``), decoded by its kind's spec; ``kind`` given: the table must be of that kind."""
+    ``TableSource``), decoded by its kind's spec; ``kind`` given: the table must be of that kind;
+    ``loss`` given: every row must hold the columns the method reads (``check_method_columns``)."""
     table = open_table(data)
     if kind is not None and table.kind != kind:
         raise PipelineInputError(f"holds a {table.kind!r} table, expected {kind!r}", file=table.label)
     decode = train_kind(table.kind).table.decode
     rows = table.read()
     check_reference_values(table, rows)
+    if loss is not None:
+        check_method_columns(table, rows, loss)
     return [decode(row) for row in rows.to_pylist()]
+
+
+def check_method_columns(source: TableSource, rows: pa.Table, loss: str) -> None:
+    """A ``ConfigError`` naming the ``loss`` key and the column where the table lacks, or leaves null in
+    some row, a column the method reads beyond its kind's own (``Method.columns``: InfoNCA's scores)."""
+    for column in get_method(loss).columns:
+        nulls = rows.num_rows if column not in rows.column_names else rows.column(column).null_count
+        if nulls:
+            how = train_kind(source.kind).table.optional_columns.get(column)
+            raise ConfigError(
+                f"loss: {loss!r} reads column {column!r}, which is missing in {nulls} of the {rows.num_rows} rows "
+                f"of the {source.kind!r} table {source.label}" + (f"; make the table with {how}" if how else "")
+            )
 
 
 def check_reference_values(source: TableSource, rows: pa.Table) -> None:
@@ -190,13 +208,22 @@ class TrainingTable:
     """Rows of a ``build`` output, tokenized once with the cache's settings."""
 
     def __init__(
-        self, folder, kind: str, tokenizer, *, max_length: int, truncation: str, with_samples: bool = False
+        self,
+        folder,
+        kind: str,
+        tokenizer,
+        *,
+        max_length: int,
+        truncation: str,
+        with_samples: bool = False,
+        loss: str | None = None,
     ) -> None:
+        """``loss`` given: the table must hold the columns that method reads (``check_method_columns``)."""
         self.kind = kind
         self.examples: list[Example] = []
         self._order: tuple[tuple, list[int]] | None = None
         encoded: dict = {}
-        for row in decoded_rows(folder, kind):
+        for row in decoded_rows(folder, kind, loss=loss):
             try:
                 answers, samples = encode_row(
                     tokenizer,
@@ -215,8 +242,9 @@ class TrainingTable:
             except CacheMismatchError as exc:
                 label = folder.label if isinstance(folder, TableSource) else folder
                 raise CacheMismatchError(f"{label}: {exc}") from None
-            refs = tuple(a.ref_logp for a in row.answers)
-            example = Example(answers, refs, row.label, samples, mismatched, 0.0 if kl is None else kl.ref_logp)
+            ref_logps = tuple(a.ref_logp for a in row.answers)
+            mismatched_logp = 0.0 if kl is None else kl.ref_logp
+            example = Example(answers, ref_logps, row.label, samples, row.scores, mismatched, mismatched_logp)
             self.examples.append(example)
 
     def __len__(self) -> int:

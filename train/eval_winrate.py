@@ -1,7 +1,8 @@
 """Win-rate of the policy's samples against the reference's, and a length-controlled win-rate (no model, no I/O).
 
 A comparison's outcome is 1 (the policy's sample scores higher), 1/2 (equal)
-or 0. Reward models and judges favour long answers, so a policy can gain
+or 0; a pairwise scorer gives it directly (P(policy ≻ reference), a value in
+[0, 1]). Reward models and judges favour long answers, so a policy can gain
 win-rate by length alone. The length-controlled win-rate follows AlpacaEval's
 LC idea: fit a logistic regression of the outcome on the length difference,
 
@@ -24,9 +25,12 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def outcomes(policy: Sequence[float], reference: Sequence[float]) -> list[float]:
-    """1, 1/2 or 0 per comparison of ``policy[i]`` with ``reference[i]``."""
-    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy, reference, strict=True)]
+def outcomes(policy: Sequence[float | None], reference: Sequence[float | None]) -> list[float | None]:
+    """1, 1/2 or 0 per comparison of ``policy[i]`` with ``reference[i]``; None where either is None (unscored)."""
+    return [
+        None if a is None or b is None else 1.0 if a > b else 0.5 if a == b else 0.0
+        for a, b in zip(policy, reference, strict=True)
+    ]
 
 
 def length_controlled_win_rate(wins: Sequence[float], length_diffs: Sequence[float], *, iterations: int = 100) -> float:
@@ -65,11 +69,22 @@ def win_rate_figures(
     reference_texts: Sequence[str],
 ) -> dict:
     """``win_rate``, ``length_controlled_win_rate`` and both sides' mean length (characters)."""
-    wins = outcomes(policy_scores, reference_scores)
-    diffs = [float(len(a) - len(b)) for a, b in zip(policy_texts, reference_texts, strict=True)]
+    return outcome_figures(outcomes(policy_scores, reference_scores), policy_texts, reference_texts)
+
+
+def outcome_figures(wins: Sequence[float | None], policy_texts: Sequence[str], reference_texts: Sequence[str]) -> dict:
+    """``win_rate`` and ``length_controlled_win_rate`` of the comparisons with an outcome (None: left out, e.g. an
+    unparsable verdict; both None when none has one), and both sides' mean length over every comparison."""
+    kept = [
+        (w, float(len(a) - len(b)))
+        for w, a, b in zip(wins, policy_texts, reference_texts, strict=True)
+        if w is not None
+    ]
     return {
-        "win_rate": sum(wins) / len(wins),
-        "length_controlled_win_rate": length_controlled_win_rate(wins, diffs),
+        "win_rate": sum(w for w, _ in kept) / len(kept) if kept else None,
+        "length_controlled_win_rate": (
+            length_controlled_win_rate([w for w, _ in kept], [d for _, d in kept]) if kept else None
+        ),
         "mean_length_chars": sum(map(len, policy_texts)) / len(policy_texts),
         "ref_mean_length_chars": sum(map(len, reference_texts)) / len(reference_texts),
     }

@@ -21,8 +21,10 @@ no-op returning the stored result, and another one over it is refused unless
 ``overwrite``.
 
 Metrics and the tie rule are in ``eval_ranking``; beta scales the margins only.
-Optionally (``reward_fn``) also the mean reward of fresh samples and their
-win-rate against a reference model's samples (``eval_samples``).
+Optionally, with one scorer (``reward_fn``, ``reward_model``, ``preference_model``
+or ``judge``: ``eval_scorers``), also fresh samples' win-rate against a reference
+model's samples or the table's preferred answers, its length-controlled figure
+and the mean sample lengths (``eval_samples``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import torch
 
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.outputs import check_file, writing
+from prefpool.pipeline.engines.judge import Mode as JudgeMode
 from prefpool.pipeline.engines.logprob_engines import DTYPES
-from prefpool.pipeline.engines.scorers import FunctionScorer
 from prefpool.pipeline.io.atomic import write_json
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.manifest import read_json_file
@@ -53,6 +55,7 @@ from prefpool.pipeline.model.scoring import eval_mode, score_pairs
 
 from .cache_check import cache_parts, check_cache, check_step0
 from .data import decoded_rows, encode_row
+from .eval_scorers import JudgeEngine, sample_scorer
 from .kinds import TRAIN_KINDS
 
 KINDS = tuple(TRAIN_KINDS)
@@ -186,6 +189,12 @@ def evaluate(
     out: str | Path | None = None,
     reward_fn: Callable[[list[dict], str], float] | str | None = None,
     reward_model: str | Path | None = None,
+    preference_model: str | Path | None = None,
+    judge: str | Path | None = None,
+    judge_mode: JudgeMode = "pairwise",
+    judge_template: str | Path | None = None,
+    judge_engine: JudgeEngine = "hf",
+    judge_max_new_tokens: int = 32,
     ref_model: str | Path | None = None,
     num_samples: int = 1,
     max_new_tokens: int | None = None,
@@ -203,8 +212,8 @@ def evaluate(
     ``model`` is a local folder, a ``.gguf`` file, a Hub id, or a module given
     with ``tokenizer``. Returns (and writes to ``out/eval.json``, atomically)
     ``{"ranking": {...}}`` plus
-    ``"samples"`` when ``reward_fn`` is given: see ``eval_samples.sample_metrics``
-    (needs ``model`` and ``ref_model`` as folders).
+    ``"samples"`` when a scorer is given: see ``eval_samples.sample_metrics``
+    (needs ``model`` as a folder, a .gguf file or a Hub id).
 
     Args:
         model: Policy: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when there).
@@ -217,15 +226,28 @@ def evaluate(
         tie_atol: Log-ratios within this many nats tie (a tie is not a win).
         max_tokens: Padded-token budget of one scoring batch; does not change the values.
         out: Output folder: the JSON summary goes to OUT/eval.json (the folder is made; the file replaced).
-        reward_fn: module:function(prompt messages, completion) -> float.
-        reward_model: Instead of --reward-fn: a one-label sequence-classification reward model (folder, .gguf, Hub id).
-        ref_model: With --reward-fn: win-rate against this model's samples (a folder, a .gguf file or a Hub id).
-        num_samples: With --reward-fn: samples per prompt.
-        max_new_tokens: With --reward-fn. Default: generation_config, else 256.
-        temperature: With --reward-fn. Default: generation_config, else 1.0.
-        top_p: With --reward-fn. Default: generation_config, else 1.0.
-        seed: With --reward-fn: sample seeds, shared by both models.
-        max_prompts: With --reward-fn: sample for the first N prompts only.
+        reward_fn: Score fresh samples by module:function(prompt messages, completion) -> float. Give at most one
+            of --reward-fn, --reward-model, --preference-model and --judge.
+        reward_model: Score fresh samples by a one-label sequence-classification reward model (folder, .gguf, Hub
+            id).
+        preference_model: Score fresh samples by a pairwise preference model (a causal LM read as P(A better than
+            B) at its next token): each sample against its reference, both orders averaged.
+        judge: Score fresh samples by an LLM judge (a causal LM: folder, .gguf or Hub id) run through the generation
+            engine, greedy, in its own chat template; a comparison whose reply does not parse is left out of the
+            win-rate and counted.
+        judge_mode: pairwise (each sample against its reference, in both orders: 1, 0.5 or 0) | pointwise (a 1-10
+            rating of each; the higher wins).
+        judge_template: A text file replacing the mode's built-in judge prompt (same fields and reply format).
+        judge_engine: The judge's generation engine: hf | vllm (when installed).
+        judge_max_new_tokens: The judge's reply length limit, in tokens.
+        ref_model: With a scorer: the win-rate is against this model's samples (a folder, a .gguf file or a Hub
+            id). Default: against each prompt's preferred answer in the table.
+        num_samples: With a scorer: samples per prompt.
+        max_new_tokens: With a scorer. Default: generation_config, else 256.
+        temperature: With a scorer. Default: generation_config, else 1.0.
+        top_p: With a scorer. Default: generation_config, else 1.0.
+        seed: With a scorer: sample seeds, shared by both models.
+        max_prompts: With a scorer: sample for the first N prompts only.
         device: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps.
         step0_tolerance: When the model is the reference (same weights as the cache's): the largest allowed
             |log-ratio|, in nats.
@@ -241,8 +263,21 @@ def evaluate(
     if is_folder:
         announce("eval", f"hashing and loading {model}, reading {data}; progress follows", enabled=show_progress)
         model = check_model(model)
-    if reward_fn is not None and reward_model is not None:
-        raise ConfigError("give one of reward_fn (--reward-fn) and reward_model (--reward-model), not both")
+    scorer = sample_scorer(
+        reward_fn=reward_fn,
+        reward_model=reward_model,
+        preference_model=preference_model,
+        judge=judge,
+        judge_mode=judge_mode,
+        judge_template=judge_template,
+        judge_engine=judge_engine,
+        judge_max_new_tokens=judge_max_new_tokens,
+        device=device,
+    )
+    if scorer is not None and not is_folder:
+        raise ConfigError(
+            f"{scorer.kind}: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
+        )
     if ref_model is not None:
         ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     table = _table(data, split)
@@ -251,8 +286,8 @@ def evaluate(
         "max_length": max_length,
         "beta": beta,
         "tie_atol": tie_atol,
-        "reward_fn": FunctionScorer(reward_fn).identity if isinstance(reward_fn, str) else repr(reward_fn),
-        **({"reward_model": weights_hash(reward_model, what="reward_model")} if reward_model is not None else {}),
+        "reward_fn": scorer.identity if scorer is not None and scorer.kind == "reward_fn" else repr(None),
+        **({scorer.kind: scorer.identity} if scorer is not None and scorer.kind != "reward_fn" else {}),
         "ref_model": None if ref_model is None else weights_hash(ref_model),
         "num_samples": num_samples,
         "max_new_tokens": max_new_tokens,
@@ -288,18 +323,13 @@ def evaluate(
             show_progress=show_progress,
         ),
     }
-    if reward_fn is not None or reward_model is not None:
+    if scorer is not None:
         from .eval_samples import sample_metrics
 
-        if isinstance(model, torch.nn.Module):
-            raise ConfigError(
-                "reward_fn: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
-            )
         summary["samples"] = sample_metrics(
             model,
             table,
-            reward_fn=reward_fn,
-            reward_model=reward_model,
+            scorer=scorer,
             ref_model=ref_model,
             num_samples=num_samples,
             max_new_tokens=max_new_tokens,

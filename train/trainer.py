@@ -272,6 +272,7 @@ class Trainer:
             max_length=self.max_length,
             truncation=cfg.truncation,
             with_samples=self.spec.needs_samples(cfg),
+            loss=cfg.loss,
         )
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps

@@ -19,7 +19,8 @@ does not parse is not scored (``score`` counts it and reports the rate).
   the score is the answer's share of the two wins: 1, 0.5 (the orders
   disagree: a position-biased or undecided judge) or 0. The reference itself
   scores 0.5 without a judgment. Parsed: exactly one ``Verdict:`` value, A or
-  B; if either order does not parse, the answer is not scored.
+  B; if either order does not parse, the answer is not scored. ``compare``
+  judges given pairs (a, b) by the same rule (``eval``'s win-rate).
 
 A template file (``template``) replaces the built-in one of its mode and must
 keep the fields and ask for the same reply format. The judge model's
@@ -145,9 +146,7 @@ class JudgeScorer:
         self.batch_size = batch_size
         self.device = device
         self.options = dict(engine_options or {})
-        self.references = references or {}
-        if mode == "pairwise" and not self.references:
-            raise PipelineConfigError("a pairwise judge needs each prompt's reference answer (its row's first)")
+        self.references = references or {}  # prompt_id -> its reference answer (pairwise ``score``)
         self.params = SamplingParams(
             temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_ids=info.eos_token_ids
         )
@@ -186,17 +185,23 @@ class JudgeScorer:
             ratings = [parse_rating(o) for o in self.outputs]
             return [None if r is None else float(r) for r in ratings]
         assert prompt_ids is not None and len(prompt_ids) == len(items)
+        return self.compare([(p, t, self.references[pid]) for (p, t), pid in zip(items, prompt_ids, strict=True)])
+
+    def compare(self, comparisons: Sequence[tuple[list[dict], str, str]]) -> list[float | None]:
+        """Pairwise mode: per ``(prompt messages, a, b)``, a's share of the two wins, a judged as A then as B: 1, 0.5
+        or 0; None when either reply does not parse; 0.5 unjudged when ``a`` and ``b`` are the same text."""
+        if self.mode != "pairwise":
+            raise PipelineConfigError(f"compare needs a pairwise judge; this one is {self.mode}")
         judged, filled = [], []
-        for i, ((prompt, text), pid) in enumerate(zip(items, prompt_ids, strict=True)):
-            reference = self.references[pid]
-            if text == reference:
+        for i, (prompt, a, b) in enumerate(comparisons):
+            if a == b:
                 continue
             conversation = conversation_text(prompt)
             judged.append(i)
-            filled.append(self.template.format(conversation=conversation, answer_a=text, answer_b=reference))
-            filled.append(self.template.format(conversation=conversation, answer_a=reference, answer_b=text))
+            filled.append(self.template.format(conversation=conversation, answer_a=a, answer_b=b))
+            filled.append(self.template.format(conversation=conversation, answer_a=b, answer_b=a))
         self.outputs = self._ask(filled)
-        values: list[float | None] = [0.5] * len(items)
+        values: list[float | None] = [0.5] * len(comparisons)
         for k, i in enumerate(judged):
             first, second = parse_verdict(self.outputs[2 * k]), parse_verdict(self.outputs[2 * k + 1])
             if first is None or second is None:

@@ -17,7 +17,7 @@ from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.inside import inside
 from prefpool.pipeline.io.layout import MANIFEST, META_DIR, find_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
-from prefpool.pipeline.io.schemas import check_schema, get_schema
+from prefpool.pipeline.io.schemas import check_schema, conform, get_schema
 from prefpool.pipeline.io.shards import open_shard, read_shard
 
 
@@ -63,7 +63,7 @@ def read_table(folder: str | Path, *, schema: str | None = None, check_hashes: b
     """The whole table, rows in manifest (= canonical, sorted by ``prompt_id``) order."""
     manifest, paths = checked_shards(folder, schema=schema, check_hashes=check_hashes)
     expected = get_schema(manifest.identity.schema)
-    tables = [read_shard(p, manifest.identity.schema).select(expected.names) for p in paths]
+    tables = [conform(read_shard(p, manifest.identity.schema), expected) for p in paths]
     if not tables:
         return expected.empty_table()
     return pa.concat_tables(tables).replace_schema_metadata(None)

@@ -89,94 +89,63 @@ SCORES = pa.schema(
     ]
 )
 
-# Training tables written by `build` (see pipeline/build.py). Log-probs are the
-# reference model's summed completion log-probs, joined from the `logprobs` table.
+# Training tables written by `build`: each kind's schema is in its module of pipeline/kinds/
+# (``get_schema`` finds it there). Log-probs are the reference model's summed completion
+# log-probs, joined from the `logprobs` table.
 ASSISTANT_TURN = pa.list_(MESSAGE)  # TRL's conversational completion: one assistant message
 
-# `build --kind pairwise`: one row per preference pair; prompt/chosen/rejected/
-# ref_chosen_logps/ref_rejected_logps are the names TRL's DPOTrainer reads.
-_PAIR_FIELDS = [
-    pa.field("prompt_id", pa.string(), nullable=False),
-    pa.field("prompt", pa.list_(MESSAGE), nullable=False),
-    pa.field("chosen", ASSISTANT_TURN, nullable=False),
-    pa.field("rejected", ASSISTANT_TURN, nullable=False),
-    pa.field("ref_chosen_logps", pa.float64(), nullable=False),
-    pa.field("ref_rejected_logps", pa.float64(), nullable=False),
-    pa.field("chosen_id", pa.string(), nullable=False),  # ids.completion_id(text)
-    pa.field("rejected_id", pa.string(), nullable=False),
-    pa.field("chosen_num_tokens", pa.int32(), nullable=False),
-    pa.field("rejected_num_tokens", pa.int32(), nullable=False),
-]
-PAIRWISE = pa.schema(_PAIR_FIELDS)
+# A column a table may lack (one written before the column existed): readers fill it with nulls.
+OPTIONAL = b"prefpool.optional"
 
-# `build --kind mcpo`: one row per prompt, the preferred answer and its candidate pool
-# (parallel lists, in pool order).
-MCPO = pa.schema(
-    [
-        pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("prompt", pa.list_(MESSAGE), nullable=False),
-        pa.field("preferred", pa.string(), nullable=False),
-        pa.field("preferred_id", pa.string(), nullable=False),
-        pa.field("ref_preferred_logp", pa.float64(), nullable=False),
-        pa.field("preferred_num_tokens", pa.int32(), nullable=False),
-        pa.field("pool", pa.list_(pa.string()), nullable=False),
-        pa.field("pool_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("ref_pool_logps", pa.list_(pa.float64()), nullable=False),
-        pa.field("pool_num_tokens", pa.list_(pa.int32()), nullable=False),
-    ]
-)
 
-# `build --kind mpo`: a pair, its preference label, and samples drawn from the reference
-# (texts kept: the tau term needs the policy's log-prob of them at train time).
-MPO = pa.schema(
-    _PAIR_FIELDS
-    + [
-        pa.field("label", pa.float64(), nullable=False),
-        pa.field("ref_samples", pa.list_(pa.string()), nullable=False),
-        pa.field("ref_sample_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("ref_sample_logps", pa.list_(pa.float64()), nullable=False),  # diagnostics
-    ]
-)
+def optional_field(name: str, type_: pa.DataType) -> pa.Field:
+    """A nullable column that readers accept absent (``conform`` adds it as nulls)."""
+    return pa.field(name, type_, nullable=True, metadata={OPTIONAL: b"true"})
 
-# `build --kind kto`: the `pairwise` rows plus KTO's mismatched pair: another prompt's answer
-# (pipeline/kinds/mismatched.py picks it) with its reference log-prob under this row's prompt.
-KTO = pa.schema(
-    _PAIR_FIELDS
-    + [
-        pa.field("kl_completion", pa.string(), nullable=False),
-        pa.field("kl_completion_id", pa.string(), nullable=False),  # ids.completion_id(text)
-        pa.field("ref_kl_logps", pa.float64(), nullable=False),
-        pa.field("kl_num_tokens", pa.int32(), nullable=False),
-    ]
-)
 
+def is_optional(field: pa.Field) -> bool:
+    return bool(field.metadata) and field.metadata.get(OPTIONAL) == b"true"
+
+
+# The stages' own tables; the training tables' schemas are their kinds' (``get_schema``).
 SCHEMAS: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "candidates": CANDIDATES,
     "logprobs": LOGPROBS,
     "scores": SCORES,
-    "pairwise": PAIRWISE,
-    "mcpo": MCPO,
-    "mpo": MPO,
-    "kto": KTO,
 }
 
 
 def get_schema(name: str) -> pa.Schema:
-    try:
+    """The schema of a stage's table, or of a training-table kind (``pipeline.kinds.KINDS``)."""
+    if name in SCHEMAS:
         return SCHEMAS[name]
-    except KeyError:
-        raise KeyError(f"unknown table schema {name!r}; known: {sorted(SCHEMAS)}") from None
+    from prefpool.pipeline.kinds import KINDS  # the kinds read this module: looked up at call time
+
+    if name in KINDS:
+        return KINDS[name].schema
+    raise KeyError(f"unknown table schema {name!r}; known: {sorted([*SCHEMAS, *KINDS])}")
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``'s columns and types, an absent optional column added as nulls."""
+    for field in schema:
+        if field.name not in table.column_names and is_optional(field):
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, *, file: str | Path, made_by: str = "") -> None:
     """Raise ``PipelineInputError`` naming the file and column for a missing or mistyped column
     (``made_by``: the commands that make such a table, said with a missing column).
 
-    Extra columns are allowed: a later stage may pass input columns through.
+    Extra columns are allowed: a later stage may pass input columns through; so is the absence
+    of an optional column (``optional_field``).
     """
     for field in expected:
         index = actual.get_field_index(field.name)
+        if index < 0 and is_optional(field):
+            continue
         if index < 0:
             how = f" (a table with it is made by {made_by})" if made_by else ""
             raise PipelineInputError(f"missing column{how}", file=file, column=field.name)

@@ -20,7 +20,7 @@ from prefpool.core.secrets import redact
 from prefpool.pipeline.io.atomic import atomic_path
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import ShardSpec
-from prefpool.pipeline.io.schemas import check_schema, get_schema
+from prefpool.pipeline.io.schemas import check_schema, conform, get_schema
 
 # Rows of the examples table carry up to tens of answers (tens of kB), so ~1k
 # rows make row groups of a few to tens of MB: large enough for zstd to work
@@ -69,7 +69,7 @@ def write_shard(
     schema = get_schema(schema_name)
     kv = {f"{META_PREFIX}schema": schema_name}
     kv.update({f"{META_PREFIX}{k}": json.dumps(v, ensure_ascii=False) for k, v in redact(metadata).items()})
-    table = table.select(schema.names).cast(schema).replace_schema_metadata(kv)
+    table = conform(table, schema).replace_schema_metadata(kv)
     with atomic_path(path) as tmp:
         _write_parquet(tmp, table, row_group_rows)
 

@@ -1,13 +1,19 @@
 """The training tables ``build`` writes, one spec per kind: ``pairwise``, ``mcpo``, ``mpo``, ``kto``.
 
-Each kind's module declares its ``TableKind`` (``spec``): schema, row decoder,
-the losses that train on it. ``KINDS`` is the registry that ``build``, the
-trainer (``prefpool.train.kinds``), ``eval`` and the TRL plug-ins read.
+Each kind's module declares its ``TableKind`` (``spec``), the one place a kind
+is defined: its schema, row decoder, build plan (``plan``, on a
+``build_context.BuildContext``), the facts build checks (which inputs it
+needs), the losses that train on it and its TRL view. ``KINDS`` is the
+registry that ``build`` (its ``--kind`` choices), ``prefpool run``, the schema
+lookup (``io.schemas.get_schema``), the trainer (``prefpool.train.kinds``),
+``eval`` and the TRL plug-ins read. A new kind is a module here with its
+``KIND``, added to ``KINDS``.
 
 Also here: ``inputs`` (checked lazy scans of build's inputs, fingerprints, the
 reference log-prob lookup), ``select`` (which answers of an ``examples`` row
-are preferred) and ``mismatched`` (KTO's mismatched pairs, which ``logprobs``
-scores and ``build --kind kto`` joins).
+are preferred), ``pair_rules``, ``hygiene`` and ``ensemble`` (build's policies), and
+``mismatched`` (KTO's mismatched pairs, which ``logprobs --kl-pairs`` scores and
+``build --kind kto`` joins).
 """
 
 from __future__ import annotations

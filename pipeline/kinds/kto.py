@@ -14,19 +14,29 @@ import pyarrow as pa
 
 from prefpool.losses import losses_for_kind
 from prefpool.pipeline.io.errors import PipelineInputError
-from prefpool.pipeline.io.schemas import KTO
 
+from . import pairwise
+from .build_context import BuildContext
 from .inputs import with_completion_id
 from .mismatched import mismatched_completions
-from .pairwise import pair_answers
 from .spec import TRL_PAIR_FIELDS, Answer, TableKind, TableRow, trl_pair
+
+SCHEMA = pa.schema(
+    pairwise.PAIR_FIELDS
+    + [
+        pa.field("kl_completion", pa.string(), nullable=False),
+        pa.field("kl_completion_id", pa.string(), nullable=False),  # ids.completion_id(text)
+        pa.field("ref_kl_logps", pa.float64(), nullable=False),
+        pa.field("kl_num_tokens", pa.int32(), nullable=False),
+    ]
+)
 
 MADE_BY = "`prefpool logprobs --kl-pairs` over the examples, then `prefpool build --kind kto` with its output"
 
 
 def decode(row: dict) -> TableRow:
     mismatched = Answer("mismatched", row["kl_completion"], row["ref_kl_logps"], row["kl_num_tokens"])
-    return TableRow(row["prompt_id"], row["prompt"], pair_answers(row), mismatched=mismatched)
+    return TableRow(row["prompt_id"], row["prompt"], pairwise.pair_answers(row), mismatched=mismatched)
 
 
 def to_trl(row: TableRow) -> dict:
@@ -35,11 +45,12 @@ def to_trl(row: TableRow) -> dict:
     return {**trl_pair(row), "kl_completion": kl.text, "ref_kl_logps": kl.ref_logp, "kl_num_tokens": kl.num_tokens}
 
 
-def with_mismatched(ctx, pairs: pl.LazyFrame, examples: pl.LazyFrame) -> pl.LazyFrame:
-    """build's plan for ``kto``: the pairwise plan's rows (``pairs``) with each prompt's mismatched completion
-    and its reference log-prob. ``ctx``: build's context (log-prob joins, ``missing``); ``examples``: the whole
-    examples table, unsharded (the rule pairs prompts across shards)."""
-    kl = with_completion_id(mismatched_completions(examples), "kl_text", "kl_cid")
+def plan(ctx: BuildContext, candidates: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """The ``pairwise`` plan's rows, each with its prompt's mismatched completion and that completion's
+    reference log-prob under the row's prompt. The rule reads the whole examples table
+    (``ctx.all_examples``), so a ``--shard i/N`` build pairs a prompt as an unsharded one does."""
+    pairs = pairwise.plan(ctx)
+    kl = with_completion_id(mismatched_completions(ctx.all_examples), "kl_text", "kl_cid")
     if kl.select(pl.len()).collect().item() == 0:
         raise PipelineInputError(
             "build --kind kto: fewer than two prompts have a non-blank answer, so no prompt can be paired "
@@ -78,11 +89,20 @@ TRL_SCHEMA = pa.schema(
 
 KIND = TableKind(
     name="kto",
-    schema=KTO,
+    schema=SCHEMA,
     decode=decode,
+    plan=plan,
     losses=losses_for_kind("kto"),
     summary="a pair plus a mismatched pair (this prompt, another prompt's answer), with cached reference log-probs",
+    needs="pairs plus each prompt with another prompt's answer (KTO's mismatched pair, scored by `prefpool "
+    "logprobs --kl-pairs`).",
+    ranks_samples=True,
+    made_of_pairs=True,
     trl_schema=TRL_SCHEMA,
     to_trl=to_trl,
     made_by=MADE_BY,
+    no_row_hints={
+        "dropped_missing_logp_mismatched": "no reference log-prob of the mismatched pairs: run `prefpool "
+        "logprobs --kl-pairs` over the examples and pass its output with --logprobs",
+    },
 )

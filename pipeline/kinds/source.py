@@ -30,7 +30,7 @@ from prefpool.pipeline.io.inside import check_resolved_inside, inside
 from prefpool.pipeline.io.layout import MANIFEST, find_meta
 from prefpool.pipeline.io.manifest import Manifest, file_sha256, load_manifest
 from prefpool.pipeline.io.read import read_table
-from prefpool.pipeline.io.schemas import check_schema
+from prefpool.pipeline.io.schemas import check_schema, conform
 from prefpool.pipeline.io.shards import open_shard, read_shard
 
 from . import KINDS, get_kind
@@ -67,7 +67,7 @@ class TableSource:
         tables = []
         for path in self.files:
             check_schema(open_shard(path).schema_arrow, schema, file=path, made_by=kind.recipe)
-            tables.append(read_shard(path, self.kind).select(schema.names).cast(schema))
+            tables.append(conform(read_shard(path, self.kind), schema))
         table = pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
         if table.num_rows != self.rows:
             raise PipelineInputError(

@@ -70,7 +70,12 @@ def derive_table(
 
 def _pool_subset(row: Row, keep: list[int]) -> Row:
     keys = ("pool", "pool_ids", "ref_pool_logps", "pool_num_tokens")
-    return {**row, **{k: [row[k][i] for i in keep] for k in keys}}
+    scores = row.get("pool_scores")
+    return {
+        **row,
+        **{k: [row[k][i] for i in keep] for k in keys},
+        "pool_scores": None if scores is None else [scores[i] for i in keep],
+    }
 
 
 def max_margin(row: Row) -> Row:
@@ -170,6 +175,9 @@ class GarbageAdder:
             "pool_ids": [*row["pool_ids"], completion_id(self.TEXT)],
             "ref_pool_logps": [*row["ref_pool_logps"], float(logp.double()[0])],
             "pool_num_tokens": [*row["pool_num_tokens"], int(count[0])],
+            # the garbage answer has no score: the row's answers are no longer all scored
+            "preferred_score": None,
+            "pool_scores": None,
         }
 
 

@@ -21,7 +21,8 @@ from prefpool.pipeline.build import build
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.layout import REPORT, read_meta
 from prefpool.pipeline.io.read import read_table
-from prefpool.pipeline.io.schemas import MCPO, PAIRWISE
+from prefpool.pipeline.kinds.mcpo import SCHEMA as MCPO
+from prefpool.pipeline.kinds.pairwise import SCHEMA as PAIRWISE
 
 RANKED = example("ranked", [("best one", 0.9, 1), ("mid", 0.5, 2), ("worst answer", 0.1, 3)])
 PAIRED = example("paired", [("x", None, None), ("y longer", None, None)], pairs=[(1, 0)])

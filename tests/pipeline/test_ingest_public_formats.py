@@ -22,8 +22,8 @@ from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineInputError
 from prefpool.pipeline.io.ids import normalize_messages, prompt_id
 from prefpool.pipeline.io.layout import REPORT, read_meta
-from prefpool.pipeline.io.schemas import PAIRWISE
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
+from prefpool.pipeline.kinds.pairwise import SCHEMA as PAIRWISE
 
 PUBLIC = Path(__file__).parent / "fixtures" / "public"
 

@@ -28,7 +28,7 @@ from prefpool.pipeline.build import build
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.card import features_yaml, read_card
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError
-from prefpool.pipeline.io.schemas import SCHEMAS
+from prefpool.pipeline.io.schemas import get_schema
 from prefpool.pipeline.push import push
 
 TOKEN = "secret-test-token"
@@ -84,9 +84,9 @@ def test_dry_run_folder_loads_and_card_matches_schema(tmp_path, table, kind):
     assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
     assert meta["task_categories"] == ["text-generation"] and meta["size_categories"] == ["n<1K"]
     features = meta["dataset_info"]["features"]
-    assert [f["name"] for f in features] == SCHEMAS[kind].names
+    assert [f["name"] for f in features] == get_schema(kind).names
     # our converter agrees with the datasets library's own, and parses back to the file's features
-    assert features == features_yaml(SCHEMAS[kind]) == Features.from_arrow_schema(SCHEMAS[kind])._to_yaml_list()
+    assert features == features_yaml(get_schema(kind)) == Features.from_arrow_schema(get_schema(kind))._to_yaml_list()
     assert Features._from_yaml_list(features) == loaded.features
     assert meta["prefpool"]["table_kind"] == kind and meta["prefpool"]["splits"]["train"]["rows"] == loaded.num_rows
 

@@ -89,5 +89,5 @@ def test_eval_win_rate_by_a_reward_model(models, tmp_path):
         v for (_, messages), row in zip(prompts, texts, strict=True) for v in scorer.score([(messages, t) for t in row])
     ]
     assert s["mean_reward"] == pytest.approx(sum(direct) / len(direct), abs=1e-5)
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="not several"):
         evaluate(policy, data, reward_model=rm, reward_fn="test_score:count_good")

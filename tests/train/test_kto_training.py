@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefpool.cli import app
 from prefpool.losses import kto_pair_loss
-from prefpool.pipeline.build import build
+from prefpool.pipeline.build import BuildConfig, _no_rows_message, build
 from prefpool.pipeline.io.ids import ShardSpec, completion_id
 from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.kinds import KINDS
@@ -147,6 +147,23 @@ def test_build_without_the_mismatched_logprobs_names_the_command(world, kto, tmp
     assert result.exit_code == 2, result.output
     assert "no reference log-prob for the mismatched completion" in result.output
     assert "prefpool logprobs --kl-pairs" in result.output and "Traceback" not in result.output
+
+
+def test_missing_drop_counts_the_mismatched_pairs_without_a_logprob_and_says_what_to_run(world, kto, tmp_path):
+    """--missing drop over a logprobs folder made without --kl-pairs: a row survives only where its
+    mismatched text is one of its own prompt's scored answers; the others are counted, and build's
+    no-row message gives the kind's hint for that counter (``TableKind.no_row_hints``)."""
+    lp = world["root"] / "data" / "lp-examples"
+    summary = build("kto", examples=kto["examples"], logprobs=lp, out=tmp_path / "o", missing="drop")
+    scored = {(r["prompt_id"], r["completion_id"]) for r in read_table(lp).to_pylist()}
+    kept = {pid for pid, cid, _, _ in mismatched_pairs(read_table(kto["examples"])) if (pid, cid) in scored}
+    whole = read_table(kto["table"]).column("prompt_id").to_pylist()  # every pair, with --kl-pairs
+    assert read_table(summary.out).column("prompt_id").to_pylist() == [pid for pid in whole if pid in kept]
+    dropped = summary.report["dropped_missing_logp_mismatched"]
+    assert dropped == len([pid for pid in whole if pid not in kept]) > 0
+    message = _no_rows_message(BuildConfig("kto", missing="drop"), {"dropped_missing_logp_mismatched": dropped}, 24)
+    assert f"dropped_missing_logp_mismatched: {dropped} (no reference log-prob of the mismatched pairs" in message
+    assert "prefpool logprobs --kl-pairs" in message
 
 
 def test_a_kto_table_without_its_mismatched_column_names_file_column_and_command(world, kto, tmp_path):

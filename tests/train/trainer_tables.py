@@ -22,6 +22,7 @@ from prefpool.pipeline.io.read import read_table
 from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.stage_run import StageRun, plan_units
 from prefpool.pipeline.logprobs import logprobs
+from prefpool.pipeline.score import score
 from prefpool.train.metrics import read_metrics
 
 WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music")
@@ -66,18 +67,27 @@ def write_candidates(root: Path, examples: Path) -> Path:
     return out
 
 
+def word_reward(prompt: list[dict], text: str) -> float:
+    """The task's reward, for `prefpool score`: 3 for the word, 2 in capitals, 1 reversed, 0 else."""
+    word = prompt[0]["content"].split()[-1].rstrip(".")
+    return {word: 3.0, word.upper(): 2.0, word[::-1]: 1.0}.get(text, 0.0)
+
+
 def make_tables(root: Path, model: Path) -> dict[str, Path]:
-    """``{"pairwise", "mcpo", "mpo"}`` build outputs whose reference log-probs come from ``model``."""
+    """``{"pairwise", "mcpo", "mpo", "mcpo_scored"}`` build outputs whose reference log-probs come from
+    ``model``; ``mcpo_scored`` is ranked by `prefpool score`'s ``word_reward`` and carries the scores."""
     root.mkdir(parents=True, exist_ok=True)
     examples = write_examples(root)
     candidates = write_candidates(root, examples)
     lp = [root / "lp-examples", root / "lp-candidates"]
     logprobs(examples, model=model, out=lp[0], max_length=MAX_LENGTH, show_progress=False)
     logprobs(candidates, model=model, out=lp[1], max_length=MAX_LENGTH, show_progress=False)
+    scores = score(examples, out=root / "scores", reward_fn=f"{__file__}:word_reward").out
     return {
         "pairwise": build("pairwise", examples=examples, logprobs=lp[0], out=root / "pairwise").out,
         "mcpo": build("mcpo", examples=examples, logprobs=lp[0], out=root / "mcpo").out,
         "mpo": build("mpo", examples=examples, logprobs=lp, candidates=candidates, out=root / "mpo").out,
+        "mcpo_scored": build("mcpo", examples=examples, logprobs=lp[0], scores=scores, out=root / "mcpo-scored").out,
     }
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 import torch
 
 from prefpool.losses import kto_pair_loss
-from prefpool.pipeline.kinds import kto as table
+from prefpool.pipeline.kinds import get_kind
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps
 
 from . import pairwise
 from .pairwise import PairBatch
 from .spec import Example, KindLoss, StepOptions, TrainKind
+
+TABLE = get_kind("kto")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def collate(examples: Sequence[Example]) -> KTOBatch:
     if any(e.mismatched is None for e in examples):
         raise ValueError("a kto batch needs each row's mismatched pair (Example.mismatched)")
     return KTOBatch(
-        **vars(pairwise.collate(examples, kind="kto")),
+        **vars(pairwise.collate(examples, kind=TABLE.name)),
         mismatched=[e.mismatched for e in examples],
         ref_mismatched_logps=torch.tensor([e.ref_mismatched_logp for e in examples], dtype=torch.float64),
     )
@@ -74,4 +76,4 @@ def scored(batch: KTOBatch) -> list[TokenPair]:
     return [*batch.chosen, *batch.rejected, *batch.mismatched]
 
 
-KIND = TrainKind(table=table.KIND, collate=collate, loss=loss, cached=cached, scored=scored, ranking=pairwise.ranking)
+KIND = TrainKind(table=TABLE, collate=collate, loss=loss, cached=cached, scored=scored, ranking=pairwise.ranking)

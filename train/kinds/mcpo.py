@@ -25,6 +25,12 @@ lengths, not ``K`` times prompt + answer.
 
 The averaging kernels (``listwise``, ``rao_blackwell``) need gradient through
 every candidate, so they run as one pass.
+
+The other method on this table, InfoNCA (``infonca_step_loss``), is one pass
+too: the soft targets weigh every answer, so each takes gradient. It reads the
+answers' scores (``preferred_score``, ``pool_scores``), which ``collate`` puts
+in the batch when every row has them. ``STEPS`` maps each method of the
+``mcpo`` kind (``prefpool.losses``: ``kind="mcpo"``) to its step.
 """
 
 from __future__ import annotations
@@ -41,15 +47,18 @@ from prefpool.losses import (
     CHOSEN_SUPPORT_KERNELS,
     RAO_BLACKWELL_MAX_DRAWS,
     LossOutput,
+    infonca_loss,
     mcpo_loss,
     mcpo_select,
     picked_slots,
 )
-from prefpool.pipeline.kinds import mcpo as table
+from prefpool.pipeline.kinds import get_kind
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps, eval_mode, score_pairs
 
 from ..eval_ranking import pool_metrics
 from .spec import Example, KindLoss, StepOptions, TrainKind
+
+TABLE = get_kind("mcpo")
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class PoolBatch:
         ref_chosen_logps: ``(B,)`` cached reference log-probs of ``chosen``.
         ref_pool_logps: ``(B, K)`` cached reference log-probs, padded to ``K``.
         pool_mask: ``(B, K)`` bool, True where ``pools[b]`` has an answer.
+        chosen_scores: ``(B,)`` float64 scores of ``chosen``; None unless every row has scores.
+        pool_scores: ``(B, K)`` float64 scores of the pool (0 on padding); None as ``chosen_scores``.
     """
 
     chosen: Sequence[TokenPair]
@@ -69,23 +80,34 @@ class PoolBatch:
     ref_chosen_logps: torch.Tensor
     ref_pool_logps: torch.Tensor
     pool_mask: torch.Tensor
-    kind: ClassVar[str] = "mcpo"
+    chosen_scores: torch.Tensor | None = None
+    pool_scores: torch.Tensor | None = None
+    kind: ClassVar[str] = TABLE.name
 
 
 def collate(examples: Sequence[Example]) -> PoolBatch:
     width = max(len(e.answers) - 1 for e in examples)
     ref_pool = torch.zeros(len(examples), width, dtype=torch.float64)
     mask = torch.zeros(len(examples), width, dtype=torch.bool)
+    scores = [e.scores for e in examples]
+    chosen_scores = pool_scores = None
+    if all(s is not None for s in scores):
+        chosen_scores = torch.tensor([s[0] for s in scores], dtype=torch.float64)  # type: ignore[index]
+        pool_scores = torch.zeros(len(examples), width, dtype=torch.float64)
     for b, e in enumerate(examples):
         m = len(e.answers) - 1
         ref_pool[b, :m] = torch.tensor(e.ref_logps[1:], dtype=torch.float64)
         mask[b, :m] = True
+        if pool_scores is not None:
+            pool_scores[b, :m] = torch.tensor(scores[b][1:], dtype=torch.float64)  # type: ignore[index]
     return PoolBatch(
         chosen=[e.answers[0] for e in examples],
         pools=[list(e.answers[1:]) for e in examples],
         ref_chosen_logps=torch.tensor([e.ref_logps[0] for e in examples], dtype=torch.float64),
         ref_pool_logps=ref_pool,
         pool_mask=mask,
+        chosen_scores=chosen_scores,
+        pool_scores=pool_scores,
     )
 
 
@@ -234,7 +256,8 @@ def check_pool_sizes(mask: torch.Tensor, kernel: str, num_negatives: int) -> Non
         )
 
 
-def loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
+def mcpo_batch_loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
+    """MC-PO's step (``mcpo_step_loss``) with the config's kernel and negatives."""
     check_pool_sizes(batch.pool_mask, cfg.kernel, cfg.num_negatives)
     out = mcpo_step_loss(
         model,
@@ -252,6 +275,37 @@ def loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
     return out, None, None  # the preferred answers' log-probs stay inside the step
 
 
+def infonca_step_loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
+    """InfoNCA (``prefpool.losses.infonca_loss``) over each row's answers, the preferred one first: one
+    forward with gradient through every answer, targets ``softmax(score / alpha)`` from the batch's scores."""
+    if batch.chosen_scores is None or batch.pool_scores is None:
+        # prefpool train refuses such a table before training (Method.columns); a direct caller lands here
+        raise ConfigError(f"loss: {cfg.loss!r} needs the answers' scores (preferred_score, pool_scores) in the batch")
+    size = len(batch.chosen)
+    device = next(model.parameters()).device
+    mask = batch.pool_mask.to(device)
+    rows, slots = mask.nonzero(as_tuple=True)
+    pairs = [*batch.chosen, *(batch.pools[b][i] for b, i in zip(rows.tolist(), slots.tolist(), strict=True))]
+    logps, counts = completion_logps(model, pairs, options.pad_token_id, packing=options.packing, method=options.method)
+    pool = torch.zeros(mask.shape, dtype=logps.dtype, device=device).index_put((rows, slots), logps[size:])
+    answers_mask = torch.cat([torch.ones(size, 1, dtype=torch.bool, device=device), mask], dim=1)  # (B, 1 + K)
+    policy = torch.cat([logps[:size, None], pool], dim=1)  # (B, 1 + K)
+    ref = torch.cat([batch.ref_chosen_logps[:, None], batch.ref_pool_logps], dim=1).to(device)
+    scores = torch.cat([batch.chosen_scores[:, None], batch.pool_scores], dim=1).to(device)
+    settings = cfg.settings
+    out = infonca_loss(policy, ref, scores, candidate_mask=answers_mask, beta=settings.beta, alpha=settings.alpha)
+    return out, logps[:size], counts[:size]
+
+
+# The step of each method that trains on an mcpo table, by the method's name (``prefpool.losses``).
+STEPS = {"mcpo": mcpo_batch_loss, "infonca": infonca_step_loss}
+assert set(STEPS) == set(TABLE.losses), "every method of the mcpo kind has its step here"
+
+
+def loss(model, batch: PoolBatch, cfg, options: StepOptions) -> KindLoss:
+    return STEPS[cfg.loss](model, batch, cfg, options)
+
+
 def cached(batch: PoolBatch) -> tuple[list[TokenPair], torch.Tensor]:
     pairs = [*batch.chosen, *(p for pool in batch.pools for p in pool)]
     return pairs, torch.cat([batch.ref_chosen_logps, batch.ref_pool_logps[batch.pool_mask]])
@@ -265,4 +319,4 @@ def ranking(ratios: Sequence[torch.Tensor], *, beta: float, tie_atol: float) -> 
     return pool_metrics(torch.stack([r[0] for r in ratios]), [r[1:] for r in ratios], beta=beta, tie_atol=tie_atol)
 
 
-KIND = TrainKind(table=table.KIND, collate=collate, loss=loss, cached=cached, scored=scored, ranking=ranking)
+KIND = TrainKind(table=TABLE, collate=collate, loss=loss, cached=cached, scored=scored, ranking=ranking)

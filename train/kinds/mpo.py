@@ -7,15 +7,17 @@ from collections.abc import Sequence
 import torch
 
 from prefpool.losses import mpo_loss
-from prefpool.pipeline.kinds import mpo as table
+from prefpool.pipeline.kinds import get_kind
 
 from . import pairwise
 from .pairwise import PairBatch
 from .spec import Example, KindLoss, StepOptions, TrainKind
 
+TABLE = get_kind("mpo")
+
 
 def collate(examples: Sequence[Example]) -> PairBatch:
-    return pairwise.collate(examples, kind="mpo")
+    return pairwise.collate(examples, kind=TABLE.name)
 
 
 def _sample_logps(logps: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +59,7 @@ def loss(model, batch: PairBatch, cfg, options: StepOptions) -> KindLoss:
 
 
 KIND = TrainKind(
-    table=table.KIND,
+    table=TABLE,
     collate=collate,
     loss=loss,
     cached=pairwise.cached,

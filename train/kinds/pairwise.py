@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from prefpool.losses import PairLogps, get_method
-from prefpool.pipeline.kinds import pairwise as table
+from prefpool.pipeline.kinds import get_kind
 from prefpool.pipeline.model.scoring import TokenPair, completion_logps
 
 from ..eval_ranking import pairwise_metrics
 from .spec import Example, KindLoss, StepOptions, TrainKind
+
+TABLE = get_kind("pairwise")
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,10 @@ class PairBatch:
     ref_rejected_logps: torch.Tensor
     label: torch.Tensor  # (B,)
     samples: Sequence[Sequence[TokenPair]]  # B lists (empty unless mpo with tau > 0)
-    kind: str = "pairwise"
+    kind: str = TABLE.name
 
 
-def collate(examples: Sequence[Example], kind: str = "pairwise") -> PairBatch:
+def collate(examples: Sequence[Example], kind: str = TABLE.name) -> PairBatch:
     return PairBatch(
         chosen=[e.answers[0] for e in examples],
         rejected=[e.answers[1] for e in examples],
@@ -87,4 +89,4 @@ def ranking(ratios: Sequence[torch.Tensor], *, beta: float, tie_atol: float) -> 
     )
 
 
-KIND = TrainKind(table=table.KIND, collate=collate, loss=loss, cached=cached, scored=scored, ranking=ranking)
+KIND = TrainKind(table=TABLE, collate=collate, loss=loss, cached=cached, scored=scored, ranking=ranking)

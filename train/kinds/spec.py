@@ -28,6 +28,7 @@ class Example:
     ref_logps: tuple[float, ...]  # the cached reference log-prob of each answer
     label: float = 1.0  # mpo: preference label
     samples: tuple[TokenPair, ...] = ()  # mpo: reference samples (tokenized only when tau > 0)
+    scores: tuple[float, ...] | None = None  # each answer's score, when the table carries them (``TableRow``)
     mismatched: TokenPair | None = None  # kto: the row's prompt with another prompt's answer
     ref_mismatched_logp: float = 0.0  # kto: its cached reference log-prob
 
