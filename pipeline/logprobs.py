@@ -205,31 +205,22 @@ def logprobs(
     locations = prompt_locations(input_dir)
     check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
-    config = {
-        "engine": backend.name,
-        "cache_key": key,
-        "cache": components,
-        "per_token": per_token,
-        "long_prompts": long_prompts,
-    }
-    provenance = {
-        **source.describe(),
-        "engine": backend.name,
-        "device": device,
-        "cache_key": key,
-        **components,
-        "engine_args": options,
-    }
     run = StageRun(
         out,
         stage=STAGE,
         schema="logprobs",
-        config=config,
+        config={
+            "engine": backend.name,
+            "cache_key": key,
+            "cache": components,
+            "per_token": per_token,
+            "long_prompts": long_prompts,
+        },
         inputs=inputs,
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite or replace,
-        model=provenance,
+        model=_provenance(source, backend, device, options, key, components),
         sources=[input_dir],  # cache may be the output folder itself: its rows are read before the swap
     )
     if run.complete:
@@ -249,14 +240,32 @@ def logprobs(
     todo = run.pending(units)
     cached = _load_cache(out, cache, key, per_token) if todo else {}
     counts = _score_pending(run, todo, cached, task, pool, show_progress)
+    return _finish(run, units, len(pairs), counts, start, max_length=max_length, context=model_context(source))
 
+
+def _provenance(source: ModelSource, engine: Engine, device: str, options: dict, key: str, components: dict) -> dict:
+    """The manifest's ``model`` record: the model, the engine and where it ran, the cache key and its parts."""
+    return {
+        **source.describe(),
+        "engine": engine.name,
+        "device": device,
+        "cache_key": key,
+        **components,
+        "engine_args": options,
+    }
+
+
+def _finish(
+    run: StageRun, units: list[Unit], pairs: int, counts: dict, start: float, *, max_length: int, context: int | None
+) -> LogprobsSummary:
+    """Count the output's rows, write report.json and the manifest, warn when many were cut: the summary."""
     totals = _totals(run, units)
-    summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
+    summary = {"pairs": pairs, **totals, "dropped_long_prompt": pairs - totals["rows"]}
     run.finish(sidecars={"report.json": summary}, summary=summary)
-    _warn_cut(summary, max_length, model_context(source))
+    _warn_cut(summary, max_length, context)
     return LogprobsSummary(
         out=run.out,
-        pairs=len(pairs),
+        pairs=pairs,
         rows=totals["rows"],
         dropped_long_prompt=summary["dropped_long_prompt"],
         truncated=totals["truncated"],
@@ -357,7 +366,7 @@ def _warn_cut(summary: dict, max_length: int, context: int | None) -> None:
         f"max_length={max_length} cut {cut} and dropped {dropped} (prompt alone too long) of {pairs} completions; "
         f"pass --max-length {larger} to keep more whole (train and eval read it from this cache)",
         TruncationWarning,
-        stacklevel=3,
+        stacklevel=4,  # _warn_cut <- _finish <- logprobs <- its writes_folder wrapper
     )
 
 

@@ -9,17 +9,18 @@ executed (``tensor_parallel_size``, ``gpu_memory_utilization``,
 ``max_num_seqs``, ...), like ``batch_size`` and ``device`` for the hf engine, so
 changing them must not invalidate a finished or half-finished output. The
 options that would change the values written are therefore refused here
-(``RESERVED``): the stage sets them from its own arguments, which are in the
-identity: the model folder, ``dtype`` (``logprobs --dtype``; ``generate`` uses
-the weights' dtype, recorded in its identity), the per-request seeds. The
+(``RESERVED``; for ``logprobs`` also prefix caching, ``SCORER_RESERVED``): the
+stage sets them from its own arguments, which are in the identity: the model
+folder, ``dtype`` (``logprobs --dtype``; ``generate`` uses the weights' dtype,
+recorded in its identity), the per-request seeds. The
 options actually used are recorded in the manifest's provenance
 (``model.engine_args``). ``max_model_len`` is allowed: it only lowers the
 context the stage checks against (see ``context_limit``).
 
-The hf engine takes no engine options: its settings are the stages' own
-arguments (``batch_size``/``device`` for generate, ``batch_tokens`` for
-logprobs), so ``engine_args`` with ``engine="hf"`` is an error rather than
-being silently ignored.
+The vllm engine's options are ``vllm_options``. An engine that takes none (the
+hf engine: its settings are the stages' own arguments, ``batch_size``/``device``
+for generate, ``batch_tokens`` for logprobs) answers ``engine_args`` with an
+error (``refuse_options``) rather than ignoring them.
 """
 
 from __future__ import annotations
