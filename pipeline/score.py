@@ -226,7 +226,12 @@ def score(
     report = {**summary, **extra, "scorer": scorer.identity}
     manifest = run.finish(sidecars={"report.json": report}, summary={"rows": rows})
     return ScoreSummary(
-        run.out, manifest.total_rows, computed, run.units_written, run.units_skipped, time.perf_counter() - start
+        out=run.out,
+        rows=manifest.total_rows,
+        computed=computed,
+        units_written=run.units_written,
+        units_skipped=run.units_skipped,
+        seconds=time.perf_counter() - start,
     )
 
 
