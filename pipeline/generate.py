@@ -219,7 +219,15 @@ def generate(
     rows, dropped = _render(owned, info, params.max_new_tokens, context)
     units = plan_units(rows, key_of=lambda r: r.prompt_id, rows_per_unit=rows_per_unit)
     task = GenerateTask(
-        info, backend, batch_size, device, options, params, n, seed, backend.generator_needs(device, options)
+        info=info,
+        engine=backend,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        params=params,
+        n=n,
+        seed=seed,
+        needs=backend.generator_needs(device, options),
     )
     tokens = _generate_pending(run, units, task, pool, show_progress)
     report = _report(owned, rows, dropped, n, _finish_counts(run, units))
