@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 from prefpool.pipeline.engines.judge import JudgeScorer, Mode
 from prefpool.pipeline.engines.preference import PreferenceScorer
 from prefpool.pipeline.engines.preference import Rule as PreferenceRule
+from prefpool.pipeline.engines.registry import EngineName, document_engines
 from prefpool.pipeline.engines.reward_model import RewardModelScorer, load_reward_model
 from prefpool.pipeline.engines.scorers import FunctionScorer, checked_score
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
@@ -81,6 +81,7 @@ class ScoreSummary:
 
 
 @writes_folder(lambda a: a["out"], command="score")
+@document_engines
 def score(
     input_dir: str | Path,
     *,
@@ -95,7 +96,7 @@ def score(
     judge: str | Path | None = None,
     judge_mode: Mode = "pointwise",
     judge_template: str | Path | None = None,
-    judge_engine: Literal["hf", "vllm"] = "hf",
+    judge_engine: EngineName = "hf",
     judge_max_new_tokens: int = 32,
     preference_model: str | Path | None = None,
     preference_rule: PreferenceRule = "bradley-terry",
@@ -131,7 +132,7 @@ def score(
         judge_mode: pointwise (a 1-10 rating per answer) | pairwise (each answer against its row's first answer,
             in both orders: score 1, 0.5 or 0).
         judge_template: A text file replacing the mode's built-in prompt (same fields and reply format).
-        judge_engine: The judge's generation engine: hf | vllm (when installed).
+        judge_engine: The judge's generation engine: {engines}.
         judge_max_new_tokens: The judge's reply length limit, in tokens.
         preference_model: A pairwise preference model (a causal LM read as P(A better than B) at its next token),
             each pair in both orders.
@@ -215,7 +216,7 @@ def score(
             computed += table.num_rows
             bar.unit_done()
 
-        pool.map(ScoreTask(scorer, locations, column, _needs(judge, judge_engine, device)), todo, write, advance=bar)
+        pool.map(ScoreTask(scorer, locations, column, _needs(scorer)), todo, write, advance=bar)
     rows = len(pairs)
     extra = {}
     if isinstance(scorer, JudgeScorer) and not run.complete:
@@ -225,7 +226,12 @@ def score(
     report = {**summary, **extra, "scorer": scorer.identity}
     manifest = run.finish(sidecars={"report.json": report}, summary={"rows": rows})
     return ScoreSummary(
-        run.out, manifest.total_rows, computed, run.units_written, run.units_skipped, time.perf_counter() - start
+        out=run.out,
+        rows=manifest.total_rows,
+        computed=computed,
+        units_written=run.units_written,
+        units_skipped=run.units_skipped,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -294,12 +300,10 @@ def _preference(model, table: pa.Table, column: str, **options) -> PreferenceSco
     )
 
 
-def _needs(judge, engine: str, device: str) -> WorkerNeeds:
+def _needs(scorer) -> WorkerNeeds:
     """A judge's worker asks for the GPU its engine runs on; reward models and functions run on the CPU."""
-    if judge is not None and engine == "vllm":
-        return WorkerNeeds(gpus=1, gpu_optional=True, why="judge on the vllm engine")
-    if judge is not None and device.startswith("cuda"):
-        return WorkerNeeds(gpus=1, why=f"judge on device={device}")
+    if isinstance(scorer, JudgeScorer):
+        return scorer.engine.generator_needs(scorer.device, scorer.options, who="judge")
     return WorkerNeeds()
 
 
