@@ -93,6 +93,7 @@ def score(
     reward_weights: list[float] | None = None,
     max_batch_tokens: int | None = None,
     trust_remote_code: bool = False,
+    reward_output: str = "logits",
     judge: str | Path | None = None,
     judge_mode: Mode = "pointwise",
     judge_template: str | Path | None = None,
@@ -127,6 +128,9 @@ def score(
         max_batch_tokens: Reward model: at most this many padded tokens per forward pass (sequences are batched by
             length); does not change values.
         trust_remote_code: Reward model: run the model code shipped with its weights (needed by some, e.g. ArmoRM).
+        reward_output: Reward model: the field of its output that holds the values: logits (a transformers
+            classifier), or a field of a model's own output class (ArmoRM: score, its preference score; or rewards,
+            its objectives, with reward_head / reward_weights).
         judge: An LLM judge (a causal LM: folder, .gguf or Hub id) run through the generation engine, greedy, in
             its own chat template; an output that does not parse is not scored (counted in report.json).
         judge_mode: pointwise (a 1-10 rating per answer) | pairwise (each answer against its row's first answer,
@@ -157,8 +161,12 @@ def score(
         )
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise PipelineConfigError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
-    if reward_model is None and (reward_head is not None or reward_weights or trust_remote_code):
-        raise PipelineConfigError("reward_head, reward_weights and trust_remote_code apply to a reward_model only")
+    if reward_model is None and (
+        reward_head is not None or reward_weights or trust_remote_code or reward_output != "logits"
+    ):
+        raise PipelineConfigError(
+            "reward_head, reward_weights, trust_remote_code and reward_output apply to a reward_model only"
+        )
     spec = ShardSpec.parse(shard)
     device = resolve_device(device)
     pool = make_executor(executor, workers=workers, address=ray_address)
@@ -189,6 +197,7 @@ def score(
             head_weights=reward_weights or None,
             max_batch_tokens=max_batch_tokens,
             trust_remote_code=trust_remote_code,
+            output=reward_output,
         )
     pairs = distinct_completions(table, in_schema, spec)
     locations = prompt_locations(input_dir)
