@@ -50,12 +50,13 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 
-from prefpool.pipeline.engines.engine_args import context_limit, engine_gpus, resolve_engine_args, vllm_gpus_why
-from prefpool.pipeline.engines.generation import Engine, Request, check_engine, load_engine
+from prefpool.pipeline.engines.engine import Engine
+from prefpool.pipeline.engines.engine_args import context_limit
+from prefpool.pipeline.engines.generation import Generator, Request
+from prefpool.pipeline.engines.registry import EngineName, document_engines, engine_named
 from prefpool.pipeline.engines.sampling import SamplingParams, sample_seed
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.errors import PipelineConfigError, PipelineInputError
@@ -66,7 +67,6 @@ from prefpool.pipeline.io.schemas import CANDIDATES
 from prefpool.pipeline.io.shards import read_shard
 from prefpool.pipeline.io.stage_run import StageRun, Unit, plan_units
 from prefpool.pipeline.io.writer_lock import writes_folder
-from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.info import (
     APPLIED_KEYS,
     NOT_SAMPLING_KEYS,
@@ -115,13 +115,14 @@ class GenerateSummary:
 
 
 @writes_folder(lambda a: a["out"], command="generate")
+@document_engines
 def generate(
     input_dir: str | Path,
     *,
     model: str | Path,
     out: str | Path,
     n: int,
-    engine: Literal["hf", "vllm"] = "hf",
+    engine: EngineName = "hf",
     temperature: float | None = None,
     top_p: float | None = None,
     max_new_tokens: int | None = None,
@@ -149,7 +150,7 @@ def generate(
             a chat template.
         out: Output folder (candidates shards; manifest.json and report.json in its .prefpool/).
         n: Samples per prompt.
-        engine: Generation engine: hf | vllm.
+        engine: Generation engine: {engines}.
         temperature: 0 = greedy. Default: generation_config, else 1.0.
         top_p: Nucleus mass in (0, 1]. Default: generation_config, else 1.0.
         max_new_tokens: Default: generation_config, else 256.
@@ -170,30 +171,20 @@ def generate(
         ray_address: ray: the cluster to use. Default: $RAY_ADDRESS, else start a local Ray on this machine.
     """
     start = time.perf_counter()
-    if n < 1:
-        raise PipelineConfigError(f"n must be >= 1, got {n}")
-    if batch_size < 1:
-        raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_counts(n, batch_size)
     spec = ShardSpec.parse(shard)
-    check_engine(engine)
-    options = resolve_engine_args(engine, engine_args)
-    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
+    backend = engine_named(engine)
+    options = backend.generator_options(engine_args)
+    device = backend.device(device)
     pool = make_executor(executor, workers=workers, address=ray_address)
     announce("generate", f"loading {model} ({engine} engine); progress follows", enabled=show_progress)
     info = load_model_info(model)
     params, sampling = resolve_params(info, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     context = context_limit(info.max_position_embeddings, options)
-    if context is not None and params.max_new_tokens >= context:
-        raise PipelineConfigError(
-            f"max_new_tokens={params.max_new_tokens} (from the {sampling['source']['max_new_tokens']}) leaves no "
-            f"room for a prompt in the model's context of {context} tokens "
-            f"(config.max_position_embeddings={info.max_position_embeddings}"
-            + (f", max_model_len={options['max_model_len']}" if "max_model_len" in options else "")
-            + f"): prompt + max_new_tokens must fit; pass max_new_tokens < {context}"
-        )
+    _check_room(params, sampling, info, options, context)
     prompts, inputs = read_prompts(input_dir)
     config = {
-        "engine": engine,
+        "engine": backend.name,
         "n": n,
         "seed": seed,
         "temperature": params.temperature,
@@ -203,6 +194,13 @@ def generate(
         "dtype": info.dtype,
         "model": info.fingerprint,
         "too_long_prompts": "drop",
+    }
+    provenance = {
+        **info.describe(),
+        "engine": backend.name,
+        "device": device,
+        "sampling": sampling,
+        "engine_args": options,
     }
     run = StageRun(
         out,
@@ -214,29 +212,80 @@ def generate(
         rows_per_unit=rows_per_unit,
         overwrite=overwrite,
         seed=seed,
-        model={**info.describe(), "engine": engine, "device": device, "sampling": sampling, "engine_args": options},
+        model=provenance,
         sources=[input_dir],
     )
-
     owned = sorted((p for p in prompts if spec.owns(p[0])), key=lambda p: p[0])
     rows, dropped = _render(owned, info, params.max_new_tokens, context)
     units = plan_units(rows, key_of=lambda r: r.prompt_id, rows_per_unit=rows_per_unit)
+    task = GenerateTask(
+        info=info,
+        engine=backend,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        params=params,
+        n=n,
+        seed=seed,
+        needs=backend.generator_needs(device, options),
+    )
+    tokens = _generate_pending(run, units, task, pool, show_progress)
+    report = _report(owned, rows, dropped, n, _finish_counts(run, units))
+    counts = {k: report[k] for k in ("rows_read", "rows_dropped", "samples", "finish_reasons")}
+    run.finish(sidecars={"report.json": report}, summary=counts)
+    return GenerateSummary(
+        out=run.out,
+        rows_written=len(rows),
+        rows_dropped=report["rows_dropped"],
+        samples=len(rows) * n,
+        tokens_generated=tokens,
+        units_written=run.units_written,
+        units_skipped=run.units_skipped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_counts(n: int, batch_size: int) -> None:
+    if n < 1:
+        raise PipelineConfigError(f"n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise PipelineConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _check_room(params: SamplingParams, sampling: dict, info: ModelInfo, options: dict, context: int | None) -> None:
+    """Refuse a ``max_new_tokens`` that leaves no room for any prompt in the model's context."""
+    if context is not None and params.max_new_tokens >= context:
+        raise PipelineConfigError(
+            f"max_new_tokens={params.max_new_tokens} (from the {sampling['source']['max_new_tokens']}) leaves no "
+            f"room for a prompt in the model's context of {context} tokens "
+            f"(config.max_position_embeddings={info.max_position_embeddings}"
+            + (f", max_model_len={options['max_model_len']}" if "max_model_len" in options else "")
+            + f"): prompt + max_new_tokens must fit; pass max_new_tokens < {context}"
+        )
+
+
+def _generate_pending(run: StageRun, units: list[Unit], task: GenerateTask, pool, show_progress: bool | None) -> int:
+    """Generate and write the units not yet done; the completion tokens drawn."""
     todo = run.pending(units)
     tokens = 0
-    if todo:
-        task = GenerateTask(info, engine, batch_size, device, options, params, n, seed, _needs(engine, device, options))
-        total = sum(len(u.items) for u in todo) * n
-        with progress("generate", total, enabled=show_progress, unit="samples", units=len(todo)) as bar:
+    if not todo:
+        return tokens
+    total = sum(len(u.items) for u in todo) * task.n
+    with progress("generate", total, enabled=show_progress, unit="samples", units=len(todo)) as bar:
 
-            def write(unit: Unit, result: tuple[pa.Table, int]) -> None:
-                nonlocal tokens
-                run.write(unit, result[0])
-                tokens += result[1]
-                bar.unit_done()
+        def write(unit: Unit, result: tuple[pa.Table, int]) -> None:
+            nonlocal tokens
+            run.write(unit, result[0])
+            tokens += result[1]
+            bar.unit_done()
 
-            pool.map(task, todo, write, advance=bar)
-    finish = _finish_counts(run, units)
-    report = {
+        pool.map(task, todo, write, advance=bar)
+    return tokens
+
+
+def _report(owned: list, rows: list[PromptRow], dropped: dict[str, list[str]], n: int, finish: dict[str, int]) -> dict:
+    """``report.json``: rows read, written and dropped (by reason, with a few ids), samples, finish reasons."""
+    return {
         "rows_read": len(owned),
         "rows_written": len(rows),
         "rows_dropped": sum(len(v) for v in dropped.values()),
@@ -249,18 +298,6 @@ def generate(
         "samples": len(rows) * n,
         "finish_reasons": finish,
     }
-    counts = {k: report[k] for k in ("rows_read", "rows_dropped", "samples", "finish_reasons")}
-    run.finish(sidecars={"report.json": report}, summary=counts)
-    return GenerateSummary(
-        run.out,
-        len(rows),
-        report["rows_dropped"],
-        len(rows) * n,
-        tokens,
-        run.units_written,
-        run.units_skipped,
-        time.perf_counter() - start,
-    )
 
 
 def resolve_params(
@@ -348,10 +385,10 @@ def _render(
 
 @dataclass(frozen=True)
 class GenerateTask:
-    """A unit of prompts -> its candidates table; ``load`` loads the engine (once per worker)."""
+    """A unit of prompts -> its candidates table; ``load`` starts the engine's generator (once per worker)."""
 
     info: ModelInfo
-    engine: str
+    engine: Engine
     batch_size: int
     device: str
     options: dict
@@ -361,25 +398,17 @@ class GenerateTask:
     needs: WorkerNeeds
 
     def load(self):
-        backend = load_engine(
-            self.engine, self.info, batch_size=self.batch_size, device=self.device, options=self.options
+        generator = self.engine.generator(
+            self.info, batch_size=self.batch_size, device=self.device, options=self.options
         )
-        return partial(generate_unit, engine=backend, info=self.info, params=self.params, n=self.n, seed=self.seed)
-
-
-def _needs(engine: str, device: str, options: dict) -> WorkerNeeds:
-    if engine == "vllm":
-        return WorkerNeeds(gpus=engine_gpus(options), gpu_optional=True, why=vllm_gpus_why(options))
-    if device.startswith("cuda"):
-        return WorkerNeeds(gpus=1, why=f"hf engine on device={device}")
-    return WorkerNeeds()
+        return partial(generate_unit, engine=generator, info=self.info, params=self.params, n=self.n, seed=self.seed)
 
 
 def generate_unit(
     unit: Unit[PromptRow],
     advance: Advance,
     *,
-    engine: Engine,
+    engine: Generator,
     info: ModelInfo,
     params: SamplingParams,
     n: int,

@@ -61,14 +61,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefpool.core.errors import InputError
-from prefpool.pipeline.engines.engine_args import (
-    RESERVED,
-    context_limit,
-    engine_gpus,
-    resolve_engine_args,
-    vllm_gpus_why,
-)
-from prefpool.pipeline.engines.logprob_engines import DTYPES, ENGINES
+from prefpool.pipeline.engines.engine import Engine
+from prefpool.pipeline.engines.engine_args import context_limit
+from prefpool.pipeline.engines.logprob_engines import DTYPES
+from prefpool.pipeline.engines.registry import EngineName, document_engines, engine_named
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
 from prefpool.pipeline.io.completions import distinct_completions, prompt_locations, read_completion_table
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
@@ -81,7 +77,6 @@ from prefpool.pipeline.io.stage_run import StageRun, Unit, existing_identity, pl
 from prefpool.pipeline.io.writer_lock import writes_folder
 from prefpool.pipeline.kinds.mismatched import with_mismatched_pairs
 from prefpool.pipeline.model.cache_key import cache_components, cache_key_of, weights_hash
-from prefpool.pipeline.model.device import parse_device, resolve_device
 from prefpool.pipeline.model.folder import check_model, load_tokenizer
 from prefpool.pipeline.model.source import ModelSource, resolve_model
 from prefpool.pipeline.model.tokenize import PromptTooLongError, encode_pair
@@ -95,10 +90,6 @@ WARN_CUT = 0.10  # warn when more than this share of the completions is truncate
 
 class TruncationWarning(UserWarning):
     """max_length cut or dropped many completions."""
-
-
-# prefix caching skips the shared prefix's prompt log-probs: the engine turns it off, always
-VLLM_RESERVED = {**RESERVED, "enable_prefix_caching": "the logprobs stage (off: it would skip prompt log-probs)"}
 
 
 @dataclass(frozen=True)
@@ -134,12 +125,13 @@ class LogprobsSummary:
 
 
 @writes_folder(lambda a: a["out"], command="logprobs")
+@document_engines
 def logprobs(
     input_dir: str | Path,
     *,
     model: str | Path,
     out: str | Path,
-    engine: Literal["hf", "vllm"] = "hf",
+    engine: EngineName = "hf",
     max_length: int | None = None,
     batch_tokens: int = 16384,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -168,7 +160,7 @@ def logprobs(
         model: Reference model: a local save_pretrained folder, a .gguf file or a Hub id (from the local HF cache when
             there).
         out: Output folder (logprobs shards; manifest.json and report.json in its .prefpool/).
-        engine: Scoring engine: hf | vllm.
+        engine: Scoring engine: {engines}.
         max_length: Max prompt + completion tokens; longer completions are cut at the tail. Default: 1024, or the
             model's context (max_position_embeddings) when smaller. train and eval use the cache's.
         batch_tokens: Token budget of one padded batch (rows x longest row); does not change the values.
@@ -193,11 +185,12 @@ def logprobs(
             (the pair `build --kind kto` joins in; the rule: pipeline/kinds/mismatched.py).
     """
     start = time.perf_counter()
-    _check_args(engine, max_length, batch_tokens, dtype, long_prompts)
+    backend = engine_named(engine)
+    _check_args(max_length, batch_tokens, dtype, long_prompts)
     announce("logprobs", f"hashing and loading {model} ({engine} engine); progress follows", enabled=show_progress)
     source = check_model(model, weights=False)  # weights_hash checks the weights
-    device = resolve_device(device) if engine == "hf" else parse_device(device)  # vLLM places itself
-    options = resolve_engine_args(engine, engine_args, reserved=VLLM_RESERVED)
+    device = backend.device(device)
+    options = backend.scorer_options(engine_args)
     pool = make_executor(executor, workers=workers, address=ray_address)
     spec = ShardSpec.parse(shard)
     in_schema, table, inputs = read_completion_table(input_dir, stage="logprobs")
@@ -206,16 +199,9 @@ def logprobs(
     max_length = resolve_max_length(source, max_length, options)
     tokenizer = load_tokenizer(source)  # refuses a tokenizer without chat template
     components = cache_components(
-        weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype, engine=engine
+        weights, tokenizer, max_length=max_length, truncation="completion", dtype=dtype, engine=backend.name
     )
     key = cache_key_of(components)
-    config = {
-        "engine": engine,
-        "cache_key": key,
-        "cache": components,
-        "per_token": per_token,
-        "long_prompts": long_prompts,
-    }
     out = Path(out)
     replace = _check_existing(out, components, overwrite)
 
@@ -226,47 +212,29 @@ def logprobs(
     locations = prompt_locations(input_dir)
     check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
     units = plan_units(pairs, key_of=lambda p: f"{p[0]}:{p[1]}", rows_per_unit=rows_per_unit)
-    provenance = {
-        **source.describe(),
-        "engine": engine,
-        "device": device,
-        "cache_key": key,
-        **components,
-        "engine_args": options,
-    }
     run = StageRun(
         out,
         stage=STAGE,
         schema="logprobs",
-        config=config,
+        config={
+            "engine": backend.name,
+            "cache_key": key,
+            "cache": components,
+            "per_token": per_token,
+            "long_prompts": long_prompts,
+        },
         inputs=inputs,
         shard=spec,
         rows_per_unit=rows_per_unit,
         overwrite=overwrite or replace,
-        model=provenance,
+        model=_provenance(source, backend, device, options, key, components),
         sources=[input_dir],  # cache may be the output folder itself: its rows are read before the swap
     )
     if run.complete:
-        summary = run.finish().summary
-        return LogprobsSummary(
-            run.out,
-            summary["pairs"],
-            summary["rows"],
-            summary["dropped_long_prompt"],
-            summary["truncated"],
-            summary["tokens"],
-            0,
-            0,
-            0,
-            len(units),
-            time.perf_counter() - start,
-            0.0,
-        )
+        return _already_complete(run, units, start)
 
-    todo = run.pending(units)
-    cached = _load_cache(out, cache, key, per_token) if todo else {}
     task = LogprobsTask(
-        _LazyEngine(engine, source, dtype, batch_tokens, tokenizer, options, device),
+        _LazyScorer(backend, source, dtype, batch_tokens, tokenizer, options, device),
         tokenizer,
         key=key,
         max_length=max_length,
@@ -274,14 +242,82 @@ def logprobs(
         long_prompts=long_prompts,
         locations=locations,
         model=str(model),
-        needs=_needs(engine, options),
+        needs=backend.scorer_needs(device, options),
     )
+    todo = run.pending(units)
+    cached = _load_cache(out, cache, key, per_token) if todo else {}
+    counts = _score_pending(run, todo, cached, task, pool, show_progress)
+    return _finish(run, units, len(pairs), counts, start, max_length=max_length, context=model_context(source))
+
+
+def _provenance(source: ModelSource, engine: Engine, device: str, options: dict, key: str, components: dict) -> dict:
+    """The manifest's ``model`` record: the model, the engine and where it ran, the cache key and its parts."""
+    return {
+        **source.describe(),
+        "engine": engine.name,
+        "device": device,
+        "cache_key": key,
+        **components,
+        "engine_args": options,
+    }
+
+
+def _finish(
+    run: StageRun, units: list[Unit], pairs: int, counts: dict, start: float, *, max_length: int, context: int | None
+) -> LogprobsSummary:
+    """Count the output's rows, write report.json and the manifest, warn when many were cut: the summary."""
+    totals = _totals(run, units)
+    summary = {"pairs": pairs, **totals, "dropped_long_prompt": pairs - totals["rows"]}
+    run.finish(sidecars={"report.json": summary}, summary=summary)
+    _warn_cut(summary, max_length, context)
+    return LogprobsSummary(
+        out=run.out,
+        pairs=pairs,
+        rows=totals["rows"],
+        dropped_long_prompt=summary["dropped_long_prompt"],
+        truncated=totals["truncated"],
+        tokens=totals["tokens"],
+        computed=counts["computed"],
+        cache_hits=counts["cache_hits"],
+        units_written=run.units_written,
+        units_skipped=run.units_skipped,
+        seconds=time.perf_counter() - start,
+        tokens_per_s=counts["tokens_scored"] / counts["seconds"] if counts["seconds"] > 0 else 0.0,
+    )
+
+
+def _already_complete(run: StageRun, units: list[Unit], start: float) -> LogprobsSummary:
+    """The summary of an output that holds every unit already: its recorded counts, nothing computed."""
+    summary = run.finish().summary
+    return LogprobsSummary(
+        out=run.out,
+        pairs=summary["pairs"],
+        rows=summary["rows"],
+        dropped_long_prompt=summary["dropped_long_prompt"],
+        truncated=summary["truncated"],
+        tokens=summary["tokens"],
+        computed=0,
+        cache_hits=0,
+        units_written=0,
+        units_skipped=len(units),
+        seconds=time.perf_counter() - start,
+        tokens_per_s=0.0,
+    )
+
+
+def _score_pending(
+    run: StageRun, todo: list[Unit], cached: dict, task: LogprobsTask, pool, show_progress: bool | None
+) -> dict:
+    """Write the units in ``todo``: rows found in ``cached`` copied, the others scored by ``task`` on ``pool``.
+
+    Returns the counts of this call: rows computed and copied, completion tokens scored and the seconds spent.
+    """
     counts = {"computed": 0, "cache_hits": 0, "tokens_scored": 0, "seconds": 0.0}
     with progress("logprobs", sum(len(u.items) for u in todo), enabled=show_progress, units=len(todo)) as bar:
         found: dict[int, dict[int, dict]] = {}  # unit seq -> the unit's cached rows, by index in the unit
         work = []  # the units with pairs to compute, holding only those pairs
         for unit in todo:
-            hits, rest = _split_cached(unit.items, cached, per_token)
+            hits, rest = _split_cached(unit.items, cached, task.per_token)
             counts["cache_hits"] += len(hits)
             found[unit.seq] = hits
             if rest:
@@ -297,26 +333,7 @@ def logprobs(
             _write_unit(run, unit, {**hits, **rows}, bar, len(hits))
 
         pool.map(task, work, write, advance=bar)
-
-    totals = _totals(run, units)
-    summary = {"pairs": len(pairs), **totals, "dropped_long_prompt": len(pairs) - totals["rows"]}
-    run.finish(sidecars={"report.json": summary}, summary=summary)
-    _warn_cut(summary, max_length, model_context(source))
-    rate = counts["tokens_scored"] / counts["seconds"] if counts["seconds"] > 0 else 0.0
-    return LogprobsSummary(
-        run.out,
-        len(pairs),
-        totals["rows"],
-        summary["dropped_long_prompt"],
-        totals["truncated"],
-        totals["tokens"],
-        counts["computed"],
-        counts["cache_hits"],
-        run.units_written,
-        run.units_skipped,
-        time.perf_counter() - start,
-        rate,
-    )
+    return counts
 
 
 def model_context(model: str | Path | ModelSource) -> int | None:
@@ -356,13 +373,11 @@ def _warn_cut(summary: dict, max_length: int, context: int | None) -> None:
         f"max_length={max_length} cut {cut} and dropped {dropped} (prompt alone too long) of {pairs} completions; "
         f"pass --max-length {larger} to keep more whole (train and eval read it from this cache)",
         TruncationWarning,
-        stacklevel=3,
+        stacklevel=4,  # _warn_cut <- _finish <- logprobs <- its writes_folder wrapper
     )
 
 
-def _check_args(engine, max_length, batch_tokens, dtype, long_prompts) -> None:
-    if engine not in ENGINES:
-        raise PipelineConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+def _check_args(max_length, batch_tokens, dtype, long_prompts) -> None:
     if dtype not in DTYPES:
         raise PipelineConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if long_prompts not in LONG_PROMPTS:
@@ -426,35 +441,29 @@ def _load_cache(out: Path, cache: str | Path | None, key: str, per_token: bool) 
     return rows
 
 
-class _LazyEngine:
-    """Loads the model when first needed: a run served entirely from the cache never loads it."""
+class _LazyScorer:
+    """Starts the engine's scorer when first needed: a run served entirely from the cache never loads the model."""
 
-    def __init__(self, engine, source, dtype, batch_tokens, tokenizer, options, device) -> None:
+    def __init__(self, engine: Engine, source, dtype, batch_tokens, tokenizer, options, device) -> None:
         self.args = (engine, source, dtype, batch_tokens, tokenizer, options, device)
-        self.engine = None
+        self.scorer = None
         self.seconds = 0.0  # spent scoring, model loading excluded: the tokens/s figure
 
     def load(self) -> None:
-        if self.engine is None:
-            name, source, dtype, batch_tokens, tokenizer, options, device = self.args
+        if self.scorer is None:
+            engine, source, dtype, batch_tokens, tokenizer, options, device = self.args
             # padded positions are masked out of attention and scoring: any id will do
             pad = tokenizer.pad_token_id or 0
-            # only the vllm engine takes options; only the hf engine a device
-            extra = {"options": options} if name == "vllm" else {"device": device}
-            self.engine = ENGINES[name](source, dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, **extra)
+            self.scorer = engine.scorer(
+                source, dtype=dtype, batch_tokens=batch_tokens, pad_token_id=pad, device=device, options=options
+            )
 
     def score(self, sequences, starts, *, per_token):
         self.load()
         start = time.perf_counter()
-        scores = self.engine.score(sequences, starts, per_token=per_token)
+        scores = self.scorer.score(sequences, starts, per_token=per_token)
         self.seconds += time.perf_counter() - start
         return scores
-
-
-def _needs(engine: str, options: dict) -> WorkerNeeds:
-    if engine == "vllm":
-        return WorkerNeeds(gpus=engine_gpus(options), gpu_optional=True, why=vllm_gpus_why(options))
-    return WorkerNeeds(gpus=1, gpu_optional=True, why="hf engine, on the GPU when the node has one")
 
 
 def _split_cached(items, cached, per_token) -> tuple[dict[int, dict], list[tuple]]:
@@ -480,7 +489,7 @@ def _write_unit(run: StageRun, unit: Unit, rows: dict[int, dict], bar, cached: i
 class LogprobsTask:
     """The pairs of a unit still to compute -> their rows; the model loads once per worker, on first use."""
 
-    scorer: _LazyEngine
+    scorer: _LazyScorer
     tokenizer: object
     key: str
     max_length: int

@@ -257,7 +257,15 @@ def write_hub_folder(
                 shutil.copy2(path, out / "data" / path.name)
     write_text(out / CARD, card)
     rows = sum(s.manifest.total_rows for s in sources)
-    return PushSummary(out, files, rows, False, repo_id, tuple(names), tuple(entries))
+    return PushSummary(
+        folder=out,
+        files=files,
+        rows=rows,
+        uploaded=False,
+        repo_id=repo_id,
+        splits=tuple(names),
+        pushed=tuple(entries),
+    )
 
 
 @writes_folder(lambda a: a["out"], command="push")
@@ -330,7 +338,14 @@ def push(
     if record is not None and record.get("push") == wanted and record.get("complete") and out.is_dir():
         s = record["summary"]
         done = PushSummary(
-            out, s["files"], s["rows"], False, repo_id, tuple(s["splits"]), tuple(s["pushed"]), up_to_date=True
+            folder=out,
+            files=s["files"],
+            rows=s["rows"],
+            uploaded=False,
+            repo_id=repo_id,
+            splits=tuple(s["splits"]),
+            pushed=tuple(s["pushed"]),
+            up_to_date=True,
         )
         if upload is None or record.get("uploaded") == upload:
             return replace(done, uploaded=upload is not None)

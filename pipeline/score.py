@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 from prefpool.pipeline.engines.judge import JudgeScorer, Mode
 from prefpool.pipeline.engines.preference import PreferenceScorer
 from prefpool.pipeline.engines.preference import Rule as PreferenceRule
+from prefpool.pipeline.engines.registry import EngineName, document_engines
 from prefpool.pipeline.engines.reward_model import RewardModelScorer, load_reward_model
 from prefpool.pipeline.engines.scorers import FunctionScorer, checked_score
 from prefpool.pipeline.executors.base import Advance, ExecutorName, WorkerNeeds, make_executor
@@ -81,6 +81,7 @@ class ScoreSummary:
 
 
 @writes_folder(lambda a: a["out"], command="score")
+@document_engines
 def score(
     input_dir: str | Path,
     *,
@@ -92,10 +93,11 @@ def score(
     reward_weights: list[float] | None = None,
     max_batch_tokens: int | None = None,
     trust_remote_code: bool = False,
+    reward_output: str = "logits",
     judge: str | Path | None = None,
     judge_mode: Mode = "pointwise",
     judge_template: str | Path | None = None,
-    judge_engine: Literal["hf", "vllm"] = "hf",
+    judge_engine: EngineName = "hf",
     judge_max_new_tokens: int = 32,
     preference_model: str | Path | None = None,
     preference_rule: PreferenceRule = "bradley-terry",
@@ -126,12 +128,15 @@ def score(
         max_batch_tokens: Reward model: at most this many padded tokens per forward pass (sequences are batched by
             length); does not change values.
         trust_remote_code: Reward model: run the model code shipped with its weights (needed by some, e.g. ArmoRM).
+        reward_output: Reward model: the field of its output that holds the values: logits (a transformers
+            classifier), or a field of a model's own output class (ArmoRM: score, its preference score; or rewards,
+            its objectives, with reward_head / reward_weights).
         judge: An LLM judge (a causal LM: folder, .gguf or Hub id) run through the generation engine, greedy, in
             its own chat template; an output that does not parse is not scored (counted in report.json).
         judge_mode: pointwise (a 1-10 rating per answer) | pairwise (each answer against its row's first answer,
             in both orders: score 1, 0.5 or 0).
         judge_template: A text file replacing the mode's built-in prompt (same fields and reply format).
-        judge_engine: The judge's generation engine: hf | vllm (when installed).
+        judge_engine: The judge's generation engine: {engines}.
         judge_max_new_tokens: The judge's reply length limit, in tokens.
         preference_model: A pairwise preference model (a causal LM read as P(A better than B) at its next token),
             each pair in both orders.
@@ -156,8 +161,12 @@ def score(
         )
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise PipelineConfigError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
-    if reward_model is None and (reward_head is not None or reward_weights or trust_remote_code):
-        raise PipelineConfigError("reward_head, reward_weights and trust_remote_code apply to a reward_model only")
+    if reward_model is None and (
+        reward_head is not None or reward_weights or trust_remote_code or reward_output != "logits"
+    ):
+        raise PipelineConfigError(
+            "reward_head, reward_weights, trust_remote_code and reward_output apply to a reward_model only"
+        )
     spec = ShardSpec.parse(shard)
     device = resolve_device(device)
     pool = make_executor(executor, workers=workers, address=ray_address)
@@ -188,6 +197,7 @@ def score(
             head_weights=reward_weights or None,
             max_batch_tokens=max_batch_tokens,
             trust_remote_code=trust_remote_code,
+            output=reward_output,
         )
     pairs = distinct_completions(table, in_schema, spec)
     locations = prompt_locations(input_dir)
@@ -215,7 +225,7 @@ def score(
             computed += table.num_rows
             bar.unit_done()
 
-        pool.map(ScoreTask(scorer, locations, column, _needs(judge, judge_engine, device)), todo, write, advance=bar)
+        pool.map(ScoreTask(scorer, locations, column, _needs(scorer)), todo, write, advance=bar)
     rows = len(pairs)
     extra = {}
     if isinstance(scorer, JudgeScorer) and not run.complete:
@@ -225,7 +235,12 @@ def score(
     report = {**summary, **extra, "scorer": scorer.identity}
     manifest = run.finish(sidecars={"report.json": report}, summary={"rows": rows})
     return ScoreSummary(
-        run.out, manifest.total_rows, computed, run.units_written, run.units_skipped, time.perf_counter() - start
+        out=run.out,
+        rows=manifest.total_rows,
+        computed=computed,
+        units_written=run.units_written,
+        units_skipped=run.units_skipped,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -294,12 +309,10 @@ def _preference(model, table: pa.Table, column: str, **options) -> PreferenceSco
     )
 
 
-def _needs(judge, engine: str, device: str) -> WorkerNeeds:
+def _needs(scorer) -> WorkerNeeds:
     """A judge's worker asks for the GPU its engine runs on; reward models and functions run on the CPU."""
-    if judge is not None and engine == "vllm":
-        return WorkerNeeds(gpus=1, gpu_optional=True, why="judge on the vllm engine")
-    if judge is not None and device.startswith("cuda"):
-        return WorkerNeeds(gpus=1, why=f"judge on device={device}")
+    if isinstance(scorer, JudgeScorer):
+        return scorer.engine.generator_needs(scorer.device, scorer.options, who="judge")
     return WorkerNeeds()
 
 

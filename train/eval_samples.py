@@ -1,7 +1,7 @@
 """Fresh samples of the policy scored against a reference: mean reward, win-rate, length-controlled win-rate.
 
 Sampling goes through the generate stage's own machinery (``load_model_info``,
-``resolve_params``, ``load_engine``, ``sample_seed``), so prompts are rendered,
+``resolve_params``, the hf engine's ``generator``, ``sample_seed``), so prompts are rendered,
 seeded and decoded exactly as ``prefpool generate`` does. Sample ``i`` of a
 prompt uses the seed ``sample_seed(seed, prompt_id, i)`` for both models.
 
@@ -24,7 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefpool.core.errors import ConfigError
-from prefpool.pipeline.engines.generation import Request, load_engine
+from prefpool.pipeline.engines.generation import Request
+from prefpool.pipeline.engines.registry import engine_named
 from prefpool.pipeline.engines.sampling import sample_seed
 from prefpool.pipeline.engines.scorers import checked_score
 from prefpool.pipeline.generate import resolve_params
@@ -59,7 +60,7 @@ def sample_texts(
         for pid, messages in prompts
         for i in range(num_samples)
     ]
-    engine = load_engine("hf", info, batch_size=batch_size, device=device)
+    engine = engine_named("hf").generator(info, batch_size=batch_size, device=device, options={})
     completions = engine.generate(requests, params, on_done=lambda _tokens: None)
     texts = [info.decode(list(c.token_ids)) for c in completions]
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))], record

@@ -14,14 +14,15 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefpool.core.errors import ConfigError
 from prefpool.pipeline.engines.judge import Mode as JudgeMode
+from prefpool.pipeline.engines.registry import EngineName
 
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
 Comparison = tuple[list[dict], str, str]  # (prompt messages, policy text, reference text)
-JudgeEngine = Literal["hf", "vllm"]
+JudgeEngine = EngineName
 
 
 @dataclass

@@ -17,9 +17,12 @@ from typing import Any, Literal
 
 from prefpool.core.config import Bounds, check_bounds
 from prefpool.core.errors import ConfigError
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.pipeline.model.device import resolve_device
 
 from .config import AT_LEAST_1, SEED, TrainConfig
+
+ENGINE_CHOICES = " | ".join(ENGINES)
 
 # TrainConfig fields that online sets per round: the policy, table and folder change every round;
 # the loss is MC-PO's; max_length/truncation/dtype must equal the reference cache's, so they come
@@ -118,7 +121,7 @@ class OnlineConfig:
         default=None, metadata=_help("Per sample; null = generation_config, else 256.", AT_LEAST_1)
     )
     seed: int = field(default=0, metadata=_help("Round r samples with seed + r (fresh draws every round).", SEED))
-    engine: str = field(default="hf", metadata=_help("Generation engine: hf | vllm."))
+    engine: str = field(default="hf", metadata=_help(f"Generation engine: {ENGINE_CHOICES}."))
     engine_args: dict | None = field(default=None, metadata=_help("vllm.LLM options (engine vllm only)."))
     generate_batch_size: int = field(
         default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.", AT_LEAST_1)
@@ -150,7 +153,7 @@ class OnlineConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata=_help("Dtype of the reference log-probs and of the trained policy's weights.")
     )
-    logprobs_engine: str = field(default="hf", metadata=_help("Engine of the reference log-probs: hf | vllm."))
+    logprobs_engine: str = field(default="hf", metadata=_help(f"Engine of the reference log-probs: {ENGINE_CHOICES}."))
     max_pool: int | None = field(
         default=None, metadata=_help("Keep at most this many pool samples per prompt.", AT_LEAST_1)
     )
@@ -190,8 +193,12 @@ class OnlineConfig:
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
         resolve_device(self.device, what="device")
-        if self.engine_args and self.engine != "vllm":
-            raise ConfigError(f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: vllm)")
+        engine = ENGINES.get(self.engine)
+        if self.engine_args and not (engine and engine.takes_options):
+            with_options = " or ".join(name for name, e in ENGINES.items() if e.takes_options)
+            raise ConfigError(
+                f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: {with_options})"
+            )
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()

@@ -9,17 +9,18 @@ executed (``tensor_parallel_size``, ``gpu_memory_utilization``,
 ``max_num_seqs``, ...), like ``batch_size`` and ``device`` for the hf engine, so
 changing them must not invalidate a finished or half-finished output. The
 options that would change the values written are therefore refused here
-(``RESERVED``): the stage sets them from its own arguments, which are in the
-identity: the model folder, ``dtype`` (``logprobs --dtype``; ``generate`` uses
-the weights' dtype, recorded in its identity), the per-request seeds. The
+(``RESERVED``; for ``logprobs`` also prefix caching, ``SCORER_RESERVED``): the
+stage sets them from its own arguments, which are in the identity: the model
+folder, ``dtype`` (``logprobs --dtype``; ``generate`` uses the weights' dtype,
+recorded in its identity), the per-request seeds. The
 options actually used are recorded in the manifest's provenance
 (``model.engine_args``). ``max_model_len`` is allowed: it only lowers the
 context the stage checks against (see ``context_limit``).
 
-The hf engine takes no engine options: its settings are the stages' own
-arguments (``batch_size``/``device`` for generate, ``batch_tokens`` for
-logprobs), so ``engine_args`` with ``engine="hf"`` is an error rather than
-being silently ignored.
+The vllm engine's options are ``vllm_options``. An engine that takes none (the
+hf engine: its settings are the stages' own arguments, ``batch_size``/``device``
+for generate, ``batch_tokens`` for logprobs) answers ``engine_args`` with an
+error (``refuse_options``) rather than ignoring them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ RESERVED = {
     "hf_overrides": "a model folder with the config you want",
     "seed": "generate --seed (a seed per sample)",
 }
+# prefix caching skips the shared prefix's prompt log-probs: the logprobs stage's engine turns it off, always
+SCORER_RESERVED = {**RESERVED, "enable_prefix_caching": "the logprobs stage (off: it would skip prompt log-probs)"}
 
 
 def parse_engine_args(text: str | None, *, where: str = "--engine-args") -> dict | None:
@@ -72,18 +75,26 @@ def env_options() -> dict:
     return parse_engine_args(os.environ.get(OPTIONS_ENV), where=f"${OPTIONS_ENV}") or {}
 
 
-def resolve_engine_args(engine: str, engine_args: Mapping | None, *, reserved: Mapping[str, str] = RESERVED) -> dict:
-    """The options the engine gets: checked, and for vllm merged over ``$PREFPOOL_VLLM_ARGS``."""
+def _checked(engine_args: Mapping | None) -> Mapping:
     if engine_args is not None and not isinstance(engine_args, Mapping):
         raise PipelineConfigError(f"engine_args must be a dict of vllm.LLM options, got {type(engine_args).__name__}")
-    if engine != "vllm":
-        if engine_args:
-            raise PipelineConfigError(
-                f"engine_args are vllm.LLM options; the {engine!r} engine takes none "
-                f"(got {sorted(engine_args)}): use the stage's own arguments, or --engine vllm"
-            )
-        return {}
-    merged = {**env_options(), **(engine_args or {})}
+    return engine_args or {}
+
+
+def refuse_options(engine: str, engine_args: Mapping | None) -> dict:
+    """The options of an engine that takes none: ``{}``, or an error naming the ones given."""
+    given = _checked(engine_args)
+    if given:
+        raise PipelineConfigError(
+            f"engine_args are vllm.LLM options; the {engine!r} engine takes none "
+            f"(got {sorted(given)}): use the stage's own arguments, or --engine vllm"
+        )
+    return {}
+
+
+def vllm_options(engine_args: Mapping | None, *, reserved: Mapping[str, str] = RESERVED) -> dict:
+    """The ``vllm.LLM`` options a vllm engine gets: checked, and merged over ``$PREFPOOL_VLLM_ARGS``."""
+    merged = {**env_options(), **_checked(engine_args)}
     bad = [key for key in merged if key in reserved]
     if bad:
         raise PipelineConfigError(

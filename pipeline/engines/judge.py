@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from prefpool.pipeline.engines.generation import Engine, Request, check_engine, load_engine
+from prefpool.pipeline.engines.generation import Generator, Request
+from prefpool.pipeline.engines.registry import engine_named
 from prefpool.pipeline.engines.sampling import SamplingParams
 from prefpool.pipeline.io.errors import PipelineConfigError
 
@@ -136,13 +137,12 @@ class JudgeScorer:
         references: dict[str, str] | None = None,
         engine_options: dict | None = None,
     ) -> None:
-        check_engine(engine)
+        self.engine = engine_named(engine)
         if max_new_tokens < 1:
             raise PipelineConfigError(f"judge_max_new_tokens must be >= 1, got {max_new_tokens}")
         self.info = info
         self.mode = mode
         self.template = load_template(template, mode)
-        self.engine_name = engine
         self.batch_size = batch_size
         self.device = device
         self.options = dict(engine_options or {})
@@ -155,19 +155,19 @@ class JudgeScorer:
             "mode": mode,
             "model": info.describe(),
             "template_sha256": hashlib.sha256(self.template.encode("utf-8")).hexdigest(),
-            "engine": engine,
+            "engine": self.engine.name,
             "max_new_tokens": max_new_tokens,
             "decoding": "greedy",
         }
-        self._engine: Engine | None = None
+        self._generator: Generator | None = None
         self.outputs: list[str] = []  # the judge's raw replies of the last ``score`` call, for inspection
 
-    def load(self) -> Engine:
-        if self._engine is None:
-            self._engine = load_engine(
-                self.engine_name, self.info, batch_size=self.batch_size, device=self.device, options=self.options
+    def load(self) -> Generator:
+        if self._generator is None:
+            self._generator = self.engine.generator(
+                self.info, batch_size=self.batch_size, device=self.device, options=self.options
             )
-        return self._engine
+        return self._generator
 
     def _ask(self, filled: list[str]) -> list[str]:
         requests = [Request(tuple(self.info.render([{"role": "user", "content": f}])), seed=0) for f in filled]

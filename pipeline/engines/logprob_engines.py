@@ -1,20 +1,21 @@
-"""Engines that score token sequences for the ``logprobs`` stage: the seam a vLLM engine plugs into.
+"""Scorers of token sequences for the ``logprobs`` stage (``Engine.scorer``): the seam, and the hf scorer.
 
-An engine takes already-tokenized sequences (prompt + completion ids, from
+A scorer takes already-tokenized sequences (prompt + completion ids, from
 ``tokenize.encode_pair``) and the index where each completion starts, and
 returns per sequence the summed log-prob of the completion tokens, their count
 and, when asked, the per-token values. Tokenization, caching, sharding and
-writing stay in the stage, so an engine is only "a model that scores tokens".
+writing stay in the stage, so a scorer is only "a model that scores tokens".
 
-``hf`` loads ``AutoModelForCausalLM`` and scores with ``pipeline.model.scoring.score_tokens``,
-the trainer's own scoring path (length-bucketed batches of at most ``batch_tokens`` padded
-tokens; log-probs from the hidden states, no full logits). ``vllm`` (``logprobs_vllm``) implements the same
-``score`` with ``SamplingParams(prompt_logprobs=0)`` on the full sequences.
+``HFEngine`` (the hf engine's) loads ``AutoModelForCausalLM`` and scores with
+``pipeline.model.scoring.score_tokens``, the trainer's own scoring path (length-bucketed batches
+of at most ``batch_tokens`` padded tokens; log-probs from the hidden states, no full logits).
+The vllm engine's (``vllm_logprobs``) implements the same ``score`` with
+``SamplingParams(prompt_logprobs=0)`` on the full sequences.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,7 +37,7 @@ class Scores:
     token_logps: list[list[float]] | None  # per completion token, when asked for
 
 
-class Engine(Protocol):
+class TokenScorer(Protocol):
     def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], *, per_token: bool) -> Scores:
         """``sequences[i][starts[i]:]`` are the completion tokens to score (``starts[i] >= 1``)."""
         ...
@@ -61,12 +62,3 @@ class HFEngine:
             [len(t) for t in tokens],
             [t.double().tolist() for t in tokens] if per_token else None,
         )
-
-
-def _vllm(model: str | ModelSource, **kwargs) -> Engine:
-    from prefpool.pipeline.engines.vllm_logprobs import VLLMEngine  # imports vllm only when chosen
-
-    return VLLMEngine(resolve_model(model).for_vllm(), **kwargs)
-
-
-ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine, "vllm": _vllm}

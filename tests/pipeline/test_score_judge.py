@@ -12,9 +12,10 @@ import pytest
 import torch
 from test_build_helpers import example, write_rows
 
-from prefpool.pipeline.engines import generation
 from prefpool.pipeline.engines.generation import Completion
+from prefpool.pipeline.engines.hf_engine import HF
 from prefpool.pipeline.engines.judge import parse_rating, parse_verdict
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.pipeline.io.errors import PipelineConfigError
 from prefpool.pipeline.io.ids import completion_id
 from prefpool.pipeline.io.layout import REPORT, read_meta
@@ -113,7 +114,12 @@ def judge_model(tmp_path_factory):
 @pytest.fixture
 def scripted(monkeypatch):
     ScriptedEngine.prompts = []
-    monkeypatch.setitem(generation.ENGINES, "hf", lambda info, **kw: ScriptedEngine(info))
+
+    class Scripted(HF):
+        def generator(self, info, **_):
+            return ScriptedEngine(info)
+
+    monkeypatch.setitem(ENGINES, "hf", Scripted())
     return ScriptedEngine
 
 

@@ -49,7 +49,8 @@ CHILD = textwrap.dedent(f"""
     from pathlib import Path
 
     from prefpool.pipeline import generate as stage
-    from prefpool.pipeline.engines import generation as generate_engine
+    from prefpool.pipeline.engines.registry import ENGINES
+    from prefpool.pipeline.engines.vllm_engine import VLLM
     from prefpool.pipeline.engines.generation import Request
     from prefpool.pipeline.model.info import load_model_info
     from prefpool.pipeline.engines.vllm_generation import VLLMEngine
@@ -59,7 +60,11 @@ CHILD = textwrap.dedent(f"""
     if __name__ == "__main__":
         model, examples, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
         engine = VLLMEngine(load_model_info(model))
-        generate_engine.ENGINES["vllm"] = lambda info, **_: engine
+        class Started(VLLM):  # the one engine started above, for every stage call
+            def generator(self, info, **_):
+                return engine
+
+        ENGINES["vllm"] = Started()
         run = dict(model=model, n={N}, engine="vllm", max_new_tokens={MAX_NEW}, seed={SEED}, top_p={TOP_P},
                    temperature=1.0)
         stage.generate(examples, out=root / "rerun", **run)

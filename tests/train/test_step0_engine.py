@@ -14,7 +14,9 @@ import torch
 from trainer_tables import MAX_LENGTH
 
 from prefpool.pipeline.build import build
-from prefpool.pipeline.engines.logprob_engines import ENGINES, HFEngine, Scores
+from prefpool.pipeline.engines.logprob_engines import HFEngine, Scores
+from prefpool.pipeline.engines.registry import ENGINES
+from prefpool.pipeline.engines.vllm_engine import VLLM
 from prefpool.pipeline.io.manifest import load_manifest
 from prefpool.pipeline.logprobs import logprobs
 from prefpool.train.cache_check import Step0MismatchError, check_step0
@@ -27,19 +29,23 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 SHIFT = 0.004  # nats per sequence
 
 
-class ShiftedEngine(HFEngine):
+class ShiftedScorer(HFEngine):
     """The hf engine's values, each sequence ``SHIFT`` nats lower: another engine's rounding."""
-
-    def __init__(self, model, *, options=None, **kwargs) -> None:
-        super().__init__(model, **kwargs)
 
     def score(self, sequences, starts, *, per_token):
         scores = super().score(sequences, starts, per_token=per_token)
         return Scores([v - SHIFT for v in scores.logps], scores.counts, scores.token_logps)
 
 
+class ShiftedVLLM(VLLM):
+    """The vllm engine (its name, options and device handling) with the shifted hf scorer."""
+
+    def scorer(self, source, *, options, **kwargs):
+        return ShiftedScorer(source, **kwargs)
+
+
 def test_a_vllm_cache_records_its_engine_and_step0_names_it(world, tmp_path, monkeypatch):
-    monkeypatch.setitem(ENGINES, "vllm", ShiftedEngine)
+    monkeypatch.setitem(ENGINES, "vllm", ShiftedVLLM())
     examples = world["root"] / "data" / "examples"
     lp = logprobs(examples, model=world["model"], out=tmp_path / "lp", engine="vllm", max_length=MAX_LENGTH).out
     cache = load_manifest(lp).identity.config["cache"]
