@@ -206,8 +206,7 @@ def logprobs(
     replace = _check_existing(out, components, overwrite)
 
     pairs = distinct_completions(table, in_schema, spec)
-    if kl_pairs:  # in the run's identity: an output made without them is not taken as this run's
-        config["kl_pairs"] = True
+    if kl_pairs:
         pairs = with_mismatched_pairs(pairs, table, in_schema, spec, file=input_dir)
     locations = prompt_locations(input_dir)
     check_templates(tokenizer, pairs, locations, max_length=max_length)  # before anything is written
@@ -222,6 +221,8 @@ def logprobs(
             "cache": components,
             "per_token": per_token,
             "long_prompts": long_prompts,
+            # in the run's identity: an output made without them is not taken as this run's
+            **({"kl_pairs": True} if kl_pairs else {}),
         },
         inputs=inputs,
         shard=spec,
