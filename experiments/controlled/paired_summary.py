@@ -156,7 +156,10 @@ def summarize(results: list[dict], figures: Path | None = None) -> tuple[str, di
         lines += [f"**Verdict ({result}):** {across_arms(std, low)}.", ""]
         if figures is not None:
             plot_result(result, plotted, figures / f"paired_{result}.png")
+            methods = list(dict.fromkeys(m for c in comparisons for m in c.methods()))
+            plot_frontiers(f, result, methods, figures / f"paired_{result}_frontier.png")
             lines += [f"![{result}]({figures / f'paired_{result}.png'})", ""]
+            lines += [f"![{result}, frontiers]({figures / f'paired_{result}_frontier.png'})", ""]
     lines += validity_lines(f)
     return "\n".join(lines) + "\n", outcomes
 
@@ -198,8 +201,47 @@ def plot_result(result: str, plotted: list, out: Path) -> Path:
         ax.axhline(0, color="gray", lw=0.8)
         ax.set(xscale="log", xlabel="matched KL to the reference, nats", ylabel="paired reward difference", title=arm)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.suptitle(TITLES[result], fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+FRONTIER_GRID = tuple(k / 20 for k in range(61))  # 0 to 3 nats
+
+
+def plot_frontiers(f: Frontiers, result: str, methods: list[str], out: Path) -> Path:
+    """Per arm and β, each method's reward at KL k (the frontier reading) averaged over the seed pairs,
+    drawn where every pair with a valid run reaches k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(arm, beta) for arm in f.arms() for beta in f.betas()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, (arm, beta) in zip(axes[0], panels, strict=True):
+        for method in methods:
+            pairs = [p for p in f.pairs() if f.points.get((method, *p, beta, arm))]
+            xs, ys = [], []
+            for k in FRONTIER_GRID:
+                values = [f.at(method, p, beta, arm, k) for p in pairs]
+                if values and all(v is not None for v in values):
+                    xs.append(k)
+                    ys.append(sum(values) / len(values))
+            if xs:
+                ax.plot(xs, ys, label=f"{method} ({len(pairs)} pairs)")
+        for k in MATCHED_KL:
+            ax.axvline(k, color="gray", lw=0.6, ls=":")
+        ax.set(xlabel="KL to the reference, nats", ylabel="true reward (frontier)", title=f"{arm}, β {beta:g}")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle(TITLES[result] + ": mean frontier over seed pairs", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -50,7 +50,7 @@ class Reading:
     def cell(self) -> str:
         """``+0.12 [+0.03, +0.20] 8/9 p=0.039 (+)``, or ``n/t (5 pairs)``."""
         if self.outcome == "n/t":
-            return f"n/t ({self.pairs} pairs)"
+            return f"n/t ({self.pairs} pair{'' if self.pairs == 1 else 's'})"
         return (
             f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] {self.positive}/{self.pairs} "
             f"p={self.p:.3g} ({self.outcome})"
