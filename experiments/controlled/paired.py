@@ -14,8 +14,9 @@ differ in the annotator only. The baselines' tables are derived from that data
 fresh samples for the held-out topics (true reward, KL to the reference) every ``probe_every`` steps.
 Its result goes to ``OUT/cells/<cell id>.json``: the probe records, the MC-PO kernel's diagnostics and
 whether the run is valid. A cell whose JSON exists is skipped, so a stopped run continues where it
-stopped. ``onmcpo`` cells run ``prefpool.train.online`` with one LR schedule across its rounds, and
-round 0 samples exactly the offline data.
+stopped. A cell that raises leaves its traceback in ``OUT/failed/<cell id>.txt``; the sweep goes on,
+exits 1 at the end, and a rerun retries it. ``onmcpo`` cells run ``prefpool.train.online`` with one LR
+schedule across its rounds; round 0 samples the offline data (same prompts, reference and seeds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     _check_settings(args.out, s)
     seeds: dict[int, DataSeed] = {}
-    ran = 0
+    ran, failed = 0, []
     for i, cell in enumerate(todo, 1):
         if args.max_cells is not None and ran >= args.max_cells:
             break
@@ -321,8 +323,16 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if cell.data_seed not in seeds:
             seeds[cell.data_seed] = DataSeed(args.out, cell.data_seed, s, log=None)
-        result = run_cell(cell, seeds[cell.data_seed], s, args.out, keep_runs=args.keep_runs)
         ran += 1
+        try:
+            result = run_cell(cell, seeds[cell.data_seed], s, args.out, keep_runs=args.keep_runs)
+        except Exception:  # one broken cell must not stop a day-long sweep: kept, reported, retried on rerun
+            failed.append(cell.id)
+            (args.out / "failed").mkdir(exist_ok=True)
+            (args.out / "failed" / f"{cell.id}.txt").write_text(traceback.format_exc())
+            print(f"[{i}/{len(todo)}] {cell.id}: FAILED, see {args.out / 'failed' / f'{cell.id}.txt'}", flush=True)
+            continue
+        (args.out / "failed" / f"{cell.id}.txt").unlink(missing_ok=True)
         last = result["records"][-1]
         kernel = result["kernel"] or {}
         print(
@@ -333,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     print(f"ran {ran} cells; {sum((args.out / 'cells' / f'{c.id}.json').exists() for c in todo)}/{len(todo)} done")
+    if failed:
+        sys.exit(f"{len(failed)} cells failed (tracebacks in {args.out / 'failed'}); a rerun retries them")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "experiments" / "controlled"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"controlled_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -112,6 +114,31 @@ def test_summary_drops_invalid_runs(summary):
     text, outcomes = summary.summarize(_synthetic(gain=0.2, mcpo_kernel_kl=0.2))
     assert outcomes["main"] == {"std": "not testable"}
     assert "| mcpo | 1 | std | 0.200 | 0.200 | 9 of 9 |" in text
+
+
+def test_a_failing_cell_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    paired = _load("paired")
+    calls = []
+
+    def broken(cell, *args, **kwargs):
+        calls.append(cell.id)
+        raise RuntimeError(f"loss is nan in {cell.id}")
+
+    monkeypatch.setattr(paired, "run_cell", broken)
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit, match="2 cells failed"):
+        paired.main(["--out", str(out), "--smoke", "--methods", "mcpo", "dpo-random"])
+    assert calls == ["d0-t0-b1-std-mcpo-lr0.001", "d0-t0-b1-std-dpo-random-lr0.001"]
+    assert "RuntimeError: loss is nan in d0-t0-b1-std-mcpo-lr0.001" in (out / "failed" / f"{calls[0]}.txt").read_text()
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_list_and_max_cells(tmp_path, capsys):
+    paired = _load("paired")
+    paired.main(["--out", str(tmp_path), "--list", "--only", "kernel", "--data-seeds", "0", "--arms", "low"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"{3 * 3 * 4 * 4} cells"  # 3 training seeds x 3 betas x 4 lrs x 4 methods
+    assert lines[0] == "      d0-t0-b1-low-mcpo-lr0.00025"
 
 
 @pytest.mark.slow
