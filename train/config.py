@@ -149,12 +149,12 @@ class TrainConfig:
             Bounds(1, note="or null"),
         ),
     )
-    lr_schedule_start: int = field(
-        default=0,
+    lr_schedule_start: int | None = field(
+        default=None,
         metadata=_help(
             "Step of that schedule at which this run starts (its step s takes the schedule's factor at "
-            "lr_schedule_start + s).",
-            NON_NEGATIVE,
+            "lr_schedule_start + s); null = 0.",
+            Bounds(0, note="or null"),
         ),
     )
     max_grad_norm: float | None = field(
@@ -348,7 +348,7 @@ class TrainConfig:
             raise ConfigError(
                 f"lr_schedule_start: {self.lr_schedule_start} needs lr_schedule_steps (the whole schedule's length)"
             )
-        if self.lr_schedule_steps is not None and self.lr_schedule_start >= self.lr_schedule_steps:
+        if self.lr_schedule_steps is not None and (self.lr_schedule_start or 0) >= self.lr_schedule_steps:
             raise ConfigError(
                 f"lr_schedule_start: {self.lr_schedule_start} is past the schedule's end "
                 f"(lr_schedule_steps {self.lr_schedule_steps})"

@@ -304,7 +304,7 @@ class Trainer:
                 trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, **ADAMW_IMPL[cfg.optimizer_impl]
             )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _linear_warmup_decay(self.warmup_steps, self.schedule_steps, start=cfg.lr_schedule_start)
+            optimizer, _linear_warmup_decay(self.warmup_steps, self.schedule_steps, start=cfg.lr_schedule_start or 0)
         )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").

@@ -93,6 +93,21 @@ class DataSeed:
             )
         return self._data[arm]
 
+    def prepare(self, arm: str, table: str | None) -> None:
+        """Make the arm's data, ``table`` and the probe now; logs how long that took when it did work."""
+        start, cpu_start = time.perf_counter(), time.process_time()
+        made = arm not in self._data or (table is not None and (arm, table) not in self._tables) or not self._probe
+        if table is not None:
+            self.table(arm, table)
+        self.data(arm)
+        _ = self.probe
+        if made:
+            print(
+                f"data d{self.seed}/{arm}" + (f", table {table}" if table else "") + f": ready in "
+                f"{time.perf_counter() - start:.0f} s ({time.process_time() - cpu_start:.0f} s CPU in this process)",
+                flush=True,
+            )
+
     @property
     def probe(self) -> Probe:
         if self._probe is None:
@@ -229,7 +244,9 @@ def run_cell(cell: Cell, seed_data: DataSeed, s: Settings, out: Path, *, keep_ru
     work = out / "work" / cell.id
     if work.exists():  # a run stopped half-way: start the cell over
         shutil.rmtree(work)
-    start = time.perf_counter()
+    table = METHODS[cell.method].table
+    seed_data.prepare(cell.arm, None if table == "online" else table)  # data, table, probe: not the cell's time
+    start, cpu_start = time.perf_counter(), time.process_time()
     runner = online_cell if METHODS[cell.method].table == "online" else train_cell
     records, metrics = runner(cell, seed_data, s, work)
     kernel = _kernel(metrics)
@@ -241,6 +258,7 @@ def run_cell(cell: Cell, seed_data: DataSeed, s: Settings, out: Path, *, keep_ru
         "kernel": kernel,
         "invalid": invalid_reason(cell, kernel),
         "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),  # this process's CPU time: load-independent
         "train_seconds": records[-1]["train_seconds"],
         "seconds_per_step": records[-1]["train_seconds"] / s.steps,
     }
@@ -339,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
             f"[{i}/{len(todo)}] {cell.id}: reward {last['reward']:+.2f} KL {last['kl']:.2f}"
             + (f" kernel KL-to-uniform {kernel['mcpo/kernel_kl_uniform']:.3f}" if kernel else "")
             + (f" INVALID ({result['invalid']})" if result["invalid"] else "")
-            + f"  {result['seconds']:.0f} s ({result['seconds_per_step']:.2f} s/step training)",
+            + f"  {result['seconds']:.0f} s, {result['cpu_seconds']:.0f} s CPU "
+            f"({result['seconds_per_step']:.2f} s/step training)",
             flush=True,
         )
     print(f"ran {ran} cells; {sum((args.out / 'cells' / f'{c.id}.json').exists() for c in todo)}/{len(todo)} done")
