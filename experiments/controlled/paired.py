@@ -6,6 +6,13 @@
     python experiments/controlled/paired.py --out runs/paired-smoke --smoke        # a tiny setting, ~1 min
     python experiments/controlled/paired_summary.py --out runs/paired
 
+Side by side (each process one thread; the data made first, then only read):
+
+    python experiments/controlled/paired.py --out runs/paired --prepare-only
+    for d in 0 1 2; do for a in std low; do
+        OMP_NUM_THREADS=1 python experiments/controlled/paired.py --out runs/paired --data-seeds $d --arms $a &
+    done; done; wait
+
 A cell (``prefpool.controlled.grid.Cell``) is one training run: data seed, training seed, β, noise arm,
 method, learning rate. The data of a (data seed, arm) is made once by prefpool's own commands
 (``prefpool.controlled.data.prepare_data``). Both arms share the reference model and the samples and
@@ -76,8 +83,15 @@ class DataSeed:
         self._probe: Probe | None = None
 
     def data(self, arm: str) -> TaskData:
+        """The arm's data: read when both of its tables are complete (then no command runs, so several
+        processes may share it), else made by ``prepare_data``."""
         if arm not in self._data:
-            reference = self.root / arm / "reference"
+            folder = self.root / arm
+            train, heldout = (folder / "data" / split / "build" / "mcpo" for split in ("train", "heldout"))
+            if _has_manifest(train) and _has_manifest(heldout):
+                self._data[arm] = TaskData(folder / "reference", train, heldout, folder / "pipeline.yaml", ())
+                return self._data[arm]
+            reference = folder / "reference"
             if arm != "std" and not reference.exists():  # the same reference model: only the labels differ
                 shutil.copytree(self.data("std").reference, reference)
             s = self.s
@@ -99,8 +113,7 @@ class DataSeed:
         made = arm not in self._data or (table is not None and (arm, table) not in self._tables) or not self._probe
         if table is not None:
             self.table(arm, table)
-        self.data(arm)
-        _ = self.probe
+        self.probe_for(arm)
         if made:
             print(
                 f"data d{self.seed}/{arm}" + (f", table {table}" if table else "") + f": ready in "
@@ -108,11 +121,11 @@ class DataSeed:
                 flush=True,
             )
 
-    @property
-    def probe(self) -> Probe:
+    def probe_for(self, arm: str) -> Probe:
+        """The data seed's probe (the arms' reference models are copies of one)."""
         if self._probe is None:
             self._probe = Probe(
-                self.data("std").reference,
+                self.data(arm).reference,
                 task_prompts(held_out_topics()),
                 samples_per_prompt=self.s.probe_samples,
                 max_new_tokens=self.s.max_new_tokens,
@@ -181,7 +194,7 @@ def train_cell(cell: Cell, seed_data: DataSeed, s: Settings, work: Path) -> tupl
         overwrite=True,
         **method.overrides(),
     )
-    records = train_with_probe(cfg, seed_data.probe, every=s.probe_every, log=None)
+    records = train_with_probe(cfg, seed_data.probe_for(cell.arm), every=s.probe_every, log=None)
     return records, [work / "metrics.jsonl"]
 
 
@@ -222,7 +235,7 @@ def online_cell(cell: Cell, seed_data: DataSeed, s: Settings, work: Path) -> tup
         train=train,
     )
     online(cfg, log=None)
-    probe = seed_data.probe
+    probe = seed_data.probe_for(cell.arm)
     records = [{"step": 0, "train_seconds": 0.0, **probe.measure(AutoModelForCausalLM.from_pretrained(data.reference))}]
     train_seconds = 0.0
     metrics = []
@@ -307,6 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps per run (a timing; not for the design's cells)")
     parser.add_argument("--probe-every", type=int)
     parser.add_argument("--list", action="store_true", help="print the cells and whether each is done; run nothing")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="make the data, tables and probe the selected cells need, then stop: afterwards processes split by "
+        "--data-seeds/--train-seeds/--arms/--lrs can run side by side (they only read the data)",
+    )
     parser.add_argument("--keep-runs", action="store_true", help="keep each run's folder (model, metrics)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -333,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     _check_settings(args.out, s)
     seeds: dict[int, DataSeed] = {}
+    if args.prepare_only:
+        for d, arm, table in dict.fromkeys((c.data_seed, c.arm, METHODS[c.method].table) for c in todo):
+            seeds.setdefault(d, DataSeed(args.out, d, s, log=None)).prepare(arm, None if table == "online" else table)
+        return
     ran, failed = 0, []
     for i, cell in enumerate(todo, 1):
         if args.max_cells is not None and ran >= args.max_cells:

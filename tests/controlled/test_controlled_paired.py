@@ -146,8 +146,12 @@ def test_smoke_run_of_two_cells_then_the_summary(tmp_path, summary, capsys):
     """--smoke: one seed pair, β 1, today's annotator, one learning rate, 4 steps: the wiring end to end."""
     paired = _load("paired")
     out = tmp_path / "smoke"
-    paired.main(["--out", str(out), "--smoke", "--methods", "mcpo", "dpo-random"])
-    assert "ran 2 cells; 2/2 done" in capsys.readouterr().out
+    paired.main(["--out", str(out), "--smoke", "--methods", "mcpo", "dpo-random", "--prepare-only"])
+    assert "data d0/std, table mcpo: ready in" in capsys.readouterr().out
+    assert not (out / "cells").exists()
+    paired.main(["--out", str(out), "--smoke", "--methods", "mcpo", "dpo-random"])  # reads the data made above
+    printed = capsys.readouterr().out
+    assert "ran 2 cells; 2/2 done" in printed
     results = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     assert [r["id"] for r in results] == ["d0-t0-b1-std-dpo-random-lr0.001", "d0-t0-b1-std-mcpo-lr0.001"]
     for r in results:
