@@ -140,6 +140,23 @@ class TrainConfig:
         default=0.0,
         metadata=_help("Warmup as a fraction of the run's steps, [0, 1); used when warmup_steps is 0.", FRACTION),
     )
+    lr_schedule_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "Length in optimizer steps of the warmup-then-linear-decay schedule this run follows; null = the "
+            "run's own steps. With lr_schedule_start the run is one stretch of a longer schedule (online's "
+            "lr_schedule: across_rounds).",
+            Bounds(1, note="or null"),
+        ),
+    )
+    lr_schedule_start: int | None = field(
+        default=None,
+        metadata=_help(
+            "Step of that schedule at which this run starts (its step s takes the schedule's factor at "
+            "lr_schedule_start + s); null = 0.",
+            Bounds(0, note="or null"),
+        ),
+    )
     max_grad_norm: float | None = field(
         default=1.0,
         metadata=_help(
@@ -327,6 +344,15 @@ class TrainConfig:
             raise ConfigError(f"report_to: a tracker is named twice: {list(self.report_to)}")
         if not self.tracker_project or "/" in self.tracker_project:
             raise ConfigError(f"tracker_project: need a non-empty name without '/', got {self.tracker_project!r}")
+        if self.lr_schedule_start and self.lr_schedule_steps is None:
+            raise ConfigError(
+                f"lr_schedule_start: {self.lr_schedule_start} needs lr_schedule_steps (the whole schedule's length)"
+            )
+        if self.lr_schedule_steps is not None and (self.lr_schedule_start or 0) >= self.lr_schedule_steps:
+            raise ConfigError(
+                f"lr_schedule_start: {self.lr_schedule_start} is past the schedule's end "
+                f"(lr_schedule_steps {self.lr_schedule_steps})"
+            )
         if self.resume and self.resume_from:
             raise ConfigError("resume and resume_from: give one (resume picks the newest checkpoint in output_dir)")
 

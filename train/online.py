@@ -316,6 +316,7 @@ def _train(
         max_length=int(cache["max_length"]),
         reference_is_policy_init=policy_is_reference,
         resume=trainer_module.latest_checkpoint(train_dir) is not None,
+        round_=r,
     )
     with warnings.catch_warnings():
         if not policy_is_reference:

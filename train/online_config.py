@@ -39,6 +39,8 @@ ROUND_OWNED = (
     "resume_from",
     "overwrite",
     "reference_is_policy_init",
+    "lr_schedule_steps",  # from lr_schedule
+    "lr_schedule_start",
 )
 
 
@@ -121,6 +123,14 @@ class OnlineConfig:
         default=None, metadata=_help("Per sample; null = generation_config, else 256.", AT_LEAST_1)
     )
     seed: int = field(default=0, metadata=_help("Round r samples with seed + r (fresh draws every round).", SEED))
+    lr_schedule: Literal["per_round", "across_rounds"] = field(
+        default="per_round",
+        metadata=_help(
+            "per_round: each round's training runs train's warmup-then-linear-decay schedule from the start; "
+            "across_rounds: one schedule over rounds x train.max_steps steps, round r taking its stretch r (needs "
+            "train.max_steps; the round count is then part of the run's identity)."
+        ),
+    )
     engine: str = field(default="hf", metadata=_help(f"Generation engine: {ENGINE_CHOICES}."))
     engine_args: dict | None = field(default=None, metadata=_help("vllm.LLM options (engine vllm only)."))
     generate_batch_size: int = field(
@@ -199,6 +209,10 @@ class OnlineConfig:
             raise ConfigError(
                 f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: {with_options})"
             )
+        if self.lr_schedule == "across_rounds" and self.train.max_steps is None:
+            raise ConfigError(
+                "lr_schedule: across_rounds needs train.max_steps (a round's length must not depend on its table)"
+            )
         self.round_train(
             model="-", data="-", output_dir="-", max_length=self.max_length or 1, reference_is_policy_init=True
         ).check()
@@ -212,11 +226,15 @@ class OnlineConfig:
         max_length: int,
         reference_is_policy_init: bool,
         resume: bool = False,
+        round_: int = 0,
     ) -> TrainConfig:
-        """The TrainConfig of one round (``resume``: continue from the newest checkpoint in output_dir)."""
+        """The TrainConfig of round ``round_`` (``resume``: continue from the newest checkpoint in output_dir)."""
         settings: dict[str, Any] = dataclasses.asdict(self.train)
         if settings["progress"] is None:
             settings["progress"] = self.show_progress
+        if self.lr_schedule == "across_rounds":
+            steps = self.train.max_steps
+            settings.update(lr_schedule_steps=self.rounds * steps, lr_schedule_start=round_ * steps)
         return TrainConfig(
             **settings,
             model=model,
@@ -234,9 +252,10 @@ class OnlineConfig:
         """What decides the run's output: everything but the round count, display and where the stages run."""
         data = dataclasses.asdict(self)
         # where and how fast it runs, not what it computes (as generate leaves batch_size and device out)
+        if self.lr_schedule == "per_round":  # across rounds, the count sets every round's learning rates
+            data.pop("rounds")
         for key in (
             "output_dir",
-            "rounds",
             "show_progress",
             "generate_batch_size",
             "device",

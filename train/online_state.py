@@ -66,7 +66,8 @@ def _refuse_other_run(path: Path, data: dict, identity: dict, hashes: dict[str, 
     if differ:
         raise ConfigError(
             f"{path.parent} holds an online run made with other settings ({', '.join(differ)}); "
-            "rerun with the same config (only `rounds` may change) or use another output_dir"
+            "rerun with the same config (only `rounds` may change, and not under lr_schedule: across_rounds) or use "
+            "another output_dir"
         )
     changed = [k for k, v in hashes.items() if (data.get("hashes") or {}).get(k) != v]
     if changed:

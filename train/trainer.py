@@ -168,8 +168,11 @@ def _reshard(model: torch.nn.Module) -> None:
             module.reshard()
 
 
-def _linear_warmup_decay(warmup: int, total: int):
-    def factor(step: int) -> float:
+def _linear_warmup_decay(warmup: int, total: int, *, start: int = 0):
+    """The LR factor at a run's step ``step``: the schedule of ``total`` steps read at ``start + step``."""
+
+    def factor(run_step: int) -> float:
+        step = start + run_step
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
@@ -282,7 +285,9 @@ class Trainer:
                 f"{cfg.batch_size * procs * cfg.gradient_accumulation_steps} examples"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.warmup_steps = warmup_steps(cfg, self.total_steps)
+        # The LR schedule: this run's steps, or a stretch of a longer one (lr_schedule_steps/start).
+        self.schedule_steps = cfg.lr_schedule_steps or self.total_steps
+        self.warmup_steps = warmup_steps(cfg, self.schedule_steps)
 
         model = self.source.causal_lm(DTYPES[cfg.dtype])
         _disable_dropout(model)  # before LoRA: lora_dropout is the user's choice
@@ -300,7 +305,7 @@ class Trainer:
                 trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, **ADAMW_IMPL[cfg.optimizer_impl]
             )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _linear_warmup_decay(self.warmup_steps, self.total_steps)
+            optimizer, _linear_warmup_decay(self.warmup_steps, self.schedule_steps, start=cfg.lr_schedule_start or 0)
         )
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No dataloader goes through prepare, so DeepSpeed cannot infer its micro-batch ("auto").

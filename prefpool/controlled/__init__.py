@@ -6,4 +6,6 @@
 - ``training``: ``prefpool.train.Trainer`` with a probe every few steps.
 - ``derive``: baseline tables the build stage has no policy for (max-margin, garbage, pairs).
 - ``report``: plots and tables.
+- ``grid``, ``stats``, ``verdict``: the paired design of experiments/controlled/design.md (its cells and
+  comparisons, the matched-KL reading, bootstrap and sign test, the pre-registered verdict rule).
 """

@@ -115,3 +115,17 @@ def test_help_lists_each_range():
     assert rows["save_total_limit"].endswith("Allowed: >= 1 (or null: keep all).")
     result = CliRunner().invoke(app, ["online", "--help"])
     assert "Allowed: >= 2 (MC-PO needs a preferred sample and a pool below it)." in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr_schedule_start": 3}, "lr_schedule_start: 3 needs lr_schedule_steps"),
+        ({"lr_schedule_start": 6, "lr_schedule_steps": 6}, r"lr_schedule_start: 6 is past the schedule's end"),
+        ({"lr_schedule_steps": 0}, r"lr_schedule_steps: must be >= 1 \(or null\), got 0"),
+    ],
+)
+def test_a_stretch_of_a_longer_lr_schedule_must_lie_inside_it(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(model="m", data="d", output_dir="o", **settings).check()
+    TrainConfig(model="m", data="d", output_dir="o", lr_schedule_start=5, lr_schedule_steps=6).check()

@@ -234,3 +234,43 @@ def test_example_config_loads():
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         assert callable(FunctionScorer(cfg.reward_fn).fn)
+
+
+def _lrs(run: Path, r: int) -> list[float]:
+    return [m["lr"] for m in read_metrics(run / f"round-{r}" / "train" / "metrics.jsonl")]
+
+
+def test_per_round_schedule_restarts_its_linear_decay_every_round(uninterrupted):
+    """lr 1e-3, 3 steps a round, no warmup: each round decays 3/3, 2/3, 1/3 of lr."""
+    out, _, _ = uninterrupted
+    for r in (0, 1):
+        assert _lrs(out, r) == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3], rel=1e-12)
+
+
+def test_across_rounds_schedule_is_one_linear_decay_over_every_round(setup):
+    """One schedule of 2 x 3 steps: round 0 takes 6/6, 5/6, 4/6 of lr, round 1 3/6, 2/6, 1/6."""
+    out = setup["root"] / "across"
+    online(_cfg(setup, out, lr_schedule="across_rounds"), log=None)
+    assert _lrs(out, 0) + _lrs(out, 1) == pytest.approx([1e-3 * k / 6 for k in (6, 5, 4, 3, 2, 1)], rel=1e-12)
+    # The round count sets every round's learning rates: a rerun with more rounds is another run.
+    with pytest.raises(ConfigError, match=r"rounds \(2 -> 3\)"):
+        online(_cfg(setup, out, lr_schedule="across_rounds", rounds=3), log=None)
+
+
+def test_across_rounds_round_configs_and_refusals(setup):
+    cfg = _cfg(setup, setup["root"] / "x", lr_schedule="across_rounds", rounds=3)
+    parts = dict(model="m", data="d", output_dir="o", max_length=64, reference_is_policy_init=False)
+    assert [
+        (c.lr_schedule_steps, c.lr_schedule_start) for c in (cfg.round_train(**parts, round_=r) for r in (0, 1, 2))
+    ] == [
+        (9, 0),
+        (9, 3),
+        (9, 6),
+    ]
+    per_round = _cfg(setup, setup["root"] / "x").round_train(**parts, round_=1)
+    # null: the TrainConfig of a run recorded before these keys existed has the same identity
+    assert (per_round.lr_schedule_steps, per_round.lr_schedule_start) == (None, None)
+    with pytest.raises(ConfigError, match="across_rounds needs train.max_steps"):
+        _cfg(setup, setup["root"] / "x", lr_schedule="across_rounds", train={"max_steps": None}).check()
+    with pytest.raises(ConfigError, match="train.lr_schedule_start"):  # online owns it
+        _cfg(setup, setup["root"] / "x", train={"lr_schedule_start": 2})

@@ -251,3 +251,21 @@ def test_cli_train(world, tmp_path, monkeypatch):
     bad = runner.invoke(app, ["train", str(config), "learnig_rate=1"])
     assert bad.exit_code == 2
     assert "unknown key 'learnig_rate' (did you mean 'learning_rate', which sets lr?)" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("settings", "factors"),
+    [
+        # warmup 2 of 3 steps: (s + 1) / 3 while s < 2, then (3 - s) / (3 - 2)
+        ({"warmup_steps": 2}, [1 / 3, 2 / 3, 1.0]),
+        # steps 4, 5, 6 of a 10-step schedule with warmup 2: (10 - s) / 8
+        ({"warmup_steps": 2, "lr_schedule_steps": 10, "lr_schedule_start": 4}, [6 / 8, 5 / 8, 4 / 8]),
+        # steps 0..2 of a 10-step schedule: still in its warmup 2 at steps 0, 1
+        ({"warmup_steps": 2, "lr_schedule_steps": 10}, [1 / 3, 2 / 3, 8 / 8]),
+    ],
+)
+def test_a_run_follows_its_stretch_of_the_lr_schedule(world, tmp_path, settings, factors):
+    cfg = _cfg(world, "pairwise", "dpo", tmp_path / "run", max_steps=3, **settings)
+    Trainer(cfg).run()
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs == pytest.approx([1e-3 * f for f in factors], rel=1e-12)
