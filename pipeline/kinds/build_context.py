@@ -97,8 +97,18 @@ class BuildContext:
         lp = self.lp.rename({"cid": cid, "logp": f"{prefix}logp", "num_tokens": f"{prefix}num_tokens"})
         return frame.join(lp, on=["prompt_id", cid], how="left")
 
-    def resolve_missing(self, frame: pl.LazyFrame, roles: dict[str, tuple[str, str]]) -> pl.LazyFrame:
-        """Apply ``missing`` to rows where a role's log-prob is null; roles: name -> (text col, logp col)."""
+    def resolve_missing(
+        self,
+        frame: pl.LazyFrame,
+        roles: dict[str, tuple[str, str]],
+        *,
+        named: str | None = None,
+        fix: str = "run `prefpool logprobs` over this table's texts",
+    ) -> pl.LazyFrame:
+        """Apply ``missing`` to rows where a role's log-prob is null; roles: name -> (text col, logp col).
+
+        ``named``: how the error names the answer (default: the role's text, with its completion id); ``fix``:
+        what to run to cache its log-prob."""
         for role, (text, logp) in roles.items():
             absent = frame.filter(pl.col(logp).is_null())
             if self.config.missing == "error":
@@ -106,10 +116,10 @@ class BuildContext:
                 if first.height:
                     pid, value = first.row(0)
                     shown = value if len(value) <= 80 else value[:77] + "..."
+                    what = named or f"the {role} text of prompt_id {{pid}} (completion_id = ids.completion_id(text), "
                     raise PipelineInputError(
-                        f"no reference log-prob for the {role} text of prompt_id {pid} "
-                        f"(completion_id = ids.completion_id(text), text {shown!r}); run `prefpool logprobs` "
-                        "over this table's texts, or pass missing='drop' (--missing drop) to drop such rows",
+                        f"no reference log-prob for {what.format(pid=pid)}text {shown!r}); {fix}, or pass "
+                        "missing='drop' (--missing drop) to drop such rows",
                         file=self.lp_label,
                     )
             else:

@@ -58,18 +58,12 @@ def plan(ctx: BuildContext, candidates: pl.LazyFrame | None = None) -> pl.LazyFr
             column="answers",
         )
     rows = ctx.with_logp(pairs.join(kl, on="prompt_id", how="inner"), "kl_cid", "kl_")
-    if ctx.config.missing == "error":
-        first = rows.filter(pl.col("kl_logp").is_null()).select("prompt_id", "kl_text").head(1).collect()
-        if first.height:
-            pid, text = first.row(0)
-            shown = text if len(text) <= 80 else text[:77] + "..."
-            raise PipelineInputError(
-                f"no reference log-prob for the mismatched completion of prompt_id {pid} (another prompt's "
-                f"answer, text {shown!r}): run `prefpool logprobs --kl-pairs` over the examples and pass its "
-                "output with --logprobs, or pass missing='drop' (--missing drop) to drop such rows",
-                file=ctx.lp_label,
-            )
-    rows = ctx.resolve_missing(rows, {"mismatched": ("kl_text", "kl_logp")})
+    rows = ctx.resolve_missing(
+        rows,
+        {"mismatched": ("kl_text", "kl_logp")},
+        named="the mismatched completion of prompt_id {pid} (another prompt's answer, ",
+        fix="run `prefpool logprobs --kl-pairs` over the examples and pass its output with --logprobs",
+    )
     return rows.with_columns(
         pl.col("kl_text").alias("kl_completion"),
         pl.col("kl_cid").alias("kl_completion_id"),
