@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from prefpool.core.config import Bounds, check_bounds
 from prefpool.core.errors import ConfigError
-from prefpool.pipeline.engines.registry import ENGINES
+from prefpool.pipeline.engines.registry import ENGINES, EngineName
 from prefpool.pipeline.model.device import resolve_device
 
 from .config import AT_LEAST_1, SEED, TrainConfig
@@ -131,7 +131,7 @@ class OnlineConfig:
             "train.max_steps; the round count is then part of the run's identity)."
         ),
     )
-    engine: str = field(default="hf", metadata=_help(f"Generation engine: {ENGINE_CHOICES}."))
+    engine: EngineName = field(default="hf", metadata=_help(f"Generation engine: {ENGINE_CHOICES}."))
     engine_args: dict | None = field(default=None, metadata=_help("vllm.LLM options (engine vllm only)."))
     generate_batch_size: int = field(
         default=16, metadata=_help("Sequences decoded together (hf); not in the run's identity.", AT_LEAST_1)
@@ -163,7 +163,9 @@ class OnlineConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata=_help("Dtype of the reference log-probs and of the trained policy's weights.")
     )
-    logprobs_engine: str = field(default="hf", metadata=_help(f"Engine of the reference log-probs: {ENGINE_CHOICES}."))
+    logprobs_engine: EngineName = field(
+        default="hf", metadata=_help(f"Engine of the reference log-probs: {ENGINE_CHOICES}.")
+    )
     max_pool: int | None = field(
         default=None, metadata=_help("Keep at most this many pool samples per prompt.", AT_LEAST_1)
     )
@@ -203,8 +205,7 @@ class OnlineConfig:
         if (self.reward_fn is None) == (self.reward_model is None):
             raise ConfigError("give exactly one of reward_fn and reward_model")
         resolve_device(self.device, what="device")
-        engine = ENGINES.get(self.engine)
-        if self.engine_args and not (engine and engine.takes_options):
+        if self.engine_args and not ENGINES[self.engine].takes_options:
             with_options = " or ".join(name for name, e in ENGINES.items() if e.takes_options)
             raise ConfigError(
                 f"engine_args: vllm.LLM options, but engine is {self.engine!r} (set engine: {with_options})"

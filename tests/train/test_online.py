@@ -199,7 +199,14 @@ def test_rerun_with_other_settings_is_refused(uninterrupted, setup):
 
 
 @pytest.mark.parametrize(
-    "override, key", [("train.lrr=1", "train.lrr"), ("roundz=3", "roundz"), ("train.model=x", "train.model")]
+    "override, key",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("roundz=3", "roundz"),
+        ("train.model=x", "train.model"),
+        ("engine=vlm", "engine: 'vlm' is not one of 'hf', 'vllm'"),
+        ("logprobs_engine=vlm", "logprobs_engine: 'vlm' is not one of 'hf', 'vllm'"),
+    ],
 )
 def test_config_typo_exits_2_through_the_cli(setup, override, key):
     from prefpool.cli import app
