@@ -263,6 +263,8 @@ def evaluate(
     if is_folder:
         announce("eval", f"hashing and loading {model}, reading {data}; progress follows", enabled=show_progress)
         model = check_model(model)
+    if ref_model is not None:
+        ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     scorer = sample_scorer(
         reward_fn=reward_fn,
         reward_model=reward_model,
@@ -278,8 +280,6 @@ def evaluate(
         raise ConfigError(
             f"{scorer.kind}: sampling needs model as a folder, .gguf or Hub id (the generate engine loads it)"
         )
-    if ref_model is not None:
-        ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     table = _table(data, split)
     parts = cache_parts(table)
     settings = {

@@ -93,7 +93,7 @@ def test_sample_scores_need_candidates_and_not_mpo(tables, tmp_path):
     ex, ca, lp, _, s_ca = tables
     with pytest.raises(PipelineConfigError, match="need --candidates"):
         build("mcpo", examples=ex, logprobs=lp, scores=s_ca, out=tmp_path / "a")
-    with pytest.raises(PipelineConfigError, match="pairwise or mcpo"):
+    with pytest.raises(PipelineConfigError, match="--kind pairwise, mcpo or kto"):
         build("mpo", examples=ex, logprobs=lp, candidates=ca, scores=s_ca, out=tmp_path / "b")
 
 

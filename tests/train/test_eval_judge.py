@@ -16,9 +16,10 @@ from test_eval_support import pairwise_row, write_table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefpool.core.errors import ConfigError
-from prefpool.pipeline.engines import generation
 from prefpool.pipeline.engines.generation import Completion
+from prefpool.pipeline.engines.hf_engine import HF
 from prefpool.pipeline.engines.preference import TEMPLATE, PreferenceScorer
+from prefpool.pipeline.engines.registry import ENGINES
 from prefpool.testing import build_tiny_llama
 from prefpool.train import eval_samples
 from prefpool.train.eval_winrate import length_controlled_win_rate
@@ -103,7 +104,12 @@ class ScriptedJudge:
 def scripted(monkeypatch):
     ScriptedJudge.prompts = []
     ScriptedJudge.rule = staticmethod(content_reply)
-    monkeypatch.setitem(generation.ENGINES, "hf", lambda info, **kw: ScriptedJudge(info))
+
+    class Scripted(HF):
+        def generator(self, info, **_):
+            return ScriptedJudge(info)
+
+    monkeypatch.setitem(ENGINES, "hf", Scripted())
     return ScriptedJudge
 
 

@@ -55,7 +55,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smollm2_table(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # for the model's preparation; each test starts on one thread again (conftest)
     spec = importlib.util.spec_from_file_location("real_data_common", REPO / "experiments" / "real_data" / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
