@@ -97,6 +97,7 @@ from .run_folder import (
     start_folder,
     swap_in,
 )
+from .unpadded_checkpoints import keep_layer_inputs_unpadded
 
 # TrainConfig.optimizer_impl -> torch.optim.AdamW's arguments
 ADAMW_IMPL = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -274,6 +275,7 @@ class Trainer:
             model = with_lora(model, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            keep_layer_inputs_unpadded(model)  # the same numbers; each layer's saved input without its padding
         model.config.use_cache = False
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
