@@ -1,9 +1,9 @@
 """``prefpool train CONFIG --estimate-memory``: a run's memory floor per step, before any weight is loaded.
 
-The table is read and tokenized exactly as ``train`` does (the cache's
-``max_length`` and truncation), the micro-batches are planned as ``train``
-plans them (seed, ``group_by_length``), and each micro-batch's gradient pass
-gets its ``memory_floor.step_floor``. The model is built on the meta device
+The table is read and tokenized by ``train``'s own set-up
+(``run_data.open_run_data``: the cache's ``max_length`` and truncation), the
+micro-batches are planned as ``train`` plans them (seed, ``group_by_length``),
+and each micro-batch's gradient pass gets its ``memory_floor.step_floor``. The model is built on the meta device
 from its config: no weights are read. Printed: the floor of the first
 micro-batch and of the largest one, by part.
 """
@@ -45,8 +45,15 @@ class MemoryEstimate:
         return "\n".join(rows)
 
 
+# Parts that do not grow with padding: the model's, the checkpointed layer inputs (kept without their padding,
+# ``unpadded_checkpoints``) and the log-prob head (it runs on completion positions only).
+UNPADDED_PARTS = ("weights", "gradients", "optimizer state", "checkpointed activations", "log-prob head")
+
+
 def _padding_cost(floor: StepFloor) -> float:
-    per_token = sum(v for k, v in floor.parts.items() if k not in ("weights", "gradients", "optimizer state"))
+    """What right-padding ``floor``'s sequences to the longest adds: the padding positions' share of the
+    parts a padded batch holds for every position (a layer's working set, the token ids)."""
+    per_token = sum(v for k, v in floor.parts.items() if k not in UNPADDED_PARTS)
     return per_token / floor.tokens * (floor.padded_tokens - floor.tokens)
 
 
