@@ -77,8 +77,12 @@ def _saving_unpadded(checkpoint, positions: _RealPositions):
         ):
             return checkpoint(function, *args, **kwargs)
 
+        # The hooks outlive this call (autograd keeps them with what they saved): they hold the input's
+        # shape and address, never the input itself.
+        shape, address = hidden.shape, hidden.data_ptr()
+
         def pack(tensor: torch.Tensor):
-            if tensor.shape == hidden.shape and tensor.data_ptr() == hidden.data_ptr():
+            if tensor.shape == shape and tensor.data_ptr() == address:
                 return _drop_padding(tensor, index)
             return tensor
 

@@ -3,6 +3,9 @@ only the real positions held between forward and backward."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import transformers as T
@@ -83,6 +86,21 @@ def test_only_real_positions_are_kept(monkeypatch):
     _step(_model("llama", "sdpa", unpadded_inputs=True), pairs)
     real = sum(len(p) + len(c) for p, c in pairs)
     assert kept == [((5, 12, 32), (real, 32))] * COMMON["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("unpadded_inputs", [True, False])
+def test_the_padded_inputs_are_freed_after_the_forward(unpadded_inputs):
+    """Between forward and backward nothing holds a padded layer input but checkpoint (without the cut)."""
+    model = _model("llama", "sdpa", unpadded_inputs=unpadded_inputs)
+    outputs = []
+    for layer in model.model.layers:
+        layer.register_forward_hook(lambda module, args, out: outputs.append(weakref.ref(out)))
+    logps, _ = completion_logps(model, _pairs(), 0, packing=False)
+    gc.collect()
+    layers = COMMON["num_hidden_layers"]
+    alive = [ref() is not None for ref in outputs[-layers:]]  # the gradient pass's (a check's forwards first)
+    # the last layer's output is the final norm's input (kept by the norm)
+    assert alive == ([False] * (layers - 1) if unpadded_inputs else [True] * (layers - 1)) + [True]
 
 
 def test_no_padding_no_change(monkeypatch):
