@@ -6,7 +6,7 @@ Run:
       .venv/bin/python benchmarks/bench_step_memory.py --real        # SmolLM2-135M, UltraFeedback, T <= 1,024
     .venv/bin/python benchmarks/bench_step_memory.py                 # a random small Llama, synthetic pairs
 
-Optional: ``--variants default,fused,foreach,packed --steps 2 --batch 4 --max-length 1024 --rows 16``.
+Optional: ``--variants default,padded-inputs,fused,foreach,packed --steps 2 --batch 4 --max-length 1024 --rows 16``.
 
 Each variant runs ``prefpool.train.Trainer`` (DPO on the table's cached reference log-probs, AdamW, gradient
 checkpointing on, float32, CPU) in a fresh subprocess, with its phases wrapped (nothing else changes):
@@ -53,6 +53,7 @@ from peak_memory import reset_peak, status_kib
 
 VARIANTS = {
     "default": {},
+    "padded-inputs": {},  # default, with each checkpointed layer input kept with its padding (the cut undone)
     "foreach": {"optimizer_impl": "foreach"},
     "fused": {"optimizer_impl": "fused"},
     "packed": {"packing": "on"},
@@ -122,6 +123,8 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     options = VARIANTS[args.variant]
+    if args.variant == "padded-inputs":
+        trainer_module.keep_layer_inputs_unpadded = lambda model: None
     settings = dict(
         model=args.model_dir,
         data=args.data,

@@ -1,9 +1,9 @@
 """``prefpool train CONFIG --estimate-memory``: a run's memory floor per step, before any weight is loaded.
 
-The table is read and tokenized exactly as ``train`` does (the cache's
-``max_length`` and truncation), the micro-batches are planned as ``train``
-plans them (seed, ``group_by_length``), and each micro-batch's gradient pass
-gets its ``memory_floor.step_floor``. The model is built on the meta device
+The table is read and tokenized by ``train``'s own set-up
+(``run_data.open_run_data``: the cache's ``max_length`` and truncation), the
+micro-batches are planned as ``train`` plans them (seed, ``group_by_length``),
+and each micro-batch's gradient pass gets its ``memory_floor.step_floor``. The model is built on the meta device
 from its config: no weights are read. Printed: the floor of the first
 micro-batch and of the largest one, by part.
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefpool.core.errors import ConfigError
-from prefpool.pipeline.kinds.source import open_table
-from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
-from .cache_check import cache_parts
 from .config import TrainConfig
-from .data import Example, TrainingTable
-from .kinds import train_kind
+from .data import Example
 from .lora import with_lora
 from .memory_floor import MIB, Shapes, StepFloor, step_floor
+from .run_data import open_run_data
 
 
 @dataclass(frozen=True)
@@ -48,8 +45,15 @@ class MemoryEstimate:
         return "\n".join(rows)
 
 
+# Parts that do not grow with padding: the model's, the checkpointed layer inputs (kept without their padding,
+# ``unpadded_checkpoints``) and the log-prob head (it runs on completion positions only).
+UNPADDED_PARTS = ("weights", "gradients", "optimizer state", "checkpointed activations", "log-prob head")
+
+
 def _padding_cost(floor: StepFloor) -> float:
-    per_token = sum(v for k, v in floor.parts.items() if k not in ("weights", "gradients", "optimizer state"))
+    """What right-padding ``floor``'s sequences to the longest adds: the padding positions' share of the
+    parts a padded batch holds for every position (a layer's working set, the token ids)."""
+    per_token = sum(v for k, v in floor.parts.items() if k not in UNPADDED_PARTS)
     return per_token / floor.tokens * (floor.padded_tokens - floor.tokens)
 
 
@@ -66,21 +70,9 @@ def gradient_lengths(kind: str, example: Example, negatives: int) -> list[int]:
 
 def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
     cfg.check()
-    source = check_model(cfg.model)
-    data = open_table(cfg.data, split=cfg.data_split)
-    cfg.check_table(data.kind)
-    tokenizer = load_tokenizer(source)
-    cache = cache_parts(data)
-    max_length = cfg.max_length if cfg.max_length is not None else int(cache["max_length"])
-    spec = train_kind(data.kind)
-    table = TrainingTable(
-        data,
-        data.kind,
-        tokenizer,
-        max_length=max_length,
-        truncation=cfg.truncation,
-        with_samples=spec.needs_samples(cfg),
-    )
+    run_data = open_run_data(cfg)
+    source, kind = run_data.source, run_data.kind
+    table = run_data.table(cfg)
     shapes, trainable = _parameters(source.config(), cfg)
     negatives = getattr(cfg, "num_negatives", 1)
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
@@ -90,7 +82,7 @@ def estimate_memory(cfg: TrainConfig) -> MemoryEstimate:
         rows = table.micro_batch(
             cfg.seed, 0, index, batch_size=cfg.batch_size, group_rows=step_rows if cfg.group_by_length else None
         )
-        lengths = [n for example in rows for n in gradient_lengths(data.kind, example, negatives)]
+        lengths = [n for example in rows for n in gradient_lengths(kind, example, negatives)]
         floors.append(
             step_floor(
                 shapes,

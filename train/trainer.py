@@ -68,10 +68,8 @@ from prefpool.pipeline.engines.logprob_engines import DTYPES
 from prefpool.pipeline.io.atomic import write_json, write_text
 from prefpool.pipeline.io.progress import announce, progress
 from prefpool.pipeline.io.writer_lock import writes_folder
-from prefpool.pipeline.kinds.source import open_table
-from prefpool.pipeline.model.folder import check_model, load_tokenizer
 
-from .cache_check import Step0MismatchError, cache_parts, check_cache, check_step0
+from .cache_check import Step0MismatchError, check_cache, check_step0
 from .card import model_card
 from .checkpoint import (
     CheckpointError,
@@ -85,11 +83,11 @@ from .checkpoint import (
     write_state,
 )
 from .config import TrainConfig
-from .data import TrainingTable, collate
-from .kinds import train_kind
+from .data import collate
 from .lora import with_lora
 from .metrics import MetricsLog, peak_memory_mb, read_metrics, reduce_step, tracker_scalars
 from .objective import batch_loss, step0_difference
+from .run_data import open_run_data
 from .run_folder import (
     CHECKPOINTS,
     SUMMARY_NAME,
@@ -99,6 +97,7 @@ from .run_folder import (
     start_folder,
     swap_in,
 )
+from .unpadded_checkpoints import keep_layer_inputs_unpadded
 
 # TrainConfig.optimizer_impl -> torch.optim.AdamW's arguments
 ADAMW_IMPL = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -240,15 +239,9 @@ class Trainer:
         # Before the accelerator exists: the launcher's RANK tells the main process (unset: one process).
         shown = cfg.progress if os.environ.get("RANK", "0") == "0" else False
         announce("train", f"reading {cfg.data}, loading {cfg.model}; progress follows", enabled=shown)
-        self.source = check_model(cfg.model)  # a bad model reference fails before the data is read
-        self.data = open_table(cfg.data, split=cfg.data_split)  # a build folder, a pushed folder or Hub id
-        self.kind = self.data.kind
-        cfg.check_table(self.kind)
-        self.spec = train_kind(self.kind)
-        self.tokenizer = load_tokenizer(self.source)
-        self.cache = cache_parts(self.data)
-        # Tokenize exactly as the cache did: its max_length unless one is given (then it must match).
-        self.max_length = cfg.max_length if cfg.max_length is not None else int(self.cache["max_length"])
+        run_data = open_run_data(cfg)  # a bad model reference fails before the data is read
+        self.source, self.data, self.kind, self.spec = run_data.source, run_data.data, run_data.kind, run_data.spec
+        self.tokenizer, self.cache, self.max_length = run_data.tokenizer, run_data.cache, run_data.max_length
         self.check_step0 = check_cache(
             self.cache,
             model=cfg.model,
@@ -268,15 +261,7 @@ class Trainer:
             **_tracker_options(cfg, self.work),
         )
         set_seed(cfg.seed)
-        self.table = TrainingTable(
-            self.data,
-            self.kind,
-            self.tokenizer,
-            max_length=self.max_length,
-            truncation=cfg.truncation,
-            with_samples=self.spec.needs_samples(cfg),
-            loss=cfg.loss,
-        )
+        self.table = run_data.table(cfg)
         procs = self.accelerator.num_processes
         self.steps_per_epoch = self.table.batches_per_epoch(cfg.batch_size * procs) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
@@ -295,6 +280,7 @@ class Trainer:
             model = with_lora(model, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            keep_layer_inputs_unpadded(model)  # the same numbers; each layer's saved input without its padding
         model.config.use_cache = False
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
