@@ -15,25 +15,18 @@ import polars as pl
 import pyarrow as pa
 
 from prefpool.losses import losses_for_kind
-from prefpool.pipeline.io.schemas import ASSISTANT_TURN, MESSAGE
 
 from . import select as sel
 from .build_context import BuildContext
 from .pair_rules import derived_pairs
-from .spec import Answer, TableKind, TableRow
+from .spec import TRL_PAIR_FIELDS, Answer, TableKind, TableRow
 
-# prompt/chosen/rejected/ref_chosen_logps/ref_rejected_logps are the names TRL's DPOTrainer reads.
+# TRL's pair columns (prompt .. ref_rejected_logps, then the token counts) with the answers' ids between them.
 PAIR_FIELDS = [
-    pa.field("prompt_id", pa.string(), nullable=False),
-    pa.field("prompt", pa.list_(MESSAGE), nullable=False),
-    pa.field("chosen", ASSISTANT_TURN, nullable=False),
-    pa.field("rejected", ASSISTANT_TURN, nullable=False),
-    pa.field("ref_chosen_logps", pa.float64(), nullable=False),
-    pa.field("ref_rejected_logps", pa.float64(), nullable=False),
+    *TRL_PAIR_FIELDS[:6],
     pa.field("chosen_id", pa.string(), nullable=False),  # ids.completion_id(text)
     pa.field("rejected_id", pa.string(), nullable=False),
-    pa.field("chosen_num_tokens", pa.int32(), nullable=False),
-    pa.field("rejected_num_tokens", pa.int32(), nullable=False),
+    *TRL_PAIR_FIELDS[6:],
 ]
 SCHEMA = pa.schema(PAIR_FIELDS)
 
