@@ -1,0 +1,222 @@
+"""The `generate` stage against the bare engine it drives: `vllm.LLM.generate`, and transformers' `model.generate`.
+
+Run (needs vllm, e.g. after `make setup`):
+
+    .venv/bin/python benchmarks/bench_engine_overhead.py --model ~/.cache/prefpool-bench/smollm2-135m-instruct-f32
+
+Optional: ``--prompts 16 --n 4 --max-new-tokens 48 --batch-size 16 --repeats 2`` (without ``--model``: a tiny
+random Llama built locally). Each measurement is its own child process, so no engine shares state with another:
+
+- ``stage-<engine>``: ``prefpool.pipeline.generate.generate`` over an examples table of the prompts, in
+  process, timed from the call to its return: the engine's start, the chat template, the per-sample seeds,
+  decoding and the Parquet shards, manifest and report included;
+- ``bare-vllm``: what a user writes without prefpool: ``vllm.LLM(model)`` with the same engine settings
+  (dtype, the CPU settings prefpool applies), the prompts rendered by the tokenizer's chat template, and
+  one ``LLM.generate`` call with the same sampling settings and a seed per sample;
+- ``bare-hf``: ``AutoModelForCausalLM.from_pretrained`` and ``model.generate`` over left-padded batches of
+  ``--batch-size / n`` prompts with ``num_return_sequences = n`` (``--batch-size`` sequences decoded together,
+  as the stage's ``batch_size``), the same sampling settings.
+
+vLLM compiles the model on its first start and caches the result (``~/.cache/vllm``): the first run of the
+first side pays for it, so read the medians of ``--repeats 3`` or more, whose runs alternate stage and bare.
+
+Both sides are timed from the start of the model's load to the last token, so the figure a user sees is
+compared. Samples differ between the stage and the bare call (different seeds per sample), so throughput is
+tokens drawn per second, and the ratio is the stage's tokens/s over the bare engine's (1.00 = no overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()
+TEMPERATURE, TOP_P = 1.0, 0.95
+
+
+def _prompts(count: int) -> list[str]:
+    return [f"Q{i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(4 + i % 9)) + "?" for i in range(count)]
+
+
+def _examples(root: Path, count: int) -> Path:
+    from prefpool.pipeline.ingest import ingest
+
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _prompts(count)))
+    return ingest(root / "prompts.jsonl", format="prompts", out=root / "examples", show_progress=False).out
+
+
+def _stage(args, engine: str) -> dict:
+    from prefpool.pipeline.generate import generate
+    from prefpool.pipeline.io.read import read_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = _examples(Path(tmp), args.prompts)
+        start = time.perf_counter()
+        out = generate(
+            examples,
+            model=args.model,
+            out=Path(tmp) / "pool",
+            n=args.n,
+            engine=engine,
+            temperature=TEMPERATURE,
+            top_p=TOP_P,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            device="cpu",
+            show_progress=False,
+        ).out
+        seconds = time.perf_counter() - start
+        table = read_table(out).to_pylist()
+        tokens = sum(sum(s["num_tokens"] for s in row["samples"]) for row in table)
+    return {"seconds": seconds, "tokens": tokens}
+
+
+def _rendered(tokenizer, count: int) -> list[list[int]]:
+    """The prompts as token ids, each rendered by the model's chat template with the generation prompt."""
+    found = []
+    for prompt in _prompts(count):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        found.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return found
+
+
+def _bare_vllm(args) -> dict:
+    import psutil
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from prefpool.pipeline.engines.vllm_start import cpu_settings
+
+    start = time.perf_counter()
+    extra, env = cpu_settings({}, per_request_seeds=True, available=psutil.virtual_memory().available)
+    os.environ.update(env)
+    dtype = getattr(AutoConfig.from_pretrained(args.model), "torch_dtype", None) or torch.float32
+    llm = LLM(model=str(args.model), dtype=dtype, seed=0, **extra)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    prompts = [{"prompt_token_ids": ids} for ids in _rendered(tokenizer, args.prompts) for _ in range(args.n)]
+    params = [
+        SamplingParams(
+            n=1, seed=i, temperature=TEMPERATURE, top_p=TOP_P, max_tokens=args.max_new_tokens, detokenize=False
+        )
+        for i in range(len(prompts))
+    ]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}
+
+
+def _bare_hf(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rendered = _rendered(tokenizer, args.prompts)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    torch.manual_seed(0)
+    tokens = 0
+    per_call = max(1, args.batch_size // args.n)  # prompts per call: batch_size sequences at once, as the stage
+    for first in range(0, len(rendered), per_call):
+        batch = rendered[first : first + per_call]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])  # left padding
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                num_return_sequences=args.n,
+                pad_token_id=pad,
+            )
+        for row in out[:, width:].tolist():  # tokens up to the first eos (the rest is padding)
+            count = 0
+            for token in row:
+                if token in eos:
+                    break
+                count += 1
+            tokens += count
+    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def _child(args) -> None:
+    torch_threads = int(os.environ.get("PREFPOOL_BENCH_THREADS", "0"))
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    run = {"stage-vllm": lambda: _stage(args, "vllm"), "stage-hf": lambda: _stage(args, "hf"),
+           "bare-vllm": lambda: _bare_vllm(args), "bare-hf": lambda: _bare_hf(args)}[args.child]  # fmt: skip
+    print("RESULT " + json.dumps(run()), flush=True)
+
+
+def _measure(args, which: str) -> dict:
+    argv = [sys.executable, __file__, "--child", which, "--model", str(args.model)]
+    for option in ("prompts", "n", "max_new_tokens", "batch_size"):
+        argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{which} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--engines", default="vllm,hf")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", default=None)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    if args.model is None:
+        from prefpool.testing import build_tiny_llama
+
+        args.model = build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny")
+    results = {}
+    for engine in args.engines.split(","):
+        for side in ("stage", "bare"):  # interleaved repeats: a drift in the machine's load hits both sides
+            results[f"{side}-{engine}"] = []
+        for _ in range(args.repeats):
+            for side in ("stage", "bare"):
+                results[f"{side}-{engine}"].append(_measure(args, f"{side}-{engine}"))
+    print(f"model {args.model}; {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens")
+    summary = {}
+    for engine in args.engines.split(","):
+        rates = {}
+        for side in ("stage", "bare"):
+            runs = results[f"{side}-{engine}"]
+            rates[side] = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+            shown = ", ".join(f"{r['seconds']:.1f} s / {r['tokens']} tok" for r in runs)
+            print(f"{side:>5} {engine:<5} median {rates[side]:8.1f} tokens/s   runs: {shown}")
+        summary[engine] = rates["stage"] / rates["bare"]
+        print(f"ratio stage/bare tokens/s ({engine}): {summary[engine]:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ratios": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
