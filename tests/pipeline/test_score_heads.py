@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_build_helpers import example, write_rows
@@ -55,12 +57,8 @@ def _scores(folder) -> dict[tuple[str, str], float]:
     return {(r["prompt_id"], r["completion_id"]): r["score"] for r in read_table(folder, schema="scores").to_pylist()}
 
 
-def _direct(model_dir) -> dict[tuple[str, str], torch.Tensor]:
-    """Each answer's two logits from one unbatched forward pass."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def _direct_outputs(model, tokenizer) -> dict[tuple[str, str], object]:
+    """Each answer's model output from one unbatched forward pass of its chat-templated conversation."""
     found = {}
     for row in EXAMPLES:
         for answer in row["answers"]:
@@ -71,8 +69,17 @@ def _direct(model_dir) -> dict[tuple[str, str], torch.Tensor]:
                 return_tensors="pt",
             )
             with torch.no_grad():
-                found[(row["prompt_id"], completion_id(answer["text"]))] = model(**ids).logits[0].double()
+                found[(row["prompt_id"], completion_id(answer["text"]))] = model(**ids)
     return found
+
+
+def _direct(model_dir) -> dict[tuple[str, str], torch.Tensor]:
+    """Each answer's two logits from one unbatched forward pass."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    outputs = _direct_outputs(model, AutoTokenizer.from_pretrained(model_dir))
+    return {key: out.logits[0].double() for key, out in outputs.items()}
 
 
 def test_head_and_weighted_heads_equal_the_direct_logits(ex, tmp_path, two_heads):
@@ -157,32 +164,42 @@ class TinyRM(PreTrainedModel):
 '''
 
 
-def test_a_model_with_its_own_code_needs_trust_remote_code(ex, tmp_path, two_heads):
-    """A folder whose config maps the auto classes to code shipped beside the weights (as ArmoRM's does)."""
+def _model_with_its_own_code(folder: Path, code: str, tokenizer_dir: Path, make, classes: dict[str, str]):
+    """Save ``make(module, pad_token_id)`` (seeded) with ``code`` as ``folder/modeling_own.py``, the tokenizer of
+    ``tokenizer_dir``, and a config whose ``auto_map`` sends the auto classes to ``classes`` (as ArmoRM's does).
+    Returns ``(model, tokenizer)``."""
     import importlib.util
     import json
 
     from transformers import AutoTokenizer
 
-    folder = tmp_path / "remote"
     folder.mkdir()
-    (folder / "modeling_tiny.py").write_text(REMOTE_CODE)
-    spec = importlib.util.spec_from_file_location("modeling_tiny_for_test", folder / "modeling_tiny.py")
+    (folder / "modeling_own.py").write_text(code)
+    spec = importlib.util.spec_from_file_location(f"modeling_own_{folder.name}", folder / "modeling_own.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    tokenizer = AutoTokenizer.from_pretrained(two_heads)
-    config = module.TinyRMConfig(num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = module.TinyRM(config)
+        model = make(module, tokenizer.pad_token_id)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     saved = json.loads((folder / "config.json").read_text())
-    saved["auto_map"] = {
-        "AutoConfig": "modeling_tiny.TinyRMConfig",
-        "AutoModelForSequenceClassification": "modeling_tiny.TinyRM",
-    }
+    saved["auto_map"] = {auto: f"modeling_own.{name}" for auto, name in classes.items()}
     (folder / "config.json").write_text(json.dumps(saved))
+    return model, tokenizer
+
+
+def test_a_model_with_its_own_code_needs_trust_remote_code(ex, tmp_path, two_heads):
+    """A folder whose config maps the auto classes to code shipped beside the weights (as ArmoRM's does)."""
+    folder = tmp_path / "remote"
+    model, tokenizer = _model_with_its_own_code(
+        folder,
+        REMOTE_CODE,
+        two_heads,
+        lambda module, pad: module.TinyRM(module.TinyRMConfig(num_labels=2, pad_token_id=pad)),
+        {"AutoConfig": "TinyRMConfig", "AutoModelForSequenceClassification": "TinyRM"},
+    )
     with pytest.raises(PipelineConfigError, match="--trust-remote-code"):
         score(ex, out=tmp_path / "refused", reward_model=folder, reward_head=1)
     out = score(ex, out=tmp_path / "s", reward_model=folder, reward_head=1, trust_remote_code=True).out
@@ -240,52 +257,22 @@ class ArmoLike(PreTrainedModel):
 @pytest.fixture(scope="module")
 def armo_like(tmp_path_factory, two_heads):
     """A model with its own code and its own output class (three objectives and a score, no logits)."""
-    import importlib.util
-    import json
-
-    from transformers import AutoTokenizer
-
     folder = tmp_path_factory.mktemp("armo") / "armo"
-    folder.mkdir()
-    (folder / "modeling_armo.py").write_text(ARMO_LIKE_CODE)
-    spec = importlib.util.spec_from_file_location("modeling_armo_for_test", folder / "modeling_armo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    tokenizer = AutoTokenizer.from_pretrained(two_heads)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = module.ArmoLike(module.ArmoLikeConfig(num_labels=3, pad_token_id=tokenizer.pad_token_id))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    saved = json.loads((folder / "config.json").read_text())
-    saved["auto_map"] = {
-        "AutoConfig": "modeling_armo.ArmoLikeConfig",
-        "AutoModelForSequenceClassification": "modeling_armo.ArmoLike",
-    }
-    (folder / "config.json").write_text(json.dumps(saved))
+    model, tokenizer = _model_with_its_own_code(
+        folder,
+        ARMO_LIKE_CODE,
+        two_heads,
+        lambda module, pad: module.ArmoLike(module.ArmoLikeConfig(num_labels=3, pad_token_id=pad)),
+        {"AutoConfig": "ArmoLikeConfig", "AutoModelForSequenceClassification": "ArmoLike"},
+    )
     return folder, model, tokenizer
-
-
-def _armo_direct(model, tokenizer) -> dict[tuple[str, str], object]:
-    found = {}
-    for row in EXAMPLES:
-        for answer in row["answers"]:
-            ids = tokenizer.apply_chat_template(
-                [*row["prompt"], {"role": "assistant", "content": answer["text"]}],
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-            )
-            with torch.no_grad():
-                found[(row["prompt_id"], completion_id(answer["text"]))] = model(**ids)
-    return found
 
 
 def test_an_output_class_without_logits_is_read_by_its_field(ex, tmp_path, armo_like):
     """ArmoRM-like: ``score`` is one value per answer; ``rewards`` takes a head or weights. Each equals the
     model's own output from an unbatched forward pass."""
     folder, model, tokenizer = armo_like
-    direct = _armo_direct(model, tokenizer)
+    direct = _direct_outputs(model, tokenizer)
     common = dict(reward_model=folder, trust_remote_code=True, batch_size=3)
     gated = _scores(score(ex, out=tmp_path / "score", reward_output="score", **common).out)
     weighted = _scores(
