@@ -31,24 +31,19 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-WORDS = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()
+from harness import dispatch, emit, run_child, short_prompts
+
 TEMPERATURE, TOP_P = 1.0, 0.95
-
-
-def _prompts(count: int) -> list[str]:
-    return [f"Q{i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(4 + i % 9)) + "?" for i in range(count)]
 
 
 def _examples(root: Path, count: int) -> Path:
     from prefpool.pipeline.ingest import ingest
 
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _prompts(count)))
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in short_prompts(count)))
     return ingest(root / "prompts.jsonl", format="prompts", out=root / "examples", show_progress=False).out
 
 
@@ -81,7 +76,7 @@ def _stage(args, engine: str) -> dict:
 def _rendered(tokenizer, count: int) -> list[list[int]]:
     """The prompts as token ids, each rendered by the model's chat template with the generation prompt."""
     found = []
-    for prompt in _prompts(count):
+    for prompt in short_prompts(count):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
         found.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
     return found
@@ -145,36 +140,51 @@ def _bare_hf(args) -> dict:
                 pad_token_id=pad,
             )
         for row in out[:, width:].tolist():  # tokens up to the first eos (the rest is padding)
-            count = 0
-            for token in row:
-                if token in eos:
-                    break
-                count += 1
-            tokens += count
+            tokens += next((i for i, token in enumerate(row) if token in eos), len(row))
     return {"seconds": time.perf_counter() - start, "tokens": tokens}
 
 
-def _child(args) -> None:
-    torch_threads = int(os.environ.get("PREFPOOL_BENCH_THREADS", "0"))
-    if torch_threads:
-        import torch
-
-        torch.set_num_threads(torch_threads)
-    run = {"stage-vllm": lambda: _stage(args, "vllm"), "stage-hf": lambda: _stage(args, "hf"),
-           "bare-vllm": lambda: _bare_vllm(args), "bare-hf": lambda: _bare_hf(args)}[args.child]  # fmt: skip
-    print("RESULT " + json.dumps(run()), flush=True)
+VARIANTS = {
+    "stage-vllm": lambda args: _stage(args, "vllm"),
+    "stage-hf": lambda args: _stage(args, "hf"),
+    "bare-vllm": _bare_vllm,
+    "bare-hf": _bare_hf,
+}
 
 
-def _measure(args, which: str) -> dict:
-    argv = [sys.executable, __file__, "--child", which, "--model", str(args.model)]
-    for option in ("prompts", "n", "max_new_tokens", "batch_size"):
-        argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{which} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+def child(args) -> None:
+    emit(VARIANTS[args.variant](args))
+
+
+def _measure(args, variant: str) -> dict:
+    options = {key: getattr(args, key) for key in ("model", "prompts", "n", "max_new_tokens", "batch_size")}
+    return run_child(__file__, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}, variant=variant, **options)
+
+
+def parent(args) -> None:
+    if args.model is None:
+        from prefpool.testing import build_tiny_llama
+
+        args.model = build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny")
+    engines = args.engines.split(",")
+    results = {f"{side}-{engine}": [] for engine in engines for side in ("stage", "bare")}
+    for engine in engines:
+        for _ in range(args.repeats):
+            for side in ("stage", "bare"):  # alternating: a drift in the machine's load hits both sides
+                results[f"{side}-{engine}"].append(_measure(args, f"{side}-{engine}"))
+    print(f"model {args.model}; {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens")
+    summary = {}
+    for engine in engines:
+        rates = {}
+        for side in ("stage", "bare"):
+            runs = results[f"{side}-{engine}"]
+            rates[side] = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+            shown = ", ".join(f"{r['seconds']:.1f} s / {r['tokens']} tok" for r in runs)
+            print(f"{side:>5} {engine:<5} median {rates[side]:8.1f} tokens/s   runs: {shown}")
+        summary[engine] = rates["stage"] / rates["bare"]
+        print(f"ratio stage/bare tokens/s ({engine}): {summary[engine]:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ratios": summary}, indent=1))
 
 
 def main() -> None:
@@ -187,35 +197,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default="vllm,hf")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--child", default=None)
-    args = parser.parse_args()
-    if args.child:
-        _child(args)
-        return
-    if args.model is None:
-        from prefpool.testing import build_tiny_llama
-
-        args.model = build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny")
-    results = {}
-    for engine in args.engines.split(","):
-        for side in ("stage", "bare"):  # interleaved repeats: a drift in the machine's load hits both sides
-            results[f"{side}-{engine}"] = []
-        for _ in range(args.repeats):
-            for side in ("stage", "bare"):
-                results[f"{side}-{engine}"].append(_measure(args, f"{side}-{engine}"))
-    print(f"model {args.model}; {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens")
-    summary = {}
-    for engine in args.engines.split(","):
-        rates = {}
-        for side in ("stage", "bare"):
-            runs = results[f"{side}-{engine}"]
-            rates[side] = statistics.median(r["tokens"] / r["seconds"] for r in runs)
-            shown = ", ".join(f"{r['seconds']:.1f} s / {r['tokens']} tok" for r in runs)
-            print(f"{side:>5} {engine:<5} median {rates[side]:8.1f} tokens/s   runs: {shown}")
-        summary[engine] = rates["stage"] / rates["bare"]
-        print(f"ratio stage/bare tokens/s ({engine}): {summary[engine]:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "ratios": summary}, indent=1))
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    dispatch(parser, parent, child)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-WORDS = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()
-
-
-def _prompts(count: int) -> list[str]:
-    return [f"Q{i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(4 + i % 9)) + "?" for i in range(count)]
-
 
 def _time_engine(name, make, requests, params) -> dict:
     start = time.perf_counter()
@@ -70,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from harness import small_llama
+    from harness import short_prompts, small_llama
 
     from prefpool.pipeline.engines.generation import Request
     from prefpool.pipeline.engines.hf_generation import HFEngine
@@ -83,7 +77,7 @@ def main() -> None:
         info = load_model_info(folder)
         requests = [
             Request(tuple(info.render([{"role": "user", "content": p}])), sample_seed(0, p, i))
-            for p in _prompts(args.prompts)
+            for p in short_prompts(args.prompts)
             for i in range(args.n)
         ]
         params = SamplingParams(

@@ -66,3 +66,11 @@ def small_llama(folder: Path, *, vocab: int, hidden: int, layers: int, max_posit
         intermediate_size=4 * hidden,
         max_position_embeddings=max_positions,
     )
+
+
+WORDS = "the cat sees a red apple while the old dog walks by the blue river near a stone".split()
+
+
+def short_prompts(count: int) -> list[str]:
+    """``count`` short questions of 4 to 12 words, the same for every generation benchmark."""
+    return [f"Q{i}: " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(4 + i % 9)) + "?" for i in range(count)]
