@@ -103,12 +103,13 @@ class BuildContext:
         roles: dict[str, tuple[str, str]],
         *,
         named: str | None = None,
+        note: str = "completion_id = ids.completion_id(text)",
         fix: str = "run `prefpool logprobs` over this table's texts",
     ) -> pl.LazyFrame:
         """Apply ``missing`` to rows where a role's log-prob is null; roles: name -> (text col, logp col).
 
-        ``named``: how the error names the answer (default: the role's text, with its completion id); ``fix``:
-        what to run to cache its log-prob."""
+        The error names the answer (``named``, default "the ROLE text"), says what it is (``note``) and what to
+        run to cache its log-prob (``fix``)."""
         for role, (text, logp) in roles.items():
             absent = frame.filter(pl.col(logp).is_null())
             if self.config.missing == "error":
@@ -116,10 +117,9 @@ class BuildContext:
                 if first.height:
                     pid, value = first.row(0)
                     shown = value if len(value) <= 80 else value[:77] + "..."
-                    what = named or f"the {role} text of prompt_id {{pid}} (completion_id = ids.completion_id(text), "
                     raise PipelineInputError(
-                        f"no reference log-prob for {what.format(pid=pid)}text {shown!r}); {fix}, or pass "
-                        "missing='drop' (--missing drop) to drop such rows",
+                        f"no reference log-prob for {named or f'the {role} text'} of prompt_id {pid} ({note}, text "
+                        f"{shown!r}); {fix}, or pass missing='drop' (--missing drop) to drop such rows",
                         file=self.lp_label,
                     )
             else:

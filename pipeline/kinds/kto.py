@@ -61,7 +61,8 @@ def plan(ctx: BuildContext, candidates: pl.LazyFrame | None = None) -> pl.LazyFr
     rows = ctx.resolve_missing(
         rows,
         {"mismatched": ("kl_text", "kl_logp")},
-        named="the mismatched completion of prompt_id {pid} (another prompt's answer, ",
+        named="the mismatched completion",
+        note="another prompt's answer",
         fix="run `prefpool logprobs --kl-pairs` over the examples and pass its output with --logprobs",
     )
     return rows.with_columns(
