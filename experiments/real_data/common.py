@@ -148,8 +148,10 @@ def train_config(
     seed: int,
     max_steps: int | None,
     loss: str = "mcpo",
+    num_negatives: int = 1,
 ) -> Path:
-    """Write RUN_DIR.yaml, a ``TrainConfig`` for ``prefpool train``. ``kernel=None`` leaves it out (non-mcpo losses)."""
+    """Write RUN_DIR.yaml, a ``TrainConfig`` for ``prefpool train``. ``kernel=None`` leaves it out (non-mcpo losses);
+    ``num_negatives`` (MC-PO's M) is written only when it is not 1."""
     import yaml
 
     cfg = {
@@ -159,6 +161,7 @@ def train_config(
         "loss": loss,
         "kernel": kernel,
         "seed": seed,
+        "num_negatives": num_negatives if num_negatives != 1 else None,
         "resume": True,
         "progress": False,
         **setting["train"],

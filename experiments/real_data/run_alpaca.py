@@ -95,7 +95,17 @@ SETTINGS: dict[str, dict] = {
         },
     },
 }
-METHODS = {"dpo_random": "uniform", "mcpo": "sample"}  # method name -> MC-PO kernel
+# method name -> (MC-PO kernel, M sampled negatives). ``uniform`` is the MC-PO paper's "Random" row
+# (M = 1: DPO with a random rejected answer); ``sample`` draws from {y0} ∪ pool by exp(implicit reward).
+METHODS = {
+    "dpo_random": ("uniform", 1),
+    "mcpo": ("sample", 1),
+    "random_m2": ("uniform", 2),
+    "mcpo_m2": ("sample", 2),
+    "random_m3": ("uniform", 3),
+    "mcpo_m3": ("sample", 3),
+}
+DEFAULT_METHODS = ("dpo_random", "mcpo")
 
 
 # -- model ------------------------------------------------------------------------------------------
@@ -232,9 +242,13 @@ def kernel_stats(run_dir: Path) -> dict:
     """From metrics.jsonl: the kernel's mean entropy (log M = uniform) and the per-step pick histograms."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ent = [r["mcpo/entropy"] for r in rows if "mcpo/entropy" in r]
+    kl = [r["mcpo/kernel_kl_uniform"] for r in rows if "mcpo/kernel_kl_uniform" in r]
+    y0 = [r["mcpo/chosen_drawn"] for r in rows if "mcpo/chosen_drawn" in r]
     return {
         "kernel_entropy_mean": statistics.mean(ent) if ent else None,
         "kernel_entropy_last": ent[-1] if ent else None,
+        "kernel_kl_uniform_mean": statistics.mean(kl) if kl else None,
+        "chosen_drawn_mean": statistics.mean(y0) if y0 else None,
         "train_reward_accuracy_last": rows[-1].get("rewards/accuracies") if rows else None,
         "selected_hist": [r.get("mcpo/selected_hist") for r in rows],
     }
@@ -250,7 +264,7 @@ def table(results: dict) -> str:
         f"| reference | - | {ref['top1_accuracy']:.3f} | {ref['mean_rank']:.3f} | "
         f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - |"
     )
-    for method in METHODS:
+    for method, (kernel, m) in METHODS.items():
         runs = [r[method] for r in results["runs"].values() if method in r]
         if not runs:
             continue
@@ -259,7 +273,7 @@ def table(results: dict) -> str:
             for k in ("top1_accuracy", "mean_rank", "pairwise_accuracy", "pairwise_tie_rate")
         )
         lines.append(
-            f"| {method} (kernel {METHODS[method]}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
+            f"| {method} (kernel {kernel}, M = {m}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
             f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
@@ -268,12 +282,16 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(ap, SETTINGS, "SETTING", "prompts")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS))
+    ap.add_argument("--beta", type=float, default=None, help="override the setting's beta")
     args = ap.parse_args()
 
     setting = json.loads(json.dumps(SETTINGS[args.setting]))
     for key in ("n_train", "n_heldout"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
+    if args.beta is not None:
+        setting["train"]["beta"] = args.beta
     set_threads(args.threads)
     out = (args.out or HERE / "runs" / args.setting).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -309,9 +327,12 @@ def main() -> None:
 
     for seed in args.seeds:
         per_seed = results["runs"].setdefault(str(seed), {})
-        for method, kernel in METHODS.items():
+        for method in args.methods:
+            kernel, num_negatives = METHODS[method]
             run_dir = out / "train" / f"{method}-seed{seed}"
-            cfg = train_config(setting, model, tables["train"], run_dir, kernel, seed, args.max_steps)
+            cfg = train_config(
+                setting, model, tables["train"], run_dir, kernel, seed, args.max_steps, num_negatives=num_negatives
+            )
             if not (run_dir / "train_summary.json").exists():
                 prefpool("train", cfg, timer=timer, name=f"train_{method}_seed{seed}")
             summary = json.loads((run_dir / "train_summary.json").read_text())
@@ -335,8 +356,8 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     for per_seed in results["runs"].values():  # same seed = same data order and random stream
-        if all(m in per_seed for m in METHODS):
-            a, b = (per_seed[m]["selected_hist"] for m in METHODS)
+        if all(m in per_seed for m in DEFAULT_METHODS):
+            a, b = (per_seed[m]["selected_hist"] for m in DEFAULT_METHODS)
             per_seed["steps_with_different_picks"] = sum(x != y for x, y in zip(a, b, strict=True))
     results["timings_seconds"] = timer.data
     results["wall_seconds_this_invocation"] = round(time.perf_counter() - wall, 1)
