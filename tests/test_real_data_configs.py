@@ -39,3 +39,23 @@ def test_alpaca_methods_reach_train_config(run_alpaca, tmp_path, method):
     assert (config.seed, config.beta) == (3, setting["train"]["beta"])
     if num_negatives == 1:  # left out, so a config reads as it did before M existed
         assert "num_negatives" not in path.read_text()
+
+
+def test_alpaca_paired_table_reads_per_seed_differences(run_alpaca):
+    def run(top1, pair):
+        return {"top1_accuracy": top1, "pairwise_accuracy": pair}
+
+    results = {
+        "runs": {
+            "0": {"dpo_random": run(0.50, 0.70), "mcpo": run(0.60, 0.75)},
+            "1": {"dpo_random": run(0.50, 0.70), "mcpo": run(0.40, 0.70)},
+            "2": {"dpo_random": run(0.50, 0.70), "mcpo": run(0.65, 0.80)},
+        }
+    }
+    lines = run_alpaca.paired_table(results).splitlines()
+    assert len(lines) == 3  # header, rule, the one comparison both methods of which ran
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:3] == ["mcpo − dpo_random", "3", "+0.100, -0.100, +0.150"]
+    # mean 0.05, sd 0.1323, t(2) = 4.303: half-width 0.329
+    assert cells[3] == "+0.050 [-0.279, +0.379]"
+    assert cells[4] == "2 of 3"

@@ -106,6 +106,18 @@ METHODS = {
     "mcpo_m3": ("sample", 3),
 }
 DEFAULT_METHODS = ("dpo_random", "mcpo")
+# "a beats b" readings, per seed (same seed: same data order and random stream; only the method differs)
+PAIRED = (
+    ("mcpo", "dpo_random"),  # the paper's kernel against its Random row, M = 1
+    ("mcpo_m2", "random_m2"),
+    ("mcpo_m3", "random_m3"),
+    ("mcpo_m2", "mcpo"),  # the M ablation: more sampled negatives
+    ("mcpo_m3", "mcpo"),
+    ("random_m2", "dpo_random"),
+    ("random_m3", "dpo_random"),
+)
+# two-sided 95 % Student t quantiles by degrees of freedom (n seeds - 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 # -- model ------------------------------------------------------------------------------------------
@@ -256,13 +268,14 @@ def kernel_stats(run_dir: Path) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | train s/run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | top-1 accuracy | mean rank | pairwise acc. | pairwise ties | kernel KL to uniform | "
+        "y0 draws | train s/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ref = results["reference"]
     lines.append(
         f"| reference | - | {ref['top1_accuracy']:.3f} | {ref['mean_rank']:.3f} | "
-        f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - |"
+        f"{ref['pairwise_accuracy']:.3f} | {ref['pairwise_tie_rate']:.3f} | - | - | - |"
     )
     for method, (kernel, m) in METHODS.items():
         runs = [r[method] for r in results["runs"].values() if method in r]
@@ -274,9 +287,43 @@ def table(results: dict) -> str:
         )
         lines.append(
             f"| {method} (kernel {kernel}, M = {m}) | {len(runs)} | {top1} | {rank} | {pair} | {ties} | "
+            f"{_mean_of(runs, 'kernel_kl_uniform_mean')} | {_mean_of(runs, 'chosen_drawn_mean')} | "
             f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
+
+
+def _mean_of(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return f"{statistics.mean(values):.3f}" if values else "-"
+
+
+def paired_table(results: dict) -> str:
+    """Per-seed differences ``a - b`` of held-out top-1 accuracy and pairwise accuracy, their mean with a
+    95 % t-interval over the seeds, and how many seeds have ``a`` ahead."""
+    lines = [
+        "| a − b | seeds | top-1 per seed | top-1 mean [95 % t] | a ahead | pairwise acc. mean [95 % t] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for a, b in PAIRED:
+        per_seed = [r for r in results["runs"].values() if a in r and b in r]
+        if not per_seed:
+            continue
+        top1 = [r[a]["top1_accuracy"] - r[b]["top1_accuracy"] for r in per_seed]
+        pair = [r[a]["pairwise_accuracy"] - r[b]["pairwise_accuracy"] for r in per_seed]
+        lines.append(
+            f"| {a} − {b} | {len(per_seed)} | {', '.join(f'{d:+.3f}' for d in top1)} | {_t_interval(top1)} | "
+            f"{sum(d > 0 for d in top1)} of {len(top1)} | {_t_interval(pair)} |"
+        )
+    return "\n".join(lines)
+
+
+def _t_interval(diffs: list[float]) -> str:
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2 or len(diffs) - 1 not in T95:
+        return f"{mean:+.3f}"
+    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
 def main() -> None:
@@ -364,6 +411,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results))
+    print()
+    print(paired_table(results))
     print(f"\nresults: {out / 'results.json'}; stage wall times: {out / 'timings.json'}")
 
 
