@@ -141,7 +141,7 @@ def check_cache(
             stacklevel=2,
         )
         return reference_is_policy_init
-    same = weights_hash(model) == parts.get("weights_sha256")
+    same = weights_hash(model, adapter=True) == parts.get("weights_sha256")  # eval takes an adapter folder
     if reference_is_policy_init is None:
         return same
     if same:

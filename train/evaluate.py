@@ -84,7 +84,7 @@ def _load(model, tokenizer, device: str, dtype: str):
         if tokenizer is None:
             raise ConfigError("tokenizer: required when model is a module, not a folder")
         return model, tokenizer
-    source = check_model(model)
+    source = check_model(model, adapter=True)
     tok = tokenizer or load_tokenizer(source)
     return source.causal_lm(DTYPES[dtype]).to(device), tok
 
@@ -262,7 +262,7 @@ def evaluate(
     is_folder = not isinstance(model, torch.nn.Module)
     if is_folder:
         announce("eval", f"hashing and loading {model}, reading {data}; progress follows", enabled=show_progress)
-        model = check_model(model)
+        model = check_model(model, adapter=True)  # a LoRA run's output folder too
     if ref_model is not None:
         ref_model = check_model(ref_model, what="ref_model")  # a bad one fails now, not after the ranking
     scorer = sample_scorer(
@@ -298,7 +298,7 @@ def evaluate(
         "step0_tolerance": step0_tolerance,
     }
     identity = {
-        "model": weights_hash(model) if is_folder else None,
+        "model": weights_hash(model, adapter=True) if is_folder else None,
         "data": table.fingerprint,
         "settings": settings,
     }

@@ -12,20 +12,25 @@ import json
 from pathlib import Path
 
 from prefpool.pipeline.io.errors import PipelineConfigError
-from prefpool.pipeline.model.folder import check_model
+from prefpool.pipeline.model.folder import ADAPTER_CONFIG, adapter_base, check_model
 from prefpool.pipeline.model.source import ModelSource
 from prefpool.pipeline.model.tokenize import template_hash
 
 
-def weights_hash(model: str | Path | ModelSource, *, what: str = "model") -> str:
+def weights_hash(model: str | Path | ModelSource, *, what: str = "model", adapter: bool = False) -> str:
     """sha256 over what holds the weights (each file's name, then its bytes).
 
     A folder or a Hub snapshot: ``config.json`` and the ``*.safetensors`` files
     (a snapshot's links are followed, so it hashes as a folder with the same files).
     A GGUF: the ``.gguf`` file, which holds config, tokenizer and weights in one.
+    A LoRA adapter folder (``adapter=True``): its ``adapter_config.json`` and weights, then its base model's hash.
     """
-    source = check_model(model, what=what, weights=False)  # a clear error for a path that is no model
-    if source.kind == "gguf":
+    source = check_model(model, what=what, weights=False, adapter=adapter)  # a clear error for a path that is no model
+    base = adapter_base(source)
+    if base is not None:  # the adapter's own files, then its base model's hash
+        files = [source.folder / ADAPTER_CONFIG, *source.weight_files()]
+        base_hash = weights_hash(base, what=f"{what} {source.given}: its base model")
+    elif source.kind == "gguf":
         files = source.weight_files()
     else:
         weights = source.weight_files()
@@ -41,6 +46,8 @@ def weights_hash(model: str | Path | ModelSource, *, what: str = "model") -> str
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+    if base is not None:
+        digest.update(b"base\0" + base_hash.encode("ascii"))
     return digest.hexdigest()
 
 

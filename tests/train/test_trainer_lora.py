@@ -4,6 +4,9 @@ and an interrupted LoRA run resumes to the same losses."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -86,3 +89,35 @@ def test_lora_resume_gives_the_same_losses(world, tmp_path):
 def test_lora_settings_are_checked(world, tmp_path):
     with pytest.raises(ValueError, match="lora_dropout"):
         _cfg(world, tmp_path, lora_dropout=1.0).check()
+
+
+def test_eval_reads_a_lora_run_folder_as_its_merged_model(world, tmp_path):
+    """``prefpool eval`` of what a LoRA run writes (the adapter, no config.json) scores the base with the adapter
+    on: the same ranking as the merged model saved as a whole folder. Commands that need a whole model refuse
+    the adapter folder by name, exit 2."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefpool.train.evaluate import evaluate
+
+    run = tmp_path / "run"
+    Trainer(_cfg(world, run, max_steps=4, lr=5e-2)).run()
+    merged = tmp_path / "merged"
+    base = AutoModelForCausalLM.from_pretrained(world["model"])
+    PeftModel.from_pretrained(base, run).merge_and_unload().save_pretrained(merged)
+    AutoTokenizer.from_pretrained(run).save_pretrained(merged)
+
+    adapter = evaluate(model=run, data=world["pairwise"], device="cpu", show_progress=False)["ranking"]
+    whole = evaluate(model=merged, data=world["pairwise"], device="cpu", show_progress=False)["ranking"]
+    assert adapter["mean_margin"] != 0.0  # trained: the adapter moved the log-ratios
+    assert adapter["accuracy"] == whole["accuracy"]
+    assert adapter["mean_margin"] == pytest.approx(whole["mean_margin"], rel=1e-4, abs=1e-6)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefpool", "logprobs", str(world["root"] / "data" / "examples"), "--model", str(run),
+         "--out", str(tmp_path / "lp")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "a LoRA adapter folder (adapter_config.json), not a whole model" in proc.stderr
+    assert "Traceback" not in proc.stderr
