@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,8 +124,9 @@ def across_arms(std: str, low: str | None) -> str:
     return "not reproduced with either annotator: the kernel does not help here"
 
 
-def summarize(results: list[dict], figures: Path | None = None) -> tuple[str, dict]:
-    """Markdown of every table, and ``{result: {arm: outcome}}``; plots into ``figures`` when given."""
+def summarize(results: list[dict], figures: Path | None = None, links_from: Path | None = None) -> tuple[str, dict]:
+    """Markdown of every table, and ``{result: {arm: outcome}}``; plots into ``figures`` when given, linked
+    relative to ``links_from`` (the folder the markdown is written to) when given."""
     f = Frontiers(results)
     lines = [f"{len(results)} cells; seed pairs {f.pairs()}; β {f.betas()}; arms {f.arms()}", ""]
     outcomes: dict[str, dict[str, str]] = {}
@@ -158,8 +160,10 @@ def summarize(results: list[dict], figures: Path | None = None) -> tuple[str, di
             plot_result(result, plotted, figures / f"paired_{result}.png")
             methods = list(dict.fromkeys(m for c in comparisons for m in c.methods()))
             plot_frontiers(f, result, methods, figures / f"paired_{result}_frontier.png")
-            lines += [f"![{result}]({figures / f'paired_{result}.png'})", ""]
-            lines += [f"![{result}, frontiers]({figures / f'paired_{result}_frontier.png'})", ""]
+            plots = ((f"paired_{result}.png", result), (f"paired_{result}_frontier.png", f"{result}, frontiers"))
+            for name, alt in plots:
+                link = figures / name if links_from is None else Path(os.path.relpath(figures / name, links_from))
+                lines += [f"![{alt}]({link.as_posix()})", ""]
     lines += validity_lines(f)
     return "\n".join(lines) + "\n", outcomes
 
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     results = load_cells(args.out)
     if not results:
         raise SystemExit(f"error: no cell results in {args.out / 'cells'}; run paired.py first")
-    text, _ = summarize(results, args.figures or args.out / "figures")
+    text, _ = summarize(results, args.figures or args.out / "figures", args.write.parent if args.write else None)
     print(text)
     if args.write:
         args.write.write_text(text)

@@ -97,6 +97,14 @@ def test_summary_reproduces_a_clear_paired_gain(summary, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {
         f"paired_{r}{suffix}.png" for r in ("main", "kernel") for suffix in ("", "_frontier")
     }
+    assert f"![main]({tmp_path / 'paired_main.png'})" in text  # no folder to link from: the path as given
+
+
+def test_summary_links_figures_from_the_written_markdown(summary, tmp_path):
+    figures, markdown_folder = tmp_path / "docs" / "figures", tmp_path / "experiments" / "controlled"
+    text, _ = summary.summarize(_synthetic(gain=0.2), figures, links_from=markdown_folder)
+    assert "![main](../../docs/figures/paired_main.png)" in text
+    assert "![kernel, frontiers](../../docs/figures/paired_kernel_frontier.png)" in text
 
 
 def test_summary_no_gain_is_not_reproduced(summary):
