@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from prefpool.controlled.grid import ARMS, COMPARISONS, MATCHED_KL, NULL_BETA, RESULTS, Comparison
+from prefpool.controlled.grid import ARMS, COMPARISONS, MATCHED_KL, NULL_BETA, PAIRWISE, RESULTS, Comparison
 from prefpool.controlled.report import markdown_table
 from prefpool.controlled.stats import Point, reward_at_kl
 from prefpool.controlled.verdict import NOT_TESTABLE, REPRODUCED, Reading, Verdict, read, verdict
@@ -145,7 +145,8 @@ def summarize(results: list[dict], figures: Path | None = None, links_from: Path
                     rows.append(
                         [c.label, arm, f"{beta:g}" + (" (null)" if beta == NULL_BETA else ""), *(r.cell() for r in rs)]
                     )
-                    plotted.append((c, arm, beta, rs))
+                    if c.b not in PAIRWISE:  # 17 lines more would hide the rest: the tables hold them
+                        plotted.append((c, arm, beta, rs))
                 upper = "-" if v.largest_high is None else f"{v.largest_high:+.2f}"
                 verdict_rows.append([c.label, "primary" if c.primary else "", arm, v.outcome, v.reason, upper])
                 if c.primary:
@@ -194,8 +195,11 @@ def plot_result(result: str, plotted: list, out: Path) -> Path:
     arms = list(dict.fromkeys(arm for _, arm, _, _ in plotted))
     fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 4), squeeze=False)
     for ax, arm in zip(axes[0], arms, strict=True):
-        for i, (c, _arm, beta, rs) in enumerate(p for p in plotted if p[1] == arm):
-            xs = [k * (1 + 0.03 * i) for k, r in zip(MATCHED_KL, rs, strict=True) if r.mean is not None]
+        lines = [p for p in plotted if p[1] == arm]
+        for i, (c, _arm, beta, rs) in enumerate(lines):
+            # side by side within ±8 % of the matched KL, however many lines there are
+            shift = 1 + 0.16 * (i / (len(lines) - 1) - 0.5) if len(lines) > 1 else 1
+            xs = [k * shift for k, r in zip(MATCHED_KL, rs, strict=True) if r.mean is not None]
             got = [r for r in rs if r.mean is not None]
             if not got:
                 continue
