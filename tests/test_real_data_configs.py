@@ -25,6 +25,7 @@ def run_alpaca():
         yield module
     finally:
         sys.path.remove(str(REAL_DATA))
+        sys.modules.pop("common", None)  # the sibling's generic name must not shadow a later ``import common``
 
 
 @pytest.mark.parametrize("method", ["dpo_random", "mcpo", "random_m2", "mcpo_m3"])
