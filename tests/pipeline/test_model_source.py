@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,32 @@ def test_real_quantized_smollm2_gguf_scores_through_logprobs(examples, tmp_path)
     values = _logps(tmp_path / "lp")
     assert summary.rows == 6 and all(v < 0 for v in values.values())
     assert load_manifest(tmp_path / "lp").identity.config["cache"]["weights_sha256"] == weights_hash(SMOLLM2_GGUF)
+
+
+@pytest.mark.parametrize(
+    ("adapter_config", "error", "message"),
+    [
+        ({"peft_type": "LORA"}, "config", "no base_model_name_or_path: the adapter does not say which model it is for"),
+        ("not json", "config", "no base_model_name_or_path"),
+        (
+            {"base_model_name_or_path": "/nonexistent/base-model"},
+            "missing",
+            "its base model (base_model_name_or_path in adapter_config.json) /nonexistent/base-model: no such folder",
+        ),
+    ],
+)
+def test_a_broken_adapter_folder_is_one_clear_error(tmp_path, adapter_config, error, message):
+    """eval takes a LoRA adapter folder; one that names no base, or a base that is not there, is refused by name."""
+    pytest.importorskip("peft")
+    from prefpool.pipeline.io.errors import PipelineConfigError
+    from prefpool.pipeline.model.folder import check_model
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    text = adapter_config if isinstance(adapter_config, str) else json.dumps(adapter_config)
+    (folder / "adapter_config.json").write_text(text)
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises({"config": PipelineConfigError, "missing": MissingInputError}[error], match=re.escape(message)):
+        check_model(folder, adapter=True)
+    with pytest.raises(PipelineConfigError, match="a LoRA adapter folder"):  # where a whole model is needed
+        check_model(folder)
