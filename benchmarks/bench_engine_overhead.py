@@ -20,9 +20,15 @@ random Llama built locally). Each measurement is its own child process, so no en
 vLLM compiles the model on its first start and caches the result (``~/.cache/vllm``): the first run of the
 first side pays for it, so read the medians of ``--repeats 3`` or more, whose runs alternate stage and bare.
 
-Both sides are timed from the start of the model's load to the last token, so the figure a user sees is
-compared. Samples differ between the stage and the bare call (different seeds per sample), so throughput is
-tokens drawn per second, and the ratio is the stage's tokens/s over the bare engine's (1.00 = no overhead).
+Both sides are timed from the start of the model's load to the last token, with the same libraries
+(transformers, and vllm for the vllm engine) imported before the timer starts; and from the interpreter's
+start (``process_s``: imports and, for the stage, writing the examples table included). Samples differ
+between the stage and the bare call (different seeds per sample), so throughput is tokens drawn per second,
+and the ratio is the stage's tokens/s over the bare engine's (1.00 = no overhead); the seconds each side
+took for the same job are given too (a batched hf decode lasts as long as its longest sample, so there
+the job's seconds are the fairer figure). For vLLM the seconds inside ``vllm.LLM(...)`` and
+``LLM.generate``, the same calls on both sides, are timed apart: the rest is what each side adds, and
+it is the figure vLLM's start-up (about a minute here, ±10 % from run to run) does not blur.
 """
 
 from __future__ import annotations
@@ -48,6 +54,14 @@ def _examples(root: Path, count: int) -> Path:
 
 
 def _stage(args, engine: str) -> dict:
+    # The libraries the bare side imports before its timer starts are imported here too (the stage would
+    # import them lazily, inside its timed call): both sides are timed from the model's load, imports apart.
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    if engine == "vllm":
+        from vllm import LLM, SamplingParams  # noqa: F401
+
     from prefpool.pipeline.generate import generate
     from prefpool.pipeline.io.read import read_table
 
@@ -152,8 +166,35 @@ VARIANTS = {
 }
 
 
+def _time_vllm_calls(spent: list[float]) -> None:
+    """Add the seconds of every ``vllm.LLM(...)`` and ``LLM.generate`` call to ``spent``: the engine's own
+    time, the same calls on both sides, so what the stage adds is the rest."""
+    import vllm
+
+    def timed(function):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - start)
+
+        return run
+
+    vllm.LLM.__init__ = timed(vllm.LLM.__init__)
+    vllm.LLM.generate = timed(vllm.LLM.generate)
+
+
 def child(args) -> None:
-    emit(VARIANTS[args.variant](args))
+    import psutil
+
+    engine_calls: list[float] = []
+    if args.variant.endswith("vllm"):
+        _time_vllm_calls(engine_calls)
+    result = VARIANTS[args.variant](args)
+    result["engine_s"] = sum(engine_calls) if engine_calls else None
+    result["process_s"] = time.time() - psutil.Process().create_time()  # interpreter start to the last token
+    emit(result)
 
 
 def _measure(args, variant: str) -> dict:
@@ -175,14 +216,32 @@ def parent(args) -> None:
     print(f"model {args.model}; {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens")
     summary = {}
     for engine in engines:
-        rates = {}
+        rates, whole = {}, {}
         for side in ("stage", "bare"):
             runs = results[f"{side}-{engine}"]
             rates[side] = statistics.median(r["tokens"] / r["seconds"] for r in runs)
-            shown = ", ".join(f"{r['seconds']:.1f} s / {r['tokens']} tok" for r in runs)
-            print(f"{side:>5} {engine:<5} median {rates[side]:8.1f} tokens/s   runs: {shown}")
+            whole[side] = statistics.median(r["tokens"] / r["process_s"] for r in runs)
+            shown = ", ".join(f"{r['seconds']:.1f} s ({r['process_s']:.1f} s) / {r['tokens']} tok" for r in runs)
+            print(
+                f"{side:>5} {engine:<5} median {rates[side]:8.1f} tokens/s ({whole[side]:.1f} with imports)   "
+                f"runs: {shown}"
+            )
         summary[engine] = rates["stage"] / rates["bare"]
-        print(f"ratio stage/bare tokens/s ({engine}): {summary[engine]:.2f}x")
+        summary[f"{engine} with imports"] = whole["stage"] / whole["bare"]
+        summary[f"{engine} seconds"] = statistics.median(
+            r["seconds"] for r in results[f"bare-{engine}"]
+        ) / statistics.median(r["seconds"] for r in results[f"stage-{engine}"])
+        print(
+            f"ratio stage/bare tokens/s ({engine}): {summary[engine]:.2f}x from the model's load; "
+            f"{summary[f'{engine} with imports']:.2f}x from the interpreter's start; "
+            f"bare/stage seconds for the same job: {summary[f'{engine} seconds']:.2f}x"
+        )
+        if engine == "vllm":
+            for side in ("stage", "bare"):
+                runs = results[f"{side}-{engine}"]
+                inside = statistics.median(r["engine_s"] for r in runs)
+                outside = statistics.median(r["seconds"] - r["engine_s"] for r in runs)
+                print(f"{side:>5} vllm: in vllm.LLM() and LLM.generate {inside:.1f} s; outside them {outside:.2f} s")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "ratios": summary}, indent=1))
 

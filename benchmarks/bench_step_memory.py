@@ -25,14 +25,18 @@ The owners are read off those phases: weights = the parameters' bytes; held acti
 keeps; gradients = what ``zero_grad`` frees; optimizer state = what the first ``optimizer.step`` keeps;
 optimizer temporaries = its peak above what it keeps; backward working set = the backward's peak above
 the larger of its start and end (the recompute working set and the log-prob head's tiles). The floor
-beside them is ``prefpool train --estimate-memory``'s for the same config and batch
+beside them is ``prefpool train --estimate-memory``'s for the same config, of its largest micro-batch
 (``train/memory_floor.py``), and ``peak`` is the run's highest RSS above the process's RSS after imports.
 
 Time: the step's model FLOPs (6 x parameters x trained tokens, plus attention 12 x layers x hidden x
-sum(T^2) for the causal half) over its seconds, against the same process's measured float32 matmul
-throughput (a 2048^3 ``torch.mm``, best of 5) — the model FLOPs utilization (MFU). Gradient
-checkpointing recomputes the forward (8x instead of 6x parameters x tokens of work done), which MFU
-does not count, by its definition.
+sum(T^2) for the causal half) over its seconds, against the machine's float32 matmul throughput
+(a 2048^3 ``torch.mm``, best of 10, measured by every child before and after its steps; the best of all
+is the rate) — the model FLOPs utilization (MFU). Gradient checkpointing recomputes the forward (8x
+instead of 6x parameters x tokens of work done) and a padded batch computes every padding position;
+MFU counts neither, by its definition; "work done" counts both. The step's seconds are split by phase:
+the data (``_next_batch``), the forward in the decoder layers and outside them (embedding, log-prob
+head, loss), the recompute (the layers' checkpointed functions run again inside the backward), the
+rest of the backward, clipping, the optimizer step, ``zero_grad``, and what none covers ("other").
 
 The glibc malloc settings in the command make freed blocks go back to the kernel at once, so resident
 memory follows live memory; without them the figures include what malloc keeps cached.
@@ -103,7 +107,7 @@ def matmul_flops(threads: int) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(10))
     return 2 * 2048**3 / best
 
 
@@ -146,10 +150,30 @@ def child(args) -> None:
     phases = Phases()
     source_module.ModelSource.causal_lm = phases.wrap("load", source_module.ModelSource.causal_lm)
     trainer_module.batch_loss = phases.wrap("forward", trainer_module.batch_loss)
+    matmul_before = matmul_flops(args.threads)
     start_rss = _rss()
     reset_peak()
     trainer = phases.wrap("init", trainer_module.Trainer)(cfg)
-    trainer.accelerator.backward = phases.wrap("backward", trainer.accelerator.backward)
+    layer_seconds = time_layers(trainer.model)
+    backward = trainer.accelerator.backward
+
+    def backward_marked(*a, **kw):  # a decoder layer called inside the backward is a recompute
+        layer_seconds["in backward"] = True
+        try:
+            return backward(*a, **kw)
+        finally:
+            layer_seconds["in backward"] = False
+
+    trainer.accelerator.backward = phases.wrap("backward", backward_marked)
+    trainer.accelerator.clip_grad_norm_ = phases.wrap("clip", trainer.accelerator.clip_grad_norm_)
+    next_batch, trained = trainer._next_batch, []
+
+    def next_batch_counted():  # each micro-batch's sequence lengths, as the step scores them
+        batch = next_batch()
+        trained.append([len(p) + len(c) for p, c in trainer.spec.scored(batch)])
+        return batch
+
+    trainer._next_batch = phases.wrap("data", next_batch_counted)
     trainer.optimizer.step = phases.wrap("optimizer", trainer.optimizer.step)
     trainer.optimizer.zero_grad = phases.wrap("zero_grad", trainer.optimizer.zero_grad)
     step_s = []
@@ -163,23 +187,50 @@ def child(args) -> None:
 
     trainer._optimizer_step = timed_step
     trainer.run()
-    seen = trainer.table.examples[: args.steps * args.batch]
-    tokens = [len(p) + len(c) for ex in seen for p, c in ex.answers[:2]]
     emit(
         {
             "records": phases.records,
             "start_rss": start_rss,
             "run_peak": max(phases.run_peak, _hwm()) - start_rss,
-            "floor": estimate.first.parts,
-            "floor_total": estimate.first.total,
+            "floor": estimate.largest.parts,
+            "floor_total": estimate.largest.total,
             "weight_mib": sum(p.numel() * p.element_size() for p in trainer.model.parameters()) / 2**20,
             "parameters": estimate.parameters,
             "step_s": step_s,
-            "tokens": tokens,
-            "matmul_flops": matmul_flops(args.threads),
+            "layer_s": {"forward": layer_seconds["forward"], "recompute": layer_seconds["recompute"]},
+            "micro_batches": trained,
+            "packed": cfg.packing == "on",
+            "matmul_flops": max(matmul_before, matmul_flops(args.threads)),  # before and after the steps
             "load": os.getloadavg()[0],
         }
     )
+
+
+def time_layers(model) -> dict:
+    """Seconds spent in the checkpointed decoder layers, split by whether a backward is running (the
+    recompute) or not (the forward); the caller sets ``["in backward"]``. The function each layer hands to
+    its checkpoint is timed: the checkpoint calls it in the forward and again in the backward, where torch
+    stops it early by raising once the saved tensors are rebuilt. Timing only: CPU calls are synchronous."""
+    seconds = {"forward": [], "recompute": [], "in backward": False}
+
+    def timed(function):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:  # the recompute ends in an exception once it has rebuilt what the backward needs
+                seconds["recompute" if seconds["in backward"] else "forward"].append(time.perf_counter() - start)
+
+        return run
+
+    def timing(checkpoint):
+        return lambda function, *args, **kwargs: checkpoint(timed(function), *args, **kwargs)
+
+    for module in model.modules():
+        checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and checkpoint is not None:
+            module._gradient_checkpointing_func = timing(checkpoint)
+    return seconds
 
 
 def owners(result: dict) -> dict[str, float]:
@@ -210,21 +261,68 @@ FLOOR_OF = {
 }
 
 
-def mfu(result: dict, model: Path, steps: int) -> tuple[float, float]:
-    """(model FLOPs utilization, tokens/s) of the timed steps (all but the first)."""
+def mfu(result: dict, model: Path, steps: int, rate: float) -> tuple[float, float, float]:
+    """(model FLOPs utilization, tokens/s, hardware FLOPs utilization) of the timed steps (all but the first),
+    against ``rate``, the machine's float32 matmul FLOP/s.
+
+    MFU counts the model's FLOPs on the real tokens (6 x parameters, plus causal attention). The hardware
+    figure counts the work the step does: the forward twice (checkpointing's recompute: 8 x parameters) and
+    every position of the padded micro-batch (each padded to its longest sequence); packed, the one row's
+    positions, with attention over all of it (the CPU kernels apply the block-diagonal mask, not skip it)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model))
-    per_step = len(result["tokens"]) // steps
-    flops, seconds, tokens = 0.0, 0.0, 0
+    per_step = len(result["micro_batches"]) // steps
+    attention = 12 * config.num_hidden_layers * config.hidden_size / 2
+    flops, work, seconds, tokens = 0.0, 0.0, 0.0, 0
     for k in range(1, steps):
-        lengths = result["tokens"][k * per_step : (k + 1) * per_step]
-        dense = 6 * result["parameters"] * sum(lengths)
-        attention = 12 * config.num_hidden_layers * config.hidden_size * sum(t * t for t in lengths) / 2
-        flops += dense + attention
+        for lengths in result["micro_batches"][k * per_step : (k + 1) * per_step]:
+            flops += 6 * result["parameters"] * sum(lengths) + attention * sum(t * t for t in lengths)
+            if result["packed"]:  # one row; sdpa/eager attend over all of it under a block-diagonal mask
+                positions, squares = sum(lengths), sum(lengths) ** 2
+            else:
+                positions, squares = len(lengths) * max(lengths), len(lengths) * max(lengths) ** 2
+            work += 8 * result["parameters"] * positions + 4 / 3 * attention * squares
+            tokens += sum(lengths)
         seconds += result["step_s"][k]
-        tokens += sum(lengths)
-    return flops / seconds / result["matmul_flops"], tokens / seconds
+    return flops / seconds / rate, tokens / seconds, work / seconds / rate
+
+
+def time_breakdown(runs: list[dict], steps: int) -> str:
+    """Seconds per timed step (all but the first) by phase, the recompute apart from the rest of the backward,
+    and what no phase covers (logging, the scheduler, metrics); load and init (the step-0 check) once."""
+    once = {
+        k: statistics.mean(sum(x["s"] for x in r["records"] if x["phase"] == k) for r in runs) for k in ("load", "init")
+    }
+    per_step: dict[str, list[float]] = {}
+    for r in runs:
+        per_call = {k: [x["s"] for x in r["records"] if x["phase"] == k] for k in PHASES}
+        calls = {k: len(v) // steps for k, v in per_call.items()}  # calls per step (accumulation)
+        timed = {k: sum(v[calls[k] :]) / (steps - 1) for k, v in per_call.items()}  # the first step's calls apart
+        layers = r["layer_s"]
+        recompute = sum(layers["recompute"][len(layers["recompute"]) // steps :]) / (steps - 1)
+        in_layers = sum(layers["forward"][len(layers["forward"]) // steps :]) / (steps - 1)
+        timed["forward (the rest: embedding, log-prob head, loss)"] = timed.pop("forward") - in_layers
+        timed["forward (decoder layers)"] = in_layers
+        timed["backward (the rest)"] = timed.pop("backward") - recompute
+        timed["recompute (in the backward)"] = recompute
+        step = statistics.mean(r["step_s"][1:])
+        timed["other"] = step - sum(timed.values())
+        timed["step"] = step
+        for k, v in timed.items():
+            per_step.setdefault(k, []).append(v)
+    step = statistics.median(per_step.pop("step"))
+    order = ["data", "forward (decoder layers)", "forward (the rest: embedding, log-prob head, loss)"]
+    order += ["recompute (in the backward)", "backward (the rest)", "clip", "optimizer", "zero_grad", "other"]
+    per_step = {k: per_step[k] for k in order}
+    shown = ", ".join(
+        f"{k} {statistics.median(v):.2f} s ({statistics.median(v) / step:.0%})" for k, v in per_step.items()
+    )
+    once_shown = f"load {once['load']:.2f} s, init (tokenizing, step-0 check) {once['init']:.2f} s"
+    return f"seconds a step: {step:.2f}: {shown}; once: {once_shown}"
+
+
+PHASES = ("data", "forward", "backward", "clip", "optimizer", "zero_grad")
 
 
 def parent(args) -> None:
@@ -272,11 +370,14 @@ def parent(args) -> None:
     print(f"malloc settings: {malloc}")
     base = results[args.variants.split(",")[0]][0]
     floor = {k: v / 2**20 for k, v in base["floor"].items()}
-    print("\nfloor of the first micro-batch (train --estimate-memory):")
+    print("\nfloor of the largest micro-batch (train --estimate-memory):")
     for name, mib in floor.items():
         print(f"  {name:<28} {mib:>9,.0f} MiB")
     floor_total = base["floor_total"] / 2**20
     print(f"  {'floor':<28} {floor_total:>9,.0f} MiB (layer working set and log-prob head: the larger)")
+    # The machine's matmul rate: the best any child measured (each measures before and after its steps).
+    peak_rate = max(r["matmul_flops"] for runs in results.values() for r in runs)
+    print(f"float32 matmul (2048^3), the best of every measurement in this run: {peak_rate / 1e9:.0f} GFLOP/s")
     for variant, runs in results.items():
         print(f"\n{variant}: owners (MiB, median of {len(runs)}), measured | floor")
         table = [owners(r) for r in runs]
@@ -286,26 +387,17 @@ def parent(args) -> None:
             beside = f"{floor[ref]:>9,.0f}" if ref else "        -"
             print(f"  {name:<34} {value:>9,.0f} | {beside}")
         peaks = [r["run_peak"] for r in runs]
-        utilization = [mfu(r, model, args.steps) for r in runs]
+        utilization = [mfu(r, model, args.steps, peak_rate) for r in runs]
         print(
             f"  peak above imports: {statistics.median(peaks):,.0f} MiB "
             f"(runs: {', '.join(f'{p:,.0f}' for p in peaks)}); {statistics.median(peaks) / floor_total:.2f}x "
             f"the floor"
         )
-        phases = {}
-        for r in runs:
-            for rec in r["records"]:
-                phases.setdefault(rec["phase"], []).append(rec["s"])
-        per_step = {k: sum(v) / len(runs) / (args.steps if k not in ("load", "init") else 1) for k, v in phases.items()}
+        print("  " + time_breakdown(runs, args.steps))
         print(
-            "  seconds: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in per_step.items())
-            + f"; step {statistics.median(s for r in runs for s in r['step_s'][1:]):.2f}"
-        )
-        print(
-            f"  MFU {statistics.median(u[0] for u in utilization):.1%} of a measured "
-            f"{statistics.median(r['matmul_flops'] for r in runs) / 1e9:.0f} GFLOP/s matmul; "
-            f"{statistics.median(u[1] for u in utilization):,.0f} tokens/s; load average at end "
+            f"  MFU {statistics.median(u[0] for u in utilization):.1%} of the {peak_rate / 1e9:.0f} GFLOP/s matmul; "
+            f"{statistics.median(u[1] for u in utilization):,.0f} tokens/s; work done (recompute and padding "
+            f"counted) {statistics.median(u[2] for u in utilization):.1%}; load average at end "
             + ", ".join(f"{r['load']:.1f}" for r in runs)
         )
     if args.json:

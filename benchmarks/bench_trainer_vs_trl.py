@@ -19,6 +19,8 @@ Variants (each in a fresh subprocess, same model folder, same pairs, same settin
 - ``prefpool``: ``prefpool.train.Trainer`` on a ``build --kind pairwise`` table; the reference
   enters only as the table's cached ``ref_chosen_logps``/``ref_rejected_logps``; no reference model.
   Log-probs from the hidden states (the LM head in tiles over completion positions, no logits).
+- ``prefpool-fused``: the same with ``optimizer_impl: fused`` (AdamW without step temporaries; the
+  memory choice, see "A training step against its memory floor" in BENCHMARKS.md).
 - ``prefpool-logits``: the same with ``logprobs_from: logits`` (the model's full logits, the path
   before issue 14), for reference.
 - ``trl-ref-model``: TRL's ``DPOTrainer`` with its default reference: a second copy of the model,
@@ -73,7 +75,7 @@ from pathlib import Path
 from harness import dispatch, emit, run_child, small_llama
 from peak_memory import PeakMemory
 
-VARIANTS = ("prefpool", "prefpool-logits", "trl-ref-model", "trl-precompute")
+VARIANTS = ("prefpool", "prefpool-fused", "prefpool-logits", "trl-ref-model", "trl-precompute")
 DEFAULT_VARIANTS = "prefpool,trl-ref-model,trl-precompute"
 LR, BETA = 1e-6, 0.1
 REPO = Path(__file__).resolve().parents[1]
@@ -157,30 +159,31 @@ def make_table(root: Path, model: Path, rows: int, words: tuple[int, int], max_l
 
 def run_prefpool(args, memory_window) -> dict:
     from prefpool.train.config import TrainConfig
+    from prefpool.train.memory_estimate import estimate_memory
     from prefpool.train.trainer import Trainer
 
     ends = []
     with memory_window:
-        trainer = Trainer(
-            TrainConfig(
-                model=args.model_dir,
-                data=args.data,
-                output_dir=str(Path(args.work) / "prefpool"),
-                loss="dpo",
-                beta=BETA,
-                lr=LR,
-                batch_size=args.batch,
-                max_steps=args.steps + 1,
-                max_length=args.max_length,
-                logprobs_from="logits" if args.variant == "prefpool-logits" else "auto",
-                gradient_checkpointing=bool(args.gradient_checkpointing),
-                optimizer="adamw",
-                weight_decay=0.0,
-                warmup_steps=0,
-                max_grad_norm=1.0,
-                progress=False,
-            )
+        cfg = TrainConfig(
+            model=args.model_dir,
+            data=args.data,
+            output_dir=str(Path(args.work) / "prefpool"),
+            loss="dpo",
+            beta=BETA,
+            lr=LR,
+            batch_size=args.batch,
+            max_steps=args.steps + 1,
+            max_length=args.max_length,
+            logprobs_from="logits" if args.variant == "prefpool-logits" else "auto",
+            gradient_checkpointing=bool(args.gradient_checkpointing),
+            optimizer="adamw",
+            weight_decay=0.0,
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            optimizer_impl="fused" if args.variant == "prefpool-fused" else "auto",
+            progress=False,
         )
+        trainer = Trainer(cfg)
         step = trainer._optimizer_step
 
         def timed_step():  # records when each optimizer step ends; nothing else changes
@@ -192,7 +195,9 @@ def run_prefpool(args, memory_window) -> dict:
         trainer.run()
     seen = trainer.table.examples[: (args.steps + 1) * args.batch]
     tokens = sum(len(p) + len(c) for ex in seen for p, c in ex.answers[:2]) / len(seen)
-    return {"ends": ends, "tokens_per_pair": tokens, "precompute_s": None}
+    # The floor of the step's largest micro-batch (``train --estimate-memory``), read after the window closes.
+    floor_mib = estimate_memory(cfg).largest.total / 2**20
+    return {"ends": ends, "tokens_per_pair": tokens, "precompute_s": None, "floor_mib": floor_mib}
 
 
 def run_trl(args, memory_window, precompute: bool) -> dict:
@@ -378,19 +383,27 @@ def parent(args) -> None:
     print()
     print(
         f"{'variant':<16} {'ref model':>9} {'tokens/pair':>11} {'precompute s':>12} {'peak extra MiB':>14} "
-        f"{'steps/s':>8} {'memory x':>9} {'speed x':>8}"
+        f"{'steps/s':>8} {'memory x':>9} {'speed x':>8} {'x floor':>8}"
     )
     for variant in variants:
         r = runs[variant][0]
         ref = "yes" if r.get("ref_model") else "no"
         pre = "-" if r["precompute_s"] is None else f"{median(variant, 'precompute_s'):.2f}"
         mem, speed = median(variant, "peak_extra_mib"), median(variant, "steps_per_s")
+        floor = f"{mem / r['floor_mib']:.2f}" if r.get("floor_mib") else "-"
         print(
             f"{variant:<16} {ref:>9} {r['tokens_per_pair']:>11.1f} {pre:>12} {mem:>14.0f} "
-            f"{speed:>8.4f} {mem / median(base, 'peak_extra_mib'):>9.2f} {speed / median(base, 'steps_per_s'):>8.2f}"
+            f"{speed:>8.4f} {mem / median(base, 'peak_extra_mib'):>9.2f} {speed / median(base, 'steps_per_s'):>8.2f} "
+            f"{floor:>8}"
         )
     print()
     print(f"memory x = peak extra MiB / {base}'s; speed x = steps/s / {base}'s (below 1: slower).")
+    floors = [r["floor_mib"] for v in variants for r in runs[v] if r.get("floor_mib")]
+    if floors:
+        print(
+            f"x floor = peak extra MiB / the floor of the step's largest micro-batch ({max(floors):,.0f} MiB, "
+            "train --estimate-memory; model load is in the window, not in the floor)."
+        )
     print("runs (MiB, steps/s, 1-min load average at the end):")
     for variant in variants:
         listed = ", ".join(

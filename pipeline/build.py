@@ -233,6 +233,25 @@ def _no_rows_message(config: BuildConfig, counts: dict[str, int], examples_rows:
     )
 
 
+def _read_scores(score_dirs: list, ensemble_rule: ensemble.Rule | None) -> tuple:
+    """``(scores frame, scored, scorers)``: one scorer's scores, several combined by ``ensemble_rule``, or none."""
+    if score_dirs and ensemble_rule is not None:
+        return ensemble.combine(score_dirs, ensemble_rule)
+    if ensemble_rule is not None:
+        raise PipelineConfigError("ensemble_rule (--ensemble-rule) combines scores: give two or more --scores")
+    scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
+    return scores_frame, scored, []
+
+
+def _input_paths(examples, lp_dirs: list, candidates, score_dirs: list) -> dict:
+    return {
+        "examples": str(examples),
+        "logprobs": [str(d) for d in lp_dirs],
+        "candidates": None if candidates is None else str(candidates),
+        "scores": [str(d) for d in score_dirs],
+    }
+
+
 @writes_folder(lambda a: a["out"], command="build")
 def build(
     kind: KindName,
@@ -308,13 +327,7 @@ def build(
     start = time.perf_counter()
     spec = ShardSpec.parse(shard)
     score_dirs = [] if scores is None else [scores] if isinstance(scores, (str, Path)) else list(scores)
-    scorers: list[dict] = []
-    if score_dirs and ensemble_rule is not None:
-        scores_frame, scored, scorers = ensemble.combine(score_dirs, ensemble_rule)
-    elif ensemble_rule is not None:
-        raise PipelineConfigError("ensemble_rule (--ensemble-rule) combines scores: give two or more --scores")
-    else:
-        scores_frame, scored = scores_lookup(score_dirs) if score_dirs else (None, None)
+    scores_frame, scored, scorers = _read_scores(score_dirs, ensemble_rule)
     config = BuildConfig(
         kind,
         "score" if scored else rank_by,
@@ -396,12 +409,7 @@ def build(
         "examples_rows": examples_rows,
         **dict(sorted(ctx.counts.items())),
         "config": asdict(config),
-        "inputs": {
-            "examples": str(examples),
-            "logprobs": [str(d) for d in lp_dirs],
-            "candidates": None if candidates is None else str(candidates),
-            "scores": [str(d) for d in score_dirs],
-        },
+        "inputs": _input_paths(examples, lp_dirs, candidates, score_dirs),
         **({"scores_ensemble": {"rule": ensemble_rule, "scorers": scorers}} if scorers else {}),
     }
     summary = {k: v for k, v in report.items() if isinstance(v, int)}

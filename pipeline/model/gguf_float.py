@@ -4,7 +4,7 @@ transformers reads a GGUF by dequantizing its weights to float tensors, but the
 model it returns still counts as quantized (its config carries the GGUF
 quantization entry and it keeps the GGUF quantizer), so ``save_pretrained``
 refuses it ("QuantizationMethod.GGUF ... is not serializable").
-``plain_causal_lm`` copies those float weights into a model built from the same
+``plain_causal_lm`` moves those float weights into a model built from the same
 config without the entry: the same numbers, in a model that trains and saves as
 ordinary ``*.safetensors``.
 
@@ -45,20 +45,24 @@ def cache_root() -> Path:
 def plain_causal_lm(model: Any) -> Any:
     """``model`` (loaded from a GGUF, weights already dequantized) as an unquantized model of the same config.
 
-    The returned model holds the same float tensors and saves with ``save_pretrained``; ``model`` is left
-    as it was. Raises ``ValueError`` if the weights do not fit the config (a GGUF transformers read wrongly).
+    The returned model takes over ``model``'s float tensors (no copy: the weights are in memory once) and
+    saves with ``save_pretrained``; ``model`` is not to be used afterwards. Raises ``ValueError`` if the
+    weights do not fit the config (a GGUF transformers read wrongly).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     config = model.config.__class__.from_dict(model.config.to_dict())
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     dtype = next(model.parameters()).dtype
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    with no_init_weights():  # uninitialised tensors, never written, so never resident: they are replaced below
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
         raise ValueError(f"the GGUF's weights do not fit its config: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()  # assign gave each tensor its own Parameter: tied weights are one Parameter again
     plain.generation_config = model.generation_config  # eos/pad ids from the file's metadata
     return plain.eval()  # as from_pretrained returns a model
 

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefpool.pipeline.model.cache_key import files_sha256
 from prefpool.pipeline.model.folder import WEIGHT_SUFFIXES, check_model, load_tokenizer
 from prefpool.pipeline.model.source import ModelSource
 from prefpool.pipeline.model.tokenize import template_hash
@@ -29,17 +30,6 @@ TOKENIZER_FILES = (
 APPLIED_KEYS = ("temperature", "top_p", "max_new_tokens", "eos_token_id")
 NOT_SAMPLING_KEYS = ("bos_token_id", "pad_token_id")
 METADATA_KEYS = ("transformers_version", "_from_model_config")
-
-
-def files_sha256(paths: list[Path]) -> str:
-    """One hash over several files, in the given order: each file's name and bytes."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode("utf-8") + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
