@@ -63,6 +63,11 @@ def plain_causal_lm(model: Any) -> Any:
     if unexpected or set(missing) - tied:
         raise ValueError(f"the GGUF's weights do not fit its config: missing {missing}, unexpected {unexpected}")
     plain.tie_weights()  # assign gave each tensor its own Parameter: tied weights are one Parameter again
+    # Buffers outside the state dict (rotary tables) come from the loaded model too: no_init_weights skipped
+    # the initialisation that fills them in a model transformers builds on the meta device.
+    for name, buffer in model.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        setattr(plain.get_submodule(owner), leaf, buffer)
     plain.generation_config = model.generation_config  # eos/pad ids from the file's metadata
     return plain.eval()  # as from_pretrained returns a model
 

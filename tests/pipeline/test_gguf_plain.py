@@ -31,10 +31,12 @@ def test_plain_model_takes_the_gguf_weights_over_without_a_copy(tmp_path, tied):
     with torch.no_grad():
         expected = loaded(ids).logits
     storages = {p.data_ptr() for p in loaded.parameters()}
+    buffers = {name: b.data_ptr() for name, b in loaded.named_buffers()}
 
     plain = plain_causal_lm(loaded)
     assert not hasattr(plain.config, "quantization_config")
     assert {p.data_ptr() for p in plain.parameters()} == storages  # the same tensors: no second copy
+    assert {name: b.data_ptr() for name, b in plain.named_buffers()} == buffers  # rotary tables included
     assert (plain.lm_head.weight is plain.model.embed_tokens.weight) == tied
     with torch.no_grad():
         assert torch.equal(plain(ids).logits, expected)
