@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import dispatch, emit, run_child, short_prompts
+from harness import dispatch, emit, run_child, short_prompts, timed
 
 TEMPERATURE, TOP_P = 1.0, 0.95
 
@@ -56,7 +56,6 @@ def _examples(root: Path, count: int) -> Path:
 def _stage(args, engine: str) -> dict:
     # The libraries the bare side imports before its timer starts are imported here too (the stage would
     # import them lazily, inside its timed call): both sides are timed from the model's load, imports apart.
-    import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     if engine == "vllm":
@@ -171,18 +170,8 @@ def _time_vllm_calls(spent: list[float]) -> None:
     time, the same calls on both sides, so what the stage adds is the rest."""
     import vllm
 
-    def timed(function):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                spent.append(time.perf_counter() - start)
-
-        return run
-
-    vllm.LLM.__init__ = timed(vllm.LLM.__init__)
-    vllm.LLM.generate = timed(vllm.LLM.generate)
+    vllm.LLM.__init__ = timed(vllm.LLM.__init__, spent.append)
+    vllm.LLM.generate = timed(vllm.LLM.generate, spent.append)
 
 
 def child(args) -> None:

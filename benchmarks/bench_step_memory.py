@@ -52,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import dispatch, emit, run_child, small_llama
+from harness import dispatch, emit, run_child, small_llama, timed
 from peak_memory import reset_peak, status_kib
 
 VARIANTS = {
@@ -213,18 +213,11 @@ def time_layers(model) -> dict:
     stops it early by raising once the saved tensors are rebuilt. Timing only: CPU calls are synchronous."""
     seconds = {"forward": [], "recompute": [], "in backward": False}
 
-    def timed(function):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:  # the recompute ends in an exception once it has rebuilt what the backward needs
-                seconds["recompute" if seconds["in backward"] else "forward"].append(time.perf_counter() - start)
-
-        return run
+    def record(spent: float) -> None:  # timed also when the recompute stops early by raising
+        seconds["recompute" if seconds["in backward"] else "forward"].append(spent)
 
     def timing(checkpoint):
-        return lambda function, *args, **kwargs: checkpoint(timed(function), *args, **kwargs)
+        return lambda function, *args, **kwargs: checkpoint(timed(function, record), *args, **kwargs)
 
     for module in model.modules():
         checkpoint = getattr(module, "_gradient_checkpointing_func", None)

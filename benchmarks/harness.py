@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ def run_child(script: str, env: Mapping[str, str] | None = None, **options: Any)
 def emit(record: Mapping[str, Any]) -> None:
     """The child's result: one JSON line, the last one it prints."""
     print(json.dumps(dict(record)), flush=True)
+
+
+def timed(function: Callable, record: Callable[[float], Any]) -> Callable:
+    """``function``, passing the seconds of each call to ``record``, also when the call raises."""
+
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+
+    return run
 
 
 def dispatch(parser: argparse.ArgumentParser, parent: Callable, child: Callable) -> None:
